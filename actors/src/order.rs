@@ -1,0 +1,304 @@
+//! The canonical order: states, events, the policy that judges them and the pure state machine.
+
+pub mod event;
+pub mod machine;
+pub mod policy;
+pub mod state;
+
+pub use event::{EventAction, INTERNAL_SOURCE, JournaledEvent, Millis, OrderEvent, SharedEvent};
+pub use machine::{
+    Hold, Order, Outcome, SlaStatus, SlaTimer, SystemStatus, TimelineEntry, TimerChanges,
+};
+pub use policy::{OrderPolicy, SlaRule};
+pub use state::{OrderState, STATE_LABELS_WITH_NONE, UnknownState};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use OrderState::*;
+    use proptest::prelude::*;
+
+    fn ev(seq: u64, source: &str, action: EventAction, at: Millis) -> JournaledEvent {
+        JournaledEvent {
+            seq,
+            event: OrderEvent {
+                order: "douyin:1".into(),
+                source: source.into(),
+                source_event_id: format!("e{seq}"),
+                raw_status: action.label().to_owned(),
+                action,
+                occurred_at: at,
+                received_at: at,
+                fields: serde_json::Map::new(),
+            },
+        }
+    }
+
+    fn mv(seq: u64, state: OrderState) -> JournaledEvent {
+        ev(
+            seq,
+            "wms",
+            EventAction::Move { state },
+            seq as Millis * 1000,
+        )
+    }
+
+    #[test]
+    fn forward_moves_apply_and_late_events_are_kept_but_stale() {
+        let policy = OrderPolicy::permissive();
+        let mut order = Order::new("douyin:1");
+        order.apply(&mv(1, Paid), &policy);
+        order.apply(&mv(2, Packed), &policy);
+        let (outcome, _) = order.apply(&mv(3, Picked), &policy).unwrap();
+        assert_eq!(outcome, Outcome::Stale { current: Packed });
+        let (outcome, _) = order.apply(&mv(4, Packed), &policy).unwrap();
+        assert_eq!(outcome, Outcome::Unchanged);
+        assert_eq!(order.state, Some(Packed));
+        assert_eq!(order.timeline.len(), 4);
+        assert_eq!(order.applied_seq, 4);
+        assert!(
+            order.apply(&mv(4, Delivered), &policy).is_none(),
+            "seq already folded"
+        );
+    }
+
+    #[test]
+    fn cancel_after_shipping_conflicts() {
+        let policy = OrderPolicy::permissive();
+        let mut order = Order::new("k");
+        order.apply(&mv(1, Shipped), &policy);
+        let (outcome, _) = order.apply(&mv(2, Cancelled), &policy).unwrap();
+        assert_eq!(outcome, Outcome::Conflict { current: Shipped });
+        assert_eq!(order.state, Some(Shipped));
+    }
+
+    #[test]
+    fn sources_can_be_restricted() {
+        let policy = OrderPolicy::permissive().allow_only(Paid, vec!["douyin".into()]);
+        let mut order = Order::new("k");
+        let (outcome, _) = order.apply(&mv(1, Paid), &policy).unwrap();
+        assert_eq!(outcome, Outcome::NotAllowed);
+        assert_eq!(order.state, None);
+        let (outcome, _) = order
+            .apply(
+                &ev(2, "douyin", EventAction::Move { state: Paid }, 2),
+                &policy,
+            )
+            .unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::Applied {
+                from: None,
+                to: Paid
+            }
+        );
+        assert_eq!(order.systems["wms"].raw_status, "paid");
+    }
+
+    #[test]
+    fn hold_notes_progress_and_release_resumes_there() {
+        let policy = OrderPolicy::permissive();
+        let mut order = Order::new("k");
+        order.apply(&mv(1, Paid), &policy);
+        order.apply(&mv(2, OnHold), &policy);
+        assert_eq!(order.state, Some(OnHold));
+        let (outcome, _) = order.apply(&mv(3, Picked), &policy).unwrap();
+        assert_eq!(outcome, Outcome::Held { resume_to: Picked });
+        assert_eq!(order.state, Some(OnHold));
+        order.apply(&ev(4, "ops", EventAction::ReleaseHold, 4000), &policy);
+        assert_eq!(order.state, Some(Picked));
+        assert!(order.hold.is_none());
+        let (outcome, _) = order
+            .apply(&ev(5, "ops", EventAction::ReleaseHold, 5000), &policy)
+            .unwrap();
+        assert_eq!(outcome, Outcome::NotHeld);
+    }
+
+    #[test]
+    fn cancel_during_hold_cancels() {
+        let policy = OrderPolicy::permissive();
+        let mut order = Order::new("k");
+        order.apply(&mv(1, Packed), &policy);
+        order.apply(&mv(2, OnHold), &policy);
+        order.apply(&mv(3, Cancelled), &policy);
+        assert_eq!(order.state, Some(Cancelled));
+        assert!(order.hold.is_none());
+    }
+
+    fn sla_policy() -> OrderPolicy {
+        OrderPolicy::permissive()
+            .with_sla(SlaRule {
+                name: "allocate_within_2h".into(),
+                from: Paid,
+                within_ms: 7_200_000,
+                reset_on_event: false,
+            })
+            .with_sla(SlaRule {
+                name: "transit_update_48h".into(),
+                from: InTransit,
+                within_ms: 48 * 3_600_000,
+                reset_on_event: true,
+            })
+    }
+
+    #[test]
+    fn sla_timer_arms_on_entry_and_disarms_on_exit() {
+        let policy = sla_policy();
+        let mut order = Order::new("k");
+        let (_, timers) = order.apply(&mv(1, Paid), &policy).unwrap();
+        assert_eq!(
+            timers.armed,
+            vec![("allocate_within_2h".to_owned(), 1000 + 7_200_000)]
+        );
+        let (_, timers) = order.apply(&mv(2, Allocated), &policy).unwrap();
+        assert_eq!(timers.disarmed, vec!["allocate_within_2h".to_owned()]);
+        assert!(order.sla.is_empty());
+    }
+
+    #[test]
+    fn sla_breach_marks_the_timer_only_while_armed() {
+        let policy = sla_policy();
+        let mut order = Order::new("k");
+        order.apply(&mv(1, Paid), &policy);
+        let deadline = 1000 + 7_200_000;
+        let breach = EventAction::SlaBreach {
+            rule: "allocate_within_2h".into(),
+            deadline,
+            late: true,
+        };
+        let (outcome, _) = order
+            .apply(
+                &ev(2, INTERNAL_SOURCE, breach.clone(), deadline + 5),
+                &policy,
+            )
+            .unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::SlaBreached {
+                rule: "allocate_within_2h".into()
+            }
+        );
+        assert!(order.sla_breached());
+        assert_eq!(
+            order.sla[0].status,
+            SlaStatus::Breached {
+                detected_at: deadline + 5,
+                late: true
+            }
+        );
+        assert!(!order.systems.contains_key(INTERNAL_SOURCE));
+        // A second report of the same breach finds nothing armed.
+        let (outcome, _) = order
+            .apply(&ev(3, INTERNAL_SOURCE, breach, deadline + 6), &policy)
+            .unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::SlaNotArmed {
+                rule: "allocate_within_2h".into()
+            }
+        );
+    }
+
+    #[test]
+    fn reset_on_event_rule_restarts_its_deadline_on_any_report() {
+        let policy = sla_policy();
+        let mut order = Order::new("k");
+        order.apply(&mv(1, InTransit), &policy);
+        let (_, timers) = order
+            .apply(&ev(2, "courier", EventAction::Inform, 50_000), &policy)
+            .unwrap();
+        assert_eq!(
+            timers.armed,
+            vec![("transit_update_48h".to_owned(), 50_000 + 48 * 3_600_000)]
+        );
+        assert_eq!(order.armed_timers().count(), 1);
+    }
+
+    /// Lifecycles as a real order lives them: each is a chain in the state graph.
+    fn lifecycle() -> impl Strategy<Value = Vec<OrderState>> {
+        prop_oneof![
+            (1usize..=9).prop_map(|n| [
+                PendingPayment,
+                Paid,
+                Allocated,
+                Picked,
+                Packed,
+                Shipped,
+                InTransit,
+                Delivered,
+                Completed
+            ][..n]
+                .to_vec()),
+            (0usize..=4).prop_map(|n| {
+                let mut v = [PendingPayment, Paid, Allocated, Picked, Packed][..=n].to_vec();
+                v.extend([Cancelled, Refunded]);
+                v
+            }),
+            Just(vec![
+                Paid,
+                Packed,
+                Shipped,
+                InTransit,
+                InterceptRequested,
+                Intercepted,
+                Returned,
+                Refunded
+            ]),
+            Just(vec![
+                Paid,
+                Shipped,
+                Delivered,
+                Completed,
+                ReturnRequested,
+                Returned,
+                Refunded
+            ]),
+        ]
+    }
+
+    fn furthest(states: &[OrderState]) -> OrderState {
+        *states
+            .iter()
+            .find(|s| states.iter().all(|o| o == *s || o.reaches(**s)))
+            .expect("a lifecycle is a chain")
+    }
+
+    proptest! {
+        #[test]
+        fn any_permutation_with_duplicates_ends_in_the_furthest_state(
+            (states, order) in lifecycle().prop_flat_map(|states| {
+                let n = states.len();
+                let picks = proptest::collection::vec(0..n, n..n * 3);
+                (Just(states), picks.prop_shuffle())
+            }),
+            also_all in any::<bool>(),
+        ) {
+            let mut indices = order;
+            if also_all {
+                indices.extend(0..states.len());
+            }
+            let events: Vec<JournaledEvent> = indices
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| mv(i as u64 + 1, states[s]))
+                .collect();
+            let policy = sla_policy();
+            let a = Order::replay("k", &events, &policy);
+            let b = Order::replay("k", &events, &policy);
+            prop_assert_eq!(&a, &b, "replay is deterministic");
+            prop_assert_eq!(a.timeline.len(), events.len(), "every report is kept");
+            let seen: Vec<OrderState> = indices.iter().map(|&s| states[s]).collect();
+            prop_assert_eq!(a.state, Some(furthest(&seen)));
+            // Monotone: the applied states along the timeline only ever move forward.
+            let mut last: Option<OrderState> = None;
+            for entry in &a.timeline {
+                if let Outcome::Applied { to, .. } = entry.outcome {
+                    if let Some(prev) = last {
+                        prop_assert!(prev.reaches(to), "{prev} -> {to}");
+                    }
+                    last = Some(to);
+                }
+            }
+        }
+    }
+}

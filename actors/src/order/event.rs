@@ -1,0 +1,89 @@
+//! Canonical order events: what every source's report is translated into before it is journaled.
+
+use super::state::OrderState;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Milliseconds since the Unix epoch. Time enters the pure logic only as data.
+pub type Millis = i64;
+
+/// The source name orderhub itself uses for the events it journals (SLA breaches).
+pub const INTERNAL_SOURCE: &str = "orderhub";
+
+/// What an event asks of the canonical state machine, after the source's raw status was mapped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventAction {
+    /// Move the order to this state (`on_hold` puts it on hold).
+    Move {
+        /// The target state.
+        state: OrderState,
+    },
+    /// Release a hold: the order goes back to where it was.
+    ReleaseHold,
+    /// A known status with no canonical effect; kept in the timeline and the system's status.
+    Inform,
+    /// An SLA deadline passed while its timer was armed (journaled by orderhub itself).
+    SlaBreach {
+        /// The rule's name.
+        rule: String,
+        /// The deadline that passed.
+        deadline: Millis,
+        /// True when the deadline passed while the engine was down.
+        late: bool,
+    },
+}
+
+impl EventAction {
+    /// The label used in the timeline's `mapped` field.
+    pub fn label(&self) -> &str {
+        match self {
+            EventAction::Move { state } => state.as_str(),
+            EventAction::ReleaseHold => "hold_released",
+            EventAction::Inform => "none",
+            EventAction::SlaBreach { .. } => "sla_breach",
+        }
+    }
+}
+
+/// One report from one system about one order, translated to canonical form.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OrderEvent {
+    /// The order key, `{channel}:{channel order id}`.
+    pub order: String,
+    /// The reporting system (`douyin`, `wms`, `courier`, `orderhub`, …).
+    pub source: String,
+    /// The source's own id for this delivery; with `source` it deduplicates redeliveries.
+    pub source_event_id: String,
+    /// The status exactly as the source reported it.
+    pub raw_status: String,
+    /// What the raw status means canonically.
+    pub action: EventAction,
+    /// When the source says it happened.
+    pub occurred_at: Millis,
+    /// When orderhub received it.
+    pub received_at: Millis,
+    /// Business fields the source carried (waybill, amounts, shop id, …).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+impl OrderEvent {
+    /// The instant the event counts from: the source's time, never later than when orderhub
+    /// received it (a source clock running ahead must not push deadlines out).
+    pub fn effective_at(&self) -> Millis {
+        self.occurred_at.min(self.received_at)
+    }
+}
+
+/// An event with its journal sequence number: the total order in which events are applied.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JournaledEvent {
+    /// Position in the journal, strictly increasing, starting at 1.
+    pub seq: u64,
+    /// The event.
+    pub event: OrderEvent,
+}
+
+/// Journaled events are shared between the journal, the router and the order actor.
+pub type SharedEvent = Arc<JournaledEvent>;

@@ -1,0 +1,476 @@
+//! The canonical state machine: applies journaled events to an [`Order`], keeping every report
+//! in the timeline and never moving the order backwards. Pure: no clock, no I/O.
+
+use super::event::{EventAction, JournaledEvent, Millis};
+use super::policy::{OrderPolicy, SlaRule};
+use super::state::OrderState;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One system's last reported status for an order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SystemStatus {
+    /// The raw status as the system reported it.
+    pub raw_status: String,
+    /// Its canonical meaning (`none` for informational statuses).
+    pub mapped: String,
+    /// When the system says it happened.
+    pub occurred_at: Millis,
+    /// When orderhub received it.
+    pub received_at: Millis,
+}
+
+/// What applying one event did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The order moved.
+    Applied {
+        /// Where it was (`None` for the first event).
+        from: Option<OrderState>,
+        /// Where it is now.
+        to: OrderState,
+    },
+    /// The order is already in that state.
+    Unchanged,
+    /// The event lies behind the current state (late or out of order).
+    Stale {
+        /// The state the order was in.
+        current: OrderState,
+    },
+    /// The event contradicts the current state (e.g. `shipped` after `cancelled`).
+    Conflict {
+        /// The state the order was in.
+        current: OrderState,
+    },
+    /// The source is not allowed to cause that state.
+    NotAllowed,
+    /// An informational status.
+    Recorded,
+    /// The order is on hold: progress was noted and applies when the hold is released.
+    Held {
+        /// Where the order resumes when released.
+        resume_to: OrderState,
+    },
+    /// A release for an order that is not on hold.
+    NotHeld,
+    /// An SLA deadline was breached.
+    SlaBreached {
+        /// The rule's name.
+        rule: String,
+    },
+    /// An SLA breach report for a timer that was no longer armed (the order moved on first).
+    SlaNotArmed {
+        /// The rule's name.
+        rule: String,
+    },
+}
+
+impl Outcome {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Applied { .. } => "applied",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Stale { .. } => "stale",
+            Outcome::Conflict { .. } => "conflict",
+            Outcome::NotAllowed => "not_allowed",
+            Outcome::Recorded => "recorded",
+            Outcome::Held { .. } => "held",
+            Outcome::NotHeld => "not_held",
+            Outcome::SlaBreached { .. } => "sla_breached",
+            Outcome::SlaNotArmed { .. } => "sla_not_armed",
+        }
+    }
+}
+
+/// One entry of an order's timeline: a report and what it did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    /// Journal sequence number.
+    pub seq: u64,
+    /// Reporting system.
+    pub source: String,
+    /// The source's event id.
+    pub source_event_id: String,
+    /// Raw status as reported.
+    pub raw_status: String,
+    /// Canonical meaning of the raw status.
+    pub mapped: String,
+    /// Source time.
+    pub occurred_at: Millis,
+    /// Hub time.
+    pub received_at: Millis,
+    /// What it did.
+    pub outcome: Outcome,
+}
+
+/// Where an SLA timer stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum SlaStatus {
+    /// Waiting for its deadline.
+    Armed,
+    /// The deadline passed first.
+    Breached {
+        /// When the breach was detected.
+        detected_at: Millis,
+        /// True when it passed while the engine was down.
+        late: bool,
+    },
+}
+
+/// An SLA timer of one order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlaTimer {
+    /// The rule's name.
+    pub rule: String,
+    /// The state that armed it.
+    pub from: OrderState,
+    /// When it was armed.
+    pub armed_at: Millis,
+    /// When it is (or was) due.
+    pub deadline: Millis,
+    /// Armed or breached.
+    #[serde(flatten)]
+    pub status: SlaStatus,
+}
+
+/// The hold overlay: where the order resumes when released.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// Where the order goes back to (advanced by progress reported during the hold).
+    pub resume_to: OrderState,
+    /// When the hold began.
+    pub since: Millis,
+}
+
+/// Timer changes an application caused, for the actor to pass to its shard's timer structure.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TimerChanges {
+    /// `(rule, deadline)` pairs to arm (re-arming replaces the previous deadline).
+    pub armed: Vec<(String, Millis)>,
+    /// Rules to disarm.
+    pub disarmed: Vec<String>,
+}
+
+/// The canonical view of one order: a deterministic fold over its journaled events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Order {
+    /// `{channel}:{channel order id}`.
+    pub key: String,
+    /// The canonical state (`None` until an event was applied).
+    pub state: Option<OrderState>,
+    /// When the order entered its current state.
+    pub state_since: Millis,
+    /// Set while the order is on hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
+    /// Each system's own last status.
+    pub systems: BTreeMap<String, SystemStatus>,
+    /// Business fields, later reports overriding earlier ones.
+    pub fields: serde_json::Map<String, serde_json::Value>,
+    /// Every report, in journal order.
+    pub timeline: Vec<TimelineEntry>,
+    /// Armed and breached SLA timers.
+    pub sla: Vec<SlaTimer>,
+    /// The last journal sequence number folded in.
+    pub applied_seq: u64,
+    /// Hub time of the first report.
+    pub first_seen: Millis,
+    /// Hub time of the last report.
+    pub updated_at: Millis,
+}
+
+impl Order {
+    /// An order with no events.
+    pub fn new(key: impl Into<String>) -> Self {
+        Order {
+            key: key.into(),
+            state: None,
+            state_since: 0,
+            hold: None,
+            systems: BTreeMap::new(),
+            fields: serde_json::Map::new(),
+            timeline: Vec::new(),
+            sla: Vec::new(),
+            applied_seq: 0,
+            first_seen: 0,
+            updated_at: 0,
+        }
+    }
+
+    /// Folds `events` (in journal order) into a fresh order.
+    pub fn replay<'a>(
+        key: impl Into<String>,
+        events: impl IntoIterator<Item = &'a JournaledEvent>,
+        policy: &OrderPolicy,
+    ) -> Self {
+        let mut order = Order::new(key);
+        for event in events {
+            order.apply(event, policy);
+        }
+        order
+    }
+
+    /// Whether any SLA timer was breached.
+    pub fn sla_breached(&self) -> bool {
+        self.sla
+            .iter()
+            .any(|t| matches!(t.status, SlaStatus::Breached { .. }))
+    }
+
+    /// The armed timers as `(rule, deadline)`.
+    pub fn armed_timers(&self) -> impl Iterator<Item = (&str, Millis)> {
+        self.sla
+            .iter()
+            .filter(|t| t.status == SlaStatus::Armed)
+            .map(|t| (t.rule.as_str(), t.deadline))
+    }
+
+    /// Applies one journaled event. Events at or below `applied_seq` were folded in already and
+    /// are ignored (returns `None`), so redelivery after a restart is harmless.
+    pub fn apply(
+        &mut self,
+        journaled: &JournaledEvent,
+        policy: &OrderPolicy,
+    ) -> Option<(Outcome, TimerChanges)> {
+        if journaled.seq <= self.applied_seq {
+            return None;
+        }
+        let event = &journaled.event;
+        let at = event.effective_at();
+        if self.timeline.is_empty() {
+            self.first_seen = event.received_at;
+        }
+        self.applied_seq = journaled.seq;
+        self.updated_at = self.updated_at.max(event.received_at);
+
+        let mut timers = TimerChanges::default();
+        let outcome = match &event.action {
+            EventAction::Move { state } if !policy.allows(&event.source, *state) => {
+                Outcome::NotAllowed
+            }
+            EventAction::Move {
+                state: OrderState::OnHold,
+            } => self.hold(at, policy, &mut timers),
+            EventAction::Move { state } => self.advance(*state, at, policy, &mut timers),
+            EventAction::ReleaseHold => match self.hold.take() {
+                Some(hold) => {
+                    self.enter(hold.resume_to, at, policy, &mut timers);
+                    Outcome::Applied {
+                        from: Some(OrderState::OnHold),
+                        to: hold.resume_to,
+                    }
+                }
+                None => Outcome::NotHeld,
+            },
+            EventAction::Inform => Outcome::Recorded,
+            EventAction::SlaBreach {
+                rule,
+                deadline,
+                late,
+            } => self.breach(rule, *deadline, *late, event.received_at),
+        };
+
+        if event.source != super::event::INTERNAL_SOURCE {
+            self.record_system(journaled);
+            for (name, value) in &event.fields {
+                self.fields.insert(name.clone(), value.clone());
+            }
+            if !matches!(outcome, Outcome::Applied { .. }) {
+                self.reset_timers_on_report(at, policy, &mut timers);
+            }
+        }
+        self.timeline.push(TimelineEntry {
+            seq: journaled.seq,
+            source: event.source.clone(),
+            source_event_id: event.source_event_id.clone(),
+            raw_status: event.raw_status.clone(),
+            mapped: event.action.label().to_owned(),
+            occurred_at: event.occurred_at,
+            received_at: event.received_at,
+            outcome: outcome.clone(),
+        });
+        Some((outcome, timers))
+    }
+
+    fn advance(
+        &mut self,
+        target: OrderState,
+        at: Millis,
+        policy: &OrderPolicy,
+        timers: &mut TimerChanges,
+    ) -> Outcome {
+        let Some(current) = self.state else {
+            self.enter(target, at, policy, timers);
+            return Outcome::Applied {
+                from: None,
+                to: target,
+            };
+        };
+        if let Some(base) = self.hold.as_ref().map(|h| h.resume_to) {
+            return if !base.reaches(target) {
+                compare(base, target)
+            } else if target == OrderState::Cancelled {
+                self.hold = None;
+                self.enter(target, at, policy, timers);
+                Outcome::Applied {
+                    from: Some(OrderState::OnHold),
+                    to: target,
+                }
+            } else {
+                if let Some(hold) = &mut self.hold {
+                    hold.resume_to = target;
+                }
+                Outcome::Held { resume_to: target }
+            };
+        }
+        if current.reaches(target) {
+            self.enter(target, at, policy, timers);
+            Outcome::Applied {
+                from: Some(current),
+                to: target,
+            }
+        } else {
+            compare(current, target)
+        }
+    }
+
+    fn hold(&mut self, at: Millis, policy: &OrderPolicy, timers: &mut TimerChanges) -> Outcome {
+        match self.state {
+            Some(OrderState::OnHold) => Outcome::Unchanged,
+            Some(current) if current.can_hold() => {
+                self.enter(OrderState::OnHold, at, policy, timers);
+                self.hold = Some(Hold {
+                    resume_to: current,
+                    since: at,
+                });
+                Outcome::Applied {
+                    from: Some(current),
+                    to: OrderState::OnHold,
+                }
+            }
+            Some(current) => Outcome::Conflict { current },
+            None => Outcome::NotHeld,
+        }
+    }
+
+    /// Moves into `target`, disarming the timers of the state left and arming those of `target`.
+    fn enter(
+        &mut self,
+        target: OrderState,
+        at: Millis,
+        policy: &OrderPolicy,
+        timers: &mut TimerChanges,
+    ) {
+        if let Some(left) = self.state {
+            let before = self.sla.len();
+            self.sla.retain(|t| {
+                let disarm = t.from == left && t.status == SlaStatus::Armed;
+                if disarm {
+                    timers.disarmed.push(t.rule.clone());
+                }
+                !disarm
+            });
+            debug_assert!(self.sla.len() <= before);
+        }
+        self.state = Some(target);
+        self.state_since = at;
+        for rule in policy.sla_rules().iter().filter(|r| r.from == target) {
+            self.arm(rule, at, timers);
+        }
+    }
+
+    fn arm(&mut self, rule: &SlaRule, at: Millis, timers: &mut TimerChanges) {
+        let deadline = at.saturating_add(rule.within_ms);
+        match self
+            .sla
+            .iter_mut()
+            .find(|t| t.rule == rule.name && t.status == SlaStatus::Armed)
+        {
+            Some(timer) => {
+                timer.armed_at = at;
+                timer.deadline = deadline;
+            }
+            None => self.sla.push(SlaTimer {
+                rule: rule.name.clone(),
+                from: rule.from,
+                armed_at: at,
+                deadline,
+                status: SlaStatus::Armed,
+            }),
+        }
+        timers.armed.push((rule.name.clone(), deadline));
+    }
+
+    fn reset_timers_on_report(
+        &mut self,
+        at: Millis,
+        policy: &OrderPolicy,
+        timers: &mut TimerChanges,
+    ) {
+        let Some(state) = self.state else { return };
+        for rule in policy
+            .sla_rules()
+            .iter()
+            .filter(|r| r.reset_on_event && r.from == state)
+        {
+            let armed = self
+                .sla
+                .iter()
+                .any(|t| t.rule == rule.name && t.status == SlaStatus::Armed && t.armed_at < at);
+            if armed {
+                self.arm(rule, at, timers);
+            }
+        }
+    }
+
+    fn breach(&mut self, rule: &str, deadline: Millis, late: bool, detected_at: Millis) -> Outcome {
+        match self
+            .sla
+            .iter_mut()
+            .find(|t| t.rule == rule && t.deadline == deadline && t.status == SlaStatus::Armed)
+        {
+            Some(timer) => {
+                timer.status = SlaStatus::Breached { detected_at, late };
+                Outcome::SlaBreached {
+                    rule: rule.to_owned(),
+                }
+            }
+            None => Outcome::SlaNotArmed {
+                rule: rule.to_owned(),
+            },
+        }
+    }
+
+    fn record_system(&mut self, journaled: &JournaledEvent) {
+        let event = &journaled.event;
+        let newer = self
+            .systems
+            .get(&event.source)
+            .is_none_or(|s| s.occurred_at <= event.occurred_at);
+        if newer {
+            self.systems.insert(
+                event.source.clone(),
+                SystemStatus {
+                    raw_status: event.raw_status.clone(),
+                    mapped: event.action.label().to_owned(),
+                    occurred_at: event.occurred_at,
+                    received_at: event.received_at,
+                },
+            );
+        }
+    }
+}
+
+/// Classifies a target that is not forward of `current`.
+fn compare(current: OrderState, target: OrderState) -> Outcome {
+    if current == target {
+        Outcome::Unchanged
+    } else if target.reaches(current) {
+        Outcome::Stale { current }
+    } else {
+        Outcome::Conflict { current }
+    }
+}

@@ -1,0 +1,60 @@
+//! Configuration the state machine consults: who may cause which state, and the SLA rules.
+
+use super::event::Millis;
+use super::state::{OrderState, STATE_COUNT};
+use serde::{Deserialize, Serialize};
+
+/// An SLA rule: armed when the order enters `from`, disarmed when it leaves, breached when the
+/// deadline passes first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlaRule {
+    /// Unique name, used in the API and as a metric label.
+    pub name: String,
+    /// The state that arms the timer.
+    pub from: OrderState,
+    /// How long the order may stay in `from`.
+    pub within_ms: Millis,
+    /// Restart the deadline on every report about the order while it is in `from`
+    /// ("in transit without an update for 48 h").
+    pub reset_on_event: bool,
+}
+
+/// The rules an order is judged by. Shared read-only by every order actor.
+#[derive(Clone, Debug, Default)]
+pub struct OrderPolicy {
+    /// Per target state, the sources allowed to cause it; `None` means any source may.
+    allowed_sources: [Option<Vec<String>>; STATE_COUNT],
+    sla: Vec<SlaRule>,
+}
+
+impl OrderPolicy {
+    /// A policy where any source may cause any forward transition and no SLA applies.
+    pub fn permissive() -> Self {
+        Self::default()
+    }
+
+    /// Restrict `state` to be caused only by `sources`.
+    pub fn allow_only(mut self, state: OrderState, sources: Vec<String>) -> Self {
+        self.allowed_sources[state as usize] = Some(sources);
+        self
+    }
+
+    /// Add an SLA rule.
+    pub fn with_sla(mut self, rule: SlaRule) -> Self {
+        self.sla.push(rule);
+        self
+    }
+
+    /// Whether `source` may move an order into `state`.
+    pub fn allows(&self, source: &str, state: OrderState) -> bool {
+        match &self.allowed_sources[state as usize] {
+            None => true,
+            Some(list) => list.iter().any(|s| s == source),
+        }
+    }
+
+    /// The SLA rules, in configuration order.
+    pub fn sla_rules(&self) -> &[SlaRule] {
+        &self.sla
+    }
+}

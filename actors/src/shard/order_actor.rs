@@ -1,0 +1,142 @@
+//! The order actor: one per active order, child of its shard supervisor. It holds the order's
+//! canonical state, applies journaled events to it, keeps its SLA timers armed in the shard's
+//! timer structure and writes its summary behind every change.
+
+use super::ShardContext;
+use super::pending::PendingGuard;
+use crate::order::{EventAction, INTERNAL_SOURCE, Millis, Order, OrderEvent, SharedEvent};
+use crate::store::OrderIndexEntry;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::sync::Arc;
+
+/// Messages an order actor handles.
+pub(crate) enum OrderMsg {
+    /// Apply a journaled event (already durable).
+    Apply(SharedEvent, PendingGuard),
+    /// An SLA deadline of this order is due.
+    SlaDue { rule: Arc<str>, deadline: Millis },
+    /// Reply with a copy of the canonical order.
+    Snapshot(RpcReplyPort<Option<Order>>),
+    /// Write the summary and stop; later events start a fresh actor from the journal.
+    Passivate,
+    /// Panic, to exercise supervision in tests.
+    #[cfg(test)]
+    InjectPanic,
+}
+
+pub(crate) struct OrderActor;
+
+pub(crate) struct OrderArgs {
+    pub(crate) key: Arc<str>,
+    pub(crate) ctx: Arc<ShardContext>,
+}
+
+pub(crate) struct OrderActorState {
+    key: Arc<str>,
+    order: Order,
+    ctx: Arc<ShardContext>,
+}
+
+impl Actor for OrderActor {
+    type Msg = OrderMsg;
+    type State = OrderActorState;
+    type Arguments = OrderArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<OrderMsg>,
+        args: OrderArgs,
+    ) -> Result<OrderActorState, ActorProcessingErr> {
+        let events = args.ctx.store.load_events(&args.key)?;
+        let order = Order::replay(args.key.as_ref(), &events, &args.ctx.policy);
+        for (rule, deadline) in order.armed_timers() {
+            args.ctx.timers.arm(&args.key, rule, deadline);
+        }
+        Ok(OrderActorState {
+            key: args.key,
+            order,
+            ctx: args.ctx,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<OrderMsg>,
+        message: OrderMsg,
+        state: &mut OrderActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            OrderMsg::Apply(event, _pending) => state.apply(&event),
+            OrderMsg::SlaDue { rule, deadline } => state.sla_due(&rule, deadline)?,
+            OrderMsg::Snapshot(reply) => {
+                // The asker may have given up waiting; nothing to do then.
+                let _ = reply.send(Some(state.order.clone()));
+            }
+            OrderMsg::Passivate => {
+                state.record_index();
+                myself.stop(Some("passivated".into()));
+            }
+            #[cfg(test)]
+            OrderMsg::InjectPanic => panic!("injected panic in order {}", state.key),
+        }
+        Ok(())
+    }
+}
+
+impl OrderActorState {
+    fn apply(&mut self, event: &SharedEvent) {
+        let ctx = &self.ctx;
+        let Some((outcome, timers)) = self.order.apply(event, &ctx.policy) else {
+            return; // folded in already (loaded from the journal after it was routed)
+        };
+        ctx.metrics.record(&outcome);
+        if let EventAction::SlaBreach { rule, late, .. } = &event.event.action {
+            if matches!(outcome, crate::order::Outcome::SlaBreached { .. }) {
+                ctx.metrics.breach(rule, *late);
+                tracing::warn!(order = %self.key, rule = %rule, late, "sla breached");
+            }
+        }
+        for rule in &timers.disarmed {
+            ctx.timers.disarm(&self.key, rule);
+        }
+        for (rule, deadline) in &timers.armed {
+            ctx.timers.arm(&self.key, rule, *deadline);
+        }
+        self.record_index();
+    }
+
+    fn sla_due(&mut self, rule: &str, deadline: Millis) -> Result<(), ActorProcessingErr> {
+        let still_armed = self
+            .order
+            .armed_timers()
+            .any(|(r, d)| r == rule && d == deadline);
+        if !still_armed {
+            return Ok(());
+        }
+        let now = self.ctx.clock.now_ms();
+        let event = OrderEvent {
+            order: self.key.to_string(),
+            source: INTERNAL_SOURCE.to_owned(),
+            // Deterministic id: a breach raised twice (say by an actor and its successor) is
+            // journaled once.
+            source_event_id: format!("sla:{rule}:{deadline}"),
+            raw_status: "sla_breach".to_owned(),
+            action: EventAction::SlaBreach {
+                rule: rule.to_owned(),
+                deadline,
+                late: deadline < self.ctx.started_at,
+            },
+            occurred_at: now,
+            received_at: now,
+            fields: serde_json::Map::new(),
+        };
+        self.ctx.store.append_internal(event)?;
+        Ok(())
+    }
+
+    fn record_index(&self) {
+        self.ctx
+            .store
+            .record_index(OrderIndexEntry::of(&self.order));
+    }
+}

@@ -1,0 +1,120 @@
+//! Metric handles the order actors use, registered once per engine rather than looked up per
+//! event.
+
+use crate::order::{OrderState, Outcome, STATE_LABELS_WITH_NONE};
+use crate::telemetry as t;
+use metrics::{Counter, Gauge, counter, gauge};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicI64;
+
+const OUTCOMES: [&str; 10] = [
+    "applied",
+    "unchanged",
+    "stale",
+    "conflict",
+    "not_allowed",
+    "recorded",
+    "held",
+    "not_held",
+    "sla_breached",
+    "sla_not_armed",
+];
+
+/// Pre-registered handles plus the shared counters behind the gauges that are refreshed
+/// periodically instead of on every event.
+pub(crate) struct OrderMetrics {
+    transitions: Vec<Counter>,
+    by_state: Vec<Gauge>,
+    outcomes: Vec<Counter>,
+    breaches: HashMap<(String, bool), Counter>,
+    pub(crate) spawned: Counter,
+    pub(crate) passivated_idle: Counter,
+    pub(crate) passivated_capacity: Counter,
+    pub(crate) passivated_shutdown: Counter,
+    pub(crate) restarts: Counter,
+    pub(crate) failures_start: Counter,
+    pub(crate) failures_crash_loop: Counter,
+    pub(crate) active: Arc<AtomicI64>,
+    pub(crate) pending: Arc<AtomicI64>,
+    pub(crate) armed: Arc<AtomicI64>,
+}
+
+impl OrderMetrics {
+    pub(crate) fn new(rules: impl IntoIterator<Item = String>) -> Self {
+        let mut transitions =
+            Vec::with_capacity(STATE_LABELS_WITH_NONE.len() * OrderState::ALL.len());
+        for from in STATE_LABELS_WITH_NONE {
+            for to in OrderState::ALL {
+                transitions
+                    .push(counter!(t::ORDERS_TRANSITIONS, "from" => from, "to" => to.as_str()));
+            }
+        }
+        let mut breaches = HashMap::new();
+        for rule in rules {
+            for late in [false, true] {
+                let handle = counter!(t::SLA_BREACHES, "rule" => rule.clone(), "late" => if late { "true" } else { "false" });
+                breaches.insert((rule.clone(), late), handle);
+            }
+        }
+        OrderMetrics {
+            transitions,
+            by_state: OrderState::ALL
+                .iter()
+                .map(|s| gauge!(t::ORDERS_BY_STATE, "state" => s.as_str()))
+                .collect(),
+            outcomes: OUTCOMES
+                .iter()
+                .map(|o| counter!(t::ORDERS_EVENT_OUTCOMES, "outcome" => *o))
+                .collect(),
+            breaches,
+            spawned: counter!(t::ACTORS_SPAWNED),
+            passivated_idle: counter!(t::ACTORS_PASSIVATED, "reason" => "idle"),
+            passivated_capacity: counter!(t::ACTORS_PASSIVATED, "reason" => "capacity"),
+            passivated_shutdown: counter!(t::ACTORS_PASSIVATED, "reason" => "shutdown"),
+            restarts: counter!(t::ACTORS_RESTARTS),
+            failures_start: counter!(t::ACTORS_FAILURES, "kind" => "start"),
+            failures_crash_loop: counter!(t::ACTORS_FAILURES, "kind" => "crash_loop"),
+            active: Arc::default(),
+            pending: Arc::default(),
+            armed: Arc::default(),
+        }
+    }
+
+    /// Counts one applied event's outcome, and the transition if it moved the order.
+    pub(crate) fn record(&self, outcome: &Outcome) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome.label()) {
+            self.outcomes[i].increment(1);
+        }
+        match outcome {
+            Outcome::Applied { from, to } => {
+                let from_index = from.map_or(0, |f| f as usize + 1);
+                self.transitions[from_index * OrderState::ALL.len() + *to as usize].increment(1);
+                if let Some(from) = from {
+                    self.by_state[*from as usize].decrement(1.0);
+                }
+                self.by_state[*to as usize].increment(1.0);
+            }
+            Outcome::SlaBreached { .. } => {}
+            _ => {}
+        }
+    }
+
+    /// Counts an SLA breach.
+    pub(crate) fn breach(&self, rule: &str, late: bool) {
+        match self.breaches.get(&(rule.to_owned(), late)) {
+            Some(counter) => counter.increment(1),
+            None => {
+                counter!(t::SLA_BREACHES, "rule" => rule.to_owned(), "late" => late.to_string())
+                    .increment(1)
+            }
+        }
+    }
+
+    /// Sets the per-state gauges to absolute counts (at start-up, from the index).
+    pub(crate) fn set_orders_by_state(&self, counts: &[(OrderState, u64)]) {
+        for (state, count) in counts {
+            self.by_state[*state as usize].set(*count as f64);
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! Supervision, passivation and SLA timer tests against an in-memory journal.
+
+use super::*;
+use crate::order::{EventAction, JournaledEvent, OrderEvent, SlaRule, SlaStatus};
+use crate::store::{OrderIndexEntry, StoreError};
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+/// A journal in memory: appends assign the next sequence number and route, as the engine's
+/// writer does after a commit.
+#[derive(Default)]
+struct MemoryJournal {
+    events: Mutex<Vec<JournaledEvent>>,
+    index: Mutex<HashMap<String, OrderIndexEntry>>,
+    router: OnceLock<OrderRouter>,
+}
+
+impl MemoryJournal {
+    fn append(&self, event: OrderEvent) {
+        let journaled = {
+            let mut events = self.events.lock().unwrap();
+            if events.iter().any(|e| {
+                e.event.source == event.source && e.event.source_event_id == event.source_event_id
+            }) {
+                return;
+            }
+            let journaled = JournaledEvent {
+                seq: events.len() as u64 + 1,
+                event,
+            };
+            events.push(journaled.clone());
+            journaled
+        };
+        self.router
+            .get()
+            .expect("router set")
+            .route(Arc::new(journaled))
+            .unwrap();
+    }
+
+    fn index(&self, order: &str) -> Option<OrderIndexEntry> {
+        self.index.lock().unwrap().get(order).cloned()
+    }
+}
+
+impl OrderStore for MemoryJournal {
+    fn load_events(&self, order: &str) -> Result<Vec<JournaledEvent>, StoreError> {
+        Ok(self
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.event.order == order)
+            .cloned()
+            .collect())
+    }
+
+    fn append_internal(&self, event: OrderEvent) -> Result<(), StoreError> {
+        self.append(event);
+        Ok(())
+    }
+
+    fn record_index(&self, entry: OrderIndexEntry) {
+        let mut index = self.index.lock().unwrap();
+        let keep = index
+            .get(&entry.key)
+            .is_none_or(|old| old.applied_seq <= entry.applied_seq);
+        if keep {
+            index.insert(entry.key.clone(), entry);
+        }
+    }
+}
+
+const T0: Millis = 1_700_000_000_000;
+
+fn event(order: &str, id: &str, state: OrderState, at: Millis) -> OrderEvent {
+    OrderEvent {
+        order: order.into(),
+        source: "wms".into(),
+        source_event_id: id.into(),
+        raw_status: state.as_str().into(),
+        action: EventAction::Move { state },
+        occurred_at: at,
+        received_at: at,
+        fields: serde_json::Map::new(),
+    }
+}
+
+async fn start(config: ShardConfig, policy: OrderPolicy) -> (Arc<MemoryJournal>, OrderRouter) {
+    let journal = Arc::new(MemoryJournal::default());
+    let router = OrderRouter::start(
+        config,
+        policy,
+        journal.clone(),
+        Arc::new(TokioClock::starting_at(T0)),
+    )
+    .await
+    .unwrap();
+    journal.router.set(router.clone()).ok().unwrap();
+    (journal, router)
+}
+
+/// Polls `check` until it holds, yielding to the actors between tries.
+async fn eventually<F: FnMut() -> bool>(what: &str, mut check: F) {
+    for _ in 0..2_000 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn timeline_len(router: &OrderRouter, order: &str) -> usize {
+    router
+        .active_order(order, Duration::from_secs(1))
+        .await
+        .unwrap()
+        .map_or(0, |o| o.timeline.len())
+}
+
+#[tokio::test]
+async fn a_crashed_order_actor_recovers_its_full_timeline() {
+    let (journal, router) = start(ShardConfig::new(T0), OrderPolicy::permissive()).await;
+    journal.append(event("douyin:1", "a", OrderState::Paid, T0));
+    journal.append(event("douyin:1", "b", OrderState::Allocated, T0 + 1));
+    journal.append(event("douyin:1", "c", OrderState::Picked, T0 + 2));
+    eventually("three events applied", || router.pending_events() == 0).await;
+    assert_eq!(timeline_len(&router, "douyin:1").await, 3);
+
+    router.inject_panic("douyin:1");
+    journal.append(event("douyin:1", "d", OrderState::Packed, T0 + 3));
+    eventually("the actor restarted", || router.pending_events() == 0).await;
+    let mut order = None;
+    for _ in 0..100 {
+        order = router
+            .active_order("douyin:1", Duration::from_secs(1))
+            .await
+            .unwrap();
+        if order.as_ref().is_some_and(|o| o.timeline.len() == 4) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let order = order.expect("restarted actor is active");
+    assert_eq!(order.state, Some(OrderState::Packed));
+    let ids: Vec<&str> = order
+        .timeline
+        .iter()
+        .map(|e| e.source_event_id.as_str())
+        .collect();
+    assert_eq!(ids, ["a", "b", "c", "d"]);
+    router.stop(Duration::from_secs(1)).await;
+}
+
+#[tokio::test]
+async fn least_recently_used_orders_passivate_at_the_cap_and_come_back_whole() {
+    let mut config = ShardConfig::new(T0);
+    config.shards = 1;
+    config.max_active_per_shard = 2;
+    let (journal, router) = start(config, OrderPolicy::permissive()).await;
+    for i in 0..5 {
+        journal.append(event(
+            &format!("o:{i}"),
+            &format!("p{i}"),
+            OrderState::Paid,
+            T0,
+        ));
+    }
+    eventually("events applied", || router.pending_events() == 0).await;
+    eventually("cap respected", || router.active_actors() <= 2).await;
+    assert!(
+        router
+            .active_order("o:0", Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    eventually("summary written on passivation", || {
+        journal
+            .index("o:0")
+            .is_some_and(|e| e.state == Some(OrderState::Paid))
+    })
+    .await;
+
+    journal.append(event("o:0", "s0", OrderState::Shipped, T0 + 10));
+    eventually("event applied", || router.pending_events() == 0).await;
+    let order = router
+        .active_order("o:0", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .expect("reactivated");
+    assert_eq!(order.state, Some(OrderState::Shipped));
+    assert_eq!(order.timeline.len(), 2);
+    router.stop(Duration::from_secs(1)).await;
+    assert_eq!(router.active_actors(), 0, "stop passivates every actor");
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_orders_passivate_after_the_timeout() {
+    let mut config = ShardConfig::new(T0);
+    config.idle_timeout = Duration::from_secs(60);
+    let (journal, router) = start(config, OrderPolicy::permissive()).await;
+    journal.append(event("o:1", "a", OrderState::Paid, T0));
+    eventually("active", || router.active_actors() == 1).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(router.active_actors(), 1, "not idle long enough yet");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    eventually("passivated", || router.active_actors() == 0).await;
+    router.stop(Duration::from_secs(1)).await;
+}
+
+fn two_hour_rule() -> OrderPolicy {
+    OrderPolicy::permissive().with_sla(SlaRule {
+        name: "allocate_within_2h".into(),
+        from: OrderState::Paid,
+        within_ms: 2 * 3_600_000,
+        reset_on_event: false,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_sla_deadline_fires_once_even_for_a_passivated_order() {
+    let mut config = ShardConfig::new(T0);
+    config.idle_timeout = Duration::from_secs(60);
+    let (journal, router) = start(config, two_hour_rule()).await;
+    journal.append(event("o:late", "paid", OrderState::Paid, T0));
+    journal.append(event("o:ok", "paid", OrderState::Paid, T0));
+    journal.append(event("o:ok", "alloc", OrderState::Allocated, T0 + 60_000));
+    eventually("timer armed", || router.armed_timers() == 1).await;
+
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(router.active_actors(), 0, "both passivated while waiting");
+    assert!(!journal.index("o:late").unwrap().sla_breached);
+
+    tokio::time::sleep(Duration::from_secs(3601)).await;
+    eventually("breach recorded", || {
+        journal.index("o:late").is_some_and(|e| e.sla_breached)
+    })
+    .await;
+    let order = router
+        .active_order("o:late", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .expect("woken by its timer");
+    assert!(matches!(
+        order.sla[0].status,
+        SlaStatus::Breached { late: false, .. }
+    ));
+    assert!(!journal.index("o:ok").unwrap().sla_breached);
+    assert_eq!(router.armed_timers(), 0);
+    let breaches = journal
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.event.source == crate::order::INTERNAL_SOURCE)
+        .count();
+    assert_eq!(breaches, 1);
+    router.stop(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_deadline_missed_while_down_fires_at_once_flagged_late() {
+    // The order was paid three hours before this engine started; its timer is re-armed from
+    // the index at start-up.
+    let (journal, router) = start(ShardConfig::new(T0), two_hour_rule()).await;
+    let paid_at = T0 - 3 * 3_600_000;
+    journal.events.lock().unwrap().push(JournaledEvent {
+        seq: 1,
+        event: event("o:1", "paid", OrderState::Paid, paid_at),
+    });
+    router.arm("o:1", "allocate_within_2h", paid_at + 2 * 3_600_000);
+    eventually("late breach recorded", || {
+        journal.index("o:1").is_some_and(|e| e.sla_breached)
+    })
+    .await;
+    let order = router
+        .active_order("o:1", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        order.sla[0].status,
+        SlaStatus::Breached { late: true, .. }
+    ));
+    router.stop(Duration::from_secs(1)).await;
+}

@@ -1,0 +1,140 @@
+//! The metric catalogue: every metric orderhub exports, with its help text, unit and labels.
+//! Code refers to metrics only through the names here; dashboards and alerts likewise.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// What kind of series a metric is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Monotone count.
+    Counter,
+    /// Value that goes up and down.
+    Gauge,
+    /// Distribution of observations.
+    Histogram,
+}
+
+/// One catalogued metric.
+#[derive(Clone, Copy, Debug)]
+pub struct MetricDef {
+    /// Full Prometheus name.
+    pub name: &'static str,
+    /// Series kind.
+    pub kind: MetricKind,
+    /// Unit of the values.
+    pub unit: Unit,
+    /// Help text.
+    pub help: &'static str,
+    /// Label names (each from a small fixed set of values).
+    pub labels: &'static [&'static str],
+}
+
+macro_rules! catalogue {
+    ($( $(#[$doc:meta])* $const:ident = $name:literal, $kind:ident, $unit:ident, [$($label:literal),*], $help:literal; )*) => {
+        $( $(#[$doc])* pub const $const: &str = $name; )*
+        /// Every metric, in catalogue order.
+        pub const CATALOGUE: &[MetricDef] = &[
+            $( MetricDef { name: $name, kind: MetricKind::$kind, unit: Unit::$unit, help: $help, labels: &[$($label),*] }, )*
+        ];
+    };
+}
+
+catalogue! {
+    /// Ingest HTTP requests.
+    INGEST_REQUESTS = "orderhub_ingest_requests_total", Counter, Count, ["source", "outcome"],
+        "Ingest requests by source and outcome (accepted, duplicate, verification, or the rejection reason).";
+    /// Events carried by accepted ingest requests.
+    INGEST_EVENTS = "orderhub_ingest_events_total", Counter, Count, ["source", "outcome"],
+        "Events in accepted ingest requests by source; outcome is appended or duplicate.";
+    /// Ingest latency.
+    INGEST_LATENCY = "orderhub_ingest_latency_seconds", Histogram, Seconds, ["source"],
+        "Time from receiving an ingest request to answering it, including the journal fsync.";
+    /// Events appended to the journal.
+    JOURNAL_APPENDED = "orderhub_journal_appended_events_total", Counter, Count, [],
+        "Events durably appended to the journal (duplicates excluded).";
+    /// Events per group commit.
+    JOURNAL_BATCH_SIZE = "orderhub_journal_batch_events", Histogram, Count, [],
+        "Events written per journal group commit.";
+    /// Group commit latency.
+    JOURNAL_COMMIT_LATENCY = "orderhub_journal_commit_seconds", Histogram, Seconds, [],
+        "Time to write and fsync one journal group commit.";
+    /// Journal queue depth.
+    JOURNAL_QUEUE_DEPTH = "orderhub_journal_queue_depth", Gauge, Count, [],
+        "Append requests waiting for the journal writer.";
+    /// Journal queue oldest age.
+    JOURNAL_QUEUE_OLDEST = "orderhub_journal_queue_oldest_seconds", Gauge, Seconds, [],
+        "Age of the oldest append request waiting for the journal writer.";
+    /// Index updates waiting.
+    JOURNAL_INDEX_BACKLOG = "orderhub_journal_index_backlog", Gauge, Count, [],
+        "Order summaries and internal events waiting for the journal writer.";
+    /// Journal failures.
+    JOURNAL_ERRORS = "orderhub_journal_errors_total", Counter, Count, ["kind"],
+        "Journal operations that failed, by kind.";
+    /// Active actors.
+    ACTORS_ACTIVE = "orderhub_actors_active", Gauge, Count, [],
+        "Order actors currently in memory.";
+    /// Actors started.
+    ACTORS_SPAWNED = "orderhub_actors_spawned_total", Counter, Count, [],
+        "Order actors started (first event, timer, or reactivation after passivation).";
+    /// Actors passivated.
+    ACTORS_PASSIVATED = "orderhub_actors_passivated_total", Counter, Count, ["reason"],
+        "Order actors passivated, by reason (idle, capacity, shutdown).";
+    /// Actors restarted after a crash.
+    ACTORS_RESTARTS = "orderhub_actors_restarts_total", Counter, Count, [],
+        "Order actors restarted from the journal after they crashed.";
+    /// Actor failures that were not restarted.
+    ACTORS_FAILURES = "orderhub_actors_failures_total", Counter, Count, ["kind"],
+        "Order actors that could not start or crashed beyond the restart limit, by kind.";
+    /// Events routed but not applied yet.
+    ACTORS_PENDING_EVENTS = "orderhub_actors_pending_events", Gauge, Count, [],
+        "Journaled events routed to shards and not yet applied by their order actor.";
+    /// Canonical transitions.
+    ORDERS_TRANSITIONS = "orderhub_orders_transitions_total", Counter, Count, ["from", "to"],
+        "Canonical state transitions (from is none for an order's first state).";
+    /// Orders per state.
+    ORDERS_BY_STATE = "orderhub_orders_by_state", Gauge, Count, ["state"],
+        "Orders currently in each canonical state.";
+    /// Outcomes of applied events.
+    ORDERS_EVENT_OUTCOMES = "orderhub_orders_event_outcomes_total", Counter, Count, ["outcome"],
+        "Events applied to orders by outcome (applied, unchanged, stale, conflict, not_allowed, ...).";
+    /// SLA breaches.
+    SLA_BREACHES = "orderhub_sla_breaches_total", Counter, Count, ["rule", "late"],
+        "SLA deadlines that passed while their timer was armed; late is true when the engine was down at the deadline.";
+    /// Armed SLA timers.
+    SLA_ARMED_TIMERS = "orderhub_sla_armed_timers", Gauge, Count, [],
+        "SLA timers armed across all shards.";
+}
+
+/// Registers help text and units for every catalogued metric with the installed recorder.
+pub fn describe_all() {
+    for def in CATALOGUE {
+        match def.kind {
+            MetricKind::Counter => describe_counter!(def.name, def.unit, def.help),
+            MetricKind::Gauge => describe_gauge!(def.name, def.unit, def.help),
+            MetricKind::Histogram => describe_histogram!(def.name, def.unit, def.help),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_convention() {
+        let mut seen = std::collections::HashSet::new();
+        for def in CATALOGUE {
+            assert!(def.name.starts_with("orderhub_"), "{}", def.name);
+            assert!(seen.insert(def.name), "duplicate {}", def.name);
+            let is_total = def.name.ends_with("_total");
+            assert_eq!(is_total, def.kind == MetricKind::Counter, "{}", def.name);
+            assert!(
+                !def.labels
+                    .iter()
+                    .any(|l| l.contains("order") || *l == "key"),
+                "{}",
+                def.name
+            );
+        }
+    }
+}
