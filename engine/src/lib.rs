@@ -1,1 +1,199 @@
-//! x
+//! # orderhub-engine — the engine around the order brain
+//!
+//! In orderhub's data flow (DESIGN.md §1) this crate is everything but the actors: it takes
+//! channel pushes over HTTP, verifies, decodes and maps them ([`ingest`]), journals them
+//! durably before acknowledging ([`journal`]), hands them to the sharded order actors of
+//! `orderhub-actors`, answers queries ([`api`]) and exports metrics ([`telemetry`]).
+//!
+//! Modules:
+//! - [`config`] — configuration, embedded default, layering and validation;
+//! - [`ingest`] — the ingest pipeline and one adapter per source;
+//! - [`journal`] — the SQLite journal, group-commit writer, order index and recovery;
+//! - [`api`] — query and operations endpoints;
+//! - [`telemetry`] — Prometheus recorder and logging.
+//!
+//! The binary only parses arguments and calls [`run`].
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod api;
+pub mod config;
+pub mod ingest;
+pub mod journal;
+pub mod telemetry;
+
+use axum::Router;
+use axum::routing::{get, post};
+use config::Config;
+use ingest::{IngestMetrics, SecretLookup, SourceRegistry};
+use journal::Journal;
+use metrics_exporter_prometheus::PrometheusHandle;
+use orderhub_actors::order::{Millis, OrderPolicy};
+use orderhub_actors::shard::{Clock, OrderRouter, RouterError, SystemClock};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+
+/// How often histogram upkeep runs on the Prometheus recorder.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Why the engine could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The journal failed.
+    #[error(transparent)]
+    Journal(#[from] journal::JournalError),
+    /// The order actors failed to start.
+    #[error(transparent)]
+    Router(#[from] RouterError),
+    /// The HTTP server failed.
+    #[error("http server: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// Shared state of the HTTP handlers.
+pub(crate) struct AppState {
+    pub(crate) config: Config,
+    pub(crate) policy: Arc<OrderPolicy>,
+    pub(crate) journal: Journal,
+    pub(crate) router: OrderRouter,
+    pub(crate) sources: SourceRegistry,
+    pub(crate) ingest_metrics: IngestMetrics,
+    pub(crate) prometheus: PrometheusHandle,
+    pub(crate) clock: SystemClock,
+    ready: AtomicBool,
+}
+
+impl AppState {
+    pub(crate) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn now_ms(&self) -> Millis {
+        self.clock.now_ms()
+    }
+}
+
+/// Reads secrets from the process environment.
+pub fn env_secrets() -> SecretLookup {
+    Arc::new(|name: &str| std::env::var(name).ok())
+}
+
+/// Runs the engine on `listener` until `shutdown` completes, then drains: readiness fails,
+/// ingest stops accepting, in-flight requests finish, the actors write their summaries and the
+/// journal commits what is queued — all within `server.shutdown_grace`, which is logged when
+/// exceeded.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    secrets: SecretLookup,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), EngineError> {
+    let started = Instant::now();
+    let prometheus = telemetry::install();
+    let clock = SystemClock;
+    let policy = config.policy();
+    let data_dir = config.server.data_dir.clone();
+    let journal_config = config.journal.clone();
+    let recovery_policy = policy.clone();
+    let (journal, recovered) = tokio::task::spawn_blocking(move || {
+        Journal::open(&data_dir, &journal_config, &recovery_policy)
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))??;
+    let router = OrderRouter::start(
+        config.shard_config(clock.now_ms()),
+        policy.clone(),
+        Arc::new(journal.clone()),
+        Arc::new(clock),
+    )
+    .await?;
+    router.set_orders_by_state(&recovered.by_state);
+    for (order, rule, deadline) in &recovered.armed {
+        router.arm(order, rule, *deadline);
+    }
+    let routing = router.clone();
+    journal.start(move |event| {
+        if let Err(err) = routing.route(event) {
+            // The event is journaled; it is folded in when its order next loads or at restart.
+            tracing::warn!(error = %err, "could not route a journaled event");
+        }
+    })?;
+
+    let sources = SourceRegistry::build(&config, &secrets);
+    let ingest_metrics = IngestMetrics::new(sources.names());
+    let grace = config.server.shutdown_grace.0;
+    let state = Arc::new(AppState {
+        config,
+        policy: Arc::new(policy),
+        journal: journal.clone(),
+        router: router.clone(),
+        sources,
+        ingest_metrics,
+        prometheus: prometheus.clone(),
+        clock,
+        ready: AtomicBool::new(true),
+    });
+    let upkeep = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP);
+        loop {
+            tick.tick().await;
+            prometheus.run_upkeep();
+        }
+    });
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        orders_refolded = recovered.orders_refolded,
+        timers_rearmed = recovered.armed.len(),
+        last_seq = recovered.last_seq,
+        startup_ms = started.elapsed().as_millis() as u64,
+        "orderhub ready"
+    );
+
+    let app = routes(state.clone());
+    let signalled = Arc::new(tokio::sync::Notify::new());
+    let on_signal = {
+        let state = state.clone();
+        let signalled = signalled.clone();
+        async move {
+            shutdown.await;
+            tracing::info!("shutdown requested: no longer ready, draining");
+            state.ready.store(false, Ordering::Release);
+            signalled.notify_one();
+        }
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(on_signal);
+    let deadline = async {
+        signalled.notified().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        () = deadline => tracing::warn!(grace_s = grace.as_secs(), "shutdown grace exceeded; abandoning open connections"),
+    }
+    journal.flush().await;
+    router.stop(grace).await;
+    journal.close().await;
+    upkeep.abort();
+    tracing::info!("orderhub stopped");
+    Ok(())
+}
+
+fn routes(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/ingest/{source}", post(ingest::ingest_source))
+        .route("/v1/events", post(ingest::ingest_events))
+        .route("/v1/orders", get(api::list_orders))
+        .route("/v1/orders/{key}", get(api::get_order))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .fallback(api::not_found)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}

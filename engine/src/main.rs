@@ -1,1 +1,123 @@
-fn main() {}
+//! `orderhub`: parses arguments and runs the engine (see the `orderhub_engine` crate).
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use orderhub_engine::config::Config;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "orderhub",
+    version,
+    about = "The order hub between sales channels and fulfilment systems"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine (with no --config, the embedded default).
+    Serve {
+        /// A TOML file layered over the embedded default.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where the journal lives (overrides server.data_dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Address to listen on (overrides server.listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Validate a configuration file; exits non-zero naming the key and line at fault.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                Ok(())
+            }
+            Err(err) => {
+                eprintln!("error: {err}");
+                std::process::exit(1);
+            }
+        },
+        Command::Serve {
+            config,
+            data_dir,
+            listen,
+        } => {
+            orderhub_engine::telemetry::init_logging();
+            let mut config = match config {
+                Some(path) => Config::load(&path),
+                None => Config::embedded(),
+            }
+            .context("invalid configuration")?;
+            if let Some(dir) = data_dir {
+                config.server.data_dir = dir;
+            }
+            if let Some(addr) = listen {
+                config.server.listen = addr;
+            }
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?
+                .block_on(serve(config))
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let addr = config.server.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    orderhub_engine::run(
+        config,
+        listener,
+        orderhub_engine::env_secrets(),
+        shutdown_signal(),
+    )
+    .await
+    .context("engine failed")
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

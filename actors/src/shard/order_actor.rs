@@ -29,6 +29,11 @@ pub(crate) struct OrderActor;
 pub(crate) struct OrderArgs {
     pub(crate) key: Arc<str>,
     pub(crate) ctx: Arc<ShardContext>,
+    /// When an event starts the actor, only the journal before it is replayed silently; the
+    /// event itself (and any after it) arrive as messages and are applied live, with metrics.
+    /// Events before it were applied live by an earlier incarnation, as routing follows journal
+    /// order. `None` (timer wake-up, crash restart): replay everything.
+    pub(crate) replay_below: Option<u64>,
 }
 
 pub(crate) struct OrderActorState {
@@ -47,7 +52,10 @@ impl Actor for OrderActor {
         _myself: ActorRef<OrderMsg>,
         args: OrderArgs,
     ) -> Result<OrderActorState, ActorProcessingErr> {
-        let events = args.ctx.store.load_events(&args.key)?;
+        let mut events = args.ctx.store.load_events(&args.key)?;
+        if let Some(below) = args.replay_below {
+            events.retain(|e| e.seq < below);
+        }
         let order = Order::replay(args.key.as_ref(), &events, &args.ctx.policy);
         for (rule, deadline) in order.armed_timers() {
             args.ctx.timers.arm(&args.key, rule, deadline);
@@ -90,11 +98,11 @@ impl OrderActorState {
             return; // folded in already (loaded from the journal after it was routed)
         };
         ctx.metrics.record(&outcome);
-        if let EventAction::SlaBreach { rule, late, .. } = &event.event.action {
-            if matches!(outcome, crate::order::Outcome::SlaBreached { .. }) {
-                ctx.metrics.breach(rule, *late);
-                tracing::warn!(order = %self.key, rule = %rule, late, "sla breached");
-            }
+        if let EventAction::SlaBreach { rule, late, .. } = &event.event.action
+            && matches!(outcome, crate::order::Outcome::SlaBreached { .. })
+        {
+            ctx.metrics.breach(rule, *late);
+            tracing::warn!(order = %self.key, rule = %rule, late, "sla breached");
         }
         for rule in &timers.disarmed {
             ctx.timers.disarm(&self.key, rule);

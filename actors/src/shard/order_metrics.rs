@@ -95,7 +95,6 @@ impl OrderMetrics {
                 }
                 self.by_state[*to as usize].increment(1.0);
             }
-            Outcome::SlaBreached { .. } => {}
             _ => {}
         }
     }

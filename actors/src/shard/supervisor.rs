@@ -156,7 +156,7 @@ impl Actor for ShardSupervisor {
                     tracing::error!(order = %order, error = %err, "order actor crashed");
                     if state.may_restart(&order) && state.drain.is_none() {
                         state.ctx.metrics.restarts.increment(1);
-                        state.child(&myself, &order).await;
+                        state.child(&myself, &order, None).await;
                     } else {
                         state.ctx.metrics.failures_crash_loop.increment(1);
                         tracing::error!(order = %order, "order actor keeps crashing; left passivated until its next event");
@@ -173,14 +173,18 @@ impl ShardState {
     /// Sends `message` to the order's actor, starting it if needed. A send that races with the
     /// actor's death is retried once on a fresh actor (which replays the journal anyway).
     async fn send(&mut self, myself: &ActorRef<ShardMsg>, order: &Arc<str>, message: OrderMsg) {
-        let Some(actor) = self.child(myself, order).await else {
+        let replay_below = match &message {
+            OrderMsg::Apply(event, _) => Some(event.seq),
+            _ => None,
+        };
+        let Some(actor) = self.child(myself, order, replay_below).await else {
             return;
         };
         if let Err(ractor::MessagingErr::SendErr(message)) = actor.cast(message) {
             if let Some(child) = self.children.remove(order) {
                 self.lru.remove(&child.tick);
             }
-            if let Some(actor) = self.child(myself, order).await {
+            if let Some(actor) = self.child(myself, order, replay_below).await {
                 let _ = actor.cast(message);
             }
         }
@@ -191,6 +195,7 @@ impl ShardState {
         &mut self,
         myself: &ActorRef<ShardMsg>,
         order: &Arc<str>,
+        replay_below: Option<u64>,
     ) -> Option<ActorRef<OrderMsg>> {
         self.tick += 1;
         let tick = self.tick;
@@ -204,6 +209,7 @@ impl ShardState {
         let args = OrderArgs {
             key: order.clone(),
             ctx: self.ctx.clone(),
+            replay_below,
         };
         let actor = match Actor::spawn_linked(None, OrderActor, args, myself.get_cell()).await {
             Ok((actor, _join)) => actor,

@@ -286,3 +286,51 @@ async fn a_deadline_missed_while_down_fires_at_once_flagged_late() {
     ));
     router.stop(Duration::from_secs(1)).await;
 }
+
+#[test]
+fn transitions_are_counted_for_the_event_that_starts_an_actor() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut config = ShardConfig::new(T0);
+            config.shards = 1;
+            config.max_active_per_shard = 1;
+            let (journal, router) = start(config, OrderPolicy::permissive()).await;
+            journal.append(event("o:1", "a", OrderState::Paid, T0));
+            // A second order evicts the first, so its next event starts a fresh actor.
+            journal.append(event("o:2", "b", OrderState::Paid, T0));
+            journal.append(event("o:1", "c", OrderState::Shipped, T0 + 1));
+            eventually("applied", || router.pending_events() == 0).await;
+            router.stop(Duration::from_secs(1)).await;
+        });
+    });
+    // One snapshot: taking it drains the debugging recorder.
+    let snapshot = snapshotter.snapshot().into_vec();
+    let count = |from: &str, to: &str| {
+        snapshot
+            .iter()
+            .find_map(|(key, _, _, value)| {
+                let labels: Vec<_> = key
+                    .key()
+                    .labels()
+                    .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                    .collect();
+                let matches = key.key().name() == crate::telemetry::ORDERS_TRANSITIONS
+                    && labels.contains(&("from".into(), from.into()))
+                    && labels.contains(&("to".into(), to.into()));
+                match (matches, value) {
+                    (true, DebugValue::Counter(n)) => Some(*n),
+                    _ => None,
+                }
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(count("none", "paid"), 2);
+    assert_eq!(count("paid", "shipped"), 1);
+}

@@ -1,0 +1,150 @@
+//! The query and operations API: `GET /v1/orders/{key}`, `GET /v1/orders`, `/healthz`,
+//! `/readyz`, `/metrics`.
+
+use crate::AppState;
+use crate::ingest::error_response;
+use crate::journal::OrderFilter;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use orderhub_actors::order::{Order, OrderState};
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// Default and largest `limit` of the order list.
+const DEFAULT_LIST_LIMIT: usize = 100;
+const MAX_LIST_LIMIT: usize = 1000;
+
+fn internal(err: impl std::fmt::Display) -> Response {
+    tracing::error!(error = %err, "query failed");
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        &err.to_string(),
+    )
+}
+
+/// `GET /v1/orders/{key}`: from the order's actor when it is active, else folded from the
+/// journal (which never lags what was acknowledged).
+pub(crate) async fn get_order(
+    State(app): State<Arc<AppState>>,
+    Path(key): Path<String>,
+) -> Response {
+    let timeout = app.config.server.query_timeout.0;
+    let order = match app.router.active_order(&key, timeout).await {
+        Ok(Some(order)) => order,
+        Ok(None) | Err(_) => {
+            let journal = app.journal.clone();
+            let policy = app.policy.clone();
+            let lookup = key.clone();
+            let folded = tokio::task::spawn_blocking(move || {
+                journal.events_of(&lookup).map(|events| {
+                    (!events.is_empty()).then(|| Order::replay(lookup.as_str(), &events, &policy))
+                })
+            })
+            .await;
+            match folded {
+                Ok(Ok(Some(order))) => order,
+                Ok(Ok(None)) => {
+                    return error_response(
+                        StatusCode::NOT_FOUND,
+                        "unknown_order",
+                        &format!("no events for order {key:?}"),
+                    );
+                }
+                Ok(Err(err)) => return internal(err),
+                Err(err) => return internal(err),
+            }
+        }
+    };
+    Json(order).into_response()
+}
+
+/// Query of `GET /v1/orders`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    state: Option<String>,
+    stuck_for: Option<String>,
+    sla: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/orders?state=&stuck_for=&sla=breached|armed&limit=`: oldest first.
+pub(crate) async fn list_orders(
+    State(app): State<Arc<AppState>>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let bad = |message: String| error_response(StatusCode::BAD_REQUEST, "bad_query", &message);
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(err) => return bad(err.body_text()),
+    };
+    let mut filter = OrderFilter {
+        limit: query
+            .limit
+            .unwrap_or(DEFAULT_LIST_LIMIT)
+            .min(MAX_LIST_LIMIT),
+        ..OrderFilter::default()
+    };
+    if let Some(state) = &query.state {
+        match state.parse::<OrderState>() {
+            Ok(state) => filter.state = Some(state),
+            Err(e) => return bad(e.to_string()),
+        }
+    }
+    if let Some(stuck_for) = &query.stuck_for {
+        match humantime::parse_duration(stuck_for) {
+            Ok(d) => filter.state_since_at_most = Some(app.now_ms() - d.as_millis() as i64),
+            Err(e) => return bad(format!("stuck_for {stuck_for:?}: {e}")),
+        }
+    }
+    match query.sla.as_deref() {
+        None => {}
+        Some("breached") => filter.sla_breached = true,
+        Some("armed") => filter.sla_armed = true,
+        Some(other) => return bad(format!("sla must be breached or armed, got {other:?}")),
+    }
+    let journal = app.journal.clone();
+    match tokio::task::spawn_blocking(move || journal.list(&filter)).await {
+        Ok(Ok(orders)) => Json(serde_json::json!({ "orders": orders })).into_response(),
+        Ok(Err(err)) => internal(err),
+        Err(err) => internal(err),
+    }
+}
+
+/// `GET /healthz`: the process is alive.
+pub(crate) async fn healthz() -> Response {
+    Json(serde_json::json!({ "status": "ok" })).into_response()
+}
+
+/// `GET /readyz`: accepting ingest (fails once shutdown began).
+pub(crate) async fn readyz(State(app): State<Arc<AppState>>) -> Response {
+    if app.is_ready() {
+        Json(serde_json::json!({ "status": "ready" })).into_response()
+    } else {
+        error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "engine is shutting down",
+        )
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub(crate) async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.prometheus.render(),
+    )
+        .into_response()
+}
+
+/// Any other path.
+pub(crate) async fn not_found() -> Response {
+    error_response(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}

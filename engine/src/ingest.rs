@@ -1,0 +1,405 @@
+//! HTTP ingest: every source's push goes through one pipeline — body limit, signature check on
+//! the raw bytes, decode (simd-json), map to canonical events, durable journal append — and is
+//! answered in the source's own ack format. Bad input gets a JSON error naming the problem, is
+//! counted, and stores nothing.
+//!
+//! One file per source adapter: [`douyin`], [`events`] (canonical events, Standard Webhooks).
+
+pub(crate) mod douyin;
+pub(crate) mod events;
+pub(crate) mod signature;
+
+use crate::AppState;
+use crate::journal::{AppendOutcome, JournalError};
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use orderhub_actors::order::{EventAction, Millis, OrderEvent, OrderState};
+use orderhub_actors::telemetry as t;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Parses a canonical status: a state name, `hold_released`, or `none` (informational).
+pub(crate) fn parse_status(status: &str) -> Option<EventAction> {
+    match status {
+        "hold_released" => Some(EventAction::ReleaseHold),
+        "none" => Some(EventAction::Inform),
+        other => other
+            .parse::<OrderState>()
+            .ok()
+            .map(|state| EventAction::Move { state }),
+    }
+}
+
+/// Why an ingest request was refused. Nothing of a refused request is stored.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// No source of that name is configured.
+    #[error("unknown source {0:?}")]
+    UnknownSource(String),
+    /// The source is configured but cannot verify requests.
+    #[error("source {origin} is unavailable: {reason}")]
+    SourceUnavailable {
+        /// The source.
+        origin: &'static str,
+        /// Why (names the missing environment variable).
+        reason: String,
+    },
+    /// The body is larger than allowed.
+    #[error("body exceeds {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The signature is missing or wrong.
+    #[error("signature rejected: {0}")]
+    BadSignature(String),
+    /// The body is not what the source sends.
+    #[error("malformed body: {0}")]
+    Malformed(String),
+    /// A status the source's mapping table does not know.
+    #[error("unknown status {status:?} from {origin}")]
+    UnknownStatus {
+        /// The source.
+        origin: &'static str,
+        /// The raw status.
+        status: String,
+    },
+    /// The engine is saturated; the sender should retry after the given seconds.
+    #[error("engine is saturated ({0}); retry later")]
+    Throttled(&'static str),
+    /// The engine is shutting down.
+    #[error("engine is shutting down")]
+    ShuttingDown,
+    /// The journal failed to store the events.
+    #[error("events were not stored: {0}")]
+    Journal(String),
+}
+
+/// How long a throttled sender is asked to wait.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+impl IngestError {
+    /// A short label: the error code in the response and the `outcome` metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            IngestError::UnknownSource(_) => "unknown_source",
+            IngestError::SourceUnavailable { .. } => "source_unavailable",
+            IngestError::TooLarge { .. } => "body_too_large",
+            IngestError::BadSignature(_) => "bad_signature",
+            IngestError::Malformed(_) => "malformed",
+            IngestError::UnknownStatus { .. } => "unknown_status",
+            IngestError::Throttled(_) => "throttled",
+            IngestError::ShuttingDown => "shutting_down",
+            IngestError::Journal(_) => "journal_error",
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            IngestError::UnknownSource(_) => StatusCode::NOT_FOUND,
+            IngestError::SourceUnavailable { .. }
+            | IngestError::ShuttingDown
+            | IngestError::Journal(_) => StatusCode::SERVICE_UNAVAILABLE,
+            IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            IngestError::BadSignature(_) => StatusCode::UNAUTHORIZED,
+            IngestError::Malformed(_) | IngestError::UnknownStatus { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            IngestError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+        }
+    }
+}
+
+/// `{"error": {"code": ..., "message": ...}}` with the given status.
+pub(crate) fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "error": { "code": code, "message": message } });
+    (status, axum::Json(body)).into_response()
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        let mut response = error_response(self.status(), self.kind(), &self.to_string());
+        if matches!(
+            self,
+            IngestError::Throttled(_) | IngestError::ShuttingDown | IngestError::Journal(_)
+        ) {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+        }
+        response
+    }
+}
+
+/// The parts of a request an adapter looks at.
+pub(crate) struct RawRequest<'a> {
+    pub(crate) headers: &'a HeaderMap,
+    pub(crate) body: &'a [u8],
+    pub(crate) received_at: Millis,
+}
+
+impl RawRequest<'_> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// What a verified body decodes to.
+pub(crate) enum Decoded {
+    /// Events to journal.
+    Events(Vec<OrderEvent>),
+    /// A platform check (e.g. Douyin tag 0): acknowledged, nothing stored.
+    Verification,
+}
+
+/// One source's protocol.
+pub(crate) trait SourceAdapter: Send + Sync {
+    /// The source's name (path segment and metric label).
+    fn name(&self) -> &'static str;
+    /// Checks the signature over the raw body.
+    fn verify(&self, request: &RawRequest<'_>) -> Result<(), IngestError>;
+    /// Decodes and maps the body to canonical events.
+    fn decode(&self, request: &RawRequest<'_>) -> Result<Decoded, IngestError>;
+    /// The success answer in the source's own format.
+    fn ack(&self) -> Response;
+}
+
+/// A configured source: ready, or unable to verify (credentials missing or invalid).
+pub(crate) enum SourceEntry {
+    Ready(Box<dyn SourceAdapter>),
+    Unavailable { name: &'static str, reason: String },
+}
+
+impl SourceEntry {
+    fn name(&self) -> &'static str {
+        match self {
+            SourceEntry::Ready(adapter) => adapter.name(),
+            SourceEntry::Unavailable { name, .. } => name,
+        }
+    }
+}
+
+/// Reads a secret from the environment (injectable for tests).
+pub type SecretLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// The configured sources by name.
+pub(crate) struct SourceRegistry {
+    sources: HashMap<&'static str, SourceEntry>,
+}
+
+impl SourceRegistry {
+    pub(crate) fn build(config: &crate::config::Config, secrets: &SecretLookup) -> Self {
+        let mut sources = HashMap::new();
+        if let Some(douyin) = &config.sources.douyin {
+            sources.insert("douyin", douyin::build(douyin, secrets));
+        }
+        if let Some(events) = &config.sources.events {
+            sources.insert("events", events::build(events, secrets));
+        }
+        for entry in sources.values() {
+            if let SourceEntry::Unavailable { name, reason } = entry {
+                tracing::warn!(source = name, reason = %reason, "ingest source unavailable; it answers 503");
+            }
+        }
+        SourceRegistry { sources }
+    }
+
+    pub(crate) fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.sources.values().map(SourceEntry::name)
+    }
+}
+
+/// Outcomes counted per source.
+const OUTCOMES: [&str; 11] = [
+    "accepted",
+    "duplicate",
+    "verification",
+    "unknown_source",
+    "source_unavailable",
+    "body_too_large",
+    "bad_signature",
+    "malformed",
+    "unknown_status",
+    "throttled",
+    "shutting_down",
+];
+
+/// Ingest metric handles, registered once at start-up for every source and outcome.
+pub(crate) struct IngestMetrics {
+    requests: HashMap<(&'static str, &'static str), metrics::Counter>,
+    events: HashMap<(&'static str, &'static str), metrics::Counter>,
+    latency: HashMap<&'static str, metrics::Histogram>,
+}
+
+impl IngestMetrics {
+    pub(crate) fn new(sources: impl Iterator<Item = &'static str>) -> Self {
+        let mut metrics = IngestMetrics {
+            requests: HashMap::new(),
+            events: HashMap::new(),
+            latency: HashMap::new(),
+        };
+        for source in sources.chain(["unknown"]) {
+            for outcome in OUTCOMES.into_iter().chain(["journal_error"]) {
+                metrics.requests.insert(
+                    (source, outcome),
+                    metrics::counter!(t::INGEST_REQUESTS, "source" => source, "outcome" => outcome),
+                );
+            }
+            for outcome in ["appended", "duplicate"] {
+                metrics.events.insert(
+                    (source, outcome),
+                    metrics::counter!(t::INGEST_EVENTS, "source" => source, "outcome" => outcome),
+                );
+            }
+            metrics.latency.insert(
+                source,
+                metrics::histogram!(t::INGEST_LATENCY, "source" => source),
+            );
+        }
+        metrics
+    }
+
+    fn request(&self, source: &'static str, outcome: &'static str, started: Instant) {
+        if let Some(counter) = self.requests.get(&(source, outcome)) {
+            counter.increment(1);
+        }
+        if let Some(histogram) = self.latency.get(source) {
+            histogram.record(started.elapsed().as_secs_f64());
+        }
+    }
+
+    fn events(&self, source: &'static str, appended: u64, duplicate: u64) {
+        if let Some(counter) = self.events.get(&(source, "appended")) {
+            counter.increment(appended);
+        }
+        if let Some(counter) = self.events.get(&(source, "duplicate")) {
+            counter.increment(duplicate);
+        }
+    }
+}
+
+/// `POST /v1/ingest/{source}`.
+pub(crate) async fn ingest_source(
+    State(app): State<Arc<AppState>>,
+    Path(source): Path<String>,
+    RawQuery(_query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ingest(app, &source, headers, body).await
+}
+
+/// `POST /v1/events`.
+pub(crate) async fn ingest_events(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ingest(app, "events", headers, body).await
+}
+
+async fn ingest(app: Arc<AppState>, source: &str, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    let Some(entry) = app.sources.sources.get(source) else {
+        app.ingest_metrics
+            .request("unknown", "unknown_source", started);
+        return IngestError::UnknownSource(source.to_owned()).into_response();
+    };
+    let name = entry.name();
+    match process(&app, entry, headers, body).await {
+        Ok((response, outcome)) => {
+            app.ingest_metrics.request(name, outcome, started);
+            response
+        }
+        Err(err) => {
+            app.ingest_metrics.request(name, err.kind(), started);
+            if !matches!(err, IngestError::Throttled(_)) {
+                tracing::debug!(source = name, error = %err, "ingest refused");
+            }
+            err.into_response()
+        }
+    }
+}
+
+async fn process(
+    app: &AppState,
+    entry: &SourceEntry,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(Response, &'static str), IngestError> {
+    if !app.is_ready() {
+        return Err(IngestError::ShuttingDown);
+    }
+    let adapter = match entry {
+        SourceEntry::Ready(adapter) => adapter,
+        SourceEntry::Unavailable { name, reason } => {
+            return Err(IngestError::SourceUnavailable {
+                origin: name,
+                reason: reason.clone(),
+            });
+        }
+    };
+    let limit = app.config.server.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(IngestError::TooLarge { limit });
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| IngestError::TooLarge { limit })?;
+    let request = RawRequest {
+        headers: &headers,
+        body: &bytes,
+        received_at: app.now_ms(),
+    };
+    adapter.verify(&request)?;
+    let events = match adapter.decode(&request)? {
+        Decoded::Verification => return Ok((adapter.ack(), "verification")),
+        Decoded::Events(events) => events,
+    };
+    if events.is_empty() {
+        return Ok((adapter.ack(), "accepted"));
+    }
+    if app.router.pending_events() > app.config.journal.max_pending_events {
+        return Err(IngestError::Throttled("order actors are behind"));
+    }
+    let outcomes = app.journal.append(events).await.map_err(|e| match e {
+        JournalError::Full => IngestError::Throttled("journal queue is full"),
+        JournalError::Closed => IngestError::ShuttingDown,
+        other => IngestError::Journal(other.to_string()),
+    })?;
+    let appended = outcomes
+        .iter()
+        .filter(|o| matches!(o, AppendOutcome::Appended(_)))
+        .count() as u64;
+    let duplicate = outcomes.len() as u64 - appended;
+    app.ingest_metrics
+        .events(adapter.name(), appended, duplicate);
+    let outcome = if appended == 0 {
+        "duplicate"
+    } else {
+        "accepted"
+    };
+    Ok((adapter.ack(), outcome))
+}
+
+/// Reads the secret named by `variable`, or explains what is missing.
+pub(crate) fn secret(secrets: &SecretLookup, variable: &str) -> Result<String, String> {
+    match secrets(variable) {
+        Some(value) if !value.is_empty() => Ok(value),
+        _ => Err(format!("environment variable {variable} is not set")),
+    }
+}
+
+/// Parses JSON with simd-json (which needs a mutable copy of the bytes).
+pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, IngestError> {
+    let mut buffer = bytes.to_vec();
+    simd_json::serde::from_slice(&mut buffer).map_err(|e| IngestError::Malformed(e.to_string()))
+}

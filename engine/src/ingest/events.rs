@@ -1,0 +1,243 @@
+//! `POST /v1/events`: canonical events for any custom system, signed with Standard Webhooks
+//! (`webhook-id`, `webhook-timestamp`, `webhook-signature`). The body is one event or an array:
+//! `{"event_id", "order", "source", "status", "raw_status"?, "occurred_at"?, "fields"?}` where
+//! `status` is a canonical state name, `hold_released`, or `none`.
+
+use super::signature::WebhookKey;
+use super::{Decoded, IngestError, RawRequest, SecretLookup, SourceAdapter, SourceEntry};
+use crate::config::EventsConfig;
+use axum::response::{IntoResponse, Response};
+use orderhub_actors::order::{INTERNAL_SOURCE, Millis, OrderEvent};
+use serde::Deserialize;
+
+pub(crate) const SOURCE: &str = "events";
+
+/// Longest accepted order key, source name and event id.
+const MAX_KEY_LEN: usize = 256;
+
+pub(crate) struct EventsAdapter {
+    key: WebhookKey,
+    tolerance_s: i64,
+}
+
+pub(crate) fn build(config: &EventsConfig, secrets: &SecretLookup) -> SourceEntry {
+    let key = super::secret(secrets, &config.secret_env).and_then(|secret| {
+        WebhookKey::parse(&secret).map_err(|e| format!("{}: {e}", config.secret_env))
+    });
+    match key {
+        Ok(key) => SourceEntry::Ready(Box::new(EventsAdapter {
+            key,
+            tolerance_s: config.tolerance.0.as_secs() as i64,
+        })),
+        Err(reason) => SourceEntry::Unavailable {
+            name: SOURCE,
+            reason,
+        },
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Time {
+    Millis(i64),
+    Text(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CanonicalEvent {
+    event_id: Option<String>,
+    order: String,
+    source: String,
+    status: String,
+    raw_status: Option<String>,
+    occurred_at: Option<Time>,
+    #[serde(default)]
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    Many(Vec<CanonicalEvent>),
+    One(Box<CanonicalEvent>),
+}
+
+fn check_name(what: &str, value: &str, index: usize) -> Result<(), IngestError> {
+    if value.is_empty() || value.len() > MAX_KEY_LEN || value.chars().any(char::is_control) {
+        return Err(IngestError::Malformed(format!(
+            "event {index}: {what} must be 1 to {MAX_KEY_LEN} printable characters"
+        )));
+    }
+    Ok(())
+}
+
+fn parse_time(time: Time, index: usize) -> Result<Millis, IngestError> {
+    match time {
+        Time::Millis(ms) => Ok(ms),
+        Time::Text(text) => {
+            time::OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+                .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as Millis)
+                .map_err(|e| {
+                    IngestError::Malformed(format!(
+                        "event {index}: occurred_at {text:?} is not RFC 3339 ({e})"
+                    ))
+                })
+        }
+    }
+}
+
+impl SourceAdapter for EventsAdapter {
+    fn name(&self) -> &'static str {
+        SOURCE
+    }
+
+    fn verify(&self, request: &RawRequest<'_>) -> Result<(), IngestError> {
+        self.key
+            .verify(
+                request.header("webhook-id"),
+                request.header("webhook-timestamp"),
+                request.header("webhook-signature"),
+                request.body,
+                request.received_at / 1000,
+                self.tolerance_s,
+            )
+            .map_err(|e| IngestError::BadSignature(e.to_string()))
+    }
+
+    fn decode(&self, request: &RawRequest<'_>) -> Result<Decoded, IngestError> {
+        let parsed: OneOrMany = super::decode_json(request.body).map_err(|e| {
+            IngestError::Malformed(format!(
+                "expected a canonical event object or an array of them: {e}"
+            ))
+        })?;
+        let batch = match parsed {
+            OneOrMany::Many(events) => events,
+            OneOrMany::One(event) => vec![*event],
+        };
+        if batch.is_empty() {
+            return Err(IngestError::Malformed("empty event array".into()));
+        }
+        let webhook_id = request.header("webhook-id").unwrap_or_default();
+        let single = batch.len() == 1;
+        let mut events = Vec::with_capacity(batch.len());
+        for (index, event) in batch.into_iter().enumerate() {
+            check_name("order", &event.order, index)?;
+            check_name("source", &event.source, index)?;
+            if event.source == INTERNAL_SOURCE {
+                return Err(IngestError::Malformed(format!(
+                    "event {index}: source {INTERNAL_SOURCE:?} is reserved for orderhub itself"
+                )));
+            }
+            let action =
+                super::parse_status(&event.status).ok_or_else(|| IngestError::UnknownStatus {
+                    origin: SOURCE,
+                    status: event.status.clone(),
+                })?;
+            // Without an event_id the webhook-id (stable across retries) identifies the event.
+            let event_id = match event.event_id {
+                Some(id) => id,
+                None if single => webhook_id.to_owned(),
+                None => format!("{webhook_id}:{index}"),
+            };
+            check_name("event_id", &event_id, index)?;
+            let occurred_at = match event.occurred_at {
+                Some(time) => parse_time(time, index)?,
+                None => request.received_at,
+            };
+            events.push(OrderEvent {
+                order: event.order,
+                source: event.source,
+                source_event_id: event_id,
+                raw_status: event.raw_status.unwrap_or(event.status),
+                action,
+                occurred_at,
+                received_at: request.received_at,
+                fields: event.fields,
+            });
+        }
+        Ok(Decoded::Events(events))
+    }
+
+    fn ack(&self) -> Response {
+        axum::Json(serde_json::json!({ "status": "accepted" })).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+    use orderhub_actors::order::{EventAction, OrderState};
+
+    fn adapter() -> EventsAdapter {
+        EventsAdapter {
+            key: WebhookKey::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap(),
+            tolerance_s: 300,
+        }
+    }
+
+    fn decode(body: &str) -> Result<Vec<OrderEvent>, IngestError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("webhook-id", "wh-1".parse().unwrap());
+        let request = RawRequest {
+            headers: &headers,
+            body: body.as_bytes(),
+            received_at: 5_000,
+        };
+        match adapter().decode(&request)? {
+            Decoded::Events(events) => Ok(events),
+            Decoded::Verification => panic!("no verification for events"),
+        }
+    }
+
+    #[test]
+    fn canonical_events_decode_with_times_and_ids() {
+        let events = decode(
+            r#"{"event_id":"e1","order":"douyin:1","source":"wms","status":"picked","raw_status":"PICK_DONE","occurred_at":"2024-05-01T10:00:00+08:00","fields":{"waybill_no":"SF1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            events[0].action,
+            EventAction::Move {
+                state: OrderState::Picked
+            }
+        );
+        assert_eq!(events[0].raw_status, "PICK_DONE");
+        assert_eq!(events[0].occurred_at, 1_714_528_800_000);
+        assert_eq!(events[0].fields["waybill_no"], "SF1");
+
+        let events = decode(
+            r#"[{"order":"a:1","source":"wms","status":"none"},{"order":"a:1","source":"ops","status":"hold_released","occurred_at":42}]"#,
+        )
+        .unwrap();
+        assert_eq!(events[0].source_event_id, "wh-1:0");
+        assert_eq!(events[0].occurred_at, 5_000);
+        assert_eq!(events[1].action, EventAction::ReleaseHold);
+        assert_eq!(events[1].occurred_at, 42);
+    }
+
+    #[test]
+    fn bad_events_are_named() {
+        assert!(matches!(
+            decode(r#"{"order":"a:1","source":"wms","status":"shiped"}"#),
+            Err(IngestError::UnknownStatus { status, .. }) if status == "shiped"
+        ));
+        assert!(matches!(
+            decode(r#"{"order":"","source":"wms","status":"paid"}"#),
+            Err(IngestError::Malformed(m)) if m.contains("order")
+        ));
+        assert!(matches!(
+            decode(r#"{"order":"a:1","source":"orderhub","status":"paid"}"#),
+            Err(IngestError::Malformed(m)) if m.contains("reserved")
+        ));
+        assert!(matches!(
+            decode(r#"{"order":"a:1","source":"wms","status":"paid","colour":"red"}"#),
+            Err(IngestError::Malformed(m)) if m.contains("colour") || m.contains("expected")
+        ));
+        assert!(matches!(
+            decode(r#"{"order":"a:1","source":"wms","status":"paid","occurred_at":"yesterday"}"#),
+            Err(IngestError::Malformed(m)) if m.contains("RFC 3339")
+        ));
+    }
+}

@@ -1,0 +1,164 @@
+//! Signature checks, always over the raw body bytes and in constant time.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use md5::{Digest, Md5};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+/// Lowercase hex MD5 of the concatenation of `parts`.
+pub(crate) fn md5_hex(parts: &[&[u8]]) -> String {
+    let mut hasher = Md5::new();
+    for part in parts {
+        hasher.update(part);
+    }
+    hex_lower(&hasher.finalize())
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(DIGITS[(byte >> 4) as usize] as char);
+        out.push(DIGITS[(byte & 0x0f) as usize] as char);
+    }
+    out
+}
+
+/// Constant-time equality of two ASCII signatures (case-insensitive for hex digests).
+pub(crate) fn same_signature(expected: &str, given: &str) -> bool {
+    let given = given.trim().to_ascii_lowercase();
+    expected.len() == given.len() && bool::from(expected.as_bytes().ct_eq(given.as_bytes()))
+}
+
+/// A Standard Webhooks signing key (`whsec_` + base64).
+#[derive(Clone)]
+pub(crate) struct WebhookKey(Vec<u8>);
+
+impl std::fmt::Debug for WebhookKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookKey(<redacted>)")
+    }
+}
+
+/// Why a Standard Webhooks signature was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum WebhookSignatureError {
+    #[error("missing {0} header")]
+    MissingHeader(&'static str),
+    #[error("webhook-timestamp is not a unix time in seconds")]
+    BadTimestamp,
+    #[error("webhook-timestamp is outside the accepted tolerance")]
+    Stale,
+    #[error("no webhook-signature matches the body")]
+    Mismatch,
+}
+
+impl WebhookKey {
+    /// Parses `whsec_<base64>` (the prefix is optional).
+    pub(crate) fn parse(secret: &str) -> Result<Self, String> {
+        let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+        STANDARD
+            .decode(encoded.trim())
+            .map(WebhookKey)
+            .map_err(|e| format!("not a whsec_ base64 secret ({e})"))
+    }
+
+    /// The `v1,<base64>` signature of `body` under `id` and `timestamp`.
+    pub(crate) fn sign(&self, id: &str, timestamp: &str, body: &[u8]) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.0).expect("hmac takes any key length");
+        mac.update(id.as_bytes());
+        mac.update(b".");
+        mac.update(timestamp.as_bytes());
+        mac.update(b".");
+        mac.update(body);
+        format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
+    }
+
+    /// Verifies the three Standard Webhooks headers against `body`, with `now_s` the current
+    /// unix time and `tolerance_s` the accepted clock difference.
+    pub(crate) fn verify(
+        &self,
+        id: Option<&str>,
+        timestamp: Option<&str>,
+        signatures: Option<&str>,
+        body: &[u8],
+        now_s: i64,
+        tolerance_s: i64,
+    ) -> Result<(), WebhookSignatureError> {
+        use WebhookSignatureError::*;
+        let id = id.ok_or(MissingHeader("webhook-id"))?;
+        let timestamp = timestamp.ok_or(MissingHeader("webhook-timestamp"))?;
+        let signatures = signatures.ok_or(MissingHeader("webhook-signature"))?;
+        let ts: i64 = timestamp.trim().parse().map_err(|_| BadTimestamp)?;
+        if (now_s - ts).abs() > tolerance_s {
+            return Err(Stale);
+        }
+        let expected = self.sign(id, timestamp.trim(), body);
+        let matched = signatures
+            .split_whitespace()
+            .filter(|s| s.starts_with("v1,"))
+            .any(|s| {
+                s.len() == expected.len() && bool::from(s.as_bytes().ct_eq(expected.as_bytes()))
+            });
+        if matched { Ok(()) } else { Err(Mismatch) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The test vector of the Standard Webhooks specification (shared/reference/protocols.md §4).
+    #[test]
+    fn standard_webhooks_test_vector() {
+        let key = WebhookKey::parse("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        let body = br#"{"email":"test@example.com","username":"test_user"}"#;
+        let id = "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk";
+        assert_eq!(
+            key.sign(id, "1649367553", body),
+            "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
+        );
+        let header =
+            "v1,bm9ub3RhcmVhbHNpZ25hdHVyZQ== v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw=";
+        let at = 1_649_367_553;
+        assert_eq!(
+            key.verify(Some(id), Some("1649367553"), Some(header), body, at, 300),
+            Ok(())
+        );
+        assert_eq!(
+            key.verify(Some(id), Some("1649367553"), Some(header), b"{}", at, 300),
+            Err(WebhookSignatureError::Mismatch)
+        );
+        assert_eq!(
+            key.verify(
+                Some(id),
+                Some("1649367553"),
+                Some(header),
+                body,
+                at + 301,
+                300
+            ),
+            Err(WebhookSignatureError::Stale)
+        );
+        assert_eq!(
+            key.verify(None, Some("1649367553"), Some(header), body, at, 300),
+            Err(WebhookSignatureError::MissingHeader("webhook-id"))
+        );
+    }
+
+    #[test]
+    fn md5_hex_matches_a_known_digest() {
+        // md5("abc") from RFC 1321's test suite.
+        assert_eq!(md5_hex(&[b"a", b"bc"]), "900150983cd24fb0d6963f7d28e17f72");
+        assert!(same_signature(
+            "900150983cd24fb0d6963f7d28e17f72",
+            "900150983CD24FB0D6963F7D28E17F72"
+        ));
+        assert!(!same_signature(
+            "900150983cd24fb0d6963f7d28e17f72",
+            "900150983cd24fb0"
+        ));
+    }
+}

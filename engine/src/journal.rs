@@ -1,0 +1,262 @@
+//! The journal: the durable, append-only record of every accepted event, in embedded SQLite
+//! (WAL, `synchronous = FULL`). Appends are group-committed by one writer thread fed by a
+//! bounded crossbeam channel; a full channel is answered at once with [`JournalError::Full`]
+//! (ingest turns it into 429), never by dropping.
+//!
+//! Beside the events it keeps the order index (`orders`): a write-behind summary of every
+//! order, used by list queries and to re-arm SLA timers at start-up, complete below a
+//! watermark so recovery only re-folds orders with events past it.
+
+mod index;
+mod reader;
+mod recovery;
+mod schema;
+mod writer;
+
+pub use reader::{OrderFilter, OrderSummary};
+pub use recovery::Recovered;
+
+use crate::config::JournalConfig;
+use crossbeam_channel::{Sender, TrySendError, bounded, unbounded};
+use orderhub_actors::order::{JournaledEvent, OrderEvent, OrderPolicy, SharedEvent};
+use orderhub_actors::store::{OrderIndexEntry, OrderStore, StoreError};
+use reader::ReadPool;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// What the journal could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The writer's queue is full: the sender should retry later.
+    #[error("journal queue is full")]
+    Full,
+    /// The journal is shutting down or its writer stopped.
+    #[error("journal is closed")]
+    Closed,
+    /// A commit failed; nothing of the batch was stored.
+    #[error("journal commit failed: {0}")]
+    CommitFailed(String),
+    /// A stored event could not be decoded.
+    #[error("journal entry {seq} is unreadable: {reason}")]
+    Corrupt {
+        /// Sequence number (0 when not known).
+        seq: u64,
+        /// What was wrong.
+        reason: String,
+    },
+    /// SQLite reported an error.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The data directory could not be prepared.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl JournalError {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JournalError::Full => "full",
+            JournalError::Closed => "closed",
+            JournalError::CommitFailed(_) => "commit_failed",
+            JournalError::Corrupt { .. } => "corrupt",
+            JournalError::Sqlite(_) => "sqlite",
+            JournalError::DataDir { .. } => "data_dir",
+        }
+    }
+}
+
+/// The result of appending one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored under this sequence number.
+    Appended(u64),
+    /// Already stored (same source and source event id): nothing changed.
+    Duplicate,
+}
+
+pub(crate) struct AppendRequest {
+    events: Vec<OrderEvent>,
+    enqueued: Instant,
+    reply: oneshot::Sender<Result<Vec<AppendOutcome>, JournalError>>,
+}
+
+pub(crate) enum SideCmd {
+    Internal(OrderEvent),
+    Index(OrderIndexEntry),
+    Flush(oneshot::Sender<()>),
+    Stop(oneshot::Sender<()>),
+}
+
+/// The journal handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    appends: Sender<AppendRequest>,
+    side: Sender<SideCmd>,
+    reader: ReadPool,
+    pending_writer: Mutex<Option<writer::Writer>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal in `dir` and recovers the order index. The writer
+    /// starts with [`Journal::start`], once the router that receives its events exists.
+    pub fn open(
+        dir: &Path,
+        config: &JournalConfig,
+        policy: &OrderPolicy,
+    ) -> Result<(Journal, Recovered), JournalError> {
+        std::fs::create_dir_all(dir).map_err(|source| JournalError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let mut conn = schema::open_writer(dir)?;
+        let recovered = recovery::recover(&mut conn, policy)?;
+        let (appends, append_rx) = bounded(config.queue_capacity);
+        let (side, side_rx) = unbounded();
+        let watermark = recovered.last_seq + 1;
+        let writer = writer::Writer {
+            conn,
+            appends: append_rx,
+            side: side_rx,
+            route: Box::new(|_| {}),
+            batch_max_events: config.batch_max_events,
+            batch_max_wait: config.batch_max_wait.0,
+            last_seq: recovered.last_seq,
+            persisted_watermark: watermark,
+        };
+        let journal = Journal {
+            inner: Arc::new(Inner {
+                appends,
+                side,
+                reader: ReadPool::new(dir.to_path_buf()),
+                pending_writer: Mutex::new(Some(writer)),
+                thread: Mutex::new(None),
+            }),
+        };
+        Ok((journal, recovered))
+    }
+
+    /// Starts the writer thread; every committed event is passed to `route` in journal order.
+    pub fn start(&self, route: impl Fn(SharedEvent) + Send + 'static) -> Result<(), JournalError> {
+        let mut writer = self
+            .inner
+            .pending_writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or(JournalError::Closed)?;
+        writer.route = Box::new(route);
+        let thread = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|source| JournalError::DataDir {
+                path: "journal-writer thread".into(),
+                source,
+            })?;
+        *self.inner.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(thread);
+        Ok(())
+    }
+
+    /// Durably appends `events` (one transaction with whatever else is queued). Returns when
+    /// they are fsync'd, one outcome per event; [`JournalError::Full`] at once when the queue
+    /// is full.
+    pub async fn append(
+        &self,
+        events: Vec<OrderEvent>,
+    ) -> Result<Vec<AppendOutcome>, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        let request = AppendRequest {
+            events,
+            enqueued: Instant::now(),
+            reply,
+        };
+        match self.inner.appends.try_send(request) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(JournalError::Full),
+            Err(TrySendError::Disconnected(_)) => return Err(JournalError::Closed),
+        }
+        answer.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Waits until everything queued before this call is committed.
+    pub async fn flush(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.inner.side.send(SideCmd::Flush(reply)).is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// Commits what is queued and stops the writer thread.
+    pub async fn close(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.inner.side.send(SideCmd::Stop(reply)).is_ok() {
+            let _ = done.await;
+        }
+        let thread = self
+            .inner
+            .thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+
+    /// Every event of `order`, in journal order.
+    pub fn events_of(&self, order: &str) -> Result<Vec<JournaledEvent>, JournalError> {
+        self.inner.reader.events_of(order)
+    }
+
+    /// Whether anything about `order` was journaled.
+    pub fn knows(&self, order: &str) -> Result<bool, JournalError> {
+        self.inner.reader.known(order)
+    }
+
+    /// Orders from the index matching `filter`, oldest state entry first.
+    pub fn list(&self, filter: &OrderFilter) -> Result<Vec<OrderSummary>, JournalError> {
+        self.inner.reader.list(filter)
+    }
+
+    /// Append requests waiting for the writer.
+    pub fn queue_depth(&self) -> usize {
+        self.inner.appends.len()
+    }
+}
+
+impl OrderStore for Journal {
+    fn load_events(&self, order: &str) -> Result<Vec<JournaledEvent>, StoreError> {
+        self.events_of(order).map_err(|e| match e {
+            JournalError::Corrupt { seq, reason } => StoreError::Corrupt {
+                order: order.to_owned(),
+                seq,
+                reason,
+            },
+            other => StoreError::Unavailable(other.to_string()),
+        })
+    }
+
+    fn append_internal(&self, event: OrderEvent) -> Result<(), StoreError> {
+        self.inner
+            .side
+            .send(SideCmd::Internal(event))
+            .map_err(|_| StoreError::Unavailable("journal is closed".into()))
+    }
+
+    fn record_index(&self, entry: OrderIndexEntry) {
+        // After close there is no writer; the summary is rebuilt from the journal at start-up.
+        let _ = self.inner.side.send(SideCmd::Index(entry));
+    }
+}

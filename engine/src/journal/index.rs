@@ -1,0 +1,55 @@
+//! Writes of the order index (`orders` table) and the watermark below which it is complete.
+
+use super::schema::WATERMARK;
+use orderhub_actors::store::OrderIndexEntry;
+use rusqlite::{Connection, params};
+
+/// Upserts `entry`, never replacing a summary that folded in more of the journal.
+pub(crate) fn upsert(conn: &Connection, entry: &OrderIndexEntry) -> rusqlite::Result<()> {
+    let armed = if entry.armed.is_empty() {
+        None
+    } else {
+        Some(serde_json::to_string(&entry.armed).unwrap_or_else(|_| "[]".into()))
+    };
+    conn.prepare_cached(
+        "INSERT INTO orders (order_key, state, state_since, first_seen, updated_at, applied_seq, sla_breached, armed)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (order_key) DO UPDATE SET
+            state = excluded.state, state_since = excluded.state_since,
+            first_seen = excluded.first_seen, updated_at = excluded.updated_at,
+            applied_seq = excluded.applied_seq, sla_breached = excluded.sla_breached,
+            armed = excluded.armed
+         WHERE excluded.applied_seq >= orders.applied_seq",
+    )?
+    .execute(params![
+        entry.key,
+        entry.state.map(|s| s.as_str()),
+        entry.state_since,
+        entry.first_seen,
+        entry.updated_at,
+        entry.applied_seq as i64,
+        entry.sla_breached as i64,
+        armed,
+    ])?;
+    Ok(())
+}
+
+/// The journal sequence number below which every event is folded into the index.
+pub(crate) fn watermark(conn: &Connection) -> rusqlite::Result<u64> {
+    use rusqlite::OptionalExtension;
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE name = ?1", [WATERMARK], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()?
+        .unwrap_or(0) as u64)
+}
+
+pub(crate) fn set_watermark(conn: &Connection, value: u64) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO meta (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+    )?
+    .execute(params![WATERMARK, value as i64])?;
+    Ok(())
+}

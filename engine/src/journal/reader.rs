@@ -1,0 +1,156 @@
+//! Reads: a small pool of read-only connections (WAL lets them run beside the writer).
+
+use super::JournalError;
+use super::schema;
+use orderhub_actors::order::{JournaledEvent, Millis, OrderEvent, OrderState};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// Connections kept for reuse; more are opened under load and closed past this.
+const POOL_KEEP: usize = 8;
+
+pub(crate) struct ReadPool {
+    dir: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+/// One row of the order index, as the list API returns it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OrderSummary {
+    /// The order key.
+    pub key: String,
+    /// Canonical state.
+    pub state: Option<String>,
+    /// When it entered that state (ms since the epoch).
+    pub state_since: Millis,
+    /// Hub time of its last report.
+    pub updated_at: Millis,
+    /// Whether an SLA was breached.
+    pub sla_breached: bool,
+    /// Armed SLA timers as `[rule, deadline]`.
+    pub sla_armed: serde_json::Value,
+}
+
+/// Filters of `GET /v1/orders`.
+#[derive(Clone, Debug, Default)]
+pub struct OrderFilter {
+    /// Only orders in this state.
+    pub state: Option<OrderState>,
+    /// Only orders that entered their state at or before this instant.
+    pub state_since_at_most: Option<Millis>,
+    /// Only orders with a breached SLA.
+    pub sla_breached: bool,
+    /// Only orders with an armed SLA timer.
+    pub sla_armed: bool,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl ReadPool {
+    pub(crate) fn new(dir: PathBuf) -> Self {
+        ReadPool {
+            dir,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        let conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match conn {
+            Some(conn) => conn,
+            None => schema::open_reader(&self.dir)?,
+        };
+        let result = f(&conn);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < POOL_KEEP {
+            idle.push(conn);
+        }
+        result
+    }
+
+    /// Every event of `order` in journal order.
+    pub(crate) fn events_of(&self, order: &str) -> Result<Vec<JournaledEvent>, JournalError> {
+        self.with(|conn| load_events(conn, order))
+    }
+
+    /// Orders matching `filter`, oldest state entry first.
+    pub(crate) fn list(&self, filter: &OrderFilter) -> Result<Vec<OrderSummary>, JournalError> {
+        self.with(|conn| {
+            let mut sql = String::from(
+                "SELECT order_key, state, state_since, updated_at, sla_breached, armed FROM orders WHERE 1=1",
+            );
+            if filter.state.is_some() {
+                sql.push_str(" AND state = ?1");
+            }
+            if filter.state_since_at_most.is_some() {
+                sql.push_str(" AND state_since <= ?2");
+            }
+            if filter.sla_breached {
+                sql.push_str(" AND sla_breached = 1");
+            }
+            if filter.sla_armed {
+                sql.push_str(" AND armed IS NOT NULL");
+            }
+            sql.push_str(" ORDER BY state_since, order_key LIMIT ?3");
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let state = filter.state.map(|s| s.as_str());
+            let rows = stmt.query_map(
+                params![state, filter.state_since_at_most, filter.limit as i64],
+                |row| {
+                    let armed: Option<String> = row.get(5)?;
+                    Ok(OrderSummary {
+                        key: row.get(0)?,
+                        state: row.get(1)?,
+                        state_since: row.get(2)?,
+                        updated_at: row.get(3)?,
+                        sla_breached: row.get::<_, i64>(4)? != 0,
+                        sla_armed: armed
+                            .and_then(|a| serde_json::from_str(&a).ok())
+                            .unwrap_or(serde_json::Value::Array(Vec::new())),
+                    })
+                },
+            );
+            Ok(rows?.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Whether any event of `order` is journaled.
+    pub(crate) fn known(&self, order: &str) -> Result<bool, JournalError> {
+        self.with(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT 1 FROM events WHERE order_key = ?1 LIMIT 1")?
+                .query_row([order], |_| Ok(()))
+                .optional()?
+                .is_some())
+        })
+    }
+}
+
+/// Every event of `order` in journal order, on any connection.
+pub(crate) fn load_events(
+    conn: &Connection,
+    order: &str,
+) -> Result<Vec<JournaledEvent>, JournalError> {
+    let mut stmt =
+        conn.prepare_cached("SELECT seq, body FROM events WHERE order_key = ?1 ORDER BY seq")?;
+    let rows = stmt.query_map([order], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+    })?;
+    let mut events = Vec::new();
+    for row in rows {
+        let (seq, body) = row?;
+        let event: OrderEvent = serde_json::from_str(&body).map_err(|e| JournalError::Corrupt {
+            seq: seq as u64,
+            reason: e.to_string(),
+        })?;
+        events.push(JournaledEvent {
+            seq: seq as u64,
+            event,
+        });
+    }
+    Ok(events)
+}

@@ -1,0 +1,288 @@
+//! The journal writer thread: group commit. It takes every append request that queued while the
+//! previous batch was being fsync'd (up to a limit), writes them in one transaction with the
+//! order summaries and internal events that queued beside them, commits (fsync), then routes
+//! the new events to the order actors in journal order and answers every waiting request.
+
+use super::{AppendOutcome, AppendRequest, JournalError, SideCmd, index};
+use crossbeam_channel::{Receiver, select};
+use orderhub_actors::order::{JournaledEvent, OrderEvent, SharedEvent};
+use orderhub_actors::store::OrderIndexEntry;
+use orderhub_actors::telemetry as t;
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Routes a committed event to its order actor.
+pub(crate) type RouteFn = Box<dyn Fn(SharedEvent) + Send>;
+
+pub(crate) struct Writer {
+    pub(crate) conn: Connection,
+    pub(crate) appends: Receiver<AppendRequest>,
+    pub(crate) side: Receiver<SideCmd>,
+    pub(crate) route: RouteFn,
+    pub(crate) batch_max_events: usize,
+    pub(crate) batch_max_wait: Duration,
+    pub(crate) last_seq: u64,
+    pub(crate) persisted_watermark: u64,
+}
+
+struct Metrics {
+    batch_size: metrics::Histogram,
+    commit_latency: metrics::Histogram,
+    appended: metrics::Counter,
+    errors: metrics::Counter,
+    queue_depth: metrics::Gauge,
+    queue_oldest: metrics::Gauge,
+    side_backlog: metrics::Gauge,
+}
+
+/// Which journaled events are not yet folded into the index, so the watermark is known.
+#[derive(Default)]
+struct Coverage {
+    uncovered: BTreeSet<u64>,
+    by_order: HashMap<String, Vec<u64>>,
+}
+
+impl Coverage {
+    fn appended(&mut self, order: &str, seq: u64) {
+        self.uncovered.insert(seq);
+        self.by_order.entry(order.to_owned()).or_default().push(seq);
+    }
+
+    fn indexed(&mut self, order: &str, applied_seq: u64) {
+        if let Some(seqs) = self.by_order.get_mut(order) {
+            seqs.retain(|seq| {
+                let covered = *seq <= applied_seq;
+                if covered {
+                    self.uncovered.remove(seq);
+                }
+                !covered
+            });
+            if seqs.is_empty() {
+                self.by_order.remove(order);
+            }
+        }
+    }
+
+    fn watermark(&self, last_seq: u64) -> u64 {
+        self.uncovered.first().copied().unwrap_or(last_seq + 1)
+    }
+}
+
+#[derive(Default)]
+struct Batch {
+    appends: Vec<AppendRequest>,
+    events: usize,
+    internal: Vec<OrderEvent>,
+    index: HashMap<String, OrderIndexEntry>,
+    flushes: Vec<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Batch {
+    fn side(&mut self, cmd: SideCmd) {
+        match cmd {
+            SideCmd::Internal(event) => self.internal.push(event),
+            SideCmd::Index(entry) => match self.index.get(&entry.key) {
+                Some(old) if old.applied_seq > entry.applied_seq => {}
+                _ => {
+                    self.index.insert(entry.key.clone(), entry);
+                }
+            },
+            SideCmd::Flush(reply) => self.flushes.push(reply),
+            SideCmd::Stop(reply) => self.stop = Some(reply),
+        }
+    }
+
+    fn append(&mut self, request: AppendRequest) {
+        self.events += request.events.len();
+        self.appends.push(request);
+    }
+}
+
+impl Writer {
+    pub(crate) fn run(mut self) {
+        let metrics = Metrics {
+            batch_size: metrics::histogram!(t::JOURNAL_BATCH_SIZE),
+            commit_latency: metrics::histogram!(t::JOURNAL_COMMIT_LATENCY),
+            appended: metrics::counter!(t::JOURNAL_APPENDED),
+            errors: metrics::counter!(t::JOURNAL_ERRORS, "kind" => "commit"),
+            queue_depth: metrics::gauge!(t::JOURNAL_QUEUE_DEPTH),
+            queue_oldest: metrics::gauge!(t::JOURNAL_QUEUE_OLDEST),
+            side_backlog: metrics::gauge!(t::JOURNAL_INDEX_BACKLOG),
+        };
+        let mut coverage = Coverage::default();
+        let mut retry_internal: Vec<OrderEvent> = Vec::new();
+        let mut watermark = coverage.watermark(self.last_seq);
+        loop {
+            let mut batch = Batch::default();
+            batch.internal.append(&mut retry_internal);
+            select! {
+                recv(self.appends) -> request => match request {
+                    Ok(request) => batch.append(request),
+                    Err(_) => return, // every handle dropped without a stop: nothing left to answer
+                },
+                recv(self.side) -> cmd => match cmd {
+                    Ok(cmd) => batch.side(cmd),
+                    Err(_) => return,
+                },
+            }
+            self.fill(&mut batch);
+            let oldest = batch.appends.iter().map(|r| r.enqueued).min();
+            metrics.queue_depth.set(self.appends.len() as f64);
+            metrics.side_backlog.set(self.side.len() as f64);
+            metrics
+                .queue_oldest
+                .set(oldest.map_or(0.0, |at| at.elapsed().as_secs_f64()));
+
+            let started = Instant::now();
+            match self.commit(&mut batch, &mut coverage, &mut watermark) {
+                Ok((outcomes, routed)) => {
+                    metrics
+                        .commit_latency
+                        .record(started.elapsed().as_secs_f64());
+                    metrics.batch_size.record(batch.events as f64);
+                    metrics.appended.increment(routed.len() as u64);
+                    for event in routed {
+                        (self.route)(event);
+                    }
+                    for (request, outcome) in batch.appends.drain(..).zip(outcomes) {
+                        let _ = request.reply.send(Ok(outcome));
+                    }
+                }
+                Err(err) => {
+                    metrics.errors.increment(1);
+                    tracing::error!(error = %err, events = batch.events, "journal commit failed; the senders are told to retry");
+                    for request in batch.appends.drain(..) {
+                        let _ = request
+                            .reply
+                            .send(Err(JournalError::CommitFailed(err.to_string())));
+                    }
+                    retry_internal = std::mem::take(&mut batch.internal);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            for reply in batch.flushes.drain(..) {
+                let _ = reply.send(());
+            }
+            if let Some(stop) = batch.stop.take() {
+                // Stop comes after the router drained: take whatever is still queued, then exit.
+                let mut last = Batch::default();
+                last.internal.append(&mut retry_internal);
+                while let Ok(cmd) = self.side.try_recv() {
+                    last.side(cmd);
+                }
+                while let Ok(request) = self.appends.try_recv() {
+                    last.append(request);
+                }
+                if let Ok((outcomes, _)) = self.commit(&mut last, &mut coverage, &mut watermark) {
+                    for (request, outcome) in last.appends.drain(..).zip(outcomes) {
+                        let _ = request.reply.send(Ok(outcome));
+                    }
+                }
+                let _ = stop.send(());
+                return;
+            }
+        }
+    }
+
+    /// Takes what else is queued, up to the batch limit (and, if configured, waits a little for
+    /// a fuller batch).
+    fn fill(&self, batch: &mut Batch) {
+        let deadline = Instant::now() + self.batch_max_wait;
+        while batch.events < self.batch_max_events {
+            match self.appends.try_recv() {
+                Ok(request) => batch.append(request),
+                Err(_) if self.batch_max_wait.is_zero() => break,
+                Err(_) => match self.appends.recv_deadline(deadline) {
+                    Ok(request) => batch.append(request),
+                    Err(_) => break,
+                },
+            }
+        }
+        for cmd in self.side.try_iter().take(self.batch_max_events * 4) {
+            batch.side(cmd);
+        }
+    }
+
+    /// Writes the batch in one transaction. Returns each request's outcomes and the appended
+    /// events (to route) in journal order.
+    fn commit(
+        &mut self,
+        batch: &mut Batch,
+        coverage: &mut Coverage,
+        watermark: &mut u64,
+    ) -> Result<(Vec<Vec<AppendOutcome>>, Vec<SharedEvent>), JournalError> {
+        let tx = self.conn.transaction()?;
+        let mut outcomes = Vec::with_capacity(batch.appends.len());
+        let mut routed = Vec::with_capacity(batch.events + batch.internal.len());
+        let mut last_seq = self.last_seq;
+        let mut appended_here: Vec<(String, u64)> = Vec::new();
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events (order_key, source, source_event_id, received_at, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (source, source_event_id) DO NOTHING RETURNING seq",
+            )?;
+            let mut append = |event: OrderEvent| -> Result<AppendOutcome, JournalError> {
+                let body = serde_json::to_string(&event).map_err(|e| JournalError::Corrupt {
+                    seq: 0,
+                    reason: e.to_string(),
+                })?;
+                let seq: Option<i64> = insert
+                    .query_row(
+                        params![
+                            event.order,
+                            event.source,
+                            event.source_event_id,
+                            event.received_at,
+                            body
+                        ],
+                        |r| r.get(0),
+                    )
+                    .optional()?;
+                Ok(match seq {
+                    Some(seq) => {
+                        let seq = seq as u64;
+                        last_seq = last_seq.max(seq);
+                        appended_here.push((event.order.clone(), seq));
+                        routed.push(Arc::new(JournaledEvent { seq, event }));
+                        AppendOutcome::Appended(seq)
+                    }
+                    None => AppendOutcome::Duplicate,
+                })
+            };
+            for request in &mut batch.appends {
+                let mut these = Vec::with_capacity(request.events.len());
+                for event in request.events.drain(..) {
+                    these.push(append(event)?);
+                }
+                outcomes.push(these);
+            }
+            for event in batch.internal.clone() {
+                append(event)?;
+            }
+        }
+        for entry in batch.index.values() {
+            index::upsert(&tx, entry)?;
+        }
+        // Persist the watermark as it stood after the previous commit: it lags one batch,
+        // which is conservative (recovery re-folds a little more), and never ahead of the index.
+        if *watermark != self.persisted_watermark {
+            index::set_watermark(&tx, *watermark)?;
+        }
+        tx.commit()?;
+        self.persisted_watermark = *watermark;
+        self.last_seq = last_seq;
+        batch.internal.clear();
+        for (order, seq) in &appended_here {
+            coverage.appended(order, *seq);
+        }
+        for entry in batch.index.values() {
+            coverage.indexed(&entry.key, entry.applied_seq);
+        }
+        *watermark = coverage.watermark(last_seq);
+        Ok((outcomes, routed))
+    }
+}
