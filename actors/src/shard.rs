@@ -31,6 +31,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Default cap on active order actors per shard; the least recently used is passivated first.
 pub const DEFAULT_MAX_ACTIVE_PER_SHARD: usize = 10_000;
 
+/// An SLA breach detected more than this long after its deadline is flagged late: the engine
+/// was down at the deadline, or the report that armed the timer arrived after it had passed.
+pub const LATE_AFTER_MS: Millis = 1_000;
+
 /// How the order actors are sharded and passivated.
 #[derive(Clone, Debug)]
 pub struct ShardConfig {
@@ -40,18 +44,21 @@ pub struct ShardConfig {
     pub idle_timeout: Duration,
     /// Cap on active actors per shard.
     pub max_active_per_shard: usize,
-    /// When this engine started (wall clock): SLA deadlines before it are flagged late.
-    pub started_at: Millis,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl ShardConfig {
-    /// The defaults, with `started_at` as given.
-    pub fn new(started_at: Millis) -> Self {
+    /// The defaults.
+    pub fn new() -> Self {
         ShardConfig {
             shards: DEFAULT_SHARDS,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             max_active_per_shard: DEFAULT_MAX_ACTIVE_PER_SHARD,
-            started_at,
         }
     }
 
@@ -111,7 +118,6 @@ pub(crate) struct ShardContext {
     pub(crate) clock: ShardClock,
     pub(crate) timers: TimerHandle,
     pub(crate) metrics: Arc<OrderMetrics>,
-    pub(crate) started_at: Millis,
 }
 
 /// Why the router could not do what was asked.
@@ -194,7 +200,6 @@ impl OrderRouter {
         for shard in 0..config.shards {
             let (timers, commands) = timers::channel();
             let ctx = Arc::new(ShardContext {
-                started_at: config.started_at,
                 config: config.clone(),
                 policy: policy.clone(),
                 store: store.clone(),

@@ -374,13 +374,12 @@ impl Config {
         policy
     }
 
-    /// The shard configuration, with `started_at` the engine's start (wall clock, ms).
-    pub fn shard_config(&self, started_at: i64) -> ShardConfig {
+    /// The shard configuration.
+    pub fn shard_config(&self) -> ShardConfig {
         ShardConfig {
             shards: self.actors.shards,
             idle_timeout: self.actors.idle_timeout.0,
             max_active_per_shard: self.actors.max_active_per_shard,
-            started_at,
         }
     }
 }

@@ -3,7 +3,7 @@
 //! answered in the source's own ack format. Bad input gets a JSON error naming the problem, is
 //! counted, and stores nothing.
 //!
-//! One file per source adapter: [`douyin`], [`events`] (canonical events, Standard Webhooks).
+//! One file per source adapter: `douyin`, `events` (canonical events, Standard Webhooks).
 
 pub(crate) mod douyin;
 pub(crate) mod events;

@@ -107,7 +107,7 @@ pub async fn run(
     .await
     .map_err(|e| std::io::Error::other(e.to_string()))??;
     let router = OrderRouter::start(
-        config.shard_config(clock.now_ms()),
+        config.shard_config(),
         policy.clone(),
         Arc::new(journal.clone()),
         Arc::new(clock),

@@ -132,7 +132,7 @@ impl OrderActorState {
             action: EventAction::SlaBreach {
                 rule: rule.to_owned(),
                 deadline,
-                late: deadline < self.ctx.started_at,
+                late: now.saturating_sub(deadline) > super::LATE_AFTER_MS,
             },
             occurred_at: now,
             received_at: now,

@@ -86,16 +86,13 @@ impl OrderMetrics {
         if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome.label()) {
             self.outcomes[i].increment(1);
         }
-        match outcome {
-            Outcome::Applied { from, to } => {
-                let from_index = from.map_or(0, |f| f as usize + 1);
-                self.transitions[from_index * OrderState::ALL.len() + *to as usize].increment(1);
-                if let Some(from) = from {
-                    self.by_state[*from as usize].decrement(1.0);
-                }
-                self.by_state[*to as usize].increment(1.0);
+        if let Outcome::Applied { from, to } = outcome {
+            let from_index = from.map_or(0, |f| f as usize + 1);
+            self.transitions[from_index * OrderState::ALL.len() + *to as usize].increment(1);
+            if let Some(from) = from {
+                self.by_state[*from as usize].decrement(1.0);
             }
-            _ => {}
+            self.by_state[*to as usize].increment(1.0);
         }
     }
 

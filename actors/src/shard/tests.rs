@@ -121,7 +121,7 @@ async fn timeline_len(router: &OrderRouter, order: &str) -> usize {
 
 #[tokio::test]
 async fn a_crashed_order_actor_recovers_its_full_timeline() {
-    let (journal, router) = start(ShardConfig::new(T0), OrderPolicy::permissive()).await;
+    let (journal, router) = start(ShardConfig::new(), OrderPolicy::permissive()).await;
     journal.append(event("douyin:1", "a", OrderState::Paid, T0));
     journal.append(event("douyin:1", "b", OrderState::Allocated, T0 + 1));
     journal.append(event("douyin:1", "c", OrderState::Picked, T0 + 2));
@@ -155,7 +155,7 @@ async fn a_crashed_order_actor_recovers_its_full_timeline() {
 
 #[tokio::test]
 async fn least_recently_used_orders_passivate_at_the_cap_and_come_back_whole() {
-    let mut config = ShardConfig::new(T0);
+    let mut config = ShardConfig::new();
     config.shards = 1;
     config.max_active_per_shard = 2;
     let (journal, router) = start(config, OrderPolicy::permissive()).await;
@@ -198,7 +198,7 @@ async fn least_recently_used_orders_passivate_at_the_cap_and_come_back_whole() {
 
 #[tokio::test(start_paused = true)]
 async fn idle_orders_passivate_after_the_timeout() {
-    let mut config = ShardConfig::new(T0);
+    let mut config = ShardConfig::new();
     config.idle_timeout = Duration::from_secs(60);
     let (journal, router) = start(config, OrderPolicy::permissive()).await;
     journal.append(event("o:1", "a", OrderState::Paid, T0));
@@ -221,7 +221,7 @@ fn two_hour_rule() -> OrderPolicy {
 
 #[tokio::test(start_paused = true)]
 async fn an_sla_deadline_fires_once_even_for_a_passivated_order() {
-    let mut config = ShardConfig::new(T0);
+    let mut config = ShardConfig::new();
     config.idle_timeout = Duration::from_secs(60);
     let (journal, router) = start(config, two_hour_rule()).await;
     journal.append(event("o:late", "paid", OrderState::Paid, T0));
@@ -264,7 +264,7 @@ async fn an_sla_deadline_fires_once_even_for_a_passivated_order() {
 async fn a_deadline_missed_while_down_fires_at_once_flagged_late() {
     // The order was paid three hours before this engine started; its timer is re-armed from
     // the index at start-up.
-    let (journal, router) = start(ShardConfig::new(T0), two_hour_rule()).await;
+    let (journal, router) = start(ShardConfig::new(), two_hour_rule()).await;
     let paid_at = T0 - 3 * 3_600_000;
     journal.events.lock().unwrap().push(JournaledEvent {
         seq: 1,
@@ -298,7 +298,7 @@ fn transitions_are_counted_for_the_event_that_starts_an_actor() {
             .build()
             .unwrap();
         runtime.block_on(async {
-            let mut config = ShardConfig::new(T0);
+            let mut config = ShardConfig::new();
             config.shards = 1;
             config.max_active_per_shard = 1;
             let (journal, router) = start(config, OrderPolicy::permissive()).await;

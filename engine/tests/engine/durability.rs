@@ -1,0 +1,201 @@
+//! "A 2xx ingest answer means durable": the real binary is SIGKILLed while thousands of signed
+//! events are in flight, restarted on the same data directory, and every event that was
+//! acknowledged must be in its order's timeline.
+
+use super::support::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::Mutex;
+
+const EVENTS: usize = 3_000;
+const ORDERS: usize = 400;
+const CONCURRENCY: usize = 32;
+/// Kill once this many events were acknowledged.
+const KILL_AFTER_ACKS: usize = 1_200;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_engine(dir: &std::path::Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_orderhub"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env("ORDERHUB_DOUYIN_APP_KEY", DOUYIN_KEY)
+        .env("ORDERHUB_DOUYIN_APP_SECRET", DOUYIN_SECRET)
+        .env("ORDERHUB_EVENTS_SECRET", EVENTS_SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("orderhub binary starts")
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    for _ in 0..300 {
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await
+            && response.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("engine at {base} never became ready");
+}
+
+/// Event `i`: a Douyin push or a canonical event, for order `i % ORDERS`.
+fn request(
+    client: &reqwest::Client,
+    base: &str,
+    i: usize,
+) -> (reqwest::RequestBuilder, String, String) {
+    let n = i % ORDERS;
+    let round = i / ORDERS;
+    if round == 0 {
+        let id = format!("dy-{i}");
+        let body = douyin_push("101", &id, &format!("{}", 900_000 + n), 1_790_000_000);
+        let request = client
+            .post(format!("{base}/v1/ingest/douyin"))
+            .header("app-id", DOUYIN_KEY)
+            .header("event-sign", douyin_sign(&body, DOUYIN_SECRET))
+            .body(body);
+        (request, format!("douyin:{}", 900_000 + n), id)
+    } else {
+        let statuses = [
+            "allocated",
+            "picked",
+            "packed",
+            "shipped",
+            "in_transit",
+            "delivered",
+            "completed",
+        ];
+        let status = statuses[(round - 1) % statuses.len()];
+        let id = format!("ev-{i}");
+        let body = canonical(
+            &id,
+            &format!("douyin:{}", 900_000 + n),
+            "wms",
+            status,
+            1_790_000_000_000 + i as i64,
+        );
+        let request = sign_events(
+            client.post(format!("{base}/v1/events")),
+            &body,
+            &id,
+            now_s(),
+        );
+        (request, format!("douyin:{}", 900_000 + n), id)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_event_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut child = spawn_engine(dir.path(), port);
+    wait_ready(&client, &base).await;
+
+    let acked: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>> = Arc::default();
+    let ack_count = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..CONCURRENCY {
+        let (client, base) = (client.clone(), base.clone());
+        let (acked, ack_count, failed, next) = (
+            acked.clone(),
+            ack_count.clone(),
+            failed.clone(),
+            next.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= EVENTS {
+                    return;
+                }
+                let (request, order, id) = request(&client, &base, i);
+                match request.send().await {
+                    Ok(response) if response.status().is_success() => {
+                        acked.lock().await.entry(order).or_default().insert(id);
+                        ack_count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(response) if response.status().as_u16() == 429 => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(response) => panic!("event {i} refused: {}", response.status()),
+                    Err(_) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    while ack_count.load(Ordering::Relaxed) < KILL_AFTER_ACKS {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    child.kill().expect("SIGKILL"); // std's kill() is SIGKILL on Unix
+    child.wait().unwrap();
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let acked = Arc::try_unwrap(acked).unwrap().into_inner();
+    let acked_events: usize = acked.values().map(BTreeSet::len).sum();
+    assert!(acked_events >= KILL_AFTER_ACKS);
+    assert!(
+        failed.load(Ordering::Relaxed) > 0,
+        "the kill must land mid-stream (some requests fail)"
+    );
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = spawn_engine(dir.path(), port);
+    wait_ready(&client, &base).await;
+    let mut missing = Vec::new();
+    for (order, ids) in &acked {
+        let response = client
+            .get(format!("{base}/v1/orders/{order}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "order {order} lost");
+        let body: serde_json::Value = response.json().await.unwrap();
+        let seen: BTreeSet<String> = body["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["source_event_id"].as_str().unwrap().to_owned())
+            .collect();
+        missing.extend(ids.difference(&seen).cloned());
+    }
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    eprintln!(
+        "durability: {acked_events} acknowledged events across {} orders all survived SIGKILL",
+        acked.len()
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

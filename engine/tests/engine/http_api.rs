@@ -1,0 +1,395 @@
+//! The HTTP contract of DESIGN.md §3 and issue 2, against an engine on port 0.
+
+use super::support::*;
+use serde_json::Value;
+use std::sync::Arc;
+
+const T: i64 = 1_790_000_000; // seconds, a fixed source time in the past
+/// Layered over the default by tests that are not about SLAs (T is long past every deadline).
+const NO_SLA: &str = "sla = []\n";
+
+fn states(order: &Value) -> Vec<String> {
+    order["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["outcome"]["result"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_douyin_push_is_acknowledged_in_douyins_format_and_becomes_an_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start("", dir.path()).await;
+    let paid_at = now_s() - 60;
+    let (status, body) = engine
+        .post_douyin(&douyin_push("101", "m-paid", "4987325601", paid_at))
+        .await;
+    assert_eq!(
+        (status, body),
+        (200, serde_json::json!({"code": 0, "msg": "success"}))
+    );
+
+    let order = engine
+        .eventually("/v1/orders/douyin:4987325601", |o| o["state"] == "paid")
+        .await;
+    assert_eq!(order["key"], "douyin:4987325601");
+    assert_eq!(order["systems"]["douyin"]["raw_status"], "101");
+    let entry = &order["timeline"][0];
+    assert_eq!(entry["source"], "douyin");
+    assert_eq!(entry["raw_status"], "101");
+    assert_eq!(entry["mapped"], "paid");
+    assert_eq!(entry["occurred_at"], paid_at * 1000);
+    assert!(entry["received_at"].as_i64().unwrap() > paid_at * 1000);
+    assert_eq!(entry["outcome"]["result"], "applied");
+    assert_eq!(order["sla"][0]["rule"], "allocate_within_2h");
+    assert_eq!(order["sla"][0]["status"], "armed");
+
+    // The platform's verification message is acknowledged and stores nothing.
+    let (status, _) = engine
+        .post_douyin(&douyin_push("0", "verify", "0", T))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = engine.get("/v1/orders/douyin:0").await;
+    assert_eq!(status, 404);
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_a_named_error_counted_and_nothing_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start("[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"unused\"\nmax_body_bytes = 2048\nshutdown_grace = \"10s\"\nquery_timeout = \"2s\"\n", dir.path()).await;
+    let good = douyin_push("101", "m-1", "1001", T);
+
+    let (status, body) = engine.post_douyin_signed(&good, "wrong-secret").await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "bad_signature");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("event-sign")
+    );
+
+    let response = engine
+        .client
+        .post(format!("{}/v1/ingest/douyin", engine.base))
+        .body(good.clone())
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = read(response).await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("app-id")
+    );
+
+    let (status, body) = engine.post_douyin("[{\"tag\":\"101\"").await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "malformed");
+
+    let (status, body) = engine
+        .post_douyin(&douyin_push("999", "m-2", "1001", T))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "unknown_status");
+    assert!(body["error"]["message"].as_str().unwrap().contains("999"));
+
+    let big = douyin_push("101", &"x".repeat(4096), "1001", T);
+    let (status, body) = engine.post_douyin(&big).await;
+    assert_eq!(status, 413);
+    assert_eq!(body["error"]["code"], "body_too_large");
+
+    let response = engine
+        .client
+        .post(format!("{}/v1/ingest/tiktok", engine.base))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = read(response).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "unknown_source");
+
+    let (status, body) = engine
+        .post_events(&canonical("e1", "shop:1", "wms", "teleported", 0))
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "unknown_status");
+
+    let stale = sign_events(
+        engine.client.post(format!("{}/v1/events", engine.base)),
+        &canonical("e2", "shop:1", "wms", "paid", 0),
+        "wh-stale",
+        now_s() - 3600,
+    );
+    let (status, body) = read(stale.send().await.unwrap()).await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("tolerance")
+    );
+
+    // Nothing of it was stored.
+    let (status, _) = engine.get("/v1/orders/douyin:1001").await;
+    assert_eq!(status, 404);
+    let (_, list) = engine.get("/v1/orders").await;
+    assert_eq!(list["orders"], serde_json::json!([]));
+    // And every refusal was counted.
+    let metrics = engine.metrics().await;
+    for (source, outcome) in [
+        ("douyin", "bad_signature"),
+        ("douyin", "malformed"),
+        ("douyin", "unknown_status"),
+        ("douyin", "body_too_large"),
+        ("unknown", "unknown_source"),
+        ("events", "unknown_status"),
+        ("events", "bad_signature"),
+    ] {
+        let count = sample(
+            &metrics,
+            "orderhub_ingest_requests_total",
+            &[("source", source), ("outcome", outcome)],
+        );
+        assert!(
+            count.unwrap_or(0.0) >= 1.0,
+            "{source}/{outcome} not counted"
+        );
+    }
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_without_credentials_answers_503_naming_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start_with("", dir.path(), Arc::new(|_: &str| None)).await;
+    let (status, body) = engine.post_douyin(&douyin_push("101", "m-1", "1", T)).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "source_unavailable");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ORDERHUB_DOUYIN_APP_KEY")
+    );
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_push_is_acknowledged_again_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start(NO_SLA, dir.path()).await;
+    let push = douyin_push("101", "m-dup", "2002", T);
+    for _ in 0..3 {
+        let (status, body) = engine.post_douyin(&push).await;
+        assert_eq!((status, body["code"].as_i64()), (200, Some(0)));
+    }
+    let order = engine
+        .eventually("/v1/orders/douyin:2002", |o| o["state"] == "paid")
+        .await;
+    assert_eq!(order["timeline"].as_array().unwrap().len(), 1);
+    let metrics = engine.metrics().await;
+    let duplicates = sample(
+        &metrics,
+        "orderhub_ingest_requests_total",
+        &[("source", "douyin"), ("outcome", "duplicate")],
+    );
+    assert!(duplicates.unwrap() >= 2.0);
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_and_out_of_order_reports_are_kept_but_never_move_the_order_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start(NO_SLA, dir.path()).await;
+    let order = "shop:ooo";
+    let t = T * 1000;
+    for (id, source, status, at) in [
+        ("e-ship", "wms", "shipped", t + 3000),
+        ("e-paid", "douyin", "paid", t),
+        ("e-pick", "wms", "picked", t + 2000),
+        ("e-ship-again", "wms", "shipped", t + 3001),
+        ("e-cancel", "douyin", "cancelled", t + 4000),
+    ] {
+        let (status, _) = engine
+            .post_events(&canonical(id, order, source, status, at))
+            .await;
+        assert_eq!(status, 200);
+    }
+    let order = engine
+        .eventually("/v1/orders/shop:ooo", |o| {
+            o["timeline"].as_array().unwrap().len() == 5
+        })
+        .await;
+    assert_eq!(order["state"], "shipped");
+    assert_eq!(
+        states(&order),
+        ["applied", "stale", "stale", "unchanged", "conflict"]
+    );
+    assert_eq!(order["systems"]["wms"]["raw_status"], "shipped");
+    assert_eq!(order["systems"]["douyin"]["raw_status"], "cancelled");
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sla_breach_shows_on_the_order_in_the_list_and_in_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[[sla]]\nname = \"allocate_fast\"\nfrom = \"paid\"\nwithin = \"300ms\"\n";
+    let engine = TestEngine::start(config, dir.path()).await;
+    let now_ms = now_s() * 1000;
+    let (status, _) = engine
+        .post_events(&canonical("s1", "shop:slow", "douyin", "paid", now_ms))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = engine
+        .post_events(&canonical("s2", "shop:quick", "douyin", "paid", now_ms))
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = engine
+        .post_events(&canonical(
+            "s3",
+            "shop:quick",
+            "wms",
+            "allocated",
+            now_ms + 1,
+        ))
+        .await;
+    assert_eq!(status, 200);
+
+    let list = engine
+        .eventually("/v1/orders?sla=breached", |l| {
+            !l["orders"].as_array().unwrap().is_empty()
+        })
+        .await;
+    let keys: Vec<&str> = list["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["shop:slow"]);
+    let (_, order) = engine.get("/v1/orders/shop:slow").await;
+    assert_eq!(order["sla"][0]["status"], "breached");
+    assert_eq!(order["sla"][0]["late"], false);
+    assert_eq!(order["timeline"][1]["source"], "orderhub");
+    assert_eq!(order["timeline"][1]["outcome"]["result"], "sla_breached");
+    let (_, quick) = engine.get("/v1/orders/shop:quick").await;
+    assert_eq!(quick["sla"], serde_json::json!([]));
+    let metrics = engine.metrics().await;
+    let breaches = sample(
+        &metrics,
+        "orderhub_sla_breaches_total",
+        &[("rule", "allocate_fast"), ("late", "false")],
+    );
+    assert!(breaches.unwrap() >= 1.0);
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_filter_by_state_and_age_and_reject_bad_queries() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start("", dir.path()).await;
+    let now = now_s() * 1000;
+    for (id, order, status, at) in [
+        ("l1", "shop:old", "packed", now - 3 * 3_600_000),
+        ("l2", "shop:new", "packed", now),
+        ("l3", "shop:other", "paid", now - 5 * 3_600_000),
+    ] {
+        assert_eq!(
+            engine
+                .post_events(&canonical(id, order, "wms", status, at))
+                .await
+                .0,
+            200
+        );
+    }
+    let list = engine
+        .eventually("/v1/orders?state=packed", |l| {
+            l["orders"].as_array().unwrap().len() == 2
+        })
+        .await;
+    assert_eq!(list["orders"][0]["key"], "shop:old", "oldest first");
+    let (_, stuck) = engine.get("/v1/orders?state=packed&stuck_for=2h").await;
+    assert_eq!(stuck["orders"].as_array().unwrap().len(), 1);
+    assert_eq!(stuck["orders"][0]["key"], "shop:old");
+    let (_, limited) = engine.get("/v1/orders?limit=1").await;
+    assert_eq!(limited["orders"][0]["key"], "shop:other");
+
+    for query in [
+        "state=shipping",
+        "stuck_for=soon",
+        "sla=maybe",
+        "colour=red",
+    ] {
+        let (status, body) = engine.get(&format!("/v1/orders?{query}")).await;
+        assert_eq!(status, 400, "{query}");
+        assert_eq!(body["error"]["code"], "bad_query");
+    }
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_and_a_restart_finds_every_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start("", dir.path()).await;
+    assert_eq!(engine.get("/readyz").await.0, 200);
+    for i in 0..50 {
+        let push = douyin_push("101", &format!("r-{i}"), &format!("{}", 5000 + i), T);
+        assert_eq!(engine.post_douyin(&push).await.0, 200);
+    }
+    engine.stop().await;
+
+    let engine = TestEngine::start("", dir.path()).await;
+    let (_, list) = engine.get("/v1/orders?state=paid&limit=1000").await;
+    assert_eq!(list["orders"].as_array().unwrap().len(), 50);
+    let (_, order) = engine.get("/v1/orders/douyin:5049").await;
+    assert_eq!(order["state"], "paid");
+    let text = engine.metrics().await;
+    assert_eq!(
+        sample(&text, "orderhub_orders_by_state", &[("state", "paid")]),
+        Some(50.0)
+    );
+    engine.stop().await;
+}
+
+#[test]
+fn check_config_names_the_key_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[[sla]]\nname = \"a\"\nfrom = \"payed\"\nwithin = \"1h\"\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_orderhub"))
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("line 3"), "{stderr}");
+    assert!(stderr.contains("sla[0].from"), "{stderr}");
+
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "[actors]\nshards = 4\nidle_timeout = \"1m\"\nmax_active_per_shard = 100\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_orderhub"))
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

@@ -1,0 +1,229 @@
+//! Shared test support: an in-process engine on port 0, and request signing.
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use md5::{Digest, Md5};
+use orderhub_engine::config::Config;
+use orderhub_engine::ingest::SecretLookup;
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub(crate) const DOUYIN_KEY: &str = "7001";
+pub(crate) const DOUYIN_SECRET: &str = "douyin-test-secret";
+pub(crate) const EVENTS_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+
+/// The environment the engine sees in tests.
+pub(crate) fn secrets() -> SecretLookup {
+    Arc::new(|name: &str| match name {
+        "ORDERHUB_DOUYIN_APP_KEY" => Some(DOUYIN_KEY.into()),
+        "ORDERHUB_DOUYIN_APP_SECRET" => Some(DOUYIN_SECRET.into()),
+        "ORDERHUB_EVENTS_SECRET" => Some(EVENTS_SECRET.into()),
+        _ => None,
+    })
+}
+
+/// An engine running in this process on a free loopback port.
+pub(crate) struct TestEngine {
+    pub(crate) base: String,
+    pub(crate) client: reqwest::Client,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), orderhub_engine::EngineError>>>,
+}
+
+impl TestEngine {
+    /// Starts with `toml` layered over the embedded default and the journal in `dir`.
+    pub(crate) async fn start(toml: &str, dir: &Path) -> TestEngine {
+        Self::start_with(toml, dir, secrets()).await
+    }
+
+    pub(crate) async fn start_with(toml: &str, dir: &Path, secrets: SecretLookup) -> TestEngine {
+        let mut config = Config::layered(Some(("test.toml".into(), toml.into()))).unwrap();
+        config.server.data_dir = dir.to_path_buf();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(orderhub_engine::run(config, listener, secrets, async {
+            let _ = rx.await;
+        }));
+        TestEngine {
+            base,
+            client: reqwest::Client::new(),
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// Sends SIGTERM's equivalent and waits for a clean exit.
+    pub(crate) async fn stop(mut self) {
+        let _ = self.shutdown.take().unwrap().send(());
+        let result = tokio::time::timeout(Duration::from_secs(20), self.task.take().unwrap())
+            .await
+            .expect("engine stops within its grace period")
+            .unwrap();
+        result.expect("engine exits cleanly");
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub(crate) async fn metrics(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// POSTs a Douyin push signed with `secret`.
+    pub(crate) async fn post_douyin_signed(&self, body: &str, secret: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}/v1/ingest/douyin", self.base))
+            .header("app-id", DOUYIN_KEY)
+            .header("event-sign", douyin_sign(body, secret))
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        read(response).await
+    }
+
+    pub(crate) async fn post_douyin(&self, body: &str) -> (u16, Value) {
+        self.post_douyin_signed(body, DOUYIN_SECRET).await
+    }
+
+    /// POSTs canonical events signed with Standard Webhooks.
+    pub(crate) async fn post_events(&self, body: &str) -> (u16, Value) {
+        let response = sign_events(
+            self.client.post(format!("{}/v1/events", self.base)),
+            body,
+            &format!("wh-{}", fresh_id()),
+            now_s(),
+        )
+        .send()
+        .await
+        .unwrap();
+        read(response).await
+    }
+
+    /// Polls `path` until `check` accepts the JSON answer.
+    pub(crate) async fn eventually(&self, path: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..200 {
+            let (status, body) = self.get(path).await;
+            if status == 200 && check(&body) {
+                return body;
+            }
+            last = body;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{path} never satisfied the check; last answer: {last}");
+    }
+}
+
+pub(crate) async fn read(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+pub(crate) fn now_s() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+pub(crate) fn fresh_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// md5hex(app_key + body + secret).
+pub(crate) fn douyin_sign(body: &str, secret: &str) -> String {
+    let mut hasher = Md5::new();
+    hasher.update(DOUYIN_KEY.as_bytes());
+    hasher.update(body.as_bytes());
+    hasher.update(secret.as_bytes());
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A Douyin push of one message.
+pub(crate) fn douyin_push(tag: &str, msg_id: &str, p_id: &str, time_s: i64) -> String {
+    let data =
+        serde_json::json!({ "p_id": p_id, "shop_id": 77, "update_time": time_s }).to_string();
+    serde_json::json!([{ "tag": tag, "msg_id": msg_id, "data": data }]).to_string()
+}
+
+/// Adds Standard Webhooks headers for `body`.
+pub(crate) fn sign_events(
+    request: reqwest::RequestBuilder,
+    body: &str,
+    id: &str,
+    timestamp: i64,
+) -> reqwest::RequestBuilder {
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(EVENTS_SECRET.trim_start_matches("whsec_"))
+        .unwrap();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
+    let signature = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    request
+        .header("webhook-id", id)
+        .header("webhook-timestamp", timestamp.to_string())
+        .header("webhook-signature", format!("v1,{signature}"))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+}
+
+/// A canonical event body.
+pub(crate) fn canonical(id: &str, order: &str, source: &str, status: &str, at_ms: i64) -> String {
+    serde_json::json!({
+        "event_id": id, "order": order, "source": source, "status": status, "occurred_at": at_ms
+    })
+    .to_string()
+}
+
+/// The value of the sample of `name` whose labels include all of `labels`.
+pub(crate) fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            return None;
+        }
+        if !labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        {
+            return None;
+        }
+        rest.rsplit(' ').next()?.parse().ok()
+    })
+}
