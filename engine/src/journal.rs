@@ -260,3 +260,79 @@ impl OrderStore for Journal {
         let _ = self.inner.side.send(SideCmd::Index(entry));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::ingest::IngestError;
+    use axum::response::IntoResponse;
+    use orderhub_actors::order::EventAction;
+
+    fn event(id: &str) -> OrderEvent {
+        OrderEvent {
+            order: "shop:1".into(),
+            source: "wms".into(),
+            source_event_id: id.into(),
+            raw_status: "none".into(),
+            action: EventAction::Inform,
+            occurred_at: 1,
+            received_at: 1,
+            fields: serde_json::Map::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_at_once_never_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::embedded().unwrap().journal;
+        config.queue_capacity = 1;
+        let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
+        // The writer is not started yet: the first request waits in the queue…
+        let first = tokio::spawn({
+            let journal = journal.clone();
+            async move { journal.append(vec![event("a")]).await }
+        });
+        while journal.queue_depth() == 0 {
+            tokio::task::yield_now().await;
+        }
+        // …so the second finds it full and is told so at once.
+        assert!(matches!(
+            journal.append(vec![event("b")]).await,
+            Err(JournalError::Full)
+        ));
+        // Once the writer runs, the queued request is committed, not lost.
+        journal.start(|_| {}).unwrap();
+        let outcome = first.await.unwrap().unwrap();
+        assert_eq!(outcome, vec![AppendOutcome::Appended(1)]);
+        assert_eq!(journal.events_of("shop:1").unwrap().len(), 1);
+        journal.close().await;
+
+        let response = IngestError::Throttled("journal queue is full").into_response();
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers()["retry-after"], "1");
+    }
+
+    #[tokio::test]
+    async fn duplicates_within_and_across_batches_are_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::embedded().unwrap().journal;
+        let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
+        journal.start(|_| {}).unwrap();
+        let outcomes = journal
+            .append(vec![event("a"), event("a"), event("b")])
+            .await
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            vec![
+                AppendOutcome::Appended(1),
+                AppendOutcome::Duplicate,
+                AppendOutcome::Appended(2)
+            ]
+        );
+        let again = journal.append(vec![event("b")]).await.unwrap();
+        assert_eq!(again, vec![AppendOutcome::Duplicate]);
+        journal.close().await;
+    }
+}

@@ -199,3 +199,42 @@ async fn every_acknowledged_event_survives_sigkill() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let mut child = spawn_engine(dir.path(), port);
+    wait_ready(&client, &base).await;
+    for i in 0..ORDERS {
+        let (request, _, _) = request(&client, &base, i);
+        assert!(request.send().await.unwrap().status().is_success());
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(exit.success(), "SIGTERM exit status: {exit}");
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = spawn_engine(dir.path(), port);
+    wait_ready(&client, &base).await;
+    let list: serde_json::Value = client
+        .get(format!("{base}/v1/orders?state=paid&limit=1000"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["orders"].as_array().unwrap().len(), ORDERS);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
