@@ -393,3 +393,39 @@ fn check_config_names_the_key_and_line() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_missed_while_down_fires_at_restart_flagged_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "[[sla]]\nname = \"allocate_soon\"\nfrom = \"paid\"\nwithin = \"2s\"\n";
+    let engine = TestEngine::start(config, dir.path()).await;
+    // Paid 1.5 s ago: the deadline is 0.5 s away, and the engine is stopped before it.
+    let paid_at = now_s() * 1000 - 1500;
+    let body = canonical("d1", "shop:down", "douyin", "paid", paid_at);
+    assert_eq!(engine.post_events(&body).await.0, 200);
+    engine
+        .eventually("/v1/orders?sla=armed", |l| {
+            l["orders"].as_array().unwrap().len() == 1
+        })
+        .await;
+    engine.stop().await;
+
+    // Down across the deadline (real time: the deadline lives in the journal, not in tokio).
+    let deadline = paid_at + 2000;
+    let wait = deadline + LATE_MARGIN_MS - now_s() * 1000;
+    if wait > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(wait as u64)).await;
+    }
+
+    let engine = TestEngine::start(config, dir.path()).await;
+    let list = engine
+        .eventually("/v1/orders?sla=breached", |l| {
+            l["orders"].as_array().unwrap().len() == 1
+        })
+        .await;
+    assert_eq!(list["orders"][0]["key"], "shop:down");
+    let (_, order) = engine.get("/v1/orders/shop:down").await;
+    assert_eq!(order["sla"][0]["status"], "breached");
+    assert_eq!(order["sla"][0]["late"], true);
+    engine.stop().await;
+}

@@ -227,3 +227,6 @@ pub(crate) fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Opti
         rest.rsplit(' ').next()?.parse().ok()
     })
 }
+
+/// How long past a deadline a breach must be detected to count as late, plus a margin.
+pub(crate) const LATE_MARGIN_MS: i64 = orderhub_actors::shard::LATE_AFTER_MS + 500;
