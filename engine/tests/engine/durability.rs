@@ -3,6 +3,7 @@
 //! acknowledged must be in its order's timeline.
 
 use super::support::*;
+use orderhub_actors::order::OrderState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -73,16 +74,10 @@ fn request(
             .body(body);
         (request, format!("douyin:{}", 900_000 + n), id)
     } else {
-        let statuses = [
-            "allocated",
-            "picked",
-            "packed",
-            "shipped",
-            "in_transit",
-            "delivered",
-            "completed",
-        ];
-        let status = statuses[(round - 1) % statuses.len()];
+        // The main line after payment: allocated … completed.
+        let statuses =
+            &OrderState::ALL[OrderState::Allocated as usize..=OrderState::Completed as usize];
+        let status = statuses[(round - 1) % statuses.len()].as_str();
         let id = format!("ev-{i}");
         let body = canonical(
             &id,
