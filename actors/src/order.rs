@@ -7,7 +7,7 @@ pub mod state;
 
 pub use event::{EventAction, INTERNAL_SOURCE, JournaledEvent, Millis, OrderEvent, SharedEvent};
 pub use machine::{
-    Hold, Order, Outcome, SlaStatus, SlaTimer, SystemStatus, TimelineEntry, TimerChanges,
+    Effects, Hold, Order, Outcome, SlaStatus, SlaTimer, SystemStatus, TimelineEntry,
 };
 pub use policy::{OrderPolicy, SlaRule};
 pub use state::{OrderState, STATE_LABELS_WITH_NONE, UnknownState};

@@ -1,6 +1,7 @@
 //! The ports through which order actors reach durable storage. The engine implements them over
 //! its journal (SQLite by default); tests implement them in memory.
 
+use crate::dispatch::{PendingSync, SyncIntent, SyncUpdate};
 use crate::order::{JournaledEvent, Millis, Order, OrderEvent, OrderState};
 
 /// Why the store could not serve a request.
@@ -72,17 +73,58 @@ impl OrderIndexEntry {
     }
 }
 
+/// An order as stored: its events and how far its summary (and the syncs that go with it) is
+/// known to be written.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StoredOrder {
+    /// Every journaled event of the order, in journal order.
+    pub events: Vec<JournaledEvent>,
+    /// `applied_seq` of the stored summary (0 if none): the syncs of every event up to it are in
+    /// the outbox.
+    pub indexed_seq: u64,
+}
+
+/// A change of one order to write behind: its new summary and the syncs decided since the
+/// last one, written in one transaction so a summary never covers an event whose syncs are
+/// missing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrderUpdate {
+    /// The summary.
+    pub index: OrderIndexEntry,
+    /// New syncs (inserting one that exists already is a no-op).
+    pub syncs: Vec<SyncIntent>,
+}
+
 /// Durable storage as the order actors see it.
 pub trait OrderStore: Send + Sync + 'static {
-    /// Every journaled event of `order`, in journal order. Called when an actor starts, so it
-    /// must be fast (an indexed read).
-    fn load_events(&self, order: &str) -> Result<Vec<JournaledEvent>, StoreError>;
+    /// The order's journaled events and stored summary position. Called when an actor starts,
+    /// so it must be fast (indexed reads).
+    fn load(&self, order: &str) -> Result<StoredOrder, StoreError>;
 
     /// Journals an event orderhub raises itself (an SLA breach). It must not block: the journal
     /// queues it, commits it, and then routes it back to the order like any other event.
     fn append_internal(&self, event: OrderEvent) -> Result<(), StoreError>;
 
-    /// Records the order's summary. Write-behind: it may be coalesced with later summaries of
-    /// the same order, and a summary lost in a crash is rebuilt from the journal.
-    fn record_index(&self, entry: OrderIndexEntry);
+    /// Records the order's summary and new syncs. Write-behind: summaries may be coalesced with
+    /// later ones of the same order (syncs never are), and an update lost in a crash is rebuilt
+    /// from the journal.
+    fn record(&self, update: OrderUpdate);
+}
+
+/// The outbox as the dispatchers see it.
+pub trait SyncStore: Send + Sync + 'static {
+    /// Up to `limit` pending syncs of `sink` with a row above `after_row`, in row order.
+    fn pending_page(
+        &self,
+        sink: &str,
+        after_row: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingSync>, StoreError>;
+
+    /// Number of pending syncs of `sink`.
+    fn pending_count(&self, sink: &str) -> Result<u64, StoreError>;
+
+    /// Records the result of an attempt. Write-behind: an update lost in a crash means the sync
+    /// is sent again, with the same idempotency key.
+    fn record_attempt(&self, update: SyncUpdate);
 }

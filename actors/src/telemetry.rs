@@ -103,6 +103,30 @@ catalogue! {
     /// Armed SLA timers.
     SLA_ARMED_TIMERS = "orderhub_sla_armed_timers", Gauge, Count, [],
         "SLA timers armed across all shards.";
+    /// Sync delivery attempts.
+    DISPATCH_REQUESTS = "orderhub_dispatch_requests_total", Counter, Count, ["sink", "outcome"],
+        "Sync delivery attempts by sink and outcome (delivered, throttled, failed, rejected).";
+    /// Sync delivery latency.
+    DISPATCH_LATENCY = "orderhub_dispatch_latency_seconds", Histogram, Seconds, ["sink"],
+        "Time one delivery attempt took, after the rate limiter let it go.";
+    /// Sends that waited for the rate limiter.
+    DISPATCH_THROTTLED_WAITS = "orderhub_dispatch_throttled_waits_total", Counter, Count, ["sink"],
+        "Sends that waited for the sink's rate quota (work over the quota waits, never dropped).";
+    /// Retries scheduled.
+    DISPATCH_RETRIES = "orderhub_dispatch_retries_total", Counter, Count, ["sink"],
+        "Failed or throttled attempts scheduled for another try.";
+    /// Dead letters.
+    DISPATCH_DEAD_LETTERS = "orderhub_dispatch_dead_letters_total", Counter, Count, ["sink"],
+        "Syncs given up on: refused by the sink or out of retries (kept for replay).";
+    /// Breaker state.
+    DISPATCH_BREAKER_STATE = "orderhub_dispatch_breaker_state", Gauge, Count, ["sink"],
+        "Circuit breaker of the sink: 0 closed, 1 half-open, 2 open.";
+    /// Pending syncs.
+    DISPATCH_BACKLOG = "orderhub_dispatch_backlog", Gauge, Count, ["sink"],
+        "Syncs of the sink waiting to be delivered (on disk and in memory).";
+    /// Oldest pending sync.
+    DISPATCH_OLDEST = "orderhub_dispatch_oldest_seconds", Gauge, Seconds, ["sink"],
+        "Age of the oldest sync of the sink that is waiting in memory.";
 }
 
 /// Registers help text and units for every catalogued metric with the installed recorder.

@@ -4,6 +4,7 @@
 use super::event::{EventAction, JournaledEvent, Millis};
 use super::policy::{OrderPolicy, SlaRule};
 use super::state::OrderState;
+use crate::dispatch::SyncIntent;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -103,6 +104,9 @@ pub struct TimelineEntry {
     pub received_at: Millis,
     /// What it did.
     pub outcome: Outcome,
+    /// What the rules did on this transition (syncs, tags, holds, failures).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<String>,
 }
 
 /// Where an SLA timer stands.
@@ -145,13 +149,16 @@ pub struct Hold {
     pub since: Millis,
 }
 
-/// Timer changes an application caused, for the actor to pass to its shard's timer structure.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TimerChanges {
+/// What applying an event caused beyond the order itself: timer changes for the shard's timer
+/// structure and the syncs the rules decided.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Effects {
     /// `(rule, deadline)` pairs to arm (re-arming replaces the previous deadline).
     pub armed: Vec<(String, Millis)>,
-    /// Rules to disarm.
+    /// SLA rules to disarm.
     pub disarmed: Vec<String>,
+    /// Syncs to persist and dispatch.
+    pub syncs: Vec<SyncIntent>,
 }
 
 /// The canonical view of one order: a deterministic fold over its journaled events.
@@ -170,6 +177,9 @@ pub struct Order {
     pub systems: BTreeMap<String, SystemStatus>,
     /// Business fields, later reports overriding earlier ones.
     pub fields: serde_json::Map<String, serde_json::Value>,
+    /// Tags added by rules.
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// Every report, in journal order.
     pub timeline: Vec<TimelineEntry>,
     /// Armed and breached SLA timers.
@@ -192,6 +202,7 @@ impl Order {
             hold: None,
             systems: BTreeMap::new(),
             fields: serde_json::Map::new(),
+            tags: Vec::new(),
             timeline: Vec::new(),
             sla: Vec::new(),
             applied_seq: 0,
@@ -211,6 +222,26 @@ impl Order {
             order.apply(event, policy);
         }
         order
+    }
+
+    /// Folds `events` into a fresh order, collecting the syncs decided for events after
+    /// `collect_after` (those whose syncs may not be in the outbox yet).
+    pub fn replay_collecting<'a>(
+        key: impl Into<String>,
+        events: impl IntoIterator<Item = &'a JournaledEvent>,
+        policy: &OrderPolicy,
+        collect_after: u64,
+    ) -> (Self, Vec<SyncIntent>) {
+        let mut order = Order::new(key);
+        let mut syncs = Vec::new();
+        for event in events {
+            if let Some((_, effects)) = order.apply(event, policy)
+                && event.seq > collect_after
+            {
+                syncs.extend(effects.syncs);
+            }
+        }
+        (order, syncs)
     }
 
     /// Whether any SLA timer was breached.
@@ -234,7 +265,7 @@ impl Order {
         &mut self,
         journaled: &JournaledEvent,
         policy: &OrderPolicy,
-    ) -> Option<(Outcome, TimerChanges)> {
+    ) -> Option<(Outcome, Effects)> {
         if journaled.seq <= self.applied_seq {
             return None;
         }
@@ -246,7 +277,7 @@ impl Order {
         self.applied_seq = journaled.seq;
         self.updated_at = self.updated_at.max(event.received_at);
 
-        let mut timers = TimerChanges::default();
+        let mut timers = Effects::default();
         let outcome = match &event.action {
             EventAction::Move { state } if !policy.allows(&event.source, *state) => {
                 Outcome::NotAllowed
@@ -282,6 +313,28 @@ impl Order {
                 self.reset_timers_on_report(at, policy, &mut timers);
             }
         }
+        let mut notes = Vec::new();
+        if let Outcome::Applied { from, .. } = &outcome {
+            let decided = policy.rules().evaluate(self, *from, event, journaled.seq);
+            for tag in decided.tags {
+                if !self.tags.contains(&tag) {
+                    self.tags.push(tag);
+                }
+            }
+            notes = decided.notes;
+            if let Some(rule) = decided.holds.first() {
+                match self.hold(at, policy, &mut timers) {
+                    Outcome::Applied { .. } => {
+                        notes.push(format!("rule {rule}: hold (exception interception)"))
+                    }
+                    other => notes.push(format!(
+                        "rule {rule}: hold not possible ({})",
+                        other.label()
+                    )),
+                }
+            }
+            timers.syncs = decided.syncs;
+        }
         self.timeline.push(TimelineEntry {
             seq: journaled.seq,
             source: event.source.clone(),
@@ -291,6 +344,7 @@ impl Order {
             occurred_at: event.occurred_at,
             received_at: event.received_at,
             outcome: outcome.clone(),
+            rules: notes,
         });
         Some((outcome, timers))
     }
@@ -300,7 +354,7 @@ impl Order {
         target: OrderState,
         at: Millis,
         policy: &OrderPolicy,
-        timers: &mut TimerChanges,
+        timers: &mut Effects,
     ) -> Outcome {
         let Some(current) = self.state else {
             self.enter(target, at, policy, timers);
@@ -337,7 +391,7 @@ impl Order {
         }
     }
 
-    fn hold(&mut self, at: Millis, policy: &OrderPolicy, timers: &mut TimerChanges) -> Outcome {
+    fn hold(&mut self, at: Millis, policy: &OrderPolicy, timers: &mut Effects) -> Outcome {
         match self.state {
             Some(OrderState::OnHold) => Outcome::Unchanged,
             Some(current) if current.can_hold() => {
@@ -362,7 +416,7 @@ impl Order {
         target: OrderState,
         at: Millis,
         policy: &OrderPolicy,
-        timers: &mut TimerChanges,
+        timers: &mut Effects,
     ) {
         if let Some(left) = self.state {
             let before = self.sla.len();
@@ -382,7 +436,7 @@ impl Order {
         }
     }
 
-    fn arm(&mut self, rule: &SlaRule, at: Millis, timers: &mut TimerChanges) {
+    fn arm(&mut self, rule: &SlaRule, at: Millis, timers: &mut Effects) {
         let deadline = at.saturating_add(rule.within_ms);
         match self
             .sla
@@ -404,12 +458,7 @@ impl Order {
         timers.armed.push((rule.name.clone(), deadline));
     }
 
-    fn reset_timers_on_report(
-        &mut self,
-        at: Millis,
-        policy: &OrderPolicy,
-        timers: &mut TimerChanges,
-    ) {
+    fn reset_timers_on_report(&mut self, at: Millis, policy: &OrderPolicy, timers: &mut Effects) {
         let Some(state) = self.state else { return };
         for rule in policy
             .sla_rules()

@@ -2,7 +2,9 @@
 
 use super::event::Millis;
 use super::state::{OrderState, STATE_COUNT};
+use crate::dispatch::RuleSet;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// An SLA rule: armed when the order enters `from`, disarmed when it leaves, breached when the
 /// deadline passes first.
@@ -20,11 +22,22 @@ pub struct SlaRule {
 }
 
 /// The rules an order is judged by. Shared read-only by every order actor.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct OrderPolicy {
     /// Per target state, the sources allowed to cause it; `None` means any source may.
     allowed_sources: [Option<Vec<String>>; STATE_COUNT],
     sla: Vec<SlaRule>,
+    rules: Arc<RuleSet>,
+}
+
+impl Default for OrderPolicy {
+    fn default() -> Self {
+        OrderPolicy {
+            allowed_sources: Default::default(),
+            sla: Vec::new(),
+            rules: RuleSet::empty(),
+        }
+    }
 }
 
 impl OrderPolicy {
@@ -51,6 +64,17 @@ impl OrderPolicy {
             None => true,
             Some(list) => list.iter().any(|s| s == source),
         }
+    }
+
+    /// Use `rules` to decide syncs, tags and holds on every transition.
+    pub fn with_rules(mut self, rules: Arc<RuleSet>) -> Self {
+        self.rules = rules;
+        self
+    }
+
+    /// The rules.
+    pub fn rules(&self) -> &RuleSet {
+        &self.rules
     }
 
     /// The SLA rules, in configuration order.

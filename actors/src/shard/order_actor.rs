@@ -5,7 +5,7 @@
 use super::ShardContext;
 use super::pending::PendingGuard;
 use crate::order::{EventAction, INTERNAL_SOURCE, Millis, Order, OrderEvent, SharedEvent};
-use crate::store::OrderIndexEntry;
+use crate::store::{OrderIndexEntry, OrderUpdate};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
 
@@ -52,19 +52,30 @@ impl Actor for OrderActor {
         _myself: ActorRef<OrderMsg>,
         args: OrderArgs,
     ) -> Result<OrderActorState, ActorProcessingErr> {
-        let mut events = args.ctx.store.load_events(&args.key)?;
+        let mut stored = args.ctx.store.load(&args.key)?;
         if let Some(below) = args.replay_below {
-            events.retain(|e| e.seq < below);
+            stored.events.retain(|e| e.seq < below);
         }
-        let order = Order::replay(args.key.as_ref(), &events, &args.ctx.policy);
+        // Events past the stored summary may have been folded by an incarnation that crashed
+        // before writing their syncs: decide them again (the outbox ignores ones it has).
+        let (order, syncs) = Order::replay_collecting(
+            args.key.as_ref(),
+            &stored.events,
+            &args.ctx.policy,
+            stored.indexed_seq,
+        );
         for (rule, deadline) in order.armed_timers() {
             args.ctx.timers.arm(&args.key, rule, deadline);
         }
-        Ok(OrderActorState {
+        let state = OrderActorState {
             key: args.key,
             order,
             ctx: args.ctx,
-        })
+        };
+        if !syncs.is_empty() {
+            state.record(syncs);
+        }
+        Ok(state)
     }
 
     async fn handle(
@@ -81,7 +92,7 @@ impl Actor for OrderActor {
                 let _ = reply.send(Some(state.order.clone()));
             }
             OrderMsg::Passivate => {
-                state.record_index();
+                state.record(Vec::new());
                 myself.stop(Some("passivated".into()));
             }
             #[cfg(test)]
@@ -110,7 +121,7 @@ impl OrderActorState {
         for (rule, deadline) in &timers.armed {
             ctx.timers.arm(&self.key, rule, *deadline);
         }
-        self.record_index();
+        self.record(timers.syncs);
     }
 
     fn sla_due(&mut self, rule: &str, deadline: Millis) -> Result<(), ActorProcessingErr> {
@@ -142,9 +153,10 @@ impl OrderActorState {
         Ok(())
     }
 
-    fn record_index(&self) {
-        self.ctx
-            .store
-            .record_index(OrderIndexEntry::of(&self.order));
+    fn record(&self, syncs: Vec<crate::dispatch::SyncIntent>) {
+        self.ctx.store.record(OrderUpdate {
+            index: OrderIndexEntry::of(&self.order),
+            syncs,
+        });
     }
 }

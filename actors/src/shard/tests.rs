@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::order::{EventAction, JournaledEvent, OrderEvent, SlaRule, SlaStatus};
-use crate::store::{OrderIndexEntry, StoreError};
+use crate::store::{OrderIndexEntry, OrderUpdate, StoreError, StoredOrder};
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
@@ -12,6 +12,7 @@ use std::sync::{Mutex, OnceLock};
 struct MemoryJournal {
     events: Mutex<Vec<JournaledEvent>>,
     index: Mutex<HashMap<String, OrderIndexEntry>>,
+    syncs: Mutex<Vec<crate::dispatch::SyncIntent>>,
     router: OnceLock<OrderRouter>,
 }
 
@@ -44,15 +45,20 @@ impl MemoryJournal {
 }
 
 impl OrderStore for MemoryJournal {
-    fn load_events(&self, order: &str) -> Result<Vec<JournaledEvent>, StoreError> {
-        Ok(self
+    fn load(&self, order: &str) -> Result<StoredOrder, StoreError> {
+        let events = self
             .events
             .lock()
             .unwrap()
             .iter()
             .filter(|e| e.event.order == order)
             .cloned()
-            .collect())
+            .collect();
+        let indexed_seq = self.index(order).map_or(0, |e| e.applied_seq);
+        Ok(StoredOrder {
+            events,
+            indexed_seq,
+        })
     }
 
     fn append_internal(&self, event: OrderEvent) -> Result<(), StoreError> {
@@ -60,7 +66,9 @@ impl OrderStore for MemoryJournal {
         Ok(())
     }
 
-    fn record_index(&self, entry: OrderIndexEntry) {
+    fn record(&self, update: OrderUpdate) {
+        self.syncs.lock().unwrap().extend(update.syncs);
+        let entry = update.index;
         let mut index = self.index.lock().unwrap();
         let keep = index
             .get(&entry.key)

@@ -1,0 +1,57 @@
+//! The port through which a dispatcher reaches its sink. The engine implements one connector
+//! per sink kind (webhook, Kingdee, WangDianTong, SF, WeCom, DingTalk).
+
+use super::sync::SyncIntent;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+/// The result of one delivery attempt, classified for the retry policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// The sink acknowledged it.
+    Delivered,
+    /// The sink asked us to slow down (HTTP 429): retried, not counted against the breaker.
+    Throttled {
+        /// The sink's `Retry-After`, if it gave one.
+        retry_after: Option<Duration>,
+        /// What it said.
+        detail: String,
+    },
+    /// A transient failure (5xx, timeout, connection error): retried with backoff and counted
+    /// by the circuit breaker.
+    Failed {
+        /// The sink's `Retry-After`, if it gave one.
+        retry_after: Option<Duration>,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The sink refused it for good (a 4xx other than 408/429): dead-lettered at once, with the
+    /// response kept.
+    Rejected {
+        /// Status and response excerpt.
+        detail: String,
+    },
+}
+
+impl Delivery {
+    /// A short label for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Delivery::Delivered => "delivered",
+            Delivery::Throttled { .. } => "throttled",
+            Delivery::Failed { .. } => "failed",
+            Delivery::Rejected { .. } => "rejected",
+        }
+    }
+}
+
+/// A future a connector returns.
+pub type DeliveryFuture = Pin<Box<dyn Future<Output = Delivery> + Send + 'static>>;
+
+/// Sends syncs to one sink in its own protocol.
+pub trait SinkConnector: Send + Sync + 'static {
+    /// Sends `sync` (attempt number `attempt`, from 1). Must carry `sync.id` as the
+    /// idempotency key in whatever form the sink understands, and give up after its timeout.
+    fn deliver(&self, sync: SyncIntent, attempt: u32) -> DeliveryFuture;
+}

@@ -1,0 +1,485 @@
+//! The dispatcher actor: one per sink. It takes the sink's pending syncs from the outbox on
+//! disk (a bounded window in memory, paged in row order), sends them at the sink's rate
+//! (governor: work over the quota waits, it is never dropped), with at most `max_in_flight`
+//! at once, one at a time per order (FIFO), retrying transient failures with backoff and
+//! jitter, pausing behind a circuit breaker, and dead-lettering what the sink refuses or what
+//! exhausts the retries.
+
+use super::connector::{Delivery, SinkConnector};
+use super::policy::{Breaker, RetryPolicy};
+use super::sync::{PendingSync, SyncStatus, SyncUpdate};
+use crate::order::Millis;
+use crate::shard::Clock;
+use crate::store::{StoreError, SyncStore};
+use crate::telemetry as t;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use metrics::{Counter, Gauge, Histogram};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How often a dispatcher wakes to move due retries, page in and refresh its gauges.
+const TICK: Duration = Duration::from_millis(50);
+/// Default syncs a dispatcher holds in memory; the rest wait on disk.
+pub const DEFAULT_WINDOW: usize = 10_000;
+/// Rows read from the outbox per page.
+const PAGE: usize = 1_000;
+
+/// A sink's dispatch settings.
+#[derive(Clone, Debug)]
+pub struct SinkSpec {
+    /// The sink's name (rules refer to it).
+    pub name: String,
+    /// Sends allowed per `per`.
+    pub rate_count: u32,
+    /// The quota's period.
+    pub rate_per: Duration,
+    /// Sends that may start back to back before the pacing applies (1: evenly spaced).
+    pub burst: u32,
+    /// Sends in flight at most.
+    pub max_in_flight: usize,
+    /// How long one send may take.
+    pub timeout: Duration,
+    /// Retry schedule.
+    pub retry: RetryPolicy,
+    /// Consecutive transient failures that open the breaker.
+    pub breaker_threshold: u32,
+    /// How long the breaker stays open.
+    pub breaker_cooldown: Duration,
+    /// Syncs held in memory.
+    pub window: usize,
+}
+
+impl SinkSpec {
+    fn quota(&self) -> Quota {
+        let count = self.rate_count.max(1);
+        let period = (self.rate_per / count).max(Duration::from_nanos(1));
+        Quota::with_period(period)
+            .expect("period is positive")
+            .allow_burst(NonZeroU32::new(self.burst.max(1)).expect("burst is positive"))
+    }
+}
+
+/// A sink's observable state.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SinkStatus {
+    /// Pending syncs (on disk and in memory).
+    pub backlog: i64,
+    /// Sends in flight.
+    pub in_flight: usize,
+    /// 0 closed, 1 half-open, 2 open.
+    pub breaker: f64,
+    /// Delivered since start.
+    pub delivered: u64,
+    /// Dead-lettered since start.
+    pub dead: u64,
+}
+
+pub(crate) enum DispatchMsg {
+    New(Vec<PendingSync>),
+    Replay(PendingSync),
+    Paged(Result<Vec<PendingSync>, StoreError>),
+    Done {
+        row: i64,
+        delivery: Delivery,
+        elapsed: Duration,
+    },
+    Tick,
+    Status(RpcReplyPort<SinkStatus>),
+}
+
+struct SinkMetrics {
+    outcomes: HashMap<&'static str, Counter>,
+    latency: Histogram,
+    throttled_waits: Counter,
+    retries: Counter,
+    dead: Counter,
+    breaker: Gauge,
+    backlog: Gauge,
+    oldest: Gauge,
+}
+
+impl SinkMetrics {
+    fn new(sink: &str) -> Self {
+        let outcomes = ["delivered", "throttled", "failed", "rejected"]
+            .into_iter()
+            .map(|o| (o, metrics::counter!(t::DISPATCH_REQUESTS, "sink" => sink.to_owned(), "outcome" => o)))
+            .collect();
+        SinkMetrics {
+            outcomes,
+            latency: metrics::histogram!(t::DISPATCH_LATENCY, "sink" => sink.to_owned()),
+            throttled_waits: metrics::counter!(t::DISPATCH_THROTTLED_WAITS, "sink" => sink.to_owned()),
+            retries: metrics::counter!(t::DISPATCH_RETRIES, "sink" => sink.to_owned()),
+            dead: metrics::counter!(t::DISPATCH_DEAD_LETTERS, "sink" => sink.to_owned()),
+            breaker: metrics::gauge!(t::DISPATCH_BREAKER_STATE, "sink" => sink.to_owned()),
+            backlog: metrics::gauge!(t::DISPATCH_BACKLOG, "sink" => sink.to_owned()),
+            oldest: metrics::gauge!(t::DISPATCH_OLDEST, "sink" => sink.to_owned()),
+        }
+    }
+}
+
+pub(crate) struct Dispatcher;
+
+pub(crate) struct DispatcherArgs {
+    pub(crate) spec: SinkSpec,
+    pub(crate) connector: Arc<dyn SinkConnector>,
+    pub(crate) store: Arc<dyn SyncStore>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) backlog_total: Arc<AtomicI64>,
+}
+
+pub(crate) struct DispatcherState {
+    spec: SinkSpec,
+    connector: Arc<dyn SinkConnector>,
+    store: Arc<dyn SyncStore>,
+    clock: Arc<dyn Clock>,
+    limiter: Arc<DefaultDirectRateLimiter>,
+    breaker: Breaker,
+    metrics: SinkMetrics,
+    /// Per order, its syncs in row order; the head is the next to send.
+    queues: HashMap<Arc<str>, VecDeque<PendingSync>>,
+    /// Orders whose head may be sent now.
+    ready: VecDeque<Arc<str>>,
+    /// Orders whose head waits for its retry time.
+    delayed: BTreeSet<(Millis, Arc<str>)>,
+    /// Orders with a send in flight.
+    busy: HashSet<Arc<str>>,
+    /// Rows in flight → their order.
+    in_flight: HashMap<i64, Arc<str>>,
+    /// Pending rows held in memory.
+    held: HashSet<i64>,
+    loaded_max_row: i64,
+    notified_max_row: i64,
+    behind: bool,
+    paging: bool,
+    backlog: i64,
+    backlog_total: Arc<AtomicI64>,
+    delivered: u64,
+    dead: u64,
+}
+
+impl Actor for Dispatcher {
+    type Msg = DispatchMsg;
+    type State = DispatcherState;
+    type Arguments = DispatcherArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<DispatchMsg>,
+        args: DispatcherArgs,
+    ) -> Result<DispatcherState, ActorProcessingErr> {
+        let backlog = args.store.pending_count(&args.spec.name)? as i64;
+        args.backlog_total.fetch_add(backlog, Ordering::Relaxed);
+        myself.send_interval(TICK, || DispatchMsg::Tick);
+        let limiter = Arc::new(RateLimiter::direct(args.spec.quota()));
+        Ok(DispatcherState {
+            breaker: Breaker::new(args.spec.breaker_threshold, args.spec.breaker_cooldown),
+            metrics: SinkMetrics::new(&args.spec.name),
+            spec: args.spec,
+            connector: args.connector,
+            store: args.store,
+            clock: args.clock,
+            limiter,
+            queues: HashMap::new(),
+            ready: VecDeque::new(),
+            delayed: BTreeSet::new(),
+            busy: HashSet::new(),
+            in_flight: HashMap::new(),
+            held: HashSet::new(),
+            loaded_max_row: 0,
+            notified_max_row: 0,
+            behind: true,
+            paging: false,
+            backlog,
+            backlog_total: args.backlog_total,
+            delivered: 0,
+            dead: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<DispatchMsg>,
+        message: DispatchMsg,
+        state: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            DispatchMsg::New(syncs) => state.new_syncs(syncs),
+            DispatchMsg::Replay(sync) => {
+                state.add_backlog(1);
+                state.hold(sync);
+            }
+            DispatchMsg::Paged(page) => state.paged(page),
+            DispatchMsg::Done {
+                row,
+                delivery,
+                elapsed,
+            } => state.done(row, delivery, elapsed),
+            DispatchMsg::Tick => state.tick(&myself),
+            DispatchMsg::Status(reply) => {
+                let _ = reply.send(SinkStatus {
+                    backlog: state.backlog,
+                    in_flight: state.in_flight.len(),
+                    breaker: state.breaker.gauge(),
+                    delivered: state.delivered,
+                    dead: state.dead,
+                });
+            }
+        }
+        state.pump(&myself);
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<DispatchMsg>,
+        state: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        state
+            .backlog_total
+            .fetch_sub(state.backlog, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl DispatcherState {
+    fn now(&self) -> Millis {
+        self.clock.now_ms()
+    }
+
+    fn add_backlog(&mut self, delta: i64) {
+        self.backlog += delta;
+        self.backlog_total.fetch_add(delta, Ordering::Relaxed);
+    }
+
+    fn new_syncs(&mut self, syncs: Vec<PendingSync>) {
+        self.add_backlog(syncs.len() as i64);
+        if let Some(max) = syncs.iter().map(|s| s.row).max() {
+            self.notified_max_row = self.notified_max_row.max(max);
+        }
+        // Once behind, everything newer stays on disk until paging catches up, so that no
+        // order's later sync overtakes an earlier one still on disk.
+        if self.behind || self.held.len() + syncs.len() > self.spec.window {
+            self.behind = true;
+            return;
+        }
+        for sync in syncs {
+            if sync.row > self.loaded_max_row {
+                self.loaded_max_row = sync.row;
+                self.hold(sync);
+            }
+        }
+    }
+
+    fn paged(&mut self, page: Result<Vec<PendingSync>, StoreError>) {
+        self.paging = false;
+        let page = match page {
+            Ok(page) => page,
+            Err(err) => {
+                tracing::error!(sink = %self.spec.name, error = %err, "cannot read the outbox; will retry");
+                return;
+            }
+        };
+        let complete = page.len() < PAGE;
+        for sync in page {
+            if sync.row > self.loaded_max_row {
+                self.loaded_max_row = sync.row;
+                self.hold(sync);
+            }
+        }
+        if complete && self.loaded_max_row >= self.notified_max_row {
+            self.behind = false;
+        }
+    }
+
+    /// Takes a pending sync into memory.
+    fn hold(&mut self, sync: PendingSync) {
+        let order: Arc<str> = sync.intent.order.as_str().into();
+        self.held.insert(sync.row);
+        let queue = self.queues.entry(order.clone()).or_default();
+        let was_empty = queue.is_empty();
+        queue.push_back(sync);
+        if was_empty && !self.busy.contains(&order) {
+            self.schedule_head(order);
+        }
+    }
+
+    /// Puts the order's head in the ready queue, or among the delayed ones.
+    fn schedule_head(&mut self, order: Arc<str>) {
+        let Some(head) = self.queues.get(&order).and_then(VecDeque::front) else {
+            self.queues.remove(&order);
+            return;
+        };
+        if head.not_before > self.now() {
+            self.delayed.insert((head.not_before, order));
+        } else {
+            self.ready.push_back(order);
+        }
+    }
+
+    fn tick(&mut self, myself: &ActorRef<DispatchMsg>) {
+        let now = self.now();
+        while let Some((at, _)) = self.delayed.first() {
+            if *at > now {
+                break;
+            }
+            let (_, order) = self.delayed.pop_first().expect("first exists");
+            self.ready.push_back(order);
+        }
+        if self.behind && !self.paging && self.held.len() < self.spec.window {
+            self.paging = true;
+            let store = self.store.clone();
+            let sink = self.spec.name.clone();
+            let after = self.loaded_max_row;
+            let limit = PAGE.min(self.spec.window - self.held.len());
+            let myself = myself.clone();
+            tokio::task::spawn_blocking(move || {
+                let page = store.pending_page(&sink, after, limit.max(1));
+                let _ = myself.cast(DispatchMsg::Paged(page));
+            });
+        }
+        self.breaker.state(now);
+        self.metrics.breaker.set(self.breaker.gauge());
+        self.metrics.backlog.set(self.backlog as f64);
+        let oldest = self
+            .queues
+            .values()
+            .filter_map(VecDeque::front)
+            .map(|s| s.created_at)
+            .min();
+        self.metrics
+            .oldest
+            .set(oldest.map_or(0.0, |at| (now - at).max(0) as f64 / 1000.0));
+    }
+
+    /// Starts sends while there is room, work and the breaker allows.
+    fn pump(&mut self, myself: &ActorRef<DispatchMsg>) {
+        while self.in_flight.len() < self.spec.max_in_flight && !self.ready.is_empty() {
+            if !self.breaker.try_acquire(self.now()) {
+                return;
+            }
+            let order = self.ready.pop_front().expect("not empty");
+            let Some(head) = self.queues.get(&order).and_then(VecDeque::front).cloned() else {
+                continue;
+            };
+            self.busy.insert(order.clone());
+            self.in_flight.insert(head.row, order);
+            let limiter = self.limiter.clone();
+            let connector = self.connector.clone();
+            let timeout = self.spec.timeout;
+            let throttled = self.metrics.throttled_waits.clone();
+            let myself = myself.clone();
+            tokio::spawn(async move {
+                let waited = Instant::now();
+                limiter.until_ready().await;
+                if waited.elapsed() > Duration::from_millis(1) {
+                    throttled.increment(1);
+                }
+                let started = Instant::now();
+                let row = head.row;
+                let attempt = head.attempts + 1;
+                let delivery = match tokio::time::timeout(
+                    timeout + Duration::from_secs(1),
+                    connector.deliver(head.intent, attempt),
+                )
+                .await
+                {
+                    Ok(delivery) => delivery,
+                    Err(_) => Delivery::Failed {
+                        retry_after: None,
+                        detail: format!("no answer within {timeout:?}"),
+                    },
+                };
+                let _ = myself.cast(DispatchMsg::Done {
+                    row,
+                    delivery,
+                    elapsed: started.elapsed(),
+                });
+            });
+        }
+    }
+
+    fn done(&mut self, row: i64, delivery: Delivery, elapsed: Duration) {
+        let Some(order) = self.in_flight.remove(&row) else {
+            return;
+        };
+        self.busy.remove(&order);
+        self.metrics.latency.record(elapsed.as_secs_f64());
+        if let Some(counter) = self.metrics.outcomes.get(delivery.label()) {
+            counter.increment(1);
+        }
+        let now = self.now();
+        let Some(queue) = self.queues.get_mut(&order) else {
+            return;
+        };
+        let Some(head) = queue.front_mut() else {
+            return;
+        };
+        let attempts = head.attempts + 1;
+        let (status, error, retry_after) = match delivery {
+            Delivery::Delivered => {
+                self.breaker.success();
+                (SyncStatus::Delivered, None, None)
+            }
+            Delivery::Rejected { detail } => {
+                self.breaker.success();
+                (SyncStatus::Dead, Some(detail), None)
+            }
+            Delivery::Throttled {
+                retry_after,
+                detail,
+            } => (SyncStatus::Pending, Some(detail), Some(retry_after)),
+            Delivery::Failed {
+                retry_after,
+                detail,
+            } => {
+                self.breaker.failure(now);
+                (SyncStatus::Pending, Some(detail), Some(retry_after))
+            }
+        };
+        let status = if status == SyncStatus::Pending && attempts >= self.spec.retry.max_attempts {
+            SyncStatus::Dead
+        } else {
+            status
+        };
+        let not_before = match (status, retry_after) {
+            (SyncStatus::Pending, Some(after)) => {
+                let wait = self.spec.retry.backoff(attempts, after, fastrand::f64());
+                now + wait.as_millis() as Millis
+            }
+            _ => 0,
+        };
+        self.store.record_attempt(SyncUpdate {
+            row,
+            status,
+            attempts,
+            not_before,
+            last_error: error.clone(),
+            at: now,
+        });
+        match status {
+            SyncStatus::Pending => {
+                self.metrics.retries.increment(1);
+                head.attempts = attempts;
+                head.not_before = not_before;
+                self.delayed.insert((not_before, order));
+            }
+            SyncStatus::Delivered | SyncStatus::Dead => {
+                queue.pop_front();
+                self.held.remove(&row);
+                self.add_backlog(-1);
+                if status == SyncStatus::Dead {
+                    self.dead += 1;
+                    self.metrics.dead.increment(1);
+                    tracing::warn!(sink = %self.spec.name, row, error = ?error, "sync dead-lettered");
+                } else {
+                    self.delivered += 1;
+                }
+                self.schedule_head(order);
+            }
+        }
+    }
+}

@@ -1,0 +1,601 @@
+//! Rules: evaluated once per applied transition, inside the deterministic order fold. A rule's
+//! condition is a CEL expression over the order; its actions are syncs (with an optional
+//! minijinja payload template and CEL-computed fields), notifications, tags and holds.
+
+use super::sync::SyncIntent;
+use crate::order::{Order, OrderEvent, OrderState};
+use cel_interpreter::{Context, Program, Value};
+use serde_json::{Map, Value as Json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A rule as configured (before compilation).
+#[derive(Clone, Debug, Default)]
+pub struct RuleSpec {
+    /// Unique name.
+    pub name: String,
+    /// CEL condition over `order` and `event`.
+    pub when: String,
+    /// Sink that receives a sync.
+    pub sync: Option<String>,
+    /// Sink that receives a notification.
+    pub notify: Option<String>,
+    /// minijinja template of the notification text.
+    pub message: Option<String>,
+    /// minijinja template of the sync payload (must render JSON).
+    pub template: Option<String>,
+    /// Computed fields: name → CEL expression, added to the payload's `fields`.
+    pub fields: BTreeMap<String, String>,
+    /// What the sink is asked to do (`create`, `cancel`, …); defaults to the new state.
+    pub operation: Option<String>,
+    /// Tag to add to the order.
+    pub tag: Option<String>,
+    /// Put the order on hold (exception interception).
+    pub hold: bool,
+}
+
+/// A rule that cannot be used; names the rule and the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rule {rule:?}: {problem}")]
+pub struct RuleError {
+    /// The rule.
+    pub rule: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+struct CompiledRule {
+    spec: RuleSpec,
+    when: Program,
+    fields: Vec<(String, Program)>,
+    payload_template: Option<String>,
+    message_template: Option<String>,
+}
+
+/// What the rules decided for one transition.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RuleEffects {
+    /// Syncs to dispatch.
+    pub syncs: Vec<SyncIntent>,
+    /// Tags to add.
+    pub tags: Vec<String>,
+    /// Rules that asked for a hold.
+    pub holds: Vec<String>,
+    /// One line per action taken or failed, for the timeline.
+    pub notes: Vec<String>,
+}
+
+/// The compiled rules, shared read-only by every order actor.
+pub struct RuleSet {
+    rules: Vec<CompiledRule>,
+    templates: minijinja::Environment<'static>,
+}
+
+impl std::fmt::Debug for RuleSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuleSet")
+            .field(
+                "rules",
+                &self.rules.iter().map(|r| &r.spec.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// Variables a condition may refer to.
+const VARIABLES: [&str; 2] = ["order", "event"];
+
+impl RuleSet {
+    /// No rules.
+    pub fn empty() -> Arc<RuleSet> {
+        Arc::new(RuleSet {
+            rules: Vec::new(),
+            templates: minijinja::Environment::new(),
+        })
+    }
+
+    /// Compiles and checks `specs`: CEL syntax and variables, template syntax, that a rule does
+    /// something, and that each payload template renders JSON for a sample order.
+    pub fn compile(specs: Vec<RuleSpec>) -> Result<Arc<RuleSet>, RuleError> {
+        let mut templates = minijinja::Environment::new();
+        templates.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+        // A missing value renders as JSON null, so `"shop": {{ order.fields.shop_id }}` stays
+        // JSON for an order without that field.
+        templates.set_formatter(|out, state, value| {
+            if value.is_undefined() || value.is_none() {
+                out.write_str("null").map_err(minijinja::Error::from)
+            } else {
+                minijinja::escape_formatter(out, state, value)
+            }
+        });
+        let mut rules = Vec::with_capacity(specs.len());
+        let mut names = std::collections::HashSet::new();
+        for spec in specs {
+            let fail = |problem: String| RuleError {
+                rule: spec.name.clone(),
+                problem,
+            };
+            if spec.name.is_empty() || !names.insert(spec.name.clone()) {
+                return Err(fail("rule names must be unique and non-empty".into()));
+            }
+            let when = compile_cel(&spec.when).map_err(|e| fail(format!("when: {e}")))?;
+            let mut fields = Vec::new();
+            for (name, expr) in &spec.fields {
+                let program = compile_cel(expr).map_err(|e| fail(format!("fields.{name}: {e}")))?;
+                fields.push((name.clone(), program));
+            }
+            if spec.sync.is_none() && spec.notify.is_none() && spec.tag.is_none() && !spec.hold {
+                return Err(fail("does nothing: set sync, notify, tag or hold".into()));
+            }
+            if spec.template.is_some() && spec.sync.is_none() {
+                return Err(fail("template is only used with sync".into()));
+            }
+            if spec.message.is_some() && spec.notify.is_none() {
+                return Err(fail("message is only used with notify".into()));
+            }
+            let payload_template = match &spec.template {
+                Some(source) => {
+                    let name = format!("{}#payload", spec.name);
+                    templates
+                        .add_template_owned(name.clone(), source.clone())
+                        .map_err(|e| fail(format!("template: {e}")))?;
+                    Some(name)
+                }
+                None => None,
+            };
+            let message_template = match &spec.message {
+                Some(source) => {
+                    let name = format!("{}#message", spec.name);
+                    templates
+                        .add_template_owned(name.clone(), source.clone())
+                        .map_err(|e| fail(format!("message: {e}")))?;
+                    Some(name)
+                }
+                None => None,
+            };
+            rules.push(CompiledRule {
+                spec,
+                when,
+                fields,
+                payload_template,
+                message_template,
+            });
+        }
+        let set = RuleSet { rules, templates };
+        // A payload template must render JSON; try it on a sample order.
+        let sample = sample_order();
+        for rule in &set.rules {
+            if let Some(name) = &rule.payload_template {
+                let context = set.template_context(&sample, None, Map::new());
+                set.render_json(name, &context)
+                    .map_err(|problem| RuleError {
+                        rule: rule.spec.name.clone(),
+                        problem: format!("template: {problem}"),
+                    })?;
+            }
+        }
+        Ok(Arc::new(set))
+    }
+
+    /// Names of the rules, in order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|r| r.spec.name.as_str())
+    }
+
+    /// Sinks each rule sends to: `(rule, sink)`.
+    pub fn sinks(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.rules.iter().flat_map(|r| {
+            r.spec
+                .sync
+                .iter()
+                .chain(r.spec.notify.iter())
+                .map(move |sink| (r.spec.name.as_str(), sink.as_str()))
+        })
+    }
+
+    /// Whether there is nothing to evaluate.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Evaluates every rule for the transition `from → order.state` caused by `event` at `seq`.
+    pub fn evaluate(
+        &self,
+        order: &Order,
+        previous: Option<OrderState>,
+        event: &OrderEvent,
+        seq: u64,
+    ) -> RuleEffects {
+        let mut effects = RuleEffects::default();
+        if self.rules.is_empty() {
+            return effects;
+        }
+        let order_value = order_json(order, previous);
+        let event_value =
+            serde_json::json!({ "source": event.source, "raw_status": event.raw_status });
+        let mut root = Context::default();
+        if root.add_variable("order", order_value.clone()).is_err()
+            || root.add_variable("event", event_value.clone()).is_err()
+        {
+            effects
+                .notes
+                .push("rules skipped: order not representable in CEL".into());
+            return effects;
+        }
+        for rule in &self.rules {
+            let name = &rule.spec.name;
+            match rule.when.execute(&root) {
+                Ok(Value::Bool(true)) => {}
+                Ok(Value::Bool(false)) => continue,
+                Ok(other) => {
+                    effects
+                        .notes
+                        .push(format!("rule {name}: condition gave {other:?}, not a bool"));
+                    continue;
+                }
+                Err(e) => {
+                    effects
+                        .notes
+                        .push(format!("rule {name}: condition failed: {e}"));
+                    continue;
+                }
+            }
+            let mut computed = Map::new();
+            for (field, program) in &rule.fields {
+                let value = program
+                    .execute(&root)
+                    .map_err(|e| e.to_string())
+                    .and_then(|v| v.json().map_err(|e| e.to_string()));
+                let value = value.unwrap_or_else(|e| {
+                    effects
+                        .notes
+                        .push(format!("rule {name}: fields.{field}: {e}"));
+                    Json::Null
+                });
+                computed.insert(field.clone(), value);
+            }
+            if let Some(sink) = &rule.spec.sync {
+                let context = self.template_context(order, Some(&event_value), computed.clone());
+                let payload = match &rule.payload_template {
+                    Some(template) => self.render_json(template, &context),
+                    None => Ok(default_payload(order, previous, seq, rule, &computed)),
+                };
+                match payload {
+                    Ok(payload) => effects.syncs.push(self.intent(
+                        order,
+                        seq,
+                        sink,
+                        name,
+                        payload,
+                        &effects.syncs,
+                    )),
+                    Err(problem) => effects
+                        .notes
+                        .push(format!("rule {name}: template: {problem}")),
+                }
+            }
+            if let Some(sink) = &rule.spec.notify {
+                let text = match &rule.message_template {
+                    Some(template) => {
+                        let context =
+                            self.template_context(order, Some(&event_value), computed.clone());
+                        self.templates
+                            .get_template(template)
+                            .and_then(|t| t.render(minijinja::value::Serde(&context)))
+                            .unwrap_or_else(|e| {
+                                format!(
+                                    "order {} is now {}: ({e})",
+                                    order.key,
+                                    state_name(order.state)
+                                )
+                            })
+                    }
+                    None => format!("order {} is now {}", order.key, state_name(order.state)),
+                };
+                let payload = serde_json::json!({ "text": text, "order": order.key, "state": state_name(order.state) });
+                effects
+                    .syncs
+                    .push(self.intent(order, seq, sink, name, payload, &effects.syncs));
+            }
+            if let Some(tag) = &rule.spec.tag {
+                effects.tags.push(tag.clone());
+                effects.notes.push(format!("rule {name}: tag {tag}"));
+            }
+            if rule.spec.hold {
+                effects.holds.push(name.clone());
+            }
+        }
+        for sync in &effects.syncs {
+            effects.notes.push(format!(
+                "rule {}: sync {} ({})",
+                sync.rule, sync.sink, sync.id
+            ));
+        }
+        effects
+    }
+
+    fn intent(
+        &self,
+        order: &Order,
+        seq: u64,
+        sink: &str,
+        rule: &str,
+        payload: Json,
+        earlier: &[SyncIntent],
+    ) -> SyncIntent {
+        // Two rules syncing the same transition to the same sink get distinct keys; the first
+        // keeps the plain `{order}:{seq}:{sink}` form.
+        let mut id = SyncIntent::key(&order.key, seq, sink);
+        if earlier.iter().any(|s| s.id == id) {
+            id = format!("{id}:{rule}");
+        }
+        SyncIntent {
+            id,
+            sink: sink.to_owned(),
+            order: order.key.clone(),
+            seq,
+            rule: rule.to_owned(),
+            payload,
+        }
+    }
+
+    fn template_context(
+        &self,
+        order: &Order,
+        event: Option<&Json>,
+        computed: Map<String, Json>,
+    ) -> Json {
+        serde_json::json!({
+            "order": order_json(order, None),
+            "event": event.cloned().unwrap_or(Json::Null),
+            "computed": computed,
+        })
+    }
+
+    fn render_json(&self, template: &str, context: &Json) -> Result<Json, String> {
+        let text = self
+            .templates
+            .get_template(template)
+            .and_then(|t| t.render(minijinja::value::Serde(context)))
+            .map_err(|e| e.to_string())?;
+        serde_json::from_str(&text).map_err(|e| format!("did not render JSON ({e}): {text}"))
+    }
+}
+
+fn compile_cel(source: &str) -> Result<Program, String> {
+    // The CEL parser (antlr4rust) panics on some syntax errors instead of returning one.
+    // Rules are compiled once at start-up, so the panic hook is silenced around the call to
+    // turn that into a clear configuration error.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let compiled = std::panic::catch_unwind(|| Program::compile(source));
+    std::panic::set_hook(hook);
+    let program = match compiled {
+        Ok(result) => result.map_err(|e| e.to_string())?,
+        Err(_) => return Err(format!("syntax error in {source:?}")),
+    };
+    let references = program.references();
+    for variable in references.variables() {
+        if !VARIABLES.contains(&variable) {
+            return Err(format!(
+                "unknown variable {variable:?} (conditions see order and event)"
+            ));
+        }
+    }
+    Ok(program)
+}
+
+fn state_name(state: Option<OrderState>) -> &'static str {
+    state.map_or("none", OrderState::as_str)
+}
+
+/// The order as rules see it.
+fn order_json(order: &Order, previous: Option<OrderState>) -> Json {
+    let systems: Map<String, Json> = order
+        .systems
+        .iter()
+        .map(|(source, status)| (source.clone(), Json::String(status.raw_status.clone())))
+        .collect();
+    serde_json::json!({
+        "key": order.key,
+        "state": state_name(order.state),
+        "previous_state": state_name(previous),
+        "fields": order.fields,
+        "systems": systems,
+        "tags": order.tags,
+    })
+}
+
+fn default_payload(
+    order: &Order,
+    previous: Option<OrderState>,
+    seq: u64,
+    rule: &CompiledRule,
+    computed: &Map<String, Json>,
+) -> Json {
+    let mut fields = order.fields.clone();
+    fields.extend(computed.clone());
+    serde_json::json!({
+        "order": order.key,
+        "operation": rule.spec.operation.clone().unwrap_or_else(|| state_name(order.state).to_owned()),
+        "state": state_name(order.state),
+        "previous_state": state_name(previous),
+        "seq": seq,
+        "fields": fields,
+    })
+}
+
+fn sample_order() -> Order {
+    let mut order = Order::new("sample:1");
+    order.state = Some(OrderState::Paid);
+    order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::order::{EventAction, JournaledEvent, OrderPolicy};
+
+    fn spec(name: &str, when: &str) -> RuleSpec {
+        RuleSpec {
+            name: name.into(),
+            when: when.into(),
+            sync: Some("erp".into()),
+            ..RuleSpec::default()
+        }
+    }
+
+    fn event(seq: u64, state: OrderState, fields: serde_json::Value) -> JournaledEvent {
+        JournaledEvent {
+            seq,
+            event: OrderEvent {
+                order: "douyin:1".into(),
+                source: "douyin".into(),
+                source_event_id: format!("e{seq}"),
+                raw_status: state.as_str().into(),
+                action: EventAction::Move { state },
+                occurred_at: 1,
+                received_at: 1,
+                fields: fields.as_object().cloned().unwrap_or_default(),
+            },
+        }
+    }
+
+    #[test]
+    fn invalid_rules_are_named_with_their_problem() {
+        let err = RuleSet::compile(vec![spec("broken", "order.state ==")]).unwrap_err();
+        assert_eq!(err.rule, "broken");
+        assert!(err.problem.starts_with("when:"), "{}", err.problem);
+
+        let err = RuleSet::compile(vec![spec("stranger", "customer.vip")]).unwrap_err();
+        assert!(
+            err.problem.contains("unknown variable \"customer\""),
+            "{}",
+            err.problem
+        );
+
+        let mut nothing = spec("idle", "true");
+        nothing.sync = None;
+        assert!(
+            RuleSet::compile(vec![nothing])
+                .unwrap_err()
+                .problem
+                .contains("does nothing")
+        );
+
+        let mut bad_template = spec("tpl", "true");
+        bad_template.template = Some("{\"order\": {{ order.key }}".into());
+        let err = RuleSet::compile(vec![bad_template]).unwrap_err();
+        assert!(
+            err.problem.contains("did not render JSON"),
+            "{}",
+            err.problem
+        );
+
+        let err = RuleSet::compile(vec![spec("twin", "true"), spec("twin", "true")]).unwrap_err();
+        assert!(err.problem.contains("unique"));
+    }
+
+    #[test]
+    fn a_matching_rule_decides_a_sync_with_computed_fields_and_a_stable_key() {
+        let mut rule = spec("erp_on_paid", r#"order.state == "paid""#);
+        rule.fields.insert(
+            "amount_with_tax".into(),
+            "order.fields.amount * 1.13".into(),
+        );
+        rule.operation = Some("create".into());
+        let policy = OrderPolicy::permissive().with_rules(RuleSet::compile(vec![rule]).unwrap());
+        let mut order = Order::new("douyin:1");
+        let (_, effects) = order
+            .apply(
+                &event(7, OrderState::Paid, serde_json::json!({"amount": 100.0})),
+                &policy,
+            )
+            .unwrap();
+        assert_eq!(effects.syncs.len(), 1);
+        let sync = &effects.syncs[0];
+        assert_eq!(sync.id, "douyin:1:7:erp");
+        assert_eq!(sync.payload["operation"], "create");
+        assert_eq!(sync.payload["previous_state"], "none");
+        let with_tax = sync.payload["fields"]["amount_with_tax"].as_f64().unwrap();
+        assert!((with_tax - 113.0).abs() < 1e-9, "{with_tax}");
+        assert_eq!(
+            order.timeline[0].rules,
+            ["rule erp_on_paid: sync erp (douyin:1:7:erp)"]
+        );
+
+        // Not again on a later transition.
+        let (_, effects) = order
+            .apply(
+                &event(8, OrderState::Shipped, serde_json::json!({})),
+                &policy,
+            )
+            .unwrap();
+        assert!(effects.syncs.is_empty());
+    }
+
+    #[test]
+    fn templates_tags_holds_and_notifications() {
+        let mut templated = spec("wms_on_paid", r#"order.state == "paid""#);
+        templated.sync = Some("wms".into());
+        templated.template =
+            Some(r#"{"orderNo": "{{ order.key }}", "shop": {{ order.fields.shop_id }}}"#.into());
+        let tag = RuleSpec {
+            name: "vip".into(),
+            when: "order.fields.amount > 1000.0".into(),
+            tag: Some("vip".into()),
+            hold: true,
+            ..RuleSpec::default()
+        };
+        let notify = RuleSpec {
+            name: "tell".into(),
+            when: r#"order.state == "paid" && event.source == "douyin""#.into(),
+            notify: Some("wecom".into()),
+            message: Some("订单 {{ order.key }} 已付款".into()),
+            ..RuleSpec::default()
+        };
+        let rules = RuleSet::compile(vec![templated, tag, notify]).unwrap();
+        let policy = OrderPolicy::permissive().with_rules(rules);
+        let mut order = Order::new("douyin:1");
+        let (_, effects) = order
+            .apply(
+                &event(
+                    1,
+                    OrderState::Paid,
+                    serde_json::json!({"amount": 5000.0, "shop_id": 77}),
+                ),
+                &policy,
+            )
+            .unwrap();
+        assert_eq!(
+            effects.syncs[0].payload,
+            serde_json::json!({"orderNo": "douyin:1", "shop": 77})
+        );
+        assert_eq!(effects.syncs[1].sink, "wecom");
+        assert_eq!(effects.syncs[1].payload["text"], "订单 douyin:1 已付款");
+        assert_eq!(order.tags, ["vip"]);
+        assert_eq!(
+            order.state,
+            Some(OrderState::OnHold),
+            "the vip rule intercepts the order"
+        );
+        assert!(order.timeline[0].rules.iter().any(|n| n.contains("hold")));
+    }
+
+    #[test]
+    fn a_failing_condition_is_noted_and_decides_nothing() {
+        let rules =
+            RuleSet::compile(vec![spec("needs_amount", "order.fields.amount > 10")]).unwrap();
+        let policy = OrderPolicy::permissive().with_rules(rules);
+        let mut order = Order::new("douyin:1");
+        let (_, effects) = order
+            .apply(&event(1, OrderState::Paid, serde_json::json!({})), &policy)
+            .unwrap();
+        assert!(effects.syncs.is_empty());
+        assert!(
+            order.timeline[0].rules[0].contains("condition failed"),
+            "{:?}",
+            order.timeline[0].rules
+        );
+    }
+}

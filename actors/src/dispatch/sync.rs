@@ -1,0 +1,84 @@
+//! Syncs: what the rules decide must be told to another system.
+
+use crate::order::Millis;
+use serde::{Deserialize, Serialize};
+
+/// A sync decided by a rule: durable before it is dispatched, identified by a stable
+/// idempotency key so the sink can make delivery exactly-once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SyncIntent {
+    /// Idempotency key: `{order}:{transition seq}:{sink}` (DESIGN.md §3).
+    pub id: String,
+    /// The sink it goes to.
+    pub sink: String,
+    /// The order.
+    pub order: String,
+    /// Journal sequence number of the event whose transition caused it.
+    pub seq: u64,
+    /// The rule that decided it.
+    pub rule: String,
+    /// What is sent (connectors translate it into the sink's own format).
+    pub payload: serde_json::Value,
+}
+
+impl SyncIntent {
+    /// The idempotency key of the sync of `order`'s transition at `seq` to `sink`.
+    pub fn key(order: &str, seq: u64, sink: &str) -> String {
+        format!("{order}:{seq}:{sink}")
+    }
+}
+
+/// Where a sync stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncStatus {
+    /// Waiting to be (re)sent.
+    Pending,
+    /// Acknowledged by the sink.
+    Delivered,
+    /// Given up on: retries exhausted or refused by the sink; kept for replay.
+    Dead,
+}
+
+impl SyncStatus {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncStatus::Pending => "pending",
+            SyncStatus::Delivered => "delivered",
+            SyncStatus::Dead => "dead",
+        }
+    }
+}
+
+/// A sync as the dispatcher works on it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingSync {
+    /// Row id in the outbox: the dispatch order of a sink.
+    pub row: i64,
+    /// The sync.
+    pub intent: SyncIntent,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Not before this time.
+    pub not_before: Millis,
+    /// When it was decided (hub time).
+    pub created_at: Millis,
+}
+
+/// The result of one delivery attempt, reported back to the outbox.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SyncUpdate {
+    /// Outbox row.
+    pub row: i64,
+    /// New status.
+    pub status: SyncStatus,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Next attempt not before (pending only).
+    pub not_before: Millis,
+    /// What went wrong last (status code and response excerpt, or the transport error).
+    pub last_error: Option<String>,
+    /// When this attempt finished.
+    pub at: Millis,
+}

@@ -1,0 +1,330 @@
+//! Dispatcher tests against an in-memory outbox and a scripted sink.
+
+use super::*;
+use crate::shard::SystemClock;
+use crate::store::StoreError;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// A stored sync, its status and its last error.
+type OutboxRow = (PendingSync, SyncStatus, Option<String>);
+
+#[derive(Default)]
+struct MemoryOutbox {
+    rows: Mutex<BTreeMap<i64, OutboxRow>>,
+}
+
+impl MemoryOutbox {
+    fn add(&self, row: i64, order: &str, seq: u64) -> PendingSync {
+        let sync = PendingSync {
+            row,
+            intent: SyncIntent {
+                id: SyncIntent::key(order, seq, "erp"),
+                sink: "erp".into(),
+                order: order.into(),
+                seq,
+                rule: "r".into(),
+                payload: serde_json::json!({ "seq": seq }),
+            },
+            attempts: 0,
+            not_before: 0,
+            created_at: 0,
+        };
+        self.rows
+            .lock()
+            .unwrap()
+            .insert(row, (sync.clone(), SyncStatus::Pending, None));
+        sync
+    }
+
+    fn statuses(&self) -> BTreeMap<SyncStatusKey, usize> {
+        let mut counts = BTreeMap::new();
+        for (_, status, _) in self.rows.lock().unwrap().values() {
+            *counts.entry(SyncStatusKey(status.as_str())).or_default() += 1;
+        }
+        counts
+    }
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct SyncStatusKey(&'static str);
+
+impl SyncStore for MemoryOutbox {
+    fn pending_page(
+        &self,
+        _sink: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingSync>, StoreError> {
+        Ok(self
+            .rows
+            .lock()
+            .unwrap()
+            .range(after + 1..)
+            .filter(|(_, (_, status, _))| *status == SyncStatus::Pending)
+            .take(limit)
+            .map(|(_, (sync, _, _))| sync.clone())
+            .collect())
+    }
+
+    fn pending_count(&self, _sink: &str) -> Result<u64, StoreError> {
+        Ok(self
+            .rows
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|(_, status, _)| *status == SyncStatus::Pending)
+            .count() as u64)
+    }
+
+    fn record_attempt(&self, update: SyncUpdate) {
+        if let Some(entry) = self.rows.lock().unwrap().get_mut(&update.row) {
+            entry.1 = update.status;
+            entry.2 = update.last_error;
+            entry.0.attempts = update.attempts;
+        }
+    }
+}
+
+type Script = dyn Fn(&SyncIntent, u32) -> Delivery + Send + Sync;
+
+/// A sink that answers by script and records every attempt.
+struct ScriptedSink {
+    script: Box<Script>,
+    attempts: Mutex<Vec<(String, u32, Instant)>>,
+    delivered: Mutex<Vec<SyncIntent>>,
+}
+
+impl ScriptedSink {
+    fn new(script: impl Fn(&SyncIntent, u32) -> Delivery + Send + Sync + 'static) -> Arc<Self> {
+        Arc::new(ScriptedSink {
+            script: Box::new(script),
+            attempts: Mutex::default(),
+            delivered: Mutex::default(),
+        })
+    }
+}
+
+impl SinkConnector for ScriptedSink {
+    fn deliver(&self, sync: SyncIntent, attempt: u32) -> DeliveryFuture {
+        let answer = (self.script)(&sync, attempt);
+        self.attempts
+            .lock()
+            .unwrap()
+            .push((sync.id.clone(), attempt, Instant::now()));
+        if answer == Delivery::Delivered {
+            self.delivered.lock().unwrap().push(sync);
+        }
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            answer
+        })
+    }
+}
+
+fn spec(rate_per_second: u32) -> SinkSpec {
+    SinkSpec {
+        name: "erp".into(),
+        rate_count: rate_per_second,
+        rate_per: Duration::from_secs(1),
+        burst: 1,
+        max_in_flight: 4,
+        timeout: Duration::from_secs(2),
+        retry: RetryPolicy {
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_millis(40),
+            max_attempts: 50,
+        },
+        breaker_threshold: 1000,
+        breaker_cooldown: Duration::from_millis(100),
+        window: DEFAULT_WINDOW,
+    }
+}
+
+async fn start(spec: SinkSpec, sink: Arc<ScriptedSink>, outbox: Arc<MemoryOutbox>) -> Dispatch {
+    Dispatch::start(
+        vec![(spec, sink as Arc<dyn SinkConnector>)],
+        outbox,
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap()
+}
+
+async fn until_backlog_empty(dispatch: &Dispatch, limit: Duration) {
+    let started = Instant::now();
+    while dispatch.status("erp").await.unwrap().backlog > 0 {
+        assert!(
+            started.elapsed() < limit,
+            "backlog not drained: {:?}",
+            dispatch.status("erp").await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Each order's deliveries are in transition order.
+fn assert_fifo(delivered: &[SyncIntent]) {
+    let mut last: BTreeMap<&str, u64> = BTreeMap::new();
+    for sync in delivered {
+        let previous = last.insert(&sync.order, sync.seq);
+        assert!(
+            previous.is_none_or(|p| p < sync.seq),
+            "{} delivered out of order",
+            sync.id
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sync_is_delivered_in_order_per_order_and_never_above_the_rate() {
+    let outbox = Arc::new(MemoryOutbox::default());
+    let rate = 200;
+    // A flaky sink: the first attempt of every third sync fails, every fifth is throttled.
+    let sink = ScriptedSink::new(
+        |sync, attempt| match (sync.seq % 3, sync.seq % 5, attempt) {
+            (0, _, 1) => Delivery::Failed {
+                retry_after: None,
+                detail: "503".into(),
+            },
+            (_, 0, 1) => Delivery::Throttled {
+                retry_after: Some(Duration::from_millis(20)),
+                detail: "429".into(),
+            },
+            _ => Delivery::Delivered,
+        },
+    );
+    let dispatch = start(spec(rate), sink.clone(), outbox.clone()).await;
+    let mut row = 0;
+    for round in 1..=10u64 {
+        let batch: Vec<PendingSync> = (0..6)
+            .map(|order| {
+                row += 1;
+                outbox.add(row, &format!("o:{order}"), round)
+            })
+            .collect();
+        dispatch.notify(batch);
+    }
+    until_backlog_empty(&dispatch, Duration::from_secs(10)).await;
+    let delivered = sink.delivered.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 60, "every sync delivered once");
+    assert_fifo(&delivered);
+    let attempts = sink.attempts.lock().unwrap().clone();
+    let first = attempts.first().unwrap().2;
+    let span = attempts
+        .last()
+        .unwrap()
+        .2
+        .duration_since(first)
+        .as_secs_f64();
+    let allowed = 1.0 + span * rate as f64 * 1.05;
+    assert!(
+        attempts.len() as f64 <= allowed,
+        "{} attempts in {span:.3}s exceed {rate}/s",
+        attempts.len()
+    );
+    assert_eq!(outbox.statuses()[&SyncStatusKey("delivered")], 60);
+    dispatch.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_and_exhausted_syncs_are_dead_lettered_and_the_rest_flow() {
+    let outbox = Arc::new(MemoryOutbox::default());
+    let sink = ScriptedSink::new(|sync, _| match sync.order.as_str() {
+        "o:refused" => Delivery::Rejected {
+            detail: "400 bad customer".into(),
+        },
+        "o:broken" => Delivery::Failed {
+            retry_after: None,
+            detail: "500".into(),
+        },
+        _ => Delivery::Delivered,
+    });
+    let mut spec = spec(1000);
+    spec.retry.max_attempts = 3;
+    let dispatch = start(spec, sink.clone(), outbox.clone()).await;
+    dispatch.notify(vec![
+        outbox.add(1, "o:refused", 1),
+        outbox.add(2, "o:broken", 1),
+        outbox.add(3, "o:fine", 1),
+        outbox.add(4, "o:refused", 2),
+    ]);
+    until_backlog_empty(&dispatch, Duration::from_secs(5)).await;
+    let status = dispatch.status("erp").await.unwrap();
+    assert_eq!((status.delivered, status.dead), (1, 3));
+    {
+        let rows = outbox.rows.lock().unwrap();
+        assert_eq!(rows[&1].2.as_deref(), Some("400 bad customer"));
+        assert_eq!(rows[&2].0.attempts, 3, "dead after max_attempts");
+        assert_eq!(rows[&3].1, SyncStatus::Delivered);
+    }
+    dispatch.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_holds_back_during_an_outage_and_everything_flows_after() {
+    let outbox = Arc::new(MemoryOutbox::default());
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sink = {
+        let down = down.clone();
+        ScriptedSink::new(move |_, _| {
+            if down.load(Ordering::Relaxed) {
+                Delivery::Failed {
+                    retry_after: None,
+                    detail: "connection refused".into(),
+                }
+            } else {
+                Delivery::Delivered
+            }
+        })
+    };
+    let mut spec = spec(1000);
+    spec.breaker_threshold = 3;
+    spec.breaker_cooldown = Duration::from_millis(200);
+    let dispatch = start(spec, sink.clone(), outbox.clone()).await;
+    dispatch.notify(
+        (1..=20)
+            .map(|i| outbox.add(i, &format!("o:{i}"), 1))
+            .collect(),
+    );
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let during = sink.attempts.lock().unwrap().len();
+    // Without a breaker 20 syncs retried every 10–40 ms would make hundreds of attempts.
+    assert!(
+        during <= 3 + 4 + 1 + 6,
+        "{during} attempts while the sink was down"
+    );
+    let breaker = dispatch.status("erp").await.unwrap().breaker;
+    assert!(
+        breaker > 0.0,
+        "open or half-open between probes, got {breaker}"
+    );
+    down.store(false, Ordering::Relaxed);
+    until_backlog_empty(&dispatch, Duration::from_secs(5)).await;
+    assert_eq!(sink.delivered.lock().unwrap().len(), 20);
+    assert_eq!(dispatch.status("erp").await.unwrap().breaker, 0.0);
+    dispatch.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_window_pages_from_disk_without_reordering() {
+    let outbox = Arc::new(MemoryOutbox::default());
+    for i in 0..40i64 {
+        outbox.add(i + 1, &format!("o:{}", i % 4), i as u64 / 4 + 1);
+    }
+    let sink = ScriptedSink::new(|_, _| Delivery::Delivered);
+    let mut spec = spec(2000);
+    spec.window = 5;
+    let dispatch = start(spec, sink.clone(), outbox.clone()).await;
+    // New syncs while paging must not overtake older ones of the same order still on disk.
+    let late: Vec<PendingSync> = (0..4)
+        .map(|o| outbox.add(41 + o, &format!("o:{o}"), 11))
+        .collect();
+    dispatch.notify(late);
+    until_backlog_empty(&dispatch, Duration::from_secs(5)).await;
+    let delivered = sink.delivered.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 44);
+    assert_fifo(&delivered);
+    dispatch.stop().await;
+}
