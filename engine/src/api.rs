@@ -58,7 +58,81 @@ pub(crate) async fn get_order(
             }
         }
     };
-    Json(order).into_response()
+    let journal = app.journal.clone();
+    let syncs = match tokio::task::spawn_blocking(move || journal.syncs_of(&key)).await {
+        Ok(Ok(syncs)) => syncs,
+        Ok(Err(err)) => return internal(err),
+        Err(err) => return internal(err),
+    };
+    let mut body = match serde_json::to_value(&order) {
+        Ok(body) => body,
+        Err(err) => return internal(err),
+    };
+    body["syncs"] = serde_json::to_value(syncs).unwrap_or_default();
+    Json(body).into_response()
+}
+
+/// Query of `GET /v1/dispatch/dead-letters`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DeadLetterQuery {
+    sink: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/dispatch/dead-letters?sink=&limit=`: syncs given up on, oldest first, with the
+/// last error (status and response excerpt).
+pub(crate) async fn dead_letters(
+    State(app): State<Arc<AppState>>,
+    query: Result<Query<DeadLetterQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(err) => return error_response(StatusCode::BAD_REQUEST, "bad_query", &err.body_text()),
+    };
+    let limit = query
+        .limit
+        .unwrap_or(DEFAULT_LIST_LIMIT)
+        .min(MAX_LIST_LIMIT);
+    let journal = app.journal.clone();
+    match tokio::task::spawn_blocking(move || journal.dead_letters(query.sink.as_deref(), limit))
+        .await
+    {
+        Ok(Ok(letters)) => Json(serde_json::json!({ "dead_letters": letters })).into_response(),
+        Ok(Err(err)) => internal(err),
+        Err(err) => internal(err),
+    }
+}
+
+/// `POST /v1/dispatch/dead-letters/{row}/retry`: makes the dead letter pending again (attempts
+/// reset) and hands it to its sink's dispatcher.
+pub(crate) async fn retry_dead_letter(
+    State(app): State<Arc<AppState>>,
+    Path(row): Path<String>,
+) -> Response {
+    let Ok(row) = row.parse::<i64>() else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_id",
+            &format!("dead letter id {row:?} is not a number"),
+        );
+    };
+    match app.journal.revive(row).await {
+        Ok(Some(sync)) => {
+            let id = sync.intent.id.clone();
+            if let Err(err) = app.dispatch.replay(sync) {
+                // Pending on disk: the sink's dispatcher picks it up when it runs again.
+                tracing::warn!(row, error = %err, "revived sync not handed to a dispatcher");
+            }
+            Json(serde_json::json!({ "row": row, "id": id, "status": "pending" })).into_response()
+        }
+        Ok(None) => error_response(
+            StatusCode::NOT_FOUND,
+            "unknown_dead_letter",
+            &format!("no dead letter with id {row}"),
+        ),
+        Err(err) => internal(err),
+    }
 }
 
 /// Query of `GET /v1/orders`.

@@ -5,6 +5,9 @@
 mod locate;
 
 use humantime::parse_duration;
+use orderhub_actors::dispatch::{
+    DEFAULT_WINDOW, RetryPolicy, RuleError, RuleSet, RuleSpec, SinkSpec,
+};
 use orderhub_actors::order::{OrderPolicy, OrderState, SlaRule};
 use orderhub_actors::shard::ShardConfig;
 use serde::{Deserialize, Deserializer};
@@ -154,6 +157,145 @@ pub struct EventsConfig {
     pub tolerance: HumanDuration,
 }
 
+/// `[dispatch]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatchConfig {
+    /// Pending syncs beyond which ingest answers 429.
+    pub max_backlog: i64,
+}
+
+/// The protocol a sink speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    /// JSON POST signed with Standard Webhooks; `webhook-id` is the idempotency key.
+    Webhook,
+}
+
+fn default_burst() -> u32 {
+    1
+}
+fn default_in_flight() -> usize {
+    8
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_initial_backoff() -> HumanDuration {
+    HumanDuration(orderhub_actors::dispatch::policy::DEFAULT_INITIAL_BACKOFF)
+}
+fn default_max_backoff() -> HumanDuration {
+    HumanDuration(orderhub_actors::dispatch::policy::DEFAULT_MAX_BACKOFF)
+}
+fn default_max_attempts() -> u32 {
+    orderhub_actors::dispatch::policy::DEFAULT_MAX_ATTEMPTS
+}
+fn default_breaker_threshold() -> u32 {
+    orderhub_actors::dispatch::policy::DEFAULT_BREAKER_THRESHOLD
+}
+fn default_breaker_cooldown() -> HumanDuration {
+    HumanDuration(orderhub_actors::dispatch::policy::DEFAULT_BREAKER_COOLDOWN)
+}
+
+/// A rate such as `50/s`, `20/min` or `3000/h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rate {
+    /// Sends allowed per period.
+    pub count: u32,
+    /// The period.
+    pub per: Duration,
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let invalid = || {
+            serde::de::Error::custom(format!("invalid rate {text:?} (e.g. \"50/s\", \"20/min\")"))
+        };
+        let (count, unit) = text.split_once('/').ok_or_else(invalid)?;
+        let count: u32 = count.trim().parse().map_err(|_| invalid())?;
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            _ => return Err(invalid()),
+        };
+        if count == 0 {
+            return Err(invalid());
+        }
+        Ok(Rate { count, per })
+    }
+}
+
+/// One `[[sinks]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Unique name; rules refer to it.
+    pub name: String,
+    /// Protocol.
+    pub kind: SinkKind,
+    /// Endpoint.
+    pub url: String,
+    /// Environment variable holding the signing secret (`whsec_…` for webhooks).
+    pub secret_env: Option<String>,
+    /// Quota; work over it waits.
+    pub rate: Rate,
+    /// Sends allowed back to back before pacing applies.
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+    /// Sends in flight at most.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+    /// How long one send may take.
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+    /// Backoff before the second attempt.
+    #[serde(default = "default_initial_backoff")]
+    pub retry_initial: HumanDuration,
+    /// Longest backoff.
+    #[serde(default = "default_max_backoff")]
+    pub retry_max: HumanDuration,
+    /// Attempts before dead-lettering.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Consecutive transient failures that open the breaker.
+    #[serde(default = "default_breaker_threshold")]
+    pub breaker_threshold: u32,
+    /// How long the breaker stays open.
+    #[serde(default = "default_breaker_cooldown")]
+    pub breaker_cooldown: HumanDuration,
+}
+
+/// One `[[rules]]` entry (see `orderhub_actors::dispatch::RuleSpec`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Unique name.
+    pub name: String,
+    /// CEL condition over `order` and `event`.
+    pub when: String,
+    /// Sink that receives a sync.
+    pub sync: Option<String>,
+    /// Sink that receives a notification.
+    pub notify: Option<String>,
+    /// Notification text template.
+    pub message: Option<String>,
+    /// Payload template (JSON).
+    pub template: Option<String>,
+    /// Computed fields (CEL).
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    /// Operation named in the payload.
+    pub operation: Option<String>,
+    /// Tag to add.
+    pub tag: Option<String>,
+    /// Put the order on hold.
+    #[serde(default)]
+    pub hold: bool,
+}
+
 /// `[sources]`: every configured ingest source. A source left out is not served (404).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -174,6 +316,9 @@ struct ConfigFile {
     sla: Option<Vec<SlaConfig>>,
     allowed_sources: Option<BTreeMap<String, Vec<String>>>,
     sources: Option<SourcesConfig>,
+    dispatch: Option<DispatchConfig>,
+    sinks: Option<Vec<SinkConfig>>,
+    rules: Option<Vec<RuleConfig>>,
 }
 
 /// Which file each top-level key came from, to point errors at the right line.
@@ -198,6 +343,12 @@ pub struct Config {
     pub allowed_sources: BTreeMap<String, Vec<String>>,
     /// `[sources]`.
     pub sources: SourcesConfig,
+    /// `[dispatch]`.
+    pub dispatch: DispatchConfig,
+    /// `[[sinks]]`.
+    pub sinks: Vec<SinkConfig>,
+    /// `[[rules]]`.
+    pub rules: Vec<RuleConfig>,
     origins: Origins,
 }
 
@@ -253,6 +404,9 @@ impl Config {
         let sla = pick!(sla).unwrap_or_default();
         let allowed_sources = pick!(allowed_sources).unwrap_or_default();
         let sources = pick!(sources).unwrap_or_default();
+        let dispatch = pick!(dispatch).ok_or_else(|| missing("dispatch"))?;
+        let sinks = pick!(sinks).unwrap_or_default();
+        let rules = pick!(rules).unwrap_or_default();
         origins.user_file = user;
         let config = Config {
             server,
@@ -261,6 +415,9 @@ impl Config {
             sla,
             allowed_sources,
             sources,
+            dispatch,
+            sinks,
+            rules,
             origins,
         };
         config.validate()?;
@@ -340,6 +497,56 @@ impl Config {
                 ));
             }
         }
+        let mut sink_names = std::collections::HashSet::new();
+        for (i, sink) in self.sinks.iter().enumerate() {
+            if sink.name.is_empty() || !sink_names.insert(sink.name.as_str()) {
+                return Err(self.invalid(
+                    format!("sinks[{i}].name"),
+                    format!(
+                        "sink names must be unique and non-empty, got {:?}",
+                        sink.name
+                    ),
+                ));
+            }
+            if !sink.url.starts_with("http://") {
+                return Err(self.invalid(
+                    format!("sinks[{i}].url"),
+                    format!(
+                        "{:?} is not an http:// URL (https sinks need TLS, not built in yet)",
+                        sink.url
+                    ),
+                ));
+            }
+            if sink.max_in_flight == 0 || sink.burst == 0 || sink.max_attempts == 0 {
+                return Err(self.invalid(
+                    format!("sinks[{i}]"),
+                    "max_in_flight, burst and max_attempts must be at least 1",
+                ));
+            }
+        }
+        if self.origins.user_keys.contains(&"rules") {
+            for (i, rule) in self.rules.iter().enumerate() {
+                for sink in rule.sync.iter().chain(rule.notify.iter()) {
+                    if !sink_names.contains(sink.as_str()) {
+                        return Err(self.invalid(
+                            format!("rules[{i}]"),
+                            format!(
+                                "rule {:?} sends to sink {sink:?}, which is not configured",
+                                rule.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.rule_set() {
+            let index = self
+                .rules
+                .iter()
+                .position(|r| r.name == e.rule)
+                .unwrap_or(0);
+            return Err(self.invalid(format!("rules[{index}]"), e.to_string()));
+        }
         if let Some(douyin) = &self.sources.douyin {
             for (tag, status) in &douyin.status_map {
                 if crate::ingest::parse_status(status).is_none() {
@@ -353,9 +560,75 @@ impl Config {
         Ok(())
     }
 
+    /// Default rules whose sink is not configured: `(rule, sink)`. They are left out.
+    pub fn inactive_rules(&self) -> Vec<(String, String)> {
+        let sinks: std::collections::HashSet<&str> =
+            self.sinks.iter().map(|s| s.name.as_str()).collect();
+        self.rules
+            .iter()
+            .flat_map(|r| {
+                r.sync
+                    .iter()
+                    .chain(r.notify.iter())
+                    .filter(|sink| !sinks.contains(sink.as_str()))
+                    .map(|sink| (r.name.clone(), sink.clone()))
+            })
+            .collect()
+    }
+
+    /// The compiled rules, without the inactive ones.
+    pub fn rule_set(&self) -> Result<std::sync::Arc<RuleSet>, RuleError> {
+        let inactive = self.inactive_rules();
+        let specs = self
+            .rules
+            .iter()
+            .filter(|r| !inactive.iter().any(|(name, _)| *name == r.name))
+            .map(|r| RuleSpec {
+                name: r.name.clone(),
+                when: r.when.clone(),
+                sync: r.sync.clone(),
+                notify: r.notify.clone(),
+                message: r.message.clone(),
+                template: r.template.clone(),
+                fields: r.fields.clone(),
+                operation: r.operation.clone(),
+                tag: r.tag.clone(),
+                hold: r.hold,
+            })
+            .collect();
+        RuleSet::compile(specs)
+    }
+
+    /// The dispatch settings of every sink.
+    pub fn sink_specs(&self) -> Vec<SinkSpec> {
+        self.sinks
+            .iter()
+            .map(|s| SinkSpec {
+                name: s.name.clone(),
+                rate_count: s.rate.count,
+                rate_per: s.rate.per,
+                burst: s.burst,
+                max_in_flight: s.max_in_flight,
+                timeout: s.timeout.0,
+                retry: RetryPolicy {
+                    initial_backoff: s.retry_initial.0,
+                    max_backoff: s.retry_max.0,
+                    max_attempts: s.max_attempts,
+                },
+                breaker_threshold: s.breaker_threshold,
+                breaker_cooldown: s.breaker_cooldown.0,
+                window: DEFAULT_WINDOW,
+            })
+            .collect()
+    }
+
     /// The state machine's policy.
     pub fn policy(&self) -> OrderPolicy {
         let mut policy = OrderPolicy::permissive();
+        // validate() compiled the rules already; an error here cannot happen for a Config.
+        if let Ok(rules) = self.rule_set() {
+            policy = policy.with_rules(rules);
+        }
         for (state, sources) in &self.allowed_sources {
             if let Ok(state) = state.parse() {
                 policy = policy.allow_only(state, sources.clone());
@@ -396,6 +669,8 @@ mod tests {
     fn embedded_default_is_valid() {
         let config = Config::embedded().unwrap();
         assert_eq!(config.sla.len(), 3);
+        assert_eq!(config.rules.len(), 4);
+        assert_eq!(config.inactive_rules().len(), 4, "no sinks by default");
         assert_eq!(config.actors.shards, 16);
         assert!(config.sources.douyin.is_some() && config.sources.events.is_some());
     }
@@ -440,5 +715,56 @@ mod tests {
             .unwrap_err();
         assert!(err.to_string().contains("line 4"), "{err}");
         assert!(err.to_string().contains("invalid duration"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod dispatch_tests {
+    use super::*;
+
+    fn user(text: &str) -> Result<Config, ConfigError> {
+        Config::layered(Some(("test.toml".into(), text.into())))
+    }
+
+    const SINK: &str = "[[sinks]]\nname = \"erp\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:9/erp\"\nrate = \"20/min\"\n";
+
+    #[test]
+    fn a_configured_sink_activates_the_default_rules_that_use_it() {
+        let config = user(SINK).unwrap();
+        let inactive: Vec<String> = config
+            .inactive_rules()
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect();
+        assert!(!inactive.contains(&"erp_sales_order_on_paid".to_owned()));
+        assert_eq!(inactive.len(), 3);
+        let spec = &config.sink_specs()[0];
+        assert_eq!(
+            (spec.rate_count, spec.rate_per),
+            (20, Duration::from_secs(60))
+        );
+        assert_eq!(spec.max_in_flight, 8);
+    }
+
+    #[test]
+    fn sink_and_rule_errors_name_the_key() {
+        let err = user(&SINK.replace("20/min", "lots")).unwrap_err();
+        assert!(err.to_string().contains("invalid rate"), "{err}");
+        let err = user(&SINK.replace("webhook", "carrier_pigeon")).unwrap_err();
+        assert!(err.to_string().contains("carrier_pigeon"), "{err}");
+        let rule = format!("{SINK}\n[[rules]]\nname = \"r\"\nwhen = \"true\"\nsync = \"wms\"\n");
+        let err = user(&rule).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("sink \"wms\", which is not configured"),
+            "{err}"
+        );
+        let rule =
+            format!("{SINK}\n[[rules]]\nname = \"r\"\nwhen = \"order.state ==\"\nsync = \"erp\"\n");
+        let err = user(&rule).unwrap_err();
+        assert!(
+            err.to_string().contains("rules[0]: rule \"r\": when:"),
+            "{err}"
+        );
     }
 }

@@ -370,6 +370,9 @@ async fn process(
     if app.router.pending_events() > app.config.journal.max_pending_events {
         return Err(IngestError::Throttled("order actors are behind"));
     }
+    if app.dispatch.backlog() > app.config.dispatch.max_backlog {
+        return Err(IngestError::Throttled("sync backlog is over its limit"));
+    }
     let outcomes = app.journal.append(events).await.map_err(|e| match e {
         JournalError::Full => IngestError::Throttled("journal queue is full"),
         JournalError::Closed => IngestError::ShuttingDown,

@@ -8,18 +8,21 @@
 //! watermark so recovery only re-folds orders with events past it.
 
 mod index;
+mod outbox;
 mod reader;
 mod recovery;
 mod schema;
 mod writer;
 
+pub use outbox::SyncView;
 pub use reader::{OrderFilter, OrderSummary};
 pub use recovery::Recovered;
 
 use crate::config::JournalConfig;
 use crossbeam_channel::{Sender, TrySendError, bounded, unbounded};
+use orderhub_actors::dispatch::{PendingSync, SyncStatus, SyncUpdate};
 use orderhub_actors::order::{JournaledEvent, OrderEvent, OrderPolicy, SharedEvent};
-use orderhub_actors::store::{OrderIndexEntry, OrderStore, StoreError};
+use orderhub_actors::store::{OrderStore, OrderUpdate, StoreError, StoredOrder, SyncStore};
 use reader::ReadPool;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -90,7 +93,9 @@ pub(crate) struct AppendRequest {
 
 pub(crate) enum SideCmd {
     Internal(OrderEvent),
-    Index(OrderIndexEntry),
+    Update(OrderUpdate),
+    Attempt(SyncUpdate),
+    Revive(i64, oneshot::Sender<Option<PendingSync>>),
     Flush(oneshot::Sender<()>),
     Stop(oneshot::Sender<()>),
 }
@@ -131,6 +136,7 @@ impl Journal {
             appends: append_rx,
             side: side_rx,
             route: Box::new(|_| {}),
+            notify: Box::new(|_| {}),
             batch_max_events: config.batch_max_events,
             batch_max_wait: config.batch_max_wait.0,
             last_seq: recovered.last_seq,
@@ -148,8 +154,13 @@ impl Journal {
         Ok((journal, recovered))
     }
 
-    /// Starts the writer thread; every committed event is passed to `route` in journal order.
-    pub fn start(&self, route: impl Fn(SharedEvent) + Send + 'static) -> Result<(), JournalError> {
+    /// Starts the writer thread; every committed event is passed to `route` in journal order,
+    /// and every newly committed sync to `notify`.
+    pub fn start(
+        &self,
+        route: impl Fn(SharedEvent) + Send + 'static,
+        notify: impl Fn(Vec<PendingSync>) + Send + 'static,
+    ) -> Result<(), JournalError> {
         let mut writer = self
             .inner
             .pending_writer
@@ -158,6 +169,7 @@ impl Journal {
             .take()
             .ok_or(JournalError::Closed)?;
         writer.route = Box::new(route);
+        writer.notify = Box::new(notify);
         let thread = std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || writer.run())
@@ -230,22 +242,68 @@ impl Journal {
         self.inner.reader.list(filter)
     }
 
+    /// Every sync of `order`, oldest first.
+    pub fn syncs_of(&self, order: &str) -> Result<Vec<SyncView>, JournalError> {
+        self.inner.reader.with(|conn| outbox::of_order(conn, order))
+    }
+
+    /// Dead-lettered syncs, oldest first.
+    pub fn dead_letters(
+        &self,
+        sink: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<SyncView>, JournalError> {
+        self.inner
+            .reader
+            .with(|conn| outbox::dead_letters(conn, sink, limit))
+    }
+
+    /// Number of syncs in `status`.
+    pub fn count_syncs(&self, status: SyncStatus) -> Result<u64, JournalError> {
+        self.inner
+            .reader
+            .with(|conn| outbox::count_by_status(conn, status))
+    }
+
+    /// Makes dead-lettered sync `row` pending again (committed before it returns); `None` if
+    /// `row` is not a dead letter.
+    pub async fn revive(&self, row: i64) -> Result<Option<PendingSync>, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .side
+            .send(SideCmd::Revive(row, reply))
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)
+    }
+
     /// Append requests waiting for the writer.
     pub fn queue_depth(&self) -> usize {
         self.inner.appends.len()
     }
 }
 
+fn store_error(order: &str, err: JournalError) -> StoreError {
+    match err {
+        JournalError::Corrupt { seq, reason } => StoreError::Corrupt {
+            order: order.to_owned(),
+            seq,
+            reason,
+        },
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
 impl OrderStore for Journal {
-    fn load_events(&self, order: &str) -> Result<Vec<JournaledEvent>, StoreError> {
-        self.events_of(order).map_err(|e| match e {
-            JournalError::Corrupt { seq, reason } => StoreError::Corrupt {
-                order: order.to_owned(),
-                seq,
-                reason,
-            },
-            other => StoreError::Unavailable(other.to_string()),
-        })
+    fn load(&self, order: &str) -> Result<StoredOrder, StoreError> {
+        self.inner
+            .reader
+            .with(|conn| {
+                Ok(StoredOrder {
+                    events: reader::load_events(conn, order)?,
+                    indexed_seq: reader::indexed_seq(conn, order)?,
+                })
+            })
+            .map_err(|e| store_error(order, e))
     }
 
     fn append_internal(&self, event: OrderEvent) -> Result<(), StoreError> {
@@ -255,9 +313,35 @@ impl OrderStore for Journal {
             .map_err(|_| StoreError::Unavailable("journal is closed".into()))
     }
 
-    fn record_index(&self, entry: OrderIndexEntry) {
-        // After close there is no writer; the summary is rebuilt from the journal at start-up.
-        let _ = self.inner.side.send(SideCmd::Index(entry));
+    fn record(&self, update: OrderUpdate) {
+        // After close there is no writer; the update is rebuilt from the journal at start-up.
+        let _ = self.inner.side.send(SideCmd::Update(update));
+    }
+}
+
+impl SyncStore for Journal {
+    fn pending_page(
+        &self,
+        sink: &str,
+        after_row: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingSync>, StoreError> {
+        self.inner
+            .reader
+            .with(|conn| outbox::pending_page(conn, sink, after_row, limit))
+            .map_err(|e| store_error(sink, e))
+    }
+
+    fn pending_count(&self, sink: &str) -> Result<u64, StoreError> {
+        self.inner
+            .reader
+            .with(|conn| outbox::pending_count(conn, sink))
+            .map_err(|e| store_error(sink, e))
+    }
+
+    fn record_attempt(&self, update: SyncUpdate) {
+        // Lost only if the writer is gone; the sync is then sent again at the next start.
+        let _ = self.inner.side.send(SideCmd::Attempt(update));
     }
 }
 
@@ -302,7 +386,7 @@ mod tests {
             Err(JournalError::Full)
         ));
         // Once the writer runs, the queued request is committed, not lost.
-        journal.start(|_| {}).unwrap();
+        journal.start(|_| {}, |_| {}).unwrap();
         let outcome = first.await.unwrap().unwrap();
         assert_eq!(outcome, vec![AppendOutcome::Appended(1)]);
         assert_eq!(journal.events_of("shop:1").unwrap().len(), 1);
@@ -318,7 +402,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::embedded().unwrap().journal;
         let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
-        journal.start(|_| {}).unwrap();
+        journal.start(|_| {}, |_| {}).unwrap();
         let outcomes = journal
             .append(vec![event("a"), event("a"), event("b")])
             .await

@@ -9,6 +9,7 @@
 //! - [`config`] — configuration, embedded default, layering and validation;
 //! - [`ingest`] — the ingest pipeline and one adapter per source;
 //! - [`journal`] — the SQLite journal, group-commit writer, order index and recovery;
+//! - [`sinks`] — one connector per sink protocol, driven by the dispatcher actors;
 //! - [`api`] — query and operations endpoints;
 //! - [`telemetry`] — Prometheus recorder and logging.
 //!
@@ -20,6 +21,7 @@ pub mod api;
 pub mod config;
 pub mod ingest;
 pub mod journal;
+pub mod sinks;
 pub mod telemetry;
 
 use axum::Router;
@@ -28,6 +30,7 @@ use config::Config;
 use ingest::{IngestMetrics, SecretLookup, SourceRegistry};
 use journal::Journal;
 use metrics_exporter_prometheus::PrometheusHandle;
+use orderhub_actors::dispatch::{Dispatch, DispatchError};
 use orderhub_actors::order::{Millis, OrderPolicy};
 use orderhub_actors::shard::{Clock, OrderRouter, RouterError, SystemClock};
 use std::future::Future;
@@ -51,6 +54,12 @@ pub enum EngineError {
     /// The order actors failed to start.
     #[error(transparent)]
     Router(#[from] RouterError),
+    /// A sink could not be set up.
+    #[error(transparent)]
+    Sink(#[from] sinks::SinkError),
+    /// The dispatchers failed to start.
+    #[error(transparent)]
+    Dispatch(#[from] DispatchError),
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Http(#[from] std::io::Error),
@@ -62,6 +71,7 @@ pub(crate) struct AppState {
     pub(crate) policy: Arc<OrderPolicy>,
     pub(crate) journal: Journal,
     pub(crate) router: OrderRouter,
+    pub(crate) dispatch: Dispatch,
     pub(crate) sources: SourceRegistry,
     pub(crate) ingest_metrics: IngestMetrics,
     pub(crate) prometheus: PrometheusHandle,
@@ -117,13 +127,25 @@ pub async fn run(
     for (order, rule, deadline) in &recovered.armed {
         router.arm(order, rule, *deadline);
     }
+    for (rule, sink) in config.inactive_rules() {
+        tracing::info!(rule = %rule, sink = %sink, "default rule inactive: its sink is not configured");
+    }
+    let mut sinks = Vec::with_capacity(config.sinks.len());
+    for (sink, spec) in config.sinks.iter().zip(config.sink_specs()) {
+        sinks.push((spec, sinks::connector(sink, &secrets)?));
+    }
+    let dispatch = Dispatch::start(sinks, Arc::new(journal.clone()), Arc::new(clock)).await?;
     let routing = router.clone();
-    journal.start(move |event| {
-        if let Err(err) = routing.route(event) {
-            // The event is journaled; it is folded in when its order next loads or at restart.
-            tracing::warn!(error = %err, "could not route a journaled event");
-        }
-    })?;
+    let notifying = dispatch.clone();
+    journal.start(
+        move |event| {
+            if let Err(err) = routing.route(event) {
+                // The event is journaled; it is folded in when its order next loads or at restart.
+                tracing::warn!(error = %err, "could not route a journaled event");
+            }
+        },
+        move |syncs| notifying.notify(syncs),
+    )?;
 
     let sources = SourceRegistry::build(&config, &secrets);
     let ingest_metrics = IngestMetrics::new(sources.names());
@@ -133,6 +155,7 @@ pub async fn run(
         policy: Arc::new(policy),
         journal: journal.clone(),
         router: router.clone(),
+        dispatch: dispatch.clone(),
         sources,
         ingest_metrics,
         prometheus: prometheus.clone(),
@@ -149,6 +172,8 @@ pub async fn run(
     tracing::info!(
         addr = %listener.local_addr()?,
         orders_refolded = recovered.orders_refolded,
+        syncs_recovered = recovered.syncs_recovered,
+        sync_backlog = dispatch.backlog(),
         timers_rearmed = recovered.armed.len(),
         last_seq = recovered.last_seq,
         startup_ms = started.elapsed().as_millis() as u64,
@@ -178,6 +203,7 @@ pub async fn run(
     }
     journal.flush().await;
     router.stop(grace).await;
+    dispatch.stop().await;
     journal.close().await;
     upkeep.abort();
     tracing::info!("orderhub stopped");
@@ -190,6 +216,11 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/events", post(ingest::ingest_events))
         .route("/v1/orders", get(api::list_orders))
         .route("/v1/orders/{key}", get(api::get_order))
+        .route("/v1/dispatch/dead-letters", get(api::dead_letters))
+        .route(
+            "/v1/dispatch/dead-letters/{row}/retry",
+            post(api::retry_dead_letter),
+        )
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))

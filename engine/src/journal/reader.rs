@@ -55,7 +55,7 @@ impl ReadPool {
         }
     }
 
-    fn with<T>(
+    pub(crate) fn with<T>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T, JournalError>,
     ) -> Result<T, JournalError> {
@@ -153,4 +153,13 @@ pub(crate) fn load_events(
         });
     }
     Ok(events)
+}
+
+/// `applied_seq` of the order's stored summary (0 if none).
+pub(crate) fn indexed_seq(conn: &Connection, order: &str) -> Result<u64, JournalError> {
+    Ok(conn
+        .prepare_cached("SELECT applied_seq FROM orders WHERE order_key = ?1")?
+        .query_row([order], |r| r.get::<_, i64>(0))
+        .optional()?
+        .unwrap_or(0) as u64)
 }

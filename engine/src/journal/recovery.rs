@@ -3,7 +3,7 @@
 //! (armed timers, orders per state).
 
 use super::JournalError;
-use super::{index, reader};
+use super::{index, outbox, reader};
 use orderhub_actors::order::{Millis, Order, OrderPolicy, OrderState};
 use orderhub_actors::store::OrderIndexEntry;
 use rusqlite::Connection;
@@ -13,6 +13,8 @@ use rusqlite::Connection;
 pub struct Recovered {
     /// Orders re-folded from the journal.
     pub orders_refolded: usize,
+    /// Syncs decided by re-folded events that were missing from the outbox.
+    pub syncs_recovered: usize,
     /// The highest journal sequence number.
     pub last_seq: u64,
     /// Armed SLA timers of every order: `(order, rule, deadline)`.
@@ -34,11 +36,21 @@ pub(crate) fn recover(
         .prepare("SELECT DISTINCT order_key FROM events WHERE seq >= ?1")?
         .query_map([watermark as i64], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis);
     let tx = conn.transaction()?;
     for key in &dirty {
         let events = reader::load_events(&tx, key)?;
-        let order = Order::replay(key.as_str(), &events, policy);
+        let indexed_seq = reader::indexed_seq(&tx, key)?;
+        // Events past the stored summary may have decided syncs that never reached the outbox.
+        let (order, syncs) = Order::replay_collecting(key.as_str(), &events, policy, indexed_seq);
         index::upsert(&tx, &OrderIndexEntry::of(&order))?;
+        for sync in &syncs {
+            if outbox::insert(&tx, sync, now)?.is_some() {
+                recovered.syncs_recovered += 1;
+            }
+        }
     }
     index::set_watermark(&tx, recovered.last_seq + 1)?;
     tx.commit()?;

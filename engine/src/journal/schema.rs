@@ -31,6 +31,24 @@ CREATE INDEX IF NOT EXISTS orders_by_state ON orders (state, state_since);
 CREATE INDEX IF NOT EXISTS orders_breached ON orders (state_since) WHERE sla_breached = 1;
 CREATE INDEX IF NOT EXISTS orders_armed ON orders (order_key) WHERE armed IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS syncs (
+    row INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    sink TEXT NOT NULL,
+    order_key TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    rule TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    not_before INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS syncs_pending ON syncs (sink, row) WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS syncs_dead ON syncs (row) WHERE status = 'dead';
+CREATE INDEX IF NOT EXISTS syncs_by_order ON syncs (order_key, row);
 ";
 
 /// The meta key of the index watermark: every event below it is folded into `orders`.

@@ -3,9 +3,10 @@
 //! order summaries and internal events that queued beside them, commits (fsync), then routes
 //! the new events to the order actors in journal order and answers every waiting request.
 
-use super::{AppendOutcome, AppendRequest, JournalError, SideCmd, index};
+use super::{AppendOutcome, AppendRequest, JournalError, SideCmd, index, outbox};
 use crossbeam_channel::{Receiver, select};
-use orderhub_actors::order::{JournaledEvent, OrderEvent, SharedEvent};
+use orderhub_actors::dispatch::{PendingSync, SyncIntent, SyncUpdate};
+use orderhub_actors::order::{JournaledEvent, Millis, OrderEvent, SharedEvent};
 use orderhub_actors::store::OrderIndexEntry;
 use orderhub_actors::telemetry as t;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -15,12 +16,21 @@ use std::time::{Duration, Instant};
 
 /// Routes a committed event to its order actor.
 pub(crate) type RouteFn = Box<dyn Fn(SharedEvent) + Send>;
+/// Hands newly committed syncs to the dispatchers.
+pub(crate) type NotifyFn = Box<dyn Fn(Vec<PendingSync>) + Send>;
+
+fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
 
 pub(crate) struct Writer {
     pub(crate) conn: Connection,
     pub(crate) appends: Receiver<AppendRequest>,
     pub(crate) side: Receiver<SideCmd>,
     pub(crate) route: RouteFn,
+    pub(crate) notify: NotifyFn,
     pub(crate) batch_max_events: usize,
     pub(crate) batch_max_wait: Duration,
     pub(crate) last_seq: u64,
@@ -70,12 +80,27 @@ impl Coverage {
     }
 }
 
+/// What a commit produced.
+struct Committed {
+    /// Each append request's outcomes.
+    outcomes: Vec<Vec<AppendOutcome>>,
+    /// Appended events, in journal order, to route.
+    routed: Vec<SharedEvent>,
+    /// Syncs inserted, to hand to the dispatchers.
+    new_syncs: Vec<PendingSync>,
+    /// Each revive request's sync (None if it was not a dead letter).
+    revived: Vec<Option<PendingSync>>,
+}
+
 #[derive(Default)]
 struct Batch {
     appends: Vec<AppendRequest>,
     events: usize,
     internal: Vec<OrderEvent>,
     index: HashMap<String, OrderIndexEntry>,
+    syncs: Vec<SyncIntent>,
+    attempts: HashMap<i64, SyncUpdate>,
+    revives: Vec<(i64, tokio::sync::oneshot::Sender<Option<PendingSync>>)>,
     flushes: Vec<tokio::sync::oneshot::Sender<()>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -84,12 +109,20 @@ impl Batch {
     fn side(&mut self, cmd: SideCmd) {
         match cmd {
             SideCmd::Internal(event) => self.internal.push(event),
-            SideCmd::Index(entry) => match self.index.get(&entry.key) {
-                Some(old) if old.applied_seq > entry.applied_seq => {}
-                _ => {
-                    self.index.insert(entry.key.clone(), entry);
+            SideCmd::Update(update) => {
+                self.syncs.extend(update.syncs);
+                let entry = update.index;
+                match self.index.get(&entry.key) {
+                    Some(old) if old.applied_seq > entry.applied_seq => {}
+                    _ => {
+                        self.index.insert(entry.key.clone(), entry);
+                    }
                 }
-            },
+            }
+            SideCmd::Attempt(update) => {
+                self.attempts.insert(update.row, update);
+            }
+            SideCmd::Revive(row, reply) => self.revives.push((row, reply)),
             SideCmd::Flush(reply) => self.flushes.push(reply),
             SideCmd::Stop(reply) => self.stop = Some(reply),
         }
@@ -114,10 +147,12 @@ impl Writer {
         };
         let mut coverage = Coverage::default();
         let mut retry_internal: Vec<OrderEvent> = Vec::new();
+        let mut retry_syncs: Vec<SyncIntent> = Vec::new();
         let mut watermark = coverage.watermark(self.last_seq);
         loop {
             let mut batch = Batch::default();
             batch.internal.append(&mut retry_internal);
+            batch.syncs.append(&mut retry_syncs);
             select! {
                 recv(self.appends) -> request => match request {
                     Ok(request) => batch.append(request),
@@ -138,7 +173,12 @@ impl Writer {
 
             let started = Instant::now();
             match self.commit(&mut batch, &mut coverage, &mut watermark) {
-                Ok((outcomes, routed)) => {
+                Ok(Committed {
+                    outcomes,
+                    routed,
+                    new_syncs,
+                    revived,
+                }) => {
                     metrics
                         .commit_latency
                         .record(started.elapsed().as_secs_f64());
@@ -147,8 +187,14 @@ impl Writer {
                     for event in routed {
                         (self.route)(event);
                     }
+                    if !new_syncs.is_empty() {
+                        (self.notify)(new_syncs);
+                    }
                     for (request, outcome) in batch.appends.drain(..).zip(outcomes) {
                         let _ = request.reply.send(Ok(outcome));
+                    }
+                    for ((_, reply), sync) in batch.revives.drain(..).zip(revived) {
+                        let _ = reply.send(sync);
                     }
                 }
                 Err(err) => {
@@ -159,7 +205,10 @@ impl Writer {
                             .reply
                             .send(Err(JournalError::CommitFailed(err.to_string())));
                     }
+                    // Revive requests are answered "not found" by dropping their replies; the
+                    // operator retries. Internal events and syncs are kept for the next batch.
                     retry_internal = std::mem::take(&mut batch.internal);
+                    retry_syncs = std::mem::take(&mut batch.syncs);
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
@@ -170,14 +219,15 @@ impl Writer {
                 // Stop comes after the router drained: take whatever is still queued, then exit.
                 let mut last = Batch::default();
                 last.internal.append(&mut retry_internal);
+                last.syncs.append(&mut retry_syncs);
                 while let Ok(cmd) = self.side.try_recv() {
                     last.side(cmd);
                 }
                 while let Ok(request) = self.appends.try_recv() {
                     last.append(request);
                 }
-                if let Ok((outcomes, _)) = self.commit(&mut last, &mut coverage, &mut watermark) {
-                    for (request, outcome) in last.appends.drain(..).zip(outcomes) {
+                if let Ok(committed) = self.commit(&mut last, &mut coverage, &mut watermark) {
+                    for (request, outcome) in last.appends.drain(..).zip(committed.outcomes) {
                         let _ = request.reply.send(Ok(outcome));
                     }
                 }
@@ -206,14 +256,13 @@ impl Writer {
         }
     }
 
-    /// Writes the batch in one transaction. Returns each request's outcomes and the appended
-    /// events (to route) in journal order.
+    /// Writes the batch in one transaction.
     fn commit(
         &mut self,
         batch: &mut Batch,
         coverage: &mut Coverage,
         watermark: &mut u64,
-    ) -> Result<(Vec<Vec<AppendOutcome>>, Vec<SharedEvent>), JournalError> {
+    ) -> Result<Committed, JournalError> {
         let tx = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(batch.appends.len());
         let mut routed = Vec::with_capacity(batch.events + batch.internal.len());
@@ -267,6 +316,21 @@ impl Writer {
         for entry in batch.index.values() {
             index::upsert(&tx, entry)?;
         }
+        // Syncs go in the same transaction as the summaries that cover their events.
+        let now = now_ms();
+        let mut new_syncs = Vec::new();
+        for sync in &batch.syncs {
+            if let Some(pending) = outbox::insert(&tx, sync, now)? {
+                new_syncs.push(pending);
+            }
+        }
+        for update in batch.attempts.values() {
+            outbox::update(&tx, update)?;
+        }
+        let mut revived = Vec::with_capacity(batch.revives.len());
+        for (row, _) in &batch.revives {
+            revived.push(outbox::revive(&tx, *row, now)?);
+        }
         // Persist the watermark as it stood after the previous commit: it lags one batch,
         // which is conservative (recovery re-folds a little more), and never ahead of the index.
         if *watermark != self.persisted_watermark {
@@ -276,6 +340,7 @@ impl Writer {
         self.persisted_watermark = *watermark;
         self.last_seq = last_seq;
         batch.internal.clear();
+        batch.syncs.clear();
         for (order, seq) in &appended_here {
             coverage.appended(order, *seq);
         }
@@ -283,6 +348,11 @@ impl Writer {
             coverage.indexed(&entry.key, entry.applied_seq);
         }
         *watermark = coverage.watermark(last_seq);
-        Ok((outcomes, routed))
+        Ok(Committed {
+            outcomes,
+            routed,
+            new_syncs,
+            revived,
+        })
     }
 }

@@ -241,7 +241,7 @@ async fn an_sla_breach_shows_on_the_order_in_the_list_and_in_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let config = "[[sla]]\nname = \"allocate_fast\"\nfrom = \"paid\"\nwithin = \"300ms\"\n";
     let engine = TestEngine::start(config, dir.path()).await;
-    let now_ms = now_s() * 1000;
+    let now_ms = now_ms();
     let (status, _) = engine
         .post_events(&canonical("s1", "shop:slow", "douyin", "paid", now_ms))
         .await;
@@ -400,7 +400,7 @@ async fn a_deadline_missed_while_down_fires_at_restart_flagged_late() {
     let config = "[[sla]]\nname = \"allocate_soon\"\nfrom = \"paid\"\nwithin = \"2s\"\n";
     let engine = TestEngine::start(config, dir.path()).await;
     // Paid 1.5 s ago: the deadline is 0.5 s away, and the engine is stopped before it.
-    let paid_at = now_s() * 1000 - 1500;
+    let paid_at = now_ms() - 1500;
     let body = canonical("d1", "shop:down", "douyin", "paid", paid_at);
     assert_eq!(engine.post_events(&body).await.0, 200);
     engine
@@ -412,7 +412,7 @@ async fn a_deadline_missed_while_down_fires_at_restart_flagged_late() {
 
     // Down across the deadline (real time: the deadline lives in the journal, not in tokio).
     let deadline = paid_at + 2000;
-    let wait = deadline + LATE_MARGIN_MS - now_s() * 1000;
+    let wait = deadline + LATE_MARGIN_MS - now_ms();
     if wait > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(wait as u64)).await;
     }

@@ -149,6 +149,13 @@ pub(crate) async fn read(response: reqwest::Response) -> (u16, Value) {
     )
 }
 
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 pub(crate) fn now_s() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
