@@ -233,3 +233,100 @@ async fn sigterm_drains_and_exits_zero() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sync_is_delivered_after_sigkill_mid_dispatch() {
+    let sink = FakeSink::start(|_, _| Fault::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("orderhub.toml");
+    // Slow sinks (10/s each), so the kill lands with syncs pending and in flight.
+    std::fs::write(
+        &config,
+        format!("sla = []\n{}", sinks_toml(&sink.base, "10/s", "2s")),
+    )
+    .unwrap();
+    let spawn = |port: u16| {
+        Command::new(env!("CARGO_BIN_EXE_orderhub"))
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--config",
+            ])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .env("ORDERHUB_EVENTS_SECRET", EVENTS_SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
+    };
+    let client = reqwest::Client::new();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = spawn(port);
+    wait_ready(&client, &base).await;
+    let orders = 40;
+    for i in 0..orders {
+        let body = canonical(
+            &format!("k{i}"),
+            &format!("shop:{i}"),
+            "douyin",
+            "paid",
+            now_ms(),
+        );
+        let request = sign_events(
+            client.post(format!("{base}/v1/events")),
+            &body,
+            &format!("wk{i}"),
+            now_s(),
+        );
+        assert!(request.send().await.unwrap().status().is_success());
+    }
+    while sink.delivered("/erp").len() + sink.delivered("/wms").len() < 15 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = sink.delivered("/erp").len() + sink.delivered("/wms").len();
+    assert!(
+        before < 2 * orders,
+        "the kill must land mid-dispatch ({before} delivered)"
+    );
+
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = spawn(port);
+    wait_ready(&client, &base).await;
+    let started = std::time::Instant::now();
+    while sink.delivered("/erp").len() < orders || sink.delivered("/wms").len() < orders {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "syncs lost after kill -9: erp {} wms {}",
+            sink.delivered("/erp").len(),
+            sink.delivered("/wms").len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for path in ["/erp", "/wms"] {
+        let keys = sink.delivered(path);
+        let orders_seen: BTreeSet<String> =
+            sink.requests(path).into_iter().map(|r| r.order).collect();
+        assert_eq!(orders_seen.len(), orders, "{path}: every order synced");
+        assert_eq!(
+            keys.len(),
+            orders,
+            "{path}: one idempotency key per sync, retries reuse it"
+        );
+    }
+    let requests = sink.received.lock().unwrap().len();
+    eprintln!(
+        "dispatch kill -9: {before} of {} delivered before the kill, all after restart ({requests} requests, {} resends)",
+        2 * orders,
+        requests - 2 * orders
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

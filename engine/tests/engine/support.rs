@@ -237,3 +237,147 @@ pub(crate) fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Opti
 
 /// How long past a deadline a breach must be detected to count as late, plus a margin.
 pub(crate) const LATE_MARGIN_MS: i64 = orderhub_actors::shard::LATE_AFTER_MS + 500;
+
+/// One request a [`FakeSink`] received.
+#[derive(Clone, Debug)]
+pub(crate) struct Received {
+    pub(crate) path: String,
+    pub(crate) id: String,
+    pub(crate) order: String,
+    pub(crate) operation: String,
+    pub(crate) at: std::time::Instant,
+    pub(crate) answered: u16,
+}
+
+/// What a [`FakeSink`] does with request number `n` (from 0) at time `t` since it started.
+pub(crate) type Behaviour = dyn Fn(usize, Duration) -> Fault + Send + Sync;
+
+/// An injected fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Fault {
+    None,
+    Status(u16),
+    TooManyRequests { retry_after_s: u64 },
+    Stall(Duration),
+}
+
+/// A downstream system on loopback that records every request and injects faults.
+pub(crate) struct FakeSink {
+    pub(crate) base: String,
+    pub(crate) received: Arc<std::sync::Mutex<Vec<Received>>>,
+    task: JoinHandle<()>,
+}
+
+impl FakeSink {
+    pub(crate) async fn start(
+        behaviour: impl Fn(usize, Duration) -> Fault + Send + Sync + 'static,
+    ) -> FakeSink {
+        use axum::extract::State;
+        use axum::http::{HeaderMap, StatusCode};
+        type Shared = (
+            Arc<std::sync::Mutex<Vec<Received>>>,
+            Arc<Behaviour>,
+            std::time::Instant,
+        );
+        async fn handle(
+            State((received, behaviour, started)): State<Shared>,
+            uri: axum::http::Uri,
+            headers: HeaderMap,
+            body: String,
+        ) -> axum::response::Response {
+            use axum::response::IntoResponse;
+            let json: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+            let n = received.lock().unwrap().len();
+            let fault = behaviour(n, started.elapsed());
+            let answered = match fault {
+                Fault::None | Fault::Stall(_) => 200,
+                Fault::Status(code) => code,
+                Fault::TooManyRequests { .. } => 429,
+            };
+            received.lock().unwrap().push(Received {
+                path: uri.path().to_owned(),
+                id: headers
+                    .get("webhook-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned(),
+                order: json["order"].as_str().unwrap_or_default().to_owned(),
+                operation: json["payload"]["operation"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                at: std::time::Instant::now(),
+                answered,
+            });
+            match fault {
+                Fault::None => StatusCode::OK.into_response(),
+                Fault::Stall(d) => {
+                    tokio::time::sleep(d).await;
+                    StatusCode::OK.into_response()
+                }
+                Fault::Status(code) => StatusCode::from_u16(code).unwrap().into_response(),
+                Fault::TooManyRequests { retry_after_s } => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", retry_after_s.to_string())],
+                )
+                    .into_response(),
+            }
+        }
+        let received: Arc<std::sync::Mutex<Vec<Received>>> = Arc::default();
+        let shared: Shared = (
+            received.clone(),
+            Arc::new(behaviour),
+            std::time::Instant::now(),
+        );
+        let app = axum::Router::new().fallback(handle).with_state(shared);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        FakeSink {
+            base,
+            received,
+            task,
+        }
+    }
+
+    /// Distinct idempotency keys answered with 2xx, per path.
+    pub(crate) fn delivered(&self, path: &str) -> std::collections::BTreeSet<String> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == path && (200..300).contains(&r.answered))
+            .map(|r| r.id.clone())
+            .collect()
+    }
+
+    pub(crate) fn requests(&self, path: &str) -> Vec<Received> {
+        self.received
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.path == path)
+            .cloned()
+            .collect()
+    }
+}
+
+impl Drop for FakeSink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The `[[sinks]]` of a test: webhook sinks `erp`, `wms` and `notify` on `base`.
+pub(crate) fn sinks_toml(base: &str, rate: &str, timeout: &str) -> String {
+    ["erp", "wms", "notify"]
+        .iter()
+        .map(|name| {
+            format!(
+                "[[sinks]]\nname = \"{name}\"\nkind = \"webhook\"\nurl = \"{base}/{name}\"\nrate = \"{rate}\"\nmax_in_flight = 4\ntimeout = \"{timeout}\"\nretry_initial = \"100ms\"\nretry_max = \"1s\"\nmax_attempts = 200\nbreaker_threshold = 5\nbreaker_cooldown = \"500ms\"\n\n"
+            )
+        })
+        .collect()
+}
