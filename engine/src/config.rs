@@ -171,6 +171,16 @@ pub struct DispatchConfig {
 pub enum SinkKind {
     /// JSON POST signed with Standard Webhooks; `webhook-id` is the idempotency key.
     Webhook,
+    /// Kingdee K3 Cloud WebAPI: login with a session cookie, Save (and Submit) a bill.
+    Kingdee,
+    /// WangDianTong openapi2 `trade_push.php`, signed with its length-prefixed MD5 scheme.
+    Wdt,
+    /// SF Express `EXP_RECE_CREATE_ORDER` with `msgDigest`.
+    Sf,
+    /// WeCom (企业微信) group robot.
+    Wecom,
+    /// DingTalk custom robot, HMAC-SHA256 signed.
+    Dingtalk,
 }
 
 fn default_burst() -> u32 {
@@ -238,8 +248,15 @@ pub struct SinkConfig {
     pub kind: SinkKind,
     /// Endpoint.
     pub url: String,
-    /// Environment variable holding the signing secret (`whsec_…` for webhooks).
+    /// Environment variable holding the signing secret (`whsec_…` for webhooks, the robot
+    /// key for WeCom, the `SEC…` secret for DingTalk).
     pub secret_env: Option<String>,
+    /// Kind-specific credentials: name → environment variable (e.g. `password`).
+    #[serde(default)]
+    pub credentials: BTreeMap<String, String>,
+    /// Kind-specific settings (e.g. `form_id`, `shop_no`, `monthly_card`).
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
     /// Quota; work over it waits.
     pub rate: Rate,
     /// Sends allowed back to back before pacing applies.
@@ -508,13 +525,10 @@ impl Config {
                     ),
                 ));
             }
-            if !sink.url.starts_with("http://") {
+            if !(sink.url.starts_with("http://") || sink.url.starts_with("https://")) {
                 return Err(self.invalid(
                     format!("sinks[{i}].url"),
-                    format!(
-                        "{:?} is not an http:// URL (https sinks need TLS, not built in yet)",
-                        sink.url
-                    ),
+                    format!("{:?} is not an http:// or https:// URL", sink.url),
                 ));
             }
             if sink.max_in_flight == 0 || sink.burst == 0 || sink.max_attempts == 0 {
@@ -537,6 +551,20 @@ impl Config {
                         ));
                     }
                 }
+            }
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            let kingdee = self.sinks.iter().any(|sink| {
+                sink.kind == SinkKind::Kingdee && rule.sync.as_deref() == Some(sink.name.as_str())
+            });
+            if kingdee && rule.template.is_none() {
+                return Err(self.invalid(
+                    format!("rules[{i}].template"),
+                    format!(
+                        "rule {:?} syncs to a kingdee sink: it needs a template that renders {{\"Model\": {{…}}}}",
+                        rule.name
+                    ),
+                ));
             }
         }
         if let Err(e) = self.rule_set() {

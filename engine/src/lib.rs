@@ -105,6 +105,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), EngineError> {
     let started = Instant::now();
+    sinks::install_tls_provider();
     let prometheus = telemetry::install();
     let clock = SystemClock;
     let policy = config.policy();

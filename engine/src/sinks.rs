@@ -1,7 +1,16 @@
 //! Sink connectors: one file per protocol, each implementing the actors' `SinkConnector` port.
-//! - `webhook` — JSON POST signed with Standard Webhooks.
+//! - `webhook` — JSON POST signed with Standard Webhooks;
+//! - `kingdee` — Kingdee K3 Cloud WebAPI (session login, Save/Submit);
+//! - `wdt` — WangDianTong `trade_push.php`;
+//! - `sf` — SF Express `EXP_RECE_CREATE_ORDER`;
+//! - `wecom`, `dingtalk` — group robot notifications.
 
+mod dingtalk;
+mod kingdee;
+mod sf;
+mod wdt;
 mod webhook;
+mod wecom;
 
 use crate::config::{SinkConfig, SinkKind};
 use crate::ingest::SecretLookup;
@@ -32,20 +41,117 @@ pub fn connector(
         sink: config.name.clone(),
         problem,
     };
-    let client = reqwest::Client::builder()
+    let client = client_builder()
         .timeout(config.timeout.0)
         .pool_max_idle_per_host(config.max_in_flight)
+        // Kingdee keeps its session in a cookie.
+        .cookie_store(config.kind == SinkKind::Kingdee)
         .build()
         .map_err(|e| fail(format!("http client: {e}")))?;
+    let settings = Settings { config, secrets };
     let secret = match &config.secret_env {
         Some(variable) => Some(crate::ingest::secret(secrets, variable).map_err(fail)?),
         None => None,
     };
-    match config.kind {
-        SinkKind::Webhook => Ok(Arc::new(
+    let connector: Arc<dyn SinkConnector> = match config.kind {
+        SinkKind::Webhook => Arc::new(
             webhook::WebhookConnector::new(client, config.url.clone(), secret).map_err(fail)?,
+        ),
+        SinkKind::Wecom => Arc::new(wecom::WecomConnector::new(
+            client,
+            &config.url,
+            secret.ok_or_else(|| fail("secret_env (the robot key) is required".into()))?,
         )),
+        SinkKind::Dingtalk => Arc::new(dingtalk::DingtalkConnector::new(
+            client,
+            &config.url,
+            secret,
+        )),
+        SinkKind::Wdt => Arc::new(wdt::WdtConnector::new(client, &settings)?),
+        SinkKind::Sf => Arc::new(sf::SfConnector::new(client, &settings)?),
+        SinkKind::Kingdee => Arc::new(kingdee::KingdeeConnector::new(client, &settings)?),
+    };
+    Ok(connector)
+}
+
+/// A sink's kind-specific credentials and options, with errors that name the key.
+pub(crate) struct Settings<'a> {
+    config: &'a SinkConfig,
+    secrets: &'a SecretLookup,
+}
+
+impl Settings<'_> {
+    fn error(&self, problem: String) -> SinkError {
+        SinkError {
+            sink: self.config.name.clone(),
+            problem,
+        }
     }
+
+    /// The credential `name`, read from the environment variable the config names for it.
+    pub(crate) fn credential(&self, name: &str) -> Result<String, SinkError> {
+        let variable = self.config.credentials.get(name).ok_or_else(|| {
+            self.error(format!(
+                "credentials.{name} (an environment variable name) is required"
+            ))
+        })?;
+        crate::ingest::secret(self.secrets, variable).map_err(|e| self.error(e))
+    }
+
+    pub(crate) fn option(&self, name: &str) -> Option<&str> {
+        self.config.options.get(name).map(String::as_str)
+    }
+
+    pub(crate) fn required(&self, name: &str) -> Result<&str, SinkError> {
+        self.option(name)
+            .ok_or_else(|| self.error(format!("options.{name} is required")))
+    }
+
+    pub(crate) fn url(&self) -> &str {
+        &self.config.url
+    }
+}
+
+/// The channel's order number: `douyin:4987325601` → `4987325601`.
+pub(crate) fn order_number(order_key: &str) -> &str {
+    order_key.split_once(':').map_or(order_key, |(_, id)| id)
+}
+
+/// Sends `request`; a transport failure or a non-2xx answer is classified for the retry
+/// policy, a 2xx answer's body is returned for the protocol's own success check.
+pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<String, Delivery> {
+    match request.send().await {
+        Ok(response) => {
+            let status = response.status().as_u16();
+            let headers = response.headers().clone();
+            let text = response.text().await.unwrap_or_default();
+            match classify(status, &headers, &text) {
+                Delivery::Delivered => Ok(text),
+                other => Err(other),
+            }
+        }
+        Err(err) => Err(transport_failure(&err)),
+    }
+}
+
+/// The text a robot posts: the notification's `text`, else the payload as JSON.
+pub(crate) fn robot_text(sync: &orderhub_actors::dispatch::SyncIntent) -> String {
+    sync.payload["text"]
+        .as_str()
+        .map_or_else(|| sync.payload.to_string(), str::to_owned)
+}
+
+/// Installs the TLS crypto provider (ring) once per process, for https sinks. reqwest is built
+/// without a provider of its own (its default, aws-lc, needs cmake and builds slowly).
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A reqwest client builder, with the TLS provider installed first (building a client without
+/// one panics).
+pub fn client_builder() -> reqwest::ClientBuilder {
+    install_tls_provider();
+    reqwest::Client::builder()
 }
 
 /// `Retry-After` in seconds, if present and numeric.
@@ -58,6 +164,11 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         .parse::<u64>()
         .ok()
         .map(Duration::from_secs)
+}
+
+/// An excerpt of `text` for error details.
+pub(crate) fn excerpt(text: &str) -> String {
+    text.chars().take(ERROR_EXCERPT).collect()
 }
 
 /// Classifies an HTTP answer the way every HTTP sink does: 2xx delivered, 429 throttled,

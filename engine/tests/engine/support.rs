@@ -51,7 +51,7 @@ impl TestEngine {
         }));
         TestEngine {
             base,
-            client: reqwest::Client::new(),
+            client: orderhub_engine::sinks::client_builder().build().unwrap(),
             shutdown: Some(tx),
             task: Some(task),
         }
