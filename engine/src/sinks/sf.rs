@@ -174,6 +174,36 @@ mod tests {
     }
 
     #[test]
+    fn msg_data_comes_from_the_order_or_the_template() {
+        let connector = SfConnector {
+            client: crate::sinks::client_builder().build().unwrap(),
+            url: "https://sfapi-sbox.sf-express.com/std/service".into(),
+            partner_id: "P".into(),
+            checkword: "C".into(),
+            monthly_card: Some("7551234567".into()),
+            express_type: 2,
+        };
+        let mut sync = SyncIntent {
+            id: "douyin:77:5:sf".into(),
+            sink: "sf".into(),
+            order: "douyin:77".into(),
+            seq: 5,
+            rule: "ship".into(),
+            payload: serde_json::json!({ "fields": { "contactInfoList": [{ "contactType": 2, "mobile": "1" }] } }),
+        };
+        let data = connector.msg_data(&sync);
+        assert_eq!(data["orderId"], "77");
+        assert_eq!(data["monthlyCard"], "7551234567");
+        assert_eq!(data["expressTypeId"], 2);
+        assert_eq!(data["contactInfoList"][0]["contactType"], 2);
+        sync.payload = serde_json::json!({ "msgData": { "orderId": "custom" } });
+        assert_eq!(
+            connector.msg_data(&sync),
+            serde_json::json!({ "orderId": "custom" })
+        );
+    }
+
+    #[test]
     fn answers_are_read() {
         let ok = r#"{"apiResultCode":"A1000","apiErrorMsg":"","apiResultData":"{\"success\":true,\"errorCode\":\"S0000\"}"}"#;
         assert_eq!(answer(ok), Delivery::Delivered);

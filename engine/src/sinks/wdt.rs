@@ -180,6 +180,35 @@ mod tests {
     }
 
     #[test]
+    fn the_form_carries_the_public_parameters_and_a_sign_over_them() {
+        let connector = WdtConnector {
+            client: crate::sinks::client_builder().build().unwrap(),
+            url: "https://api.wangdian.cn/openapi2/trade_push.php".into(),
+            sid: "s1".into(),
+            appkey: "k1".into(),
+            appsecret: "sec1".into(),
+            shop_no: "店铺1".into(),
+            switch: "0".into(),
+        };
+        let form = connector.form(&serde_json::json!([{ "tid": "1" }]), 1_700_000_000);
+        let keys: Vec<&str> = form.keys().copied().collect();
+        assert_eq!(
+            keys,
+            [
+                "appkey",
+                "shop_no",
+                "sid",
+                "sign",
+                "switch",
+                "timestamp",
+                "trade_list"
+            ]
+        );
+        assert_eq!(form["trade_list"], r#"[{"tid":"1"}]"#);
+        assert_eq!(form["sign"], sign(&form, "sec1"));
+    }
+
+    #[test]
     fn answers_are_read() {
         assert_eq!(answer(r#"{"code":0,"message":"ok"}"#), Delivery::Delivered);
         assert!(

@@ -240,3 +240,99 @@ async fn a_refused_sync_is_dead_lettered_with_its_response_and_can_be_replayed()
     assert_eq!(response.status().as_u16(), 404, "no longer a dead letter");
     engine.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_sink_blocks_neither_ingest_nor_other_sinks_until_the_backlog_limit() {
+    let sink = FakeSink::start(|_, _| Fault::None).await;
+    // erp points at a port nothing listens on: every attempt fails to connect.
+    let dead = format!("http://127.0.0.1:{}", {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    });
+    let toml = sinks_toml(&sink.base, "100/s", "1s").replacen(
+        &format!("{}/erp", sink.base),
+        &format!("{dead}/erp"),
+        1,
+    );
+    let config = format!("sla = []\n[dispatch]\nmax_backlog = 20\n{toml}");
+    let dir = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start(&config, dir.path()).await;
+    let mut accepted = 0;
+    let mut throttled = 0;
+    for i in 0..40 {
+        let (status, body) = engine
+            .post_events(&canonical(
+                &format!("b{i}"),
+                &format!("shop:b{i}"),
+                "douyin",
+                "paid",
+                now_ms(),
+            ))
+            .await;
+        match status {
+            200 => accepted += 1,
+            429 => {
+                throttled += 1;
+                assert_eq!(body["error"]["code"], "throttled");
+                assert!(
+                    body["error"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("sync backlog")
+                );
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+        // Let wms drain so only erp's stuck syncs count towards the backlog.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(
+        accepted >= 20,
+        "ingest kept accepting while under the limit ({accepted})"
+    );
+    assert!(throttled > 0, "past the backlog limit ingest answers 429");
+    // wms got every accepted order's sync although erp is down.
+    let started = Instant::now();
+    while sink.delivered("/wms").len() < accepted {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "wms stalled behind the dead erp"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = engine.metrics().await;
+    let delivered = sample(
+        &metrics,
+        "orderhub_dispatch_requests_total",
+        &[("sink", "wms"), ("outcome", "delivered")],
+    );
+    assert!(delivered.unwrap_or(0.0) >= accepted as f64);
+    let failed = sample(
+        &metrics,
+        "orderhub_dispatch_requests_total",
+        &[("sink", "erp"), ("outcome", "failed")],
+    );
+    assert!(failed.unwrap_or(0.0) >= 1.0);
+    let backlog = engine
+        .eventually("/v1/orders/shop:b0", |o| {
+            o["syncs"].as_array().is_some_and(|s| s.len() == 2)
+        })
+        .await;
+    let erp = backlog["syncs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["sink"] == "erp")
+        .unwrap()
+        .clone();
+    assert_eq!(erp["status"], "pending");
+    assert!(erp["attempts"].as_u64().unwrap() >= 1);
+    assert!(
+        erp["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("connection failed"),
+        "{erp}"
+    );
+    engine.stop().await;
+}
