@@ -97,6 +97,9 @@ catalogue! {
     /// Outcomes of applied events.
     ORDERS_EVENT_OUTCOMES = "orderhub_orders_event_outcomes_total", Counter, Count, ["outcome"],
         "Events applied to orders by outcome (applied, unchanged, stale, conflict, not_allowed, ...).";
+    /// Holds by rules.
+    ORDERS_HOLDS = "orderhub_orders_holds_total", Counter, Count, ["rule"],
+        "Orders put on hold by a rule (exception interception); each is also logged as a warning.";
     /// SLA breaches.
     SLA_BREACHES = "orderhub_sla_breaches_total", Counter, Count, ["rule", "late"],
         "SLA deadlines that passed while their timer was armed; late is true when the engine was down at the deadline.";

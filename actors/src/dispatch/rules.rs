@@ -579,6 +579,7 @@ mod tests {
             Some(OrderState::OnHold),
             "the vip rule intercepts the order"
         );
+        assert_eq!(effects.holds, ["vip"], "the hold is reported for alerting");
         assert!(order.timeline[0].rules.iter().any(|n| n.contains("hold")));
     }
 

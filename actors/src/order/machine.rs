@@ -159,6 +159,8 @@ pub struct Effects {
     pub disarmed: Vec<String>,
     /// Syncs to persist and dispatch.
     pub syncs: Vec<SyncIntent>,
+    /// Rules that put the order on hold (an exception to alert on).
+    pub holds: Vec<String>,
 }
 
 /// The canonical view of one order: a deterministic fold over its journaled events.
@@ -325,7 +327,8 @@ impl Order {
             if let Some(rule) = decided.holds.first() {
                 match self.hold(at, policy, &mut timers) {
                     Outcome::Applied { .. } => {
-                        notes.push(format!("rule {rule}: hold (exception interception)"))
+                        notes.push(format!("rule {rule}: hold (exception interception)"));
+                        timers.holds.push(rule.clone());
                     }
                     other => notes.push(format!(
                         "rule {rule}: hold not possible ({})",

@@ -115,6 +115,10 @@ impl OrderActorState {
             ctx.metrics.breach(rule, *late);
             tracing::warn!(order = %self.key, rule = %rule, late, "sla breached");
         }
+        for rule in &timers.holds {
+            ctx.metrics.hold(rule);
+            tracing::warn!(order = %self.key, rule = %rule, "order put on hold by a rule: exception interception");
+        }
         for rule in &timers.disarmed {
             ctx.timers.disarm(&self.key, rule);
         }

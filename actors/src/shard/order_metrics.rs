@@ -96,6 +96,11 @@ impl OrderMetrics {
         }
     }
 
+    /// Counts a hold by `rule`.
+    pub(crate) fn hold(&self, rule: &str) {
+        counter!(t::ORDERS_HOLDS, "rule" => rule.to_owned()).increment(1);
+    }
+
     /// Counts an SLA breach.
     pub(crate) fn breach(&self, rule: &str, late: bool) {
         match self.breaches.get(&(rule.to_owned(), late)) {
