@@ -6,5 +6,6 @@ mod engine {
     pub(crate) mod dispatch;
     pub(crate) mod durability;
     pub(crate) mod http_api;
+    pub(crate) mod loadgen;
     pub(crate) mod support;
 }

@@ -1,0 +1,116 @@
+//! The capacity-test tool against a real engine: `loadgen run` with its sink simulators, a
+//! short steady run with duplicates, disorder and cancellations, verified end to end.
+
+use super::support::*;
+use clap::Parser;
+use orderhub_loadgen::cli::{RunArgs, SinksArgs};
+use orderhub_loadgen::wire::Credentials;
+
+#[derive(Parser)]
+struct RunCli {
+    #[command(flatten)]
+    args: RunArgs,
+}
+
+#[derive(Parser)]
+struct SinksCli {
+    #[command(flatten)]
+    args: SinksArgs,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_verifies_a_run_end_to_end() {
+    let sinks_args = SinksCli::parse_from([
+        "sinks",
+        "--latency",
+        "1ms..5ms",
+        "--error-rate",
+        "0.05",
+        "--throttle-rate",
+        "0.05",
+    ])
+    .args;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sinks = format!("http://{}", listener.local_addr().unwrap());
+    let behaviour = sinks_args.behaviour().unwrap();
+    tokio::spawn(orderhub_loadgen::sinks::serve(
+        listener,
+        behaviour,
+        std::future::pending(),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start(
+        &format!("sla = []\n{}", sinks_toml(&sinks, "500/s", "2s")),
+        dir.path(),
+    )
+    .await;
+    let report_path = dir.path().join("report.json");
+    let args = RunCli::parse_from([
+        "run",
+        "--target",
+        &engine.base,
+        "--sinks",
+        &sinks,
+        "--profile",
+        "spike",
+        "--duration",
+        "4s",
+        "--rate",
+        "100",
+        "--seed",
+        "7",
+        "--duplicate-rate",
+        "0.2",
+        "--out-of-order-rate",
+        "0.2",
+        "--cancel-rate",
+        "0.2",
+        "--settle",
+        "30s",
+        "--quiet",
+        "--report",
+        report_path.to_str().unwrap(),
+    ])
+    .args;
+    let credentials = Credentials {
+        douyin_key: DOUYIN_KEY.into(),
+        douyin_secret: DOUYIN_SECRET.into(),
+        events_key: base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            EVENTS_SECRET.trim_start_matches("whsec_"),
+        )
+        .unwrap(),
+    };
+    let report = orderhub_loadgen::cli::run_with(args, credentials)
+        .await
+        .unwrap();
+    eprintln!("{}", report.summary());
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(report.sent > 300, "{}", report.sent);
+    assert_eq!(report.acked, report.sent);
+    assert_eq!(report.syncs_lost, 0);
+    assert!(report.syncs_expected > 50);
+    assert_eq!(report.syncs_delivered, report.syncs_expected);
+    assert_eq!(report.orders_wrong_state, 0);
+    assert_eq!(report.orders_verified, report.orders);
+    assert!(report.ack_latency_ms.count > 0 && report.e2e_latency_ms.count > 0);
+    let written: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    for field in [
+        "sent",
+        "acked",
+        "rejected",
+        "rate_intended",
+        "rate_achieved",
+        "ack_latency_ms",
+        "e2e_latency_ms",
+        "syncs_expected",
+        "syncs_delivered",
+        "syncs_lost",
+        "syncs_duplicated",
+    ] {
+        assert!(written.get(field).is_some(), "report lacks {field}");
+    }
+    assert!(written["ack_latency_ms"]["p999"].is_number());
+    engine.stop().await;
+}

@@ -1,0 +1,369 @@
+//! `loadgen run` and `loadgen sinks`, put together from the other modules.
+
+use crate::lifecycle::{Anomalies, Channel};
+use crate::profile::{FLASH_SALE_ORDERS_PER_MINUTE, Profile, Shape};
+use crate::report::{EngineUsage, Latency, Report, sample_process};
+use crate::run::{Live, Traffic, send};
+use crate::sinks::SinkBehaviour;
+use crate::verify::{Checks, DEFAULT_EXPECT_SYNCS, ExpectSyncs, verify};
+use crate::wire::Credentials;
+use anyhow::{Context, bail};
+use clap::Args;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+fn duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Options of `loadgen run`.
+#[derive(Clone, Debug, Args)]
+pub struct RunArgs {
+    /// The engine, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub target: String,
+    /// Shape of the load.
+    #[arg(long, value_enum, default_value = "flash-sale")]
+    pub profile: Profile,
+    /// Length of the run (arrivals stop then; lifecycles in progress finish).
+    #[arg(long, value_parser = duration, default_value = "60s")]
+    pub duration: Duration,
+    /// Base request rate per second (default: 43 orders a minute per channel).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Seed of every random choice.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Channels orders come from (douyin, shop).
+    #[arg(long, value_delimiter = ',', default_value = "douyin,shop")]
+    pub channels: Vec<String>,
+    /// Probability a report is delivered twice.
+    #[arg(long, default_value_t = 0.05)]
+    pub duplicate_rate: f64,
+    /// Probability an order's WMS reports arrive out of order.
+    #[arg(long, default_value_t = 0.05)]
+    pub out_of_order_rate: f64,
+    /// Probability an order is cancelled after payment.
+    #[arg(long, default_value_t = 0.05)]
+    pub cancel_rate: f64,
+    /// Time between two reports of one order (min..max).
+    #[arg(long, default_value = "100ms..400ms")]
+    pub gap: String,
+    /// The downstream simulators (`loadgen sinks`), to verify syncs.
+    #[arg(long)]
+    pub sinks: Option<String>,
+    /// Which syncs each state must cause.
+    #[arg(long, default_value = DEFAULT_EXPECT_SYNCS)]
+    pub expect_syncs: String,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "report.json")]
+    pub report: PathBuf,
+    /// Fail if the ack p99 exceeds this many milliseconds.
+    #[arg(long)]
+    pub max_p99: Option<f64>,
+    /// Fail if the achieved rate is below this many requests per second.
+    #[arg(long)]
+    pub min_rate: Option<f64>,
+    /// How long to wait after sending for the engine and sinks to catch up.
+    #[arg(long, value_parser = duration, default_value = "30s")]
+    pub settle: Duration,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 4096)]
+    pub max_in_flight: usize,
+    /// Orders whose final state is checked (an even sample beyond).
+    #[arg(long, default_value_t = 2000)]
+    pub verify_max: usize,
+    /// The 429 retry schedule (5 s, 5 min 20 s, 21 min 20 s, 2 h) is divided by this.
+    #[arg(long, default_value_t = 50.0)]
+    pub retry_compression: f64,
+    /// The engine's process id, to report its memory and CPU.
+    #[arg(long)]
+    pub engine_pid: Option<u32>,
+    /// No live progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Options of `loadgen sinks`.
+#[derive(Clone, Debug, Args)]
+pub struct SinksArgs {
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: std::net::SocketAddr,
+    /// Answer latency (min..max).
+    #[arg(long, default_value = "1ms..10ms")]
+    pub latency: String,
+    /// Probability of a 503.
+    #[arg(long, default_value_t = 0.0)]
+    pub error_rate: f64,
+    /// Probability of a 429.
+    #[arg(long, default_value_t = 0.0)]
+    pub throttle_rate: f64,
+    /// Accepted requests per second per system (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub rate_limit: u32,
+    /// An outage as START+LENGTH, e.g. 30s+10s.
+    #[arg(long)]
+    pub outage: Option<String>,
+    /// Seed of the fault decisions.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+fn range(text: &str) -> anyhow::Result<(Duration, Duration)> {
+    let (a, b) = text
+        .split_once("..")
+        .with_context(|| format!("{text:?} is not MIN..MAX"))?;
+    let (a, b) = (
+        duration(a).map_err(anyhow::Error::msg)?,
+        duration(b).map_err(anyhow::Error::msg)?,
+    );
+    if b < a {
+        bail!("{text:?}: MAX is below MIN");
+    }
+    Ok((a, b))
+}
+
+impl SinksArgs {
+    /// The simulators' behaviour.
+    pub fn behaviour(&self) -> anyhow::Result<SinkBehaviour> {
+        let outage = match &self.outage {
+            Some(spec) => {
+                let (start, length) = spec
+                    .split_once('+')
+                    .with_context(|| format!("--outage {spec:?} is not START+LENGTH"))?;
+                Some((
+                    duration(start).map_err(anyhow::Error::msg)?,
+                    duration(length).map_err(anyhow::Error::msg)?,
+                ))
+            }
+            None => None,
+        };
+        Ok(SinkBehaviour {
+            latency: range(&self.latency)?,
+            error_rate: self.error_rate,
+            throttle_rate: self.throttle_rate,
+            rate_limit: self.rate_limit,
+            outage,
+            seed: self.seed,
+        })
+    }
+}
+
+/// Runs the load with credentials from the environment (the variables the engine reads).
+pub async fn run(args: RunArgs) -> anyhow::Result<Report> {
+    let credentials = Credentials::from_env().map_err(anyhow::Error::msg)?;
+    run_with(args, credentials).await
+}
+
+/// Runs the load, verifies, writes the report; the report's `failures` say whether it passed.
+pub async fn run_with(args: RunArgs, credentials: Credentials) -> anyhow::Result<Report> {
+    let channels = args
+        .channels
+        .iter()
+        .map(|c| Channel::parse(c).with_context(|| format!("unknown channel {c:?} (douyin, shop)")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if channels.is_empty() {
+        bail!("--channels names no channel");
+    }
+    let expect = ExpectSyncs::parse(&args.expect_syncs).map_err(anyhow::Error::msg)?;
+    let anomalies = Anomalies {
+        duplicate: args.duplicate_rate,
+        out_of_order: args.out_of_order_rate,
+        cancel: args.cancel_rate,
+    };
+    let per_order = 9.0 * (1.0 - anomalies.cancel) + 3.0 * anomalies.cancel;
+    let base_rate = args.rate.unwrap_or(
+        FLASH_SALE_ORDERS_PER_MINUTE / 60.0
+            * channels.len() as f64
+            * per_order
+            * (1.0 + anomalies.duplicate),
+    );
+    if !base_rate.is_finite() || base_rate <= 0.0 {
+        bail!("--rate must be positive");
+    }
+    let shape = Shape {
+        profile: args.profile,
+        base_rate,
+        duration: args.duration,
+    };
+    let target = args.target.trim_end_matches('/').to_owned();
+    let sinks = args
+        .sinks
+        .as_deref()
+        .map(|s| s.trim_end_matches('/').to_owned());
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .ok();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.max_in_flight)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    client
+        .get(format!("{target}/readyz"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("the engine at {target} is not ready"))?;
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        % 100_000;
+    let traffic = Traffic {
+        target: target.clone(),
+        shape,
+        channels,
+        anomalies,
+        gap: range(&args.gap)?,
+        seed: args.seed,
+        run,
+        retry_compression: args.retry_compression.max(1.0),
+        max_in_flight: args.max_in_flight.max(1),
+        credentials,
+    };
+    let before = args.engine_pid.and_then(sample_process);
+    let live = Arc::new(Live::default());
+    let progress = (!args.quiet).then(|| {
+        let bar = indicatif::ProgressBar::new(args.duration.as_secs().max(1));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len}s {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        let live = live.clone();
+        let shown = bar.clone();
+        let started = Instant::now();
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let acked = live.acked.load(Ordering::Relaxed);
+                shown.set_position(started.elapsed().as_secs());
+                shown.set_message(format!(
+                    "sent {} acked {} ({}/s) 429 {} failed {}",
+                    live.sent.load(Ordering::Relaxed),
+                    acked,
+                    (acked - last) * 2,
+                    live.throttled.load(Ordering::Relaxed),
+                    live.failed.load(Ordering::Relaxed)
+                ));
+                last = acked;
+            }
+        });
+        bar
+    });
+    let sent = send(traffic, client.clone(), live).await;
+    if let Some(bar) = &progress {
+        bar.finish_with_message(format!(
+            "sent {} acked {}, verifying",
+            sent.sent, sent.acked
+        ));
+    }
+    let checks = Checks {
+        target: &target,
+        sinks: sinks.as_deref(),
+        expect: &expect,
+        settle: args.settle,
+        verify_max: args.verify_max,
+    };
+    let verification = verify(&client, &checks, &sent.orders, &sent.intended_ms).await;
+    let engine = match (args.engine_pid.and_then(sample_process), before) {
+        (Some((rss, peak, cpu_after)), Some((_, _, cpu_before))) => Some(EngineUsage {
+            rss_mib: rss,
+            peak_rss_mib: peak,
+            cpu_seconds: cpu_after - cpu_before,
+            cpu_cores: (cpu_after - cpu_before) / sent.elapsed.as_secs_f64().max(1e-9),
+        }),
+        _ => None,
+    };
+    // The achieved rate is measured over the arrival window, like the intended one (the tail
+    // of lifecycles still in progress when arrivals stop is not part of the offered rate).
+    let window = args.duration.as_secs_f64().max(1e-9);
+    let acked_in_window: u64 = sent
+        .acks_per_second
+        .iter()
+        .take(args.duration.as_secs().max(1) as usize)
+        .sum();
+    let mut report = Report {
+        profile: format!("{:?}", args.profile).to_lowercase(),
+        seed: args.seed,
+        duration_s: args.duration.as_secs_f64(),
+        orders: sent.orders.len(),
+        sent: sent.sent,
+        acked: sent.acked,
+        rejected: sent.rejected,
+        errors_by_status: sent
+            .errors_by_status
+            .iter()
+            .map(|(s, n)| (s.to_string(), *n))
+            .collect(),
+        throttled_429: sent.throttled,
+        late_starts: sent.late_starts,
+        rate_intended: shape.intended_total() / args.duration.as_secs_f64().max(1e-9),
+        rate_achieved: acked_in_window as f64 / window,
+        acks_per_second: sent.acks_per_second.clone(),
+        ack_latency_ms: Latency::from_histogram(&sent.ack_latency_us, 0.001),
+        e2e_latency_ms: Latency::from_histogram(&verification.e2e_ms, 1.0),
+        orders_verified: verification.orders_verified,
+        orders_wrong_state: verification.wrong_state.len(),
+        syncs_verified: verification.syncs_verified,
+        syncs_expected: verification.syncs_expected,
+        syncs_delivered: verification.syncs_delivered,
+        syncs_lost: verification.lost.len(),
+        syncs_duplicated: verification.syncs_duplicated,
+        engine_syncs_undelivered: verification.engine_syncs_undelivered,
+        examples: verification
+            .lost
+            .iter()
+            .take(5)
+            .map(|(o, s, st)| format!("lost sync: {o} → {s} ({st})"))
+            .chain(
+                verification
+                    .wrong_state
+                    .iter()
+                    .take(5)
+                    .map(|(o, e, f)| format!("{o}: expected {e}, engine has {f}")),
+            )
+            .collect(),
+        engine,
+        failures: Vec::new(),
+    };
+    if report.rejected > 0 {
+        report
+            .failures
+            .push(format!("{} requests refused or failed", report.rejected));
+    }
+    if report.syncs_lost > 0 {
+        report
+            .failures
+            .push(format!("{} syncs lost", report.syncs_lost));
+    }
+    if report.orders_wrong_state > 0 {
+        report.failures.push(format!(
+            "{} orders not in their expected state",
+            report.orders_wrong_state
+        ));
+    }
+    if let Some(max) = args.max_p99
+        && report.ack_latency_ms.p99 > max
+    {
+        report.failures.push(format!(
+            "ack p99 {:.1} ms is above --max-p99 {max}",
+            report.ack_latency_ms.p99
+        ));
+    }
+    if let Some(min) = args.min_rate
+        && report.rate_achieved < min
+    {
+        report.failures.push(format!(
+            "achieved {:.1}/s is below --min-rate {min}",
+            report.rate_achieved
+        ));
+    }
+    std::fs::write(&args.report, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", args.report.display()))?;
+    Ok(report)
+}

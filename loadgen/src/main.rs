@@ -1,0 +1,46 @@
+//! `loadgen`: parses arguments and runs `orderhub_loadgen::cli`.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+use clap::{Parser, Subcommand};
+use orderhub_loadgen::cli::{RunArgs, SinksArgs};
+
+#[derive(Parser)]
+#[command(
+    name = "loadgen",
+    version,
+    about = "Capacity-test orderhub: open-model load, sink simulators, end-to-end verification"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Send traffic to an engine, verify the outcome, write a report; exits 1 on any loss or
+    /// failed threshold.
+    Run(Box<RunArgs>),
+    /// Run the downstream simulators (ERP, WMS, courier, notifications) on one port.
+    Sinks(SinksArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Run(args) => {
+            let path = args.report.clone();
+            let report = orderhub_loadgen::cli::run(*args).await?;
+            print!("{}", report.summary());
+            println!("report written to {}", path.display());
+            if !report.failures.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Sinks(args) => {
+            let behaviour = args.behaviour()?;
+            orderhub_loadgen::sinks::run(args.listen, behaviour).await
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! The run's report: a JSON file (fields kept stable for scripts) and a human summary.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+/// Latency percentiles, milliseconds.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Latency {
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Maximum.
+    pub max: f64,
+    /// Observations.
+    pub count: u64,
+}
+
+impl Latency {
+    /// From a histogram whose unit is `unit_ms` milliseconds.
+    pub fn from_histogram(histogram: &Histogram<u64>, unit_ms: f64) -> Latency {
+        if histogram.is_empty() {
+            return Latency::default();
+        }
+        let at = |q: f64| histogram.value_at_quantile(q) as f64 * unit_ms;
+        Latency {
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+            p999: at(0.999),
+            max: histogram.max() as f64 * unit_ms,
+            count: histogram.len(),
+        }
+    }
+}
+
+/// The engine process's resource use, when it runs on this machine.
+#[derive(Clone, Debug, Serialize)]
+pub struct EngineUsage {
+    /// Resident memory at the end, MiB.
+    pub rss_mib: f64,
+    /// Peak resident memory, MiB.
+    pub peak_rss_mib: f64,
+    /// CPU seconds used during the run.
+    pub cpu_seconds: f64,
+    /// Average cores busy during the run.
+    pub cpu_cores: f64,
+}
+
+/// Reads a process's memory (kB fields of /proc/PID/status) and CPU ticks (/proc/PID/stat).
+pub fn sample_process(pid: u32) -> Option<(f64, f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = rest.get(11)?.parse::<f64>().ok()? + rest.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some((field("VmRSS:"), field("VmHWM:"), ticks / 100.0))
+}
+
+/// The JSON report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    /// Profile name.
+    pub profile: String,
+    /// Seed.
+    pub seed: u64,
+    /// Intended duration, seconds.
+    pub duration_s: f64,
+    /// Orders simulated.
+    pub orders: usize,
+    /// Requests sent (first attempts; 429 retries not counted again).
+    pub sent: u64,
+    /// Requests acknowledged 2xx.
+    pub acked: u64,
+    /// Requests finally refused or failed.
+    pub rejected: u64,
+    /// Final failures by HTTP status ("0" = transport error).
+    pub errors_by_status: BTreeMap<String, u64>,
+    /// 429 answers (each retried on the compressed schedule).
+    pub throttled_429: u64,
+    /// Requests started late because the in-flight cap was reached.
+    pub late_starts: u64,
+    /// Intended average request rate, per second.
+    pub rate_intended: f64,
+    /// Achieved average ack rate over the arrival window, per second.
+    pub rate_achieved: f64,
+    /// Acks in each second of the run.
+    pub acks_per_second: Vec<u64>,
+    /// Ack latency from the intended send time.
+    pub ack_latency_ms: Latency,
+    /// From the intended send time of the causing report to the sync's arrival.
+    pub e2e_latency_ms: Latency,
+    /// Orders whose final state was checked.
+    pub orders_verified: usize,
+    /// Orders not in their expected final state.
+    pub orders_wrong_state: usize,
+    /// Whether syncs were verified against simulators.
+    pub syncs_verified: bool,
+    /// Syncs the traffic must have caused.
+    pub syncs_expected: usize,
+    /// Received by a simulator.
+    pub syncs_delivered: usize,
+    /// Never received.
+    pub syncs_lost: usize,
+    /// Deliveries beyond the first of one idempotency key.
+    pub syncs_duplicated: u64,
+    /// Syncs the engine shows as not delivered (verified orders).
+    pub engine_syncs_undelivered: usize,
+    /// Up to 10 examples of what failed.
+    pub examples: Vec<String>,
+    /// Engine resource use, if `--engine-pid` was given.
+    pub engine: Option<EngineUsage>,
+    /// Failed checks; empty when the run passed.
+    pub failures: Vec<String>,
+}
+
+impl Report {
+    /// A summary for people.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let l = |x: &Latency| {
+            format!(
+                "p50 {:.1}  p90 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1} ms",
+                x.p50, x.p90, x.p99, x.p999, x.max
+            )
+        };
+        out.push_str(&format!(
+            "profile {} for {:.0}s, seed {}, {} orders\n",
+            self.profile, self.duration_s, self.seed, self.orders
+        ));
+        out.push_str(&format!(
+            "requests  sent {}  acked {}  rejected {}  429s {}  late starts {}\n",
+            self.sent, self.acked, self.rejected, self.throttled_429, self.late_starts
+        ));
+        out.push_str(&format!(
+            "rate      intended {:.1}/s  achieved {:.1}/s\n",
+            self.rate_intended, self.rate_achieved
+        ));
+        out.push_str(&format!("ack       {}\n", l(&self.ack_latency_ms)));
+        if self.syncs_verified {
+            out.push_str(&format!("event→sync {}\n", l(&self.e2e_latency_ms)));
+            out.push_str(&format!(
+                "syncs     expected {}  delivered {}  lost {}  duplicated {}\n",
+                self.syncs_expected, self.syncs_delivered, self.syncs_lost, self.syncs_duplicated
+            ));
+        }
+        out.push_str(&format!(
+            "orders    verified {}  wrong state {}\n",
+            self.orders_verified, self.orders_wrong_state
+        ));
+        if let Some(engine) = &self.engine {
+            out.push_str(&format!(
+                "engine    rss {:.0} MiB (peak {:.0})  cpu {:.1}s ({:.2} cores)\n",
+                engine.rss_mib, engine.peak_rss_mib, engine.cpu_seconds, engine.cpu_cores
+            ));
+        }
+        if self.failures.is_empty() {
+            out.push_str("PASSED\n");
+        } else {
+            out.push_str(&format!("FAILED: {}\n", self.failures.join("; ")));
+            for example in &self.examples {
+                out.push_str(&format!("  {example}\n"));
+            }
+        }
+        out
+    }
+}
