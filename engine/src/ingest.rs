@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Parses a canonical status: a state name, `hold_released`, or `none` (informational).
-pub(crate) fn parse_status(status: &str) -> Option<EventAction> {
+pub fn parse_status(status: &str) -> Option<EventAction> {
     match status {
         "hold_released" => Some(EventAction::ReleaseHold),
         "none" => Some(EventAction::Inform),
@@ -402,7 +402,7 @@ pub(crate) fn secret(secrets: &SecretLookup, variable: &str) -> Result<String, S
 }
 
 /// Parses JSON with simd-json (which needs a mutable copy of the bytes).
-pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, IngestError> {
+pub fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, IngestError> {
     let mut buffer = bytes.to_vec();
     simd_json::serde::from_slice(&mut buffer).map_err(|e| IngestError::Malformed(e.to_string()))
 }

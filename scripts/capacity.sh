@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# One capacity measurement on this machine: sink simulators, the engine on a fresh data dir,
+# and loadgen, all on loopback. Usage:
+#   scripts/capacity.sh PROFILE RATE DURATION [extra loadgen args...]
+# e.g. scripts/capacity.sh steady 2000 30s --max-p99 50
+# Needs `cargo build --release -p orderhub-engine -p orderhub-loadgen` first.
+set -euo pipefail
+profile=${1:?profile}; rate=${2:?rate}; duration=${3:?duration}; shift 3
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=$root/target/release
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+
+export ORDERHUB_DOUYIN_APP_KEY=${ORDERHUB_DOUYIN_APP_KEY:-capacity}
+export ORDERHUB_DOUYIN_APP_SECRET=${ORDERHUB_DOUYIN_APP_SECRET:-capacity-secret}
+export ORDERHUB_EVENTS_SECRET=${ORDERHUB_EVENTS_SECRET:-whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD}
+sinks_port=${SINKS_PORT:-19100}; engine_port=${ENGINE_PORT:-19180}
+sink_rate=${SINK_RATE:-100000/s}
+
+{
+  echo 'sla = []'
+  for name in erp wms notify; do
+    printf '[[sinks]]\nname = "%s"\nkind = "webhook"\nurl = "http://127.0.0.1:%s/%s"\nrate = "%s"\nmax_in_flight = 64\n\n' \
+      "$name" "$sinks_port" "$name" "$sink_rate"
+  done
+} > "$work/engine.toml"
+
+"$bin/loadgen" sinks --listen "127.0.0.1:$sinks_port" --latency 1ms..5ms > "$work/sinks.log" 2>&1 &
+RUST_LOG=warn "$bin/orderhub" serve --config "$work/engine.toml" --data-dir "$work/data" \
+  --listen "127.0.0.1:$engine_port" > "$work/engine.log" 2>&1 &
+engine_pid=$!
+for _ in $(seq 100); do
+  curl -fsS "http://127.0.0.1:$engine_port/readyz" > /dev/null 2>&1 && break
+  sleep 0.1
+done
+"$bin/loadgen" run --target "http://127.0.0.1:$engine_port" --sinks "http://127.0.0.1:$sinks_port" \
+  --profile "$profile" --rate "$rate" --duration "$duration" --engine-pid "$engine_pid" \
+  --quiet --report "${REPORT:-$root/target/capacity-report.json}" "$@"
