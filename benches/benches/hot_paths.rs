@@ -3,10 +3,12 @@
 
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use orderhub_actors::dispatch::{
-    Delivery, DeliveryFuture, Dispatch, PendingSync, RetryPolicy, RuleSet, RuleSpec, SinkConnector, SinkSpec,
-    SyncIntent, SyncUpdate,
+    Delivery, DeliveryFuture, Dispatch, PendingSync, RetryPolicy, RuleSet, RuleSpec, SinkConnector,
+    SinkSpec, SyncIntent, SyncUpdate,
 };
-use orderhub_actors::order::{EventAction, JournaledEvent, Order, OrderEvent, OrderPolicy, OrderState};
+use orderhub_actors::order::{
+    EventAction, JournaledEvent, Order, OrderEvent, OrderPolicy, OrderState,
+};
 use orderhub_actors::shard::{OrderRouter, ShardConfig, SystemClock};
 use orderhub_actors::store::{OrderStore, OrderUpdate, StoreError, StoredOrder, SyncStore};
 use serde::Deserialize;
@@ -33,14 +35,16 @@ fn decode(c: &mut Criterion) {
             let mut outer = DOUYIN_PUSH.as_bytes().to_vec();
             let messages: Vec<PushMessage> = simd_json::serde::from_slice(&mut outer).unwrap();
             let mut inner = messages[0].data.as_bytes().to_vec();
-            let data: serde_json::Map<String, serde_json::Value> = simd_json::serde::from_slice(&mut inner).unwrap();
+            let data: serde_json::Map<String, serde_json::Value> =
+                simd_json::serde::from_slice(&mut inner).unwrap();
             black_box(data)
         })
     });
     group.bench_function("serde_json", |b| {
         b.iter(|| {
             let messages: Vec<PushMessage> = serde_json::from_str(DOUYIN_PUSH).unwrap();
-            let data: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&messages[0].data).unwrap();
+            let data: serde_json::Map<String, serde_json::Value> =
+                serde_json::from_str(&messages[0].data).unwrap();
             black_box(data)
         })
     });
@@ -49,7 +53,11 @@ fn decode(c: &mut Criterion) {
 
 fn mapping(c: &mut Criterion) {
     c.bench_function("status_mapping", |b| {
-        b.iter(|| black_box(orderhub_engine::ingest::parse_status(black_box("in_transit"))))
+        b.iter(|| {
+            black_box(orderhub_engine::ingest::parse_status(black_box(
+                "in_transit",
+            )))
+        })
     });
 }
 
@@ -93,7 +101,11 @@ fn default_rules() -> Arc<RuleSet> {
     RuleSet::compile(vec![
         rule("erp", r#"order.state == "paid""#, "erp"),
         rule("wms", r#"order.state == "paid""#, "wms"),
-        rule("cancel", r#"order.state == "cancelled" && order.previous_state in ["paid", "packed"]"#, "wms"),
+        rule(
+            "cancel",
+            r#"order.state == "cancelled" && order.previous_state in ["paid", "packed"]"#,
+            "wms",
+        ),
     ])
     .unwrap()
 }
@@ -104,7 +116,9 @@ fn state_machine(c: &mut Criterion) {
     let with_rules = OrderPolicy::permissive().with_rules(default_rules());
     let mut group = c.benchmark_group("state_machine");
     group.throughput(Throughput::Elements(events.len() as u64));
-    group.bench_function("apply_lifecycle_9_events", |b| b.iter(|| black_box(Order::replay("douyin:1", &events, &plain))));
+    group.bench_function("apply_lifecycle_9_events", |b| {
+        b.iter(|| black_box(Order::replay("douyin:1", &events, &plain)))
+    });
     group.bench_function("apply_lifecycle_9_events_with_3_rules", |b| {
         b.iter(|| black_box(Order::replay("douyin:1", &events, &with_rules)))
     });
@@ -115,7 +129,9 @@ fn journal_append(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = orderhub_engine::config::Config::embedded().unwrap().journal;
-    let (journal, _) = orderhub_engine::journal::Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
+    let (journal, _) =
+        orderhub_engine::journal::Journal::open(dir.path(), &config, &OrderPolicy::permissive())
+            .unwrap();
     journal.start(|_| {}, |_| {}).unwrap();
     let mut group = c.benchmark_group("journal_append_fsync");
     let mut next = 0u64;
@@ -160,7 +176,12 @@ impl OrderStore for NullStore {
 fn actor_round_trip(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let router = runtime
-        .block_on(OrderRouter::start(ShardConfig::new(), OrderPolicy::permissive(), Arc::new(NullStore), Arc::new(SystemClock)))
+        .block_on(OrderRouter::start(
+            ShardConfig::new(),
+            OrderPolicy::permissive(),
+            Arc::new(NullStore),
+            Arc::new(SystemClock),
+        ))
         .unwrap();
     let mut seq = 0u64;
     c.bench_function("order_actor_route_and_query", |b| {
@@ -169,7 +190,11 @@ fn actor_round_trip(c: &mut Criterion) {
             let mut event = lifecycle("douyin:42")[(seq % 9) as usize].clone();
             event.seq = seq;
             router.route(Arc::new(event)).unwrap();
-            black_box(runtime.block_on(router.active_order("douyin:42", Duration::from_secs(1))).unwrap())
+            black_box(
+                runtime
+                    .block_on(router.active_order("douyin:42", Duration::from_secs(1)))
+                    .unwrap(),
+            )
         })
     });
     runtime.block_on(router.stop(Duration::from_secs(1)));
@@ -177,7 +202,9 @@ fn actor_round_trip(c: &mut Criterion) {
 
 fn governor_check(c: &mut Criterion) {
     use governor::{Quota, RateLimiter};
-    let limiter = RateLimiter::direct(Quota::per_second(std::num::NonZeroU32::new(1_000_000_000).unwrap()));
+    let limiter = RateLimiter::direct(Quota::per_second(
+        std::num::NonZeroU32::new(1_000_000_000).unwrap(),
+    ));
     c.bench_function("governor_check", |b| b.iter(|| black_box(limiter.check())));
 }
 
@@ -214,7 +241,11 @@ fn dispatcher_overhead(c: &mut Criterion) {
         window: 100_000,
     };
     let dispatch = runtime
-        .block_on(Dispatch::start(vec![(spec, Arc::new(Instant200) as Arc<dyn SinkConnector>)], Arc::new(EmptyOutbox), Arc::new(SystemClock)))
+        .block_on(Dispatch::start(
+            vec![(spec, Arc::new(Instant200) as Arc<dyn SinkConnector>)],
+            Arc::new(EmptyOutbox),
+            Arc::new(SystemClock),
+        ))
         .unwrap();
     // Let the dispatcher page its (empty) outbox so it takes notifications directly.
     runtime.block_on(async { tokio::time::sleep(Duration::from_millis(200)).await });
@@ -257,7 +288,10 @@ fn dispatcher_overhead(c: &mut Criterion) {
 
 fn sla_timers(c: &mut Criterion) {
     use tokio_util::time::DelayQueue;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     let _guard = runtime.enter();
     // The structure each shard keeps its deadlines in, holding 1,000,000 of them.
     let mut queue: DelayQueue<u64> = DelayQueue::with_capacity(1_000_001);
