@@ -27,7 +27,37 @@ struct PushMessage {
     data: String,
 }
 
+/// A canonical event as `POST /v1/events` receives it.
+const CANONICAL_EVENT: &str = r#"{"event_id":"wms-7311112222","order":"douyin:4987325601234567","source":"wms","status":"picked","raw_status":"PICK_DONE","occurred_at":"2026-11-22T10:00:00+08:00","fields":{"warehouse":"HZ-01","operator":"w042"}}"#;
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct CanonicalEvent {
+    event_id: Option<String>,
+    order: String,
+    source: String,
+    status: String,
+    raw_status: Option<String>,
+    occurred_at: Option<serde_json::Value>,
+    #[serde(default)]
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
 fn decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decode_canonical_event");
+    group.throughput(Throughput::Bytes(CANONICAL_EVENT.len() as u64));
+    group.bench_function("simd_json", |b| {
+        b.iter(|| {
+            let mut bytes = CANONICAL_EVENT.as_bytes().to_vec();
+            let event: CanonicalEvent = simd_json::serde::from_slice(&mut bytes).unwrap();
+            black_box(event)
+        })
+    });
+    group.bench_function("serde_json", |b| {
+        b.iter(|| black_box(serde_json::from_str::<CanonicalEvent>(CANONICAL_EVENT).unwrap()))
+    });
+    group.finish();
+
     let mut group = c.benchmark_group("decode_douyin_push");
     group.throughput(Throughput::Bytes(DOUYIN_PUSH.len() as u64));
     group.bench_function("simd_json", |b| {

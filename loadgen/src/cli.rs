@@ -304,6 +304,9 @@ pub async fn run_with(args: RunArgs, credentials: Credentials) -> anyhow::Result
         late_starts: sent.late_starts,
         rate_intended: shape.intended_total() / args.duration.as_secs_f64().max(1e-9),
         rate_achieved: acked_in_window as f64 / window,
+        intended_per_second: (0..args.duration.as_secs())
+            .map(|second| shape.rate_at(second as f64 + 0.5))
+            .collect(),
         acks_per_second: sent.acks_per_second.clone(),
         ack_latency_ms: Latency::from_histogram(&sent.ack_latency_us, 0.001),
         e2e_latency_ms: Latency::from_histogram(&verification.e2e_ms, 1.0),
@@ -340,6 +343,12 @@ pub async fn run_with(args: RunArgs, credentials: Credentials) -> anyhow::Result
         report
             .failures
             .push(format!("{} syncs lost", report.syncs_lost));
+    }
+    if report.syncs_verified && report.engine_syncs_undelivered > 0 {
+        report.failures.push(format!(
+            "the engine shows {} syncs of verified orders as not delivered",
+            report.engine_syncs_undelivered
+        ));
     }
     if report.orders_wrong_state > 0 {
         report.failures.push(format!(

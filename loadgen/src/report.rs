@@ -99,6 +99,8 @@ pub struct Report {
     pub rate_intended: f64,
     /// Achieved average ack rate over the arrival window, per second.
     pub rate_achieved: f64,
+    /// Requests the profile intended in each second of the run.
+    pub intended_per_second: Vec<f64>,
     /// Acks in each second of the run.
     pub acks_per_second: Vec<u64>,
     /// Ack latency from the intended send time.
