@@ -285,33 +285,8 @@ pub struct SinkConfig {
     pub breaker_cooldown: HumanDuration,
 }
 
-/// One `[[rules]]` entry (see `orderhub_actors::dispatch::RuleSpec`).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    /// Unique name.
-    pub name: String,
-    /// CEL condition over `order` and `event`.
-    pub when: String,
-    /// Sink that receives a sync.
-    pub sync: Option<String>,
-    /// Sink that receives a notification.
-    pub notify: Option<String>,
-    /// Notification text template.
-    pub message: Option<String>,
-    /// Payload template (JSON).
-    pub template: Option<String>,
-    /// Computed fields (CEL).
-    #[serde(default)]
-    pub fields: BTreeMap<String, String>,
-    /// Operation named in the payload.
-    pub operation: Option<String>,
-    /// Tag to add.
-    pub tag: Option<String>,
-    /// Put the order on hold.
-    #[serde(default)]
-    pub hold: bool,
-}
+/// One `[[rules]]` entry: the actors' rule spec, read as configured.
+pub type RuleConfig = RuleSpec;
 
 /// `[sources]`: every configured ingest source. A source left out is not served (404).
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -611,18 +586,7 @@ impl Config {
             .rules
             .iter()
             .filter(|r| !inactive.iter().any(|(name, _)| *name == r.name))
-            .map(|r| RuleSpec {
-                name: r.name.clone(),
-                when: r.when.clone(),
-                sync: r.sync.clone(),
-                notify: r.notify.clone(),
-                message: r.message.clone(),
-                template: r.template.clone(),
-                fields: r.fields.clone(),
-                operation: r.operation.clone(),
-                tag: r.tag.clone(),
-                hold: r.hold,
-            })
+            .cloned()
             .collect();
         RuleSet::compile(specs)
     }

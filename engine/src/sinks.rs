@@ -134,6 +134,26 @@ pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<String, Del
     }
 }
 
+/// Sends `request` and reads a 2xx answer with the protocol's own `parse`.
+pub(crate) fn deliver_parsed(
+    request: reqwest::RequestBuilder,
+    parse: impl FnOnce(&str) -> Delivery + Send + 'static,
+) -> orderhub_actors::dispatch::DeliveryFuture {
+    Box::pin(async move {
+        match send(request).await {
+            Ok(body) => parse(&body),
+            Err(delivery) => delivery,
+        }
+    })
+}
+
+/// Now, as a Unix time in milliseconds.
+pub(crate) fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
 /// The text a robot posts: the notification's `text`, else the payload as JSON.
 pub(crate) fn robot_text(sync: &orderhub_actors::dispatch::SyncIntent) -> String {
     sync.payload["text"]

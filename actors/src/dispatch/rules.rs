@@ -9,8 +9,9 @@ use serde_json::{Map, Value as Json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// A rule as configured (before compilation).
-#[derive(Clone, Debug, Default)]
+/// A rule as configured (before compilation): the engine reads `[[rules]]` straight into it.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     /// Unique name.
     pub name: String,
@@ -25,12 +26,14 @@ pub struct RuleSpec {
     /// minijinja template of the sync payload (must render JSON).
     pub template: Option<String>,
     /// Computed fields: name → CEL expression, added to the payload's `fields`.
+    #[serde(default)]
     pub fields: BTreeMap<String, String>,
     /// What the sink is asked to do (`create`, `cancel`, …); defaults to the new state.
     pub operation: Option<String>,
     /// Tag to add to the order.
     pub tag: Option<String>,
     /// Put the order on hold (exception interception).
+    #[serde(default)]
     pub hold: bool,
 }
 

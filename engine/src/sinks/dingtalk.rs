@@ -4,7 +4,6 @@
 //! (shared/reference/protocols.md §3). Without a secret (keyword-protected robots) no sign is
 //! added. Robots allow about 20 messages a minute [?]: configure `rate = "20/min"`.
 
-use super::send;
 use super::wecom::{message, robot_answer};
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -51,16 +50,9 @@ pub(crate) fn sign(secret: &str, timestamp_ms: i64) -> String {
 
 impl SinkConnector for DingtalkConnector {
     fn deliver(&self, sync: SyncIntent, _attempt: u32) -> DeliveryFuture {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now = super::unix_ms();
         let request = self.client.post(self.signed_url(now)).json(&message(&sync));
-        Box::pin(async move {
-            match send(request).await {
-                Ok(body) => robot_answer(&body, TOO_FAST),
-                Err(delivery) => delivery,
-            }
-        })
+        super::deliver_parsed(request, |body: &str| robot_answer(body, TOO_FAST))
     }
 }
 

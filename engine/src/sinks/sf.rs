@@ -11,7 +11,7 @@
 //! `cargoDetails` and `contactInfoList` from the order's fields, `monthlyCard` and
 //! `expressTypeId` from the sink's options.
 
-use super::{Settings, SinkError, excerpt, order_number, send};
+use super::{Settings, SinkError, excerpt, order_number};
 use base64::Engine as _;
 use md5::{Digest, Md5};
 use orderhub_actors::dispatch::{Delivery, DeliveryFuture, SinkConnector, SyncIntent};
@@ -135,10 +135,7 @@ fn request_id() -> String {
 impl SinkConnector for SfConnector {
     fn deliver(&self, sync: SyncIntent, _attempt: u32) -> DeliveryFuture {
         let msg_data = self.msg_data(&sync).to_string();
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            .to_string();
+        let timestamp = (super::unix_ms() / 1000).to_string();
         let form = [
             ("partnerID", self.partner_id.clone()),
             ("requestID", request_id()),
@@ -148,12 +145,7 @@ impl SinkConnector for SfConnector {
             ("msgData", msg_data),
         ];
         let request = self.client.post(&self.url).form(&form);
-        Box::pin(async move {
-            match send(request).await {
-                Ok(body) => answer(&body),
-                Err(delivery) => delivery,
-            }
-        })
+        super::deliver_parsed(request, answer)
     }
 }
 

@@ -9,7 +9,7 @@
 //! `tid` = channel order number, `trade_status` 30 (awaiting shipment) or 90 (closed) for a
 //! cancel operation, fields `receiver_*`, `paid`, `post_amount`, `order_list` passed through.
 
-use super::{Settings, SinkError, excerpt, order_number, send};
+use super::{Settings, SinkError, excerpt, order_number};
 use crate::ingest::signature::md5_hex;
 use orderhub_actors::dispatch::{Delivery, DeliveryFuture, SinkConnector, SyncIntent};
 use std::collections::BTreeMap;
@@ -125,17 +125,10 @@ fn answer(body: &str) -> Delivery {
 
 impl SinkConnector for WdtConnector {
     fn deliver(&self, sync: SyncIntent, _attempt: u32) -> DeliveryFuture {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
+        let now = super::unix_ms() / 1000;
         let form = self.form(&serde_json::json!([trade(&sync)]), now);
         let request = self.client.post(&self.url).form(&form);
-        Box::pin(async move {
-            match send(request).await {
-                Ok(body) => answer(&body),
-                Err(delivery) => delivery,
-            }
-        })
+        super::deliver_parsed(request, answer)
     }
 }
 

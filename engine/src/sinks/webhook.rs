@@ -40,10 +40,7 @@ pub(crate) fn body(sync: &SyncIntent, attempt: u32) -> Vec<u8> {
 impl SinkConnector for WebhookConnector {
     fn deliver(&self, sync: SyncIntent, attempt: u32) -> DeliveryFuture {
         let body = body(&sync, attempt);
-        let timestamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-            .to_string();
+        let timestamp = (super::unix_ms() / 1000).to_string();
         let mut request = self
             .client
             .post(&self.url)

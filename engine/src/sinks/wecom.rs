@@ -3,7 +3,7 @@
 //! secret; robots have no idempotency key, so a retried notification may be posted twice.
 //! Robots allow 20 messages a minute: configure `rate = "20/min"`.
 
-use super::{robot_text, send};
+use super::robot_text;
 use orderhub_actors::dispatch::{Delivery, DeliveryFuture, SinkConnector, SyncIntent};
 use std::time::Duration;
 
@@ -52,12 +52,7 @@ pub(crate) fn robot_answer(body: &str, throttled_code: i64) -> Delivery {
 impl SinkConnector for WecomConnector {
     fn deliver(&self, sync: SyncIntent, _attempt: u32) -> DeliveryFuture {
         let request = self.client.post(&self.url).json(&message(&sync));
-        Box::pin(async move {
-            match send(request).await {
-                Ok(body) => robot_answer(&body, FREQUENCY_LIMIT),
-                Err(delivery) => delivery,
-            }
-        })
+        super::deliver_parsed(request, |body: &str| robot_answer(body, FREQUENCY_LIMIT))
     }
 }
 
