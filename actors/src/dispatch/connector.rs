@@ -11,7 +11,8 @@ use std::time::Duration;
 pub enum Delivery {
     /// The sink acknowledged it.
     Delivered,
-    /// The sink asked us to slow down (HTTP 429): retried, not counted against the breaker.
+    /// The sink asked us to slow down (HTTP 429): retried; it shows the sink is
+    /// up, so it closes the circuit breaker like a success.
     Throttled {
         /// The sink's `Retry-After`, if it gave one.
         retry_after: Option<Duration>,

@@ -357,14 +357,19 @@ impl DispatcherState {
 
     /// Starts sends while there is room, work and the breaker allows.
     fn pump(&mut self, myself: &ActorRef<DispatchMsg>) {
-        while self.in_flight.len() < self.spec.max_in_flight && !self.ready.is_empty() {
-            if !self.breaker.try_acquire(self.now()) {
+        while self.in_flight.len() < self.spec.max_in_flight {
+            let Some(order) = self.ready.pop_front() else {
                 return;
-            }
-            let order = self.ready.pop_front().expect("not empty");
+            };
             let Some(head) = self.queues.get(&order).and_then(VecDeque::front).cloned() else {
                 continue;
             };
+            // Only once there is something to send: a half-open breaker's single probe slot
+            // taken without a send would never be given back.
+            if !self.breaker.try_acquire(self.now()) {
+                self.ready.push_front(order);
+                return;
+            }
             self.busy.insert(order.clone());
             self.in_flight.insert(head.row, order);
             let limiter = self.limiter.clone();
@@ -412,6 +417,15 @@ impl DispatcherState {
             counter.increment(1);
         }
         let now = self.now();
+        // Every answer reports to the breaker, before anything else: a half-open probe whose
+        // result went unreported would hold the sink back for good. A refusal or a 429 comes
+        // from a sink that is up.
+        match &delivery {
+            Delivery::Failed { .. } => self.breaker.failure(now),
+            Delivery::Delivered | Delivery::Rejected { .. } | Delivery::Throttled { .. } => {
+                self.breaker.success()
+            }
+        }
         let Some(queue) = self.queues.get_mut(&order) else {
             return;
         };
@@ -420,25 +434,16 @@ impl DispatcherState {
         };
         let attempts = head.attempts + 1;
         let (status, error, retry_after) = match delivery {
-            Delivery::Delivered => {
-                self.breaker.success();
-                (SyncStatus::Delivered, None, None)
-            }
-            Delivery::Rejected { detail } => {
-                self.breaker.success();
-                (SyncStatus::Dead, Some(detail), None)
-            }
+            Delivery::Delivered => (SyncStatus::Delivered, None, None),
+            Delivery::Rejected { detail } => (SyncStatus::Dead, Some(detail), None),
             Delivery::Throttled {
                 retry_after,
                 detail,
-            } => (SyncStatus::Pending, Some(detail), Some(retry_after)),
-            Delivery::Failed {
+            }
+            | Delivery::Failed {
                 retry_after,
                 detail,
-            } => {
-                self.breaker.failure(now);
-                (SyncStatus::Pending, Some(detail), Some(retry_after))
-            }
+            } => (SyncStatus::Pending, Some(detail), Some(retry_after)),
         };
         let status = if status == SyncStatus::Pending && attempts >= self.spec.retry.max_attempts {
             SyncStatus::Dead

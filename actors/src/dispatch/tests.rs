@@ -328,3 +328,40 @@ async fn a_small_window_pages_from_disk_without_reordering() {
     assert_fifo(&delivered);
     dispatch.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_answered_with_429_releases_the_breaker() {
+    // The sink is down (opening the breaker), then its first answer after the cool-down, the
+    // half-open probe, is a 429. That answer must be reported to the breaker, or the sink
+    // would never be tried again.
+    let outbox = Arc::new(MemoryOutbox::default());
+    let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sink = {
+        let calls = calls.clone();
+        ScriptedSink::new(move |_, _| match calls.fetch_add(1, Ordering::Relaxed) {
+            0..3 => Delivery::Failed {
+                retry_after: None,
+                detail: "503".into(),
+            },
+            3 => Delivery::Throttled {
+                retry_after: Some(Duration::from_millis(10)),
+                detail: "429".into(),
+            },
+            _ => Delivery::Delivered,
+        })
+    };
+    let mut spec = spec(1000);
+    spec.max_in_flight = 1;
+    spec.breaker_threshold = 3;
+    spec.breaker_cooldown = Duration::from_millis(100);
+    let dispatch = start(spec, sink.clone(), outbox.clone()).await;
+    dispatch.notify(
+        (1..=10)
+            .map(|i| outbox.add(i, &format!("o:{i}"), 1))
+            .collect(),
+    );
+    until_backlog_empty(&dispatch, Duration::from_secs(5)).await;
+    assert_eq!(sink.delivered.lock().unwrap().len(), 10);
+    assert_eq!(dispatch.status("erp").await.unwrap().breaker, 0.0);
+    dispatch.stop().await;
+}
