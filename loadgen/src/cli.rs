@@ -316,6 +316,7 @@ pub async fn run_with(args: RunArgs, credentials: Credentials) -> anyhow::Result
         syncs_expected: verification.syncs_expected,
         syncs_delivered: verification.syncs_delivered,
         syncs_lost: verification.lost.len(),
+        syncs_skipped: verification.skipped.len(),
         syncs_duplicated: verification.syncs_duplicated,
         engine_syncs_undelivered: verification.engine_syncs_undelivered,
         examples: verification
@@ -323,6 +324,9 @@ pub async fn run_with(args: RunArgs, credentials: Credentials) -> anyhow::Result
             .iter()
             .take(5)
             .map(|(o, s, st)| format!("lost sync: {o} → {s} ({st})"))
+            .chain(verification.skipped.iter().take(3).map(|(o, s, st)| {
+                format!("not due: {o} → {s} ({st}): a later state arrived first")
+            }))
             .chain(
                 verification
                     .wrong_state

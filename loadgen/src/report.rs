@@ -119,6 +119,8 @@ pub struct Report {
     pub syncs_delivered: usize,
     /// Never received.
     pub syncs_lost: usize,
+    /// Not due: the engine never entered their state (a later state was reported first).
+    pub syncs_skipped: usize,
     /// Deliveries beyond the first of one idempotency key.
     pub syncs_duplicated: u64,
     /// Syncs the engine shows as not delivered (verified orders).
@@ -157,8 +159,12 @@ impl Report {
         if self.syncs_verified {
             out.push_str(&format!("event→sync {}\n", l(&self.e2e_latency_ms)));
             out.push_str(&format!(
-                "syncs     expected {}  delivered {}  lost {}  duplicated {}\n",
-                self.syncs_expected, self.syncs_delivered, self.syncs_lost, self.syncs_duplicated
+                "syncs     expected {}  delivered {}  lost {}  not due {}  duplicated {}\n",
+                self.syncs_expected,
+                self.syncs_delivered,
+                self.syncs_lost,
+                self.syncs_skipped,
+                self.syncs_duplicated
             ));
         }
         out.push_str(&format!(

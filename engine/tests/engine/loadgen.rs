@@ -90,7 +90,18 @@ async fn loadgen_verifies_a_run_end_to_end() {
     assert_eq!(report.acked, report.sent);
     assert_eq!(report.syncs_lost, 0);
     assert!(report.syncs_expected > 50);
-    assert_eq!(report.syncs_delivered, report.syncs_expected);
+    // Under a loaded machine a later courier report can overtake `in_transit`; the engine then
+    // never enters it and its notify is not due. Anything else expected must have arrived.
+    assert_eq!(
+        report.syncs_delivered + report.syncs_skipped,
+        report.syncs_expected
+    );
+    assert!(
+        report.syncs_skipped * 10 <= report.syncs_expected,
+        "{} of {} syncs not due",
+        report.syncs_skipped,
+        report.syncs_expected
+    );
     assert_eq!(report.orders_wrong_state, 0);
     assert_eq!(report.orders_verified, report.orders);
     assert!(report.ack_latency_ms.count > 0 && report.e2e_latency_ms.count > 0);
