@@ -192,6 +192,7 @@ impl OrderRouter {
         }
         let metrics = Arc::new(OrderMetrics::new(
             policy.sla_rules().iter().map(|r| r.name.clone()),
+            policy.rules().hold_rules().map(str::to_owned),
         ));
         let policy = Arc::new(policy);
         let mut shards = Vec::with_capacity(config.shards);

@@ -106,9 +106,15 @@ catalogue! {
     /// Armed SLA timers.
     SLA_ARMED_TIMERS = "orderhub_sla_armed_timers", Gauge, Count, [],
         "SLA timers armed across all shards.";
+    /// Orders past an SLA deadline, from the index.
+    ORDERS_OVERDUE = "orderhub_orders_overdue", Gauge, Count, ["rule", "state"],
+        "Orders still in an SLA rule's state past its deadline, by rule and that state (refreshed every 15 s from the order index).";
     /// Sync delivery attempts.
     DISPATCH_REQUESTS = "orderhub_dispatch_requests_total", Counter, Count, ["sink", "outcome"],
         "Sync delivery attempts by sink and outcome (delivered, throttled, failed, rejected).";
+    /// The sink's quota.
+    DISPATCH_QUOTA = "orderhub_dispatch_quota_per_second", Gauge, CountPerSecond, ["sink"],
+        "Sends per second the sink's rate limit allows (its configured quota).";
     /// Sync delivery latency.
     DISPATCH_LATENCY = "orderhub_dispatch_latency_seconds", Histogram, Seconds, ["sink"],
         "Time one delivery attempt took, after the rate limiter let it go.";
@@ -130,6 +136,30 @@ catalogue! {
     /// Oldest pending sync.
     DISPATCH_OLDEST = "orderhub_dispatch_oldest_seconds", Gauge, Seconds, ["sink"],
         "Age of the oldest sync of the sink that is waiting in memory.";
+    /// Process CPU time (collected by metrics-process).
+    PROCESS_CPU = "orderhub_process_cpu_seconds_total", Counter, Seconds, [],
+        "User and system CPU time of the engine process, in whole seconds.";
+    /// Resident memory.
+    PROCESS_RESIDENT_MEMORY = "orderhub_process_resident_memory_bytes", Gauge, Bytes, [],
+        "Resident memory of the engine process.";
+    /// Virtual memory.
+    PROCESS_VIRTUAL_MEMORY = "orderhub_process_virtual_memory_bytes", Gauge, Bytes, [],
+        "Virtual memory of the engine process.";
+    /// Address-space limit.
+    PROCESS_VIRTUAL_MEMORY_MAX = "orderhub_process_virtual_memory_max_bytes", Gauge, Bytes, [],
+        "Soft limit on the engine process's address space (0: unlimited).";
+    /// Open file descriptors.
+    PROCESS_OPEN_FDS = "orderhub_process_open_fds", Gauge, Count, [],
+        "File descriptors the engine process holds open (sockets included).";
+    /// File descriptor limit.
+    PROCESS_MAX_FDS = "orderhub_process_max_fds", Gauge, Count, [],
+        "Soft limit on open file descriptors (0: unlimited).";
+    /// Threads.
+    PROCESS_THREADS = "orderhub_process_threads", Gauge, Count, [],
+        "Threads of the engine process.";
+    /// Start time.
+    PROCESS_START_TIME = "orderhub_process_start_time_seconds", Gauge, Seconds, [],
+        "When the engine process started, in seconds since the Unix epoch.";
 }
 
 /// Registers help text and units for every catalogued metric with the installed recorder.
@@ -143,9 +173,69 @@ pub fn describe_all() {
     }
 }
 
+impl MetricKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+        }
+    }
+}
+
+/// The catalogue as the Markdown document `dashboards/METRICS.md` (a test keeps the two equal).
+pub fn catalogue_markdown() -> String {
+    let mut out = String::from(
+        "# orderhub metrics\n\n\
+         Generated from the metric catalogue (`actors/src/telemetry.rs`); do not edit by hand. \
+         `ORDERHUB_BLESS=1 cargo test -p orderhub-actors catalogue_document` rewrites it.\n\n\
+         Every metric is registered at start-up, so each series is exported (as 0) before its \
+         first event. Label values come from small fixed sets: configured source, sink and rule \
+         names, canonical states and outcome names; never an order id. Histograms are exported \
+         as `_bucket`, `_sum` and `_count` series.\n\n\
+         | name | type | unit | labels | description |\n|---|---|---|---|---|\n",
+    );
+    for def in CATALOGUE {
+        let labels = if def.labels.is_empty() {
+            "—".to_owned()
+        } else {
+            def.labels
+                .iter()
+                .map(|l| format!("`{l}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!(
+            "| `{}` | {} | {} | {} | {} |\n",
+            def.name,
+            def.kind.as_str(),
+            def.unit.as_str(),
+            labels,
+            def.help.replace('|', "\\|")
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn catalogue_document_matches_the_catalogue() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards/METRICS.md");
+        let expected = catalogue_markdown();
+        if std::env::var_os("ORDERHUB_BLESS").is_some() {
+            std::fs::write(&path, &expected).unwrap();
+        }
+        let actual = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            actual == expected,
+            "dashboards/METRICS.md disagrees with the metric catalogue; run \
+             `ORDERHUB_BLESS=1 cargo test -p orderhub-actors catalogue_document` and commit it"
+        );
+    }
 
     #[test]
     fn names_follow_the_convention() {

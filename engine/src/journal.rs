@@ -21,7 +21,9 @@ pub use recovery::Recovered;
 use crate::config::JournalConfig;
 use crossbeam_channel::{Sender, TrySendError, bounded, unbounded};
 use orderhub_actors::dispatch::{PendingSync, SyncStatus, SyncUpdate};
-use orderhub_actors::order::{JournaledEvent, OrderEvent, OrderPolicy, SharedEvent};
+use orderhub_actors::order::{
+    JournaledEvent, Millis, OrderEvent, OrderPolicy, SharedEvent, SlaRule,
+};
 use orderhub_actors::store::{OrderStore, OrderUpdate, StoreError, StoredOrder, SyncStore};
 use reader::ReadPool;
 use std::path::Path;
@@ -242,6 +244,11 @@ impl Journal {
         self.inner.reader.list(filter)
     }
 
+    /// Per SLA rule, how many orders are past its deadline at `now` (see the index).
+    pub fn overdue(&self, rules: &[SlaRule], now: Millis) -> Result<Vec<u64>, JournalError> {
+        self.inner.reader.overdue(rules, now)
+    }
+
     /// Every sync of `order`, oldest first.
     pub fn syncs_of(&self, order: &str) -> Result<Vec<SyncView>, JournalError> {
         self.inner.reader.with(|conn| outbox::of_order(conn, order))
@@ -417,6 +424,68 @@ mod tests {
         );
         let again = journal.append(vec![event("b")]).await.unwrap();
         assert_eq!(again, vec![AppendOutcome::Duplicate]);
+        journal.close().await;
+    }
+
+    #[tokio::test]
+    async fn overdue_counts_orders_past_each_rule_by_state_or_last_update() {
+        use orderhub_actors::order::{OrderState, SlaRule};
+        use orderhub_actors::store::OrderIndexEntry;
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::embedded().unwrap().journal;
+        let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
+        journal.start(|_| {}, |_| {}).unwrap();
+        let summary = |key: &str, state, state_since, updated_at| OrderUpdate {
+            index: OrderIndexEntry {
+                key: key.into(),
+                state: Some(state),
+                state_since,
+                first_seen: 0,
+                updated_at,
+                applied_seq: 1,
+                sla_breached: false,
+                armed: Vec::new(),
+            },
+            syncs: Vec::new(),
+        };
+        // Paid at 0 and at 9_000; shipped at 0 but updated at 9_500; in transit since 5_000.
+        journal.record(summary("a", OrderState::Paid, 0, 0));
+        journal.record(summary("b", OrderState::Paid, 9_000, 9_000));
+        journal.record(summary("c", OrderState::Shipped, 0, 9_500));
+        journal.record(summary("d", OrderState::InTransit, 5_000, 5_000));
+        let rule = |name: &str, from, within_ms, reset_on_event| SlaRule {
+            name: name.into(),
+            from,
+            within_ms,
+            reset_on_event,
+        };
+        let rules = [
+            rule("allocate", OrderState::Paid, 2_000, false),
+            rule("pickup", OrderState::Shipped, 2_000, false),
+            rule("transit_update", OrderState::InTransit, 2_000, true),
+            rule("transit_quiet", OrderState::Shipped, 2_000, true),
+        ];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        // Summaries are written behind: wait until all four are in the index.
+        while journal
+            .list(&OrderFilter {
+                limit: 10,
+                ..OrderFilter::default()
+            })
+            .unwrap()
+            .len()
+            < 4
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "summaries never written"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // At 10_000: a is 10 s in paid (b only 1 s); c is 10 s in shipped but reported 0.5 s
+        // ago; d has had no report for 5 s.
+        assert_eq!(journal.overdue(&rules, 10_000).unwrap(), vec![1, 1, 1, 0]);
+        assert_eq!(journal.overdue(&rules, 1_000).unwrap(), vec![0, 0, 0, 0]);
         journal.close().await;
     }
 }

@@ -36,11 +36,8 @@ use orderhub_actors::shard::{Clock, OrderRouter, RouterError, SystemClock};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::net::TcpListener;
-
-/// How often histogram upkeep runs on the Prometheus recorder.
-const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// Why the engine could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -163,13 +160,14 @@ pub async fn run(
         clock,
         ready: AtomicBool::new(true),
     });
-    let upkeep = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(METRICS_UPKEEP);
-        loop {
-            tick.tick().await;
-            prometheus.run_upkeep();
-        }
-    });
+    let upkeep = tokio::spawn(
+        telemetry::Upkeep::new(
+            prometheus,
+            journal.clone(),
+            state.policy.sla_rules().to_vec(),
+        )
+        .run(),
+    );
     tracing::info!(
         addr = %listener.local_addr()?,
         orders_refolded = recovered.orders_refolded,

@@ -1,8 +1,18 @@
 //! Telemetry: the Prometheus recorder (installed once per process) and log set-up.
 
+use crate::journal::Journal;
+use metrics::Gauge;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use orderhub_actors::order::SlaRule;
+use orderhub_actors::shard::{Clock, SystemClock};
 use orderhub_actors::telemetry as t;
 use std::sync::OnceLock;
+use std::time::Duration;
+
+/// How often histogram upkeep runs and process metrics are collected.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// Overdue orders are counted every this many upkeep ticks (15 s).
+const OVERDUE_EVERY_TICKS: u32 = 3;
 
 /// Latency buckets, seconds: 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -39,6 +49,66 @@ pub fn install() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// Periodic metric work off the hot path: histogram upkeep, process CPU/memory, and the
+/// overdue-orders gauges counted from the order index.
+pub(crate) struct Upkeep {
+    prometheus: PrometheusHandle,
+    process: metrics_process::Collector,
+    journal: Journal,
+    rules: Vec<SlaRule>,
+    overdue: Vec<Gauge>,
+}
+
+impl Upkeep {
+    /// Registers the process and overdue series (exported from start-up, before any order
+    /// is overdue) and takes a first reading.
+    pub(crate) fn new(prometheus: PrometheusHandle, journal: Journal, rules: Vec<SlaRule>) -> Self {
+        let overdue = rules
+            .iter()
+            .map(|r| {
+                metrics::gauge!(t::ORDERS_OVERDUE, "rule" => r.name.clone(), "state" => r.from.as_str())
+            })
+            .collect();
+        let process = metrics_process::Collector::new("orderhub_");
+        process.collect();
+        Upkeep {
+            prometheus,
+            process,
+            journal,
+            rules,
+            overdue,
+        }
+    }
+
+    /// Runs until the task is dropped.
+    pub(crate) async fn run(self) {
+        let upkeep = std::sync::Arc::new(self);
+        let mut tick = tokio::time::interval(UPKEEP_EVERY);
+        let mut ticks = 0u32;
+        loop {
+            tick.tick().await;
+            upkeep.prometheus.run_upkeep();
+            upkeep.process.collect();
+            if ticks.is_multiple_of(OVERDUE_EVERY_TICKS) {
+                let upkeep = upkeep.clone();
+                let _ = tokio::task::spawn_blocking(move || upkeep.count_overdue()).await;
+            }
+            ticks = ticks.wrapping_add(1);
+        }
+    }
+
+    fn count_overdue(&self) {
+        match self.journal.overdue(&self.rules, SystemClock.now_ms()) {
+            Ok(counts) => {
+                for (gauge, count) in self.overdue.iter().zip(counts) {
+                    gauge.set(count as f64);
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot count overdue orders"),
+        }
+    }
 }
 
 /// Sets up logging from `RUST_LOG` (default `info`).

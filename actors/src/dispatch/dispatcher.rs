@@ -103,7 +103,10 @@ struct SinkMetrics {
 }
 
 impl SinkMetrics {
-    fn new(sink: &str) -> Self {
+    fn new(spec: &SinkSpec) -> Self {
+        let sink = spec.name.as_str();
+        metrics::gauge!(t::DISPATCH_QUOTA, "sink" => sink.to_owned())
+            .set(f64::from(spec.rate_count) / spec.rate_per.as_secs_f64().max(1e-9));
         let outcomes = ["delivered", "throttled", "failed", "rejected"]
             .into_iter()
             .map(|o| (o, metrics::counter!(t::DISPATCH_REQUESTS, "sink" => sink.to_owned(), "outcome" => o)))
@@ -177,7 +180,7 @@ impl Actor for Dispatcher {
         let limiter = Arc::new(RateLimiter::direct(args.spec.quota()));
         Ok(DispatcherState {
             breaker: Breaker::new(args.spec.breaker_threshold, args.spec.breaker_cooldown),
-            metrics: SinkMetrics::new(&args.spec.name),
+            metrics: SinkMetrics::new(&args.spec),
             spec: args.spec,
             connector: args.connector,
             store: args.store,

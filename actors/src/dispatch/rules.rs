@@ -193,6 +193,14 @@ impl RuleSet {
         self.rules.iter().map(|r| r.spec.name.as_str())
     }
 
+    /// Names of the rules that put orders on hold.
+    pub fn hold_rules(&self) -> impl Iterator<Item = &str> {
+        self.rules
+            .iter()
+            .filter(|r| r.spec.hold)
+            .map(|r| r.spec.name.as_str())
+    }
+
     /// Sinks each rule sends to: `(rule, sink)`.
     pub fn sinks(&self) -> impl Iterator<Item = (&str, &str)> {
         self.rules.iter().flat_map(|r| {

@@ -28,6 +28,7 @@ pub(crate) struct OrderMetrics {
     by_state: Vec<Gauge>,
     outcomes: Vec<Counter>,
     breaches: HashMap<(String, bool), Counter>,
+    holds: HashMap<String, Counter>,
     pub(crate) spawned: Counter,
     pub(crate) passivated_idle: Counter,
     pub(crate) passivated_capacity: Counter,
@@ -41,7 +42,12 @@ pub(crate) struct OrderMetrics {
 }
 
 impl OrderMetrics {
-    pub(crate) fn new(rules: impl IntoIterator<Item = String>) -> Self {
+    /// Registers every series up front (so each is exported as 0 before its first event):
+    /// breaches for each SLA rule, holds for each hold rule.
+    pub(crate) fn new(
+        rules: impl IntoIterator<Item = String>,
+        hold_rules: impl IntoIterator<Item = String>,
+    ) -> Self {
         let mut transitions =
             Vec::with_capacity(STATE_LABELS_WITH_NONE.len() * OrderState::ALL.len());
         for from in STATE_LABELS_WITH_NONE {
@@ -68,6 +74,10 @@ impl OrderMetrics {
                 .map(|o| counter!(t::ORDERS_EVENT_OUTCOMES, "outcome" => *o))
                 .collect(),
             breaches,
+            holds: hold_rules
+                .into_iter()
+                .map(|rule| (rule.clone(), counter!(t::ORDERS_HOLDS, "rule" => rule)))
+                .collect(),
             spawned: counter!(t::ACTORS_SPAWNED),
             passivated_idle: counter!(t::ACTORS_PASSIVATED, "reason" => "idle"),
             passivated_capacity: counter!(t::ACTORS_PASSIVATED, "reason" => "capacity"),
@@ -98,7 +108,10 @@ impl OrderMetrics {
 
     /// Counts a hold by `rule`.
     pub(crate) fn hold(&self, rule: &str) {
-        counter!(t::ORDERS_HOLDS, "rule" => rule.to_owned()).increment(1);
+        match self.holds.get(rule) {
+            Some(counter) => counter.increment(1),
+            None => counter!(t::ORDERS_HOLDS, "rule" => rule.to_owned()).increment(1),
+        }
     }
 
     /// Counts an SLA breach.

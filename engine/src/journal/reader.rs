@@ -2,7 +2,7 @@
 
 use super::JournalError;
 use super::schema;
-use orderhub_actors::order::{JournaledEvent, Millis, OrderEvent, OrderState};
+use orderhub_actors::order::{JournaledEvent, Millis, OrderEvent, OrderState, SlaRule};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -115,6 +115,28 @@ impl ReadPool {
                 },
             );
             Ok(rows?.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Per SLA rule, the orders still in its state past its deadline at `now`: in `from` since
+    /// before `now - within`, or for a rule reset on every report, not updated since then.
+    pub(crate) fn overdue(&self, rules: &[SlaRule], now: Millis) -> Result<Vec<u64>, JournalError> {
+        self.with(|conn| {
+            let mut counts = Vec::with_capacity(rules.len());
+            for rule in rules {
+                let sql = if rule.reset_on_event {
+                    "SELECT COUNT(*) FROM orders WHERE state = ?1 AND updated_at <= ?2"
+                } else {
+                    "SELECT COUNT(*) FROM orders WHERE state = ?1 AND state_since <= ?2"
+                };
+                let count: i64 = conn
+                    .prepare_cached(sql)?
+                    .query_row(params![rule.from.as_str(), now - rule.within_ms], |row| {
+                        row.get(0)
+                    })?;
+                counts.push(count as u64);
+            }
+            Ok(counts)
         })
     }
 
