@@ -1,11 +1,13 @@
 //! Integration tests of the engine over real HTTP on loopback: the API in process
-//! ([`http_api`]), dispatch through faults ([`dispatch`]) and the real binary killed
-//! mid-stream ([`durability`]).
+//! ([`http_api`]), dispatch through faults ([`dispatch`]) the real binary killed
+//! mid-stream ([`durability`]) and the dashboards and alerts against a real Prometheus
+//! ([`observability`]).
 
 mod engine {
     pub(crate) mod dispatch;
     pub(crate) mod durability;
     pub(crate) mod http_api;
     pub(crate) mod loadgen;
+    pub(crate) mod observability;
     pub(crate) mod support;
 }

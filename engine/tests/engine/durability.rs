@@ -5,7 +5,7 @@
 use super::support::*;
 use orderhub_actors::order::OrderState;
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -16,45 +16,6 @@ const ORDERS: usize = 400;
 const CONCURRENCY: usize = 32;
 /// Kill once this many events were acknowledged.
 const KILL_AFTER_ACKS: usize = 1_200;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn_engine(dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_orderhub"))
-        .args([
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-        ])
-        .arg(dir)
-        .env("ORDERHUB_DOUYIN_APP_KEY", DOUYIN_KEY)
-        .env("ORDERHUB_DOUYIN_APP_SECRET", DOUYIN_SECRET)
-        .env("ORDERHUB_EVENTS_SECRET", EVENTS_SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("orderhub binary starts")
-}
-
-async fn wait_ready(client: &reqwest::Client, base: &str) {
-    for _ in 0..300 {
-        if let Ok(response) = client.get(format!("{base}/readyz")).send().await
-            && response.status().is_success()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("engine at {base} never became ready");
-}
 
 /// Event `i`: a Douyin push or a canonical event, for order `i % ORDERS`.
 fn request(
@@ -105,7 +66,7 @@ async fn every_acknowledged_event_survives_sigkill() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    let mut child = spawn_engine(dir.path(), port);
+    let mut child = spawn_orderhub(dir.path(), port);
     wait_ready(&client, &base).await;
 
     let acked: Arc<Mutex<BTreeMap<String, BTreeSet<String>>>> = Arc::default();
@@ -162,7 +123,7 @@ async fn every_acknowledged_event_survives_sigkill() {
 
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut child = spawn_engine(dir.path(), port);
+    let mut child = spawn_orderhub(dir.path(), port);
     wait_ready(&client, &base).await;
     let mut missing = Vec::new();
     for (order, ids) in &acked {
@@ -201,7 +162,7 @@ async fn sigterm_drains_and_exits_zero() {
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let client = orderhub_engine::sinks::client_builder().build().unwrap();
-    let mut child = spawn_engine(dir.path(), port);
+    let mut child = spawn_orderhub(dir.path(), port);
     wait_ready(&client, &base).await;
     for i in 0..ORDERS {
         let (request, _, _) = request(&client, &base, i);
@@ -219,7 +180,7 @@ async fn sigterm_drains_and_exits_zero() {
 
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut child = spawn_engine(dir.path(), port);
+    let mut child = spawn_orderhub(dir.path(), port);
     wait_ready(&client, &base).await;
     let list: serde_json::Value = client
         .get(format!("{base}/v1/orders?state=paid&limit=1000"))

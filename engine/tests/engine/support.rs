@@ -381,3 +381,55 @@ pub(crate) fn sinks_toml(base: &str, rate: &str, timeout: &str) -> String {
         })
         .collect()
 }
+
+/// A free loopback port (bound, then released for the child to take).
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real binary serving on `port` with `dir` as its data directory.
+pub(crate) fn spawn_orderhub(dir: &std::path::Path, port: u16) -> std::process::Child {
+    spawn_orderhub_with(dir, port, &[])
+}
+
+/// The real binary serving on `port` with `dir` as its data directory and extra arguments.
+pub(crate) fn spawn_orderhub_with(
+    dir: &std::path::Path,
+    port: u16,
+    extra: &[&std::ffi::OsStr],
+) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_orderhub"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir)
+        .args(extra)
+        .env("ORDERHUB_DOUYIN_APP_KEY", DOUYIN_KEY)
+        .env("ORDERHUB_DOUYIN_APP_SECRET", DOUYIN_SECRET)
+        .env("ORDERHUB_EVENTS_SECRET", EVENTS_SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("orderhub binary starts")
+}
+
+/// Waits until the engine at `base` answers `/readyz`.
+pub(crate) async fn wait_ready(client: &reqwest::Client, base: &str) {
+    for _ in 0..300 {
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await
+            && response.status().is_success()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("engine at {base} never became ready");
+}
