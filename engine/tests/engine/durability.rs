@@ -182,14 +182,7 @@ async fn sigterm_drains_and_exits_zero() {
     let base = format!("http://127.0.0.1:{port}");
     let mut child = spawn_orderhub(dir.path(), port);
     wait_ready(&client, &base).await;
-    let list: serde_json::Value = client
-        .get(format!("{base}/v1/orders?state=paid&limit=1000"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = get_json(&client, &format!("{base}/v1/orders?state=paid&limit=1000")).await;
     assert_eq!(list["orders"].as_array().unwrap().len(), ORDERS);
     child.kill().unwrap();
     child.wait().unwrap();

@@ -620,14 +620,7 @@ async fn a_real_prometheus_gets_data_for_every_panel_and_alert() {
         }
     }
     // Every rule loaded, evaluated without error; every compared operand returns data.
-    let rules: Value = client
-        .get(format!("{prometheus}/api/v1/rules"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rules = get_json(&client, &format!("{prometheus}/api/v1/rules")).await;
     let mut seen_alerts = BTreeSet::new();
     for group in rules["data"]["groups"].as_array().unwrap() {
         for rule in group["rules"].as_array().unwrap() {

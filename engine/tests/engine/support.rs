@@ -433,3 +433,8 @@ pub(crate) async fn wait_ready(client: &reqwest::Client, base: &str) {
     }
     panic!("engine at {base} never became ready");
 }
+
+/// GET `url` and parse the answer as JSON.
+pub(crate) async fn get_json(client: &reqwest::Client, url: &str) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
