@@ -147,6 +147,21 @@ pub struct DouyinConfig {
     pub status_map: BTreeMap<String, String>,
 }
 
+/// `[sources.youzan]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct YouzanConfig {
+    /// Environment variable holding the client id.
+    pub client_id_env: String,
+    /// Environment variable holding the client secret.
+    pub client_secret_env: String,
+    /// Trade status → canonical status (`none` for informational).
+    pub status_map: BTreeMap<String, String>,
+    /// Message type (a trailing `*` matches a prefix) → canonical status; checked first.
+    #[serde(default)]
+    pub type_map: BTreeMap<String, String>,
+}
+
 /// `[sources.events]`: canonical events signed with Standard Webhooks.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -285,6 +300,21 @@ pub struct SinkConfig {
     pub breaker_cooldown: HumanDuration,
 }
 
+impl SourcesConfig {
+    /// Every configured status table with its config key, for validation.
+    fn status_tables(&self) -> Vec<(&'static str, &BTreeMap<String, String>)> {
+        let mut tables = Vec::new();
+        if let Some(douyin) = &self.douyin {
+            tables.push(("sources.douyin.status_map", &douyin.status_map));
+        }
+        if let Some(youzan) = &self.youzan {
+            tables.push(("sources.youzan.status_map", &youzan.status_map));
+            tables.push(("sources.youzan.type_map", &youzan.type_map));
+        }
+        tables
+    }
+}
+
 /// One `[[rules]]` entry: the actors' rule spec, read as configured.
 pub type RuleConfig = RuleSpec;
 
@@ -294,6 +324,8 @@ pub type RuleConfig = RuleSpec;
 pub struct SourcesConfig {
     /// Douyin Shop push.
     pub douyin: Option<DouyinConfig>,
+    /// Youzan push.
+    pub youzan: Option<YouzanConfig>,
     /// Canonical events.
     pub events: Option<EventsConfig>,
 }
@@ -550,11 +582,11 @@ impl Config {
                 .unwrap_or(0);
             return Err(self.invalid(format!("rules[{index}]"), e.to_string()));
         }
-        if let Some(douyin) = &self.sources.douyin {
-            for (tag, status) in &douyin.status_map {
+        for (key, table) in self.sources.status_tables() {
+            for (raw, status) in table {
                 if crate::ingest::parse_status(status).is_none() {
                     return Err(self.invalid(
-                        format!("sources.douyin.status_map.{tag}"),
+                        format!("{key}.{raw}"),
                         format!("unknown canonical status {status:?} (a state name, hold_released or none)"),
                     ));
                 }

@@ -3,11 +3,13 @@
 //! answered in the source's own ack format. Bad input gets a JSON error naming the problem, is
 //! counted, and stores nothing.
 //!
-//! One file per source adapter: `douyin`, `events` (canonical events, Standard Webhooks).
+//! One file per source adapter: `douyin`, `youzan`, `events` (canonical events, Standard
+//! Webhooks).
 
 pub(crate) mod douyin;
 pub(crate) mod events;
 pub(crate) mod signature;
+pub(crate) mod youzan;
 
 use crate::AppState;
 use crate::journal::{AppendOutcome, JournalError};
@@ -30,6 +32,34 @@ pub fn parse_status(status: &str) -> Option<EventAction> {
             .parse::<OrderState>()
             .ok()
             .map(|state| EventAction::Move { state }),
+    }
+}
+
+/// A source's status table as configured (raw status → canonical status name), parsed; entries
+/// that do not parse were refused by config validation.
+pub(crate) fn status_table(
+    table: &std::collections::BTreeMap<String, String>,
+) -> Vec<(String, EventAction)> {
+    table
+        .iter()
+        .filter_map(|(raw, status)| Some((raw.clone(), parse_status(status)?)))
+        .collect()
+}
+
+/// An id or tag a platform sends as a string or a number.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+pub(crate) enum Scalar {
+    Text(String),
+    Number(u64),
+}
+
+impl Scalar {
+    pub(crate) fn into_string(self) -> String {
+        match self {
+            Scalar::Text(text) => text,
+            Scalar::Number(n) => n.to_string(),
+        }
     }
 }
 
@@ -196,6 +226,9 @@ impl SourceRegistry {
         let mut sources = HashMap::new();
         if let Some(douyin) = &config.sources.douyin {
             sources.insert("douyin", douyin::build(douyin, secrets));
+        }
+        if let Some(youzan) = &config.sources.youzan {
+            sources.insert(youzan::SOURCE, youzan::build(youzan, secrets));
         }
         if let Some(events) = &config.sources.events {
             sources.insert("events", events::build(events, secrets));

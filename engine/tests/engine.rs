@@ -1,7 +1,7 @@
 //! Integration tests of the engine over real HTTP on loopback: the API in process
 //! ([`http_api`]), dispatch through faults ([`dispatch`]) the real binary killed
 //! mid-stream ([`durability`]) and the dashboards and alerts against a real Prometheus
-//! ([`observability`]).
+//! ([`observability`]); each channel's own protocol ([`sources`]).
 
 mod engine {
     pub(crate) mod dispatch;
@@ -9,5 +9,6 @@ mod engine {
     pub(crate) mod http_api;
     pub(crate) mod loadgen;
     pub(crate) mod observability;
+    pub(crate) mod sources;
     pub(crate) mod support;
 }

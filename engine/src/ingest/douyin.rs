@@ -48,26 +48,9 @@ pub(crate) fn build(config: &DouyinConfig, secrets: &SecretLookup) -> SourceEntr
     }
 }
 
-/// A tag or id the platform sends as a string or a number.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum Scalar {
-    Text(String),
-    Number(u64),
-}
-
-impl Scalar {
-    fn into_string(self) -> String {
-        match self {
-            Scalar::Text(text) => text,
-            Scalar::Number(n) => n.to_string(),
-        }
-    }
-}
-
 #[derive(Deserialize)]
 struct Message {
-    tag: Scalar,
+    tag: super::Scalar,
     msg_id: String,
     data: String,
 }

@@ -15,6 +15,8 @@ use tokio::task::JoinHandle;
 pub(crate) const DOUYIN_KEY: &str = "7001";
 pub(crate) const DOUYIN_SECRET: &str = "douyin-test-secret";
 pub(crate) const EVENTS_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+pub(crate) const YOUZAN_CLIENT_ID: &str = "yz-client";
+pub(crate) const YOUZAN_CLIENT_SECRET: &str = "yz-secret";
 
 /// The environment the engine sees in tests.
 pub(crate) fn secrets() -> SecretLookup {
@@ -22,6 +24,8 @@ pub(crate) fn secrets() -> SecretLookup {
         "ORDERHUB_DOUYIN_APP_KEY" => Some(DOUYIN_KEY.into()),
         "ORDERHUB_DOUYIN_APP_SECRET" => Some(DOUYIN_SECRET.into()),
         "ORDERHUB_EVENTS_SECRET" => Some(EVENTS_SECRET.into()),
+        "ORDERHUB_YOUZAN_CLIENT_ID" => Some(YOUZAN_CLIENT_ID.into()),
+        "ORDERHUB_YOUZAN_CLIENT_SECRET" => Some(YOUZAN_CLIENT_SECRET.into()),
         _ => None,
     })
 }
@@ -109,6 +113,25 @@ impl TestEngine {
 
     pub(crate) async fn post_douyin(&self, body: &str) -> (u16, Value) {
         self.post_douyin_signed(body, DOUYIN_SECRET).await
+    }
+
+    /// POSTs `body` to `/v1/ingest/{source}` with `headers`; the answer's status and text.
+    pub(crate) async fn post_source(
+        &self,
+        source: &str,
+        headers: &[(&str, String)],
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, String) {
+        let mut request = self
+            .client
+            .post(format!("{}/v1/ingest/{source}", self.base))
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.text().await.unwrap())
     }
 
     /// POSTs canonical events signed with Standard Webhooks.

@@ -1,0 +1,316 @@
+//! Youzan (有赞) HTTP push: one JSON object per request with `client_id`, `id` (the order
+//! number), `kdt_id`, `msg` (URL-encoded JSON), `msg_id`, `status`, `test`, `type` and
+//! `version`. Header `Event-Sign` is md5hex(client_id + raw body + client_secret); answered
+//! `{"code":0,"msg":"success"}` (shared/reference/protocols.md §1; the ack shape is [?]).
+//!
+//! Mapping: `type_map` (by message type; a trailing `*` matches a prefix) wins over
+//! `status_map` (by trade status), so refund messages can be recorded without moving the
+//! order. Within one `type` a higher `version` supersedes a lower one; the version is kept in
+//! the event's fields and the order's monotone state machine never moves back for a late one.
+//! `test` messages are acknowledged and stored nowhere.
+
+use super::signature::{md5_hex, same_signature};
+use super::{Decoded, IngestError, RawRequest, SecretLookup, SourceAdapter, SourceEntry};
+use crate::config::YouzanConfig;
+use axum::response::{IntoResponse, Response};
+use orderhub_actors::order::{EventAction, OrderEvent};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+pub(crate) const SOURCE: &str = "youzan";
+
+pub(crate) struct YouzanAdapter {
+    client_id: String,
+    client_secret: String,
+    status_map: Vec<(String, EventAction)>,
+    type_map: Vec<(String, EventAction)>,
+}
+
+pub(crate) fn build(config: &YouzanConfig, secrets: &SecretLookup) -> SourceEntry {
+    let credentials = super::secret(secrets, &config.client_id_env)
+        .and_then(|id| Ok((id, super::secret(secrets, &config.client_secret_env)?)));
+    match credentials {
+        Ok((client_id, client_secret)) => SourceEntry::Ready(Box::new(YouzanAdapter {
+            client_id,
+            client_secret,
+            status_map: super::status_table(&config.status_map),
+            type_map: super::status_table(&config.type_map),
+        })),
+        Err(reason) => SourceEntry::Unavailable {
+            name: SOURCE,
+            reason,
+        },
+    }
+}
+
+/// The push body. Ids arrive as strings or numbers.
+#[derive(Deserialize)]
+struct Push {
+    client_id: Option<super::Scalar>,
+    id: Option<super::Scalar>,
+    kdt_id: Option<super::Scalar>,
+    kdt_name: Option<String>,
+    #[serde(default)]
+    msg: String,
+    msg_id: Option<String>,
+    status: Option<String>,
+    #[serde(default)]
+    test: bool,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    version: Option<i64>,
+}
+
+/// The first entry of `table` matching `key` exactly, or by prefix for a `prefix*` entry.
+fn lookup<'a>(table: &'a [(String, EventAction)], key: &str) -> Option<&'a EventAction> {
+    table.iter().find_map(|(pattern, action)| {
+        let hit = match pattern.strip_suffix('*') {
+            Some(prefix) => key.starts_with(prefix),
+            None => pattern == key,
+        };
+        hit.then_some(action)
+    })
+}
+
+/// `msg` is URL-encoded JSON (`+` for space); an empty one decodes to no fields.
+fn decode_msg(msg: &str) -> Result<Option<Value>, IngestError> {
+    if msg.is_empty() {
+        return Ok(None);
+    }
+    let spaced = msg.replace('+', " ");
+    let text = percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map_err(|e| IngestError::Malformed(format!("msg is not URL-encoded UTF-8: {e}")))?;
+    let value: Value = super::decode_json(text.as_bytes())
+        .map_err(|e| IngestError::Malformed(format!("msg is not URL-encoded JSON: {e}")))?;
+    Ok(Some(value))
+}
+
+impl YouzanAdapter {
+    fn map(&self, push: Push, received_at: i64) -> Result<Decoded, IngestError> {
+        if push.test {
+            return Ok(Decoded::Verification);
+        }
+        if let Some(client_id) = push.client_id.map(super::Scalar::into_string)
+            && client_id != self.client_id
+        {
+            return Err(IngestError::BadSignature(
+                "client_id does not match the configured client".into(),
+            ));
+        }
+        let order_id = push
+            .id
+            .map(super::Scalar::into_string)
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| IngestError::Malformed("no id (order number)".into()))?;
+        let msg_id = push
+            .msg_id
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| IngestError::Malformed("no msg_id".into()))?;
+        let kind = push
+            .kind
+            .filter(|k| !k.is_empty())
+            .ok_or_else(|| IngestError::Malformed("no type".into()))?;
+        let status = push.status.unwrap_or_default();
+        let action = lookup(&self.type_map, &kind)
+            .or_else(|| lookup(&self.status_map, &status))
+            .cloned()
+            .ok_or_else(|| IngestError::UnknownStatus {
+                origin: SOURCE,
+                status: if status.is_empty() {
+                    kind.clone()
+                } else {
+                    status.clone()
+                },
+            })?;
+        let mut fields = Map::new();
+        if let Some(kdt_id) = push.kdt_id {
+            fields.insert("kdt_id".into(), Value::String(kdt_id.into_string()));
+        }
+        if let Some(name) = push.kdt_name {
+            fields.insert("kdt_name".into(), Value::String(name));
+        }
+        fields.insert("youzan_type".into(), Value::String(kind.clone()));
+        if let Some(version) = push.version {
+            fields.insert("youzan_version".into(), Value::from(version));
+        }
+        if let Some(msg) = decode_msg(&push.msg)? {
+            fields.insert("youzan_msg".into(), msg);
+        }
+        Ok(Decoded::Events(vec![OrderEvent {
+            order: format!("{SOURCE}:{order_id}"),
+            source: SOURCE.to_owned(),
+            source_event_id: msg_id,
+            raw_status: if status.is_empty() { kind } else { status },
+            action,
+            occurred_at: received_at,
+            received_at,
+            fields,
+        }]))
+    }
+}
+
+impl SourceAdapter for YouzanAdapter {
+    fn name(&self) -> &'static str {
+        SOURCE
+    }
+
+    fn verify(&self, request: &RawRequest<'_>) -> Result<(), IngestError> {
+        let given = request
+            .header("event-sign")
+            .ok_or_else(|| IngestError::BadSignature("missing Event-Sign header".into()))?;
+        let expected = md5_hex(&[
+            self.client_id.as_bytes(),
+            request.body,
+            self.client_secret.as_bytes(),
+        ]);
+        if same_signature(&expected, given) {
+            Ok(())
+        } else {
+            Err(IngestError::BadSignature(
+                "Event-Sign does not match the body".into(),
+            ))
+        }
+    }
+
+    fn decode(&self, request: &RawRequest<'_>) -> Result<Decoded, IngestError> {
+        let push: Push = super::decode_json(request.body)
+            .map_err(|e| IngestError::Malformed(format!("expected a Youzan push object: {e}")))?;
+        self.map(push, request.received_at)
+    }
+
+    fn ack(&self) -> Response {
+        axum::Json(serde_json::json!({ "code": 0, "msg": "success" })).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderMap;
+    use orderhub_actors::order::OrderState;
+    use std::sync::Arc;
+
+    const PAID: &str = include_str!("../../tests/fixtures/youzan/trade_buyer_pay.json");
+    const REFUND: &str = include_str!("../../tests/fixtures/youzan/trade_refund.json");
+    const TEST: &str = include_str!("../../tests/fixtures/youzan/test_message.json");
+
+    fn adapter() -> YouzanAdapter {
+        let config = crate::config::Config::embedded().unwrap();
+        let secrets: SecretLookup = Arc::new(|name: &str| match name {
+            "ORDERHUB_YOUZAN_CLIENT_ID" => Some("yz-client".into()),
+            "ORDERHUB_YOUZAN_CLIENT_SECRET" => Some("yz-secret".into()),
+            _ => None,
+        });
+        match build(config.sources.youzan.as_ref().unwrap(), &secrets) {
+            SourceEntry::Ready(_) => {}
+            SourceEntry::Unavailable { reason, .. } => panic!("{reason}"),
+        }
+        let youzan = config.sources.youzan.unwrap();
+        YouzanAdapter {
+            client_id: "yz-client".into(),
+            client_secret: "yz-secret".into(),
+            status_map: super::super::status_table(&youzan.status_map),
+            type_map: super::super::status_table(&youzan.type_map),
+        }
+    }
+
+    fn request<'a>(headers: &'a HeaderMap, body: &'a str) -> RawRequest<'a> {
+        RawRequest {
+            headers,
+            body: body.as_bytes(),
+            received_at: 1_700_000_000_000,
+        }
+    }
+
+    #[test]
+    fn event_sign_is_md5_of_client_id_body_and_secret() {
+        // Worked value: md5hex("yz-client" + "{}" + "yz-secret").
+        assert_eq!(
+            md5_hex(&[b"yz-client", b"{}", b"yz-secret"]),
+            "8d9ef8a68fc1e0ee0c79db37917683d3"
+        );
+        let adapter = adapter();
+        let mut headers = HeaderMap::new();
+        let sign = md5_hex(&[b"yz-client", PAID.as_bytes(), b"yz-secret"]);
+        headers.insert("event-sign", sign.parse().unwrap());
+        assert!(adapter.verify(&request(&headers, PAID)).is_ok());
+        headers.insert("event-sign", "0".repeat(32).parse().unwrap());
+        assert!(matches!(
+            adapter.verify(&request(&headers, PAID)),
+            Err(IngestError::BadSignature(_))
+        ));
+        assert!(matches!(
+            adapter.verify(&request(&HeaderMap::new(), PAID)),
+            Err(IngestError::BadSignature(_))
+        ));
+    }
+
+    #[test]
+    fn a_payment_maps_to_paid_with_its_fields() {
+        let headers = HeaderMap::new();
+        let Decoded::Events(events) = adapter().decode(&request(&headers, PAID)).unwrap() else {
+            panic!("events expected");
+        };
+        let event = &events[0];
+        assert_eq!(event.order, "youzan:E20231115093012034500012");
+        assert_eq!(
+            event.source_event_id,
+            "7d6c0f1e-6a4b-4a8e-9c1d-3f2b1a0e9d8c"
+        );
+        assert_eq!(
+            event.action,
+            EventAction::Move {
+                state: OrderState::Paid
+            }
+        );
+        assert_eq!(event.raw_status, "WAIT_SELLER_SEND_GOODS");
+        assert_eq!(event.fields["kdt_id"], "160001");
+        assert_eq!(event.fields["youzan_version"], 1700000123456i64);
+        assert_eq!(
+            event.fields["youzan_msg"]["tid"],
+            "E20231115093012034500012"
+        );
+        assert_eq!(
+            event.fields["youzan_msg"]["buyer_memo"],
+            "请尽快发货 thanks"
+        );
+    }
+
+    #[test]
+    fn refunds_are_recorded_by_type_and_test_messages_store_nothing() {
+        let headers = HeaderMap::new();
+        let Decoded::Events(events) = adapter().decode(&request(&headers, REFUND)).unwrap() else {
+            panic!("events expected");
+        };
+        assert_eq!(events[0].action, EventAction::Inform);
+        assert!(matches!(
+            adapter().decode(&request(&headers, TEST)).unwrap(),
+            Decoded::Verification
+        ));
+    }
+
+    #[test]
+    fn unknown_statuses_and_missing_ids_are_named() {
+        let headers = HeaderMap::new();
+        let body = PAID.replace("WAIT_SELLER_SEND_GOODS", "WAIT_GROUP");
+        match adapter().decode(&request(&headers, &body)) {
+            Err(IngestError::UnknownStatus { status, .. }) => assert_eq!(status, "WAIT_GROUP"),
+            other => panic!("{:?}", other.err()),
+        }
+        let body = PAID.replace("\"msg_id\"", "\"msg_idx\"");
+        match adapter().decode(&request(&headers, &body)) {
+            Err(IngestError::Malformed(message)) => assert!(message.contains("msg_id")),
+            other => panic!("{:?}", other.err()),
+        }
+        let body = PAID.replace("\"yz-client\"", "\"someone-else\"");
+        assert!(matches!(
+            adapter().decode(&request(&headers, &body)),
+            Err(IngestError::BadSignature(_))
+        ));
+        assert!(matches!(
+            adapter().decode(&request(&headers, "[1,2]")),
+            Err(IngestError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,94 @@
+//! Issue 5: every channel and fulfilment system speaks to the engine in its own protocol over
+//! real HTTP — signature on the raw body, the source's own ack, its status table, its order key.
+
+use super::support::*;
+use std::sync::Arc;
+
+fn fixture(path: &str) -> String {
+    std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(path),
+    )
+    .unwrap()
+}
+
+fn md5_hex(text: &str) -> String {
+    use md5::{Digest, Md5};
+    format!("{:x}", Md5::digest(text.as_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn youzan_pushes_are_verified_acknowledged_and_mapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start("sla = []", dir.path()).await;
+    let paid = fixture("youzan/trade_buyer_pay.json");
+    let sign = |body: &str| {
+        vec![(
+            "event-sign",
+            md5_hex(&format!("{YOUZAN_CLIENT_ID}{body}{YOUZAN_CLIENT_SECRET}")),
+        )]
+    };
+    // Delivered twice (Youzan re-pushes): acknowledged both times, stored once.
+    for _ in 0..2 {
+        let (status, body) = engine
+            .post_source("youzan", &sign(&paid), paid.clone())
+            .await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, r#"{"code":0,"msg":"success"}"#)
+        );
+    }
+    let order = engine
+        .eventually("/v1/orders/youzan:E20231115093012034500012", |o| {
+            o["state"] == "paid"
+        })
+        .await;
+    assert_eq!(order["timeline"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        order["systems"]["youzan"]["raw_status"],
+        "WAIT_SELLER_SEND_GOODS"
+    );
+    // A refund message is recorded without moving the order.
+    let refund = fixture("youzan/trade_refund.json");
+    let (status, _) = engine.post_source("youzan", &sign(&refund), refund).await;
+    assert_eq!(status, 200);
+    let order = engine
+        .eventually("/v1/orders/youzan:E20231115093012034500012", |o| {
+            o["timeline"].as_array().unwrap().len() == 2
+        })
+        .await;
+    assert_eq!(order["state"], "paid");
+    // The platform's test message: acknowledged, nothing stored.
+    let test = fixture("youzan/test_message.json");
+    let (status, body) = engine.post_source("youzan", &sign(&test), test).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"code":0,"msg":"success"}"#)
+    );
+    // A wrong signature and an unknown status are refused, naming the problem.
+    let (status, body) = engine
+        .post_source("youzan", &[("event-sign", "0".repeat(32))], paid.clone())
+        .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("Event-Sign"), "{body}");
+    let odd = paid
+        .replace("WAIT_SELLER_SEND_GOODS", "WAIT_GROUP")
+        .replace("7d6c0f1e", "8d6c0f1e");
+    let (status, body) = engine.post_source("youzan", &sign(&odd), odd).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("WAIT_GROUP"), "{body}");
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_without_credentials_answers_503_naming_its_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start_with("", dir.path(), Arc::new(|_: &str| None)).await;
+    for (source, variable) in [("youzan", "ORDERHUB_YOUZAN_CLIENT_ID")] {
+        let (status, body) = engine.post_source(source, &[], "{}").await;
+        assert_eq!(status, 503, "{source}: {body}");
+        assert!(body.contains(variable), "{source}: {body}");
+    }
+    engine.stop().await;
+}
