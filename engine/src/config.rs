@@ -162,6 +162,33 @@ pub struct YouzanConfig {
     pub type_map: BTreeMap<String, String>,
 }
 
+/// `[sources.kuaishou]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KuaishouConfig {
+    /// Environment variable holding the app key (pushes naming another are refused).
+    pub app_key_env: String,
+    /// Environment variable holding the base64 message key (AES).
+    pub message_key_env: String,
+    /// Order status code → canonical status.
+    pub status_map: BTreeMap<String, String>,
+    /// Event name (a trailing `*` matches a prefix) → canonical status; checked first.
+    #[serde(default)]
+    pub event_map: BTreeMap<String, String>,
+}
+
+/// `[sources.wechat]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WechatConfig {
+    /// Environment variable holding the push token.
+    pub token_env: String,
+    /// Environment variable holding the EncodingAESKey (needed only in safe mode).
+    pub aes_key_env: String,
+    /// Event name (a trailing `*` matches a prefix) → canonical status.
+    pub event_map: BTreeMap<String, String>,
+}
+
 /// `[sources.events]`: canonical events signed with Standard Webhooks.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -311,6 +338,13 @@ impl SourcesConfig {
             tables.push(("sources.youzan.status_map", &youzan.status_map));
             tables.push(("sources.youzan.type_map", &youzan.type_map));
         }
+        if let Some(kuaishou) = &self.kuaishou {
+            tables.push(("sources.kuaishou.status_map", &kuaishou.status_map));
+            tables.push(("sources.kuaishou.event_map", &kuaishou.event_map));
+        }
+        if let Some(wechat) = &self.wechat {
+            tables.push(("sources.wechat.event_map", &wechat.event_map));
+        }
         tables
     }
 }
@@ -326,6 +360,10 @@ pub struct SourcesConfig {
     pub douyin: Option<DouyinConfig>,
     /// Youzan push.
     pub youzan: Option<YouzanConfig>,
+    /// Kuaishou push.
+    pub kuaishou: Option<KuaishouConfig>,
+    /// WeChat Channels shop push.
+    pub wechat: Option<WechatConfig>,
     /// Canonical events.
     pub events: Option<EventsConfig>,
 }

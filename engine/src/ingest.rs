@@ -3,12 +3,15 @@
 //! answered in the source's own ack format. Bad input gets a JSON error naming the problem, is
 //! counted, and stores nothing.
 //!
-//! One file per source adapter: `douyin`, `youzan`, `events` (canonical events, Standard
+//! One file per source adapter: `douyin`, `youzan`, `kuaishou`, `wechat`, `events` (canonical events, Standard
 //! Webhooks).
 
+pub(crate) mod cipher;
 pub(crate) mod douyin;
 pub(crate) mod events;
+pub(crate) mod kuaishou;
 pub(crate) mod signature;
+pub(crate) mod wechat;
 pub(crate) mod youzan;
 
 use crate::AppState;
@@ -35,15 +38,42 @@ pub fn parse_status(status: &str) -> Option<EventAction> {
     }
 }
 
-/// A source's status table as configured (raw status → canonical status name), parsed; entries
-/// that do not parse were refused by config validation.
-pub(crate) fn status_table(
-    table: &std::collections::BTreeMap<String, String>,
-) -> Vec<(String, EventAction)> {
-    table
-        .iter()
-        .filter_map(|(raw, status)| Some((raw.clone(), parse_status(status)?)))
-        .collect()
+/// A source's status table as configured (raw status → canonical status name), parsed. A key
+/// ending in `*` matches by prefix; exact keys are tried first. Entries that do not parse were
+/// refused by config validation.
+pub(crate) struct StatusTable {
+    exact: HashMap<String, EventAction>,
+    prefixes: Vec<(String, EventAction)>,
+}
+
+impl StatusTable {
+    pub(crate) fn new(table: &std::collections::BTreeMap<String, String>) -> Self {
+        let mut exact = HashMap::new();
+        let mut prefixes = Vec::new();
+        for (raw, status) in table {
+            let Some(action) = parse_status(status) else {
+                continue;
+            };
+            match raw.strip_suffix('*') {
+                Some(prefix) => prefixes.push((prefix.to_owned(), action)),
+                None => {
+                    exact.insert(raw.clone(), action);
+                }
+            }
+        }
+        // Longest prefix first.
+        prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        StatusTable { exact, prefixes }
+    }
+
+    pub(crate) fn get(&self, raw: &str) -> Option<&EventAction> {
+        self.exact.get(raw).or_else(|| {
+            self.prefixes
+                .iter()
+                .find(|(prefix, _)| raw.starts_with(prefix.as_str()))
+                .map(|(_, action)| action)
+        })
+    }
 }
 
 /// An id or tag a platform sends as a string or a number.
@@ -168,6 +198,8 @@ impl IntoResponse for IngestError {
 /// The parts of a request an adapter looks at.
 pub(crate) struct RawRequest<'a> {
     pub(crate) headers: &'a HeaderMap,
+    /// The raw query string (empty when there is none).
+    pub(crate) query: &'a str,
     pub(crate) body: &'a [u8],
     pub(crate) received_at: Millis,
 }
@@ -176,6 +208,13 @@ impl RawRequest<'_> {
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+}
+
+/// The first value of parameter `name` in a URL-encoded query string.
+pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
 }
 
 /// What a verified body decodes to.
@@ -196,6 +235,10 @@ pub(crate) trait SourceAdapter: Send + Sync {
     fn decode(&self, request: &RawRequest<'_>) -> Result<Decoded, IngestError>;
     /// The success answer in the source's own format.
     fn ack(&self) -> Response;
+    /// Answers the platform's URL check (a GET when the push URL is set up), if it makes one.
+    fn url_verification(&self, _query: &str) -> Option<Result<Response, IngestError>> {
+        None
+    }
 }
 
 /// A configured source: ready, or unable to verify (credentials missing or invalid).
@@ -229,6 +272,12 @@ impl SourceRegistry {
         }
         if let Some(youzan) = &config.sources.youzan {
             sources.insert(youzan::SOURCE, youzan::build(youzan, secrets));
+        }
+        if let Some(kuaishou) = &config.sources.kuaishou {
+            sources.insert(kuaishou::SOURCE, kuaishou::build(kuaishou, secrets));
+        }
+        if let Some(wechat) = &config.sources.wechat {
+            sources.insert(wechat::SOURCE, wechat::build(wechat, secrets));
         }
         if let Some(events) = &config.sources.events {
             sources.insert("events", events::build(events, secrets));
@@ -319,11 +368,50 @@ impl IngestMetrics {
 pub(crate) async fn ingest_source(
     State(app): State<Arc<AppState>>,
     Path(source): Path<String>,
-    RawQuery(_query): RawQuery,
+    RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    ingest(app, &source, headers, body).await
+    ingest(app, &source, query.as_deref().unwrap_or(""), headers, body).await
+}
+
+/// `GET /v1/ingest/{source}`: the platform's URL verification (WeChat's `echostr`).
+pub(crate) async fn verify_source_url(
+    State(app): State<Arc<AppState>>,
+    Path(source): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let started = Instant::now();
+    let Some(entry) = app.sources.sources.get(source.as_str()) else {
+        app.ingest_metrics
+            .request("unknown", "unknown_source", started);
+        return IngestError::UnknownSource(source).into_response();
+    };
+    let name = entry.name();
+    let answer = match entry {
+        SourceEntry::Unavailable { name, reason } => Err(IngestError::SourceUnavailable {
+            origin: name,
+            reason: reason.clone(),
+        }),
+        SourceEntry::Ready(adapter) => {
+            match adapter.url_verification(query.as_deref().unwrap_or("")) {
+                Some(answer) => answer,
+                None => Err(IngestError::Malformed(format!(
+                    "source {name} has no URL verification; it takes POST"
+                ))),
+            }
+        }
+    };
+    match answer {
+        Ok(response) => {
+            app.ingest_metrics.request(name, "verification", started);
+            response
+        }
+        Err(err) => {
+            app.ingest_metrics.request(name, err.kind(), started);
+            err.into_response()
+        }
+    }
 }
 
 /// `POST /v1/events`.
@@ -332,10 +420,16 @@ pub(crate) async fn ingest_events(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    ingest(app, "events", headers, body).await
+    ingest(app, "events", "", headers, body).await
 }
 
-async fn ingest(app: Arc<AppState>, source: &str, headers: HeaderMap, body: Body) -> Response {
+async fn ingest(
+    app: Arc<AppState>,
+    source: &str,
+    query: &str,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     let Some(entry) = app.sources.sources.get(source) else {
         app.ingest_metrics
@@ -343,7 +437,7 @@ async fn ingest(app: Arc<AppState>, source: &str, headers: HeaderMap, body: Body
         return IngestError::UnknownSource(source.to_owned()).into_response();
     };
     let name = entry.name();
-    match process(&app, entry, headers, body).await {
+    match process(&app, entry, query, headers, body).await {
         Ok((response, outcome)) => {
             app.ingest_metrics.request(name, outcome, started);
             response
@@ -361,6 +455,7 @@ async fn ingest(app: Arc<AppState>, source: &str, headers: HeaderMap, body: Body
 async fn process(
     app: &AppState,
     entry: &SourceEntry,
+    query: &str,
     headers: HeaderMap,
     body: Body,
 ) -> Result<(Response, &'static str), IngestError> {
@@ -389,6 +484,7 @@ async fn process(
         .map_err(|_| IngestError::TooLarge { limit })?;
     let request = RawRequest {
         headers: &headers,
+        query,
         body: &bytes,
         received_at: app.now_ms(),
     };

@@ -211,7 +211,10 @@ pub async fn run(
 
 fn routes(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/ingest/{source}", post(ingest::ingest_source))
+        .route(
+            "/v1/ingest/{source}",
+            post(ingest::ingest_source).get(ingest::verify_source_url),
+        )
         .route("/v1/events", post(ingest::ingest_events))
         .route("/v1/orders", get(api::list_orders))
         .route("/v1/orders/{key}", get(api::get_order))

@@ -217,12 +217,14 @@ mod tests {
         let good = headers(sign);
         let request = RawRequest {
             headers: &good,
+            query: "",
             body: PUSH.as_bytes(),
             received_at: 1,
         };
         assert!(adapter.verify(&request).is_ok());
         let tampered = RawRequest {
             headers: &good,
+            query: "",
             body: b"[]",
             received_at: 1,
         };
@@ -234,6 +236,7 @@ mod tests {
         wrong_app.insert("app-id", "9".parse().unwrap());
         let request = RawRequest {
             headers: &wrong_app,
+            query: "",
             body: PUSH.as_bytes(),
             received_at: 1,
         };
@@ -248,6 +251,7 @@ mod tests {
         let headers = HeaderMap::new();
         let request = RawRequest {
             headers: &headers,
+            query: "",
             body: PUSH.as_bytes(),
             received_at: 1_800_000_000_000,
         };
@@ -277,6 +281,7 @@ mod tests {
         let decode = |body: &str| {
             adapter.decode(&RawRequest {
                 headers: &headers,
+                query: "",
                 body: body.as_bytes(),
                 received_at: 1,
             })

@@ -180,6 +180,7 @@ mod tests {
         headers.insert("webhook-id", "wh-1".parse().unwrap());
         let request = RawRequest {
             headers: &headers,
+            query: "",
             body: body.as_bytes(),
             received_at: 5_000,
         };

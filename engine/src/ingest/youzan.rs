@@ -10,10 +10,12 @@
 //! `test` messages are acknowledged and stored nowhere.
 
 use super::signature::{md5_hex, same_signature};
-use super::{Decoded, IngestError, RawRequest, SecretLookup, SourceAdapter, SourceEntry};
+use super::{
+    Decoded, IngestError, RawRequest, SecretLookup, SourceAdapter, SourceEntry, StatusTable,
+};
 use crate::config::YouzanConfig;
 use axum::response::{IntoResponse, Response};
-use orderhub_actors::order::{EventAction, OrderEvent};
+use orderhub_actors::order::OrderEvent;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -22,8 +24,8 @@ pub(crate) const SOURCE: &str = "youzan";
 pub(crate) struct YouzanAdapter {
     client_id: String,
     client_secret: String,
-    status_map: Vec<(String, EventAction)>,
-    type_map: Vec<(String, EventAction)>,
+    status_map: StatusTable,
+    type_map: StatusTable,
 }
 
 pub(crate) fn build(config: &YouzanConfig, secrets: &SecretLookup) -> SourceEntry {
@@ -33,8 +35,8 @@ pub(crate) fn build(config: &YouzanConfig, secrets: &SecretLookup) -> SourceEntr
         Ok((client_id, client_secret)) => SourceEntry::Ready(Box::new(YouzanAdapter {
             client_id,
             client_secret,
-            status_map: super::status_table(&config.status_map),
-            type_map: super::status_table(&config.type_map),
+            status_map: StatusTable::new(&config.status_map),
+            type_map: StatusTable::new(&config.type_map),
         })),
         Err(reason) => SourceEntry::Unavailable {
             name: SOURCE,
@@ -59,17 +61,6 @@ struct Push {
     #[serde(rename = "type")]
     kind: Option<String>,
     version: Option<i64>,
-}
-
-/// The first entry of `table` matching `key` exactly, or by prefix for a `prefix*` entry.
-fn lookup<'a>(table: &'a [(String, EventAction)], key: &str) -> Option<&'a EventAction> {
-    table.iter().find_map(|(pattern, action)| {
-        let hit = match pattern.strip_suffix('*') {
-            Some(prefix) => key.starts_with(prefix),
-            None => pattern == key,
-        };
-        hit.then_some(action)
-    })
 }
 
 /// `msg` is URL-encoded JSON (`+` for space); an empty one decodes to no fields.
@@ -112,8 +103,8 @@ impl YouzanAdapter {
             .filter(|k| !k.is_empty())
             .ok_or_else(|| IngestError::Malformed("no type".into()))?;
         let status = push.status.unwrap_or_default();
-        let action = lookup(&self.type_map, &kind)
-            .or_else(|| lookup(&self.status_map, &status))
+        let action = (self.type_map.get(&kind))
+            .or_else(|| self.status_map.get(&status))
             .cloned()
             .ok_or_else(|| IngestError::UnknownStatus {
                 origin: SOURCE,
@@ -188,7 +179,7 @@ impl SourceAdapter for YouzanAdapter {
 mod tests {
     use super::*;
     use axum::http::HeaderMap;
-    use orderhub_actors::order::OrderState;
+    use orderhub_actors::order::{EventAction, OrderState};
     use std::sync::Arc;
 
     const PAID: &str = include_str!("../../tests/fixtures/youzan/trade_buyer_pay.json");
@@ -210,14 +201,15 @@ mod tests {
         YouzanAdapter {
             client_id: "yz-client".into(),
             client_secret: "yz-secret".into(),
-            status_map: super::super::status_table(&youzan.status_map),
-            type_map: super::super::status_table(&youzan.type_map),
+            status_map: StatusTable::new(&youzan.status_map),
+            type_map: StatusTable::new(&youzan.type_map),
         }
     }
 
     fn request<'a>(headers: &'a HeaderMap, body: &'a str) -> RawRequest<'a> {
         RawRequest {
             headers,
+            query: "",
             body: body.as_bytes(),
             received_at: 1_700_000_000_000,
         }

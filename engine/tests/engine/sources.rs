@@ -85,10 +85,99 @@ async fn youzan_pushes_are_verified_acknowledged_and_mapped() {
 async fn a_channel_without_credentials_answers_503_naming_its_variable() {
     let dir = tempfile::tempdir().unwrap();
     let engine = TestEngine::start_with("", dir.path(), Arc::new(|_: &str| None)).await;
-    for (source, variable) in [("youzan", "ORDERHUB_YOUZAN_CLIENT_ID")] {
+    for (source, variable) in [
+        ("youzan", "ORDERHUB_YOUZAN_CLIENT_ID"),
+        ("kuaishou", "ORDERHUB_KUAISHOU_APP_KEY"),
+        ("wechat", "ORDERHUB_WECHAT_TOKEN"),
+    ] {
         let (status, body) = engine.post_source(source, &[], "{}").await;
         assert_eq!(status, 503, "{source}: {body}");
         assert!(body.contains(variable), "{source}: {body}");
     }
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kuaishou_encrypted_pushes_are_decrypted_acknowledged_and_mapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start("sla = []", dir.path()).await;
+    for name in ["pay_success", "delivering", "add_refund", "test_heartbeat"] {
+        let body = fixture(&format!("kuaishou/{name}.body"));
+        let (status, answer) = engine.post_source("kuaishou", &[], body).await;
+        assert_eq!(
+            (status, answer.as_str()),
+            (200, r#"{"result":1}"#),
+            "{name}"
+        );
+    }
+    let order = engine
+        .eventually("/v1/orders/kuaishou:2418800012345678", |o| {
+            o["timeline"].as_array().is_some_and(|t| t.len() == 3)
+        })
+        .await;
+    assert_eq!(
+        order["state"], "shipped",
+        "the refund is recorded, not applied"
+    );
+    // Ciphertext made with another key is refused as unauthenticated.
+    let (status, answer) = engine
+        .post_source("kuaishou", &[], "q83vEjRWeJCrze8SNFZ4kA==")
+        .await;
+    assert_eq!(status, 401, "{answer}");
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wechat_checks_its_url_and_takes_plain_and_safe_mode_pushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start("sla = []", dir.path()).await;
+    // The URL check echoes echostr as plain text.
+    let check = fixture("wechat/url_check.query");
+    let response = engine
+        .client
+        .get(format!("{}/v1/ingest/wechat?{check}", engine.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "7150386942031482112");
+    let forged = check.replace("nonce=nonce42", "nonce=nonce43");
+    let response = engine
+        .client
+        .get(format!("{}/v1/ingest/wechat?{forged}", engine.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    // Plain mode, then safe mode for the same order.
+    let (status, answer) = engine
+        .post_source_query(
+            "wechat",
+            &fixture("wechat/order_pay.query"),
+            &[],
+            fixture("wechat/order_pay.json"),
+        )
+        .await;
+    assert_eq!((status, answer.as_str()), (200, "success"));
+    let (status, answer) = engine
+        .post_source_query(
+            "wechat",
+            &fixture("wechat/order_deliver.safe.query"),
+            &[],
+            fixture("wechat/order_deliver.safe.json"),
+        )
+        .await;
+    assert_eq!((status, answer.as_str()), (200, "success"));
+    let order = engine
+        .eventually("/v1/orders/wechat:3705115058471208928", |o| {
+            o["state"] == "shipped"
+        })
+        .await;
+    assert_eq!(order["fields"]["wechat_app_id"], "wx5f0c1b2a3d4e5f60");
+    // Without a signature nothing is stored.
+    let (status, answer) = engine
+        .post_source("wechat", &[], fixture("wechat/order_pay.json"))
+        .await;
+    assert_eq!(status, 401, "{answer}");
     engine.stop().await;
 }

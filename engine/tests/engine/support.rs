@@ -17,6 +17,11 @@ pub(crate) const DOUYIN_SECRET: &str = "douyin-test-secret";
 pub(crate) const EVENTS_SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
 pub(crate) const YOUZAN_CLIENT_ID: &str = "yz-client";
 pub(crate) const YOUZAN_CLIENT_SECRET: &str = "yz-secret";
+/// The key the Kuaishou fixtures were encrypted with: base64("kuaishou-msg-key").
+pub(crate) const KUAISHOU_MESSAGE_KEY: &str = "a3VhaXNob3UtbXNnLWtleQ==";
+pub(crate) const WECHAT_TOKEN: &str = "orderhub-wechat-token";
+/// The EncodingAESKey the WeChat safe-mode fixture was encrypted with.
+pub(crate) const WECHAT_AES_KEY: &str = "b3JkZXJodWItd2VjaGF0LWFlcy1rZXktMzItYnl0ZXM";
 
 /// The environment the engine sees in tests.
 pub(crate) fn secrets() -> SecretLookup {
@@ -26,6 +31,10 @@ pub(crate) fn secrets() -> SecretLookup {
         "ORDERHUB_EVENTS_SECRET" => Some(EVENTS_SECRET.into()),
         "ORDERHUB_YOUZAN_CLIENT_ID" => Some(YOUZAN_CLIENT_ID.into()),
         "ORDERHUB_YOUZAN_CLIENT_SECRET" => Some(YOUZAN_CLIENT_SECRET.into()),
+        "ORDERHUB_KUAISHOU_APP_KEY" => Some("ks_app_key_test".into()),
+        "ORDERHUB_KUAISHOU_MESSAGE_KEY" => Some(KUAISHOU_MESSAGE_KEY.into()),
+        "ORDERHUB_WECHAT_TOKEN" => Some(WECHAT_TOKEN.into()),
+        "ORDERHUB_WECHAT_AES_KEY" => Some(WECHAT_AES_KEY.into()),
         _ => None,
     })
 }
@@ -122,9 +131,24 @@ impl TestEngine {
         headers: &[(&str, String)],
         body: impl Into<reqwest::Body>,
     ) -> (u16, String) {
+        self.post_source_query(source, "", headers, body).await
+    }
+
+    /// As [`Self::post_source`], with a raw query string.
+    pub(crate) async fn post_source_query(
+        &self,
+        source: &str,
+        query: &str,
+        headers: &[(&str, String)],
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, String) {
+        let separator = if query.is_empty() { "" } else { "?" };
         let mut request = self
             .client
-            .post(format!("{}/v1/ingest/{source}", self.base))
+            .post(format!(
+                "{}/v1/ingest/{source}{separator}{query}",
+                self.base
+            ))
             .body(body);
         for (name, value) in headers {
             request = request.header(*name, value);
