@@ -189,6 +189,45 @@ pub struct WechatConfig {
     pub event_map: BTreeMap<String, String>,
 }
 
+/// `[sources.wdt]`: WangDianTong WMS status push.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WdtConfig {
+    /// Environment variable holding the seller id (`sid`).
+    pub sid_env: String,
+    /// Environment variable holding the app key.
+    pub appkey_env: String,
+    /// Environment variable holding the app secret.
+    pub appsecret_env: String,
+    /// Accepted clock difference of `timestamp`.
+    #[serde(default = "default_wdt_tolerance")]
+    pub tolerance: HumanDuration,
+    /// `shop_no` → channel name (the order key's prefix).
+    #[serde(default)]
+    pub shops: BTreeMap<String, String>,
+    /// The channel of a `shop_no` not in `shops`.
+    #[serde(default)]
+    pub default_channel: Option<String>,
+    /// WMS status → canonical status.
+    pub status_map: BTreeMap<String, String>,
+}
+
+fn default_wdt_tolerance() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(600))
+}
+
+/// `[sources.sf]`: SF Express route push.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SfConfig {
+    /// Environment variable holding the partner id (customer code).
+    pub partner_id_env: String,
+    /// Environment variable holding the checkword.
+    pub checkword_env: String,
+    /// Route opCode (`*` for any other) → canonical status.
+    pub opcode_map: BTreeMap<String, String>,
+}
+
 /// `[sources.events]`: canonical events signed with Standard Webhooks.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -345,6 +384,12 @@ impl SourcesConfig {
         if let Some(wechat) = &self.wechat {
             tables.push(("sources.wechat.event_map", &wechat.event_map));
         }
+        if let Some(wdt) = &self.wdt {
+            tables.push(("sources.wdt.status_map", &wdt.status_map));
+        }
+        if let Some(sf) = &self.sf {
+            tables.push(("sources.sf.opcode_map", &sf.opcode_map));
+        }
         tables
     }
 }
@@ -364,6 +409,10 @@ pub struct SourcesConfig {
     pub kuaishou: Option<KuaishouConfig>,
     /// WeChat Channels shop push.
     pub wechat: Option<WechatConfig>,
+    /// WangDianTong WMS status push.
+    pub wdt: Option<WdtConfig>,
+    /// SF Express route push.
+    pub sf: Option<SfConfig>,
     /// Canonical events.
     pub events: Option<EventsConfig>,
 }

@@ -3,14 +3,17 @@
 //! answered in the source's own ack format. Bad input gets a JSON error naming the problem, is
 //! counted, and stores nothing.
 //!
-//! One file per source adapter: `douyin`, `youzan`, `kuaishou`, `wechat`, `events` (canonical events, Standard
+//! One file per source adapter: `douyin`, `youzan`, `kuaishou`, `wechat`, `wdt` (WMS), `sf`
+//! (courier), `events` (canonical events, Standard
 //! Webhooks).
 
 pub(crate) mod cipher;
 pub(crate) mod douyin;
 pub(crate) mod events;
 pub(crate) mod kuaishou;
+pub(crate) mod sf;
 pub(crate) mod signature;
+pub(crate) mod wdt;
 pub(crate) mod wechat;
 pub(crate) mod youzan;
 
@@ -127,6 +130,13 @@ pub enum IngestError {
         /// The raw status.
         status: String,
     },
+    /// A courier event names a waybill no event has carried yet (the shipping report may still
+    /// be on its way): refused so that the courier re-sends it.
+    #[error("no order carries waybill {waybill:?} yet; re-send after the shipping report")]
+    UnknownWaybill {
+        /// The waybill number.
+        waybill: String,
+    },
     /// The engine is saturated; the sender should retry after the given seconds.
     #[error("engine is saturated ({0}); retry later")]
     Throttled(&'static str),
@@ -151,6 +161,7 @@ impl IngestError {
             IngestError::BadSignature(_) => "bad_signature",
             IngestError::Malformed(_) => "malformed",
             IngestError::UnknownStatus { .. } => "unknown_status",
+            IngestError::UnknownWaybill { .. } => "unknown_waybill",
             IngestError::Throttled(_) => "throttled",
             IngestError::ShuttingDown => "shutting_down",
             IngestError::Journal(_) => "journal_error",
@@ -169,6 +180,7 @@ impl IngestError {
                 StatusCode::BAD_REQUEST
             }
             IngestError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            IngestError::UnknownWaybill { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 }
@@ -223,6 +235,9 @@ pub(crate) enum Decoded {
     Events(Vec<OrderEvent>),
     /// A platform check (e.g. Douyin tag 0): acknowledged, nothing stored.
     Verification,
+    /// Courier events whose order is found through `fields.waybill_no` (their `order` is
+    /// filled in by the pipeline from the waybill index).
+    ByWaybill(Vec<OrderEvent>),
 }
 
 /// One source's protocol.
@@ -279,6 +294,12 @@ impl SourceRegistry {
         if let Some(wechat) = &config.sources.wechat {
             sources.insert(wechat::SOURCE, wechat::build(wechat, secrets));
         }
+        if let Some(wdt) = &config.sources.wdt {
+            sources.insert(wdt::SOURCE, wdt::build(wdt, secrets));
+        }
+        if let Some(sf) = &config.sources.sf {
+            sources.insert(sf::SOURCE, sf::build(sf, secrets));
+        }
         if let Some(events) = &config.sources.events {
             sources.insert("events", events::build(events, secrets));
         }
@@ -296,7 +317,7 @@ impl SourceRegistry {
 }
 
 /// Outcomes counted per source.
-const OUTCOMES: [&str; 11] = [
+const OUTCOMES: [&str; 12] = [
     "accepted",
     "duplicate",
     "verification",
@@ -306,6 +327,7 @@ const OUTCOMES: [&str; 11] = [
     "bad_signature",
     "malformed",
     "unknown_status",
+    "unknown_waybill",
     "throttled",
     "shutting_down",
 ];
@@ -492,6 +514,7 @@ async fn process(
     let events = match adapter.decode(&request)? {
         Decoded::Verification => return Ok((adapter.ack(), "verification")),
         Decoded::Events(events) => events,
+        Decoded::ByWaybill(events) => find_orders_by_waybill(app, events).await?,
     };
     if events.is_empty() {
         return Ok((adapter.ack(), "accepted"));
@@ -520,6 +543,34 @@ async fn process(
         "accepted"
     };
     Ok((adapter.ack(), outcome))
+}
+
+/// Fills in each courier event's order from the waybill index.
+async fn find_orders_by_waybill(
+    app: &AppState,
+    mut events: Vec<OrderEvent>,
+) -> Result<Vec<OrderEvent>, IngestError> {
+    let journal = app.journal.clone();
+    tokio::task::spawn_blocking(move || {
+        for event in &mut events {
+            let waybill = match event.fields.get("waybill_no") {
+                Some(serde_json::Value::String(waybill)) => waybill.clone(),
+                _ => {
+                    return Err(IngestError::Malformed(
+                        "a courier event has no waybill_no".into(),
+                    ));
+                }
+            };
+            match journal.order_of_waybill(&waybill) {
+                Ok(Some(order)) => event.order = order,
+                Ok(None) => return Err(IngestError::UnknownWaybill { waybill }),
+                Err(err) => return Err(IngestError::Journal(err.to_string())),
+            }
+        }
+        Ok(events)
+    })
+    .await
+    .map_err(|e| IngestError::Journal(e.to_string()))?
 }
 
 /// Reads the secret named by `variable`, or explains what is missing.

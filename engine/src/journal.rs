@@ -249,6 +249,12 @@ impl Journal {
         self.inner.reader.overdue(rules, now)
     }
 
+    /// The order a waybill number belongs to: the one whose event last carried it in
+    /// `fields.waybill_no`.
+    pub fn order_of_waybill(&self, waybill: &str) -> Result<Option<String>, JournalError> {
+        self.inner.reader.order_of_waybill(waybill)
+    }
+
     /// Every sync of `order`, oldest first.
     pub fn syncs_of(&self, order: &str) -> Result<Vec<SyncView>, JournalError> {
         self.inner.reader.with(|conn| outbox::of_order(conn, order))
@@ -487,5 +493,36 @@ mod tests {
         assert_eq!(journal.overdue(&rules, 10_000).unwrap(), vec![1, 1, 1, 0]);
         assert_eq!(journal.overdue(&rules, 1_000).unwrap(), vec![0, 0, 0, 0]);
         journal.close().await;
+    }
+
+    #[tokio::test]
+    async fn waybills_are_indexed_on_append_and_backfilled_for_an_older_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::embedded().unwrap().journal;
+        let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
+        journal.start(|_| {}, |_| {}).unwrap();
+        let mut shipped = event("ship");
+        shipped
+            .fields
+            .insert("waybill_no".into(), serde_json::json!("SF1"));
+        journal.append(vec![shipped]).await.unwrap();
+        assert_eq!(
+            journal.order_of_waybill("SF1").unwrap().as_deref(),
+            Some("shop:1")
+        );
+        assert_eq!(journal.order_of_waybill("SF2").unwrap(), None);
+        journal.close().await;
+        // A journal from before the index: the table and its marker are gone.
+        let conn = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
+        conn.execute_batch(
+            "DROP TABLE waybills; DELETE FROM meta WHERE name = 'waybills_backfilled';",
+        )
+        .unwrap();
+        drop(conn);
+        let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
+        assert_eq!(
+            journal.order_of_waybill("SF1").unwrap().as_deref(),
+            Some("shop:1")
+        );
     }
 }

@@ -140,6 +140,16 @@ impl ReadPool {
         })
     }
 
+    /// The order whose events carried `waybill` in `fields.waybill_no` (the latest one).
+    pub(crate) fn order_of_waybill(&self, waybill: &str) -> Result<Option<String>, JournalError> {
+        self.with(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT order_key FROM waybills WHERE waybill_no = ?1")?
+                .query_row([waybill], |row| row.get(0))
+                .optional()?)
+        })
+    }
+
     /// Whether any event of `order` is journaled.
     pub(crate) fn known(&self, order: &str) -> Result<bool, JournalError> {
         self.with(|conn| {

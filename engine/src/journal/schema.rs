@@ -31,6 +31,10 @@ CREATE INDEX IF NOT EXISTS orders_by_state ON orders (state, state_since);
 CREATE INDEX IF NOT EXISTS orders_breached ON orders (state_since) WHERE sla_breached = 1;
 CREATE INDEX IF NOT EXISTS orders_armed ON orders (order_key) WHERE armed IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS waybills (
+    waybill_no TEXT PRIMARY KEY,
+    order_key TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS syncs (
     row INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
@@ -51,6 +55,33 @@ CREATE INDEX IF NOT EXISTS syncs_dead ON syncs (row) WHERE status = 'dead';
 CREATE INDEX IF NOT EXISTS syncs_by_order ON syncs (order_key, row);
 ";
 
+/// The meta key that says the waybill index covers every event journaled before it existed.
+const WAYBILLS_BACKFILLED: &str = "waybills_backfilled";
+
+/// Fills the waybill index from the events of a journal written before the index existed
+/// (once; later events are indexed as they are appended).
+fn backfill_waybills(conn: &Connection) -> rusqlite::Result<()> {
+    let done: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE name = ?1",
+            [WAYBILLS_BACKFILLED],
+            |r| r.get(0),
+        )
+        .ok();
+    if done.is_some() {
+        return Ok(());
+    }
+    conn.execute_batch(&format!(
+        "BEGIN;
+         INSERT INTO waybills (waybill_no, order_key)
+             SELECT json_extract(body, '$.fields.waybill_no'), order_key FROM events
+             WHERE json_type(body, '$.fields.waybill_no') = 'text' ORDER BY seq
+         ON CONFLICT (waybill_no) DO UPDATE SET order_key = excluded.order_key;
+         INSERT INTO meta (name, value) VALUES ('{WAYBILLS_BACKFILLED}', 1);
+         COMMIT;"
+    ))
+}
+
 /// The meta key of the index watermark: every event below it is folded into `orders`.
 pub(crate) const WATERMARK: &str = "index_watermark";
 
@@ -63,6 +94,7 @@ pub(crate) fn open_writer(dir: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.execute_batch(SCHEMA)?;
+    backfill_waybills(&conn)?;
     Ok(conn)
 }
 

@@ -274,6 +274,11 @@ impl Writer {
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (source, source_event_id) DO NOTHING RETURNING seq",
             )?;
+            // A courier finds its order through the waybill number an earlier event carried.
+            let mut index_waybill = tx.prepare_cached(
+                "INSERT INTO waybills (waybill_no, order_key) VALUES (?1, ?2)
+                 ON CONFLICT (waybill_no) DO UPDATE SET order_key = excluded.order_key",
+            )?;
             let mut append = |event: OrderEvent| -> Result<AppendOutcome, JournalError> {
                 let body = serde_json::to_string(&event).map_err(|e| JournalError::Corrupt {
                     seq: 0,
@@ -291,6 +296,12 @@ impl Writer {
                         |r| r.get(0),
                     )
                     .optional()?;
+                if seq.is_some()
+                    && let Some(serde_json::Value::String(waybill)) = event.fields.get("waybill_no")
+                    && !waybill.is_empty()
+                {
+                    index_waybill.execute(params![waybill, event.order])?;
+                }
                 Ok(match seq {
                     Some(seq) => {
                         let seq = seq as u64;

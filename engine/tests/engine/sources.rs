@@ -89,6 +89,8 @@ async fn a_channel_without_credentials_answers_503_naming_its_variable() {
         ("youzan", "ORDERHUB_YOUZAN_CLIENT_ID"),
         ("kuaishou", "ORDERHUB_KUAISHOU_APP_KEY"),
         ("wechat", "ORDERHUB_WECHAT_TOKEN"),
+        ("wdt", "ORDERHUB_WDT_SID"),
+        ("sf", "ORDERHUB_SF_PARTNER_ID"),
     ] {
         let (status, body) = engine.post_source(source, &[], "{}").await;
         assert_eq!(status, 503, "{source}: {body}");
@@ -179,5 +181,89 @@ async fn wechat_checks_its_url_and_takes_plain_and_safe_mode_pushes() {
         .post_source("wechat", &[], fixture("wechat/order_pay.json"))
         .await;
     assert_eq!(status, 401, "{answer}");
+    engine.stop().await;
+}
+
+/// The WMS reports shipped with a waybill; the courier's route pushes then find the order.
+const WAREHOUSE_AND_COURIER: &str = r#"
+sla = []
+
+[sources.events]
+secret_env = "ORDERHUB_EVENTS_SECRET"
+tolerance = "5m"
+
+[sources.wdt]
+sid_env = "ORDERHUB_WDT_SID"
+appkey_env = "ORDERHUB_WDT_APPKEY"
+appsecret_env = "ORDERHUB_WDT_APPSECRET"
+tolerance = "876000h"   # the fixture is signed with a fixed timestamp
+[sources.wdt.shops]
+yz01 = "youzan"
+[sources.wdt.status_map]
+shipped = "shipped"
+
+[sources.sf]
+partner_id_env = "ORDERHUB_SF_PARTNER_ID"
+checkword_env = "ORDERHUB_SF_CHECKWORD"
+[sources.sf.opcode_map]
+"50" = "in_transit"
+"80" = "delivered"
+"*" = "none"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_courier_finds_the_order_through_the_waybill_the_warehouse_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start(WAREHOUSE_AND_COURIER, dir.path()).await;
+    let order = "youzan:E20231115093012034500012";
+    let (status, _) = engine
+        .post_events(&canonical("yz-paid", order, "youzan", "paid", now_ms()))
+        .await;
+    assert_eq!(status, 200);
+    // The courier's scan can arrive before the warehouse's report: refused, to be re-sent.
+    let routes = fixture("sf/route_push.form");
+    let form = [(
+        "content-type",
+        "application/x-www-form-urlencoded".to_owned(),
+    )];
+    let (status, body) = engine.post_source("sf", &form, routes.clone()).await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("SF1400123456789"), "{body}");
+    // The warehouse ships it with that waybill…
+    let (status, body) = engine
+        .post_source("wdt", &form, fixture("wdt/shipped.form"))
+        .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"code":0,"message":"success"}"#)
+    );
+    // …and the re-sent routes land on the order: collected, a sorting scan, signed for.
+    let (status, body) = engine.post_source("sf", &form, routes.clone()).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"return_code":"0000","return_msg":"success"}"#)
+    );
+    let found = engine
+        .eventually(&format!("/v1/orders/{order}"), |o| {
+            o["state"] == "delivered"
+        })
+        .await;
+    let timeline = found["timeline"].as_array().unwrap();
+    assert_eq!(
+        timeline.len(),
+        5,
+        "paid, shipped and three scans: {timeline:?}"
+    );
+    assert_eq!(found["fields"]["waybill_no"], "SF1400123456789");
+    assert_eq!(found["systems"]["sf"]["raw_status"], "80");
+    // Re-sent again: acknowledged, nothing new.
+    let (status, _) = engine.post_source("sf", &form, routes).await;
+    assert_eq!(status, 200);
+    // A tampered digest is refused.
+    let forged = fixture("sf/route_push.form").replace("msgDigest=", "msgDigest=x");
+    let (status, body) = engine.post_source("sf", &form, forged).await;
+    assert_eq!(status, 401, "{body}");
+    let settled = engine.get(&format!("/v1/orders/{order}")).await.1;
+    assert_eq!(settled["timeline"].as_array().unwrap().len(), 5);
     engine.stop().await;
 }

@@ -35,6 +35,11 @@ pub(crate) fn secrets() -> SecretLookup {
         "ORDERHUB_KUAISHOU_MESSAGE_KEY" => Some(KUAISHOU_MESSAGE_KEY.into()),
         "ORDERHUB_WECHAT_TOKEN" => Some(WECHAT_TOKEN.into()),
         "ORDERHUB_WECHAT_AES_KEY" => Some(WECHAT_AES_KEY.into()),
+        "ORDERHUB_WDT_SID" => Some("wdtsid".into()),
+        "ORDERHUB_WDT_APPKEY" => Some("wdtkey".into()),
+        "ORDERHUB_WDT_APPSECRET" => Some("wdt-appsecret".into()),
+        "ORDERHUB_SF_PARTNER_ID" => Some("OH_PARTNER".into()),
+        "ORDERHUB_SF_CHECKWORD" => Some("sf-checkword-test".into()),
         _ => None,
     })
 }
