@@ -189,6 +189,42 @@ pub struct WechatConfig {
     pub event_map: BTreeMap<String, String>,
 }
 
+/// `[sources.generic.NAME]`: a JSON source described by JSON pointers, signed with Standard
+/// Webhooks.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenericConfig {
+    /// Environment variable holding the `whsec_…` secret.
+    pub secret_env: String,
+    /// Accepted clock difference of `webhook-timestamp`.
+    #[serde(default = "default_webhook_tolerance")]
+    pub tolerance: HumanDuration,
+    /// The order key's prefix: `{channel}:{order id}`.
+    pub channel: String,
+    /// Pointer to the array of events, when the body wraps them.
+    #[serde(default)]
+    pub events_path: Option<String>,
+    /// Pointer to the order id within an event.
+    pub order_path: String,
+    /// Pointer to the status within an event.
+    pub status_path: String,
+    /// Pointer to the event id (else the `webhook-id`).
+    #[serde(default)]
+    pub event_id_path: Option<String>,
+    /// Pointer to the event time (ms, s or RFC 3339; else the time received).
+    #[serde(default)]
+    pub occurred_at_path: Option<String>,
+    /// Field name → pointer, kept in the order's fields (`waybill_no` links a courier).
+    #[serde(default)]
+    pub fields: BTreeMap<String, String>,
+    /// Status value → canonical status.
+    pub status_map: BTreeMap<String, String>,
+}
+
+fn default_webhook_tolerance() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(300))
+}
+
 /// `[sources.wdt]`: WangDianTong WMS status push.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -368,27 +404,33 @@ pub struct SinkConfig {
 
 impl SourcesConfig {
     /// Every configured status table with its config key, for validation.
-    fn status_tables(&self) -> Vec<(&'static str, &BTreeMap<String, String>)> {
+    fn status_tables(&self) -> Vec<(String, &BTreeMap<String, String>)> {
         let mut tables = Vec::new();
         if let Some(douyin) = &self.douyin {
-            tables.push(("sources.douyin.status_map", &douyin.status_map));
+            tables.push(("sources.douyin.status_map".into(), &douyin.status_map));
         }
         if let Some(youzan) = &self.youzan {
-            tables.push(("sources.youzan.status_map", &youzan.status_map));
-            tables.push(("sources.youzan.type_map", &youzan.type_map));
+            tables.push(("sources.youzan.status_map".into(), &youzan.status_map));
+            tables.push(("sources.youzan.type_map".into(), &youzan.type_map));
         }
         if let Some(kuaishou) = &self.kuaishou {
-            tables.push(("sources.kuaishou.status_map", &kuaishou.status_map));
-            tables.push(("sources.kuaishou.event_map", &kuaishou.event_map));
+            tables.push(("sources.kuaishou.status_map".into(), &kuaishou.status_map));
+            tables.push(("sources.kuaishou.event_map".into(), &kuaishou.event_map));
         }
         if let Some(wechat) = &self.wechat {
-            tables.push(("sources.wechat.event_map", &wechat.event_map));
+            tables.push(("sources.wechat.event_map".into(), &wechat.event_map));
         }
         if let Some(wdt) = &self.wdt {
-            tables.push(("sources.wdt.status_map", &wdt.status_map));
+            tables.push(("sources.wdt.status_map".into(), &wdt.status_map));
         }
         if let Some(sf) = &self.sf {
-            tables.push(("sources.sf.opcode_map", &sf.opcode_map));
+            tables.push(("sources.sf.opcode_map".into(), &sf.opcode_map));
+        }
+        for (name, generic) in &self.generic {
+            tables.push((
+                format!("sources.generic.{name}.status_map"),
+                &generic.status_map,
+            ));
         }
         tables
     }
@@ -413,6 +455,9 @@ pub struct SourcesConfig {
     pub wdt: Option<WdtConfig>,
     /// SF Express route push.
     pub sf: Option<SfConfig>,
+    /// Configurable JSON sources by name.
+    #[serde(default)]
+    pub generic: BTreeMap<String, GenericConfig>,
     /// Canonical events.
     pub events: Option<EventsConfig>,
 }
@@ -668,6 +713,11 @@ impl Config {
                 .position(|r| r.name == e.rule)
                 .unwrap_or(0);
             return Err(self.invalid(format!("rules[{index}]"), e.to_string()));
+        }
+        for (name, generic) in &self.sources.generic {
+            if let Err((key, message)) = crate::ingest::generic::validate(name, generic) {
+                return Err(self.invalid(key, message));
+            }
         }
         for (key, table) in self.sources.status_tables() {
             for (raw, status) in table {

@@ -4,12 +4,13 @@
 //! counted, and stores nothing.
 //!
 //! One file per source adapter: `douyin`, `youzan`, `kuaishou`, `wechat`, `wdt` (WMS), `sf`
-//! (courier), `events` (canonical events, Standard
+//! (courier), `generic` (configurable JSON), `events` (canonical events, Standard
 //! Webhooks).
 
 pub(crate) mod cipher;
 pub(crate) mod douyin;
 pub(crate) mod events;
+pub(crate) mod generic;
 pub(crate) mod kuaishou;
 pub(crate) mod sf;
 pub(crate) mod signature;
@@ -303,6 +304,10 @@ impl SourceRegistry {
         if let Some(events) = &config.sources.events {
             sources.insert("events", events::build(events, secrets));
         }
+        for (name, generic) in &config.sources.generic {
+            let entry = generic::build(name, generic, secrets);
+            sources.insert(entry.name(), entry);
+        }
         for entry in sources.values() {
             if let SourceEntry::Unavailable { name, reason } = entry {
                 tracing::warn!(source = name, reason = %reason, "ingest source unavailable; it answers 503");
@@ -315,6 +320,11 @@ impl SourceRegistry {
         self.sources.values().map(SourceEntry::name)
     }
 }
+
+/// Names of the built-in sources (a generic source may not take one).
+pub(crate) const BUILT_IN_SOURCES: [&str; 7] = [
+    "douyin", "youzan", "kuaishou", "wechat", "wdt", "sf", "events",
+];
 
 /// Outcomes counted per source.
 const OUTCOMES: [&str; 12] = [

@@ -38,7 +38,7 @@ pub(crate) fn build(config: &EventsConfig, secrets: &SecretLookup) -> SourceEntr
 
 #[derive(Deserialize)]
 #[serde(untagged)]
-enum Time {
+pub(crate) enum Time {
     Millis(i64),
     Text(String),
 }
@@ -65,7 +65,7 @@ fn check_name(what: &str, value: &str, index: usize) -> Result<(), IngestError> 
     Ok(())
 }
 
-fn parse_time(time: Time, index: usize) -> Result<Millis, IngestError> {
+pub(crate) fn parse_time(time: Time, index: usize) -> Result<Millis, IngestError> {
     match time {
         Time::Millis(ms) => Ok(ms),
         Time::Text(text) => {
@@ -86,16 +86,7 @@ impl SourceAdapter for EventsAdapter {
     }
 
     fn verify(&self, request: &RawRequest<'_>) -> Result<(), IngestError> {
-        self.key
-            .verify(
-                request.header("webhook-id"),
-                request.header("webhook-timestamp"),
-                request.header("webhook-signature"),
-                request.body,
-                request.received_at / 1000,
-                self.tolerance_s,
-            )
-            .map_err(|e| IngestError::BadSignature(e.to_string()))
+        self.key.verify_request(request, self.tolerance_s)
     }
 
     fn decode(&self, request: &RawRequest<'_>) -> Result<Decoded, IngestError> {

@@ -86,6 +86,23 @@ impl WebhookKey {
         format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
     }
 
+    /// Verifies a request's Standard Webhooks headers against its raw body.
+    pub(crate) fn verify_request(
+        &self,
+        request: &super::RawRequest<'_>,
+        tolerance_s: i64,
+    ) -> Result<(), super::IngestError> {
+        self.verify(
+            request.header("webhook-id"),
+            request.header("webhook-timestamp"),
+            request.header("webhook-signature"),
+            request.body,
+            request.received_at / 1000,
+            tolerance_s,
+        )
+        .map_err(|e| super::IngestError::BadSignature(e.to_string()))
+    }
+
     /// Verifies the three Standard Webhooks headers against `body`, with `now_s` the current
     /// unix time and `tolerance_s` the accepted clock difference.
     pub(crate) fn verify(

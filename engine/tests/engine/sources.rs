@@ -267,3 +267,67 @@ async fn the_courier_finds_the_order_through_the_waybill_the_warehouse_reported(
     assert_eq!(settled["timeline"].as_array().unwrap().len(), 5);
     engine.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generic_source_is_configured_not_coded() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("sla = []\n{}", fixture("generic/dealer_portal.toml"));
+    let engine = TestEngine::start(&config, dir.path()).await;
+    let body = fixture("generic/dealer_portal.json");
+    let post = |body: String, id: &'static str| {
+        sign_events(
+            engine
+                .client
+                .post(format!("{}/v1/ingest/dealer_portal", engine.base)),
+            &body,
+            id,
+            now_s(),
+        )
+        .send()
+    };
+    let response = post(body.clone(), "wh-1").await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), r#"{"status":"accepted"}"#);
+    let order = engine
+        .eventually("/v1/orders/dealer:PO-2023-0042", |o| {
+            o["state"] == "shipped"
+        })
+        .await;
+    assert_eq!(order["fields"]["waybill_no"], "SF1400999");
+    assert_eq!(
+        order["systems"]["dealer_portal"]["raw_status"],
+        "DISPATCHED"
+    );
+    // Unsigned, or with a status the table does not know: refused, named.
+    let (status, answer) = engine.post_source("dealer_portal", &[], body.clone()).await;
+    assert_eq!(status, 401, "{answer}");
+    let odd = body
+        .replace("DISPATCHED", "LOST_IN_SPACE")
+        .replace("evt-9002", "evt-9003");
+    let response = post(odd, "wh-2").await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("LOST_IN_SPACE"));
+    engine.stop().await;
+}
+
+#[test]
+fn check_config_names_a_bad_generic_source_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        fixture("generic/dealer_portal.toml").replace("\"/order/po\"", "\"order.po\""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_orderhub"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("sources.generic.dealer_portal.order_path"),
+        "{stderr}"
+    );
+}

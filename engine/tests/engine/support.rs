@@ -40,6 +40,7 @@ pub(crate) fn secrets() -> SecretLookup {
         "ORDERHUB_WDT_APPSECRET" => Some("wdt-appsecret".into()),
         "ORDERHUB_SF_PARTNER_ID" => Some("OH_PARTNER".into()),
         "ORDERHUB_SF_CHECKWORD" => Some("sf-checkword-test".into()),
+        "ORDERHUB_DEALER_PORTAL_SECRET" => Some(EVENTS_SECRET.into()),
         _ => None,
     })
 }
