@@ -10,6 +10,8 @@
 pub(crate) mod cipher;
 pub(crate) mod douyin;
 pub(crate) mod events;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod generic;
 pub(crate) mod kuaishou;
 pub(crate) mod sf;
