@@ -5,7 +5,9 @@ pub mod machine;
 pub mod policy;
 pub mod state;
 
-pub use event::{EventAction, INTERNAL_SOURCE, JournaledEvent, Millis, OrderEvent, SharedEvent};
+pub use event::{
+    EventAction, INTERNAL_SOURCE, JournaledEvent, Millis, OrderEvent, SharedEvent, Superseding,
+};
 pub use machine::{
     Effects, Hold, Order, Outcome, SlaStatus, SlaTimer, SystemStatus, TimelineEntry,
 };
@@ -25,6 +27,7 @@ mod tests {
                 order: "douyin:1".into(),
                 source: source.into(),
                 source_event_id: format!("e{seq}"),
+                supersedes: None,
                 raw_status: action.label().to_owned(),
                 action,
                 occurred_at: at,
@@ -60,6 +63,48 @@ mod tests {
             order.apply(&mv(4, Delivered), &policy).is_none(),
             "seq already folded"
         );
+    }
+
+    #[test]
+    fn an_older_version_of_a_stream_is_kept_but_superseded() {
+        let policy = OrderPolicy::permissive();
+        let mut order = Order::new("douyin:1");
+        let versioned = |seq, state, stream: &str, version| {
+            let mut event = mv(seq, state);
+            event.event.source = "youzan".into();
+            event.event.supersedes = Some(Superseding {
+                stream: stream.into(),
+                version,
+            });
+            event
+        };
+        order.apply(&versioned(1, Paid, "trade_TradeChanged", 5), &policy);
+        // Version 3 of the same type was sent earlier and arrives late: it says shipped,
+        // but version 5 (paid) is the newer truth.
+        let (outcome, _) = order
+            .apply(&versioned(2, Shipped, "trade_TradeChanged", 3), &policy)
+            .unwrap();
+        assert_eq!(outcome, Outcome::Superseded { latest: 5 });
+        assert_eq!(order.state, Some(Paid));
+        assert_eq!(order.systems["youzan"].raw_status, "paid");
+        // Another type's versions do not compare; a newer version of the stream applies.
+        let (outcome, _) = order
+            .apply(&versioned(3, Allocated, "trade_Other", 1), &policy)
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Applied { .. }));
+        let (outcome, _) = order
+            .apply(&versioned(4, Shipped, "trade_TradeChanged", 6), &policy)
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Applied { .. }));
+        assert_eq!(order.timeline.len(), 4);
+        // Replaying the journal gives the same order.
+        let events: Vec<JournaledEvent> = vec![
+            versioned(1, Paid, "trade_TradeChanged", 5),
+            versioned(2, Shipped, "trade_TradeChanged", 3),
+            versioned(3, Allocated, "trade_Other", 1),
+            versioned(4, Shipped, "trade_TradeChanged", 6),
+        ];
+        assert_eq!(Order::replay("douyin:1", &events, &policy), order);
     }
 
     #[test]

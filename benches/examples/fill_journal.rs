@@ -33,6 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 order: format!("douyin:{}", 9_000_000_000 + i),
                 source: "douyin".into(),
                 source_event_id: format!("fill-{i}"),
+                supersedes: None,
                 raw_status: "101".into(),
                 action: EventAction::Move {
                     state: OrderState::Paid,

@@ -371,6 +371,7 @@ mod tests {
             order: "shop:1".into(),
             source: "wms".into(),
             source_event_id: id.into(),
+            supersedes: None,
             raw_status: "none".into(),
             action: EventAction::Inform,
             occurred_at: 1,

@@ -471,6 +471,7 @@ mod tests {
                 order: "douyin:1".into(),
                 source: "douyin".into(),
                 source_event_id: format!("e{seq}"),
+                supersedes: None,
                 raw_status: state.as_str().into(),
                 action: EventAction::Move { state },
                 occurred_at: 1,

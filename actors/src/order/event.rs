@@ -55,6 +55,11 @@ pub struct OrderEvent {
     pub source: String,
     /// The source's own id for this delivery; with `source` it deduplicates redeliveries.
     pub source_event_id: String,
+    /// Where the source versions its messages (Youzan: within one message type a higher
+    /// `version` supersedes a lower one): an event behind the latest version of its stream is
+    /// kept in the timeline and changes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supersedes: Option<Superseding>,
     /// The status exactly as the source reported it.
     pub raw_status: String,
     /// What the raw status means canonically.
@@ -66,6 +71,15 @@ pub struct OrderEvent {
     /// Business fields the source carried (waybill, amounts, shop id, …).
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub fields: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A message's place in a source's versioned stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Superseding {
+    /// The stream (e.g. the message type); versions compare only within one.
+    pub stream: String,
+    /// The message's version; higher supersedes lower.
+    pub version: i64,
 }
 
 impl OrderEvent {

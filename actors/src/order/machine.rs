@@ -46,6 +46,11 @@ pub enum Outcome {
     },
     /// The source is not allowed to cause that state.
     NotAllowed,
+    /// A later version of the same message stream was already applied (Youzan `version`).
+    Superseded {
+        /// The latest version seen in the stream.
+        latest: i64,
+    },
     /// An informational status.
     Recorded,
     /// The order is on hold: progress was noted and applies when the hold is released.
@@ -76,6 +81,7 @@ impl Outcome {
             Outcome::Stale { .. } => "stale",
             Outcome::Conflict { .. } => "conflict",
             Outcome::NotAllowed => "not_allowed",
+            Outcome::Superseded { .. } => "superseded",
             Outcome::Recorded => "recorded",
             Outcome::Held { .. } => "held",
             Outcome::NotHeld => "not_held",
@@ -182,6 +188,9 @@ pub struct Order {
     /// Tags added by rules.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Latest version per versioned message stream (`{source}:{stream}`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub versions: BTreeMap<String, i64>,
     /// Every report, in journal order.
     pub timeline: Vec<TimelineEntry>,
     /// Armed and breached SLA timers.
@@ -205,6 +214,7 @@ impl Order {
             systems: BTreeMap::new(),
             fields: serde_json::Map::new(),
             tags: Vec::new(),
+            versions: BTreeMap::new(),
             timeline: Vec::new(),
             sla: Vec::new(),
             applied_seq: 0,
@@ -280,7 +290,20 @@ impl Order {
         self.updated_at = self.updated_at.max(event.received_at);
 
         let mut timers = Effects::default();
+        let superseded = event.supersedes.as_ref().and_then(|s| {
+            let stream = format!("{}:{}", event.source, s.stream);
+            match self.versions.get(&stream) {
+                Some(&latest) if latest > s.version => Some(latest),
+                _ => {
+                    self.versions.insert(stream, s.version);
+                    None
+                }
+            }
+        });
         let outcome = match &event.action {
+            _ if superseded.is_some() => Outcome::Superseded {
+                latest: superseded.unwrap_or_default(),
+            },
             EventAction::Move { state } if !policy.allows(&event.source, *state) => {
                 Outcome::NotAllowed
             }
@@ -306,7 +329,8 @@ impl Order {
             } => self.breach(rule, *deadline, *late, event.received_at),
         };
 
-        if event.source != super::event::INTERNAL_SOURCE {
+        // A superseded message is history: it neither speaks for its system nor sets fields.
+        if event.source != super::event::INTERNAL_SOURCE && superseded.is_none() {
             self.record_system(journaled);
             for (name, value) in &event.fields {
                 self.fields.insert(name.clone(), value.clone());

@@ -143,6 +143,7 @@ impl OrderActorState {
             // Deterministic id: a breach raised twice (say by an actor and its successor) is
             // journaled once.
             source_event_id: format!("sla:{rule}:{deadline}"),
+            supersedes: None,
             raw_status: "sla_breach".to_owned(),
             action: EventAction::SlaBreach {
                 rule: rule.to_owned(),

@@ -8,12 +8,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 
-const OUTCOMES: [&str; 10] = [
+const OUTCOMES: [&str; 11] = [
     "applied",
     "unchanged",
     "stale",
     "conflict",
     "not_allowed",
+    "superseded",
     "recorded",
     "held",
     "not_held",

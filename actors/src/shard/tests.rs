@@ -86,6 +86,7 @@ fn event(order: &str, id: &str, state: OrderState, at: Millis) -> OrderEvent {
         order: order.into(),
         source: "wms".into(),
         source_event_id: id.into(),
+        supersedes: None,
         raw_status: state.as_str().into(),
         action: EventAction::Move { state },
         occurred_at: at,

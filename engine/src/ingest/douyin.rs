@@ -101,6 +101,7 @@ impl DouyinAdapter {
             order: format!("{SOURCE}:{order_id}"),
             source: SOURCE.to_owned(),
             source_event_id: message.msg_id,
+            supersedes: None,
             raw_status: tag,
             action,
             occurred_at,

@@ -138,6 +138,7 @@ impl SourceAdapter for EventsAdapter {
                 order: event.order,
                 source: event.source,
                 source_event_id: event_id,
+                supersedes: None,
                 raw_status: event.raw_status.unwrap_or(event.status),
                 action,
                 occurred_at,

@@ -124,6 +124,7 @@ impl GenericAdapter {
             order: format!("{}:{order_id}", config.channel),
             source: self.name.to_owned(),
             source_event_id: event_id,
+            supersedes: None,
             raw_status: status,
             action,
             occurred_at,

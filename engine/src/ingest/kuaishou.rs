@@ -133,6 +133,7 @@ impl KuaishouAdapter {
             order: format!("{SOURCE}:{order_id}"),
             source: SOURCE.to_owned(),
             source_event_id: event_id,
+            supersedes: None,
             raw_status: status,
             action,
             occurred_at: message

@@ -168,6 +168,7 @@ impl SfAdapter {
             order: String::new(),
             source: SOURCE.to_owned(),
             source_event_id: id,
+            supersedes: None,
             raw_status: op_code,
             action,
             occurred_at,

@@ -133,6 +133,7 @@ impl WdtAdapter {
             // The same status of the same trade (and parcel) is one event, however often the
             // push is repeated.
             source_event_id: format!("{shop}:{tid}:{status}:{}", waybill.unwrap_or("")),
+            supersedes: None,
             raw_status: status.to_owned(),
             action,
             occurred_at,

@@ -193,6 +193,7 @@ impl WechatAdapter {
             order: format!("{SOURCE}:{order_id}"),
             source: SOURCE.to_owned(),
             source_event_id: format!("{event}:{order_id}:{created}:{from}"),
+            supersedes: None,
             raw_status: event,
             action,
             occurred_at: if created > 0 {

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::config::YouzanConfig;
 use axum::response::{IntoResponse, Response};
-use orderhub_actors::order::OrderEvent;
+use orderhub_actors::order::{OrderEvent, Superseding};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -132,6 +132,10 @@ impl YouzanAdapter {
             order: format!("{SOURCE}:{order_id}"),
             source: SOURCE.to_owned(),
             source_event_id: msg_id,
+            supersedes: push.version.map(|version| Superseding {
+                stream: kind.clone(),
+                version,
+            }),
             raw_status: if status.is_empty() { kind } else { status },
             action,
             occurred_at: received_at,
