@@ -129,6 +129,25 @@ FLASH_SALE = dashboard(
             [(f'sum by (source, outcome) (rate(orderhub_ingest_requests_total{{outcome!~"accepted|duplicate|verification"}}[{RI}]))', "{{source}} {{outcome}}")],
         ),
         panel(
+            "Channel connections",
+            "Connection-based channels (Pinduoduo message service, Taobao TMC): 1 while the engine's connection is up. Down means their messages wait on the platform (nothing is lost; the platform redelivers).",
+            "none",
+            [("max by (source) (orderhub_channel_connected)", "{{source}}")],
+            defaults={
+                "min": 0,
+                "max": 1,
+                "mappings": [{"type": "value", "options": {"0": {"text": "down", "color": "red"}, "1": {"text": "up", "color": "green"}}}],
+                "custom": {"drawStyle": "line", "lineInterpolation": "stepAfter"},
+            },
+        ),
+        panel(
+            "Channel reconnects",
+            "Times a connection-based channel's connection ended or failed and was retried (exponential backoff, 1 s to 60 s), per interval.",
+            "short",
+            [(f"sum by (source) (increase(orderhub_channel_reconnects_total[{RI}]))", "{{source}}")],
+            defaults={"custom": {"drawStyle": "bars", "fillOpacity": 60}},
+        ),
+        panel(
             "Orders per canonical state",
             "Orders currently in each canonical state (all orders ever seen, passivated ones included).",
             "short",

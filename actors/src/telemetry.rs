@@ -49,6 +49,12 @@ catalogue! {
     /// Ingest latency.
     INGEST_LATENCY = "orderhub_ingest_latency_seconds", Histogram, Seconds, ["source"],
         "Time from receiving an ingest request to answering it, including the journal fsync.";
+    /// Connection-based channel up.
+    CHANNEL_CONNECTED = "orderhub_channel_connected", Gauge, Count, ["source"],
+        "1 while the connection to a connection-based channel (Pinduoduo, TMC) is up, else 0.";
+    /// Reconnects of connection-based channels.
+    CHANNEL_RECONNECTS = "orderhub_channel_reconnects_total", Counter, Count, ["source"],
+        "Times a connection-based channel's connection ended or failed and was retried.";
     /// Events appended to the journal.
     JOURNAL_APPENDED = "orderhub_journal_appended_events_total", Counter, Count, [],
         "Events durably appended to the journal (duplicates excluded).";

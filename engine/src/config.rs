@@ -225,6 +225,24 @@ fn default_webhook_tolerance() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(300))
 }
 
+/// `[sources.pdd]`: the Pinduoduo message service, a WebSocket the engine keeps open.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PddConfig {
+    /// Environment variable holding the client id.
+    pub client_id_env: String,
+    /// Environment variable holding the client secret.
+    pub client_secret_env: String,
+    /// The service's URL; `/{clientId}/{ts}/{sign}` is appended.
+    pub url: String,
+    /// How often the engine sends a heartbeat frame.
+    pub heartbeat: HumanDuration,
+    /// The content field holding the order number.
+    pub order_field: String,
+    /// Message type (`prefix*` allowed) → canonical status.
+    pub type_map: BTreeMap<String, String>,
+}
+
 /// `[sources.wdt]`: WangDianTong WMS status push.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -426,6 +444,9 @@ impl SourcesConfig {
         if let Some(sf) = &self.sf {
             tables.push(("sources.sf.opcode_map".into(), &sf.opcode_map));
         }
+        if let Some(pdd) = &self.pdd {
+            tables.push(("sources.pdd.type_map".into(), &pdd.type_map));
+        }
         for (name, generic) in &self.generic {
             tables.push((
                 format!("sources.generic.{name}.status_map"),
@@ -455,6 +476,8 @@ pub struct SourcesConfig {
     pub wdt: Option<WdtConfig>,
     /// SF Express route push.
     pub sf: Option<SfConfig>,
+    /// Pinduoduo message service (a connection).
+    pub pdd: Option<PddConfig>,
     /// Configurable JSON sources by name.
     #[serde(default)]
     pub generic: BTreeMap<String, GenericConfig>,

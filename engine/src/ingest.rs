@@ -4,16 +4,19 @@
 //! counted, and stores nothing.
 //!
 //! One file per source adapter: `douyin`, `youzan`, `kuaishou`, `wechat`, `wdt` (WMS), `sf`
-//! (courier), `generic` (configurable JSON), `events` (canonical events, Standard
+//! (courier), `generic` (configurable JSON), `events`; the engine's own clients of connection-based
+//! channels: `pdd` (over `connection`) (canonical events, Standard
 //! Webhooks).
 
 pub(crate) mod cipher;
+pub(crate) mod connection;
 pub(crate) mod douyin;
 pub(crate) mod events;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod generic;
 pub(crate) mod kuaishou;
+pub(crate) mod pdd;
 pub(crate) mod sf;
 pub(crate) mod signature;
 pub(crate) mod wdt;
@@ -323,6 +326,51 @@ impl SourceRegistry {
     }
 }
 
+/// The connection-based channels the config asks for, started as tasks of the engine.
+pub(crate) struct Channels {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Channels {
+    /// Names of the configured connection-based channels (for metric registration).
+    pub(crate) fn names(config: &crate::config::Config) -> Vec<&'static str> {
+        let mut names = Vec::new();
+        if config.sources.pdd.is_some() {
+            names.push(pdd::SOURCE);
+        }
+        names
+    }
+
+    /// Starts a client for each configured channel whose credentials are set; the others are
+    /// logged and left alone.
+    pub(crate) fn start(app: &Arc<AppState>, secrets: &SecretLookup) -> Channels {
+        let mut tasks = Vec::new();
+        if let Some(config) = &app.config.sources.pdd {
+            match pdd::build(config, secrets) {
+                Ok(channel) => tasks.push(tokio::spawn(connection::keep_connected(
+                    channel,
+                    app.clone(),
+                ))),
+                Err(reason) => {
+                    // Shown as disconnected, so the dashboard and the alert see it.
+                    connection::ConnectionMetrics::new(pdd::SOURCE)
+                        .connected
+                        .set(0.0);
+                    tracing::warn!(source = pdd::SOURCE, reason = %reason, "channel not started")
+                }
+            }
+        }
+        Channels { tasks }
+    }
+
+    /// Stops every client; unacknowledged messages are redelivered by the platform.
+    pub(crate) fn stop(self) {
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
 /// Names of the built-in sources (a generic source may not take one).
 pub(crate) const BUILT_IN_SOURCES: [&str; 7] = [
     "douyin", "youzan", "kuaishou", "wechat", "wdt", "sf", "events",
@@ -379,7 +427,7 @@ impl IngestMetrics {
         metrics
     }
 
-    fn request(&self, source: &'static str, outcome: &'static str, started: Instant) {
+    pub(crate) fn request(&self, source: &'static str, outcome: &'static str, started: Instant) {
         if let Some(counter) = self.requests.get(&(source, outcome)) {
             counter.increment(1);
         }
@@ -528,8 +576,20 @@ async fn process(
         Decoded::Events(events) => events,
         Decoded::ByWaybill(events) => find_orders_by_waybill(app, events).await?,
     };
+    let outcome = journal_events(app, adapter.name(), events).await?;
+    Ok((adapter.ack(), outcome))
+}
+
+/// Admits `events` of `source` (refusing with 429 while the actors or the sync backlog are
+/// behind) and journals them durably; `accepted`, or `duplicate` when every one was known.
+/// The one way into the journal for every source, pushed or connected.
+pub(crate) async fn journal_events(
+    app: &AppState,
+    source: &'static str,
+    events: Vec<OrderEvent>,
+) -> Result<&'static str, IngestError> {
     if events.is_empty() {
-        return Ok((adapter.ack(), "accepted"));
+        return Ok("accepted");
     }
     if app.router.pending_events() > app.config.journal.max_pending_events {
         return Err(IngestError::Throttled("order actors are behind"));
@@ -547,14 +607,12 @@ async fn process(
         .filter(|o| matches!(o, AppendOutcome::Appended(_)))
         .count() as u64;
     let duplicate = outcomes.len() as u64 - appended;
-    app.ingest_metrics
-        .events(adapter.name(), appended, duplicate);
-    let outcome = if appended == 0 {
+    app.ingest_metrics.events(source, appended, duplicate);
+    Ok(if appended == 0 {
         "duplicate"
     } else {
         "accepted"
-    };
-    Ok((adapter.ack(), outcome))
+    })
 }
 
 /// Fills in each courier event's order from the waybill index.

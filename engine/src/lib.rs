@@ -146,7 +146,8 @@ pub async fn run(
     )?;
 
     let sources = SourceRegistry::build(&config, &secrets);
-    let ingest_metrics = IngestMetrics::new(sources.names());
+    let ingest_metrics =
+        IngestMetrics::new(sources.names().chain(ingest::Channels::names(&config)));
     let grace = config.server.shutdown_grace.0;
     let state = Arc::new(AppState {
         config,
@@ -179,6 +180,7 @@ pub async fn run(
         "orderhub ready"
     );
 
+    let channels = ingest::Channels::start(&state, &secrets);
     let app = routes(state.clone());
     let signalled = Arc::new(tokio::sync::Notify::new());
     let on_signal = {
@@ -200,6 +202,7 @@ pub async fn run(
         served = server => served?,
         () = deadline => tracing::warn!(grace_s = grace.as_secs(), "shutdown grace exceeded; abandoning open connections"),
     }
+    channels.stop();
     journal.flush().await;
     router.stop(grace).await;
     dispatch.stop().await;

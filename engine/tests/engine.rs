@@ -1,9 +1,10 @@
 //! Integration tests of the engine over real HTTP on loopback: the API in process
 //! ([`http_api`]), dispatch through faults ([`dispatch`]) the real binary killed
 //! mid-stream ([`durability`]) and the dashboards and alerts against a real Prometheus
-//! ([`observability`]); each channel's own protocol ([`sources`]).
+//! ([`observability`]); each channel's own protocol ([`sources`]) and connection ([`channels`]).
 
 mod engine {
+    pub(crate) mod channels;
     pub(crate) mod dispatch;
     pub(crate) mod durability;
     pub(crate) mod http_api;

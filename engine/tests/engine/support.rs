@@ -41,6 +41,8 @@ pub(crate) fn secrets() -> SecretLookup {
         "ORDERHUB_SF_PARTNER_ID" => Some("OH_PARTNER".into()),
         "ORDERHUB_SF_CHECKWORD" => Some("sf-checkword-test".into()),
         "ORDERHUB_DEALER_PORTAL_SECRET" => Some(EVENTS_SECRET.into()),
+        "ORDERHUB_PDD_CLIENT_ID" => Some("pdd-client".into()),
+        "ORDERHUB_PDD_CLIENT_SECRET" => Some("pdd-secret".into()),
         _ => None,
     })
 }

@@ -1,0 +1,199 @@
+//! Issue 5, connection-based channels: the engine is the client of a WebSocket that speaks the
+//! platform's documented frames (here a local server on loopback).
+
+use super::support::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+
+const PDD_CLIENT: &str = "pdd-client";
+const PDD_SECRET: &str = "pdd-secret";
+
+fn pdd_sign(ts: &str) -> String {
+    use base64::Engine as _;
+    use md5::{Digest, Md5};
+    let hex = format!("{:x}", Md5::digest(format!("{PDD_CLIENT}{ts}{PDD_SECRET}")));
+    let b64 = base64::engine::general_purpose::STANDARD.encode(hex);
+    b64.replace('+', "%2B")
+        .replace('/', "%2F")
+        .replace('=', "%3D")
+}
+
+fn frame(id: u64, kind: &str, tid: &str) -> String {
+    serde_json::json!({
+        "id": id, "commandType": "Common", "sendTime": now_ms(),
+        "message": { "type": kind, "mallID": 1200001,
+                     "content": serde_json::json!({ "tid": tid, "mall_id": 1200001 }).to_string() }
+    })
+    .to_string()
+}
+
+/// What the server saw on one connection: the request path and every text frame.
+#[derive(Debug)]
+enum Seen {
+    Connected(String),
+    Frame(Value),
+}
+
+// The handshake callback's signature (and its large error type) is tungstenite's.
+#[allow(clippy::result_large_err)]
+/// A message service that sends `script[n]` on its n-th connection, reports what it receives,
+/// and drops connection n when told to.
+async fn message_service(
+    script: Vec<Vec<String>>,
+) -> (
+    String,
+    mpsc::UnboundedReceiver<Seen>,
+    mpsc::UnboundedSender<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/message", listener.local_addr().unwrap());
+    let (seen, seen_rx) = mpsc::unbounded_channel();
+    let (drop_tx, mut drop_rx) = mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        for frames in script {
+            let (stream, _) = listener.accept().await.unwrap();
+            let path = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+            let recorded = path.clone();
+            let mut socket = tokio_tungstenite::accept_hdr_async(
+                stream,
+                move |request: &Request, response: Response| {
+                    *recorded.lock().unwrap() = request.uri().path().to_owned();
+                    Ok(response)
+                },
+            )
+            .await
+            .unwrap();
+            let _ = seen.send(Seen::Connected(path.lock().unwrap().clone()));
+            for text in frames {
+                socket.send(Message::Text(text.into())).await.unwrap();
+            }
+            loop {
+                tokio::select! {
+                    _ = drop_rx.recv() => break,
+                    message = socket.next() => match message {
+                        Some(Ok(Message::Text(text))) => {
+                            let _ = seen.send(Seen::Frame(serde_json::from_str(&text).unwrap()));
+                        }
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    }
+                }
+            }
+            // Dropped without a close frame: the connection just dies.
+        }
+    });
+    (url, seen_rx, drop_tx)
+}
+
+/// Waits for the next ack (skipping heartbeats) or `None` after `wait`.
+async fn next_ack(seen: &mut mpsc::UnboundedReceiver<Seen>, wait: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, seen.recv()).await {
+            Ok(Some(Seen::Frame(frame))) if frame["commandType"] == "Ack" => return Some(frame),
+            Ok(Some(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+async fn next_connection(seen: &mut mpsc::UnboundedReceiver<Seen>) -> String {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), seen.recv()).await {
+            Ok(Some(Seen::Connected(path))) => return path,
+            Ok(Some(_)) => continue,
+            other => panic!("no connection: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pdd_messages_are_journaled_then_acked_across_a_dropped_connection() {
+    let (url, mut seen, drop_connection) = message_service(vec![
+        vec![
+            frame(1, "pdd_trade_TradeConfirmed", "T-1"),
+            frame(1, "pdd_trade_TradeConfirmed", "T-1"),
+            r#"{"commandType":"HeartBeat","time":1}"#.to_owned(),
+        ],
+        vec![
+            frame(2, "pdd_trade_TradeSellerShip", "T-1"),
+            frame(3, "pdd_trade_TradeTeleported", "T-1"),
+        ],
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "sla = []\n[sources.pdd]\nclient_id_env = \"ORDERHUB_PDD_CLIENT_ID\"\n\
+         client_secret_env = \"ORDERHUB_PDD_CLIENT_SECRET\"\nurl = \"{url}\"\nheartbeat = \"200ms\"\n\
+         order_field = \"tid\"\n[sources.pdd.type_map]\npdd_trade_TradeConfirmed = \"paid\"\n\
+         pdd_trade_TradeSellerShip = \"shipped\"\n"
+    );
+    let engine = TestEngine::start(&config, dir.path()).await;
+
+    // The connect path is /message/{clientId}/{ts}/{sign}.
+    let path = next_connection(&mut seen).await;
+    let parts: Vec<&str> = path.split('/').collect();
+    assert_eq!(parts[..3], ["", "message", PDD_CLIENT], "{path}");
+    assert_eq!(parts[4], pdd_sign(parts[3]), "{path}");
+    // Both deliveries of message 1 are acknowledged (the second is a duplicate), each with its
+    // id, and the client sends heartbeats.
+    for _ in 0..2 {
+        let ack = next_ack(&mut seen, Duration::from_secs(10))
+            .await
+            .expect("an ack");
+        assert_eq!(
+            (ack["id"].as_str(), ack["type"].as_str()),
+            (Some("1"), Some("pdd_trade_TradeConfirmed"))
+        );
+    }
+    let mut beats = 0;
+    while beats == 0 {
+        match tokio::time::timeout(Duration::from_secs(5), seen.recv()).await {
+            Ok(Some(Seen::Frame(frame))) if frame["commandType"] == "HeartBeat" => beats += 1,
+            Ok(Some(_)) => {}
+            other => panic!("no heartbeat: {other:?}"),
+        }
+    }
+    // The connection dies; the client reconnects and carries on.
+    drop_connection.send(()).unwrap();
+    next_connection(&mut seen).await;
+    let ack = next_ack(&mut seen, Duration::from_secs(10))
+        .await
+        .expect("an ack");
+    assert_eq!(ack["id"], "2");
+    // An unknown type is counted and not acknowledged, so the platform redelivers it later.
+    assert_eq!(next_ack(&mut seen, Duration::from_millis(800)).await, None);
+    let order = engine
+        .eventually("/v1/orders/pdd:T-1", |o| o["state"] == "shipped")
+        .await;
+    assert_eq!(order["timeline"].as_array().unwrap().len(), 2);
+    let metrics = engine.metrics().await;
+    assert!(
+        sample(
+            &metrics,
+            "orderhub_channel_reconnects_total",
+            &[("source", "pdd")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert_eq!(
+        sample(&metrics, "orderhub_channel_connected", &[("source", "pdd")]),
+        Some(1.0)
+    );
+    assert!(
+        sample(
+            &metrics,
+            "orderhub_ingest_requests_total",
+            &[("source", "pdd"), ("outcome", "unknown_status")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    engine.stop().await;
+}
