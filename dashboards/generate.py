@@ -417,6 +417,22 @@ ENGINE = dashboard(
             defaults={"custom": {"drawStyle": "bars", "fillOpacity": 60}},
         ),
         panel(
+            "Poller cursor age",
+            "How far behind now each poller's cursor is: every change before it has been read. It grows while a window keeps failing or holds an unknown status.",
+            "s",
+            [("max by (source) (orderhub_poll_cursor_age_seconds)", "{{source}}")],
+        ),
+        panel(
+            "Polled orders",
+            "Orders pollers saw per interval: journaled (news to orderhub: a push was missed), known (a push already told us), refused (status not in the table), and failed windows.",
+            "short",
+            [
+                (f"sum by (source, outcome) (increase(orderhub_poll_items_total[{RI}]))", "{{source}} {{outcome}}"),
+                (f'sum by (source) (increase(orderhub_poll_runs_total{{outcome="failed"}}[{RI}]))', "{{source}} failed windows"),
+            ],
+            defaults={"custom": {"drawStyle": "bars", "fillOpacity": 60}},
+        ),
+        panel(
             "Process CPU",
             "CPU time used per second by the engine process (1 = one core busy).",
             "percentunit",

@@ -55,6 +55,15 @@ catalogue! {
     /// Reconnects of connection-based channels.
     CHANNEL_RECONNECTS = "orderhub_channel_reconnects_total", Counter, Count, ["source"],
         "Times a connection-based channel's connection ended or failed and was retried.";
+    /// Poller runs.
+    POLL_RUNS = "orderhub_poll_runs_total", Counter, Count, ["source", "outcome"],
+        "Poller windows read, by source and outcome (ok, failed: the window is read again).";
+    /// Polled orders.
+    POLL_ITEMS = "orderhub_poll_items_total", Counter, Count, ["source", "outcome"],
+        "Orders a poller saw, by outcome: journaled (new to orderhub), known (a push already told us), refused (unknown status).";
+    /// Poller cursor age.
+    POLL_CURSOR_AGE = "orderhub_poll_cursor_age_seconds", Gauge, Seconds, ["source"],
+        "How far behind now a poller's cursor is (every change before it has been read).";
     /// Events appended to the journal.
     JOURNAL_APPENDED = "orderhub_journal_appended_events_total", Counter, Count, [],
         "Events durably appended to the journal (duplicates excluded).";

@@ -243,6 +243,92 @@ pub struct PddConfig {
     pub type_map: BTreeMap<String, String>,
 }
 
+/// How a poller signs its requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PollSign {
+    /// JD JOS / Taobao TOP style: md5(secret + sorted name+value pairs + secret), uppercase.
+    Jos,
+    /// No signature (an internal API behind its own network controls).
+    None,
+}
+
+/// How a poller writes the window's times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PollTimeFormat {
+    /// `YYYY-MM-DD HH:MM:SS` in China time (UTC+8), as Chinese platforms' APIs take it.
+    ChinaDatetime,
+    /// Milliseconds since the epoch.
+    UnixMs,
+    /// Seconds since the epoch.
+    UnixS,
+}
+
+/// `[pollers.NAME]`: a periodic "orders changed since the cursor" pull — an incremental polling
+/// source (JD) or a fallback catching what a channel's pushes missed. The cursor is kept in
+/// the journal; a polled state an order already reached (by push) is not journaled again.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollerConfig {
+    /// The reporting system the events carry (e.g. `jd`, or `douyin` for its fallback).
+    pub source: String,
+    /// The order key's prefix.
+    pub channel: String,
+    /// The API's URL.
+    pub url: String,
+    /// How often to poll.
+    pub every: HumanDuration,
+    /// How far before the cursor each window starts (late commits on the platform, clocks).
+    pub overlap: HumanDuration,
+    /// How far back the very first window reaches.
+    pub lookback: HumanDuration,
+    /// Request signing.
+    pub sign: PollSign,
+    /// Environment variable holding the app key (`jos`).
+    #[serde(default)]
+    pub app_key_env: Option<String>,
+    /// Environment variable holding the app secret (`jos`).
+    #[serde(default)]
+    pub app_secret_env: Option<String>,
+    /// Environment variable holding the seller's access token (`jos`, optional).
+    #[serde(default)]
+    pub access_token_env: Option<String>,
+    /// The API method (`jos`: the `method` parameter).
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Put the business parameters as JSON into this one parameter (`360buy_param_json`);
+    /// otherwise each is a query parameter.
+    #[serde(default)]
+    pub param_json: Option<String>,
+    /// Fixed business parameters.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// Parameter names of the window's start and end.
+    pub window_start_param: String,
+    /// See `window_start_param`.
+    pub window_end_param: String,
+    /// How the window's times are written.
+    pub time_format: PollTimeFormat,
+    /// Parameter name of the page number (from 1).
+    pub page_param: String,
+    /// Parameter name of the page size.
+    pub page_size_param: String,
+    /// Orders per page.
+    pub page_size: u32,
+    /// JSON pointer to the array of orders in a response.
+    pub items_path: String,
+    /// Pointer to the order id within one.
+    pub order_path: String,
+    /// Pointer to its status.
+    pub status_path: String,
+    /// Pointer to its last-modified time (optional).
+    #[serde(default)]
+    pub updated_path: Option<String>,
+    /// Status → canonical status.
+    pub status_map: BTreeMap<String, String>,
+}
+
 /// `[sources.wdt]`: WangDianTong WMS status push.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -498,6 +584,7 @@ struct ConfigFile {
     dispatch: Option<DispatchConfig>,
     sinks: Option<Vec<SinkConfig>>,
     rules: Option<Vec<RuleConfig>>,
+    pollers: Option<BTreeMap<String, PollerConfig>>,
 }
 
 /// Which file each top-level key came from, to point errors at the right line.
@@ -528,6 +615,8 @@ pub struct Config {
     pub sinks: Vec<SinkConfig>,
     /// `[[rules]]`.
     pub rules: Vec<RuleConfig>,
+    /// `[pollers.NAME]`: periodic pulls of changed orders.
+    pub pollers: BTreeMap<String, PollerConfig>,
     origins: Origins,
 }
 
@@ -586,6 +675,7 @@ impl Config {
         let dispatch = pick!(dispatch).ok_or_else(|| missing("dispatch"))?;
         let sinks = pick!(sinks).unwrap_or_default();
         let rules = pick!(rules).unwrap_or_default();
+        let pollers = pick!(pollers).unwrap_or_default();
         origins.user_file = user;
         let config = Config {
             server,
@@ -597,6 +687,7 @@ impl Config {
             dispatch,
             sinks,
             rules,
+            pollers,
             origins,
         };
         config.validate()?;
@@ -740,6 +831,19 @@ impl Config {
         for (name, generic) in &self.sources.generic {
             if let Err((key, message)) = crate::ingest::generic::validate(name, generic) {
                 return Err(self.invalid(key, message));
+            }
+        }
+        for (name, poller) in &self.pollers {
+            if let Err((key, message)) = crate::ingest::poll::validate(name, poller) {
+                return Err(self.invalid(key, message));
+            }
+            for (raw, status) in &poller.status_map {
+                if crate::ingest::parse_status(status).is_none() {
+                    return Err(self.invalid(
+                        format!("pollers.{name}.status_map.{raw}"),
+                        format!("unknown canonical status {status:?} (a state name, hold_released or none)"),
+                    ));
+                }
             }
         }
         for (key, table) in self.sources.status_tables() {

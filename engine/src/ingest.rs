@@ -17,6 +17,7 @@ pub mod fuzzing;
 pub(crate) mod generic;
 pub(crate) mod kuaishou;
 pub(crate) mod pdd;
+pub(crate) mod poll;
 pub(crate) mod sf;
 pub(crate) mod signature;
 pub(crate) mod wdt;
@@ -338,6 +339,9 @@ impl Channels {
         if config.sources.pdd.is_some() {
             names.push(pdd::SOURCE);
         }
+        for poller in config.pollers.values() {
+            names.push(&*Box::leak(poller.source.clone().into_boxed_str()));
+        }
         names
     }
 
@@ -357,6 +361,17 @@ impl Channels {
                         .connected
                         .set(0.0);
                     tracing::warn!(source = pdd::SOURCE, reason = %reason, "channel not started")
+                }
+            }
+        }
+        for (name, config) in &app.config.pollers {
+            match poll::build(name, config, secrets) {
+                Ok(poller) => {
+                    tracing::info!(poller = %name, source = poller.source(), "poller started");
+                    tasks.push(tokio::spawn(poller.run(app.clone())));
+                }
+                Err(reason) => {
+                    tracing::warn!(poller = %name, reason = %reason, "poller not started")
                 }
             }
         }

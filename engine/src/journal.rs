@@ -22,7 +22,7 @@ use crate::config::JournalConfig;
 use crossbeam_channel::{Sender, TrySendError, bounded, unbounded};
 use orderhub_actors::dispatch::{PendingSync, SyncStatus, SyncUpdate};
 use orderhub_actors::order::{
-    JournaledEvent, Millis, OrderEvent, OrderPolicy, SharedEvent, SlaRule,
+    JournaledEvent, Millis, OrderEvent, OrderPolicy, OrderState, SharedEvent, SlaRule,
 };
 use orderhub_actors::store::{OrderStore, OrderUpdate, StoreError, StoredOrder, SyncStore};
 use reader::ReadPool;
@@ -98,6 +98,8 @@ pub(crate) enum SideCmd {
     Update(OrderUpdate),
     Attempt(SyncUpdate),
     Revive(i64, oneshot::Sender<Option<PendingSync>>),
+    /// Sets a named value of the meta table (a poller's cursor).
+    Meta(String, i64),
     Flush(oneshot::Sender<()>),
     Stop(oneshot::Sender<()>),
 }
@@ -253,6 +255,25 @@ impl Journal {
     /// `fields.waybill_no`.
     pub fn order_of_waybill(&self, waybill: &str) -> Result<Option<String>, JournalError> {
         self.inner.reader.order_of_waybill(waybill)
+    }
+
+    /// A named value of the meta table (a poller's cursor), if set.
+    pub fn meta(&self, name: &str) -> Result<Option<i64>, JournalError> {
+        self.inner.reader.meta(name)
+    }
+
+    /// Sets a named value of the meta table; written with the writer's next commit. Losing
+    /// it in a crash only makes the next poll re-read a window (deduplicated).
+    pub fn set_meta(&self, name: &str, value: i64) -> Result<(), JournalError> {
+        self.inner
+            .side
+            .send(SideCmd::Meta(name.to_owned(), value))
+            .map_err(|_| JournalError::Closed)
+    }
+
+    /// The canonical state of `order` in the index (written behind, so it may lag a little).
+    pub fn indexed_state(&self, order: &str) -> Result<Option<OrderState>, JournalError> {
+        self.inner.reader.indexed_state(order)
     }
 
     /// Every sync of `order`, oldest first.

@@ -140,6 +140,27 @@ impl ReadPool {
         })
     }
 
+    /// A named value of the meta table.
+    pub(crate) fn meta(&self, name: &str) -> Result<Option<i64>, JournalError> {
+        self.with(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+                .query_row([name], |row| row.get(0))
+                .optional()?)
+        })
+    }
+
+    /// The indexed canonical state of `order`.
+    pub(crate) fn indexed_state(&self, order: &str) -> Result<Option<OrderState>, JournalError> {
+        let state: Option<Option<String>> = self.with(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT state FROM orders WHERE order_key = ?1")?
+                .query_row([order], |row| row.get(0))
+                .optional()?)
+        })?;
+        Ok(state.flatten().and_then(|s| s.parse().ok()))
+    }
+
     /// The order whose events carried `waybill` in `fields.waybill_no` (the latest one).
     pub(crate) fn order_of_waybill(&self, waybill: &str) -> Result<Option<String>, JournalError> {
         self.with(|conn| {

@@ -101,6 +101,7 @@ struct Batch {
     syncs: Vec<SyncIntent>,
     attempts: HashMap<i64, SyncUpdate>,
     revives: Vec<(i64, tokio::sync::oneshot::Sender<Option<PendingSync>>)>,
+    meta: HashMap<String, i64>,
     flushes: Vec<tokio::sync::oneshot::Sender<()>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -123,6 +124,9 @@ impl Batch {
                 self.attempts.insert(update.row, update);
             }
             SideCmd::Revive(row, reply) => self.revives.push((row, reply)),
+            SideCmd::Meta(name, value) => {
+                self.meta.insert(name, value);
+            }
             SideCmd::Flush(reply) => self.flushes.push(reply),
             SideCmd::Stop(reply) => self.stop = Some(reply),
         }
@@ -341,6 +345,13 @@ impl Writer {
         let mut revived = Vec::with_capacity(batch.revives.len());
         for (row, _) in &batch.revives {
             revived.push(outbox::revive(&tx, *row, now)?);
+        }
+        for (name, value) in &batch.meta {
+            tx.prepare_cached(
+                "INSERT INTO meta (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![name, value])?;
         }
         // Persist the watermark as it stood after the previous commit: it lags one batch,
         // which is conservative (recovery re-folds a little more), and never ahead of the index.

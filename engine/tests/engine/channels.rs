@@ -197,3 +197,172 @@ async fn pdd_messages_are_journaled_then_acked_across_a_dropped_connection() {
     );
     engine.stop().await;
 }
+
+/// A JOS endpoint on loopback: checks each request's signature, records its window, and
+/// answers with whatever orders the test set.
+struct FakeJos {
+    url: String,
+    windows: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    orders: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+async fn fake_jos() -> FakeJos {
+    use axum::extract::{Query, State};
+    use std::collections::BTreeMap;
+    type Shared = (
+        std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+        std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    );
+    async fn routerjson(
+        State((windows, orders)): State<Shared>,
+        Query(params): Query<BTreeMap<String, String>>,
+    ) -> axum::Json<Value> {
+        use md5::{Digest, Md5};
+        let mut unsigned = params.clone();
+        let sign = unsigned.remove("sign").unwrap_or_default();
+        let text: String = unsigned.iter().map(|(k, v)| format!("{k}{v}")).collect();
+        let expected = format!("{:X}", Md5::digest(format!("jd-secret{text}jd-secret")));
+        if sign != expected || params.get("app_key").map(String::as_str) != Some("jd-key") {
+            return axum::Json(
+                serde_json::json!({"error_response": {"code": "19", "zh_desc": "sign"}}),
+            );
+        }
+        let business: Value = serde_json::from_str(&params["360buy_param_json"]).unwrap();
+        windows.lock().unwrap().push((
+            business["start_date"].as_str().unwrap().to_owned(),
+            business["end_date"].as_str().unwrap().to_owned(),
+        ));
+        let list = orders.lock().unwrap().clone();
+        axum::Json(serde_json::json!({"jingdong_pop_order_search_responce": {
+            "code": "0", "searchorderinfo_result": {"orderTotal": list.len(), "orderInfoList": list}}}))
+    }
+    let windows = std::sync::Arc::default();
+    let orders = std::sync::Arc::default();
+    let app = axum::Router::new()
+        .route("/routerjson", axum::routing::get(routerjson))
+        .with_state((
+            std::sync::Arc::clone(&windows),
+            std::sync::Arc::clone(&orders),
+        ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/routerjson", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    FakeJos {
+        url,
+        windows,
+        orders,
+    }
+}
+
+fn jd_config(url: &str) -> String {
+    let poller = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/jd/poller.toml"
+    ))
+    .unwrap()
+    .replace("URL", url)
+    .replace("every = \"5m\"", "every = \"200ms\"")
+    .replace("overlap = \"2m\"", "overlap = \"1s\"");
+    format!("sla = []\n{poller}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jd_is_polled_incrementally_deduplicated_against_pushes_and_resumes_from_its_cursor() {
+    let jos = fake_jos().await;
+    let order = |id: &str, state: &str| serde_json::json!({"orderId": id, "orderState": state, "modified": "2023-11-15 06:13:20"});
+    *jos.orders.lock().unwrap() = vec![
+        order("30001", "WAIT_SELLER_STOCK_OUT"),
+        order("30002", "FINISHED_L"),
+        order("30003", "WAIT_SELLER_STOCK_OUT"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start(&jd_config(&jos.url), dir.path()).await;
+    // A push already told us 30003 shipped; a poll saying "paid" adds nothing.
+    let (status, _) = engine
+        .post_events(&canonical("push-1", "jd:30003", "jd", "shipped", now_ms()))
+        .await;
+    assert_eq!(status, 200);
+    engine
+        .eventually("/v1/orders/jd:30001", |o| o["state"] == "paid")
+        .await;
+    engine
+        .eventually("/v1/orders/jd:30002", |o| o["state"] == "completed")
+        .await;
+    // Several more polls later, every order still has one report.
+    let polls = jos.windows.lock().unwrap().len();
+    while jos.windows.lock().unwrap().len() < polls + 3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for key in ["jd:30001", "jd:30002", "jd:30003"] {
+        let (_, found) = engine.get(&format!("/v1/orders/{key}")).await;
+        assert_eq!(
+            found["timeline"].as_array().unwrap().len(),
+            1,
+            "{key}: {found}"
+        );
+    }
+    let (_, pushed) = engine.get("/v1/orders/jd:30003").await;
+    assert_eq!(pushed["state"], "shipped");
+    // The first window reached back an hour; later ones start at the cursor less the overlap.
+    {
+        let windows = jos.windows.lock().unwrap();
+        assert!(windows[0].0 < windows[windows.len() - 1].0, "{windows:?}");
+    }
+    // An unknown state: counted, and the cursor stops so the window is read again.
+    jos.orders
+        .lock()
+        .unwrap()
+        .push(order("30004", "SEND_TO_DISTRIBUTION_CENER"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stuck_from = jos.windows.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    {
+        let windows = jos.windows.lock().unwrap();
+        let starts: std::collections::BTreeSet<&String> = windows[stuck_from..]
+            .iter()
+            .map(|(start, _)| start)
+            .collect();
+        assert_eq!(
+            starts.len(),
+            1,
+            "the cursor holds: {:?}",
+            &windows[stuck_from..]
+        );
+    }
+    let metrics = engine.metrics().await;
+    assert!(
+        sample(
+            &metrics,
+            "orderhub_poll_items_total",
+            &[("source", "jd"), ("outcome", "refused")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(
+        sample(
+            &metrics,
+            "orderhub_poll_items_total",
+            &[("source", "jd"), ("outcome", "known")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    jos.orders.lock().unwrap().pop();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    engine.stop().await;
+
+    // Restarted on the same journal, the poller resumes at its cursor, not an hour back.
+    let before = jos.windows.lock().unwrap().len();
+    let last_start = jos.windows.lock().unwrap()[before - 1].0.clone();
+    let engine = TestEngine::start(&jd_config(&jos.url), dir.path()).await;
+    while jos.windows.lock().unwrap().len() == before {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resumed = jos.windows.lock().unwrap()[before].0.clone();
+    assert!(
+        resumed >= last_start,
+        "resumed at {resumed}, last start {last_start}"
+    );
+    engine.stop().await;
+}

@@ -411,6 +411,26 @@ from = "shipped"
 within = "1s"
 
 {}
+[pollers.fallback]
+source = "shop"
+channel = "shop"
+url = "http://127.0.0.1:9/orders"
+every = "1s"
+overlap = "1m"
+lookback = "1h"
+sign = "none"
+window_start_param = "from"
+window_end_param = "to"
+time_format = "unix_ms"
+page_param = "page"
+page_size_param = "size"
+page_size = 100
+items_path = "/orders"
+order_path = "/id"
+status_path = "/status"
+[pollers.fallback.status_map]
+PAID = "paid"
+
 [[rules]]
 name = "hold_high_value"
 when = 'order.state == "paid" && order.fields.amount > 1000.0'

@@ -43,6 +43,8 @@ pub(crate) fn secrets() -> SecretLookup {
         "ORDERHUB_DEALER_PORTAL_SECRET" => Some(EVENTS_SECRET.into()),
         "ORDERHUB_PDD_CLIENT_ID" => Some("pdd-client".into()),
         "ORDERHUB_PDD_CLIENT_SECRET" => Some("pdd-secret".into()),
+        "ORDERHUB_JD_APP_KEY" => Some("jd-key".into()),
+        "ORDERHUB_JD_APP_SECRET" => Some("jd-secret".into()),
         _ => None,
     })
 }
