@@ -243,6 +243,26 @@ pub struct PddConfig {
     pub type_map: BTreeMap<String, String>,
 }
 
+/// `[sources.tmc]`: Taobao/Tmall TMC, a WebSocket the engine keeps open.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TmcConfig {
+    /// Environment variable holding the app key.
+    pub app_key_env: String,
+    /// Environment variable holding the app secret.
+    pub app_secret_env: String,
+    /// The service's URL.
+    pub url: String,
+    /// The TMC user group.
+    pub group: String,
+    /// How often the client asks for waiting messages.
+    pub pull_every: HumanDuration,
+    /// Topic (`prefix*` allowed) → canonical status; checked first.
+    pub topic_map: BTreeMap<String, String>,
+    /// `content.status` → canonical status (for topics not in `topic_map`).
+    pub status_map: BTreeMap<String, String>,
+}
+
 /// How a poller signs its requests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -533,6 +553,10 @@ impl SourcesConfig {
         if let Some(pdd) = &self.pdd {
             tables.push(("sources.pdd.type_map".into(), &pdd.type_map));
         }
+        if let Some(tmc) = &self.tmc {
+            tables.push(("sources.tmc.topic_map".into(), &tmc.topic_map));
+            tables.push(("sources.tmc.status_map".into(), &tmc.status_map));
+        }
         for (name, generic) in &self.generic {
             tables.push((
                 format!("sources.generic.{name}.status_map"),
@@ -564,6 +588,8 @@ pub struct SourcesConfig {
     pub sf: Option<SfConfig>,
     /// Pinduoduo message service (a connection).
     pub pdd: Option<PddConfig>,
+    /// Taobao/Tmall TMC (a connection).
+    pub tmc: Option<TmcConfig>,
     /// Configurable JSON sources by name.
     #[serde(default)]
     pub generic: BTreeMap<String, GenericConfig>,

@@ -5,7 +5,7 @@
 //!
 //! One file per source adapter: `douyin`, `youzan`, `kuaishou`, `wechat`, `wdt` (WMS), `sf`
 //! (courier), `generic` (configurable JSON), `events`; the engine's own clients of connection-based
-//! channels: `pdd` (over `connection`) (canonical events, Standard
+//! channels: `pdd`, `tmc` (over `connection`); `poll` (JD, fallbacks) (canonical events, Standard
 //! Webhooks).
 
 pub(crate) mod cipher;
@@ -20,6 +20,7 @@ pub(crate) mod pdd;
 pub(crate) mod poll;
 pub(crate) mod sf;
 pub(crate) mod signature;
+pub(crate) mod tmc;
 pub(crate) mod wdt;
 pub(crate) mod wechat;
 pub(crate) mod youzan;
@@ -327,6 +328,15 @@ impl SourceRegistry {
     }
 }
 
+/// A channel whose credentials are not set: shown as disconnected, so the dashboard and the
+/// alert see it.
+fn not_started(source: &'static str, reason: &str) {
+    connection::ConnectionMetrics::new(source)
+        .connected
+        .set(0.0);
+    tracing::warn!(source, reason = %reason, "channel not started");
+}
+
 /// The connection-based channels the config asks for, started as tasks of the engine.
 pub(crate) struct Channels {
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -338,6 +348,9 @@ impl Channels {
         let mut names = Vec::new();
         if config.sources.pdd.is_some() {
             names.push(pdd::SOURCE);
+        }
+        if config.sources.tmc.is_some() {
+            names.push(tmc::SOURCE);
         }
         for poller in config.pollers.values() {
             names.push(&*Box::leak(poller.source.clone().into_boxed_str()));
@@ -355,13 +368,16 @@ impl Channels {
                     channel,
                     app.clone(),
                 ))),
-                Err(reason) => {
-                    // Shown as disconnected, so the dashboard and the alert see it.
-                    connection::ConnectionMetrics::new(pdd::SOURCE)
-                        .connected
-                        .set(0.0);
-                    tracing::warn!(source = pdd::SOURCE, reason = %reason, "channel not started")
-                }
+                Err(reason) => not_started(pdd::SOURCE, &reason),
+            }
+        }
+        if let Some(config) = &app.config.sources.tmc {
+            match tmc::build(config, secrets) {
+                Ok(channel) => tasks.push(tokio::spawn(connection::keep_connected(
+                    channel,
+                    app.clone(),
+                ))),
+                Err(reason) => not_started(tmc::SOURCE, &reason),
             }
         }
         for (name, config) in &app.config.pollers {

@@ -86,6 +86,30 @@ pub fn decode(source: &str, headers: &str, query: &str, body: &[u8]) -> Result<u
     }
 }
 
+/// Decodes one frame of a connection-based channel (`pdd`: JSON text, `tmc`: TOP's binary
+/// framing) and maps its message; the number of events.
+pub fn channel_frame(channel: &str, bytes: &[u8]) -> Result<usize, String> {
+    let secrets: SecretLookup = Arc::new(|_: &str| Some("fuzz".to_owned()));
+    let config = crate::config::Config::embedded().expect("the embedded default is valid");
+    match channel {
+        "pdd" => {
+            let pdd = super::pdd::build(config.sources.pdd.as_ref().expect("default"), &secrets)?;
+            let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
+            match pdd.decode(text, 1).map_err(|e| e.to_string())? {
+                super::pdd::Decoded::Message { .. } => Ok(1),
+                super::pdd::Decoded::Ignore => Ok(0),
+            }
+        }
+        "tmc" => {
+            let tmc = super::tmc::build(config.sources.tmc.as_ref().expect("default"), &secrets)?;
+            let message = super::tmc::decode(bytes)?;
+            let _ = super::tmc::encode(&message);
+            tmc.map(&message, 1).map(|_| 1).map_err(|e| e.to_string())
+        }
+        other => Err(format!("no channel {other}")),
+    }
+}
+
 /// Splits fuzz input into headers, query and body at its first two `\0` bytes.
 pub fn split(data: &[u8]) -> (String, String, &[u8]) {
     let mut parts = data.splitn(3, |b| *b == 0);
@@ -141,6 +165,10 @@ mod tests {
                 );
             }
         }
+        let pdd = br#"{"id":1,"commandType":"Common","message":{"type":"pdd_trade_TradeConfirmed","content":"{\"tid\":\"T\"}"}}"#;
+        assert_eq!(channel_frame("pdd", pdd), Ok(1));
+        assert!(channel_frame("tmc", b"\x02\x02\x00\x00").is_err(), "no topic");
+        assert!(channel_frame("tmc", b"\xff").is_err());
         let (headers, query, body) = split(b"event-sign: 1\0nonce=1\0{}");
         assert_eq!(
             (headers.as_str(), query.as_str(), body),

@@ -366,3 +366,251 @@ async fn jd_is_polled_incrementally_deduplicated_against_pushes_and_resumes_from
     );
     engine.stop().await;
 }
+
+/// TOP's link framing, written independently of the engine's codec (the subset TMC uses).
+mod top {
+    pub(super) enum V {
+        S(String),
+        L(i64),
+    }
+
+    fn counted(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(&(bytes.len() as i32).to_le_bytes());
+        out.extend_from_slice(bytes);
+    }
+
+    pub(super) fn frame(kind: u8, token: Option<&str>, content: &[(&str, V)]) -> Vec<u8> {
+        let mut out = vec![2, kind];
+        if let Some(token) = token {
+            out.extend_from_slice(&[5, 0]);
+            counted(&mut out, token.as_bytes());
+        }
+        for (name, value) in content {
+            out.extend_from_slice(&[1, 0]);
+            counted(&mut out, name.as_bytes());
+            match value {
+                V::S(s) => {
+                    out.push(1);
+                    counted(&mut out, s.as_bytes());
+                }
+                V::L(l) => {
+                    out.push(5);
+                    out.extend_from_slice(&l.to_le_bytes());
+                }
+            }
+        }
+        out.extend_from_slice(&[0, 0]);
+        out
+    }
+
+    /// `(type, token, content as text)` of a frame.
+    pub(super) fn parse(bytes: &[u8]) -> (u8, Option<String>, Vec<(String, String)>) {
+        let mut at = 2;
+        let int = |at: &mut usize| {
+            let v = i32::from_le_bytes(bytes[*at..*at + 4].try_into().unwrap());
+            *at += 4;
+            v
+        };
+        let text = |at: &mut usize| {
+            let len = i32::from_le_bytes(bytes[*at..*at + 4].try_into().unwrap()) as usize;
+            *at += 4;
+            let s = String::from_utf8(bytes[*at..*at + len].to_vec()).unwrap();
+            *at += len;
+            s
+        };
+        let (mut token, mut content) = (None, Vec::new());
+        loop {
+            let header = i16::from_le_bytes(bytes[at..at + 2].try_into().unwrap());
+            at += 2;
+            match header {
+                0 => break,
+                4 => {
+                    int(&mut at);
+                }
+                5 => token = Some(text(&mut at)),
+                1 => {
+                    let name = text(&mut at);
+                    let format = bytes[at];
+                    at += 1;
+                    let value = match format {
+                        1 => text(&mut at),
+                        4 => int(&mut at).to_string(),
+                        5 => {
+                            let v = i64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
+                            at += 8;
+                            v.to_string()
+                        }
+                        other => panic!("format {other}"),
+                    };
+                    content.push((name, value));
+                }
+                other => panic!("header {other}"),
+            }
+        }
+        (bytes[1], token, content)
+    }
+}
+
+#[allow(clippy::result_large_err)]
+async fn tmc_server(
+    script: Vec<Vec<Vec<u8>>>,
+) -> (
+    String,
+    mpsc::UnboundedReceiver<Seen>,
+    mpsc::UnboundedSender<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let (seen, seen_rx) = mpsc::unbounded_channel();
+    let (drop_tx, mut drop_rx) = mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        for (n, frames) in script.into_iter().enumerate() {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut socket = tokio_tungstenite::accept_async(stream).await.unwrap();
+            // The connect frame, then our answer with the session token.
+            let Some(Ok(Message::Binary(hello))) = socket.next().await else {
+                panic!("no connect frame");
+            };
+            let (kind, _, content) = top::parse(&hello);
+            assert_eq!(kind, 0);
+            let get = |name: &str| content.iter().find(|(k, _)| k == name).unwrap().1.clone();
+            let signed = format!(
+                "app_key{}group_name{}timestamp{}",
+                get("app_key"),
+                get("group_name"),
+                get("timestamp")
+            );
+            let expected = {
+                use md5::{Digest, Md5};
+                format!("{:X}", Md5::digest(format!("tb-secret{signed}tb-secret")))
+            };
+            assert_eq!(get("sign"), expected);
+            let _ = seen.send(Seen::Connected(format!("connect {n}")));
+            let token = format!("tok-{n}");
+            socket
+                .send(Message::Binary(top::frame(1, Some(&token), &[]).into()))
+                .await
+                .unwrap();
+            for frame in frames {
+                socket.send(Message::Binary(frame.into())).await.unwrap();
+            }
+            loop {
+                tokio::select! {
+                    _ = drop_rx.recv() => break,
+                    message = socket.next() => match message {
+                        Some(Ok(Message::Binary(bytes))) => {
+                            let (kind, token, content) = top::parse(&bytes);
+                            let mut frame = serde_json::json!({"type": kind, "token": token});
+                            for (k, v) in content {
+                                frame[k] = Value::String(v);
+                            }
+                            let _ = seen.send(Seen::Frame(frame));
+                        }
+                        Some(Ok(_)) => {}
+                        _ => break,
+                    }
+                }
+            }
+        }
+    });
+    (url, seen_rx, drop_tx)
+}
+
+fn tmc_data(id: i64, topic: &str, status: &str) -> Vec<u8> {
+    let content = format!(r#"{{"tid":3820011234567,"status":"{status}","seller_nick":"小店"}}"#);
+    top::frame(
+        2,
+        None,
+        &[
+            ("id", top::V::L(id)),
+            ("topic", top::V::S(topic.into())),
+            ("content", top::V::S(content)),
+        ],
+    )
+}
+
+/// The next confirmation (`__kind` 2), skipping pulls, or `None` after `wait`.
+async fn next_confirm(seen: &mut mpsc::UnboundedReceiver<Seen>, wait: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, seen.recv()).await {
+            Ok(Some(Seen::Frame(frame))) if frame["__kind"] == "2" => return Some(frame),
+            Ok(Some(_)) => continue,
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tmc_messages_are_confirmed_once_journaled_and_the_client_reconnects() {
+    let paid = tmc_data(
+        90001,
+        "taobao_trade_TradeBuyerPay",
+        "WAIT_SELLER_SEND_GOODS",
+    );
+    let (url, mut seen, drop_connection) = tmc_server(vec![
+        vec![
+            paid.clone(),
+            paid,
+            tmc_data(90002, "taobao_trade_TradeChanged", "SOMETHING_NEW"),
+        ],
+        vec![tmc_data(
+            90003,
+            "taobao_trade_TradeChanged",
+            "WAIT_BUYER_CONFIRM_GOODS",
+        )],
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let default = orderhub_engine::config::Config::embedded().unwrap();
+    assert!(default.sources.tmc.is_some());
+    let config = format!(
+        "sla = []\n[sources.tmc]\napp_key_env = \"ORDERHUB_TAOBAO_APP_KEY\"\n\
+         app_secret_env = \"ORDERHUB_TAOBAO_APP_SECRET\"\nurl = \"{url}\"\ngroup = \"default\"\n\
+         pull_every = \"200ms\"\n[sources.tmc.topic_map]\ntaobao_trade_TradeBuyerPay = \"paid\"\n\
+         [sources.tmc.status_map]\nWAIT_BUYER_CONFIRM_GOODS = \"shipped\"\n"
+    );
+    let engine = TestEngine::start(&config, dir.path()).await;
+    next_connection(&mut seen).await;
+    for _ in 0..2 {
+        let confirm = next_confirm(&mut seen, Duration::from_secs(10))
+            .await
+            .expect("a confirmation");
+        assert_eq!(
+            (confirm["id"].as_str(), confirm["token"].as_str()),
+            (Some("90001"), Some("tok-0"))
+        );
+    }
+    assert_eq!(
+        next_confirm(&mut seen, Duration::from_millis(800)).await,
+        None,
+        "90002 is not taken"
+    );
+    // Pull requests carry the session token.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), seen.recv()).await {
+            Ok(Some(Seen::Frame(frame))) if frame["__kind"] == "1" => {
+                assert_eq!(frame["token"], "tok-0");
+                break;
+            }
+            Ok(Some(_)) => {}
+            other => panic!("no pull request: {other:?}"),
+        }
+    }
+    drop_connection.send(()).unwrap();
+    next_connection(&mut seen).await;
+    let confirm = next_confirm(&mut seen, Duration::from_secs(10))
+        .await
+        .expect("a confirmation");
+    assert_eq!(
+        (confirm["id"].as_str(), confirm["token"].as_str()),
+        (Some("90003"), Some("tok-1"))
+    );
+    let order = engine
+        .eventually("/v1/orders/taobao:3820011234567", |o| {
+            o["state"] == "shipped"
+        })
+        .await;
+    assert_eq!(order["timeline"].as_array().unwrap().len(), 2);
+    engine.stop().await;
+}

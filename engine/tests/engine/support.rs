@@ -44,6 +44,8 @@ pub(crate) fn secrets() -> SecretLookup {
         "ORDERHUB_PDD_CLIENT_ID" => Some("pdd-client".into()),
         "ORDERHUB_PDD_CLIENT_SECRET" => Some("pdd-secret".into()),
         "ORDERHUB_JD_APP_KEY" => Some("jd-key".into()),
+        "ORDERHUB_TAOBAO_APP_KEY" => Some("12345678".into()),
+        "ORDERHUB_TAOBAO_APP_SECRET" => Some("tb-secret".into()),
         "ORDERHUB_JD_APP_SECRET" => Some("jd-secret".into()),
         _ => None,
     })
