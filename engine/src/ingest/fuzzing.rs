@@ -167,7 +167,10 @@ mod tests {
         }
         let pdd = br#"{"id":1,"commandType":"Common","message":{"type":"pdd_trade_TradeConfirmed","content":"{\"tid\":\"T\"}"}}"#;
         assert_eq!(channel_frame("pdd", pdd), Ok(1));
-        assert!(channel_frame("tmc", b"\x02\x02\x00\x00").is_err(), "no topic");
+        assert!(
+            channel_frame("tmc", b"\x02\x02\x00\x00").is_err(),
+            "no topic"
+        );
         assert!(channel_frame("tmc", b"\xff").is_err());
         let (headers, query, body) = split(b"event-sign: 1\0nonce=1\0{}");
         assert_eq!(

@@ -14,7 +14,7 @@
 //! uppercase; the server answers type 1 with the session token. Messages arrive as type 2
 //! with `id, topic, content` (content JSON: `tid, status, …`); each is confirmed (type 2,
 //! `__kind` 2, `id`) once journaled. Every `pull_every` the client asks for waiting messages
-//! (type 2, `__kind` 1). Mapping: `topic_map` first (TradeBuyerPay → paid, …), then
+//! (type 2, `__kind` 1), after a WebSocket ping as the heartbeat. Mapping: `topic_map` first (TradeBuyerPay → paid, …), then
 //! `status_map` on `content.status` (for TradeChanged). Order key `taobao:{tid}`.
 
 use super::connection::{Connection, ConnectionMetrics};
@@ -435,6 +435,8 @@ impl Connection for TmcChannel {
         loop {
             tokio::select! {
                 _ = pull.tick() => {
+                    // A WebSocket ping as the heartbeat, and a request for waiting messages.
+                    sink.send(WsMessage::Ping(Vec::new().into())).await.map_err(|e| e.to_string())?;
                     let frame = encode(&self.control(&token, KIND_PULL, None));
                     sink.send(WsMessage::Binary(frame.into())).await.map_err(|e| e.to_string())?;
                 }
