@@ -384,7 +384,7 @@ impl Channels {
             match poll::build(name, config, secrets) {
                 Ok(poller) => {
                     tracing::info!(poller = %name, source = poller.source(), "poller started");
-                    tasks.push(tokio::spawn(poller.run(app.clone())));
+                    tasks.push(tokio::spawn(Arc::new(poller).run(app.clone())));
                 }
                 Err(reason) => {
                     tracing::warn!(poller = %name, reason = %reason, "poller not started")

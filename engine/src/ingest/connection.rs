@@ -20,6 +20,22 @@ pub(crate) const RECONNECT_MAX: Duration = Duration::from_secs(60);
 /// A session that lasted this long resets the backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(30);
 
+/// The longest a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A WebSocket to a channel.
+pub(crate) type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the WebSocket at `url` within the connect time limit.
+pub(crate) async fn open(url: &str) -> Result<Socket, String> {
+    let (socket, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(url))
+        .await
+        .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| format!("connect: {e}"))?;
+    Ok(socket)
+}
+
 /// One channel's connection metrics.
 pub(crate) struct ConnectionMetrics {
     pub(crate) connected: Gauge,

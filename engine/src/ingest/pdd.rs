@@ -29,9 +29,6 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 pub(crate) const SOURCE: &str = "pdd";
 
-/// The longest a connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-
 pub(crate) struct PddChannel {
     client_id: String,
     client_secret: String,
@@ -185,12 +182,7 @@ impl Connection for PddChannel {
         app: &Arc<AppState>,
         metrics: &ConnectionMetrics,
     ) -> Result<(), String> {
-        let url = self.connect_url(app.now_ms());
-        let (socket, _) =
-            tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(&url))
-                .await
-                .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
-                .map_err(|e| format!("connect: {e}"))?;
+        let socket = super::connection::open(&self.connect_url(app.now_ms())).await?;
         metrics.connected.set(1.0);
         tracing::info!(source = SOURCE, "channel connected");
         let (mut sink, mut stream) = socket.split();

@@ -5,7 +5,7 @@
 //! - The cursor lives in the journal's meta table (`poll_cursor:NAME`) and advances only after
 //!   the window's events are durably journaled and every item was taken; a crash or a refused
 //!   item means the window is read again, which is harmless: a polled state an order already
-//!   reached (by push or by an earlier poll) is skipped, and a polled event's id
+//!   reached (by push or by an earlier poll; folded from its journaled events) is skipped, and a polled event's id
 //!   (`poll:{order id}:{status}`) makes a repeat a duplicate.
 //! - `jos` signing is JD JOS's (and Taobao TOP's): md5hex(secret + the sorted parameters'
 //!   names and values concatenated + secret), uppercase, over `method, app_key, access_token,
@@ -16,7 +16,7 @@ use super::{IngestError, SecretLookup, StatusTable};
 use crate::AppState;
 use crate::config::{PollSign, PollTimeFormat, PollerConfig};
 use metrics::{Counter, Gauge};
-use orderhub_actors::order::{EventAction, Millis, OrderEvent};
+use orderhub_actors::order::{EventAction, Millis, Order, OrderEvent};
 use orderhub_actors::telemetry as t;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -157,15 +157,9 @@ fn china_datetime(ms: Millis) -> String {
     )
 }
 
-/// JOS/TOP signature of `params`.
+/// JOS's signature of `params` (TOP's scheme).
 pub(crate) fn jos_sign(params: &BTreeMap<String, String>, secret: &str) -> String {
-    let mut text = String::from(secret);
-    for (name, value) in params {
-        text.push_str(name);
-        text.push_str(value);
-    }
-    text.push_str(secret);
-    super::signature::md5_hex(&[text.as_bytes()]).to_ascii_uppercase()
+    super::signature::top_sign(params.iter().map(|(k, v)| (k.as_str(), v.as_str())), secret)
 }
 
 /// A scalar at `pointer` as text.
@@ -319,7 +313,7 @@ impl Poller {
     }
 
     /// Reads one window and journals what is new; the new cursor if it may advance.
-    async fn run_once(&self, app: &Arc<AppState>) -> Result<Option<Millis>, String> {
+    async fn run_once(self: &Arc<Self>, app: &Arc<AppState>) -> Result<Option<Millis>, String> {
         let cursor_key = format!("poll_cursor:{}", self.name);
         let journal = app.journal.clone();
         let key = cursor_key.clone();
@@ -336,17 +330,26 @@ impl Poller {
         for page in 1..=MAX_PAGES {
             let params = self.request_params(start, now, page, app.now_ms());
             let response = self.fetch(&params).await?;
+            // Whether the order already reached the polled state, from its journaled events
+            // (the index is written behind and could miss a push committed a moment ago).
             let journal = app.journal.clone();
+            let policy = app.policy.clone();
             let is_known = move |order: &str, action: &EventAction| match action {
-                EventAction::Move { state } => match journal.indexed_state(order) {
-                    Ok(Some(current)) => current == *state || state.reaches(current),
+                EventAction::Move { state } => match journal.events_of(order) {
+                    Ok(events) if !events.is_empty() => Order::replay(order, &events, &policy)
+                        .state
+                        .is_some_and(|current| current == *state || state.reaches(current)),
                     _ => false,
                 },
                 _ => false,
             };
-            let (found, count) = self
-                .map_items(&response, app.now_ms(), &is_known)
-                .map_err(|e| e.to_string())?;
+            let poller = self.clone();
+            let now = app.now_ms();
+            let (found, count) =
+                tokio::task::spawn_blocking(move || poller.map_items(&response, now, &is_known))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
             if found.refused > 0 {
                 self.metrics.refused.increment(found.refused as u64);
                 complete = false;
@@ -365,7 +368,7 @@ impl Poller {
     }
 
     /// Polls until the task is dropped.
-    pub(crate) async fn run(self, app: Arc<AppState>) {
+    pub(crate) async fn run(self: Arc<Self>, app: Arc<AppState>) {
         let mut tick = tokio::time::interval(self.config.every.0);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let cursor_key = format!("poll_cursor:{}", self.name);

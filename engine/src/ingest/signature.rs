@@ -26,6 +26,46 @@ pub(crate) fn same_bytes(expected: &[u8], given: &[u8]) -> bool {
     expected.len() == given.len() && bool::from(expected.ct_eq(given))
 }
 
+/// WangDianTong's openapi2 sign: the pairs but `sign`, sorted by name, each written
+/// `%02d-name:%04d-value` with lengths in characters, joined with `;`, then
+/// md5hex(that + appsecret). Used to verify its pushes and to sign calls to it.
+pub(crate) fn wdt_sign<'a>(
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+    appsecret: &str,
+) -> String {
+    let mut sorted: Vec<(&str, &str)> = params.into_iter().filter(|(k, _)| *k != "sign").collect();
+    sorted.sort_unstable();
+    let joined = sorted
+        .iter()
+        .map(|(key, value)| {
+            format!(
+                "{:02}-{key}:{:04}-{value}",
+                key.chars().count(),
+                value.chars().count()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(";");
+    md5_hex(&[joined.as_bytes(), appsecret.as_bytes()])
+}
+
+/// TOP's (Taobao TMC, JD JOS) sign: md5hex(secret + the pairs' names and values in name order +
+/// secret), uppercase.
+pub(crate) fn top_sign<'a>(
+    params: impl IntoIterator<Item = (&'a str, &'a str)>,
+    secret: &str,
+) -> String {
+    let mut sorted: Vec<(&str, &str)> = params.into_iter().collect();
+    sorted.sort_unstable();
+    let mut text = String::from(secret);
+    for (name, value) in sorted {
+        text.push_str(name);
+        text.push_str(value);
+    }
+    text.push_str(secret);
+    md5_hex(&[text.as_bytes()]).to_ascii_uppercase()
+}
+
 fn hex_lower(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);

@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 pub(crate) const SOURCE: &str = "taobao";
 
-/// The longest a connection attempt (and its handshake) may take.
+/// The longest the connect handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest counted string or byte array accepted in a frame.
 const MAX_COUNTED: usize = 4 << 20;
@@ -218,17 +218,6 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<TmcMessage, String> {
     Ok(message)
 }
 
-/// TOP's signature: md5hex(secret + sorted names and values + secret), uppercase.
-pub(crate) fn top_sign(params: &BTreeMap<&str, String>, secret: &str) -> String {
-    let mut text = String::from(secret);
-    for (name, value) in params {
-        text.push_str(name);
-        text.push_str(value);
-    }
-    text.push_str(secret);
-    super::signature::md5_hex(&[text.as_bytes()]).to_ascii_uppercase()
-}
-
 pub(crate) struct TmcChannel {
     app_key: String,
     app_secret: String,
@@ -260,7 +249,10 @@ impl TmcChannel {
             ("group_name", self.group.clone()),
             ("timestamp", timestamp.clone()),
         ]);
-        let sign = top_sign(&signed, &self.app_secret);
+        let sign = super::signature::top_sign(
+            signed.iter().map(|(k, v)| (*k, v.as_str())),
+            &self.app_secret,
+        );
         TmcMessage {
             protocol_version: 2,
             message_type: CONNECT,
@@ -398,11 +390,7 @@ impl Connection for TmcChannel {
         app: &Arc<AppState>,
         metrics: &ConnectionMetrics,
     ) -> Result<(), String> {
-        let (socket, _) =
-            tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(&self.url))
-                .await
-                .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
-                .map_err(|e| format!("connect: {e}"))?;
+        let socket = super::connection::open(&self.url).await?;
         let (mut sink, mut stream) = socket.split();
         let hello = encode(&self.connect_frame(app.now_ms()));
         sink.send(WsMessage::Binary(hello.into()))

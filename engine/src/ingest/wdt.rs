@@ -13,7 +13,7 @@
 //! `default_channel`), giving the key `{channel}:{tid}`. A `logistics_no` is kept as
 //! `fields.waybill_no`, so the courier's route pushes find the order.
 
-use super::signature::{md5_hex, same_signature};
+use super::signature::same_signature;
 use super::{
     Decoded, IngestError, RawRequest, SecretLookup, SourceAdapter, SourceEntry, StatusTable,
 };
@@ -62,20 +62,10 @@ pub(crate) fn build(config: &WdtConfig, secrets: &SecretLookup) -> SourceEntry {
 
 /// WDT's sign over form parameters (`sign` itself excluded).
 pub(crate) fn wdt_sign(params: &[(String, String)], appsecret: &str) -> String {
-    let mut sorted: Vec<&(String, String)> = params.iter().filter(|(k, _)| k != "sign").collect();
-    sorted.sort_by(|a, b| a.0.cmp(&b.0));
-    let joined = sorted
-        .iter()
-        .map(|(key, value)| {
-            format!(
-                "{:02}-{key}:{:04}-{value}",
-                key.chars().count(),
-                value.chars().count()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(";");
-    md5_hex(&[joined.as_bytes(), appsecret.as_bytes()])
+    super::signature::wdt_sign(
+        params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        appsecret,
+    )
 }
 
 fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {

@@ -10,7 +10,6 @@
 //! cancel operation, fields `receiver_*`, `paid`, `post_amount`, `order_list` passed through.
 
 use super::{Settings, SinkError, excerpt, order_number};
-use crate::ingest::signature::md5_hex;
 use orderhub_actors::dispatch::{Delivery, DeliveryFuture, SinkConnector, SyncIntent};
 use std::collections::BTreeMap;
 
@@ -70,21 +69,9 @@ impl WdtConnector {
     }
 }
 
-/// WangDianTong's sign over `params` (keys sorted, `sign` left out).
+/// WangDianTong's sign over `params` (`sign` left out).
 pub(crate) fn sign(params: &BTreeMap<&str, String>, appsecret: &str) -> String {
-    let joined = params
-        .iter()
-        .filter(|(key, _)| **key != "sign")
-        .map(|(key, value)| {
-            format!(
-                "{:02}-{key}:{:04}-{value}",
-                key.chars().count(),
-                value.chars().count()
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(";");
-    md5_hex(&[joined.as_bytes(), appsecret.as_bytes()])
+    crate::ingest::signature::wdt_sign(params.iter().map(|(k, v)| (*k, v.as_str())), appsecret)
 }
 
 /// The trade pushed for `sync`.

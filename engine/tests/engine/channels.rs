@@ -133,7 +133,7 @@ async fn pdd_messages_are_journaled_then_acked_across_a_dropped_connection() {
          order_field = \"tid\"\n[sources.pdd.type_map]\npdd_trade_TradeConfirmed = \"paid\"\n\
          pdd_trade_TradeSellerShip = \"shipped\"\n"
     );
-    let engine = TestEngine::start(&config, dir.path()).await;
+    let engine = TestEngine::start_with(&config, dir.path(), secrets_with_channels()).await;
 
     // The connect path is /message/{clientId}/{ts}/{sign}.
     let path = next_connection(&mut seen).await;
@@ -270,18 +270,19 @@ fn jd_config(url: &str) -> String {
 async fn jd_is_polled_incrementally_deduplicated_against_pushes_and_resumes_from_its_cursor() {
     let jos = fake_jos().await;
     let order = |id: &str, state: &str| serde_json::json!({"orderId": id, "orderState": state, "modified": "2023-11-15 06:13:20"});
+    let dir = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start(&jd_config(&jos.url), dir.path()).await;
+    // A push already told us 30003 shipped; a poll saying "paid" then adds nothing, even right
+    // after the push (before the order index is written).
+    let (status, _) = engine
+        .post_events(&canonical("push-1", "jd:30003", "jd", "shipped", now_ms()))
+        .await;
+    assert_eq!(status, 200);
     *jos.orders.lock().unwrap() = vec![
         order("30001", "WAIT_SELLER_STOCK_OUT"),
         order("30002", "FINISHED_L"),
         order("30003", "WAIT_SELLER_STOCK_OUT"),
     ];
-    let dir = tempfile::tempdir().unwrap();
-    let engine = TestEngine::start(&jd_config(&jos.url), dir.path()).await;
-    // A push already told us 30003 shipped; a poll saying "paid" adds nothing.
-    let (status, _) = engine
-        .post_events(&canonical("push-1", "jd:30003", "jd", "shipped", now_ms()))
-        .await;
-    assert_eq!(status, 200);
     engine
         .eventually("/v1/orders/jd:30001", |o| o["state"] == "paid")
         .await;
@@ -570,7 +571,7 @@ async fn tmc_messages_are_confirmed_once_journaled_and_the_client_reconnects() {
          pull_every = \"200ms\"\n[sources.tmc.topic_map]\ntaobao_trade_TradeBuyerPay = \"paid\"\n\
          [sources.tmc.status_map]\nWAIT_BUYER_CONFIRM_GOODS = \"shipped\"\n"
     );
-    let engine = TestEngine::start(&config, dir.path()).await;
+    let engine = TestEngine::start_with(&config, dir.path(), secrets_with_channels()).await;
     next_connection(&mut seen).await;
     for _ in 0..2 {
         let confirm = next_confirm(&mut seen, Duration::from_secs(10))
