@@ -36,7 +36,7 @@ pub struct RunArgs {
     /// Seed of every random choice.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Channels orders come from (douyin, shop).
+    /// Channels orders come from (douyin, youzan, shop).
     #[arg(long, value_delimiter = ',', default_value = "douyin,shop")]
     pub channels: Vec<String>,
     /// Probability a report is delivered twice.
@@ -163,10 +163,18 @@ pub async fn run_with(args: RunArgs, credentials: Credentials) -> anyhow::Result
     let channels = args
         .channels
         .iter()
-        .map(|c| Channel::parse(c).with_context(|| format!("unknown channel {c:?} (douyin, shop)")))
+        .map(|c| {
+            Channel::parse(c)
+                .with_context(|| format!("unknown channel {c:?} (douyin, youzan, shop)"))
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     if channels.is_empty() {
         bail!("--channels names no channel");
+    }
+    if channels.contains(&Channel::Youzan) && credentials.youzan.is_none() {
+        bail!(
+            "--channels youzan needs ORDERHUB_YOUZAN_CLIENT_ID and ORDERHUB_YOUZAN_CLIENT_SECRET (the engine's own)"
+        );
     }
     let expect = ExpectSyncs::parse(&args.expect_syncs).map_err(anyhow::Error::msg)?;
     let anomalies = Anomalies {

@@ -12,14 +12,28 @@ pub enum Channel {
     Douyin,
     /// A custom shop sending canonical events (Standard Webhooks).
     Shop,
+    /// Youzan push (signed md5, URL-encoded msg).
+    Youzan,
 }
 
 impl Channel {
+    /// The channel of an order key this tool made.
+    pub fn of_key(key: &str) -> Channel {
+        if key.starts_with("douyin:") {
+            Channel::Douyin
+        } else if key.starts_with("youzan:") {
+            Channel::Youzan
+        } else {
+            Channel::Shop
+        }
+    }
+
     /// Parses a channel name.
     pub fn parse(name: &str) -> Option<Channel> {
         match name {
             "douyin" => Some(Channel::Douyin),
             "shop" | "events" => Some(Channel::Shop),
+            "youzan" => Some(Channel::Youzan),
             _ => None,
         }
     }

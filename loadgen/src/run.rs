@@ -185,11 +185,7 @@ pub async fn send(traffic: Traffic, client: reqwest::Client, live: Arc<Live>) ->
         tokio::time::sleep_until((start + at).into()).await;
         let order = &orders[n as usize];
         let step = &order.plan.steps[i as usize];
-        let channel = if order.key.starts_with("douyin:") {
-            Channel::Douyin
-        } else {
-            Channel::Shop
-        };
+        let channel = Channel::of_key(&order.key);
         let intended_wall = started_ms + at.as_millis() as i64;
         if !step.duplicate {
             intended_ms

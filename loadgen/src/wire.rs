@@ -16,6 +16,8 @@ pub struct Credentials {
     pub douyin_secret: String,
     /// Decoded `ORDERHUB_EVENTS_SECRET` (`whsec_…`).
     pub events_key: Vec<u8>,
+    /// `ORDERHUB_YOUZAN_CLIENT_ID` and `_CLIENT_SECRET`, when set (needed for `--channels youzan`).
+    pub youzan: Option<(String, String)>,
 }
 
 impl Credentials {
@@ -28,10 +30,18 @@ impl Credentials {
         let events_key = base64::engine::general_purpose::STANDARD
             .decode(events.trim_start_matches("whsec_"))
             .map_err(|e| format!("ORDERHUB_EVENTS_SECRET is not a whsec_ base64 secret: {e}"))?;
+        let youzan = match (
+            var("ORDERHUB_YOUZAN_CLIENT_ID"),
+            var("ORDERHUB_YOUZAN_CLIENT_SECRET"),
+        ) {
+            (Ok(id), Ok(secret)) => Some((id, secret)),
+            _ => None,
+        };
         Ok(Credentials {
             douyin_key: var("ORDERHUB_DOUYIN_APP_KEY")?,
             douyin_secret: var("ORDERHUB_DOUYIN_APP_SECRET")?,
             events_key,
+            youzan,
         })
     }
 }
@@ -45,6 +55,32 @@ fn douyin_tag(state: &str) -> Option<&'static str> {
         "cancelled" => "106",
         _ => return None,
     })
+}
+
+/// Youzan trade status and message type of the states a channel reports.
+fn youzan_status(state: &str) -> Option<(&'static str, &'static str)> {
+    Some(match state {
+        "pending_payment" => ("WAIT_BUYER_PAY", "trade_TradeCreate"),
+        "paid" => ("WAIT_SELLER_SEND_GOODS", "trade_TradeBuyerPay"),
+        "completed" => ("TRADE_SUCCESS", "trade_TradeSuccess"),
+        "cancelled" => ("TRADE_CLOSED", "trade_TradeClose"),
+        _ => return None,
+    })
+}
+
+/// URL-encoding with `+` for space, as Youzan encodes `msg`.
+fn urlencode_plus(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() * 3);
+    for byte in text.bytes() {
+        match byte {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' | b'*' => {
+                out.push(byte as char)
+            }
+            b' ' => out.push('+'),
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
 }
 
 /// A request ready to send: path, headers and body.
@@ -63,6 +99,7 @@ pub fn order_key(channel: Channel, run: u64, n: u64) -> String {
     match channel {
         Channel::Douyin => format!("douyin:{}", run * 100_000_000 + n),
         Channel::Shop => format!("shop:{run}-{n}"),
+        Channel::Youzan => format!("youzan:E{run}{n:012}"),
     }
 }
 
@@ -77,6 +114,32 @@ pub fn request(
     event_id: &str,
     occurred_at_ms: i64,
 ) -> WireRequest {
+    if let (Channel::Youzan, System::Channel, Some((status, kind)), Some((id, secret))) = (
+        channel,
+        system,
+        youzan_status(state),
+        credentials.youzan.as_ref(),
+    ) {
+        let tid = order.trim_start_matches("youzan:");
+        let msg =
+            serde_json::json!({ "tid": tid, "status": status, "update_time": occurred_at_ms })
+                .to_string();
+        let body = serde_json::json!({
+            "client_id": id, "id": tid, "kdt_id": 1, "msg": urlencode_plus(&msg),
+            "msg_id": event_id, "sendCount": 0, "status": status, "test": false,
+            "type": kind, "version": occurred_at_ms,
+        })
+        .to_string();
+        let sign = md5_hex(&[id.as_bytes(), body.as_bytes(), secret.as_bytes()]);
+        return WireRequest {
+            path: "/v1/ingest/youzan",
+            headers: vec![
+                ("content-type", "application/json".into()),
+                ("event-sign", sign),
+            ],
+            body,
+        };
+    }
     match (channel, system, douyin_tag(state)) {
         (Channel::Douyin, System::Channel, Some(tag)) => {
             let p_id = order.trim_start_matches("douyin:");
@@ -173,6 +236,7 @@ mod tests {
             douyin_key: "7001".into(),
             douyin_secret: "s".into(),
             events_key: vec![1, 2, 3],
+            youzan: Some(("yz".into(), "ys".into())),
         };
         let paid = request(
             &credentials,
@@ -197,5 +261,24 @@ mod tests {
         );
         assert_eq!(picked.path, "/v1/events");
         assert!(picked.body.contains(r#""source":"wms""#));
+        let youzan = request(
+            &credentials,
+            Channel::Youzan,
+            "youzan:E1000000000042",
+            System::Channel,
+            "paid",
+            "m3",
+            1_700_000_000_000,
+        );
+        assert_eq!(youzan.path, "/v1/ingest/youzan");
+        let body: serde_json::Value = serde_json::from_str(&youzan.body).unwrap();
+        assert_eq!(
+            (body["id"].as_str(), body["status"].as_str()),
+            (Some("E1000000000042"), Some("WAIT_SELLER_SEND_GOODS"))
+        );
+        assert_eq!(
+            youzan.headers[1].1,
+            md5_hex(&[b"yz", youzan.body.as_bytes(), b"ys"])
+        );
     }
 }

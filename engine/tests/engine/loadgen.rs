@@ -59,6 +59,8 @@ async fn loadgen_verifies_a_run_end_to_end() {
         "100",
         "--seed",
         "7",
+        "--channels",
+        "douyin,youzan,shop",
         "--duplicate-rate",
         "0.2",
         "--out-of-order-rate",
@@ -80,6 +82,7 @@ async fn loadgen_verifies_a_run_end_to_end() {
             EVENTS_SECRET.trim_start_matches("whsec_"),
         )
         .unwrap(),
+        youzan: Some((YOUZAN_CLIENT_ID.into(), YOUZAN_CLIENT_SECRET.into())),
     };
     let report = orderhub_loadgen::cli::run_with(args, credentials)
         .await
