@@ -50,6 +50,8 @@ pub struct RuleError {
 struct CompiledRule {
     spec: RuleSpec,
     when: Program,
+    /// The only states `when` can be true in, when its form says so (see [`required_states`]).
+    states: Option<Vec<&'static str>>,
     fields: Vec<(String, Program)>,
     payload_template: Option<String>,
     message_template: Option<String>,
@@ -126,6 +128,7 @@ impl RuleSet {
                 return Err(fail("rule names must be unique and non-empty".into()));
             }
             let when = compile_cel(&spec.when).map_err(|e| fail(format!("when: {e}")))?;
+            let states = parse_cel(&spec.when).and_then(|ast| required_states(&ast));
             let mut fields = Vec::new();
             for (name, expr) in &spec.fields {
                 let program = compile_cel(expr).map_err(|e| fail(format!("fields.{name}: {e}")))?;
@@ -163,6 +166,7 @@ impl RuleSet {
             rules.push(CompiledRule {
                 spec,
                 when,
+                states,
                 fields,
                 payload_template,
                 message_template,
@@ -226,7 +230,15 @@ impl RuleSet {
         seq: u64,
     ) -> RuleEffects {
         let mut effects = RuleEffects::default();
-        if self.rules.is_empty() {
+        // Most transitions match no rule, and most conditions name the state they fire in:
+        // skip those rules before paying for the order's conversion to CEL values.
+        let state = state_name(order.state);
+        let live: Vec<&CompiledRule> = self
+            .rules
+            .iter()
+            .filter(|rule| rule.states.as_ref().is_none_or(|s| s.contains(&state)))
+            .collect();
+        if live.is_empty() {
             return effects;
         }
         let order_value = order_json(order, previous);
@@ -241,7 +253,7 @@ impl RuleSet {
                 .push("rules skipped: order not representable in CEL".into());
             return effects;
         }
-        for rule in &self.rules {
+        for rule in live {
             let name = &rule.spec.name;
             match rule.when.execute(&root) {
                 Ok(Value::Bool(true)) => {}
@@ -381,6 +393,86 @@ impl RuleSet {
     }
 }
 
+/// Parses `source` again for its syntax tree (cel-interpreter keeps its own private), or
+/// `None` if the parser fails or panics (the caller compiled it successfully first).
+fn parse_cel(source: &str) -> Option<cel_parser::Expression> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let parsed = std::panic::catch_unwind(|| cel_parser::Parser::default().parse(source));
+    std::panic::set_hook(hook);
+    parsed.ok()?.ok()
+}
+
+/// The canonical states in which `expr` can be true, when its form says so: `order.state ==
+/// "paid"` (either way round), `order.state in ["paid", "allocated"]`, and `&&` / `||` of
+/// those (a conjunction needs what either side needs; a disjunction what both sides allow).
+/// CEL defines `&&` as false when either side is false, even if the other errs, so a rule
+/// skipped this way is a rule whose condition is false. (cel-interpreter errs when the left
+/// side errs, whatever the right; such a rule is now skipped, as CEL says, instead of noted as
+/// failing in a state it could never fire in.) `None`: any state.
+fn required_states(expr: &cel_parser::Expression) -> Option<Vec<&'static str>> {
+    use cel_parser::ast::{Expr, operators};
+    let Expr::Call(call) = &expr.expr else {
+        return None;
+    };
+    if call.target.is_some() || call.args.len() != 2 {
+        return None;
+    }
+    let (left, right) = (&call.args[0], &call.args[1]);
+    match call.func_name.as_str() {
+        operators::EQUALS => {
+            let named = |side: &cel_parser::Expression, other: &cel_parser::Expression| {
+                is_order_state(side).then(|| state_literal(other)).flatten()
+            };
+            named(left, right)
+                .or_else(|| named(right, left))
+                .map(|state| vec![state])
+        }
+        operators::IN if is_order_state(left) => match &right.expr {
+            Expr::List(list) => list.elements.iter().map(state_literal).collect(),
+            _ => None,
+        },
+        operators::LOGICAL_AND => match (required_states(left), required_states(right)) {
+            (Some(a), Some(b)) => Some(a.into_iter().filter(|s| b.contains(s)).collect()),
+            (one, other) => one.or(other),
+        },
+        operators::LOGICAL_OR => {
+            let mut both = required_states(left)?;
+            both.extend(required_states(right)?);
+            Some(both)
+        }
+        _ => None,
+    }
+}
+
+/// Whether `expr` is `order.state`.
+fn is_order_state(expr: &cel_parser::Expression) -> bool {
+    use cel_parser::ast::Expr;
+    matches!(&expr.expr, Expr::Select(select)
+        if select.field == "state"
+            && !select.test
+            && matches!(&select.operand.expr, Expr::Ident(name) if name == "order"))
+}
+
+/// A string literal as the state name the order's CEL value would carry: a canonical state,
+/// or "none" (an order before its first state). A literal naming no state can never be equal
+/// to `order.state`, so it is kept as `"\u{0}"`, which no state is called.
+fn state_literal(expr: &cel_parser::Expression) -> Option<&'static str> {
+    use cel_parser::ast::Expr;
+    use cel_parser::reference::Val;
+    let Expr::Literal(Val::String(text)) = &expr.expr else {
+        return None;
+    };
+    Some(
+        OrderState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .chain(["none"])
+            .find(|name| name == text)
+            .unwrap_or("\u{0}"),
+    )
+}
+
 fn compile_cel(source: &str) -> Result<Program, String> {
     // The CEL parser (antlr4rust) panics on some syntax errors instead of returning one.
     // Rules are compiled once at start-up, so the panic hook is silenced around the call to
@@ -462,6 +554,120 @@ mod tests {
             sync: Some("erp".into()),
             ..RuleSpec::default()
         }
+    }
+
+    fn states_of(when: &str) -> Option<Vec<&'static str>> {
+        required_states(&parse_cel(when).unwrap())
+    }
+
+    #[test]
+    fn conditions_that_name_their_states_are_recognised() {
+        assert_eq!(states_of(r#"order.state == "paid""#), Some(vec!["paid"]));
+        assert_eq!(states_of(r#""paid" == order.state"#), Some(vec!["paid"]));
+        assert_eq!(
+            states_of(r#"order.state in ["paid", "allocated"]"#),
+            Some(vec!["paid", "allocated"])
+        );
+        assert_eq!(
+            states_of(r#"order.state == "cancelled" && order.previous_state != "shipped""#),
+            Some(vec!["cancelled"])
+        );
+        assert_eq!(
+            states_of(r#"order.fields.vip && order.state == "paid""#),
+            Some(vec!["paid"])
+        );
+        assert_eq!(
+            states_of(r#"order.state == "paid" || order.state == "shipped""#),
+            Some(vec!["paid", "shipped"])
+        );
+        assert_eq!(
+            states_of(r#"order.state in ["paid", "shipped"] && order.state == "shipped""#),
+            Some(vec!["shipped"])
+        );
+        assert_eq!(
+            states_of(r#"order.state == "nonsense""#),
+            Some(vec!["\u{0}"])
+        );
+        // Anything else may be true in any state.
+        for when in [
+            r#"order.state != "paid""#,
+            r#"order.state == "paid" || order.fields.vip"#,
+            r#"order.previous_state == "paid""#,
+            r#"order.fields.amount > 100"#,
+            r#"order.state == order.previous_state"#,
+            r#"!(order.state == "paid")"#,
+            r#"order.state.startsWith("pa")"#,
+            "true",
+        ] {
+            assert_eq!(states_of(when), None, "{when}");
+        }
+    }
+
+    #[test]
+    fn a_condition_is_never_true_outside_the_states_it_names() {
+        let conditions = [
+            r#"order.state == "paid""#,
+            r#""shipped" == order.state && event.source == "wms""#,
+            r#"order.state in ["paid", "allocated"] || order.state == "cancelled""#,
+            r#"order.fields.missing.deeper && order.state == "paid""#,
+            r#"order.state == "none""#,
+        ];
+        let states = OrderState::ALL.map(Some).into_iter().chain([None]);
+        for when in conditions {
+            let named = states_of(when).unwrap();
+            let program = compile_cel(when).unwrap();
+            for state in states.clone() {
+                let mut order = sample_order();
+                order.state = state;
+                let context = Context::default();
+                let mut scope = context.new_inner_scope();
+                scope
+                    .add_variable("order", order_json(&order, None))
+                    .unwrap();
+                scope
+                    .add_variable(
+                        "event",
+                        serde_json::json!({"source": "wms", "raw_status": "x"}),
+                    )
+                    .unwrap();
+                let result = program.execute(&scope);
+                let name = state_name(state);
+                if !named.contains(&name) {
+                    assert!(
+                        !matches!(result, Ok(Value::Bool(true))),
+                        "{when} is true in {name}, which it was not expected to name"
+                    );
+                } else if when != conditions[3] {
+                    assert!(result.is_ok(), "{when} in {name}: {result:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rules_skipped_by_state_give_what_evaluating_them_gives() {
+        let rules = RuleSet::compile(vec![
+            spec("paid", r#"order.state == "paid""#),
+            spec("any", r#"order.fields.amount > 10"#),
+            spec("shipped_or_paid", r#"order.state in ["shipped", "paid"]"#),
+        ])
+        .unwrap();
+        let mut order = sample_order();
+        order.fields.insert("amount".into(), serde_json::json!(20));
+        let trigger = event(1, OrderState::Paid, serde_json::json!({})).event;
+        let fired = |order: &Order| {
+            rules
+                .evaluate(order, None, &trigger, 1)
+                .syncs
+                .into_iter()
+                .map(|s| s.rule)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(fired(&order), ["paid", "any", "shipped_or_paid"]);
+        order.state = Some(OrderState::Shipped);
+        assert_eq!(fired(&order), ["any", "shipped_or_paid"]);
+        order.state = Some(OrderState::Allocated);
+        assert_eq!(fired(&order), ["any"]);
     }
 
     fn event(seq: u64, state: OrderState, fields: serde_json::Value) -> JournaledEvent {
