@@ -9,7 +9,8 @@ pub use event::{
     EventAction, INTERNAL_SOURCE, JournaledEvent, Millis, OrderEvent, SharedEvent, Superseding,
 };
 pub use machine::{
-    Effects, Hold, Order, Outcome, SlaStatus, SlaTimer, SystemStatus, TimelineEntry,
+    Effects, Hold, Order, Outcome, SUB_ORDERS_FIELD, SlaStatus, SlaTimer, SystemStatus,
+    TimelineEntry,
 };
 pub use policy::{OrderPolicy, SlaRule};
 pub use state::{OrderState, STATE_LABELS_WITH_NONE, UnknownState};
@@ -105,6 +106,77 @@ mod tests {
             versioned(4, Shipped, "trade_TradeChanged", 6),
         ];
         assert_eq!(Order::replay("douyin:1", &events, &policy), order);
+    }
+
+    #[test]
+    fn a_part_refund_refunds_the_order_only_when_every_listed_part_is_refunded() {
+        let policy = OrderPolicy::permissive();
+        let mut order = Order::new("douyin:1");
+        let mut paid = mv(1, Paid);
+        paid.event
+            .fields
+            .insert(SUB_ORDERS_FIELD.into(), serde_json::json!(["11", 12]));
+        order.apply(&paid, &policy);
+        let part = |seq, part: &str| {
+            ev(
+                seq,
+                "douyin",
+                EventAction::MovePart {
+                    part: part.into(),
+                    state: Refunded,
+                },
+                seq as Millis * 1000,
+            )
+        };
+        let (outcome, _) = order.apply(&part(2, "11"), &policy).unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::PartMoved {
+                part: "11".into(),
+                state: Refunded,
+                remaining: 1
+            }
+        );
+        assert_eq!(order.state, Some(Paid));
+        let (outcome, _) = order.apply(&part(3, "11"), &policy).unwrap();
+        assert!(matches!(outcome, Outcome::PartMoved { remaining: 1, .. }));
+        let (outcome, _) = order.apply(&part(4, "12"), &policy).unwrap();
+        assert_eq!(
+            outcome,
+            Outcome::Applied {
+                from: Some(Paid),
+                to: Refunded
+            }
+        );
+        // Without a list of parts the order never follows one part on its own.
+        let mut unlisted = Order::new("douyin:2");
+        unlisted.apply(&mv(1, Paid), &policy);
+        let (outcome, _) = unlisted.apply(&part(2, "21"), &policy).unwrap();
+        assert!(matches!(outcome, Outcome::PartMoved { remaining: 0, .. }));
+        assert_eq!(unlisted.state, Some(Paid));
+    }
+
+    #[test]
+    fn an_unmapped_status_is_recorded_and_marked() {
+        let policy = OrderPolicy::permissive();
+        let mut order = Order::new("douyin:1");
+        order.apply(&mv(1, Paid), &policy);
+        let (outcome, _) = order
+            .apply(&ev(2, "douyin", EventAction::Unmapped, 2_000), &policy)
+            .unwrap();
+        assert_eq!(outcome, Outcome::Recorded);
+        assert_eq!(order.state, Some(Paid));
+        let entry = order.timeline.last().unwrap();
+        assert!(entry.unmapped);
+        assert_eq!(entry.mapped, "none");
+        let json = serde_json::to_value(entry).unwrap();
+        assert_eq!(json["unmapped"], true);
+        assert!(
+            serde_json::to_value(&order.timeline[0])
+                .unwrap()
+                .get("unmapped")
+                .is_none()
+        );
     }
 
     #[test]

@@ -45,7 +45,10 @@ catalogue! {
         "Ingest requests by source and outcome (accepted, duplicate, verification, or the rejection reason).";
     /// Events carried by accepted ingest requests.
     INGEST_EVENTS = "orderhub_ingest_events_total", Counter, Count, ["source", "outcome"],
-        "Events in accepted ingest requests by source; outcome is appended or duplicate.";
+        "Messages of accepted ingest requests by source; outcome is appended, duplicate, parked (a courier scan waiting for its waybill's order) or rejected (a malformed message of a batch, listed in GET /v1/sources).";
+    /// Events whose raw status the source's mapping does not know.
+    INGEST_UNMAPPED = "orderhub_ingest_unmapped_total", Counter, Count, ["source"],
+        "Events journaled with a raw status, tag or type the source's mapping does not know: recorded and acknowledged, no state change (GET /v1/sources lists the raw values).";
     /// Ingest latency.
     INGEST_LATENCY = "orderhub_ingest_latency_seconds", Histogram, Seconds, ["source"],
         "Time from receiving an ingest request to answering it, including the journal fsync.";

@@ -188,6 +188,59 @@ pub(crate) async fn list_orders(
     }
 }
 
+/// `GET /v1/sources`: every configured source — pushed, connected or polled — with whether it
+/// can take messages, the raw statuses it sent that its mapping did not know (durable, from
+/// the journal), the malformed messages of its batches (since start-up) and, for couriers,
+/// the scans still waiting for an order to report their waybill.
+pub(crate) async fn sources(State(app): State<Arc<AppState>>) -> Response {
+    let journal = app.journal.clone();
+    let stored = tokio::task::spawn_blocking(move || {
+        Ok::<_, crate::journal::JournalError>((
+            journal.unmapped_statuses()?,
+            journal.parked_scans()?,
+        ))
+    })
+    .await;
+    let (unmapped, parked) = match stored {
+        Ok(Ok(stored)) => stored,
+        Ok(Err(err)) => return internal(err),
+        Err(err) => return internal(err),
+    };
+    let mut listed: Vec<(&'static str, &'static str, Result<(), String>)> = app
+        .sources
+        .entries()
+        .map(|(name, status)| (name, "push", status))
+        .collect();
+    for name in crate::ingest::Channels::names(&app.config) {
+        if !listed.iter().any(|(listed, _, _)| *listed == name) {
+            listed.push((name, "connection", Ok(())));
+        }
+    }
+    listed.sort_by_key(|(name, _, _)| *name);
+    let sources: Vec<serde_json::Value> = listed
+        .into_iter()
+        .map(|(name, kind, status)| {
+            let unmapped: Vec<_> = unmapped.iter().filter(|u| u.source == name).collect();
+            let mut entry = serde_json::json!({
+                "name": name,
+                "kind": kind,
+                "status": if status.is_ok() { "ready" } else { "unavailable" },
+                "unmapped": unmapped,
+                "rejected": app.rejections.of(name),
+            });
+            if let Err(reason) = status {
+                entry["reason"] = reason.into();
+            }
+            if let Some((_, count, oldest)) = parked.iter().find(|(source, ..)| source == name) {
+                entry["parked_scans"] =
+                    serde_json::json!({ "count": count, "oldest_received_at": oldest });
+            }
+            entry
+        })
+        .collect();
+    Json(serde_json::json!({ "sources": sources })).into_response()
+}
+
 /// `GET /healthz`: the process is alive.
 pub(crate) async fn healthz() -> Response {
     Json(serde_json::json!({ "status": "ok" })).into_response()

@@ -185,6 +185,9 @@ pub struct WechatConfig {
     pub token_env: String,
     /// Environment variable holding the EncodingAESKey (needed only in safe mode).
     pub aes_key_env: String,
+    /// Accepted clock difference of the query's `timestamp`; a nonce is refused twice within it.
+    #[serde(default = "default_webhook_tolerance")]
+    pub tolerance: HumanDuration,
     /// Event name (a trailing `*` matches a prefix) → canonical status.
     pub event_map: BTreeMap<String, String>,
 }
@@ -376,16 +379,23 @@ fn default_wdt_tolerance() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(600))
 }
 
-/// `[sources.sf]`: SF Express route push.
+/// `[sources.sf]`: SF Express route push, at `POST /v1/ingest/sf/{token}`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SfConfig {
-    /// Environment variable holding the partner id (customer code).
-    pub partner_id_env: String,
-    /// Environment variable holding the checkword.
-    pub checkword_env: String,
+    /// Environment variable holding the secret path segment that authenticates the push (SF
+    /// signs nothing).
+    #[serde(default = "default_sf_push_token_env")]
+    pub push_token_env: String,
+    /// Source addresses allowed to push (CIDRs or addresses); empty: any.
+    #[serde(default)]
+    pub allow_from: Vec<String>,
     /// Route opCode (`*` for any other) → canonical status.
     pub opcode_map: BTreeMap<String, String>,
+}
+
+fn default_sf_push_token_env() -> String {
+    "ORDERHUB_SF_PUSH_TOKEN".into()
 }
 
 /// `[sources.events]`: canonical events signed with Standard Webhooks.
@@ -853,6 +863,13 @@ impl Config {
                 .position(|r| r.name == e.rule)
                 .unwrap_or(0);
             return Err(self.invalid(format!("rules[{index}]"), e.to_string()));
+        }
+        if let Some(sf) = &self.sources.sf {
+            for (i, cidr) in sf.allow_from.iter().enumerate() {
+                if let Err(message) = crate::ingest::sf::parse_cidr(cidr) {
+                    return Err(self.invalid(format!("sources.sf.allow_from[{i}]"), message));
+                }
+            }
         }
         for (name, generic) in &self.sources.generic {
             if let Err((key, message)) = crate::ingest::generic::validate(name, generic) {

@@ -18,6 +18,7 @@ pub(crate) mod generic;
 pub(crate) mod kuaishou;
 pub(crate) mod pdd;
 pub(crate) mod poll;
+pub(crate) mod rejections;
 pub(crate) mod sf;
 pub(crate) mod signature;
 pub(crate) mod tmc;
@@ -28,12 +29,15 @@ pub(crate) mod youzan;
 use crate::AppState;
 use crate::journal::{AppendOutcome, JournalError};
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use futures_util::FutureExt as _;
 use orderhub_actors::order::{EventAction, Millis, OrderEvent, OrderState};
 use orderhub_actors::telemetry as t;
 use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -75,6 +79,11 @@ impl StatusTable {
         // Longest prefix first.
         prefixes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         StatusTable { exact, prefixes }
+    }
+
+    /// What `raw` means, or [`EventAction::Unmapped`] when the table does not know it.
+    pub(crate) fn map(&self, raw: &str) -> EventAction {
+        self.get(raw).cloned().unwrap_or(EventAction::Unmapped)
     }
 
     pub(crate) fn get(&self, raw: &str) -> Option<&EventAction> {
@@ -130,21 +139,15 @@ pub enum IngestError {
     /// The body is not what the source sends.
     #[error("malformed body: {0}")]
     Malformed(String),
-    /// A status the source's mapping table does not know.
-    #[error("unknown status {status:?} from {origin}")]
-    UnknownStatus {
-        /// The source.
-        origin: &'static str,
-        /// The raw status.
-        status: String,
-    },
-    /// A courier event names a waybill no event has carried yet (the shipping report may still
-    /// be on its way): refused so that the courier re-sends it.
-    #[error("no order carries waybill {waybill:?} yet; re-send after the shipping report")]
-    UnknownWaybill {
-        /// The waybill number.
-        waybill: String,
-    },
+    /// The route needs the source's secret path segment (`/v1/ingest/{source}/{token}`).
+    #[error("{0}")]
+    NoSuchRoute(String),
+    /// A request that was already accepted, or is too old to tell (replay protection).
+    #[error("request refused: {0}")]
+    Replayed(String),
+    /// The handler panicked: a bug, answered 500; the engine stays up.
+    #[error("internal error while handling the request")]
+    Panicked,
     /// The engine is saturated; the sender should retry after the given seconds.
     #[error("engine is saturated ({0}); retry later")]
     Throttled(&'static str),
@@ -168,8 +171,9 @@ impl IngestError {
             IngestError::TooLarge { .. } => "body_too_large",
             IngestError::BadSignature(_) => "bad_signature",
             IngestError::Malformed(_) => "malformed",
-            IngestError::UnknownStatus { .. } => "unknown_status",
-            IngestError::UnknownWaybill { .. } => "unknown_waybill",
+            IngestError::NoSuchRoute(_) => "not_found",
+            IngestError::Replayed(_) => "replayed",
+            IngestError::Panicked => "panic",
             IngestError::Throttled(_) => "throttled",
             IngestError::ShuttingDown => "shutting_down",
             IngestError::Journal(_) => "journal_error",
@@ -178,17 +182,15 @@ impl IngestError {
 
     fn status(&self) -> StatusCode {
         match self {
-            IngestError::UnknownSource(_) => StatusCode::NOT_FOUND,
+            IngestError::UnknownSource(_) | IngestError::NoSuchRoute(_) => StatusCode::NOT_FOUND,
             IngestError::SourceUnavailable { .. }
             | IngestError::ShuttingDown
             | IngestError::Journal(_) => StatusCode::SERVICE_UNAVAILABLE,
             IngestError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            IngestError::BadSignature(_) => StatusCode::UNAUTHORIZED,
-            IngestError::Malformed(_) | IngestError::UnknownStatus { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            IngestError::BadSignature(_) | IngestError::Replayed(_) => StatusCode::UNAUTHORIZED,
+            IngestError::Malformed(_) => StatusCode::BAD_REQUEST,
             IngestError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
-            IngestError::UnknownWaybill { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            IngestError::Panicked => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
@@ -222,9 +224,25 @@ pub(crate) struct RawRequest<'a> {
     pub(crate) query: &'a str,
     pub(crate) body: &'a [u8],
     pub(crate) received_at: Millis,
+    /// The path segment after the source's name (`/v1/ingest/{source}/{token}`), if any.
+    pub(crate) path_token: Option<&'a str>,
+    /// The TCP peer's address (no proxy header is trusted).
+    pub(crate) peer: Option<std::net::IpAddr>,
 }
 
-impl RawRequest<'_> {
+impl<'a> RawRequest<'a> {
+    /// A request with only a body, headers and a query (tests and fuzzing).
+    pub(crate) fn plain(headers: &'a HeaderMap, query: &'a str, body: &'a [u8]) -> Self {
+        RawRequest {
+            headers,
+            query,
+            body,
+            received_at: 1,
+            path_token: None,
+            peer: None,
+        }
+    }
+
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -239,13 +257,65 @@ pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
 
 /// What a verified body decodes to.
 pub(crate) enum Decoded {
-    /// Events to journal.
-    Events(Vec<OrderEvent>),
+    /// Events to journal, and the messages of the same body that could not be used. An event
+    /// whose `order` is empty is a courier scan: its order is the one that reported its
+    /// `fields.waybill_no` (the journal resolves it, or keeps the scan until that report).
+    Events {
+        /// The usable messages, mapped (an unknown status maps to [`EventAction::Unmapped`]).
+        events: Vec<OrderEvent>,
+        /// The malformed messages of a batch, recorded instead of failing the others.
+        rejected: Vec<Rejected>,
+    },
     /// A platform check (e.g. Douyin tag 0): acknowledged, nothing stored.
     Verification,
-    /// Courier events whose order is found through `fields.waybill_no` (their `order` is
-    /// filled in by the pipeline from the waybill index).
-    ByWaybill(Vec<OrderEvent>),
+}
+
+impl Decoded {
+    /// Events with nothing rejected.
+    pub(crate) fn events(events: Vec<OrderEvent>) -> Self {
+        Decoded::Events {
+            events,
+            rejected: Vec::new(),
+        }
+    }
+
+    /// Splits per-message results: usable events, and the errors of the others.
+    pub(crate) fn from_results(
+        results: impl IntoIterator<Item = Result<OrderEvent, IngestError>>,
+    ) -> Self {
+        let mut events = Vec::new();
+        let mut rejected = Vec::new();
+        for (index, result) in results.into_iter().enumerate() {
+            match result {
+                Ok(event) => events.push(event),
+                Err(error) => rejected.push(Rejected { index, error }),
+            }
+        }
+        Decoded::Events { events, rejected }
+    }
+}
+
+/// Test view of a decode: the events, or the first rejected message's error.
+#[cfg(test)]
+pub(crate) fn events_of(
+    decoded: Result<Decoded, IngestError>,
+) -> Result<Vec<OrderEvent>, IngestError> {
+    match decoded? {
+        Decoded::Events { rejected, .. } if !rejected.is_empty() => {
+            Err(rejected.into_iter().next().expect("not empty").error)
+        }
+        Decoded::Events { events, .. } => Ok(events),
+        Decoded::Verification => Ok(Vec::new()),
+    }
+}
+
+/// One message of a batch that could not be used.
+#[derive(Debug)]
+pub(crate) struct Rejected {
+    /// Its position in the body.
+    pub(crate) index: usize,
+    /// Why.
+    pub(crate) error: IngestError,
 }
 
 /// One source's protocol.
@@ -258,6 +328,18 @@ pub(crate) trait SourceAdapter: Send + Sync {
     fn decode(&self, request: &RawRequest<'_>) -> Result<Decoded, IngestError>;
     /// The success answer in the source's own format.
     fn ack(&self) -> Response;
+    /// The success answer to `request` (a source with several modes answers each in its own).
+    fn ack_for(&self, _request: &RawRequest<'_>) -> Response {
+        self.ack()
+    }
+    /// The success answer when some messages of the batch were rejected (most platforms'
+    /// formats cannot say so; the rejects are listed in `GET /v1/sources`).
+    fn ack_partial(&self, request: &RawRequest<'_>, _rejected: &[Rejected]) -> Response {
+        self.ack_for(request)
+    }
+    /// Called once a request that passed [`Self::verify`] is settled: `accepted` when its
+    /// events were journaled (or it was a platform check). Replay protection records here.
+    fn settle(&self, _request: &RawRequest<'_>, _accepted: bool) {}
     /// Answers the platform's URL check (a GET when the push URL is set up), if it makes one.
     fn url_verification(&self, _query: &str) -> Option<Result<Response, IngestError>> {
         None
@@ -325,6 +407,14 @@ impl SourceRegistry {
 
     pub(crate) fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.sources.values().map(SourceEntry::name)
+    }
+
+    /// Each source with `Ok` when it can verify requests, or why not.
+    pub(crate) fn entries(&self) -> impl Iterator<Item = (&'static str, Result<(), String>)> + '_ {
+        self.sources.values().map(|entry| match entry {
+            SourceEntry::Ready(adapter) => (adapter.name(), Ok(())),
+            SourceEntry::Unavailable { name, reason } => (*name, Err(reason.clone())),
+        })
     }
 }
 
@@ -408,25 +498,28 @@ pub(crate) const BUILT_IN_SOURCES: [&str; 7] = [
 ];
 
 /// Outcomes counted per source.
-const OUTCOMES: [&str; 12] = [
+const OUTCOMES: [&str; 14] = [
     "accepted",
     "duplicate",
     "verification",
     "unknown_source",
+    "not_found",
     "source_unavailable",
     "body_too_large",
     "bad_signature",
+    "replayed",
     "malformed",
-    "unknown_status",
-    "unknown_waybill",
     "throttled",
     "shutting_down",
+    "journal_error",
+    "panic",
 ];
 
 /// Ingest metric handles, registered once at start-up for every source and outcome.
 pub(crate) struct IngestMetrics {
     requests: HashMap<(&'static str, &'static str), metrics::Counter>,
     events: HashMap<(&'static str, &'static str), metrics::Counter>,
+    unmapped: HashMap<&'static str, metrics::Counter>,
     latency: HashMap<&'static str, metrics::Histogram>,
 }
 
@@ -435,21 +528,26 @@ impl IngestMetrics {
         let mut metrics = IngestMetrics {
             requests: HashMap::new(),
             events: HashMap::new(),
+            unmapped: HashMap::new(),
             latency: HashMap::new(),
         };
         for source in sources.chain(["unknown"]) {
-            for outcome in OUTCOMES.into_iter().chain(["journal_error"]) {
+            for outcome in OUTCOMES {
                 metrics.requests.insert(
                     (source, outcome),
                     metrics::counter!(t::INGEST_REQUESTS, "source" => source, "outcome" => outcome),
                 );
             }
-            for outcome in ["appended", "duplicate"] {
+            for outcome in EVENT_OUTCOMES {
                 metrics.events.insert(
                     (source, outcome),
                     metrics::counter!(t::INGEST_EVENTS, "source" => source, "outcome" => outcome),
                 );
             }
+            metrics.unmapped.insert(
+                source,
+                metrics::counter!(t::INGEST_UNMAPPED, "source" => source),
+            );
             metrics.latency.insert(
                 source,
                 metrics::histogram!(t::INGEST_LATENCY, "source" => source),
@@ -467,25 +565,60 @@ impl IngestMetrics {
         }
     }
 
-    fn events(&self, source: &'static str, appended: u64, duplicate: u64) {
-        if let Some(counter) = self.events.get(&(source, "appended")) {
-            counter.increment(appended);
+    fn events(&self, source: &'static str, outcome: &'static str, count: u64) {
+        if count > 0
+            && let Some(counter) = self.events.get(&(source, outcome))
+        {
+            counter.increment(count);
         }
-        if let Some(counter) = self.events.get(&(source, "duplicate")) {
-            counter.increment(duplicate);
+    }
+
+    fn unmapped(&self, source: &'static str, count: u64) {
+        if count > 0
+            && let Some(counter) = self.unmapped.get(source)
+        {
+            counter.increment(count);
         }
     }
 }
+
+/// What happened to each message, counted per source.
+const EVENT_OUTCOMES: [&str; 4] = ["appended", "duplicate", "parked", "rejected"];
 
 /// `POST /v1/ingest/{source}`.
 pub(crate) async fn ingest_source(
     State(app): State<Arc<AppState>>,
     Path(source): Path<String>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    ingest(app, &source, query.as_deref().unwrap_or(""), headers, body).await
+    let query = query.unwrap_or_default();
+    ingest(app, &source, None, Some(peer), &query, headers, body).await
+}
+
+/// `POST /v1/ingest/{source}/{token}`: a source authenticated by a secret path segment (SF's
+/// route push, which carries no signature).
+pub(crate) async fn ingest_source_with_token(
+    State(app): State<Arc<AppState>>,
+    Path((source, token)): Path<(String, String)>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let query = query.unwrap_or_default();
+    ingest(
+        app,
+        &source,
+        Some(&token),
+        Some(peer),
+        &query,
+        headers,
+        body,
+    )
+    .await
 }
 
 /// `GET /v1/ingest/{source}`: the platform's URL verification (WeChat's `echostr`).
@@ -530,15 +663,18 @@ pub(crate) async fn verify_source_url(
 /// `POST /v1/events`.
 pub(crate) async fn ingest_events(
     State(app): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    ingest(app, "events", "", headers, body).await
+    ingest(app, "events", None, Some(peer), "", headers, body).await
 }
 
 async fn ingest(
     app: Arc<AppState>,
     source: &str,
+    path_token: Option<&str>,
+    peer: Option<SocketAddr>,
     query: &str,
     headers: HeaderMap,
     body: Body,
@@ -550,7 +686,23 @@ async fn ingest(
         return IngestError::UnknownSource(source.to_owned()).into_response();
     };
     let name = entry.name();
-    match process(&app, entry, query, headers, body).await {
+    let request = Incoming {
+        query,
+        path_token,
+        peer: peer.map(|p| p.ip()),
+        headers,
+        body,
+    };
+    // A bug in a decoder must cost one request, never the engine: the panic is answered 500
+    // and counted, and every acknowledged event stays acknowledged.
+    let handled = AssertUnwindSafe(process(&app, entry, request))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!(source = name, "ingest handler panicked; answered 500");
+            Err(IngestError::Panicked)
+        });
+    match handled {
         Ok((response, outcome)) => {
             app.ingest_metrics.request(name, outcome, started);
             response
@@ -565,12 +717,19 @@ async fn ingest(
     }
 }
 
+/// The parts of an HTTP request the pipeline reads.
+struct Incoming<'a> {
+    query: &'a str,
+    path_token: Option<&'a str>,
+    peer: Option<std::net::IpAddr>,
+    headers: HeaderMap,
+    body: Body,
+}
+
 async fn process(
     app: &AppState,
     entry: &SourceEntry,
-    query: &str,
-    headers: HeaderMap,
-    body: Body,
+    incoming: Incoming<'_>,
 ) -> Result<(Response, &'static str), IngestError> {
     if !app.is_ready() {
         return Err(IngestError::ShuttingDown);
@@ -585,30 +744,61 @@ async fn process(
         }
     };
     let limit = app.config.server.max_body_bytes;
-    let declared = headers
+    let declared = incoming
+        .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|len| len > limit) {
         return Err(IngestError::TooLarge { limit });
     }
-    let bytes = axum::body::to_bytes(body, limit)
+    let bytes = axum::body::to_bytes(incoming.body, limit)
         .await
         .map_err(|_| IngestError::TooLarge { limit })?;
     let request = RawRequest {
-        headers: &headers,
-        query,
+        headers: &incoming.headers,
+        query: incoming.query,
         body: &bytes,
         received_at: app.now_ms(),
+        path_token: incoming.path_token,
+        peer: incoming.peer,
     };
     adapter.verify(&request)?;
-    let events = match adapter.decode(&request)? {
-        Decoded::Verification => return Ok((adapter.ack(), "verification")),
-        Decoded::Events(events) => events,
-        Decoded::ByWaybill(events) => find_orders_by_waybill(app, events).await?,
+    let settled = admit(app, adapter.as_ref(), &request).await;
+    adapter.settle(&request, settled.is_ok());
+    settled
+}
+
+/// Decodes a verified request, records the messages it rejects and journals the rest.
+async fn admit(
+    app: &AppState,
+    adapter: &dyn SourceAdapter,
+    request: &RawRequest<'_>,
+) -> Result<(Response, &'static str), IngestError> {
+    let name = adapter.name();
+    let (events, rejected) = match adapter.decode(request)? {
+        Decoded::Verification => return Ok((adapter.ack_for(request), "verification")),
+        Decoded::Events { events, rejected } => (events, rejected),
     };
-    let outcome = journal_events(app, adapter.name(), events).await?;
-    Ok((adapter.ack(), outcome))
+    if events.is_empty() {
+        // Nothing of the body is usable: the request as a whole is malformed.
+        app.ingest_metrics
+            .events(name, "rejected", rejected.len() as u64);
+        app.rejections.record(name, request, &rejected);
+        let first = rejected.into_iter().next().map_or_else(
+            || IngestError::Malformed("the body carries no message".into()),
+            |r| r.error,
+        );
+        return Err(first);
+    }
+    let outcome = journal_events(app, name, events).await?;
+    if rejected.is_empty() {
+        return Ok((adapter.ack_for(request), outcome));
+    }
+    app.ingest_metrics
+        .events(name, "rejected", rejected.len() as u64);
+    app.rejections.record(name, request, &rejected);
+    Ok((adapter.ack_partial(request, &rejected), outcome))
 }
 
 /// Admits `events` of `source` (refusing with 429 while the actors or the sync backlog are
@@ -628,50 +818,37 @@ pub(crate) async fn journal_events(
     if app.dispatch.backlog() > app.config.dispatch.max_backlog {
         return Err(IngestError::Throttled("sync backlog is over its limit"));
     }
+    let unmapped: Vec<bool> = events
+        .iter()
+        .map(|e| e.action == EventAction::Unmapped)
+        .collect();
     let outcomes = app.journal.append(events).await.map_err(|e| match e {
         JournalError::Full => IngestError::Throttled("journal queue is full"),
         JournalError::Closed => IngestError::ShuttingDown,
         other => IngestError::Journal(other.to_string()),
     })?;
-    let appended = outcomes
+    let count = |wanted: fn(&AppendOutcome) -> bool| outcomes.iter().filter(|o| wanted(o)).count();
+    let appended = count(|o| matches!(o, AppendOutcome::Appended(_)));
+    let parked = count(|o| matches!(o, AppendOutcome::Parked));
+    let metrics = &app.ingest_metrics;
+    metrics.events(source, "appended", appended as u64);
+    metrics.events(source, "parked", parked as u64);
+    metrics.events(
+        source,
+        "duplicate",
+        (outcomes.len() - appended - parked) as u64,
+    );
+    let new_unmapped = outcomes
         .iter()
-        .filter(|o| matches!(o, AppendOutcome::Appended(_)))
-        .count() as u64;
-    let duplicate = outcomes.len() as u64 - appended;
-    app.ingest_metrics.events(source, appended, duplicate);
-    Ok(if appended == 0 {
+        .zip(&unmapped)
+        .filter(|(o, unmapped)| **unmapped && !matches!(o, AppendOutcome::Duplicate))
+        .count();
+    metrics.unmapped(source, new_unmapped as u64);
+    Ok(if appended + parked == 0 {
         "duplicate"
     } else {
         "accepted"
     })
-}
-
-/// Fills in each courier event's order from the waybill index.
-async fn find_orders_by_waybill(
-    app: &AppState,
-    mut events: Vec<OrderEvent>,
-) -> Result<Vec<OrderEvent>, IngestError> {
-    let journal = app.journal.clone();
-    tokio::task::spawn_blocking(move || {
-        for event in &mut events {
-            let waybill = match event.fields.get("waybill_no") {
-                Some(serde_json::Value::String(waybill)) => waybill.clone(),
-                _ => {
-                    return Err(IngestError::Malformed(
-                        "a courier event has no waybill_no".into(),
-                    ));
-                }
-            };
-            match journal.order_of_waybill(&waybill) {
-                Ok(Some(order)) => event.order = order,
-                Ok(None) => return Err(IngestError::UnknownWaybill { waybill }),
-                Err(err) => return Err(IngestError::Journal(err.to_string())),
-            }
-        }
-        Ok(events)
-    })
-    .await
-    .map_err(|e| IngestError::Journal(e.to_string()))?
 }
 
 /// Reads the secret named by `variable`, or explains what is missing.
@@ -682,8 +859,47 @@ pub(crate) fn secret(secrets: &SecretLookup, variable: &str) -> Result<String, S
     }
 }
 
-/// Parses JSON with simd-json (which needs a mutable copy of the bytes).
+/// Deepest JSON nesting any decoder accepts. Platforms' messages nest a few levels; the limit
+/// is checked before any recursive decoding, which would otherwise overflow the stack.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Checks that `bytes` nest arrays and objects at most [`MAX_JSON_DEPTH`] deep (a linear scan
+/// that skips strings; it does not validate the rest).
+pub fn check_json_depth(bytes: &[u8]) -> Result<(), IngestError> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &byte in bytes {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_JSON_DEPTH {
+                    return Err(IngestError::Malformed(format!(
+                        "JSON nests deeper than {MAX_JSON_DEPTH} levels"
+                    )));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Parses JSON with simd-json (which needs a mutable copy of the bytes), after checking its
+/// nesting depth.
 pub fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, IngestError> {
+    check_json_depth(bytes)?;
     let mut buffer = bytes.to_vec();
     simd_json::serde::from_slice(&mut buffer).map_err(|e| IngestError::Malformed(e.to_string()))
 }

@@ -15,7 +15,7 @@ mod schema;
 mod writer;
 
 pub use outbox::SyncView;
-pub use reader::{OrderFilter, OrderSummary};
+pub use reader::{OrderFilter, OrderSummary, UnmappedStatus};
 pub use recovery::Recovered;
 
 use crate::config::JournalConfig;
@@ -85,6 +85,9 @@ pub enum AppendOutcome {
     Appended(u64),
     /// Already stored (same source and source event id): nothing changed.
     Duplicate,
+    /// A courier scan for a waybill no order has reported yet: stored durably and applied to
+    /// the order that later reports the waybill.
+    Parked,
 }
 
 pub(crate) struct AppendRequest {
@@ -255,6 +258,17 @@ impl Journal {
     /// `fields.waybill_no`.
     pub fn order_of_waybill(&self, waybill: &str) -> Result<Option<String>, JournalError> {
         self.inner.reader.order_of_waybill(waybill)
+    }
+
+    /// Every raw status a source sent that its mapping did not know, most recent first.
+    pub fn unmapped_statuses(&self) -> Result<Vec<UnmappedStatus>, JournalError> {
+        self.inner.reader.unmapped_statuses()
+    }
+
+    /// Courier scans waiting for an order to report their waybill: `(source, count, oldest
+    /// received_at)`.
+    pub fn parked_scans(&self) -> Result<Vec<(String, u64, Millis)>, JournalError> {
+        self.inner.reader.parked_scans()
     }
 
     /// A named value of the meta table (a poller's cursor), if set.

@@ -71,6 +71,7 @@ pub(crate) struct AppState {
     pub(crate) dispatch: Dispatch,
     pub(crate) sources: SourceRegistry,
     pub(crate) ingest_metrics: IngestMetrics,
+    pub(crate) rejections: ingest::rejections::Rejections,
     pub(crate) prometheus: PrometheusHandle,
     pub(crate) clock: SystemClock,
     ready: AtomicBool,
@@ -157,6 +158,7 @@ pub async fn run(
         dispatch: dispatch.clone(),
         sources,
         ingest_metrics,
+        rejections: Default::default(),
         prometheus: prometheus.clone(),
         clock,
         ready: AtomicBool::new(true),
@@ -193,7 +195,11 @@ pub async fn run(
             signalled.notify_one();
         }
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(on_signal);
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(on_signal);
     let deadline = async {
         signalled.notified().await;
         tokio::time::sleep(grace).await;
@@ -218,7 +224,12 @@ fn routes(state: Arc<AppState>) -> Router {
             "/v1/ingest/{source}",
             post(ingest::ingest_source).get(ingest::verify_source_url),
         )
+        .route(
+            "/v1/ingest/{source}/{token}",
+            post(ingest::ingest_source_with_token),
+        )
         .route("/v1/events", post(ingest::ingest_events))
+        .route("/v1/sources", get(api::sources))
         .route("/v1/orders", get(api::list_orders))
         .route("/v1/orders/{key}", get(api::get_order))
         .route("/v1/dispatch/dead-letters", get(api::dead_letters))

@@ -23,6 +23,17 @@ pub enum EventAction {
     ReleaseHold,
     /// A known status with no canonical effect; kept in the timeline and the system's status.
     Inform,
+    /// A status the source's mapping does not know (yet): kept in the timeline with its raw
+    /// status, marked `unmapped`, and changes nothing. Never a reason to refuse a message.
+    Unmapped,
+    /// One part of the order (a sub-order, e.g. Douyin's `s_id`) reached `state`; the whole
+    /// order follows once every part the order listed in `fields.sub_orders` has.
+    MovePart {
+        /// The part's id.
+        part: String,
+        /// The state the part reached.
+        state: OrderState,
+    },
     /// An SLA deadline passed while its timer was armed (journaled by orderhub itself).
     SlaBreach {
         /// The rule's name.
@@ -40,7 +51,7 @@ impl EventAction {
         match self {
             EventAction::Move { state } => state.as_str(),
             EventAction::ReleaseHold => "hold_released",
-            EventAction::Inform => "none",
+            EventAction::Inform | EventAction::Unmapped | EventAction::MovePart { .. } => "none",
             EventAction::SlaBreach { .. } => "sla_breach",
         }
     }

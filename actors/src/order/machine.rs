@@ -70,6 +70,16 @@ pub enum Outcome {
         /// The rule's name.
         rule: String,
     },
+    /// One part of the order moved; the order waits for the others (or does not know them).
+    PartMoved {
+        /// The part.
+        part: String,
+        /// Where it moved.
+        state: OrderState,
+        /// Parts listed in `fields.sub_orders` that have not reached `state` yet (0 when the
+        /// order lists none: then the order never follows a part on its own).
+        remaining: usize,
+    },
 }
 
 impl Outcome {
@@ -87,6 +97,7 @@ impl Outcome {
             Outcome::NotHeld => "not_held",
             Outcome::SlaBreached { .. } => "sla_breached",
             Outcome::SlaNotArmed { .. } => "sla_not_armed",
+            Outcome::PartMoved { .. } => "part_moved",
         }
     }
 }
@@ -113,6 +124,9 @@ pub struct TimelineEntry {
     /// What the rules did on this transition (syncs, tags, holds, failures).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<String>,
+    /// The source's mapping did not know `raw_status`: recorded, nothing changed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unmapped: bool,
 }
 
 /// Where an SLA timer stands.
@@ -191,6 +205,9 @@ pub struct Order {
     /// Latest version per versioned message stream (`{source}:{stream}`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub versions: BTreeMap<String, i64>,
+    /// Where each reported part (sub-order) stands, for parts that moved on their own.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parts: BTreeMap<String, OrderState>,
     /// Every report, in journal order.
     pub timeline: Vec<TimelineEntry>,
     /// Armed and breached SLA timers.
@@ -215,6 +232,7 @@ impl Order {
             fields: serde_json::Map::new(),
             tags: Vec::new(),
             versions: BTreeMap::new(),
+            parts: BTreeMap::new(),
             timeline: Vec::new(),
             sla: Vec::new(),
             applied_seq: 0,
@@ -321,7 +339,10 @@ impl Order {
                 }
                 None => Outcome::NotHeld,
             },
-            EventAction::Inform => Outcome::Recorded,
+            EventAction::Inform | EventAction::Unmapped => Outcome::Recorded,
+            EventAction::MovePart { part, state } => {
+                self.move_part(part, *state, &event.fields, at, policy, &mut timers)
+            }
             EventAction::SlaBreach {
                 rule,
                 deadline,
@@ -372,6 +393,7 @@ impl Order {
             received_at: event.received_at,
             outcome: outcome.clone(),
             rules: notes,
+            unmapped: event.action == EventAction::Unmapped,
         });
         Some((outcome, timers))
     }
@@ -415,6 +437,41 @@ impl Order {
             }
         } else {
             compare(current, target)
+        }
+    }
+
+    /// Records where `part` stands; the order itself moves to `state` once every part it lists
+    /// in `fields.sub_orders` (or this event lists) has reached it.
+    fn move_part(
+        &mut self,
+        part: &str,
+        state: OrderState,
+        fields: &serde_json::Map<String, serde_json::Value>,
+        at: Millis,
+        policy: &OrderPolicy,
+        timers: &mut Effects,
+    ) -> Outcome {
+        let forward = self
+            .parts
+            .get(part)
+            .is_none_or(|current| current.reaches(state));
+        if forward {
+            self.parts.insert(part.to_owned(), state);
+        }
+        let listed = sub_orders(fields).or_else(|| sub_orders(&self.fields));
+        let remaining = listed.as_ref().map_or(0, |parts| {
+            parts
+                .iter()
+                .filter(|p| self.parts.get(p.as_str()) != Some(&state))
+                .count()
+        });
+        if listed.is_some() && remaining == 0 {
+            return self.advance(state, at, policy, timers);
+        }
+        Outcome::PartMoved {
+            part: part.to_owned(),
+            state,
+            remaining,
         }
     }
 
@@ -539,6 +596,24 @@ impl Order {
         }
     }
 }
+
+/// The order's parts as listed in `fields.sub_orders` (ids as strings or numbers), if any.
+fn sub_orders(fields: &serde_json::Map<String, serde_json::Value>) -> Option<Vec<String>> {
+    let parts: Vec<String> = fields
+        .get(SUB_ORDERS_FIELD)?
+        .as_array()?
+        .iter()
+        .filter_map(|id| match id {
+            serde_json::Value::String(id) => Some(id.clone()),
+            serde_json::Value::Number(id) => Some(id.to_string()),
+            _ => None,
+        })
+        .collect();
+    (!parts.is_empty()).then_some(parts)
+}
+
+/// The field in which a source lists an order's parts (sub-orders), for [`EventAction::MovePart`].
+pub const SUB_ORDERS_FIELD: &str = "sub_orders";
 
 /// Classifies a target that is not forward of `current`.
 fn compare(current: OrderState, target: OrderState) -> Outcome {

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 
-const OUTCOMES: [&str; 11] = [
+const OUTCOMES: [&str; 12] = [
     "applied",
     "unchanged",
     "stale",
@@ -20,6 +20,7 @@ const OUTCOMES: [&str; 11] = [
     "not_held",
     "sla_breached",
     "sla_not_armed",
+    "part_moved",
 ];
 
 /// Pre-registered handles plus the shared counters behind the gauges that are refreshed

@@ -93,7 +93,8 @@ impl SourceAdapter for EventsAdapter {
         // The shape is chosen by the first byte, so serde's error names the actual problem
         // (an unknown or missing field) rather than "matched no variant".
         let first = request.body.iter().find(|b| !b.is_ascii_whitespace());
-        let batch: Vec<CanonicalEvent> = match first {
+        // Each event is parsed on its own, so that one bad event of an array is rejected alone.
+        let batch: Vec<serde_json::Value> = match first {
             Some(b'[') => super::decode_json(request.body),
             Some(b'{') => super::decode_json(request.body).map(|event| vec![event]),
             _ => Err(IngestError::Malformed("not JSON".into())),
@@ -109,48 +110,73 @@ impl SourceAdapter for EventsAdapter {
         }
         let webhook_id = request.header("webhook-id").unwrap_or_default();
         let single = batch.len() == 1;
-        let mut events = Vec::with_capacity(batch.len());
-        for (index, event) in batch.into_iter().enumerate() {
-            check_name("order", &event.order, index)?;
-            check_name("source", &event.source, index)?;
-            if event.source == INTERNAL_SOURCE {
-                return Err(IngestError::Malformed(format!(
-                    "event {index}: source {INTERNAL_SOURCE:?} is reserved for orderhub itself"
-                )));
-            }
-            let action =
-                super::parse_status(&event.status).ok_or_else(|| IngestError::UnknownStatus {
-                    origin: SOURCE,
-                    status: event.status.clone(),
-                })?;
-            // Without an event_id the webhook-id (stable across retries) identifies the event.
-            let event_id = match event.event_id {
-                Some(id) => id,
-                None if single => webhook_id.to_owned(),
-                None => format!("{webhook_id}:{index}"),
-            };
-            check_name("event_id", &event_id, index)?;
-            let occurred_at = match event.occurred_at {
-                Some(time) => parse_time(time, index)?,
-                None => request.received_at,
-            };
-            events.push(OrderEvent {
-                order: event.order,
-                source: event.source,
-                source_event_id: event_id,
-                supersedes: None,
-                raw_status: event.raw_status.unwrap_or(event.status),
-                action,
-                occurred_at,
-                received_at: request.received_at,
-                fields: event.fields,
-            });
-        }
-        Ok(Decoded::Events(events))
+        Ok(Decoded::from_results(batch.into_iter().enumerate().map(
+            |(index, event)| {
+                let event: CanonicalEvent = serde_json::from_value(event)
+                    .map_err(|e| IngestError::Malformed(format!("event {index}: {e}")))?;
+                self.map(index, event, webhook_id, single, request.received_at)
+            },
+        )))
     }
 
     fn ack(&self) -> Response {
         axum::Json(serde_json::json!({ "status": "accepted" })).into_response()
+    }
+
+    fn ack_partial(&self, _request: &RawRequest<'_>, rejected: &[super::Rejected]) -> Response {
+        let rejected: Vec<_> = rejected
+            .iter()
+            .map(|r| serde_json::json!({ "index": r.index, "code": r.error.kind(), "error": r.error.to_string() }))
+            .collect();
+        axum::Json(serde_json::json!({ "status": "accepted", "rejected": rejected }))
+            .into_response()
+    }
+}
+
+impl EventsAdapter {
+    fn map(
+        &self,
+        index: usize,
+        event: CanonicalEvent,
+        webhook_id: &str,
+        single: bool,
+        received_at: Millis,
+    ) -> Result<OrderEvent, IngestError> {
+        check_name("order", &event.order, index)?;
+        check_name("source", &event.source, index)?;
+        if event.source == INTERNAL_SOURCE {
+            return Err(IngestError::Malformed(format!(
+                "event {index}: source {INTERNAL_SOURCE:?} is reserved for orderhub itself"
+            )));
+        }
+        let action = super::parse_status(&event.status).ok_or_else(|| {
+            IngestError::Malformed(format!(
+                "event {index}: unknown canonical status {:?} (a state name, hold_released or none)",
+                event.status
+            ))
+        })?;
+        // Without an event_id the webhook-id (stable across retries) identifies the event.
+        let event_id = match event.event_id {
+            Some(id) => id,
+            None if single => webhook_id.to_owned(),
+            None => format!("{webhook_id}:{index}"),
+        };
+        check_name("event_id", &event_id, index)?;
+        let occurred_at = match event.occurred_at {
+            Some(time) => parse_time(time, index)?,
+            None => received_at,
+        };
+        Ok(OrderEvent {
+            order: event.order,
+            source: event.source,
+            source_event_id: event_id,
+            supersedes: None,
+            raw_status: event.raw_status.unwrap_or(event.status),
+            action,
+            occurred_at,
+            received_at,
+            fields: event.fields,
+        })
     }
 }
 
@@ -170,16 +196,37 @@ mod tests {
     fn decode(body: &str) -> Result<Vec<OrderEvent>, IngestError> {
         let mut headers = HeaderMap::new();
         headers.insert("webhook-id", "wh-1".parse().unwrap());
-        let request = RawRequest {
-            headers: &headers,
-            query: "",
-            body: body.as_bytes(),
-            received_at: 5_000,
-        };
+        let mut request = RawRequest::plain(&headers, "", body.as_bytes());
+        request.received_at = 5_000;
         match adapter().decode(&request)? {
-            Decoded::Events(events) => Ok(events),
-            _ => panic!("plain events expected"),
+            Decoded::Events { rejected, .. } if !rejected.is_empty() => {
+                Err(rejected.into_iter().next().unwrap().error)
+            }
+            Decoded::Events { events, .. } => Ok(events),
+            Decoded::Verification => panic!("plain events expected"),
         }
+    }
+
+    #[test]
+    fn one_bad_event_of_an_array_is_rejected_alone() {
+        let headers = HeaderMap::new();
+        let body = r#"[{"order":"a:1","source":"wms","status":"paid","event_id":"e1"},{"order":"a:1","source":"wms","status":"shiped"},{"order":"a:2"}]"#;
+        let Decoded::Events { events, rejected } = adapter()
+            .decode(&RawRequest::plain(&headers, "", body.as_bytes()))
+            .unwrap()
+        else {
+            panic!("events expected")
+        };
+        assert_eq!(events.len(), 1);
+        assert_eq!(rejected.iter().map(|r| r.index).collect::<Vec<_>>(), [1, 2]);
+        let deep = format!(
+            r#"{{"order":"a:1","source":"wms","status":"paid","fields":{{"x":{}}}}}"#,
+            "[".repeat(200_000)
+        );
+        assert!(matches!(
+            adapter().decode(&RawRequest::plain(&headers, "", deep.as_bytes())),
+            Err(IngestError::Malformed(m)) if m.contains("nests")
+        ));
     }
 
     #[test]
@@ -212,7 +259,7 @@ mod tests {
     fn bad_events_are_named() {
         assert!(matches!(
             decode(r#"{"order":"a:1","source":"wms","status":"shiped"}"#),
-            Err(IngestError::UnknownStatus { status, .. }) if status == "shiped"
+            Err(IngestError::Malformed(m)) if m.contains("\"shiped\"")
         ));
         assert!(matches!(
             decode(r#"{"order":"","source":"wms","status":"paid"}"#),

@@ -34,7 +34,7 @@ fn registry() -> &'static SourceRegistry {
                     "ORDERHUB_KUAISHOU_APP_KEY" => "ks_app_key_test",
                     "ORDERHUB_WECHAT_TOKEN" => "orderhub-wechat-token",
                     "ORDERHUB_KUAISHOU_MESSAGE_KEY" => "a3VhaXNob3UtbXNnLWtleQ==",
-                    "ORDERHUB_WECHAT_AES_KEY" => "b3JkZXJodWItd2VjaGF0LWFlcy1rZXktMzItYnl0ZXM",
+                    "ORDERHUB_WECHAT_AES_KEY" => "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",
                     "ORDERHUB_EVENTS_SECRET" | "FUZZ_SECRET" => {
                         "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD"
                     }
@@ -71,17 +71,17 @@ pub fn decode(source: &str, headers: &str, query: &str, body: &[u8]) -> Result<u
             map.insert(name, value);
         }
     }
-    let request = RawRequest {
-        headers: &map,
-        query,
-        body,
-        received_at: 1_700_000_000_000,
-    };
+    let mut request = RawRequest::plain(&map, query, body);
+    request.received_at = 1_700_000_000_000;
+    request.path_token = Some("fuzz");
     // Decoders run whether or not verification passes, so the fuzzer reaches them.
     let _ = adapter.verify(&request);
     let _ = adapter.url_verification(query);
     match adapter.decode(&request).map_err(|e| e.to_string())? {
-        Decoded::Events(events) | Decoded::ByWaybill(events) => Ok(events.len()),
+        Decoded::Events { events, rejected } if events.is_empty() => Err(rejected
+            .first()
+            .map_or("no message".into(), |r| r.error.to_string())),
+        Decoded::Events { events, .. } => Ok(events.len()),
         Decoded::Verification => Ok(0),
     }
 }

@@ -80,14 +80,7 @@ impl GenericAdapter {
                 config.status_path
             ))
         })?;
-        let action =
-            self.status_map
-                .get(&status)
-                .cloned()
-                .ok_or_else(|| IngestError::UnknownStatus {
-                    origin: self.name,
-                    status: status.clone(),
-                })?;
+        let action = self.status_map.map(&status);
         let event_id = match config
             .event_id_path
             .as_deref()
@@ -166,12 +159,9 @@ impl SourceAdapter for GenericAdapter {
         }
         let webhook_id = request.header("webhook-id").unwrap_or_default();
         let single = items.len() == 1;
-        let events = items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| self.event(i, item, webhook_id, single, request.received_at))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Decoded::Events(events))
+        Ok(Decoded::from_results(items.iter().enumerate().map(
+            |(i, item)| self.event(i, item, webhook_id, single, request.received_at),
+        )))
     }
 
     fn ack(&self) -> Response {
@@ -259,15 +249,7 @@ mod tests {
     fn decode(body: &str) -> Result<Vec<OrderEvent>, IngestError> {
         let mut headers = HeaderMap::new();
         headers.insert("webhook-id", "msg_1".parse().unwrap());
-        match adapter().decode(&RawRequest {
-            headers: &headers,
-            query: "",
-            body: body.as_bytes(),
-            received_at: 7,
-        })? {
-            Decoded::Events(events) => Ok(events),
-            _ => panic!("events expected"),
-        }
+        super::super::events_of(adapter().decode(&RawRequest::plain(&headers, "", body.as_bytes())))
     }
 
     #[test]
@@ -302,14 +284,15 @@ mod tests {
     }
 
     #[test]
-    fn missing_parts_and_unknown_statuses_are_named() {
+    fn missing_parts_are_named_and_unknown_statuses_recorded() {
         let one = r#"{"updates": [{"order": {"po": "PO-1", "state": "LOST"}}]}"#;
-        match decode(one) {
-            Err(IngestError::UnknownStatus { status, origin }) => {
-                assert_eq!((status.as_str(), origin), ("LOST", "dealer_portal"))
-            }
-            other => panic!("{:?}", other.err()),
-        }
+        let events = decode(one).unwrap();
+        assert_eq!(
+            events[0].action,
+            EventAction::Unmapped,
+            "recorded, never refused"
+        );
+        assert_eq!(events[0].raw_status, "LOST");
         let none = r#"{"updates": [{"order": {"state": "CONFIRMED"}}]}"#;
         match decode(none) {
             Err(IngestError::Malformed(message)) => assert!(message.contains("/order/po")),

@@ -1,12 +1,18 @@
 //! Kuaishou (快手小店) HTTP push: the body is base64 of AES-CBC/PKCS#5 ciphertext, key =
 //! base64-decode(message key), IV = 16 zero bytes; the plaintext is JSON with `eventId`
-//! (unique), `bizId` (the order), `appKey`, `event`, `status`, `updateTime`, `info` (a JSON
-//! string) and `test`. Answered `{"result":1}` (shared/reference/protocols.md §1).
+//! (unique), `bizId`, `appKey`, `event`, `status`, `updateTime`, `info` (a JSON string) and
+//! `test`. Answered `{"result":1}` (shared/reference/protocols.md §1; message shapes after
+//! zsmhub/ks-sdk `message/*.go`).
+//!
+//! The top-level `status` is the message's *delivery* status (0–3), kept as
+//! `fields.kuaishou_delivery_status` and never mapped. The order is `info.oid` (order events) or
+//! `info.orderId` (after-sale events, whose `bizId` is the *refund* id, kept as
+//! `fields.kuaishou_refund_id`); the order status is `info.status`.
 //!
 //! There is no separate signature: a body that does not decrypt with our message key, or whose
 //! `appKey` is not ours, is refused as unauthenticated (401). `test` heartbeats are acknowledged
 //! and stored nowhere. Mapping: `event_map` (by event name, `prefix*` allowed) wins over
-//! `status_map` (by order status code).
+//! `status_map` (by `info.status`); anything else is journaled as unmapped.
 
 use super::cipher::{Padding, aes_cbc_decrypt};
 use super::{
@@ -16,13 +22,16 @@ use crate::config::KuaishouConfig;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use orderhub_actors::order::{Millis, OrderEvent};
+use orderhub_actors::order::{EventAction, Millis, OrderEvent};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 pub(crate) const SOURCE: &str = "kuaishou";
 
 const ZERO_IV: [u8; 16] = [0; 16];
+
+/// Events about an after-sale (refund): `bizId` is the refund id, the order is in `info`.
+const AFTER_SALE_PREFIX: &str = "kwaishop_aftersales_";
 
 pub(crate) struct KuaishouAdapter {
     app_key: String,
@@ -103,38 +112,66 @@ impl KuaishouAdapter {
             .event_id
             .filter(|id| !id.is_empty())
             .ok_or_else(|| IngestError::Malformed("no eventId".into()))?;
-        let order_id = message
-            .biz_id
-            .map(Scalar::into_string)
-            .filter(|id| !id.is_empty() && id != "0")
-            .ok_or_else(|| IngestError::Malformed("no bizId (order id)".into()))?;
         let event = message.event.unwrap_or_default();
-        let status = message.status.map(Scalar::into_string).unwrap_or_default();
-        let action = self
-            .event_map
-            .get(&event)
-            .or_else(|| self.status_map.get(&status))
-            .cloned()
-            .ok_or_else(|| IngestError::UnknownStatus {
-                origin: SOURCE,
-                status: format!("{event} status {status}"),
-            })?;
+        let mut info: Map<String, Value> = match message.info.filter(|i| !i.is_empty()) {
+            Some(info) => super::decode_json(info.as_bytes())
+                .map_err(|e| IngestError::Malformed(format!("info is not a JSON object: {e}")))?,
+            None => Map::new(),
+        };
+        let after_sale = event.starts_with(AFTER_SALE_PREFIX);
+        let id_at = |info: &Map<String, Value>, key: &str| {
+            info.get(key)
+                .cloned()
+                .and_then(|id| serde_json::from_value::<Scalar>(id).ok())
+                .map(Scalar::into_string)
+                .filter(|id| !id.is_empty() && id != "0")
+        };
+        // An after-sale's bizId is its refund id: the order is named in `info` only.
+        let order_id = if after_sale {
+            id_at(&info, "orderId").or_else(|| id_at(&info, "oid"))
+        } else {
+            id_at(&info, "oid").or_else(|| message.biz_id.map(Scalar::into_string))
+        }
+        .filter(|id| !id.is_empty() && id != "0")
+        .ok_or_else(|| {
+            IngestError::Malformed(format!(
+                "{event}: no order id in info ({})",
+                if after_sale { "orderId" } else { "oid" }
+            ))
+        })?;
+        let status = id_at(&info, "status");
+        let (action, raw_status) = match (self.event_map.get(&event), status) {
+            (Some(action), _) => (action.clone(), event.clone()),
+            (None, Some(status)) if !after_sale => (self.status_map.map(&status), status),
+            (None, Some(status)) => (EventAction::Unmapped, format!("{event} status {status}")),
+            (None, None) => (EventAction::Unmapped, event.clone()),
+        };
         let mut fields = Map::new();
         fields.insert("kuaishou_event".into(), Value::String(event));
         if let Some(msg_id) = message.msg_id {
             fields.insert("kuaishou_msg_id".into(), Value::String(msg_id));
         }
-        if let Some(info) = message.info.filter(|i| !i.is_empty()) {
-            let info: Value = super::decode_json(info.as_bytes())
-                .map_err(|e| IngestError::Malformed(format!("info is not JSON: {e}")))?;
-            fields.insert("kuaishou_info".into(), info);
+        if let Some(delivery) = message.status {
+            fields.insert(
+                "kuaishou_delivery_status".into(),
+                Value::String(delivery.into_string()),
+            );
         }
-        Ok(Decoded::Events(vec![OrderEvent {
+        if after_sale {
+            if let Some(refund) = id_at(&info, "refundId") {
+                fields.insert("kuaishou_refund_id".into(), Value::String(refund));
+            }
+            info.remove("orderId");
+        }
+        if !info.is_empty() {
+            fields.insert("kuaishou_info".into(), Value::Object(info));
+        }
+        Ok(Decoded::events(vec![OrderEvent {
             order: format!("{SOURCE}:{order_id}"),
             source: SOURCE.to_owned(),
             source_event_id: event_id,
             supersedes: None,
-            raw_status: status,
+            raw_status,
             action,
             occurred_at: message
                 .update_time
@@ -200,24 +237,30 @@ mod tests {
 
     fn decode(body: &str) -> Result<Decoded, IngestError> {
         let headers = HeaderMap::new();
-        adapter().decode(&RawRequest {
-            headers: &headers,
-            query: "",
-            body: body.as_bytes(),
-            received_at: 1,
-        })
+        adapter().decode(&RawRequest::plain(&headers, "", body.as_bytes()))
     }
 
     fn events(body: &str) -> Vec<OrderEvent> {
-        match decode(body).unwrap() {
-            Decoded::Events(events) => events,
-            _ => panic!("events expected"),
-        }
+        super::super::events_of(decode(body)).unwrap()
+    }
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(format!(
+            "{}/tests/fixtures/kuaishou/{name}.body",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap()
     }
 
     #[test]
     fn fixtures_decrypt_to_their_plaintext() {
-        for name in ["pay_success", "delivering", "add_refund", "test_heartbeat"] {
+        for name in [
+            "pay_success",
+            "delivering",
+            "add_refund",
+            "unknown_status",
+            "test_heartbeat",
+        ] {
             let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kuaishou/");
             let body = std::fs::read(format!("{dir}{name}.body")).unwrap();
             let plain: Value = serde_json::from_slice(&adapter().decrypt(&body).unwrap()).unwrap();
@@ -229,40 +272,43 @@ mod tests {
     }
 
     #[test]
-    fn statuses_map_and_refunds_are_recorded() {
-        let paid = events(include_str!(
-            "../../tests/fixtures/kuaishou/pay_success.body"
-        ));
+    fn the_order_status_is_info_status_never_the_delivery_status() {
+        let paid = events(&fixture("pay_success"));
         assert_eq!(paid[0].order, "kuaishou:2418800012345678");
-        assert_eq!(paid[0].source_event_id, "evt_6a1b2c3d4e5f");
+        assert_eq!(paid[0].source_event_id, "243_4027_6a1b2c3d4e5f");
         assert_eq!(paid[0].occurred_at, 1_700_000_005_000);
+        assert_eq!(paid[0].raw_status, "30");
         assert_eq!(
             paid[0].action,
             EventAction::Move {
                 state: OrderState::Paid
             }
         );
+        assert_eq!(paid[0].fields["kuaishou_delivery_status"], "2");
         assert_eq!(paid[0].fields["kuaishou_info"]["sellerId"], 1234567);
-        let shipped = events(include_str!(
-            "../../tests/fixtures/kuaishou/delivering.body"
-        ));
+        let shipped = events(&fixture("delivering"));
         assert_eq!(
             shipped[0].action,
             EventAction::Move {
                 state: OrderState::Shipped
             }
         );
-        let refund = events(include_str!(
-            "../../tests/fixtures/kuaishou/add_refund.body"
-        ));
-        assert_eq!(refund[0].action, EventAction::Inform);
+        let unknown = events(&fixture("unknown_status"));
+        assert_eq!(unknown[0].action, EventAction::Unmapped);
+        assert_eq!(unknown[0].raw_status, "35");
         assert!(matches!(
-            decode(include_str!(
-                "../../tests/fixtures/kuaishou/test_heartbeat.body"
-            ))
-            .unwrap(),
+            decode(&fixture("test_heartbeat")).unwrap(),
             Decoded::Verification
         ));
+    }
+
+    #[test]
+    fn an_after_sale_is_recorded_on_its_order_never_on_the_refund_id() {
+        let refund = events(&fixture("add_refund"));
+        assert_eq!(refund[0].order, "kuaishou:2418800012345678");
+        assert_eq!(refund[0].fields["kuaishou_refund_id"], "2102345678901234");
+        assert_eq!(refund[0].action, EventAction::Inform);
+        assert_eq!(refund[0].raw_status, "kwaishop_aftersales_addRefund");
     }
 
     #[test]
@@ -271,12 +317,7 @@ mod tests {
         let mut other = adapter();
         other.message_key = b"another-key-16by".to_vec();
         let headers = HeaderMap::new();
-        let request = RawRequest {
-            headers: &headers,
-            query: "",
-            body: body.as_bytes(),
-            received_at: 1,
-        };
+        let request = RawRequest::plain(&headers, "", body.as_bytes());
         assert!(matches!(
             other.decode(&request),
             Err(IngestError::BadSignature(_) | IngestError::Malformed(_))

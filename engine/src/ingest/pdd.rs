@@ -131,14 +131,7 @@ impl PddChannel {
                 )));
             }
         };
-        let action =
-            self.type_map
-                .get(&body.kind)
-                .cloned()
-                .ok_or_else(|| IngestError::UnknownStatus {
-                    origin: SOURCE,
-                    status: body.kind.clone(),
-                })?;
+        let action = self.type_map.map(&body.kind);
         let mall_id = body.mall_id.map(super::Scalar::into_string);
         let send_time = frame.send_time.unwrap_or(received_at);
         let ack = serde_json::json!({
@@ -287,10 +280,14 @@ mod tests {
         let beat = r#"{"commandType":"HeartBeat","time":1}"#;
         assert_eq!(channel().decode(beat, 5).unwrap(), Decoded::Ignore);
         let odd = frame.replace("TradeConfirmed", "TradeTeleported");
-        assert!(matches!(
-            channel().decode(&odd, 5),
-            Err(IngestError::UnknownStatus { .. })
-        ));
+        let Decoded::Message { event, .. } = channel().decode(&odd, 5).unwrap() else {
+            panic!("a message");
+        };
+        assert_eq!(
+            event.action,
+            EventAction::Unmapped,
+            "recorded, never refused"
+        );
         let refund = frame.replace("pdd_trade_TradeConfirmed", "pdd_refund_RefundCreated");
         let Decoded::Message { event, .. } = channel().decode(&refund, 5).unwrap() else {
             panic!("a message");

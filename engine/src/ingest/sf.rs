@@ -1,25 +1,33 @@
-//! SF Express (顺丰) route push: a form POST with `msgData` (JSON
-//! `{"Body":{"WaybillRoute":[…]}}`, at most 10 routes of `mailno, orderid, acceptTime,
-//! acceptAddress, remark, opCode, id`), `msgDigest` and optionally `timestamp` and
-//! `partnerID`; answered `{"return_code":"0000","return_msg":"success"}`
-//! (shared/reference/protocols.md §2).
+//! SF Express (顺丰) route push (RoutePushService): incremental courier scans, at most 10
+//! `WaybillRoute`s per push of `mailno, orderid, acceptTime, acceptAddress, remark, opCode, id`
+//! (all strings), in one of two modes chosen when subscribing
+//! (shared/reference/protocols.md §2, after SF's RoutePushService document):
+//! - **json**: `Content-Type: application/json`, body `{"Body":{"WaybillRoute":[…]}}`, answered
+//!   `{"return_code":"0000","return_msg":"success"}`;
+//! - **form**: `application/x-www-form-urlencoded` with one field `content` holding XML
+//!   `<Request service="RoutePushService"><Body><WaybillRoute mailno=".." …/></Body></Request>`
+//!   (the route's data as attributes), answered
+//!   `<Response service="RoutePushService"><Head>OK</Head></Response>`.
 //!
-//! [?] The push's signing is assumed to be the std API's formula, msgDigest =
-//! base64(md5(urlencode(msgData + timestamp + checkword))); both Java's and Python's
-//! URL-encoding of `*` and `~` are accepted. Each route is one event (its `id` is the event id);
-//! the order is the one whose earlier event carried the waybill (`fields.waybill_no`). A route
-//! for a waybill no order carries yet is refused (422) so that SF re-sends it after the
-//! shipping report. `opcode_map` maps opCodes (50 collected → in_transit, 80 signed for →
-//! delivered); `*` keeps every other one in the timeline.
+//! SF documents no signature for the push, so it is authenticated by a secret path segment:
+//! `POST /v1/ingest/sf/{token}` with the token from `push_token_env` (404 without one, 401 for
+//! a wrong one), and optionally a source-address allow-list `allow_from` (CIDRs, checked against
+//! the TCP peer; no proxy header is trusted).
+//!
+//! Each route is one event (its `id` is the event id). Its order is the one whose earlier event
+//! reported the waybill (`fields.waybill_no`); a scan for a waybill no order has reported yet is
+//! journaled, acknowledged and kept until one does, then applied — never refused. `opcode_map`
+//! maps opCodes (50 collected → in_transit, 80 signed for → delivered); `*` keeps every other
+//! one in the timeline; a malformed route is recorded without failing the push's others.
 
-use super::signature::md5_raw;
+use super::signature::same_bytes;
 use super::{
-    Decoded, IngestError, RawRequest, SecretLookup, SourceAdapter, SourceEntry, StatusTable,
+    Decoded, IngestError, RawRequest, Scalar, SecretLookup, SourceAdapter, SourceEntry, StatusTable,
 };
 use crate::config::SfConfig;
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
+use ipnet::IpNet;
 use orderhub_actors::order::{Millis, OrderEvent};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -29,73 +37,70 @@ pub(crate) const SOURCE: &str = "sf";
 /// Routes per push at most (SF sends up to 10).
 const MAX_ROUTES: usize = 100;
 
+/// The form mode's success answer.
+const XML_OK: &str = r#"<?xml version="1.0" encoding="UTF-8"?><Response service="RoutePushService"><Head>OK</Head></Response>"#;
+
 pub(crate) struct SfAdapter {
-    partner_id: String,
-    checkword: String,
+    push_token: String,
+    allow_from: Vec<IpNet>,
     opcode_map: StatusTable,
 }
 
 pub(crate) fn build(config: &SfConfig, secrets: &SecretLookup) -> SourceEntry {
-    let credentials = super::secret(secrets, &config.partner_id_env)
-        .and_then(|id| Ok((id, super::secret(secrets, &config.checkword_env)?)));
-    match credentials {
-        Ok((partner_id, checkword)) => SourceEntry::Ready(Box::new(SfAdapter {
-            partner_id,
-            checkword,
+    let token = super::secret(secrets, &config.push_token_env);
+    let allow_from = config
+        .allow_from
+        .iter()
+        .map(|cidr| parse_cidr(cidr))
+        .collect::<Result<Vec<_>, _>>();
+    match (token, allow_from) {
+        (Ok(push_token), Ok(allow_from)) => SourceEntry::Ready(Box::new(SfAdapter {
+            push_token,
+            allow_from,
             opcode_map: StatusTable::new(&config.opcode_map),
         })),
-        Err(reason) => SourceEntry::Unavailable {
+        (Err(reason), _) | (_, Err(reason)) => SourceEntry::Unavailable {
             name: SOURCE,
             reason,
         },
     }
 }
 
-/// URL-encoding with `+` for space: unreserved characters kept, the rest `%XX`. Java's
-/// URLEncoder keeps `*` and encodes `~`; Python's quote_plus does the opposite.
-fn urlencode_plus(text: &str, java: bool) -> String {
-    let mut out = String::with_capacity(text.len() * 3);
-    for byte in text.bytes() {
-        match byte {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'.' | b'-' | b'_' => out.push(byte as char),
-            b'*' if java => out.push('*'),
-            b'~' if !java => out.push('~'),
-            b' ' => out.push('+'),
-            other => out.push_str(&format!("%{other:02X}")),
-        }
-    }
-    out
-}
-
-/// The std API's msgDigest, in Java's (`true`) or Python's URL-encoding.
-pub(crate) fn msg_digest(msg_data: &str, timestamp: &str, checkword: &str, java: bool) -> String {
-    let encoded = urlencode_plus(&format!("{msg_data}{timestamp}{checkword}"), java);
-    STANDARD.encode(md5_raw(encoded.as_bytes()))
+/// A CIDR (`10.0.0.0/8`) or a single address.
+pub(crate) fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("allow_from: {text:?} is not a CIDR such as 203.0.113.0/24"))
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct Envelope {
     body: Option<Routes>,
-    waybill_route: Option<Vec<Route>>,
+    waybill_route: Option<Vec<Value>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct Routes {
-    waybill_route: Vec<Route>,
+    waybill_route: Vec<Value>,
 }
 
+/// One route; XML attributes arrive as strings, JSON values as strings or numbers. The
+/// snake-case aliases are the legacy BSP names.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Route {
-    id: Option<super::Scalar>,
+    id: Option<Scalar>,
     mailno: Option<String>,
     orderid: Option<String>,
+    #[serde(alias = "accept_time")]
     accept_time: Option<String>,
+    #[serde(alias = "accept_address")]
     accept_address: Option<String>,
     remark: Option<String>,
-    op_code: Option<super::Scalar>,
+    #[serde(alias = "opcode")]
+    op_code: Option<Scalar>,
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in China time (UTC+8), as SF writes times.
@@ -106,49 +111,114 @@ fn parse_china_time(text: &str) -> Option<Millis> {
     Some((local.assume_offset(offset).unix_timestamp_nanos() / 1_000_000) as Millis)
 }
 
-impl SfAdapter {
-    fn form(body: &[u8]) -> Vec<(String, String)> {
-        form_urlencoded::parse(body).into_owned().collect()
+/// Which of its two modes a push came in.
+fn is_form(request: &RawRequest<'_>) -> bool {
+    match request.header(header::CONTENT_TYPE.as_str()) {
+        Some(kind) => kind
+            .to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded"),
+        None => !request.body.trim_ascii_start().starts_with(b"{"),
     }
+}
 
-    fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
-        form.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+/// The `WaybillRoute` elements of form mode's XML, each as an object of its attributes.
+fn routes_of_xml(xml: &str) -> Result<Vec<Value>, IngestError> {
+    use quick_xml::events::Event;
+    let malformed = |e: &dyn std::fmt::Display| {
+        IngestError::Malformed(format!("content is not route XML: {e}"))
+    };
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut routes = Vec::new();
+    let mut depth = 0usize;
+    loop {
+        match reader.read_event().map_err(|e| malformed(&e))? {
+            Event::Start(element) | Event::Empty(element)
+                if element.name().as_ref() == b"WaybillRoute" =>
+            {
+                let mut route = Map::new();
+                for attribute in element.attributes() {
+                    let attribute = attribute.map_err(|e| malformed(&e))?;
+                    let name = String::from_utf8_lossy(attribute.key.as_ref()).into_owned();
+                    let value = attribute.unescape_value().map_err(|e| malformed(&e))?;
+                    route.insert(name, Value::String(value.into_owned()));
+                }
+                routes.push(Value::Object(route));
+                if routes.len() > MAX_ROUTES {
+                    break;
+                }
+            }
+            Event::Start(_) => {
+                depth += 1;
+                if depth > super::MAX_JSON_DEPTH {
+                    return Err(malformed(&"elements nest too deep"));
+                }
+            }
+            Event::End(_) => depth = depth.saturating_sub(1),
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    Ok(routes)
+}
+
+impl SfAdapter {
+    /// The routes of a push, in either mode.
+    fn routes(request: &RawRequest<'_>) -> Result<Vec<Value>, IngestError> {
+        let routes = if is_form(request) {
+            let content = form_urlencoded::parse(request.body)
+                .find(|(name, _)| name == "content")
+                .map(|(_, value)| value.into_owned())
+                .ok_or_else(|| {
+                    IngestError::Malformed("form mode: no content field (route XML)".into())
+                })?;
+            routes_of_xml(&content)?
+        } else {
+            let envelope: Envelope = super::decode_json(request.body).map_err(|e| {
+                IngestError::Malformed(format!(
+                    "expected {{\"Body\":{{\"WaybillRoute\":[…]}}}}: {e}"
+                ))
+            })?;
+            envelope
+                .body
+                .map(|b| b.waybill_route)
+                .or(envelope.waybill_route)
+                .ok_or_else(|| IngestError::Malformed("no Body.WaybillRoute".into()))?
+        };
+        if routes.is_empty() || routes.len() > MAX_ROUTES {
+            return Err(IngestError::Malformed(format!(
+                "a push carries 1 to {MAX_ROUTES} routes, got {}",
+                routes.len()
+            )));
+        }
+        Ok(routes)
     }
 
     fn map_route(
         &self,
         index: usize,
-        route: Route,
+        route: Value,
         received_at: Millis,
     ) -> Result<OrderEvent, IngestError> {
+        let malformed = |what: String| IngestError::Malformed(format!("route {index}: {what}"));
+        let route: Route = serde_json::from_value(route).map_err(|e| malformed(e.to_string()))?;
         let id = route
             .id
-            .map(super::Scalar::into_string)
+            .map(Scalar::into_string)
             .filter(|id| !id.is_empty())
-            .ok_or_else(|| IngestError::Malformed(format!("route {index}: no id")))?;
+            .ok_or_else(|| malformed("no id".into()))?;
         let waybill = route
             .mailno
             .filter(|m| !m.is_empty())
-            .ok_or_else(|| IngestError::Malformed(format!("route {index}: no mailno")))?;
+            .ok_or_else(|| malformed("no mailno".into()))?;
         let op_code = route
             .op_code
-            .map(super::Scalar::into_string)
-            .ok_or_else(|| IngestError::Malformed(format!("route {index}: no opCode")))?;
-        let action =
-            self.opcode_map
-                .get(&op_code)
-                .cloned()
-                .ok_or_else(|| IngestError::UnknownStatus {
-                    origin: SOURCE,
-                    status: format!("opCode {op_code}"),
-                })?;
-        let occurred_at = match route.accept_time.as_deref() {
+            .map(Scalar::into_string)
+            .filter(|op| !op.is_empty())
+            .ok_or_else(|| malformed("no opCode".into()))?;
+        let action = self.opcode_map.map(&op_code);
+        let occurred_at = match route.accept_time.as_deref().filter(|t| !t.is_empty()) {
             Some(text) => parse_china_time(text).ok_or_else(|| {
-                IngestError::Malformed(format!(
-                    "route {index}: acceptTime {text:?} is not YYYY-MM-DD HH:MM:SS"
-                ))
+                malformed(format!("acceptTime {text:?} is not YYYY-MM-DD HH:MM:SS"))
             })?,
             None => received_at,
         };
@@ -165,6 +235,7 @@ impl SfAdapter {
             }
         }
         Ok(OrderEvent {
+            // Found through the waybill by the journal (see the module doc).
             order: String::new(),
             source: SOURCE.to_owned(),
             source_event_id: id,
@@ -184,60 +255,53 @@ impl SourceAdapter for SfAdapter {
     }
 
     fn verify(&self, request: &RawRequest<'_>) -> Result<(), IngestError> {
-        let form = Self::form(request.body);
-        if let Some(partner) = Self::field(&form, "partnerID")
-            && partner != self.partner_id
-        {
-            return Err(IngestError::BadSignature(
-                "partnerID does not match the configured partner".into(),
-            ));
+        let token = request.path_token.ok_or_else(|| {
+            IngestError::NoSuchRoute(
+                "SF route pushes are posted to /v1/ingest/sf/{token} (the secret of push_token_env)"
+                    .into(),
+            )
+        })?;
+        if !same_bytes(self.push_token.as_bytes(), token.as_bytes()) {
+            return Err(IngestError::BadSignature("wrong push token".into()));
         }
-        let msg_data = Self::field(&form, "msgData")
-            .ok_or_else(|| IngestError::Malformed("no msgData form field".into()))?;
-        let given = Self::field(&form, "msgDigest")
-            .ok_or_else(|| IngestError::BadSignature("no msgDigest form field".into()))?;
-        let timestamp = Self::field(&form, "timestamp").unwrap_or("");
-        let matches = [true, false].into_iter().any(|java| {
-            let expected = msg_digest(msg_data, timestamp, &self.checkword, java);
-            super::signature::same_bytes(expected.as_bytes(), given.trim().as_bytes())
-        });
-        if matches {
-            Ok(())
-        } else {
-            Err(IngestError::BadSignature(
-                "msgDigest does not match msgData".into(),
-            ))
+        if !self.allow_from.is_empty() {
+            let allowed = request
+                .peer
+                .is_some_and(|peer| self.allow_from.iter().any(|net| net.contains(&peer)));
+            if !allowed {
+                return Err(IngestError::BadSignature(format!(
+                    "{} is not in sources.sf.allow_from",
+                    request
+                        .peer
+                        .map_or("an unknown address".into(), |p| p.to_string())
+                )));
+            }
         }
+        Ok(())
     }
 
     fn decode(&self, request: &RawRequest<'_>) -> Result<Decoded, IngestError> {
-        let form = Self::form(request.body);
-        let msg_data = Self::field(&form, "msgData")
-            .ok_or_else(|| IngestError::Malformed("no msgData form field".into()))?;
-        let envelope: Envelope = super::decode_json(msg_data.as_bytes())
-            .map_err(|e| IngestError::Malformed(format!("msgData is not a route push: {e}")))?;
-        let routes = envelope
-            .body
-            .map(|b| b.waybill_route)
-            .or(envelope.waybill_route)
-            .ok_or_else(|| IngestError::Malformed("msgData has no WaybillRoute".into()))?;
-        if routes.is_empty() || routes.len() > MAX_ROUTES {
-            return Err(IngestError::Malformed(format!(
-                "a push carries 1 to {MAX_ROUTES} routes, got {}",
-                routes.len()
-            )));
-        }
-        let events = routes
-            .into_iter()
-            .enumerate()
-            .map(|(index, route)| self.map_route(index, route, request.received_at))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Decoded::ByWaybill(events))
+        let routes = Self::routes(request)?;
+        Ok(Decoded::from_results(routes.into_iter().enumerate().map(
+            |(index, route)| self.map_route(index, route, request.received_at),
+        )))
     }
 
     fn ack(&self) -> Response {
         axum::Json(serde_json::json!({ "return_code": "0000", "return_msg": "success" }))
             .into_response()
+    }
+
+    fn ack_for(&self, request: &RawRequest<'_>) -> Response {
+        if is_form(request) {
+            (
+                [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+                XML_OK,
+            )
+                .into_response()
+        } else {
+            self.ack()
+        }
     }
 }
 
@@ -248,67 +312,50 @@ mod tests {
     use orderhub_actors::order::{EventAction, OrderState};
     use std::sync::Arc;
 
-    const CHECKWORD: &str = "sf-checkword-test";
+    const TOKEN: &str = "sf-push-token-test";
 
     fn adapter() -> SfAdapter {
         let config = crate::config::Config::embedded().unwrap();
         let config = config.sources.sf.unwrap();
         let secrets: SecretLookup = Arc::new(|name: &str| match name {
-            "ORDERHUB_SF_PARTNER_ID" => Some("OH_PARTNER".into()),
-            "ORDERHUB_SF_CHECKWORD" => Some(CHECKWORD.into()),
+            "ORDERHUB_SF_PUSH_TOKEN" => Some(TOKEN.into()),
             _ => None,
         });
         assert!(matches!(build(&config, &secrets), SourceEntry::Ready(_)));
         SfAdapter {
-            partner_id: "OH_PARTNER".into(),
-            checkword: CHECKWORD.into(),
+            push_token: TOKEN.into(),
+            allow_from: Vec::new(),
             opcode_map: StatusTable::new(&config.opcode_map),
         }
     }
 
-    fn fixture() -> String {
-        std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/sf/route_push.form"
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(format!(
+            "{}/tests/fixtures/sf/{name}",
+            env!("CARGO_MANIFEST_DIR")
         ))
         .unwrap()
     }
 
+    fn headers(content_type: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, content_type.parse().unwrap());
+        headers
+    }
+
     fn request<'a>(headers: &'a HeaderMap, body: &'a str) -> RawRequest<'a> {
-        RawRequest {
-            headers,
-            query: "",
-            body: body.as_bytes(),
-            received_at: 1,
-        }
+        let mut request = RawRequest::plain(headers, "", body.as_bytes());
+        request.path_token = Some(TOKEN);
+        request
     }
 
-    #[test]
-    fn msg_digest_matches_worked_values() {
-        // Worked values from Python: base64(md5(quote_plus("{\"a\":\"b c*~\"}" + "1700000000" +
-        // "sf-checkword-test"))), and the same with Java's encoding of `*` and `~`.
-        let data = r#"{"a":"b c*~"}"#;
-        assert_eq!(
-            msg_digest(data, "1700000000", CHECKWORD, false),
-            "K3DB31H6o1EvofV+0Zbkpw=="
-        );
-        assert_eq!(
-            msg_digest(data, "1700000000", CHECKWORD, true),
-            "n0z+g+p+vAmOF+1WEsq7nA=="
-        );
-    }
-
-    #[test]
-    fn a_route_push_is_verified_and_mapped_by_opcode() {
-        let headers = HeaderMap::new();
-        let body = fixture();
-        let adapter = adapter();
-        adapter.verify(&request(&headers, &body)).unwrap();
-        let Decoded::ByWaybill(events) = adapter.decode(&request(&headers, &body)).unwrap() else {
-            panic!("courier events expected");
-        };
+    fn assert_three_routes(events: &[OrderEvent]) {
         assert_eq!(events.len(), 3);
         assert_eq!(events[0].fields["waybill_no"], "SF1400123456789");
+        assert_eq!(
+            events[0].order, "",
+            "found through the waybill by the journal"
+        );
         assert_eq!(events[0].source_event_id, "158918741444476");
         assert_eq!(
             events[0].action,
@@ -329,25 +376,76 @@ mod tests {
                 state: OrderState::Delivered
             }
         );
-        let tampered = body.replace("SF1400123456789", "SF1400123456780");
-        assert!(matches!(
-            adapter.verify(&request(&headers, &tampered)),
-            Err(IngestError::BadSignature(_))
-        ));
+        assert_eq!(events[0].fields["sf_remark"], "顺丰速运 已收取快件");
     }
 
     #[test]
-    fn bad_routes_are_named() {
-        let headers = HeaderMap::new();
+    fn json_mode_and_form_mode_carry_the_same_routes() {
         let adapter = adapter();
-        let form = |data: &str| {
-            form_urlencoded::Serializer::new(String::new())
-                .append_pair("msgData", data)
-                .finish()
-        };
+        let json = headers("application/json;charset=UTF-8");
+        let body = fixture("route_push.json");
+        let events = super::super::events_of(adapter.decode(&request(&json, &body))).unwrap();
+        assert_three_routes(&events);
+        let form = headers("application/x-www-form-urlencoded");
+        let body = fixture("route_push.form");
+        let events = super::super::events_of(adapter.decode(&request(&form, &body))).unwrap();
+        assert_three_routes(&events);
+    }
+
+    #[test]
+    fn each_mode_is_answered_in_its_own_format() {
+        let adapter = adapter();
+        let form = headers("application/x-www-form-urlencoded");
+        let answer = adapter.ack_for(&request(&form, "content=x"));
+        assert_eq!(
+            answer.headers()[header::CONTENT_TYPE],
+            "application/xml; charset=utf-8"
+        );
+        let json = headers("application/json");
+        let answer = adapter.ack_for(&request(&json, "{}"));
+        assert_eq!(answer.headers()[header::CONTENT_TYPE], "application/json");
+    }
+
+    #[test]
+    fn the_push_is_authenticated_by_its_path_token_and_address() {
+        let mut adapter = adapter();
+        let json = headers("application/json");
+        let body = fixture("route_push.json");
+        assert!(adapter.verify(&request(&json, &body)).is_ok());
+        let mut no_token = request(&json, &body);
+        no_token.path_token = None;
+        assert!(matches!(
+            adapter.verify(&no_token),
+            Err(IngestError::NoSuchRoute(_))
+        ));
+        let mut wrong = request(&json, &body);
+        wrong.path_token = Some("guess");
+        assert!(matches!(
+            adapter.verify(&wrong),
+            Err(IngestError::BadSignature(_))
+        ));
+        adapter.allow_from = vec![
+            parse_cidr("203.0.113.0/24").unwrap(),
+            parse_cidr("::1").unwrap(),
+        ];
+        let mut inside = request(&json, &body);
+        inside.peer = Some("203.0.113.7".parse().unwrap());
+        assert!(adapter.verify(&inside).is_ok());
+        let mut outside = request(&json, &body);
+        outside.peer = Some("198.51.100.7".parse().unwrap());
+        assert!(
+            matches!(adapter.verify(&outside), Err(IngestError::BadSignature(m)) if m.contains("198.51.100.7"))
+        );
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+    }
+
+    #[test]
+    fn bad_routes_are_named_and_do_not_fail_the_others() {
+        let adapter = adapter();
+        let json = headers("application/json");
         for (data, expected) in [
             (r#"{"Body":{"WaybillRoute":[]}}"#, "1 to"),
-            (r#"{"Body":{}}"#, "route push"),
+            (r#"{"Body":{}}"#, "WaybillRoute"),
             (
                 r#"{"Body":{"WaybillRoute":[{"id":"1","opCode":"50"}]}}"#,
                 "mailno",
@@ -357,13 +455,33 @@ mod tests {
                 "acceptTime",
             ),
         ] {
-            let body = form(data);
-            match adapter.decode(&request(&headers, &body)) {
+            match super::super::events_of(adapter.decode(&request(&json, data))) {
                 Err(IngestError::Malformed(message)) => {
                     assert!(message.contains(expected), "{message}")
                 }
                 other => panic!("{data}: {:?}", other.err()),
             }
         }
+        let mixed = r#"{"Body":{"WaybillRoute":[{"id":"1","opCode":"50"},{"id":"2","mailno":"SF2","opCode":"999"}]}}"#;
+        let Decoded::Events { events, rejected } = adapter.decode(&request(&json, mixed)).unwrap()
+        else {
+            panic!("events expected")
+        };
+        assert_eq!((events.len(), rejected.len()), (1, 1));
+        assert_eq!(
+            events[0].action,
+            EventAction::Inform,
+            "`*` catches other opCodes"
+        );
+        let form = headers("application/x-www-form-urlencoded");
+        assert!(matches!(
+            adapter.decode(&request(&form, "msgData=x")),
+            Err(IngestError::Malformed(m)) if m.contains("content")
+        ));
+        let deep = format!("content={}", "%3Ca%3E".repeat(1000));
+        assert!(matches!(
+            adapter.decode(&request(&form, &deep)),
+            Err(IngestError::Malformed(_))
+        ));
     }
 }

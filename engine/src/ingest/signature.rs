@@ -16,11 +16,6 @@ pub(crate) fn md5_hex(parts: &[&[u8]]) -> String {
     hex_lower(&hasher.finalize())
 }
 
-/// Raw MD5 digest of `bytes`.
-pub(crate) fn md5_raw(bytes: &[u8]) -> [u8; 16] {
-    Md5::digest(bytes).into()
-}
-
 /// Constant-time equality of two byte strings (for base64 signatures, which are case-sensitive).
 pub(crate) fn same_bytes(expected: &[u8], given: &[u8]) -> bool {
     expected.len() == given.len() && bool::from(expected.ct_eq(given))

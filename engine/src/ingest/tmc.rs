@@ -22,7 +22,7 @@ use super::{IngestError, SecretLookup, StatusTable};
 use crate::AppState;
 use crate::config::TmcConfig;
 use futures_util::{SinkExt, StreamExt};
-use orderhub_actors::order::{Millis, OrderEvent};
+use orderhub_actors::order::{EventAction, Millis, OrderEvent};
 use serde_json::{Map, Value as Json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -325,10 +325,7 @@ impl TmcChannel {
             .get(&topic)
             .or_else(|| self.status_map.get(&status))
             .cloned()
-            .ok_or_else(|| IngestError::UnknownStatus {
-                origin: SOURCE,
-                status: format!("{topic} status {status}"),
-            })?;
+            .unwrap_or(EventAction::Unmapped);
         let occurred_at = match message.get("pubtime") {
             Some(TmcValue::Date(ms)) | Some(TmcValue::I64(ms)) => *ms,
             _ => received_at,
@@ -574,9 +571,13 @@ mod tests {
                 state: OrderState::Shipped
             }
         );
-        assert!(matches!(
-            channel().map(&data("taobao_trade_TradeChanged", "SOMETHING_NEW"), 5),
-            Err(IngestError::UnknownStatus { .. })
-        ));
+        let (event, _) = channel()
+            .map(&data("taobao_trade_TradeChanged", "SOMETHING_NEW"), 5)
+            .unwrap();
+        assert_eq!(
+            event.action,
+            EventAction::Unmapped,
+            "recorded, never refused"
+        );
     }
 }

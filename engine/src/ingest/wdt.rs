@@ -92,14 +92,7 @@ impl WdtAdapter {
                     "shop_no {shop:?} is not mapped to a channel (sources.wdt.shops or default_channel)"
                 ))
             })?;
-        let action =
-            self.status_map
-                .get(status)
-                .cloned()
-                .ok_or_else(|| IngestError::UnknownStatus {
-                    origin: SOURCE,
-                    status: status.to_owned(),
-                })?;
+        let action = self.status_map.map(status);
         let waybill = field(form, "logistics_no");
         let mut fields = Map::new();
         if let Some(waybill) = waybill {
@@ -117,7 +110,7 @@ impl WdtAdapter {
         let occurred_at = field(form, "timestamp")
             .and_then(|t| t.parse::<i64>().ok())
             .map_or(received_at, |seconds| seconds * 1000);
-        Ok(Decoded::Events(vec![OrderEvent {
+        Ok(Decoded::events(vec![OrderEvent {
             order: format!("{channel}:{tid}"),
             source: SOURCE.to_owned(),
             // The same status of the same trade (and parcel) is one event, however often the
@@ -225,12 +218,9 @@ mod tests {
     }
 
     fn request<'a>(headers: &'a HeaderMap, body: &'a str) -> RawRequest<'a> {
-        RawRequest {
-            headers,
-            query: "",
-            body: body.as_bytes(),
-            received_at: AT + 30_000,
-        }
+        let mut request = RawRequest::plain(headers, "", body.as_bytes());
+        request.received_at = AT + 30_000;
+        request
     }
 
     #[test]
@@ -250,9 +240,7 @@ mod tests {
         let body = fixture();
         let adapter = adapter();
         adapter.verify(&request(&headers, &body)).unwrap();
-        let Decoded::Events(events) = adapter.decode(&request(&headers, &body)).unwrap() else {
-            panic!("events expected");
-        };
+        let events = super::super::events_of(adapter.decode(&request(&headers, &body))).unwrap();
         assert_eq!(events[0].order, "youzan:E20231115093012034500012");
         assert_eq!(
             events[0].action,
@@ -282,16 +270,13 @@ mod tests {
         let headers = HeaderMap::new();
         let adapter = adapter();
         let body = "tid=1&status=weighed&shop_no=yz01";
-        match adapter.decode(&request(&headers, body)) {
-            Err(IngestError::UnknownStatus { status, .. }) => assert_eq!(status, "weighed"),
-            other => panic!("{:?}", other.err()),
-        }
-        let Decoded::Events(events) = adapter
-            .decode(&request(&headers, "tid=9&status=packed&shop_no=other"))
-            .unwrap()
-        else {
-            panic!("events expected");
-        };
+        let events = super::super::events_of(adapter.decode(&request(&headers, body))).unwrap();
+        assert_eq!(events[0].action, EventAction::Unmapped);
+        assert_eq!(events[0].raw_status, "weighed");
+        let events = super::super::events_of(
+            adapter.decode(&request(&headers, "tid=9&status=packed&shop_no=other")),
+        )
+        .unwrap();
         assert_eq!(events[0].order, "douyin:9");
         assert!(matches!(
             adapter.decode(&request(&headers, "status=packed")),

@@ -10,6 +10,13 @@
 //!   to 32 bytes) of 16 random bytes, a 4-byte big-endian length, the message and the app id.
 //! - Answered `success` (shared/reference/protocols.md §1).
 //!
+//! The EncodingAESKey is decoded allowing non-zero trailing bits, as WeChat's own libraries do
+//! (its sample key and most real keys are non-canonical base64). Since the signatures cover the
+//! query only, both modes refuse (401 `replayed`) a `timestamp` outside ±`tolerance` and a
+//! `nonce` already accepted within that window; a nonce counts once its request is accepted.
+//! `channels_ec_order_deliver` with `order_info.finish_delivery = 0` (partial delivery) is
+//! recorded, never `shipped`, whatever `event_map` says.
+//!
 //! WeChat gives events no id; the event id is `{Event}:{order_id}:{CreateTime}:{FromUserName}`,
 //! the same for every re-push of one event, which is what WeChat recommends deduplicating on.
 
@@ -20,19 +27,79 @@ use super::{
 use crate::config::WechatConfig;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
-use orderhub_actors::order::{Millis, OrderEvent};
+use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use orderhub_actors::order::{EventAction, Millis, OrderEvent};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha1::{Digest, Sha1};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 pub(crate) const SOURCE: &str = "wechat";
+
+/// The delivery event whose `finish_delivery = 0` means only part of the order was sent.
+const DELIVER_EVENT: &str = "channels_ec_order_deliver";
 
 pub(crate) struct WechatAdapter {
     token: String,
     /// The AES key of safe mode; `Err` names the variable when it is not set.
     aes_key: Result<Vec<u8>, String>,
     event_map: StatusTable,
+    nonces: NonceWindow,
+}
+
+/// Nonces accepted within the timestamp tolerance (the signature covers only the query, so
+/// this is what stops a logged query string from carrying another body).
+struct NonceWindow {
+    tolerance_s: i64,
+    /// nonce → the request's timestamp.
+    seen: DashMap<String, i64>,
+    last_pruned_s: AtomicI64,
+}
+
+impl NonceWindow {
+    fn new(tolerance_s: i64) -> Self {
+        NonceWindow {
+            tolerance_s,
+            seen: DashMap::new(),
+            last_pruned_s: AtomicI64::new(0),
+        }
+    }
+
+    /// Checks the timestamp against `now_s` and reserves the nonce.
+    fn reserve(&self, timestamp: &str, nonce: &str, now_s: i64) -> Result<(), IngestError> {
+        let at: i64 = timestamp.parse().map_err(|_| {
+            IngestError::BadSignature(format!("timestamp {timestamp:?} is not a number"))
+        })?;
+        if (now_s - at).abs() > self.tolerance_s {
+            return Err(IngestError::Replayed(format!(
+                "timestamp {at} is more than {} s from the engine's clock",
+                self.tolerance_s
+            )));
+        }
+        if now_s - self.last_pruned_s.load(Ordering::Relaxed) > self.tolerance_s {
+            self.last_pruned_s.store(now_s, Ordering::Relaxed);
+            self.seen
+                .retain(|_, seen| now_s - *seen <= self.tolerance_s);
+        }
+        match self.seen.entry(nonce.to_owned()) {
+            Entry::Occupied(_) => Err(IngestError::Replayed(format!(
+                "nonce {nonce:?} was already used within {} s",
+                self.tolerance_s
+            ))),
+            Entry::Vacant(slot) => {
+                slot.insert(at);
+                Ok(())
+            }
+        }
+    }
+
+    /// Frees a nonce whose request was not accepted (the platform may retry with it).
+    fn release(&self, nonce: &str) {
+        self.seen.remove(nonce);
+    }
 }
 
 pub(crate) fn build(config: &WechatConfig, secrets: &SecretLookup) -> SourceEntry {
@@ -61,13 +128,23 @@ pub(crate) fn build(config: &WechatConfig, secrets: &SecretLookup) -> SourceEntr
         token,
         aes_key,
         event_map: StatusTable::new(&config.event_map),
+        nonces: NonceWindow::new(config.tolerance.0.as_secs() as i64),
     }))
 }
 
+/// Base64 as WeChat's libraries decode the EncodingAESKey: non-zero trailing bits allowed,
+/// with or without the padding `=`.
+const LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
 /// EncodingAESKey is 43 characters of base64 without its `=`.
 fn decode_aes_key(encoded: &str) -> Result<Vec<u8>, String> {
-    let key = STANDARD
-        .decode(format!("{}=", encoded.trim()))
+    let key = LENIENT
+        .decode(encoded.trim())
         .map_err(|e| format!("not an EncodingAESKey (43 base64 characters): {e}"))?;
     if key.len() != 32 {
         return Err(format!(
@@ -116,6 +193,11 @@ impl WechatAdapter {
                 "{name} does not match the token"
             )))
         }
+    }
+
+    fn envelope(body: &[u8]) -> Result<Envelope, IngestError> {
+        super::decode_json(body)
+            .map_err(|e| IngestError::Malformed(format!("expected a WeChat JSON message: {e}")))
     }
 
     fn timestamp_and_nonce(query: &str) -> Result<(String, String), IngestError> {
@@ -172,14 +254,13 @@ impl WechatAdapter {
             .map(Scalar::into_string)
             .filter(|id| !id.is_empty())
             .ok_or_else(|| IngestError::Malformed("no order_info.order_id".into()))?;
-        let action =
-            self.event_map
-                .get(&event)
-                .cloned()
-                .ok_or_else(|| IngestError::UnknownStatus {
-                    origin: SOURCE,
-                    status: event.clone(),
-                })?;
+        let partial = event == DELIVER_EVENT
+            && info.get("finish_delivery").and_then(Value::as_i64) == Some(0);
+        let action = if partial {
+            EventAction::Inform
+        } else {
+            self.event_map.map(&event)
+        };
         let created = message.create_time.unwrap_or(0);
         let from = message.from_user_name.unwrap_or_default();
         let mut fields = Map::new();
@@ -189,12 +270,16 @@ impl WechatAdapter {
         if !info.is_empty() {
             fields.insert("wechat_order_info".into(), Value::Object(info));
         }
-        Ok(Decoded::Events(vec![OrderEvent {
+        Ok(Decoded::events(vec![OrderEvent {
             order: format!("{SOURCE}:{order_id}"),
             source: SOURCE.to_owned(),
             source_event_id: format!("{event}:{order_id}:{created}:{from}"),
             supersedes: None,
-            raw_status: event,
+            raw_status: if partial {
+                format!("{event} finish_delivery=0")
+            } else {
+                event
+            },
             action,
             occurred_at: if created > 0 {
                 created * 1000
@@ -212,32 +297,41 @@ impl SourceAdapter for WechatAdapter {
         SOURCE
     }
 
-    /// Plain mode is checked here; safe mode's msg_signature covers `Encrypt`, so it is checked
-    /// in [`Self::decode`] once the body is parsed.
+    /// Plain mode's `signature` covers the query; safe mode's `msg_signature` also covers the
+    /// body's `Encrypt`. Then the timestamp window and the nonce.
     fn verify(&self, request: &RawRequest<'_>) -> Result<(), IngestError> {
         let (timestamp, nonce) = Self::timestamp_and_nonce(request.query)?;
         if super::query_param(request.query, "encrypt_type").as_deref() == Some("aes") {
-            return Ok(());
+            let encrypt = Self::envelope(request.body)?.encrypt.ok_or_else(|| {
+                IngestError::Malformed("encrypt_type=aes but the body has no Encrypt".into())
+            })?;
+            self.check(
+                request.query,
+                &[&self.token, &timestamp, &nonce, &encrypt],
+                "msg_signature",
+            )?;
+        } else {
+            self.check(
+                request.query,
+                &[&self.token, &timestamp, &nonce],
+                "signature",
+            )?;
         }
-        self.check(
-            request.query,
-            &[&self.token, &timestamp, &nonce],
-            "signature",
-        )
+        self.nonces
+            .reserve(&timestamp, &nonce, request.received_at.div_euclid(1000))
+    }
+
+    fn settle(&self, request: &RawRequest<'_>, accepted: bool) {
+        if !accepted && let Some(nonce) = super::query_param(request.query, "nonce") {
+            self.nonces.release(&nonce);
+        }
     }
 
     fn decode(&self, request: &RawRequest<'_>) -> Result<Decoded, IngestError> {
-        let envelope: Envelope = super::decode_json(request.body)
-            .map_err(|e| IngestError::Malformed(format!("expected a WeChat JSON message: {e}")))?;
+        let envelope = Self::envelope(request.body)?;
         let encrypted = super::query_param(request.query, "encrypt_type").as_deref() == Some("aes");
         let (message, app_id) = match (encrypted, envelope.encrypt) {
             (true, Some(encrypt)) => {
-                let (timestamp, nonce) = Self::timestamp_and_nonce(request.query)?;
-                self.check(
-                    request.query,
-                    &[&self.token, &timestamp, &nonce, &encrypt],
-                    "msg_signature",
-                )?;
                 let (message, app_id) = self.decrypt(&encrypt)?;
                 (message, Some(app_id))
             }
@@ -251,7 +345,7 @@ impl SourceAdapter for WechatAdapter {
         let message: Message = super::decode_json(&message)
             .map_err(|e| IngestError::Malformed(format!("not a WeChat event message: {e}")))?;
         let mut decoded = self.map(message, request.received_at)?;
-        if let (Decoded::Events(events), Some(app_id)) = (&mut decoded, app_id) {
+        if let (Decoded::Events { events, .. }, Some(app_id)) = (&mut decoded, app_id) {
             for event in events {
                 event
                     .fields
@@ -280,13 +374,14 @@ impl SourceAdapter for WechatAdapter {
 mod tests {
     use super::*;
     use axum::http::HeaderMap;
-    use orderhub_actors::order::{EventAction, OrderState};
+    use orderhub_actors::order::OrderState;
     use std::sync::Arc;
 
     const TOKEN: &str = "orderhub-wechat-token";
-    /// 43 characters; the safe-mode fixture was encrypted with it by an independent
-    /// implementation (Python `cryptography`).
-    const AES_KEY: &str = "b3JkZXJodWItd2VjaGF0LWFlcy1rZXktMzItYnl0ZXM";
+    /// WeChat's own sample EncodingAESKey: non-canonical base64 (non-zero trailing bits). The
+    /// safe-mode fixture was encrypted with it by an independent implementation
+    /// (`tests/fixtures/wechat/generate.py`, Python `cryptography`).
+    const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 
     fn adapter() -> WechatAdapter {
         let config = crate::config::Config::embedded().unwrap();
@@ -301,6 +396,7 @@ mod tests {
             token: TOKEN.into(),
             aes_key: decode_aes_key(AES_KEY),
             event_map: StatusTable::new(&config.event_map),
+            nonces: NonceWindow::new(300),
         }
     }
 
@@ -312,13 +408,22 @@ mod tests {
         .unwrap()
     }
 
+    /// A request received when the query's timestamp says it was sent.
     fn request<'a>(headers: &'a HeaderMap, query: &'a str, body: &'a str) -> RawRequest<'a> {
-        RawRequest {
-            headers,
-            query,
-            body: body.as_bytes(),
-            received_at: 1,
-        }
+        let mut request = RawRequest::plain(headers, query, body.as_bytes());
+        let sent: i64 = query_param(query, "timestamp").unwrap().parse().unwrap();
+        request.received_at = sent * 1000 + 1500;
+        request
+    }
+
+    fn query_param(query: &str, name: &str) -> Option<String> {
+        super::super::query_param(query, name)
+    }
+
+    fn events(adapter: &WechatAdapter, query: &str, body: &str) -> Vec<OrderEvent> {
+        let headers = HeaderMap::new();
+        adapter.verify(&request(&headers, query, body)).unwrap();
+        super::super::events_of(adapter.decode(&request(&headers, query, body))).unwrap()
     }
 
     #[test]
@@ -341,15 +446,25 @@ mod tests {
     }
 
     #[test]
+    fn wechats_sample_key_and_other_non_canonical_keys_decode() {
+        // Strict base64 refuses the sample key's last character; WeChat's libraries do not.
+        assert!(STANDARD.decode(format!("{AES_KEY}=")).is_err());
+        let key = decode_aes_key(AES_KEY).unwrap();
+        assert_eq!(key.len(), 32);
+        // The same bytes as the canonical spelling of that key (trailing bits cleared).
+        let canonical = STANDARD
+            .decode("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFE=")
+            .unwrap();
+        assert_eq!(key, canonical);
+        assert!(decode_aes_key("short").is_err());
+    }
+
+    #[test]
     fn a_plain_push_is_verified_and_maps_by_event() {
         let headers = HeaderMap::new();
         let (query, body) = (fixture("order_pay.query"), fixture("order_pay.json"));
         let adapter = adapter();
-        adapter.verify(&request(&headers, &query, &body)).unwrap();
-        let Decoded::Events(events) = adapter.decode(&request(&headers, &query, &body)).unwrap()
-        else {
-            panic!("events expected");
-        };
+        let events = events(&adapter, &query, &body);
         assert_eq!(events[0].order, "wechat:3705115058471208928");
         assert_eq!(
             events[0].source_event_id,
@@ -374,16 +489,40 @@ mod tests {
     }
 
     #[test]
+    fn a_query_is_good_once_and_only_near_its_timestamp() {
+        let headers = HeaderMap::new();
+        let (query, body) = (fixture("order_pay.query"), fixture("order_pay.json"));
+        let adapter = adapter();
+        let first = request(&headers, &query, &body);
+        adapter.verify(&first).unwrap();
+        adapter.settle(&first, true);
+        // The same signed query again — with any body — is a replay.
+        let again = request(&headers, &query, "{}");
+        assert!(
+            matches!(adapter.verify(&again), Err(IngestError::Replayed(m)) if m.contains("nonce"))
+        );
+        // A nonce whose request was not accepted may come again (the platform retries).
+        let other = super::tests::adapter();
+        let refused = request(&headers, &query, &body);
+        other.verify(&refused).unwrap();
+        other.settle(&refused, false);
+        other.verify(&request(&headers, &query, &body)).unwrap();
+        // Outside ±5 minutes the signature is not enough.
+        let mut late = request(&headers, &query, &body);
+        late.received_at += 301_000;
+        assert!(matches!(
+            super::tests::adapter().verify(&late),
+            Err(IngestError::Replayed(m)) if m.contains("timestamp")
+        ));
+    }
+
+    #[test]
     fn a_safe_mode_push_decrypts_to_the_plain_message() {
         let headers = HeaderMap::new();
         let query = fixture("order_deliver.safe.query");
         let body = fixture("order_deliver.safe.json");
         let adapter = adapter();
-        adapter.verify(&request(&headers, &query, &body)).unwrap();
-        let Decoded::Events(events) = adapter.decode(&request(&headers, &query, &body)).unwrap()
-        else {
-            panic!("events expected");
-        };
+        let events = events(&adapter, &query, &body);
         assert_eq!(events[0].order, "wechat:3705115058471208928");
         assert_eq!(
             events[0].action,
@@ -395,11 +534,11 @@ mod tests {
         // A msg_signature over another Encrypt is refused.
         let forged = body.replacen("\"Encrypt\": \"", "\"Encrypt\": \"A", 1);
         assert!(matches!(
-            adapter.decode(&request(&headers, &query, &forged)),
+            adapter.verify(&request(&headers, &query, &forged)),
             Err(IngestError::BadSignature(_))
         ));
         // Without the AES key, safe mode says which variable is missing.
-        let mut no_key = adapter;
+        let mut no_key = super::tests::adapter();
         no_key.aes_key = Err("ORDERHUB_WECHAT_AES_KEY is not set".into());
         match no_key.decode(&request(&headers, &query, &body)) {
             Err(IngestError::SourceUnavailable { reason, .. }) => {
@@ -410,21 +549,38 @@ mod tests {
     }
 
     #[test]
-    fn unknown_events_and_non_events_are_named() {
+    fn a_partial_delivery_is_recorded_never_shipped() {
+        let events = events(
+            &adapter(),
+            &fixture("order_deliver_partial.query"),
+            &fixture("order_deliver_partial.json"),
+        );
+        assert_eq!(events[0].action, EventAction::Inform);
+        assert_eq!(
+            events[0].raw_status,
+            "channels_ec_order_deliver finish_delivery=0"
+        );
+    }
+
+    #[test]
+    fn unknown_events_are_recorded_and_non_events_named() {
         let headers = HeaderMap::new();
         let query = fixture("order_pay.query");
         let body =
             fixture("order_pay.json").replace("channels_ec_order_pay", "channels_ec_new_kind");
-        match adapter().decode(&request(&headers, &query, &body)) {
-            Err(IngestError::UnknownStatus { status, .. }) => {
-                assert_eq!(status, "channels_ec_new_kind")
-            }
-            other => panic!("{:?}", other.err()),
-        }
+        let events =
+            super::super::events_of(adapter().decode(&request(&headers, &query, &body))).unwrap();
+        assert_eq!(events[0].action, EventAction::Unmapped);
+        assert_eq!(events[0].raw_status, "channels_ec_new_kind");
         let body = fixture("order_pay.json").replace("\"event\"", "\"text\"");
         assert!(matches!(
             adapter().decode(&request(&headers, &query, &body)),
             Err(IngestError::Malformed(_))
+        ));
+        let deep = format!("{{\"ToUserName\":{}}}", "[".repeat(200_000));
+        assert!(matches!(
+            adapter().decode(&request(&headers, &query, &deep)),
+            Err(IngestError::Malformed(m)) if m.contains("nests")
         ));
     }
 }

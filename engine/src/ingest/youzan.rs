@@ -1,6 +1,8 @@
-//! Youzan (有赞) HTTP push: one JSON object per request with `client_id`, `id` (the order
-//! number), `kdt_id`, `msg` (URL-encoded JSON), `msg_id`, `status`, `test`, `type` and
-//! `version`. Header `Event-Sign` is md5hex(client_id + raw body + client_secret); answered
+//! Youzan (有赞) HTTP push: one JSON object per request with `client_id`, `id`, `kdt_id`, `msg`
+//! (URL-encoded JSON), `msg_id`, `status`, `test`, `type` and `version` (message shapes after
+//! TsangJx/YouZanYunSDK `Msg/*.cs`). The order is `msg.tid` (or, in the full-trade messages,
+//! `msg.full_order_info.order_info.tid`); the top-level `id` names the order only for `trade_*`
+//! messages without either, and never for `trade_refund_*`, where it is the message's own id. Header `Event-Sign` is md5hex(client_id + raw body + client_secret); answered
 //! `{"code":0,"msg":"success"}` (shared/reference/protocols.md §1; the ack shape is [?]).
 //!
 //! Mapping: `type_map` (by message type; a trailing `*` matches a prefix) wins over
@@ -15,11 +17,14 @@ use super::{
 };
 use crate::config::YouzanConfig;
 use axum::response::{IntoResponse, Response};
-use orderhub_actors::order::{OrderEvent, Superseding};
+use orderhub_actors::order::{EventAction, OrderEvent, Superseding};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 pub(crate) const SOURCE: &str = "youzan";
+
+/// After-sale messages: their top-level `id` is not the order.
+const REFUND_PREFIX: &str = "trade_refund_";
 
 pub(crate) struct YouzanAdapter {
     client_id: String,
@@ -89,31 +94,43 @@ impl YouzanAdapter {
                 "client_id does not match the configured client".into(),
             ));
         }
-        let order_id = push
-            .id
-            .map(super::Scalar::into_string)
-            .filter(|id| !id.is_empty())
-            .ok_or_else(|| IngestError::Malformed("no id (order number)".into()))?;
-        let msg_id = push
-            .msg_id
-            .filter(|id| !id.is_empty())
-            .ok_or_else(|| IngestError::Malformed("no msg_id".into()))?;
         let kind = push
             .kind
             .filter(|k| !k.is_empty())
             .ok_or_else(|| IngestError::Malformed("no type".into()))?;
+        let msg = decode_msg(&push.msg)?;
+        let tid = msg.as_ref().and_then(|msg| {
+            ["/tid", "/full_order_info/order_info/tid"]
+                .into_iter()
+                .find_map(|path| match msg.pointer(path) {
+                    Some(Value::String(tid)) if !tid.is_empty() => Some(tid.clone()),
+                    Some(Value::Number(tid)) => Some(tid.to_string()),
+                    _ => None,
+                })
+        });
+        let refund = kind.starts_with(REFUND_PREFIX);
+        let order_id = match tid {
+            Some(tid) => tid,
+            None if refund => {
+                return Err(IngestError::Malformed(format!(
+                    "{kind}: msg has no tid (the order number)"
+                )));
+            }
+            None => push
+                .id
+                .map(super::Scalar::into_string)
+                .filter(|id| !id.is_empty())
+                .ok_or_else(|| IngestError::Malformed("no msg.tid and no id".into()))?,
+        };
+        let msg_id = push
+            .msg_id
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| IngestError::Malformed("no msg_id".into()))?;
         let status = push.status.unwrap_or_default();
         let action = (self.type_map.get(&kind))
             .or_else(|| self.status_map.get(&status))
             .cloned()
-            .ok_or_else(|| IngestError::UnknownStatus {
-                origin: SOURCE,
-                status: if status.is_empty() {
-                    kind.clone()
-                } else {
-                    status.clone()
-                },
-            })?;
+            .unwrap_or(EventAction::Unmapped);
         let mut fields = Map::new();
         if let Some(kdt_id) = push.kdt_id {
             fields.insert("kdt_id".into(), Value::String(kdt_id.into_string()));
@@ -125,10 +142,10 @@ impl YouzanAdapter {
         if let Some(version) = push.version {
             fields.insert("youzan_version".into(), Value::from(version));
         }
-        if let Some(msg) = decode_msg(&push.msg)? {
+        if let Some(msg) = msg {
             fields.insert("youzan_msg".into(), msg);
         }
-        Ok(Decoded::Events(vec![OrderEvent {
+        Ok(Decoded::events(vec![OrderEvent {
             order: format!("{SOURCE}:{order_id}"),
             source: SOURCE.to_owned(),
             source_event_id: msg_id,
@@ -211,12 +228,12 @@ mod tests {
     }
 
     fn request<'a>(headers: &'a HeaderMap, body: &'a str) -> RawRequest<'a> {
-        RawRequest {
-            headers,
-            query: "",
-            body: body.as_bytes(),
-            received_at: 1_700_000_000_000,
-        }
+        RawRequest::plain(headers, "", body.as_bytes())
+    }
+
+    fn events(body: &str) -> Result<Vec<OrderEvent>, IngestError> {
+        let headers = HeaderMap::new();
+        super::super::events_of(adapter().decode(&request(&headers, body)))
     }
 
     #[test]
@@ -244,10 +261,7 @@ mod tests {
 
     #[test]
     fn a_payment_maps_to_paid_with_its_fields() {
-        let headers = HeaderMap::new();
-        let Decoded::Events(events) = adapter().decode(&request(&headers, PAID)).unwrap() else {
-            panic!("events expected");
-        };
+        let events = events(PAID).unwrap();
         let event = &events[0];
         assert_eq!(event.order, "youzan:E20231115093012034500012");
         assert_eq!(
@@ -274,12 +288,17 @@ mod tests {
     }
 
     #[test]
-    fn refunds_are_recorded_by_type_and_test_messages_store_nothing() {
+    fn refunds_are_recorded_on_msg_tid_by_type_and_test_messages_store_nothing() {
         let headers = HeaderMap::new();
-        let Decoded::Events(events) = adapter().decode(&request(&headers, REFUND)).unwrap() else {
-            panic!("events expected");
-        };
-        assert_eq!(events[0].action, EventAction::Inform);
+        let refund = events(REFUND).unwrap();
+        assert_eq!(refund[0].action, EventAction::Inform);
+        assert_eq!(
+            refund[0].order, "youzan:E20231115093012034500012",
+            "msg.tid, not id"
+        );
+        assert_eq!(refund[0].raw_status, "trade_refund_BuyerCreated");
+        let no_tid = REFUND.replace("%22tid%22", "%22tidx%22");
+        assert!(matches!(events(&no_tid), Err(IngestError::Malformed(m)) if m.contains("tid")));
         assert!(matches!(
             adapter().decode(&request(&headers, TEST)).unwrap(),
             Decoded::Verification
@@ -287,13 +306,12 @@ mod tests {
     }
 
     #[test]
-    fn unknown_statuses_and_missing_ids_are_named() {
+    fn unknown_statuses_are_recorded_and_missing_ids_named() {
         let headers = HeaderMap::new();
         let body = PAID.replace("WAIT_SELLER_SEND_GOODS", "WAIT_GROUP");
-        match adapter().decode(&request(&headers, &body)) {
-            Err(IngestError::UnknownStatus { status, .. }) => assert_eq!(status, "WAIT_GROUP"),
-            other => panic!("{:?}", other.err()),
-        }
+        let unknown = events(&body).unwrap();
+        assert_eq!(unknown[0].action, EventAction::Unmapped);
+        assert_eq!(unknown[0].raw_status, "WAIT_GROUP");
         let body = PAID.replace("\"msg_id\"", "\"msg_idx\"");
         match adapter().decode(&request(&headers, &body)) {
             Err(IngestError::Malformed(message)) => assert!(message.contains("msg_id")),

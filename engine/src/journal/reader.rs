@@ -32,6 +32,24 @@ pub struct OrderSummary {
     pub sla_armed: serde_json::Value,
 }
 
+/// A raw status a source sent that its mapping did not know, as `GET /v1/sources` lists it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct UnmappedStatus {
+    /// The source.
+    #[serde(skip)]
+    pub source: String,
+    /// The raw status (or tag, event, type) as received.
+    pub raw_status: String,
+    /// Events journaled with it.
+    pub count: u64,
+    /// Hub time it was first received.
+    pub first_seen: Millis,
+    /// Hub time it was last received.
+    pub last_seen: Millis,
+    /// The order of the last such event.
+    pub last_order: String,
+}
+
 /// Filters of `GET /v1/orders`.
 #[derive(Clone, Debug, Default)]
 pub struct OrderFilter {
@@ -168,6 +186,41 @@ impl ReadPool {
                 .prepare_cached("SELECT order_key FROM waybills WHERE waybill_no = ?1")?
                 .query_row([waybill], |row| row.get(0))
                 .optional()?)
+        })
+    }
+
+    /// Every unmapped raw status seen, per source, most recent first.
+    pub(crate) fn unmapped_statuses(&self) -> Result<Vec<UnmappedStatus>, JournalError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT source, raw_status, count, first_seen, last_seen, last_order
+                 FROM unmapped_statuses ORDER BY last_seen DESC",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(UnmappedStatus {
+                    source: r.get(0)?,
+                    raw_status: r.get(1)?,
+                    count: r.get::<_, i64>(2)? as u64,
+                    first_seen: r.get(3)?,
+                    last_seen: r.get(4)?,
+                    last_order: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Courier scans waiting for their waybill's order, per source: `(source, count, oldest
+    /// received_at)`.
+    pub(crate) fn parked_scans(&self) -> Result<Vec<(String, u64, Millis)>, JournalError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT source, count(*), min(received_at) FROM parked_scans GROUP BY source",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
         })
     }
 

@@ -35,6 +35,25 @@ CREATE TABLE IF NOT EXISTS waybills (
     waybill_no TEXT PRIMARY KEY,
     order_key TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS parked_scans (
+    row INTEGER PRIMARY KEY,
+    waybill_no TEXT NOT NULL,
+    source TEXT NOT NULL,
+    source_event_id TEXT NOT NULL,
+    received_at INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    UNIQUE (source, source_event_id)
+);
+CREATE INDEX IF NOT EXISTS parked_by_waybill ON parked_scans (waybill_no, row);
+CREATE TABLE IF NOT EXISTS unmapped_statuses (
+    source TEXT NOT NULL,
+    raw_status TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    first_seen INTEGER NOT NULL,
+    last_seen INTEGER NOT NULL,
+    last_order TEXT NOT NULL,
+    PRIMARY KEY (source, raw_status)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS syncs (
     row INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,

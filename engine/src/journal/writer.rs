@@ -6,7 +6,7 @@
 use super::{AppendOutcome, AppendRequest, JournalError, SideCmd, index, outbox};
 use crossbeam_channel::{Receiver, select};
 use orderhub_actors::dispatch::{PendingSync, SyncIntent, SyncUpdate};
-use orderhub_actors::order::{JournaledEvent, Millis, OrderEvent, SharedEvent};
+use orderhub_actors::order::{EventAction, JournaledEvent, Millis, OrderEvent, SharedEvent};
 use orderhub_actors::store::OrderIndexEntry;
 use orderhub_actors::telemetry as t;
 use rusqlite::{Connection, OptionalExtension, params};
@@ -23,6 +23,14 @@ fn now_ms() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// An event as stored in the journal's `body` column.
+fn encode(event: &OrderEvent) -> Result<String, JournalError> {
+    serde_json::to_string(event).map_err(|e| JournalError::Corrupt {
+        seq: 0,
+        reason: e.to_string(),
+    })
 }
 
 pub(crate) struct Writer {
@@ -283,11 +291,58 @@ impl Writer {
                 "INSERT INTO waybills (waybill_no, order_key) VALUES (?1, ?2)
                  ON CONFLICT (waybill_no) DO UPDATE SET order_key = excluded.order_key",
             )?;
-            let mut append = |event: OrderEvent| -> Result<AppendOutcome, JournalError> {
-                let body = serde_json::to_string(&event).map_err(|e| JournalError::Corrupt {
-                    seq: 0,
-                    reason: e.to_string(),
-                })?;
+            let mut order_of_waybill =
+                tx.prepare_cached("SELECT order_key FROM waybills WHERE waybill_no = ?1")?;
+            let mut park = tx.prepare_cached(
+                "INSERT INTO parked_scans (waybill_no, source, source_event_id, received_at, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (source, source_event_id) DO NOTHING",
+            )?;
+            let mut unpark = tx.prepare_cached(
+                "DELETE FROM parked_scans WHERE waybill_no = ?1 RETURNING row, body",
+            )?;
+            let mut count_unmapped = tx.prepare_cached(
+                "INSERT INTO unmapped_statuses (source, raw_status, count, first_seen, last_seen, last_order)
+                 VALUES (?1, ?2, 1, ?3, ?3, ?4)
+                 ON CONFLICT (source, raw_status) DO UPDATE SET count = count + 1,
+                    last_seen = max(last_seen, excluded.last_seen), last_order = excluded.last_order",
+            )?;
+            // Appends one event; scans that waited for a waybill it reports go to `unparked`.
+            let mut append = |mut event: OrderEvent,
+                              unparked: &mut Vec<OrderEvent>|
+             -> Result<AppendOutcome, JournalError> {
+                let waybill = match event.fields.get("waybill_no") {
+                    Some(serde_json::Value::String(waybill)) if !waybill.is_empty() => {
+                        Some(waybill.clone())
+                    }
+                    _ => None,
+                };
+                if event.order.is_empty() {
+                    // A courier scan: its order is the one that reported the waybill, or it
+                    // waits (durably) for that report.
+                    let waybill = waybill.clone().unwrap_or_default();
+                    match order_of_waybill
+                        .query_row([&waybill], |r| r.get::<_, String>(0))
+                        .optional()?
+                    {
+                        Some(order) => event.order = order,
+                        None => {
+                            let body = encode(&event)?;
+                            let parked = park.execute(params![
+                                waybill,
+                                event.source,
+                                event.source_event_id,
+                                event.received_at,
+                                body
+                            ])?;
+                            return Ok(if parked == 0 {
+                                AppendOutcome::Duplicate
+                            } else {
+                                AppendOutcome::Parked
+                            });
+                        }
+                    }
+                }
+                let body = encode(&event)?;
                 let seq: Option<i64> = insert
                     .query_row(
                         params![
@@ -300,32 +355,54 @@ impl Writer {
                         |r| r.get(0),
                     )
                     .optional()?;
-                if seq.is_some()
-                    && let Some(serde_json::Value::String(waybill)) = event.fields.get("waybill_no")
-                    && !waybill.is_empty()
-                {
+                let Some(seq) = seq else {
+                    return Ok(AppendOutcome::Duplicate);
+                };
+                if let Some(waybill) = &waybill {
                     index_waybill.execute(params![waybill, event.order])?;
-                }
-                Ok(match seq {
-                    Some(seq) => {
-                        let seq = seq as u64;
-                        last_seq = last_seq.max(seq);
-                        appended_here.push((event.order.clone(), seq));
-                        routed.push(Arc::new(JournaledEvent { seq, event }));
-                        AppendOutcome::Appended(seq)
+                    let mut waiting: Vec<(i64, String)> = unpark
+                        .query_map([waybill], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<_, _>>()?;
+                    waiting.sort_unstable_by_key(|(row, _)| *row);
+                    for (row, body) in waiting {
+                        let mut scan: OrderEvent =
+                            serde_json::from_str(&body).map_err(|e| JournalError::Corrupt {
+                                seq: 0,
+                                reason: format!("parked scan {row}: {e}"),
+                            })?;
+                        scan.order = event.order.clone();
+                        unparked.push(scan);
                     }
-                    None => AppendOutcome::Duplicate,
-                })
+                }
+                if event.action == EventAction::Unmapped {
+                    count_unmapped.execute(params![
+                        event.source,
+                        event.raw_status,
+                        event.received_at,
+                        event.order
+                    ])?;
+                }
+                let seq = seq as u64;
+                last_seq = last_seq.max(seq);
+                appended_here.push((event.order.clone(), seq));
+                routed.push(Arc::new(JournaledEvent { seq, event }));
+                Ok(AppendOutcome::Appended(seq))
             };
+            let mut unparked = Vec::new();
             for request in &mut batch.appends {
                 let mut these = Vec::with_capacity(request.events.len());
                 for event in request.events.drain(..) {
-                    these.push(append(event)?);
+                    these.push(append(event, &mut unparked)?);
                 }
                 outcomes.push(these);
             }
             for event in batch.internal.clone() {
-                append(event)?;
+                append(event, &mut unparked)?;
+            }
+            while !unparked.is_empty() {
+                for event in std::mem::take(&mut unparked) {
+                    append(event, &mut unparked)?;
+                }
             }
         }
         for entry in batch.index.values() {

@@ -166,12 +166,21 @@ async fn pdd_messages_are_journaled_then_acked_across_a_dropped_connection() {
         .await
         .expect("an ack");
     assert_eq!(ack["id"], "2");
-    // An unknown type is counted and not acknowledged, so the platform redelivers it later.
-    assert_eq!(next_ack(&mut seen, Duration::from_millis(800)).await, None);
+    // An unknown type is journaled as unmapped and acknowledged: never lost, never refused.
+    let ack = next_ack(&mut seen, Duration::from_secs(10))
+        .await
+        .expect("an ack for the unknown type");
+    assert_eq!(ack["id"], "3");
     let order = engine
-        .eventually("/v1/orders/pdd:T-1", |o| o["state"] == "shipped")
+        .eventually("/v1/orders/pdd:T-1", |o| {
+            o["state"] == "shipped" && o["timeline"].as_array().is_some_and(|t| t.len() == 3)
+        })
         .await;
-    assert_eq!(order["timeline"].as_array().unwrap().len(), 2);
+    assert_eq!(order["timeline"][2]["unmapped"], true);
+    assert_eq!(
+        order["timeline"][2]["raw_status"],
+        "pdd_trade_TradeTeleported"
+    );
     let metrics = engine.metrics().await;
     assert!(
         sample(
@@ -186,14 +195,13 @@ async fn pdd_messages_are_journaled_then_acked_across_a_dropped_connection() {
         sample(&metrics, "orderhub_channel_connected", &[("source", "pdd")]),
         Some(1.0)
     );
-    assert!(
+    assert_eq!(
         sample(
             &metrics,
-            "orderhub_ingest_requests_total",
-            &[("source", "pdd"), ("outcome", "unknown_status")]
-        )
-        .unwrap()
-            >= 1.0
+            "orderhub_ingest_unmapped_total",
+            &[("source", "pdd")]
+        ),
+        Some(1.0)
     );
     engine.stop().await;
 }
@@ -582,11 +590,11 @@ async fn tmc_messages_are_confirmed_once_journaled_and_the_client_reconnects() {
             (Some("90001"), Some("tok-0"))
         );
     }
-    assert_eq!(
-        next_confirm(&mut seen, Duration::from_millis(800)).await,
-        None,
-        "90002 is not taken"
-    );
+    // An unknown status is journaled as unmapped and confirmed: never lost, never refused.
+    let confirm = next_confirm(&mut seen, Duration::from_secs(10))
+        .await
+        .expect("a confirmation of the unknown status");
+    assert_eq!(confirm["id"], "90002");
     // Pull requests carry the session token.
     loop {
         match tokio::time::timeout(Duration::from_secs(5), seen.recv()).await {
@@ -612,6 +620,7 @@ async fn tmc_messages_are_confirmed_once_journaled_and_the_client_reconnects() {
             o["state"] == "shipped"
         })
         .await;
-    assert_eq!(order["timeline"].as_array().unwrap().len(), 2);
+    assert_eq!(order["timeline"].as_array().unwrap().len(), 3);
+    assert_eq!(order["timeline"][1]["unmapped"], true);
     engine.stop().await;
 }

@@ -20,8 +20,12 @@ pub(crate) const YOUZAN_CLIENT_SECRET: &str = "yz-secret";
 /// The key the Kuaishou fixtures were encrypted with: base64("kuaishou-msg-key").
 pub(crate) const KUAISHOU_MESSAGE_KEY: &str = "a3VhaXNob3UtbXNnLWtleQ==";
 pub(crate) const WECHAT_TOKEN: &str = "orderhub-wechat-token";
-/// The EncodingAESKey the WeChat safe-mode fixture was encrypted with.
-pub(crate) const WECHAT_AES_KEY: &str = "b3JkZXJodWItd2VjaGF0LWFlcy1rZXktMzItYnl0ZXM";
+/// The EncodingAESKey the WeChat safe-mode fixture was encrypted with: WeChat's own sample key,
+/// non-canonical base64.
+pub(crate) const WECHAT_AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+/// The secret path segment of SF's route push.
+pub(crate) const SF_PUSH_TOKEN: &str = "sf-push-token-test";
 
 /// The environment the engine sees in tests.
 pub(crate) fn secrets() -> SecretLookup {
@@ -38,6 +42,7 @@ pub(crate) fn secrets() -> SecretLookup {
         "ORDERHUB_WDT_SID" => Some("wdtsid".into()),
         "ORDERHUB_WDT_APPKEY" => Some("wdtkey".into()),
         "ORDERHUB_WDT_APPSECRET" => Some("wdt-appsecret".into()),
+        "ORDERHUB_SF_PUSH_TOKEN" => Some(SF_PUSH_TOKEN.into()),
         "ORDERHUB_SF_PARTNER_ID" => Some("OH_PARTNER".into()),
         "ORDERHUB_SF_CHECKWORD" => Some("sf-checkword-test".into()),
         "ORDERHUB_DEALER_PORTAL_SECRET" => Some(EVENTS_SECRET.into()),
@@ -255,6 +260,19 @@ pub(crate) fn douyin_push(tag: &str, msg_id: &str, p_id: &str, time_s: i64) -> S
     let data =
         serde_json::json!({ "p_id": p_id, "shop_id": 77, "update_time": time_s }).to_string();
     serde_json::json!([{ "tag": tag, "msg_id": msg_id, "data": data }]).to_string()
+}
+
+/// A plain-mode query signed with the test token at `timestamp`.
+pub(crate) fn wechat_query(timestamp: i64, nonce: &str) -> String {
+    use sha1::{Digest, Sha1};
+    let mut parts = [
+        WECHAT_TOKEN.to_owned(),
+        timestamp.to_string(),
+        nonce.to_owned(),
+    ];
+    parts.sort();
+    let signature = format!("{:x}", Sha1::digest(parts.concat().as_bytes()));
+    format!("signature={signature}&timestamp={timestamp}&nonce={nonce}")
 }
 
 /// Adds Standard Webhooks headers for `body`.
