@@ -108,7 +108,7 @@ FLASH_SALE = dashboard(
         ),
         panel(
             "Accepted vs rejected vs duplicate",
-            "Ingest requests per second: accepted (journaled, 2xx), duplicate (redelivered, acknowledged, changed nothing) and rejected (any error answer: bad signature, malformed, unknown status, too large, 429, 503).",
+            "Ingest requests per second: accepted (journaled, 2xx), duplicate (redelivered, acknowledged, changed nothing) and rejected (any error answer: bad signature, replayed, malformed, too large, 429, 503, 500).",
             "reqps",
             [
                 (f'sum(rate(orderhub_ingest_requests_total{{outcome="accepted"}}[{RI}]))', "accepted"),
@@ -124,9 +124,18 @@ FLASH_SALE = dashboard(
         ),
         panel(
             "Rejections by reason",
-            "Error answers per second by reason and source, so a rotated secret (bad_signature) or a new platform status (unknown_status) shows at once.",
+            "Error answers per second by reason and source, so a rotated secret (bad_signature) or a changed payload (malformed) shows at once.",
             "reqps",
             [(f'sum by (source, outcome) (rate(orderhub_ingest_requests_total{{outcome!~"accepted|duplicate|verification"}}[{RI}]))', "{{source}} {{outcome}}")],
+        ),
+        panel(
+            "Unmapped statuses and rejected messages",
+            "Events per second journaled with a status their source's mapping does not know (recorded and acknowledged, no state change: GET /v1/sources lists the raw values), and malformed messages of otherwise good batches (recorded, the others taken).",
+            "reqps",
+            [
+                (f'sum by (source) (rate(orderhub_ingest_unmapped_total[{RI}]))', "{{source}} unmapped"),
+                (f'sum by (source) (rate(orderhub_ingest_events_total{{outcome="rejected"}}[{RI}]))', "{{source}} rejected"),
+            ],
         ),
         panel(
             "Channel connections",
