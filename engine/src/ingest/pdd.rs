@@ -89,6 +89,13 @@ pub(crate) enum Decoded {
     Ignore,
 }
 
+/// An id as a JSON integer when it is one (ids arrive as numbers, or digits in a string).
+fn integer(id: &str) -> Value {
+    id.parse::<u64>()
+        .map(Value::from)
+        .unwrap_or_else(|_| Value::String(id.to_owned()))
+}
+
 impl PddChannel {
     /// The URL to connect to at `now_ms`.
     pub(crate) fn connect_url(&self, now_ms: i64) -> String {
@@ -134,13 +141,14 @@ impl PddChannel {
         let action = self.type_map.map(&body.kind);
         let mall_id = body.mall_id.map(super::Scalar::into_string);
         let send_time = frame.send_time.unwrap_or(received_at);
+        // The SDKs ack with `id` and `mallID` as JSON integers (exact above 2^53: u64).
         let ack = serde_json::json!({
-            "id": id,
+            "id": integer(&id),
             "commandType": "Ack",
             "time": received_at,
             "sendTime": send_time,
             "type": body.kind,
-            "mallID": mall_id,
+            "mallID": mall_id.as_deref().map(integer),
         })
         .to_string();
         let mut fields = Map::new();
@@ -273,10 +281,20 @@ mod tests {
             }
         );
         let ack: Value = serde_json::from_str(&ack).unwrap();
-        assert_eq!(ack["id"], "8734120011");
+        assert_eq!(ack["id"], 8734120011u64, "an integer, as the SDKs send it");
+        let big = frame.replace("8734120011", "9007199254740993");
+        let Decoded::Message { ack: big, .. } = channel().decode(&big, 5).unwrap() else {
+            panic!("a message");
+        };
+        let big: Value = serde_json::from_str(&big).unwrap();
+        assert_eq!(
+            big["id"].as_u64(),
+            Some(9_007_199_254_740_993),
+            "exact above 2^53"
+        );
         assert_eq!(ack["commandType"], "Ack");
         assert_eq!(ack["sendTime"], 1700000001000i64);
-        assert_eq!(ack["mallID"], "1200001");
+        assert_eq!(ack["mallID"], 1200001);
         let beat = r#"{"commandType":"HeartBeat","time":1}"#;
         assert_eq!(channel().decode(beat, 5).unwrap(), Decoded::Ignore);
         let odd = frame.replace("TradeConfirmed", "TradeTeleported");

@@ -147,8 +147,8 @@ async fn pdd_messages_are_journaled_then_acked_across_a_dropped_connection() {
             .await
             .expect("an ack");
         assert_eq!(
-            (ack["id"].as_str(), ack["type"].as_str()),
-            (Some("1"), Some("pdd_trade_TradeConfirmed"))
+            (ack["id"].as_u64(), ack["type"].as_str()),
+            (Some(1), Some("pdd_trade_TradeConfirmed"))
         );
     }
     let mut beats = 0;
@@ -165,12 +165,12 @@ async fn pdd_messages_are_journaled_then_acked_across_a_dropped_connection() {
     let ack = next_ack(&mut seen, Duration::from_secs(10))
         .await
         .expect("an ack");
-    assert_eq!(ack["id"], "2");
+    assert_eq!(ack["id"], 2);
     // An unknown type is journaled as unmapped and acknowledged: never lost, never refused.
     let ack = next_ack(&mut seen, Duration::from_secs(10))
         .await
         .expect("an ack for the unknown type");
-    assert_eq!(ack["id"], "3");
+    assert_eq!(ack["id"], 3);
     let order = engine
         .eventually("/v1/orders/pdd:T-1", |o| {
             o["state"] == "shipped" && o["timeline"].as_array().is_some_and(|t| t.len() == 3)
