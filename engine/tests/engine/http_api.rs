@@ -249,14 +249,7 @@ async fn one_bad_message_of_a_batch_never_fails_the_others() {
     engine
         .eventually("/v1/orders/douyin:8002", |o| o["state"] == "paid")
         .await;
-    let (_, sources) = engine.get("/v1/sources").await;
-    let douyin = sources["sources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "douyin")
-        .unwrap()
-        .clone();
+    let douyin = engine.source("douyin").await;
     assert_eq!(douyin["rejected"]["total"], 1, "{douyin}");
     assert_eq!(douyin["rejected"]["recent"][0]["index"], 3);
     assert!(

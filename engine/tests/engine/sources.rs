@@ -91,14 +91,7 @@ async fn youzan_pushes_are_verified_acknowledged_and_mapped() {
     assert_eq!(order["timeline"][2]["raw_status"], "WAIT_GROUP");
     assert_eq!(order["timeline"][2]["mapped"], "none");
     assert_eq!(order["timeline"][2]["unmapped"], true);
-    let (_, sources) = engine.get("/v1/sources").await;
-    let youzan = sources["sources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "youzan")
-        .unwrap()
-        .clone();
+    let youzan = engine.source("youzan").await;
     assert_eq!(youzan["status"], "ready");
     assert_eq!(youzan["unmapped"][0]["raw_status"], "WAIT_GROUP");
     assert_eq!(youzan["unmapped"][0]["count"], 1);
@@ -310,14 +303,7 @@ async fn a_courier_scan_before_the_shipping_report_waits_for_it_and_is_never_ref
         (status, body.as_str()),
         (200, r#"{"return_code":"0000","return_msg":"success"}"#)
     );
-    let (_, sources) = engine.get("/v1/sources").await;
-    let courier = sources["sources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "sf")
-        .unwrap()
-        .clone();
+    let courier = engine.source("sf").await;
     assert_eq!(courier["parked_scans"]["count"], 3, "{courier}");
     // The warehouse ships it with that waybill: the waiting scans apply to the order.
     let mut shipped = canonical("wms-shipped", order, "wms", "shipped", now_ms());
@@ -345,14 +331,7 @@ async fn a_courier_scan_before_the_shipping_report_waits_for_it_and_is_never_ref
     assert!(body.contains("<Head>OK</Head>"), "{body}");
     let settled = engine.get(&format!("/v1/orders/{order}")).await.1;
     assert_eq!(settled["timeline"].as_array().unwrap().len(), 5);
-    let (_, sources) = engine.get("/v1/sources").await;
-    let courier = sources["sources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "sf")
-        .unwrap()
-        .clone();
+    let courier = engine.source("sf").await;
     assert!(courier.get("parked_scans").is_none(), "{courier}");
     engine.stop().await;
 }

@@ -184,6 +184,17 @@ impl TestEngine {
         (status, response.text().await.unwrap())
     }
 
+    /// `source`'s entry of `GET /v1/sources`.
+    pub(crate) async fn source(&self, source: &str) -> Value {
+        let (status, sources) = self.get("/v1/sources").await;
+        assert_eq!(status, 200, "{sources}");
+        sources["sources"]
+            .as_array()
+            .and_then(|all| all.iter().find(|s| s["name"] == source))
+            .unwrap_or_else(|| panic!("no source {source} in {sources}"))
+            .clone()
+    }
+
     /// POSTs canonical events signed with Standard Webhooks.
     pub(crate) async fn post_events(&self, body: &str) -> (u16, Value) {
         let response = sign_events(
