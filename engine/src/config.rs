@@ -240,10 +240,21 @@ pub struct PddConfig {
     pub url: String,
     /// How often the engine sends a heartbeat frame.
     pub heartbeat: HumanDuration,
+    /// Reconnect when no frame arrived for this long (a half-open connection looks alive).
+    #[serde(default = "default_pdd_idle")]
+    pub idle_timeout: HumanDuration,
     /// The content field holding the order number.
     pub order_field: String,
     /// Message type (`prefix*` allowed) → canonical status.
     pub type_map: BTreeMap<String, String>,
+}
+
+fn default_pdd_idle() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+fn default_tmc_idle() -> HumanDuration {
+    HumanDuration(Duration::from_secs(180))
 }
 
 /// `[sources.tmc]`: Taobao/Tmall TMC, a WebSocket the engine keeps open.
@@ -260,6 +271,9 @@ pub struct TmcConfig {
     pub group: String,
     /// How often the client asks for waiting messages.
     pub pull_every: HumanDuration,
+    /// Reconnect when no frame (pongs included) arrived for this long.
+    #[serde(default = "default_tmc_idle")]
+    pub idle_timeout: HumanDuration,
     /// Topic (`prefix*` allowed) → canonical status; checked first.
     pub topic_map: BTreeMap<String, String>,
     /// `content.status` → canonical status (for topics not in `topic_map`).
@@ -863,6 +877,22 @@ impl Config {
                 .position(|r| r.name == e.rule)
                 .unwrap_or(0);
             return Err(self.invalid(format!("rules[{index}]"), e.to_string()));
+        }
+        if let Some(pdd) = &self.sources.pdd
+            && pdd.idle_timeout.0 <= pdd.heartbeat.0
+        {
+            return Err(self.invalid(
+                "sources.pdd.idle_timeout".into(),
+                "must be longer than heartbeat (the server answers between heartbeats)",
+            ));
+        }
+        if let Some(tmc) = &self.sources.tmc
+            && tmc.idle_timeout.0 <= tmc.pull_every.0
+        {
+            return Err(self.invalid(
+                "sources.tmc.idle_timeout".into(),
+                "must be longer than pull_every (each pull's ping is answered)",
+            ));
         }
         if let Some(sf) = &self.sources.sf {
             for (i, cidr) in sf.allow_from.iter().enumerate() {

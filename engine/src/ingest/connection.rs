@@ -3,8 +3,10 @@
 //! and reconnects with exponential backoff and jitter. Messages are acknowledged to the
 //! platform only after they are durably journaled, so a message in flight when the connection
 //! or the engine dies is delivered again (and deduplicated by its id): at least once, never
-//! lost. A message orderhub refuses (unknown type, malformed) is not acknowledged either; it
-//! is counted, logged, and comes back once the config is fixed.
+//! lost. A message of a type or status orderhub does not map is journaled as unmapped and
+//! acknowledged like any other; a malformed one is not acknowledged (counted, logged, and the
+//! platform redelivers it). A connection on which no frame arrives for the channel's
+//! `idle_timeout` is taken for dead (a half-open TCP connection looks alive) and replaced.
 
 use crate::AppState;
 use metrics::{Counter, Gauge};
@@ -34,6 +36,51 @@ pub(crate) async fn open(url: &str) -> Result<Socket, String> {
         .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
         .map_err(|e| format!("connect: {e}"))?;
     Ok(socket)
+}
+
+/// The deadline after which a silent connection is taken for dead; every frame pushes it out.
+pub(crate) struct IdleWatch {
+    limit: Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleWatch {
+    pub(crate) fn new(limit: Duration) -> Self {
+        IdleWatch {
+            limit,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    /// Completes when no frame was seen for the limit.
+    pub(crate) async fn expired(&mut self) {
+        self.deadline.as_mut().await
+    }
+
+    /// Notes that `frame` arrived (whatever it is) and hands it back.
+    pub(crate) fn seen<T>(&mut self, frame: T) -> T {
+        self.deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.limit);
+        frame
+    }
+
+    /// Why the session ends.
+    pub(crate) fn reason(&self) -> String {
+        format!("no frame for {:?}; reconnecting", self.limit)
+    }
+}
+
+/// This host's address on the connection (the `intranet_ip` the TMC SDKs send).
+pub(crate) fn local_ip(socket: &Socket) -> String {
+    use tokio_tungstenite::MaybeTlsStream;
+    let tcp = match socket.get_ref() {
+        MaybeTlsStream::Plain(tcp) => Some(tcp),
+        MaybeTlsStream::Rustls(tls) => Some(tls.get_ref().0),
+        _ => None,
+    };
+    tcp.and_then(|tcp| tcp.local_addr().ok())
+        .map_or_else(|| "127.0.0.1".to_owned(), |addr| addr.ip().to_string())
 }
 
 /// One channel's connection metrics.

@@ -34,6 +34,7 @@ pub(crate) struct PddChannel {
     client_secret: String,
     url: String,
     heartbeat: Duration,
+    idle_timeout: Duration,
     order_field: String,
     type_map: StatusTable,
 }
@@ -46,6 +47,7 @@ pub(crate) fn build(config: &PddConfig, secrets: &SecretLookup) -> Result<PddCha
         client_secret,
         url: config.url.trim_end_matches('/').to_owned(),
         heartbeat: config.heartbeat.0,
+        idle_timeout: config.idle_timeout.0,
         order_field: config.order_field.clone(),
         type_map: StatusTable::new(&config.type_map),
     })
@@ -189,13 +191,15 @@ impl Connection for PddChannel {
         let (mut sink, mut stream) = socket.split();
         let mut beat = tokio::time::interval(self.heartbeat);
         beat.tick().await;
+        let mut idle = super::connection::IdleWatch::new(self.idle_timeout);
         loop {
             tokio::select! {
+                () = idle.expired() => return Err(idle.reason()),
                 _ = beat.tick() => {
                     let frame = serde_json::json!({ "commandType": "HeartBeat", "time": app.now_ms() });
                     sink.send(WsMessage::Text(frame.to_string().into())).await.map_err(|e| e.to_string())?;
                 }
-                frame = stream.next() => match frame {
+                frame = stream.next() => match idle.seen(frame) {
                     None | Some(Ok(WsMessage::Close(_))) => return Ok(()),
                     Some(Err(e)) => return Err(e.to_string()),
                     Some(Ok(WsMessage::Text(text))) => {
@@ -248,6 +252,7 @@ mod tests {
             client_secret: "pdd-secret".into(),
             url: "wss://message-api.pinduoduo.com/message".into(),
             heartbeat: config.heartbeat.0,
+            idle_timeout: config.idle_timeout.0,
             order_field: config.order_field.clone(),
             type_map: StatusTable::new(&config.type_map),
         }

@@ -218,12 +218,16 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<TmcMessage, String> {
     Ok(message)
 }
 
+/// The `sdk` value of the connect frame: the Java TOP SDK's form.
+const SDK_IDENTITY: &str = "top-sdk-java-20200706";
+
 pub(crate) struct TmcChannel {
     app_key: String,
     app_secret: String,
     url: String,
     group: String,
     pull_every: Duration,
+    idle_timeout: Duration,
     topic_map: StatusTable,
     status_map: StatusTable,
 }
@@ -235,14 +239,15 @@ pub(crate) fn build(config: &TmcConfig, secrets: &SecretLookup) -> Result<TmcCha
         url: config.url.clone(),
         group: config.group.clone(),
         pull_every: config.pull_every.0,
+        idle_timeout: config.idle_timeout.0,
         topic_map: StatusTable::new(&config.topic_map),
         status_map: StatusTable::new(&config.status_map),
     })
 }
 
 impl TmcChannel {
-    /// The connect frame at `now_ms`.
-    pub(crate) fn connect_frame(&self, now_ms: Millis) -> TmcMessage {
+    /// The connect frame at `now_ms`, from this host's address `intranet_ip`.
+    pub(crate) fn connect_frame(&self, now_ms: Millis, intranet_ip: &str) -> TmcMessage {
         let timestamp = now_ms.to_string();
         let signed = BTreeMap::from([
             ("app_key", self.app_key.clone()),
@@ -260,7 +265,10 @@ impl TmcChannel {
             content: vec![
                 ("timestamp".into(), TmcValue::Str(timestamp)),
                 ("app_key".into(), TmcValue::Str(self.app_key.clone())),
-                ("sdk".into(), TmcValue::Str("orderhub".into())),
+                // As the public SDKs identify themselves (the Java SDK's `Constants.SDK_VERSION`;
+                // tmcpy and the Node SDK send the same kind of value); unsigned, like there.
+                ("sdk".into(), TmcValue::Str(SDK_IDENTITY.into())),
+                ("intranet_ip".into(), TmcValue::Str(intranet_ip.into())),
                 ("sign".into(), TmcValue::Str(sign)),
                 ("group_name".into(), TmcValue::Str(self.group.clone())),
             ],
@@ -388,8 +396,9 @@ impl Connection for TmcChannel {
         metrics: &ConnectionMetrics,
     ) -> Result<(), String> {
         let socket = super::connection::open(&self.url).await?;
+        let intranet_ip = super::connection::local_ip(&socket);
         let (mut sink, mut stream) = socket.split();
-        let hello = encode(&self.connect_frame(app.now_ms()));
+        let hello = encode(&self.connect_frame(app.now_ms(), &intranet_ip));
         sink.send(WsMessage::Binary(hello.into()))
             .await
             .map_err(|e| e.to_string())?;
@@ -417,15 +426,17 @@ impl Connection for TmcChannel {
         metrics.connected.set(1.0);
         tracing::info!(source = SOURCE, "channel connected");
         let mut pull = tokio::time::interval(self.pull_every);
+        let mut idle = super::connection::IdleWatch::new(self.idle_timeout);
         loop {
             tokio::select! {
+                () = idle.expired() => return Err(idle.reason()),
                 _ = pull.tick() => {
                     // A WebSocket ping as the heartbeat, and a request for waiting messages.
                     sink.send(WsMessage::Ping(Vec::new().into())).await.map_err(|e| e.to_string())?;
                     let frame = encode(&self.control(&token, KIND_PULL, None));
                     sink.send(WsMessage::Binary(frame.into())).await.map_err(|e| e.to_string())?;
                 }
-                frame = stream.next() => match frame {
+                frame = stream.next() => match idle.seen(frame) {
                     None | Some(Ok(WsMessage::Close(_))) => return Ok(()),
                     Some(Err(e)) => return Err(e.to_string()),
                     Some(Ok(WsMessage::Binary(bytes))) => {
@@ -511,6 +522,7 @@ mod tests {
             url: config.url.clone(),
             group: config.group.clone(),
             pull_every: config.pull_every.0,
+            idle_timeout: config.idle_timeout.0,
             topic_map: StatusTable::new(&config.topic_map),
             status_map: StatusTable::new(&config.status_map),
         }
@@ -520,10 +532,19 @@ mod tests {
     fn the_connect_frame_is_signed_top_style() {
         // Worked value from Python: md5("tb-secret" + "app_key12345678group_namedefault"
         // + "timestamp1700000000000" + "tb-secret").upper().
-        let frame = channel().connect_frame(1_700_000_000_000);
+        let frame = channel().connect_frame(1_700_000_000_000, "10.1.2.3");
         assert_eq!(
             frame.get("sign"),
             Some(&TmcValue::Str("91443E7C4AA31DEACC2F89F9B710A56E".into()))
+        );
+        // Identified as the SDKs identify themselves; `sdk` and `intranet_ip` are not signed.
+        assert_eq!(
+            frame.get("sdk"),
+            Some(&TmcValue::Str("top-sdk-java-20200706".into()))
+        );
+        assert_eq!(
+            frame.get("intranet_ip"),
+            Some(&TmcValue::Str("10.1.2.3".into()))
         );
     }
 

@@ -624,3 +624,43 @@ async fn tmc_messages_are_confirmed_once_journaled_and_the_client_reconnects() {
     assert_eq!(order["timeline"][1]["unmapped"], true);
     engine.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_is_taken_for_dead_and_replaced() {
+    // The first connection delivers one message, then nothing ever arrives on it again (a
+    // half-open connection: the TCP socket stays up).
+    let (url, mut seen, _drop) = message_service(vec![
+        vec![frame(1, "pdd_trade_TradeConfirmed", "T-9")],
+        vec![frame(2, "pdd_trade_TradeSellerShip", "T-9")],
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "sla = []\n[sources.pdd]\nclient_id_env = \"ORDERHUB_PDD_CLIENT_ID\"\n\
+         client_secret_env = \"ORDERHUB_PDD_CLIENT_SECRET\"\nurl = \"{url}\"\nheartbeat = \"100ms\"\n\
+         idle_timeout = \"600ms\"\norder_field = \"tid\"\n[sources.pdd.type_map]\n\
+         pdd_trade_TradeConfirmed = \"paid\"\npdd_trade_TradeSellerShip = \"shipped\"\n"
+    );
+    let engine = TestEngine::start_with(&config, dir.path(), secrets_with_channels()).await;
+    next_connection(&mut seen).await;
+    let ack = next_ack(&mut seen, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(ack["id"], 1);
+    // Heartbeats go out, nothing comes back: after idle_timeout the client reconnects.
+    next_connection(&mut seen).await;
+    let ack = next_ack(&mut seen, Duration::from_secs(10)).await.unwrap();
+    assert_eq!(ack["id"], 2);
+    engine
+        .eventually("/v1/orders/pdd:T-9", |o| o["state"] == "shipped")
+        .await;
+    let metrics = engine.metrics().await;
+    assert!(
+        sample(
+            &metrics,
+            "orderhub_channel_reconnects_total",
+            &[("source", "pdd")]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    engine.stop().await;
+}
