@@ -366,7 +366,8 @@ pub struct PollerConfig {
     pub status_map: BTreeMap<String, String>,
 }
 
-/// `[sources.wdt]`: WangDianTong WMS status push.
+/// `[sources.wdt]`: WangDianTong shipments, pulled with `logistics_sync_query` and confirmed
+/// with `logistics_sync_ack` once journaled.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WdtConfig {
@@ -376,21 +377,23 @@ pub struct WdtConfig {
     pub appkey_env: String,
     /// Environment variable holding the app secret.
     pub appsecret_env: String,
-    /// Accepted clock difference of `timestamp`.
-    #[serde(default = "default_wdt_tolerance")]
-    pub tolerance: HumanDuration,
+    /// The openapi2 base URL; `logistics_sync_query.php` and `logistics_sync_ack.php` follow it.
+    pub url: String,
+    /// Ask only for this shop's shipments (else every shop's).
+    #[serde(default)]
+    pub shop_no: Option<String>,
+    /// How often to ask (at once again while pages come back full).
+    pub every: HumanDuration,
+    /// Rows per request (1–100).
+    pub limit: u32,
     /// `shop_no` → channel name (the order key's prefix).
     #[serde(default)]
     pub shops: BTreeMap<String, String>,
     /// The channel of a `shop_no` not in `shops`.
     #[serde(default)]
     pub default_channel: Option<String>,
-    /// WMS status → canonical status.
+    /// `consigned` / `consigned_part` → canonical status.
     pub status_map: BTreeMap<String, String>,
-}
-
-fn default_wdt_tolerance() -> HumanDuration {
-    HumanDuration(std::time::Duration::from_secs(600))
 }
 
 /// `[sources.sf]`: SF Express route push, at `POST /v1/ingest/sf/{token}`.
@@ -606,7 +609,7 @@ pub struct SourcesConfig {
     pub kuaishou: Option<KuaishouConfig>,
     /// WeChat Channels shop push.
     pub wechat: Option<WechatConfig>,
-    /// WangDianTong WMS status push.
+    /// WangDianTong shipments (a poller).
     pub wdt: Option<WdtConfig>,
     /// SF Express route push.
     pub sf: Option<SfConfig>,
@@ -877,6 +880,20 @@ impl Config {
                 .position(|r| r.name == e.rule)
                 .unwrap_or(0);
             return Err(self.invalid(format!("rules[{index}]"), e.to_string()));
+        }
+        if let Some(wdt) = &self.sources.wdt {
+            if !(1..=100).contains(&wdt.limit) {
+                return Err(self.invalid("sources.wdt.limit".into(), "must be 1 to 100"));
+            }
+            if wdt.every.0.is_zero() {
+                return Err(self.invalid("sources.wdt.every".into(), "must be longer than 0s"));
+            }
+            if !(wdt.url.starts_with("http://") || wdt.url.starts_with("https://")) {
+                return Err(self.invalid(
+                    "sources.wdt.url".into(),
+                    format!("{:?} is not an http:// or https:// URL", wdt.url),
+                ));
+            }
         }
         if let Some(pdd) = &self.sources.pdd
             && pdd.idle_timeout.0 <= pdd.heartbeat.0

@@ -3,10 +3,10 @@
 //! answered in the source's own ack format. Bad input gets a JSON error naming the problem, is
 //! counted, and stores nothing.
 //!
-//! One file per source adapter: `douyin`, `youzan`, `kuaishou`, `wechat`, `wdt` (WMS), `sf`
-//! (courier), `generic` (configurable JSON), `events`; the engine's own clients of connection-based
-//! channels: `pdd`, `tmc` (over `connection`); `poll` (JD, fallbacks) (canonical events, Standard
-//! Webhooks).
+//! One file per source adapter: `douyin`, `youzan`, `kuaishou`, `wechat`, `sf` (courier),
+//! `generic` (configurable JSON), `events` (canonical events, Standard Webhooks); the engine's
+//! own clients of connection-based channels: `pdd`, `tmc` (over `connection`); pollers: `wdt`
+//! (WMS shipments), `poll` (JD, fallbacks).
 
 pub(crate) mod cipher;
 pub(crate) mod connection;
@@ -384,9 +384,6 @@ impl SourceRegistry {
         if let Some(wechat) = &config.sources.wechat {
             sources.insert(wechat::SOURCE, wechat::build(wechat, secrets));
         }
-        if let Some(wdt) = &config.sources.wdt {
-            sources.insert(wdt::SOURCE, wdt::build(wdt, secrets));
-        }
         if let Some(sf) = &config.sources.sf {
             sources.insert(sf::SOURCE, sf::build(sf, secrets));
         }
@@ -442,6 +439,9 @@ impl Channels {
         if config.sources.tmc.is_some() {
             names.push(tmc::SOURCE);
         }
+        if config.sources.wdt.is_some() {
+            names.push(wdt::SOURCE);
+        }
         for poller in config.pollers.values() {
             names.push(&*Box::leak(poller.source.clone().into_boxed_str()));
         }
@@ -468,6 +468,15 @@ impl Channels {
                     app.clone(),
                 ))),
                 Err(reason) => not_started(tmc::SOURCE, &reason),
+            }
+        }
+        if let Some(config) = &app.config.sources.wdt {
+            match wdt::build(config, secrets) {
+                Ok(poller) => {
+                    tracing::info!(source = wdt::SOURCE, "WangDianTong shipment poller started");
+                    tasks.push(tokio::spawn(Arc::new(poller).run(app.clone())));
+                }
+                Err(reason) => not_started(wdt::SOURCE, &reason),
             }
         }
         for (name, config) in &app.config.pollers {
@@ -784,7 +793,8 @@ async fn admit(
         // Nothing of the body is usable: the request as a whole is malformed.
         app.ingest_metrics
             .events(name, "rejected", rejected.len() as u64);
-        app.rejections.record(name, request, &rejected);
+        app.rejections
+            .record(name, request.received_at, request.body, &rejected);
         let first = rejected.into_iter().next().map_or_else(
             || IngestError::Malformed("the body carries no message".into()),
             |r| r.error,
@@ -797,7 +807,8 @@ async fn admit(
     }
     app.ingest_metrics
         .events(name, "rejected", rejected.len() as u64);
-    app.rejections.record(name, request, &rejected);
+    app.rejections
+        .record(name, request.received_at, request.body, &rejected);
     Ok((adapter.ack_partial(request, &rejected), outcome))
 }
 

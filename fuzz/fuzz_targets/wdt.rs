@@ -1,7 +1,6 @@
-//! Fuzzes the `wdt` source: input is `headers\0query\0body` (see `ingest::fuzzing::split`).
+//! Fuzzes the `wdt` poller's reading of a `logistics_sync_query` answer.
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    let (headers, query, body) = orderhub_engine::ingest::fuzzing::split(data);
-    let _ = orderhub_engine::ingest::fuzzing::decode("wdt", &headers, &query, body);
+    let _ = orderhub_engine::ingest::fuzzing::channel_frame("wdt", data);
 });

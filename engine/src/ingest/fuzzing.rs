@@ -47,9 +47,6 @@ fn registry() -> &'static SourceRegistry {
         let generic = crate::config::Config::layered(Some(("fuzz.toml".into(), GENERIC.into())))
             .expect("the fuzz config is valid");
         config.sources.generic = generic.sources.generic;
-        if let Some(wdt) = &mut config.sources.wdt {
-            wdt.default_channel = Some("douyin".into());
-        }
         SourceRegistry::build(&config, &secrets)
     })
 }
@@ -87,7 +84,8 @@ pub fn decode(source: &str, headers: &str, query: &str, body: &[u8]) -> Result<u
 }
 
 /// Decodes one frame of a connection-based channel (`pdd`: JSON text, `tmc`: TOP's binary
-/// framing) and maps its message; the number of events.
+/// framing) or one answer of a polled one (`wdt`: a `logistics_sync_query` page) and maps its
+/// messages; the number of events.
 pub fn channel_frame(channel: &str, bytes: &[u8]) -> Result<usize, String> {
     // Parsed once: re-parsing the embedded default per input held the fuzzer to ~300 runs/s.
     static CONFIG: OnceLock<crate::config::Config> = OnceLock::new();
@@ -108,6 +106,16 @@ pub fn channel_frame(channel: &str, bytes: &[u8]) -> Result<usize, String> {
             let message = super::tmc::decode(bytes)?;
             let _ = super::tmc::encode(&message);
             tmc.map(&message, 1).map(|_| 1).map_err(|e| e.to_string())
+        }
+        "wdt" => {
+            static WDT: OnceLock<super::wdt::WdtPoller> = OnceLock::new();
+            let wdt = WDT.get_or_init(|| {
+                let mut wdt = config.sources.wdt.clone().expect("default");
+                wdt.default_channel = Some("douyin".into());
+                super::wdt::build(&wdt, &secrets).expect("fuzz credentials")
+            });
+            let answer: serde_json::Value = super::decode_json(bytes).map_err(|e| e.to_string())?;
+            wdt.map_page(&answer, 1).map(|page| page.events.len())
         }
         other => Err(format!("no channel {other}")),
     }
@@ -152,14 +160,18 @@ mod tests {
             ),
             Ok(1)
         );
-        assert_eq!(decode("wdt", "", "", &fixture("wdt/shipped.form")), Ok(1));
+        assert_eq!(
+            channel_frame("wdt", &fixture("wdt/logistics_sync_query.json")),
+            Ok(3),
+            "every shop falls back to the fuzz config's default channel"
+        );
         assert_eq!(decode("sf", "", "", &fixture("sf/route_push.form")), Ok(3));
         assert_eq!(
             decode("portal", "", "", &fixture("generic/dealer_portal.json")),
             Ok(2)
         );
         for source in [
-            "douyin", "youzan", "kuaishou", "wechat", "wdt", "sf", "portal", "events",
+            "douyin", "youzan", "kuaishou", "wechat", "sf", "portal", "events",
         ] {
             for garbage in [&b""[..], b"\xff\xfe", b"[{}]", b"{\"a\":", b"msgData=%7B"] {
                 assert!(

@@ -40,17 +40,18 @@ pub(crate) struct Poller {
     metrics: PollMetrics,
 }
 
-struct PollMetrics {
-    runs_ok: Counter,
-    runs_failed: Counter,
-    journaled: Counter,
+/// A poller's metric handles.
+pub(crate) struct PollMetrics {
+    pub(crate) runs_ok: Counter,
+    pub(crate) runs_failed: Counter,
+    pub(crate) journaled: Counter,
     known: Counter,
-    refused: Counter,
+    pub(crate) refused: Counter,
     cursor_age: Gauge,
 }
 
 impl PollMetrics {
-    fn new(source: &'static str) -> Self {
+    pub(crate) fn new(source: &'static str) -> Self {
         let runs = |outcome: &'static str| metrics::counter!(t::POLL_RUNS, "source" => source, "outcome" => outcome);
         let items = |outcome: &'static str| metrics::counter!(t::POLL_ITEMS, "source" => source, "outcome" => outcome);
         PollMetrics {
@@ -405,7 +406,7 @@ impl Poller {
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in China time, as milliseconds.
-fn parse_china_datetime(text: &str) -> Option<Millis> {
+pub(crate) fn parse_china_datetime(text: &str) -> Option<Millis> {
     let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
     let local = time::PrimitiveDateTime::parse(text.trim(), format).ok()?;
     let offset = time::UtcOffset::from_hms(8, 0, 0).ok()?;

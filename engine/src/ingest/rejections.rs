@@ -3,7 +3,7 @@
 //! listed by `GET /v1/sources`. Kept in memory: the counter `orderhub_ingest_events_total
 //! {outcome="rejected"}` is the durable record; this is where an operator reads what was wrong.
 
-use super::{RawRequest, Rejected};
+use super::Rejected;
 use dashmap::DashMap;
 use orderhub_actors::order::Millis;
 use std::collections::VecDeque;
@@ -44,24 +44,25 @@ pub(crate) struct Rejections {
 }
 
 impl Rejections {
-    /// Records the `rejected` messages of `request` to `source`.
+    /// Records the `rejected` messages of `body`, received by `source` at `received_at`.
     pub(crate) fn record(
         &self,
         source: &'static str,
-        request: &RawRequest<'_>,
+        received_at: Millis,
+        body: &[u8],
         rejected: &[Rejected],
     ) {
         if rejected.is_empty() {
             return;
         }
-        let cut = request.body.len().min(EXCERPT_BYTES);
-        let excerpt = String::from_utf8_lossy(&request.body[..cut]).into_owned();
+        let cut = body.len().min(EXCERPT_BYTES);
+        let excerpt = String::from_utf8_lossy(&body[..cut]).into_owned();
         let mut entry = self.by_source.entry(source).or_default();
         for reject in rejected {
             tracing::warn!(source, index = reject.index, error = %reject.error, "message of a batch rejected; the others were accepted");
             entry.total += 1;
             entry.recent.push_front(RejectedMessage {
-                received_at: request.received_at,
+                received_at,
                 index: reject.index,
                 code: reject.error.kind(),
                 error: reject.error.to_string(),

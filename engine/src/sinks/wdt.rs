@@ -5,28 +5,51 @@
 //! `src/Helpers.php`). WDT keys trades by `tid`, so a re-push updates the same trade: retries
 //! are idempotent.
 //!
-//! The trade is `payload.trade` when a rule template provides one, else built from the order:
-//! `tid` = channel order number, `trade_status` 30 (awaiting shipment) or 90 (closed) for a
-//! cancel operation, fields `receiver_*`, `paid`, `post_amount`, `order_list` passed through.
+//! The trade is `payload.trade` when a rule template provides one, else the whole trade the SDK
+//! sends, built from the order (lennan747/wangdingtong `test.php`, gaigeshen/tripartite
+//! `TradePushParameters`): `tid`, `trade_status` (30 awaiting shipment; a cancel operation is
+//! 80, the one change WDT allows a paid trade besides 60/70), `pay_status`, `delivery_term`,
+//! `trade_time`, `pay_time`, `buyer_nick`, `receiver_*`, `post_amount`, `cod_amount`,
+//! `ext_cod_fee`, `other_amount`, `paid` and a non-empty `order_list` — the order's
+//! `fields.order_list` as given, or one line per `fields.items[] {sku, name, qty, price}`. An
+//! order with neither is not pushed (a rejection naming what is missing: dead-lettered, and
+//! replayable once the order has its lines). `switch` (0 non-strict, 1 strict) is the sink's
+//! `options.switch`, default 1 as the SDK's test sends.
 
 use super::{Settings, SinkError, excerpt, order_number};
 use orderhub_actors::dispatch::{Delivery, DeliveryFuture, SinkConnector, SyncIntent};
+use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
-/// Order fields copied into the trade when present.
-const TRADE_FIELDS: [&str; 11] = [
+/// Order fields copied into the trade as they are when present.
+const TRADE_FIELDS: [&str; 13] = [
+    "buyer_nick",
+    "buyer_message",
+    "seller_memo",
     "receiver_name",
     "receiver_mobile",
+    "receiver_telno",
+    "receiver_zip",
     "receiver_province",
     "receiver_city",
     "receiver_district",
     "receiver_address",
-    "buyer_nick",
-    "paid",
-    "post_amount",
-    "pay_time",
-    "order_list",
+    "logistics_type",
+    "warehouse_no",
 ];
+
+/// Money fields (yuan, decimal(19,4)), 0 when the order has none.
+const MONEY_FIELDS: [&str; 5] = [
+    "post_amount",
+    "cod_amount",
+    "ext_cod_fee",
+    "other_amount",
+    "paid",
+];
+
+/// WDT's trade status of a paid trade awaiting shipment, and of a refunded (cancelled) one.
+const AWAITING_SHIPMENT: i64 = 30;
+const REFUNDED: i64 = 80;
 
 pub(crate) struct WdtConnector {
     client: reqwest::Client,
@@ -47,9 +70,8 @@ impl WdtConnector {
             appkey: settings.credential("appkey")?,
             appsecret: settings.credential("appsecret")?,
             shop_no: settings.required("shop_no")?.to_owned(),
-            // [?] The meaning of `switch` is not documented in the sources read; 0 is what the
-            // SDK's tests send.
-            switch: settings.option("switch").unwrap_or("0").to_owned(),
+            // 0 non-strict, 1 strict (slpcode/wangdiantong-sdk); 1 is what the SDK's test sends.
+            switch: settings.option("switch").unwrap_or("1").to_owned(),
         })
     }
 
@@ -74,25 +96,115 @@ pub(crate) fn sign(params: &BTreeMap<&str, String>, appsecret: &str) -> String {
     crate::ingest::signature::wdt_sign(params.iter().map(|(k, v)| (*k, v.as_str())), appsecret)
 }
 
-/// The trade pushed for `sync`.
-pub(crate) fn trade(sync: &SyncIntent) -> serde_json::Value {
+/// `YYYY-MM-DD HH:MM:SS` in China time (UTC+8) of a time in seconds or milliseconds since the
+/// epoch, or a text time as it is.
+fn china_time(value: &Value) -> Option<String> {
+    let seconds = match value {
+        Value::String(text) if !text.is_empty() => return Some(text.clone()),
+        Value::Number(n) => n.as_i64()?,
+        _ => return None,
+    };
+    let seconds = if seconds > 100_000_000_000 {
+        seconds / 1000
+    } else {
+        seconds
+    };
+    let offset = time::UtcOffset::from_hms(8, 0, 0).ok()?;
+    let at = time::OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()?
+        .to_offset(offset);
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    at.format(format).ok()
+}
+
+/// The order lines: `fields.order_list` as given, else one per `fields.items[]`.
+fn order_list(fields: &Value, tid: &str, status: i64) -> Option<Value> {
+    if let Some(Value::Array(list)) = fields.get("order_list")
+        && !list.is_empty()
+    {
+        return Some(Value::Array(list.clone()));
+    }
+    let items = fields.get("items")?.as_array()?;
+    let lines: Vec<Value> = items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let sku = item.get("sku").and_then(|s| match s {
+                Value::String(s) if !s.is_empty() => Some(s.clone()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })?;
+            Some(json!({
+                "oid": format!("{tid}-{}", i + 1),
+                "num": item.get("qty").cloned().unwrap_or(json!(1)),
+                "price": item.get("price").cloned().unwrap_or(json!(0)),
+                "status": status,
+                "refund_status": if status == REFUNDED { 5 } else { 0 },
+                "goods_id": sku,
+                "goods_no": sku,
+                "spec_no": sku,
+                "goods_name": item.get("name").cloned().unwrap_or(json!("")),
+                "spec_name": "",
+                "adjust_amount": 0,
+                "discount": 0,
+                "share_discount": 0,
+            }))
+        })
+        .collect();
+    (!lines.is_empty()).then_some(Value::Array(lines))
+}
+
+/// The trade pushed for `sync`, or why there is none.
+pub(crate) fn trade(sync: &SyncIntent) -> Result<Value, String> {
     if let Some(trade) = sync.payload.get("trade").filter(|t| t.is_object()) {
-        return trade.clone();
+        return Ok(trade.clone());
     }
     let operation = sync.payload["operation"].as_str().unwrap_or_default();
-    let mut trade = serde_json::json!({
-        "tid": order_number(&sync.order),
-        "trade_status": if operation.contains("cancel") { 90 } else { 30 },
+    let status = if operation.contains("cancel") {
+        REFUNDED
+    } else {
+        AWAITING_SHIPMENT
+    };
+    let tid = order_number(&sync.order).to_owned();
+    let fields = &sync.payload["fields"];
+    let lines = order_list(fields, &tid, status).ok_or_else(|| {
+        format!(
+            "order {} has no lines for WDT's order_list (fields.order_list or fields.items[].sku):              fetch its details or template the trade",
+            sync.order
+        )
+    })?;
+    let pay_time = ["pay_time", "paid_at"]
+        .iter()
+        .find_map(|name| fields.get(*name).and_then(china_time));
+    let trade_time = ["trade_time", "create_time", "created"]
+        .iter()
+        .find_map(|name| fields.get(*name).and_then(china_time))
+        .or_else(|| pay_time.clone())
+        .unwrap_or_else(|| "0000-00-00 00:00:00".into());
+    let mut trade = json!({
+        "tid": tid,
+        "trade_status": status,
         "pay_status": 2,
         "delivery_term": 1,
+        "trade_time": trade_time,
+        "pay_time": pay_time.unwrap_or_else(|| "0000-00-00 00:00:00".into()),
+        "buyer_nick": "",
+        "order_list": lines,
     });
-    let fields = &sync.payload["fields"];
     for name in TRADE_FIELDS {
-        if let Some(value) = fields.get(name) {
+        if let Some(value) = fields.get(name).filter(|v| !v.is_null()) {
             trade[name] = value.clone();
         }
     }
-    trade
+    for name in MONEY_FIELDS {
+        trade[name] = fields.get(name).cloned().unwrap_or(json!(0));
+    }
+    if fields.get("paid").is_none_or(|v| v.is_null())
+        && let Some(amount) = fields.get("amount")
+    {
+        trade["paid"] = amount.clone();
+    }
+    Ok(trade)
 }
 
 /// Reads `{"code":0,"message":…}`.
@@ -113,7 +225,11 @@ fn answer(body: &str) -> Delivery {
 impl SinkConnector for WdtConnector {
     fn deliver(&self, sync: SyncIntent, _attempt: u32) -> DeliveryFuture {
         let now = super::unix_ms() / 1000;
-        let form = self.form(&serde_json::json!([trade(&sync)]), now);
+        let trade = match trade(&sync) {
+            Ok(trade) => trade,
+            Err(detail) => return Box::pin(async move { Delivery::Rejected { detail } }),
+        };
+        let form = self.form(&serde_json::json!([trade]), now);
         let request = self.client.post(&self.url).form(&form);
         super::deliver_parsed(request, answer)
     }
@@ -137,26 +253,67 @@ mod tests {
         assert_eq!(sign(&params, "sec1"), "2710cc0255f5d31d4bf6aee3fe78b166");
     }
 
-    #[test]
-    fn the_trade_comes_from_the_order_or_the_template() {
-        let mut sync = SyncIntent {
+    fn sync(operation: &str, fields: Value) -> SyncIntent {
+        SyncIntent {
             id: "douyin:88:4:wms".into(),
             sink: "wms".into(),
             order: "douyin:88".into(),
             seq: 4,
-            rule: "wms_cancel_before_shipping".into(),
-            payload: serde_json::json!({
-                "operation": "cancel_outbound",
-                "fields": { "receiver_name": "张三", "paid": 99.5, "shop_id": 7 }
-            }),
-        };
-        let built = trade(&sync);
+            rule: "wms_rule".into(),
+            payload: json!({ "operation": operation, "fields": fields }),
+        }
+    }
+
+    #[test]
+    fn the_trade_is_the_whole_trade_the_sdk_sends() {
+        let built = trade(&sync(
+            "create_outbound",
+            json!({ "receiver_name": "张三", "paid": 99.5, "shop_id": 7, "pay_time": 1700000000,
+                    "items": [{"sku": "SKU-1", "name": "杯子", "qty": 2, "price": 49.75}] }),
+        ))
+        .unwrap();
         assert_eq!(built["tid"], "88");
-        assert_eq!(built["trade_status"], 90);
+        assert_eq!(built["trade_status"], 30);
+        assert_eq!(built["pay_status"], 2);
         assert_eq!(built["receiver_name"], "张三");
+        assert_eq!(built["paid"], 99.5);
+        // 1700000000 is 2023-11-15 06:13:20 in China.
+        assert_eq!(built["pay_time"], "2023-11-15 06:13:20");
+        assert_eq!(built["trade_time"], "2023-11-15 06:13:20");
+        for name in [
+            "trade_time",
+            "cod_amount",
+            "ext_cod_fee",
+            "other_amount",
+            "post_amount",
+        ] {
+            assert!(built.get(name).is_some(), "{name} is sent");
+        }
+        let line = &built["order_list"][0];
+        assert_eq!(line["oid"], "88-1");
+        assert_eq!(line["spec_no"], "SKU-1");
+        assert_eq!(line["num"], 2);
+        assert_eq!(line["status"], 30);
         assert!(built.get("shop_id").is_none());
-        sync.payload = serde_json::json!({ "trade": { "tid": "X", "trade_status": 30 } });
-        assert_eq!(trade(&sync)["tid"], "X");
+    }
+
+    #[test]
+    fn a_cancel_is_80_a_template_wins_and_an_order_without_lines_is_not_pushed() {
+        let cancel = trade(&sync(
+            "cancel_outbound",
+            json!({ "order_list": [{"oid": "o1", "num": 1, "price": 5, "goods_id": "g", "spec_no": "s"}] }),
+        ))
+        .unwrap();
+        assert_eq!(
+            cancel["trade_status"], 80,
+            "a paid trade may only move to 70 or 80"
+        );
+        assert_eq!(cancel["order_list"][0]["oid"], "o1");
+        let mut templated = sync("create_outbound", json!({}));
+        templated.payload = json!({ "trade": { "tid": "X", "trade_status": 30 } });
+        assert_eq!(trade(&templated).unwrap()["tid"], "X");
+        let error = trade(&sync("create_outbound", json!({}))).unwrap_err();
+        assert!(error.contains("order_list"), "{error}");
     }
 
     #[test]
@@ -168,7 +325,7 @@ mod tests {
             appkey: "k1".into(),
             appsecret: "sec1".into(),
             shop_no: "店铺1".into(),
-            switch: "0".into(),
+            switch: "1".into(),
         };
         let form = connector.form(&serde_json::json!([{ "tid": "1" }]), 1_700_000_000);
         let keys: Vec<&str> = form.keys().copied().collect();

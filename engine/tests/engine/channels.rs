@@ -664,3 +664,185 @@ async fn a_silent_connection_is_taken_for_dead_and_replaced() {
     );
     engine.stop().await;
 }
+
+/// A WangDianTong openapi2 stand-in: `logistics_sync_query.php` returns the shipped rows not
+/// yet acknowledged (at most `limit`), `logistics_sync_ack.php` records acks — failing the first
+/// call with HTTP 500, as a crash between the journal commit and the ack would leave things.
+struct FakeWdt {
+    url: String,
+    acks: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    queries: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn fake_wdt(rows: Vec<Value>) -> FakeWdt {
+    use axum::extract::{Path, State};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    type Shared = (
+        Arc<Mutex<Vec<Value>>>,
+        Arc<Mutex<Vec<Value>>>,
+        Arc<AtomicUsize>,
+        Arc<AtomicUsize>,
+    );
+    async fn call(
+        State((rows, acks, queries, ack_calls)): State<Shared>,
+        Path(method): Path<String>,
+        body: String,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        use md5::{Digest, Md5};
+        let form: std::collections::BTreeMap<String, String> =
+            form_urlencoded::parse(body.as_bytes())
+                .into_owned()
+                .collect();
+        // openapi2's sign: sorted pairs `%02d-key:%04d-value` (character counts) joined by `;`.
+        let joined = form
+            .iter()
+            .filter(|(k, _)| *k != "sign")
+            .map(|(k, v)| format!("{:02}-{k}:{:04}-{v}", k.chars().count(), v.chars().count()))
+            .collect::<Vec<_>>()
+            .join(";");
+        let expected = format!("{:x}", Md5::digest(format!("{joined}wdt-appsecret")));
+        if form.get("sign") != Some(&expected)
+            || form.get("sid").map(String::as_str) != Some("wdtsid")
+        {
+            return axum::Json(serde_json::json!({"code": 1010, "message": "sign error"}))
+                .into_response();
+        }
+        match method.as_str() {
+            "logistics_sync_query.php" => {
+                queries.fetch_add(1, Ordering::SeqCst);
+                let limit: usize = form["limit"].parse().unwrap();
+                let acked: Vec<String> = acks
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|a| a["rec_id"].as_str().unwrap().to_owned())
+                    .collect();
+                let waiting: Vec<Value> = rows
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|r| !acked.contains(&r["rec_id"].as_str().unwrap().to_owned()))
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                axum::Json(serde_json::json!({"code": 0, "message": "", "total_count": waiting.len(), "trades": waiting})).into_response()
+            }
+            "logistics_sync_ack.php" => {
+                if ack_calls.fetch_add(1, Ordering::SeqCst) == 0 {
+                    return axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+                }
+                let list: Vec<Value> = serde_json::from_str(&form["logistics_list"]).unwrap();
+                acks.lock().unwrap().extend(list);
+                axum::Json(serde_json::json!({"code": 0, "message": "", "errors": []}))
+                    .into_response()
+            }
+            _ => axum::http::StatusCode::NOT_FOUND.into_response(),
+        }
+    }
+    let acks: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let queries: Arc<AtomicUsize> = Arc::default();
+    let app = axum::Router::new()
+        .route("/openapi2/{method}", axum::routing::post(call))
+        .with_state((
+            Arc::new(Mutex::new(rows)),
+            acks.clone(),
+            queries.clone(),
+            Arc::default(),
+        ));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/openapi2", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    FakeWdt { url, acks, queries }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wdt_shipments_are_pulled_journaled_then_acknowledged_exactly() {
+    let page: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/wdt/logistics_sync_query.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let wdt = fake_wdt(page["trades"].as_array().unwrap().clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Pages of two rows: the three waiting rows take two requests per round.
+    let config = format!(
+        "sla = []\n[sources.events]\nsecret_env = \"ORDERHUB_EVENTS_SECRET\"\ntolerance = \"5m\"\n\
+         [sources.wdt]\nsid_env = \"ORDERHUB_WDT_SID\"\nappkey_env = \"ORDERHUB_WDT_APPKEY\"\n\
+         appsecret_env = \"ORDERHUB_WDT_APPSECRET\"\nurl = \"{}\"\nevery = \"200ms\"\nlimit = 2\n\
+         [sources.wdt.shops]\nyz01 = \"youzan\"\n[sources.wdt.status_map]\n\
+         consigned = \"shipped\"\nconsigned_part = \"none\"\n",
+        wdt.url
+    );
+    let engine = TestEngine::start(&config, dir.path()).await;
+    let order = "youzan:E20231115093012034500012";
+    let (status, _) = engine
+        .post_events(&canonical("yz-paid", order, "youzan", "paid", now_ms()))
+        .await;
+    assert_eq!(status, 200);
+    let shipped = engine
+        .eventually(&format!("/v1/orders/{order}"), |o| o["state"] == "shipped")
+        .await;
+    assert_eq!(shipped["fields"]["waybill_no"], "SF1400123456789");
+    assert_eq!(shipped["systems"]["wdt"]["raw_status"], "consigned");
+    // Every row is acknowledged once it is journaled — the first ack call failed, so the rows
+    // came again and were taken as duplicates — and the unusable row as failed, with why.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if wdt.acks.lock().unwrap().len() >= 3 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "acks: {:?}",
+            wdt.acks.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let acks = wdt.acks.lock().unwrap().clone();
+    let status_of = |rec: &str| {
+        acks.iter()
+            .filter(|a| a["rec_id"] == rec)
+            .map(|a| a["status"].as_i64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(status_of("2778958909363191820"), [0]);
+    assert_eq!(status_of("2778958909363191821"), [0]);
+    assert_eq!(status_of("2778958909363191822"), [1]);
+    let failed = acks.iter().find(|a| a["status"] == 1).unwrap();
+    assert!(
+        failed["message"].as_str().unwrap().contains("no-such-shop"),
+        "{failed}"
+    );
+    assert!(wdt.queries.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    // Read twice, journaled once.
+    let settled = engine.get(&format!("/v1/orders/{order}")).await.1;
+    let from_wdt = settled["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["source"] == "wdt")
+        .count();
+    assert_eq!(from_wdt, 1);
+    let partial = engine
+        .eventually("/v1/orders/youzan:E20231115093012034500099", |o| {
+            !o["timeline"].as_array().unwrap().is_empty()
+        })
+        .await;
+    assert_eq!(partial["timeline"][0]["raw_status"], "consigned_part");
+    assert_eq!(partial["timeline"][0]["mapped"], "none");
+    let source = engine.source("wdt").await;
+    assert_eq!(source["kind"], "connection");
+    assert!(
+        source["rejected"]["total"].as_u64().unwrap() >= 1,
+        "{source}"
+    );
+    // There is no WDT push route any more.
+    let (status, _) = engine.post_source("wdt", &[], "tid=1").await;
+    assert_eq!(status, 404);
+    engine.stop().await;
+}

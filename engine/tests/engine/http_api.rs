@@ -191,7 +191,6 @@ async fn no_request_can_take_the_engine_down() {
         ("youzan", "", vec![("event-sign", youzan_sign)]),
         ("kuaishou", "", vec![]),
         ("wechat", fresh.as_str(), vec![]),
-        ("wdt", "", vec![]),
         (sf.as_str(), "", vec![json.clone()]),
     ] {
         let (status, answer) = engine

@@ -119,7 +119,6 @@ async fn a_channel_without_credentials_answers_503_naming_its_variable() {
         ("youzan", "ORDERHUB_YOUZAN_CLIENT_ID"),
         ("kuaishou", "ORDERHUB_KUAISHOU_APP_KEY"),
         ("wechat", "ORDERHUB_WECHAT_TOKEN"),
-        ("wdt", "ORDERHUB_WDT_SID"),
         ("sf", "ORDERHUB_SF_PUSH_TOKEN"),
     ] {
         let (status, body) = engine.post_source(source, &[], "{}").await;
