@@ -702,15 +702,7 @@ async fn ingest(
         headers,
         body,
     };
-    // A bug in a decoder must cost one request, never the engine: the panic is answered 500
-    // and counted, and every acknowledged event stays acknowledged.
-    let handled = AssertUnwindSafe(process(&app, entry, request))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|_| {
-            tracing::error!(source = name, "ingest handler panicked; answered 500");
-            Err(IngestError::Panicked)
-        });
+    let handled = contain_panic(name, process(&app, entry, request)).await;
     match handled {
         Ok((response, outcome)) => {
             app.ingest_metrics.request(name, outcome, started);
@@ -724,6 +716,22 @@ async fn ingest(
             err.into_response()
         }
     }
+}
+
+/// Runs one request's handling so that a bug in a decoder costs that request, never the engine:
+/// a panic becomes [`IngestError::Panicked`] (answered 500 and counted as `panic`); every event
+/// acknowledged before stays acknowledged.
+async fn contain_panic<T>(
+    source: &'static str,
+    handling: impl std::future::Future<Output = Result<T, IngestError>>,
+) -> Result<T, IngestError> {
+    AssertUnwindSafe(handling)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!(source, "ingest handler panicked; answered 500");
+            Err(IngestError::Panicked)
+        })
 }
 
 /// The parts of an HTTP request the pipeline reads.
@@ -913,4 +921,41 @@ pub fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, In
     check_json_depth(bytes)?;
     let mut buffer = bytes.to_vec();
     simd_json::serde::from_slice(&mut buffer).map_err(|e| IngestError::Malformed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_answered_500_and_counted_as_panic() {
+        let handling = async {
+            let depth: Option<usize> = None;
+            // A decoder bug, as an unwrap on a value a request left out.
+            Ok::<usize, IngestError>(depth.expect("a bug"))
+        };
+        let err = contain_panic("douyin", handling).await.unwrap_err();
+        assert_eq!(err.kind(), "panic");
+        let response = err.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        // The engine carries on: the next request is handled.
+        let next = contain_panic("douyin", async { Ok::<_, IngestError>(7) }).await;
+        assert_eq!(next.unwrap(), 7);
+    }
+
+    #[test]
+    fn nesting_is_measured_outside_strings_only() {
+        assert!(check_json_depth("[".repeat(MAX_JSON_DEPTH).as_bytes()).is_ok());
+        assert!(check_json_depth("[".repeat(MAX_JSON_DEPTH + 1).as_bytes()).is_err());
+        let quoted = format!("{{\"a\":\"{}\\\"{}\"}}", "[".repeat(500), "{".repeat(500));
+        assert!(check_json_depth(quoted.as_bytes()).is_ok(), "{quoted}");
+        let mut mixed = String::new();
+        for _ in 0..40 {
+            mixed.push_str("{\"k\":[");
+        }
+        assert!(
+            check_json_depth(mixed.as_bytes()).is_err(),
+            "80 levels of objects and arrays"
+        );
+    }
 }
