@@ -2,7 +2,7 @@
 //! `/readyz`, `/metrics`.
 
 use crate::AppState;
-use crate::ingest::error_response;
+use crate::envelope::error_response;
 use crate::journal::OrderFilter;
 use axum::Json;
 use axum::extract::{Path, Query, State};

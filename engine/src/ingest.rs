@@ -20,14 +20,15 @@ pub(crate) mod pdd;
 pub(crate) mod poll;
 pub(crate) mod rejections;
 pub(crate) mod sf;
-pub(crate) mod signature;
 pub(crate) mod tmc;
 pub(crate) mod wdt;
 pub(crate) mod wechat;
 pub(crate) mod youzan;
 
 use crate::AppState;
+use crate::envelope::error_response;
 use crate::journal::{AppendOutcome, JournalError};
+pub(crate) use crate::secrets::{SecretLookup, secret};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -195,12 +196,6 @@ impl IngestError {
     }
 }
 
-/// `{"error": {"code": ..., "message": ...}}` with the given status.
-pub(crate) fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
-    let body = serde_json::json!({ "error": { "code": code, "message": message } });
-    (status, axum::Json(body)).into_response()
-}
-
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
         let mut response = error_response(self.status(), self.kind(), &self.to_string());
@@ -246,6 +241,23 @@ impl<'a> RawRequest<'a> {
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+}
+
+/// Verifies a request's Standard Webhooks headers against its raw body.
+pub(crate) fn verify_webhook(
+    key: &crate::signing::WebhookKey,
+    request: &RawRequest<'_>,
+    tolerance_s: i64,
+) -> Result<(), IngestError> {
+    key.verify(
+        request.header("webhook-id"),
+        request.header("webhook-timestamp"),
+        request.header("webhook-signature"),
+        request.body,
+        request.received_at / 1000,
+        tolerance_s,
+    )
+    .map_err(|e| IngestError::BadSignature(e.to_string()))
 }
 
 /// The first value of parameter `name` in a URL-encoded query string.
@@ -360,9 +372,6 @@ impl SourceEntry {
         }
     }
 }
-
-/// Reads a secret from the environment (injectable for tests).
-pub type SecretLookup = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// The configured sources by name.
 pub(crate) struct SourceRegistry {
@@ -870,14 +879,6 @@ pub(crate) async fn journal_events(
     })
 }
 
-/// Reads the secret named by `variable`, or explains what is missing.
-pub(crate) fn secret(secrets: &SecretLookup, variable: &str) -> Result<String, String> {
-    match secrets(variable) {
-        Some(value) if !value.is_empty() => Ok(value),
-        _ => Err(format!("environment variable {variable} is not set")),
-    }
-}
-
 /// Deepest JSON nesting any decoder accepts. Platforms' messages nest a few levels; the limit
 /// is checked before any recursive decoding, which would otherwise overflow the stack.
 pub const MAX_JSON_DEPTH: usize = 64;
@@ -939,6 +940,13 @@ mod tests {
         // The engine carries on: the next request is handled.
         let next = contain_panic("douyin", async { Ok::<_, IngestError>(7) }).await;
         assert_eq!(next.unwrap(), 7);
+    }
+
+    #[test]
+    fn a_full_journal_is_answered_429_with_retry_after() {
+        let response = IngestError::Throttled("journal queue is full").into_response();
+        assert_eq!(response.status(), 429);
+        assert_eq!(response.headers()["retry-after"], "1");
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! Modules:
 //! - [`config`] — configuration, embedded default, layering and validation;
 //! - [`ingest`] — the ingest pipeline and one adapter per source;
+//! - [`secrets`], `signing`, [`http_client`], `envelope` — plumbing shared by ingest, sinks and
+//!   the API (secrets from the environment, signatures, the outbound HTTP client, the JSON error
+//!   body), so that no lower layer imports ingest;
 //! - [`journal`] — the SQLite journal, group-commit writer, order index and recovery;
 //! - [`sinks`] — one connector per sink protocol, driven by the dispatcher actors;
 //! - [`api`] — query and operations endpoints;
@@ -19,20 +22,25 @@
 
 pub mod api;
 pub mod config;
+pub(crate) mod envelope;
+pub mod http_client;
 pub mod ingest;
 pub mod journal;
+pub mod secrets;
+pub(crate) mod signing;
 pub mod sinks;
 pub mod telemetry;
 
 use axum::Router;
 use axum::routing::{get, post};
 use config::Config;
-use ingest::{IngestMetrics, SecretLookup, SourceRegistry};
+use ingest::{IngestMetrics, SourceRegistry};
 use journal::Journal;
 use metrics_exporter_prometheus::PrometheusHandle;
 use orderhub_actors::dispatch::{Dispatch, DispatchError};
 use orderhub_actors::order::{Millis, OrderPolicy};
 use orderhub_actors::shard::{Clock, OrderRouter, RouterError, SystemClock};
+pub use secrets::{SecretLookup, env_secrets};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -87,11 +95,6 @@ impl AppState {
     }
 }
 
-/// Reads secrets from the process environment.
-pub fn env_secrets() -> SecretLookup {
-    Arc::new(|name: &str| std::env::var(name).ok())
-}
-
 /// Runs the engine on `listener` until `shutdown` completes, then drains: readiness fails,
 /// ingest stops accepting, in-flight requests finish, the actors write their summaries and the
 /// journal commits what is queued — all within `server.shutdown_grace`, which is logged when
@@ -103,7 +106,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), EngineError> {
     let started = Instant::now();
-    sinks::install_tls_provider();
+    http_client::install_tls_provider();
     let prometheus = telemetry::install();
     let clock = SystemClock;
     let policy = config.policy();

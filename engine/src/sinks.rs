@@ -13,7 +13,7 @@ mod webhook;
 mod wecom;
 
 use crate::config::{SinkConfig, SinkKind};
-use crate::ingest::SecretLookup;
+use crate::secrets::SecretLookup;
 use axum::http::HeaderMap;
 use orderhub_actors::dispatch::{Delivery, SinkConnector};
 use std::sync::Arc;
@@ -41,7 +41,7 @@ pub fn connector(
         sink: config.name.clone(),
         problem,
     };
-    let client = client_builder()
+    let client = crate::http_client::builder()
         .timeout(config.timeout.0)
         .pool_max_idle_per_host(config.max_in_flight)
         // Kingdee keeps its session in a cookie.
@@ -50,7 +50,7 @@ pub fn connector(
         .map_err(|e| fail(format!("http client: {e}")))?;
     let settings = Settings { config, secrets };
     let secret = match &config.secret_env {
-        Some(variable) => Some(crate::ingest::secret(secrets, variable).map_err(fail)?),
+        Some(variable) => Some(crate::secrets::secret(secrets, variable).map_err(fail)?),
         None => None,
     };
     let connector: Arc<dyn SinkConnector> = match config.kind {
@@ -95,7 +95,7 @@ impl Settings<'_> {
                 "credentials.{name} (an environment variable name) is required"
             ))
         })?;
-        crate::ingest::secret(self.secrets, variable).map_err(|e| self.error(e))
+        crate::secrets::secret(self.secrets, variable).map_err(|e| self.error(e))
     }
 
     pub(crate) fn option(&self, name: &str) -> Option<&str> {
@@ -159,19 +159,6 @@ pub(crate) fn robot_text(sync: &orderhub_actors::dispatch::SyncIntent) -> String
     sync.payload["text"]
         .as_str()
         .map_or_else(|| sync.payload.to_string(), str::to_owned)
-}
-
-/// Installs the TLS crypto provider (ring) once per process, for https sinks. reqwest is built
-/// without a provider of its own (its default, aws-lc, needs cmake and builds slowly).
-pub fn install_tls_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// A reqwest client builder, with the TLS provider installed first (building a client without
-/// one panics).
-pub fn client_builder() -> reqwest::ClientBuilder {
-    install_tls_provider();
-    reqwest::Client::builder()
 }
 
 /// `Retry-After` in seconds, if present and numeric.

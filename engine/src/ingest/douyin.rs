@@ -11,11 +11,11 @@
 //! sub-order is); tag 102/104/108's `logistics_msg.logistics_code` becomes `fields.waybill_no`
 //! (so courier scans find the order) and `express_company_id` `fields.courier`.
 
-use super::signature::{md5_hex, same_signature};
 use super::{
     Decoded, IngestError, RawRequest, Scalar, SecretLookup, SourceAdapter, SourceEntry, StatusTable,
 };
 use crate::config::DouyinConfig;
+use crate::signing::{md5_hex, same_signature};
 use axum::response::{IntoResponse, Response};
 use orderhub_actors::order::{EventAction, Millis, OrderEvent, SUB_ORDERS_FIELD};
 use serde::Deserialize;

@@ -3,9 +3,9 @@
 //! `{"event_id", "order", "source", "status", "raw_status"?, "occurred_at"?, "fields"?}` where
 //! `status` is a canonical state name, `hold_released`, or `none`.
 
-use super::signature::WebhookKey;
 use super::{Decoded, IngestError, RawRequest, SecretLookup, SourceAdapter, SourceEntry};
 use crate::config::EventsConfig;
+use crate::signing::WebhookKey;
 use axum::response::{IntoResponse, Response};
 use orderhub_actors::order::{INTERNAL_SOURCE, Millis, OrderEvent};
 use serde::Deserialize;
@@ -86,7 +86,7 @@ impl SourceAdapter for EventsAdapter {
     }
 
     fn verify(&self, request: &RawRequest<'_>) -> Result<(), IngestError> {
-        self.key.verify_request(request, self.tolerance_s)
+        super::verify_webhook(&self.key, request, self.tolerance_s)
     }
 
     fn decode(&self, request: &RawRequest<'_>) -> Result<Decoded, IngestError> {

@@ -8,11 +8,11 @@
 //! `{"status":"accepted"}`.
 
 use super::events::{Time, parse_time};
-use super::signature::WebhookKey;
 use super::{
     Decoded, IngestError, RawRequest, SecretLookup, SourceAdapter, SourceEntry, StatusTable,
 };
 use crate::config::GenericConfig;
+use crate::signing::WebhookKey;
 use axum::response::{IntoResponse, Response};
 use orderhub_actors::order::{Millis, OrderEvent};
 use serde_json::{Map, Value};
@@ -133,7 +133,7 @@ impl SourceAdapter for GenericAdapter {
     }
 
     fn verify(&self, request: &RawRequest<'_>) -> Result<(), IngestError> {
-        self.key.verify_request(request, self.tolerance_s)
+        super::verify_webhook(&self.key, request, self.tolerance_s)
     }
 
     fn decode(&self, request: &RawRequest<'_>) -> Result<Decoded, IngestError> {

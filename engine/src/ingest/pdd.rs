@@ -55,7 +55,7 @@ pub(crate) fn build(config: &PddConfig, secrets: &SecretLookup) -> Result<PddCha
 
 /// The connect URL's signature.
 pub(crate) fn connect_sign(client_id: &str, ts_ms: i64, secret: &str) -> String {
-    let hex = super::signature::md5_hex(&[
+    let hex = crate::signing::md5_hex(&[
         client_id.as_bytes(),
         ts_ms.to_string().as_bytes(),
         secret.as_bytes(),

@@ -84,7 +84,7 @@ pub(crate) fn build(
         Some(variable) => secrets(variable).filter(|t| !t.is_empty()),
         None => None,
     };
-    let client = crate::sinks::client_builder()
+    let client = crate::http_client::builder()
         .timeout(REQUEST_TIMEOUT)
         .build()
         .map_err(|e| format!("http client: {e}"))?;
@@ -160,7 +160,7 @@ fn china_datetime(ms: Millis) -> String {
 
 /// JOS's signature of `params` (TOP's scheme).
 pub(crate) fn jos_sign(params: &BTreeMap<String, String>, secret: &str) -> String {
-    super::signature::top_sign(params.iter().map(|(k, v)| (k.as_str(), v.as_str())), secret)
+    crate::signing::top_sign(params.iter().map(|(k, v)| (k.as_str(), v.as_str())), secret)
 }
 
 /// A scalar at `pointer` as text.

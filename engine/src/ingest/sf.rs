@@ -20,11 +20,11 @@
 //! maps opCodes (50 collected → in_transit, 80 signed for → delivered); `*` keeps every other
 //! one in the timeline; a malformed route is recorded without failing the push's others.
 
-use super::signature::same_bytes;
 use super::{
     Decoded, IngestError, RawRequest, Scalar, SecretLookup, SourceAdapter, SourceEntry, StatusTable,
 };
 use crate::config::SfConfig;
+use crate::signing::same_bytes;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use ipnet::IpNet;

@@ -254,7 +254,7 @@ impl TmcChannel {
             ("group_name", self.group.clone()),
             ("timestamp", timestamp.clone()),
         ]);
-        let sign = super::signature::top_sign(
+        let sign = crate::signing::top_sign(
             signed.iter().map(|(k, v)| (*k, v.as_str())),
             &self.app_secret,
         );

@@ -52,7 +52,7 @@ pub(crate) struct WdtPoller {
 
 /// Builds the poller; `Err` names a missing credential variable.
 pub(crate) fn build(config: &WdtConfig, secrets: &SecretLookup) -> Result<WdtPoller, String> {
-    let client = crate::sinks::client_builder()
+    let client = crate::http_client::builder()
         .timeout(Duration::from_secs(30))
         .build()
         .map_err(|e| format!("http client: {e}"))?;
@@ -105,7 +105,7 @@ impl WdtPoller {
         ]);
         form.extend(business.iter().cloned());
         let sign =
-            super::signature::wdt_sign(form.iter().map(|(k, v)| (*k, v.as_str())), &self.appsecret);
+            crate::signing::wdt_sign(form.iter().map(|(k, v)| (*k, v.as_str())), &self.appsecret);
         form.insert("sign", sign);
         form
     }

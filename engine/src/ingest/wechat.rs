@@ -186,7 +186,7 @@ impl WechatAdapter {
         let given = super::query_param(request_query, name)
             .ok_or_else(|| IngestError::BadSignature(format!("missing {name} query parameter")))?;
         let expected = sorted_sha1(parts);
-        if super::signature::same_signature(&expected, &given) {
+        if crate::signing::same_signature(&expected, &given) {
             Ok(())
         } else {
             Err(IngestError::BadSignature(format!(

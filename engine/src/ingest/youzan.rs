@@ -11,11 +11,11 @@
 //! the event's fields and the order's monotone state machine never moves back for a late one.
 //! `test` messages are acknowledged and stored nowhere.
 
-use super::signature::{md5_hex, same_signature};
 use super::{
     Decoded, IngestError, RawRequest, SecretLookup, SourceAdapter, SourceEntry, StatusTable,
 };
 use crate::config::YouzanConfig;
+use crate::signing::{md5_hex, same_signature};
 use axum::response::{IntoResponse, Response};
 use orderhub_actors::order::{EventAction, OrderEvent, Superseding};
 use serde::Deserialize;

@@ -68,7 +68,7 @@ mod tests {
             "aZLLrriXgn05YbwaGR7knYsLeJADjr9NwLaNNKpxh4g="
         );
         let connector = DingtalkConnector::new(
-            crate::sinks::client_builder().build().unwrap(),
+            crate::http_client::builder().build().unwrap(),
             "https://oapi.dingtalk.com/robot/send?access_token=T0",
             Some("SECtest".into()),
         );
@@ -77,7 +77,7 @@ mod tests {
             "https://oapi.dingtalk.com/robot/send?access_token=T0&timestamp=1700000000000&sign=aZLLrriXgn05YbwaGR7knYsLeJADjr9NwLaNNKpxh4g%3D"
         );
         let unsigned = DingtalkConnector::new(
-            crate::sinks::client_builder().build().unwrap(),
+            crate::http_client::builder().build().unwrap(),
             "https://oapi.dingtalk.com/robot/send?access_token=T0",
             None,
         );

@@ -317,7 +317,7 @@ mod tests {
             "rules = []\n[[sinks]]\nname = \"erp\"\nkind = \"kingdee\"\nurl = \"{url}\"\nrate = \"10/s\"\n[sinks.credentials]\nacct_id = \"K3_ACCT\"\nusername = \"K3_USER\"\npassword = \"K3_PASS\"\n"
         );
         let config = Config::layered(Some(("test.toml".into(), toml))).unwrap();
-        let secrets: crate::ingest::SecretLookup = Arc::new(|name: &str| {
+        let secrets: crate::secrets::SecretLookup = Arc::new(|name: &str| {
             Some(
                 match name {
                     "K3_ACCT" => "acct",

@@ -168,7 +168,7 @@ mod tests {
     #[test]
     fn msg_data_comes_from_the_order_or_the_template() {
         let connector = SfConnector {
-            client: crate::sinks::client_builder().build().unwrap(),
+            client: crate::http_client::builder().build().unwrap(),
             url: "https://sfapi-sbox.sf-express.com/std/service".into(),
             partner_id: "P".into(),
             checkword: "C".into(),

@@ -93,7 +93,7 @@ impl WdtConnector {
 
 /// WangDianTong's sign over `params` (`sign` left out).
 pub(crate) fn sign(params: &BTreeMap<&str, String>, appsecret: &str) -> String {
-    crate::ingest::signature::wdt_sign(params.iter().map(|(k, v)| (*k, v.as_str())), appsecret)
+    crate::signing::wdt_sign(params.iter().map(|(k, v)| (*k, v.as_str())), appsecret)
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in China time (UTC+8) of a time in seconds or milliseconds since the
@@ -319,7 +319,7 @@ mod tests {
     #[test]
     fn the_form_carries_the_public_parameters_and_a_sign_over_them() {
         let connector = WdtConnector {
-            client: crate::sinks::client_builder().build().unwrap(),
+            client: crate::http_client::builder().build().unwrap(),
             url: "https://api.wangdian.cn/openapi2/trade_push.php".into(),
             sid: "s1".into(),
             appkey: "k1".into(),

@@ -3,7 +3,7 @@
 //! sees each sync once however often it is retried.
 
 use super::{classify, transport_failure};
-use crate::ingest::signature::WebhookKey;
+use crate::signing::WebhookKey;
 use orderhub_actors::dispatch::{DeliveryFuture, SinkConnector, SyncIntent};
 
 pub(crate) struct WebhookConnector {

@@ -63,7 +63,7 @@ mod tests {
     #[test]
     fn the_key_goes_in_the_query_and_the_text_in_a_text_message() {
         let connector = WecomConnector::new(
-            crate::sinks::client_builder().build().unwrap(),
+            crate::http_client::builder().build().unwrap(),
             "https://qyapi.weixin.qq.com/cgi-bin/webhook/send",
             "693a91f6-7xxx".into(),
         );

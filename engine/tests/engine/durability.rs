@@ -62,7 +62,7 @@ async fn every_acknowledged_event_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = orderhub_engine::sinks::client_builder()
+    let client = orderhub_engine::http_client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
@@ -161,7 +161,7 @@ async fn sigterm_drains_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let client = orderhub_engine::sinks::client_builder().build().unwrap();
+    let client = orderhub_engine::http_client::builder().build().unwrap();
     let mut child = spawn_orderhub(dir.path(), port);
     wait_ready(&client, &base).await;
     for i in 0..ORDERS {
@@ -217,7 +217,7 @@ async fn every_sync_is_delivered_after_sigkill_mid_dispatch() {
             .spawn()
             .unwrap()
     };
-    let client = orderhub_engine::sinks::client_builder().build().unwrap();
+    let client = orderhub_engine::http_client::builder().build().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let mut child = spawn(port);

@@ -555,7 +555,7 @@ async fn a_real_prometheus_gets_data_for_every_panel_and_alert() {
         &["--config".as_ref(), config.as_os_str()],
     ));
     let base = format!("http://127.0.0.1:{port}");
-    let client = orderhub_engine::sinks::client_builder().build().unwrap();
+    let client = orderhub_engine::http_client::builder().build().unwrap();
     wait_ready(&client, &base).await;
 
     // Every catalogued metric is exported before any traffic.

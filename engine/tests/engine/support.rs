@@ -4,7 +4,7 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use md5::{Digest, Md5};
 use orderhub_engine::config::Config;
-use orderhub_engine::ingest::SecretLookup;
+use orderhub_engine::secrets::SecretLookup;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
@@ -90,7 +90,7 @@ impl TestEngine {
         }));
         TestEngine {
             base,
-            client: orderhub_engine::sinks::client_builder().build().unwrap(),
+            client: orderhub_engine::http_client::builder().build().unwrap(),
             shutdown: Some(tx),
             task: Some(task),
         }

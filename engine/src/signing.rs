@@ -1,4 +1,5 @@
-//! Signature checks, always over the raw body bytes and in constant time.
+//! Signing and signature checks shared by ingest (verifying pushes) and sinks and pollers
+//! (signing calls): always over the raw bytes, compared in constant time.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -119,23 +120,6 @@ impl WebhookKey {
         mac.update(b".");
         mac.update(body);
         format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
-    }
-
-    /// Verifies a request's Standard Webhooks headers against its raw body.
-    pub(crate) fn verify_request(
-        &self,
-        request: &super::RawRequest<'_>,
-        tolerance_s: i64,
-    ) -> Result<(), super::IngestError> {
-        self.verify(
-            request.header("webhook-id"),
-            request.header("webhook-timestamp"),
-            request.header("webhook-signature"),
-            request.body,
-            request.received_at / 1000,
-            tolerance_s,
-        )
-        .map_err(|e| super::IngestError::BadSignature(e.to_string()))
     }
 
     /// Verifies the three Standard Webhooks headers against `body`, with `now_s` the current
