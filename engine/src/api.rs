@@ -211,7 +211,7 @@ pub(crate) async fn sources(State(app): State<Arc<AppState>>) -> Response {
         .entries()
         .map(|(name, status)| (name, "push", status))
         .collect();
-    for name in crate::ingest::Channels::names(&app.config) {
+    for &name in &app.connected {
         if !listed.iter().any(|(listed, _, _)| *listed == name) {
             listed.push((name, "connection", Ok(())));
         }

@@ -18,6 +18,7 @@ pub(crate) mod generic;
 pub(crate) mod kuaishou;
 pub(crate) mod pdd;
 pub(crate) mod poll;
+pub(crate) mod registry;
 pub(crate) mod rejections;
 pub(crate) mod sf;
 pub(crate) mod tmc;
@@ -36,6 +37,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt as _;
 use orderhub_actors::order::{EventAction, Millis, OrderEvent, OrderState};
 use orderhub_actors::telemetry as t;
+pub use registry::Sources;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
@@ -379,40 +381,18 @@ pub(crate) struct SourceRegistry {
 }
 
 impl SourceRegistry {
-    pub(crate) fn build(config: &crate::config::Config, secrets: &SecretLookup) -> Self {
-        let mut sources = HashMap::new();
-        if let Some(douyin) = &config.sources.douyin {
-            sources.insert("douyin", douyin::build(douyin, secrets));
-        }
-        if let Some(youzan) = &config.sources.youzan {
-            sources.insert(youzan::SOURCE, youzan::build(youzan, secrets));
-        }
-        if let Some(kuaishou) = &config.sources.kuaishou {
-            sources.insert(kuaishou::SOURCE, kuaishou::build(kuaishou, secrets));
-        }
-        if let Some(wechat) = &config.sources.wechat {
-            sources.insert(wechat::SOURCE, wechat::build(wechat, secrets));
-        }
-        if let Some(sf) = &config.sources.sf {
-            sources.insert(sf::SOURCE, sf::build(sf, secrets));
-        }
-        if let Some(events) = &config.sources.events {
-            sources.insert("events", events::build(events, secrets));
-        }
-        for (name, generic) in &config.sources.generic {
-            let entry = generic::build(name, generic, secrets);
-            sources.insert(entry.name(), entry);
-        }
-        for entry in sources.values() {
-            if let SourceEntry::Unavailable { name, reason } = entry {
+    /// Builds the adapter of every configured push source; one whose secrets are missing is
+    /// kept as unavailable (it answers 503 naming the variable).
+    pub(crate) fn build(sources: &Sources, secrets: &SecretLookup) -> Self {
+        let mut registry = HashMap::new();
+        for (name, build) in sources.pushed() {
+            let entry = build(secrets);
+            if let SourceEntry::Unavailable { name, reason } = &entry {
                 tracing::warn!(source = name, reason = %reason, "ingest source unavailable; it answers 503");
             }
+            registry.insert(name, entry);
         }
-        SourceRegistry { sources }
-    }
-
-    pub(crate) fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.sources.values().map(SourceEntry::name)
+        SourceRegistry { sources: registry }
     }
 
     /// Each source with `Ok` when it can verify requests, or why not.
@@ -433,70 +413,24 @@ fn not_started(source: &'static str, reason: &str) {
     tracing::warn!(source, reason = %reason, "channel not started");
 }
 
-/// The connection-based channels the config asks for, started as tasks of the engine.
+/// The connected and polled sources, running as tasks of the engine.
 pub(crate) struct Channels {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Channels {
-    /// Names of the configured connection-based channels (for metric registration).
-    pub(crate) fn names(config: &crate::config::Config) -> Vec<&'static str> {
-        let mut names = Vec::new();
-        if config.sources.pdd.is_some() {
-            names.push(pdd::SOURCE);
-        }
-        if config.sources.tmc.is_some() {
-            names.push(tmc::SOURCE);
-        }
-        if config.sources.wdt.is_some() {
-            names.push(wdt::SOURCE);
-        }
-        for poller in config.pollers.values() {
-            names.push(&*Box::leak(poller.source.clone().into_boxed_str()));
-        }
-        names
-    }
-
-    /// Starts a client for each configured channel whose credentials are set; the others are
-    /// logged and left alone.
-    pub(crate) fn start(app: &Arc<AppState>, secrets: &SecretLookup) -> Channels {
+    /// Starts every connected or polled source whose credentials are set; the others are
+    /// logged and shown as disconnected.
+    pub(crate) fn start(
+        sources: &Sources,
+        app: &Arc<AppState>,
+        secrets: &SecretLookup,
+    ) -> Channels {
         let mut tasks = Vec::new();
-        if let Some(config) = &app.config.sources.pdd {
-            match pdd::build(config, secrets) {
-                Ok(channel) => tasks.push(tokio::spawn(connection::keep_connected(
-                    channel,
-                    app.clone(),
-                ))),
-                Err(reason) => not_started(pdd::SOURCE, &reason),
-            }
-        }
-        if let Some(config) = &app.config.sources.tmc {
-            match tmc::build(config, secrets) {
-                Ok(channel) => tasks.push(tokio::spawn(connection::keep_connected(
-                    channel,
-                    app.clone(),
-                ))),
-                Err(reason) => not_started(tmc::SOURCE, &reason),
-            }
-        }
-        if let Some(config) = &app.config.sources.wdt {
-            match wdt::build(config, secrets) {
-                Ok(poller) => {
-                    tracing::info!(source = wdt::SOURCE, "WangDianTong shipment poller started");
-                    tasks.push(tokio::spawn(Arc::new(poller).run(app.clone())));
-                }
-                Err(reason) => not_started(wdt::SOURCE, &reason),
-            }
-        }
-        for (name, config) in &app.config.pollers {
-            match poll::build(name, config, secrets) {
-                Ok(poller) => {
-                    tracing::info!(poller = %name, source = poller.source(), "poller started");
-                    tasks.push(tokio::spawn(Arc::new(poller).run(app.clone())));
-                }
-                Err(reason) => {
-                    tracing::warn!(poller = %name, reason = %reason, "poller not started")
-                }
+        for (name, start) in sources.tasks() {
+            match start(app, secrets) {
+                Ok(task) => tasks.push(task),
+                Err(reason) => not_started(name, &reason),
             }
         }
         Channels { tasks }
@@ -509,11 +443,6 @@ impl Channels {
         }
     }
 }
-
-/// Names of the built-in sources (a generic source may not take one).
-pub(crate) const BUILT_IN_SOURCES: [&str; 7] = [
-    "douyin", "youzan", "kuaishou", "wechat", "wdt", "sf", "events",
-];
 
 /// Outcomes counted per source.
 const OUTCOMES: [&str; 14] = [

@@ -78,6 +78,8 @@ pub(crate) struct AppState {
     pub(crate) router: OrderRouter,
     pub(crate) dispatch: Dispatch,
     pub(crate) sources: SourceRegistry,
+    /// The connected and polled sources' names.
+    pub(crate) connected: Vec<&'static str>,
     pub(crate) ingest_metrics: IngestMetrics,
     pub(crate) rejections: ingest::rejections::Rejections,
     pub(crate) prometheus: PrometheusHandle,
@@ -106,6 +108,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), EngineError> {
     let started = Instant::now();
+    // Every source's table is checked before anything is opened.
+    let configured = ingest::Sources::configure(&config)?;
     http_client::install_tls_provider();
     let prometheus = telemetry::install();
     let clock = SystemClock;
@@ -149,9 +153,9 @@ pub async fn run(
         move |syncs| notifying.notify(syncs),
     )?;
 
-    let sources = SourceRegistry::build(&config, &secrets);
-    let ingest_metrics =
-        IngestMetrics::new(sources.names().chain(ingest::Channels::names(&config)));
+    let sources = SourceRegistry::build(&configured, &secrets);
+    let ingest_metrics = IngestMetrics::new(configured.names());
+    let connected: Vec<&'static str> = configured.tasks().map(|(name, _)| name).collect();
     let grace = config.server.shutdown_grace.0;
     let state = Arc::new(AppState {
         config,
@@ -160,6 +164,7 @@ pub async fn run(
         router: router.clone(),
         dispatch: dispatch.clone(),
         sources,
+        connected,
         ingest_metrics,
         rejections: Default::default(),
         prometheus: prometheus.clone(),
@@ -185,7 +190,7 @@ pub async fn run(
         "orderhub ready"
     );
 
-    let channels = ingest::Channels::start(&state, &secrets);
+    let channels = ingest::Channels::start(&configured, &state, &secrets);
     let app = routes(state.clone());
     let signalled = Arc::new(tokio::sync::Notify::new());
     let on_signal = {

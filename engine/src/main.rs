@@ -43,7 +43,9 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => match Config::load(&file) {
+        Command::CheckConfig { file } => match Config::load(&file)
+            .and_then(|config| orderhub_engine::ingest::Sources::configure(&config))
+        {
             Ok(_) => {
                 println!("{}: ok", file.display());
                 Ok(())

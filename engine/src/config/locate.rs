@@ -6,8 +6,18 @@ pub(crate) fn line_at(text: &str, at: usize) -> usize {
 }
 
 /// 1-based line where the dotted `key` (e.g. `sla[1].from`, `actors.shards`) is set, or of the
-/// closest enclosing table header; 0 when not found.
+/// closest enclosing table header, or of the table `[key]` itself; 0 when not found.
 pub(crate) fn line_of_key(text: &str, key: &str) -> usize {
+    match line_in_table(text, key) {
+        0 => text
+            .lines()
+            .position(|line| line.trim().trim_matches(|c| c == '[' || c == ']').trim() == key)
+            .map_or(0, |i| i + 1),
+        line => line,
+    }
+}
+
+fn line_in_table(text: &str, key: &str) -> usize {
     // Split `sla[1].from` into the table path (`sla`, occurrence 1) and the field (`from`).
     let (table, field) = match key.rsplit_once('.') {
         Some((table, field)) => (table, field),
@@ -65,5 +75,7 @@ mod tests {
         assert_eq!(line_of_key(text, "actors.shards"), 7);
         assert_eq!(line_of_key(text, "actors.missing"), 6);
         assert_eq!(line_at(text, 0), 1);
+        let nested = "[sources.telegraph]\nurl = 1\n";
+        assert_eq!(line_of_key(nested, "sources.telegraph"), 1);
     }
 }

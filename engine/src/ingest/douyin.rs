@@ -11,17 +11,48 @@
 //! sub-order is); tag 102/104/108's `logistics_msg.logistics_code` becomes `fields.waybill_no`
 //! (so courier scans find the order) and `express_company_id` `fields.courier`.
 
+use super::registry::{self, Configured, Issue, SourcePlugin};
 use super::{
     Decoded, IngestError, RawRequest, Scalar, SecretLookup, SourceAdapter, SourceEntry, StatusTable,
 };
-use crate::config::DouyinConfig;
 use crate::signing::{md5_hex, same_signature};
 use axum::response::{IntoResponse, Response};
 use orderhub_actors::order::{EventAction, Millis, OrderEvent, SUB_ORDERS_FIELD};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
 pub(crate) const SOURCE: &str = "douyin";
+
+/// `[sources.douyin]`.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DouyinConfig {
+    /// Environment variable holding the app key.
+    pub(crate) app_key_env: String,
+    /// Environment variable holding the app secret.
+    pub(crate) app_secret_env: String,
+    /// Push tag → canonical status (`none` for informational).
+    pub(crate) status_map: BTreeMap<String, String>,
+}
+
+/// The Douyin Shop push, `[sources.douyin]` (`POST /v1/ingest/douyin`).
+pub(crate) struct Plugin;
+
+impl SourcePlugin for Plugin {
+    fn key(&self) -> &'static str {
+        SOURCE
+    }
+
+    fn configure(&self, table: toml::Value) -> Result<Vec<Configured>, Issue> {
+        let config: DouyinConfig = registry::parse("sources.douyin", table)?;
+        registry::statuses("sources.douyin.status_map", &config.status_map)?;
+        Ok(vec![Configured::Push {
+            name: SOURCE,
+            build: Box::new(move |secrets| build(&config, secrets)),
+        }])
+    }
+}
 
 /// Time fields of `data`, most specific first; seconds since the epoch. After-sale messages
 /// carry their own event time (`success_time`, …) and an RFC 3339 `update_time`, skipped here.
@@ -236,13 +267,12 @@ mod tests {
     use std::sync::Arc;
 
     fn adapter() -> DouyinAdapter {
-        let config = crate::config::Config::embedded().unwrap();
         let secrets: SecretLookup = Arc::new(|name: &str| match name {
             "ORDERHUB_DOUYIN_APP_KEY" => Some("7001".into()),
             "ORDERHUB_DOUYIN_APP_SECRET" => Some("s3cret".into()),
             _ => None,
         });
-        let config = config.sources.douyin.unwrap();
+        let config: DouyinConfig = super::super::registry::default_config("douyin");
         assert!(matches!(build(&config, &secrets), SourceEntry::Ready(_)));
         DouyinAdapter {
             app_key: "7001".into(),
@@ -331,8 +361,8 @@ mod tests {
 
     #[test]
     fn every_documented_tag_is_mapped_and_an_unknown_one_is_recorded_unmapped() {
-        let config = crate::config::Config::embedded().unwrap();
-        let table = &config.sources.douyin.unwrap().status_map;
+        let config: DouyinConfig = super::super::registry::default_config("douyin");
+        let table = &config.status_map;
         for tag in [
             100, 101, 102, 103, 104, 105, 106, 108, 109, 110, 111, 113, 126,
         ]

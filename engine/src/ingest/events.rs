@@ -3,14 +3,42 @@
 //! `{"event_id", "order", "source", "status", "raw_status"?, "occurred_at"?, "fields"?}` where
 //! `status` is a canonical state name, `hold_released`, or `none`.
 
+use super::registry::{self, Configured, Issue, SourcePlugin};
 use super::{Decoded, IngestError, RawRequest, SecretLookup, SourceAdapter, SourceEntry};
-use crate::config::EventsConfig;
+use crate::config::HumanDuration;
 use crate::signing::WebhookKey;
 use axum::response::{IntoResponse, Response};
 use orderhub_actors::order::{INTERNAL_SOURCE, Millis, OrderEvent};
 use serde::Deserialize;
 
 pub(crate) const SOURCE: &str = "events";
+
+/// `[sources.events]`: canonical events signed with Standard Webhooks.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EventsConfig {
+    /// Environment variable holding the `whsec_…` secret.
+    pub(crate) secret_env: String,
+    /// Accepted clock difference of `webhook-timestamp`.
+    pub(crate) tolerance: HumanDuration,
+}
+
+/// Canonical events, `[sources.events]` (`POST /v1/events`).
+pub(crate) struct Plugin;
+
+impl SourcePlugin for Plugin {
+    fn key(&self) -> &'static str {
+        SOURCE
+    }
+
+    fn configure(&self, table: toml::Value) -> Result<Vec<Configured>, Issue> {
+        let config: EventsConfig = registry::parse("sources.events", table)?;
+        Ok(vec![Configured::Push {
+            name: SOURCE,
+            build: Box::new(move |secrets| build(&config, secrets)),
+        }])
+    }
+}
 
 /// Longest accepted order key, source name and event id.
 const MAX_KEY_LEN: usize = 256;

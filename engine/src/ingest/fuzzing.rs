@@ -46,8 +46,11 @@ fn registry() -> &'static SourceRegistry {
         let mut config = crate::config::Config::embedded().expect("the embedded default is valid");
         let generic = crate::config::Config::layered(Some(("fuzz.toml".into(), GENERIC.into())))
             .expect("the fuzz config is valid");
-        config.sources.generic = generic.sources.generic;
-        SourceRegistry::build(&config, &secrets)
+        config
+            .sources
+            .insert("generic".into(), generic.sources["generic"].clone());
+        let sources = super::Sources::configure(&config).expect("the fuzz config is valid");
+        SourceRegistry::build(&sources, &secrets)
     })
 }
 
@@ -88,13 +91,13 @@ pub fn decode(source: &str, headers: &str, query: &str, body: &[u8]) -> Result<u
 /// messages; the number of events.
 pub fn channel_frame(channel: &str, bytes: &[u8]) -> Result<usize, String> {
     // Parsed once: re-parsing the embedded default per input held the fuzzer to ~300 runs/s.
-    static CONFIG: OnceLock<crate::config::Config> = OnceLock::new();
-    let config = CONFIG
-        .get_or_init(|| crate::config::Config::embedded().expect("the embedded default is valid"));
+    static PDD: OnceLock<super::pdd::PddConfig> = OnceLock::new();
+    static TMC: OnceLock<super::tmc::TmcConfig> = OnceLock::new();
     let secrets: SecretLookup = Arc::new(|_: &str| Some("fuzz".to_owned()));
     match channel {
         "pdd" => {
-            let pdd = super::pdd::build(config.sources.pdd.as_ref().expect("default"), &secrets)?;
+            let config = PDD.get_or_init(|| super::registry::default_config("pdd"));
+            let pdd = super::pdd::build(config, &secrets)?;
             let text = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
             match pdd.decode(text, 1).map_err(|e| e.to_string())? {
                 super::pdd::Decoded::Message { .. } => Ok(1),
@@ -102,7 +105,8 @@ pub fn channel_frame(channel: &str, bytes: &[u8]) -> Result<usize, String> {
             }
         }
         "tmc" => {
-            let tmc = super::tmc::build(config.sources.tmc.as_ref().expect("default"), &secrets)?;
+            let config = TMC.get_or_init(|| super::registry::default_config("tmc"));
+            let tmc = super::tmc::build(config, &secrets)?;
             let message = super::tmc::decode(bytes)?;
             let _ = super::tmc::encode(&message);
             tmc.map(&message, 1).map(|_| 1).map_err(|e| e.to_string())
@@ -110,7 +114,7 @@ pub fn channel_frame(channel: &str, bytes: &[u8]) -> Result<usize, String> {
         "wdt" => {
             static WDT: OnceLock<super::wdt::WdtPoller> = OnceLock::new();
             let wdt = WDT.get_or_init(|| {
-                let mut wdt = config.sources.wdt.clone().expect("default");
+                let mut wdt: super::wdt::WdtConfig = super::registry::default_config("wdt");
                 wdt.default_channel = Some("douyin".into());
                 super::wdt::build(&wdt, &secrets).expect("fuzz credentials")
             });

@@ -8,15 +8,75 @@
 //! `{"status":"accepted"}`.
 
 use super::events::{Time, parse_time};
+use super::registry::{self, Configured, Issue, SourcePlugin};
 use super::{
     Decoded, IngestError, RawRequest, SecretLookup, SourceAdapter, SourceEntry, StatusTable,
 };
-use crate::config::GenericConfig;
+use crate::config::HumanDuration;
 use crate::signing::WebhookKey;
 use axum::response::{IntoResponse, Response};
 use orderhub_actors::order::{Millis, OrderEvent};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+
+/// `[sources.generic.NAME]`: a JSON source described by JSON pointers, signed with Standard
+/// Webhooks.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GenericConfig {
+    /// Environment variable holding the `whsec_…` secret.
+    pub(crate) secret_env: String,
+    /// Accepted clock difference of `webhook-timestamp`.
+    #[serde(default = "registry::default_tolerance")]
+    pub(crate) tolerance: HumanDuration,
+    /// The order key's prefix: `{channel}:{order id}`.
+    pub(crate) channel: String,
+    /// Pointer to the array of events, when the body wraps them.
+    #[serde(default)]
+    pub(crate) events_path: Option<String>,
+    /// Pointer to the order id within an event.
+    pub(crate) order_path: String,
+    /// Pointer to the status within an event.
+    pub(crate) status_path: String,
+    /// Pointer to the event id (else the `webhook-id`).
+    #[serde(default)]
+    pub(crate) event_id_path: Option<String>,
+    /// Pointer to the event time (ms, s or RFC 3339; else the time received).
+    #[serde(default)]
+    pub(crate) occurred_at_path: Option<String>,
+    /// Field name → pointer, kept in the order's fields (`waybill_no` links a courier).
+    #[serde(default)]
+    pub(crate) fields: BTreeMap<String, String>,
+    /// Status value → canonical status.
+    pub(crate) status_map: BTreeMap<String, String>,
+}
+
+/// Configurable JSON sources, `[sources.generic.NAME]` (`POST /v1/ingest/NAME`).
+pub(crate) struct Plugin;
+
+impl SourcePlugin for Plugin {
+    fn key(&self) -> &'static str {
+        "generic"
+    }
+
+    fn configure(&self, table: toml::Value) -> Result<Vec<Configured>, Issue> {
+        let sources: BTreeMap<String, toml::Value> = registry::parse("sources.generic", table)?;
+        let mut configured = Vec::with_capacity(sources.len());
+        for (name, table) in sources {
+            let path = format!("sources.generic.{name}");
+            let config: GenericConfig = registry::parse(&path, table)?;
+            validate(&name, &config)?;
+            registry::statuses(&format!("{path}.status_map"), &config.status_map)?;
+            // Sources are configured once per process: the name lives as long as it does.
+            let name: &'static str = Box::leak(name.into_boxed_str());
+            configured.push(Configured::Push {
+                name,
+                build: Box::new(move |secrets| build(name, &config, secrets)),
+            });
+        }
+        Ok(configured)
+    }
+}
 
 /// Events per request at most.
 const MAX_EVENTS: usize = 1000;
@@ -31,9 +91,12 @@ pub(crate) struct GenericAdapter {
     status_map: StatusTable,
 }
 
-/// Builds the source `name`. Its name lives as long as the process (sources are built once).
-pub(crate) fn build(name: &str, config: &GenericConfig, secrets: &SecretLookup) -> SourceEntry {
-    let name: &'static str = Box::leak(name.to_owned().into_boxed_str());
+/// Builds the source `name`.
+pub(crate) fn build(
+    name: &'static str,
+    config: &GenericConfig,
+    secrets: &SecretLookup,
+) -> SourceEntry {
     let key = super::secret(secrets, &config.secret_env).and_then(|secret| {
         WebhookKey::parse(&secret).map_err(|e| format!("{}: {e}", config.secret_env))
     });
@@ -182,7 +245,7 @@ pub(crate) fn validate(name: &str, config: &GenericConfig) -> Result<(), (String
             "a source name is lowercase letters, digits, '_' and '-'".into(),
         ));
     }
-    if super::BUILT_IN_SOURCES.contains(&name) {
+    if registry::reserved(name) {
         return Err((
             format!("sources.generic.{name}"),
             format!("{name:?} is a built-in source; choose another name"),
@@ -232,7 +295,14 @@ mod tests {
             include_str!("../../tests/fixtures/generic/dealer_portal.toml").into(),
         )))
         .unwrap();
-        config.sources.generic["dealer_portal"].clone()
+        let sources: BTreeMap<String, toml::Value> =
+            super::super::registry::parse("sources.generic", config.sources["generic"].clone())
+                .unwrap();
+        super::super::registry::parse(
+            "sources.generic.dealer_portal",
+            sources["dealer_portal"].clone(),
+        )
+        .unwrap()
     }
 
     fn adapter() -> GenericAdapter {

@@ -15,18 +15,53 @@
 //! `status_map` (by `info.status`); anything else is journaled as unmapped.
 
 use super::cipher::{Padding, aes_cbc_decrypt};
+use super::registry::{self, Configured, Issue, SourcePlugin};
 use super::{
     Decoded, IngestError, RawRequest, Scalar, SecretLookup, SourceAdapter, SourceEntry, StatusTable,
 };
-use crate::config::KuaishouConfig;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use orderhub_actors::order::{EventAction, Millis, OrderEvent};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
 pub(crate) const SOURCE: &str = "kuaishou";
+
+/// `[sources.kuaishou]`.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KuaishouConfig {
+    /// Environment variable holding the app key (pushes naming another are refused).
+    pub(crate) app_key_env: String,
+    /// Environment variable holding the base64 message key (AES).
+    pub(crate) message_key_env: String,
+    /// Order status code → canonical status.
+    pub(crate) status_map: BTreeMap<String, String>,
+    /// Event name (a trailing `*` matches a prefix) → canonical status; checked first.
+    #[serde(default)]
+    pub(crate) event_map: BTreeMap<String, String>,
+}
+
+/// The Kuaishou push, `[sources.kuaishou]` (`POST /v1/ingest/kuaishou`).
+pub(crate) struct Plugin;
+
+impl SourcePlugin for Plugin {
+    fn key(&self) -> &'static str {
+        SOURCE
+    }
+
+    fn configure(&self, table: toml::Value) -> Result<Vec<Configured>, Issue> {
+        let config: KuaishouConfig = registry::parse("sources.kuaishou", table)?;
+        registry::statuses("sources.kuaishou.status_map", &config.status_map)?;
+        registry::statuses("sources.kuaishou.event_map", &config.event_map)?;
+        Ok(vec![Configured::Push {
+            name: SOURCE,
+            build: Box::new(move |secrets| build(&config, secrets)),
+        }])
+    }
+}
 
 const ZERO_IV: [u8; 16] = [0; 16];
 
@@ -219,13 +254,12 @@ mod tests {
     const KEY: &str = "a3VhaXNob3UtbXNnLWtleQ==";
 
     fn adapter() -> KuaishouAdapter {
-        let config = crate::config::Config::embedded().unwrap();
         let secrets: SecretLookup = Arc::new(|name: &str| match name {
             "ORDERHUB_KUAISHOU_APP_KEY" => Some("ks_app_key_test".into()),
             "ORDERHUB_KUAISHOU_MESSAGE_KEY" => Some(KEY.into()),
             _ => None,
         });
-        let config = config.sources.kuaishou.unwrap();
+        let config: KuaishouConfig = super::super::registry::default_config("kuaishou");
         assert!(matches!(build(&config, &secrets), SourceEntry::Ready(_)));
         KuaishouAdapter {
             app_key: "ks_app_key_test".into(),

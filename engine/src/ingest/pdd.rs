@@ -14,20 +14,77 @@
 //! configurable as `order_field`), the event id the frame's `id`.
 
 use super::connection::{Connection, ConnectionMetrics};
+use super::registry::{self, Configured, Issue, SourcePlugin};
 use super::{IngestError, SecretLookup, StatusTable};
 use crate::AppState;
-use crate::config::PddConfig;
+use crate::config::HumanDuration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use futures_util::{SinkExt, StreamExt};
 use orderhub_actors::order::{Millis, OrderEvent};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 pub(crate) const SOURCE: &str = "pdd";
+
+/// `[sources.pdd]`: the Pinduoduo message service, a WebSocket the engine keeps open.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PddConfig {
+    /// Environment variable holding the client id.
+    pub(crate) client_id_env: String,
+    /// Environment variable holding the client secret.
+    pub(crate) client_secret_env: String,
+    /// The service's URL; `/{clientId}/{ts}/{sign}` is appended.
+    pub(crate) url: String,
+    /// How often the engine sends a heartbeat frame.
+    pub(crate) heartbeat: HumanDuration,
+    /// Reconnect when no frame arrived for this long (a half-open connection looks alive).
+    #[serde(default = "default_pdd_idle")]
+    pub(crate) idle_timeout: HumanDuration,
+    /// The content field holding the order number.
+    pub(crate) order_field: String,
+    /// Message type (`prefix*` allowed) → canonical status.
+    pub(crate) type_map: BTreeMap<String, String>,
+}
+
+fn default_pdd_idle() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+
+/// The Pinduoduo message service, `[sources.pdd]`: a WebSocket the engine keeps open.
+pub(crate) struct Plugin;
+
+impl SourcePlugin for Plugin {
+    fn key(&self) -> &'static str {
+        SOURCE
+    }
+
+    fn configure(&self, table: toml::Value) -> Result<Vec<Configured>, Issue> {
+        let config: PddConfig = registry::parse("sources.pdd", table)?;
+        registry::statuses("sources.pdd.type_map", &config.type_map)?;
+        if config.idle_timeout.0 <= config.heartbeat.0 {
+            return Err((
+                "sources.pdd.idle_timeout".into(),
+                "must be longer than heartbeat (the server answers between heartbeats)".into(),
+            ));
+        }
+        Ok(vec![Configured::Task {
+            name: SOURCE,
+            start: Box::new(move |app, secrets| {
+                let channel = build(&config, secrets)?;
+                Ok(tokio::spawn(super::connection::keep_connected(
+                    channel,
+                    app.clone(),
+                )))
+            }),
+        }])
+    }
+}
 
 pub(crate) struct PddChannel {
     client_id: String,
@@ -245,8 +302,7 @@ mod tests {
     use orderhub_actors::order::{EventAction, OrderState};
 
     fn channel() -> PddChannel {
-        let config = crate::config::Config::embedded().unwrap();
-        let config = config.sources.pdd.unwrap();
+        let config: PddConfig = super::super::registry::default_config("pdd");
         PddChannel {
             client_id: "pdd-client".into(),
             client_secret: "pdd-secret".into(),

@@ -12,9 +12,10 @@
 //!   timestamp, v` and the business parameters as JSON in `param_json`. [?] JD's response
 //!   shape: `items_path`, `order_path`, `status_path` and `updated_path` are configurable.
 
+use super::registry::{self, Configured, Issue};
 use super::{IngestError, SecretLookup, StatusTable};
 use crate::AppState;
-use crate::config::{PollSign, PollTimeFormat, PollerConfig};
+use crate::config::HumanDuration;
 use metrics::{Counter, Gauge};
 use orderhub_actors::order::{EventAction, Millis, Order, OrderEvent};
 use orderhub_actors::telemetry as t;
@@ -22,6 +23,111 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How a poller signs its requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PollSign {
+    /// JD JOS / Taobao TOP style: md5(secret + sorted name+value pairs + secret), uppercase.
+    Jos,
+    /// No signature (an internal API behind its own network controls).
+    None,
+}
+
+/// How a poller writes the window's times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum PollTimeFormat {
+    /// `YYYY-MM-DD HH:MM:SS` in China time (UTC+8), as Chinese platforms' APIs take it.
+    ChinaDatetime,
+    /// Milliseconds since the epoch.
+    UnixMs,
+    /// Seconds since the epoch.
+    UnixS,
+}
+
+/// `[pollers.NAME]`: a periodic "orders changed since the cursor" pull — an incremental polling
+/// source (JD) or a fallback catching what a channel's pushes missed. The cursor is kept in
+/// the journal; a polled state an order already reached (by push) is not journaled again.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PollerConfig {
+    /// The reporting system the events carry (e.g. `jd`, or `douyin` for its fallback).
+    pub(crate) source: String,
+    /// The order key's prefix.
+    pub(crate) channel: String,
+    /// The API's URL.
+    pub(crate) url: String,
+    /// How often to poll.
+    pub(crate) every: HumanDuration,
+    /// How far before the cursor each window starts (late commits on the platform, clocks).
+    pub(crate) overlap: HumanDuration,
+    /// How far back the very first window reaches.
+    pub(crate) lookback: HumanDuration,
+    /// Request signing.
+    pub(crate) sign: PollSign,
+    /// Environment variable holding the app key (`jos`).
+    #[serde(default)]
+    pub(crate) app_key_env: Option<String>,
+    /// Environment variable holding the app secret (`jos`).
+    #[serde(default)]
+    pub(crate) app_secret_env: Option<String>,
+    /// Environment variable holding the seller's access token (`jos`, optional).
+    #[serde(default)]
+    pub(crate) access_token_env: Option<String>,
+    /// The API method (`jos`: the `method` parameter).
+    #[serde(default)]
+    pub(crate) method: Option<String>,
+    /// Put the business parameters as JSON into this one parameter (`360buy_param_json`);
+    /// otherwise each is a query parameter.
+    #[serde(default)]
+    pub(crate) param_json: Option<String>,
+    /// Fixed business parameters.
+    #[serde(default)]
+    pub(crate) params: BTreeMap<String, String>,
+    /// Parameter names of the window's start and end.
+    pub(crate) window_start_param: String,
+    /// See `window_start_param`.
+    pub(crate) window_end_param: String,
+    /// How the window's times are written.
+    pub(crate) time_format: PollTimeFormat,
+    /// Parameter name of the page number (from 1).
+    pub(crate) page_param: String,
+    /// Parameter name of the page size.
+    pub(crate) page_size_param: String,
+    /// Orders per page.
+    pub(crate) page_size: u32,
+    /// JSON pointer to the array of orders in a response.
+    pub(crate) items_path: String,
+    /// Pointer to the order id within one.
+    pub(crate) order_path: String,
+    /// Pointer to its status.
+    pub(crate) status_path: String,
+    /// Pointer to its last-modified time (optional).
+    #[serde(default)]
+    pub(crate) updated_path: Option<String>,
+    /// Status → canonical status.
+    pub(crate) status_map: BTreeMap<String, String>,
+}
+
+/// Configures poller `name` from its `[pollers.NAME]` table.
+pub(crate) fn configure(name: &str, table: toml::Value) -> Result<Configured, Issue> {
+    let path = format!("pollers.{name}");
+    let config: PollerConfig = registry::parse(&path, table)?;
+    validate(name, &config)?;
+    registry::statuses(&format!("{path}.status_map"), &config.status_map)?;
+    // Pollers are configured once per process: the source name lives as long as it does.
+    let source: &'static str = Box::leak(config.source.clone().into_boxed_str());
+    let name = name.to_owned();
+    Ok(Configured::Task {
+        name: source,
+        start: Box::new(move |app, secrets| {
+            let poller = build(&name, &config, secrets)?;
+            tracing::info!(poller = %name, source = poller.source(), "poller started");
+            Ok(tokio::spawn(Arc::new(poller).run(app.clone())))
+        }),
+    })
+}
 
 /// Pages read per window at most; a window with more is read again (the cursor stays).
 const MAX_PAGES: u32 = 200;
@@ -431,7 +537,8 @@ mod tests {
             "ORDERHUB_JD_APP_SECRET" => Some("jd-secret".into()),
             _ => None,
         });
-        build("jd", &config.pollers["jd"], &secrets).unwrap()
+        let jd: PollerConfig = registry::parse("pollers.jd", config.pollers["jd"].clone()).unwrap();
+        build("jd", &jd, &secrets).unwrap()
     }
 
     #[test]

@@ -20,10 +20,10 @@
 //! maps opCodes (50 collected → in_transit, 80 signed for → delivered); `*` keeps every other
 //! one in the timeline; a malformed route is recorded without failing the push's others.
 
+use super::registry::{self, Configured, Issue, SourcePlugin};
 use super::{
     Decoded, IngestError, RawRequest, Scalar, SecretLookup, SourceAdapter, SourceEntry, StatusTable,
 };
-use crate::config::SfConfig;
 use crate::signing::same_bytes;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -31,8 +31,49 @@ use ipnet::IpNet;
 use orderhub_actors::order::{Millis, OrderEvent};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
 pub(crate) const SOURCE: &str = "sf";
+
+/// `[sources.sf]`: SF Express route push, at `POST /v1/ingest/sf/{token}`.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SfConfig {
+    /// Environment variable holding the secret path segment that authenticates the push (SF
+    /// signs nothing).
+    #[serde(default = "default_sf_push_token_env")]
+    pub(crate) push_token_env: String,
+    /// Source addresses allowed to push (CIDRs or addresses); empty: any.
+    #[serde(default)]
+    pub(crate) allow_from: Vec<String>,
+    /// Route opCode (`*` for any other) → canonical status.
+    pub(crate) opcode_map: BTreeMap<String, String>,
+}
+
+fn default_sf_push_token_env() -> String {
+    "ORDERHUB_SF_PUSH_TOKEN".into()
+}
+
+/// The SF Express route push, `[sources.sf]` (`POST /v1/ingest/sf/{token}`).
+pub(crate) struct Plugin;
+
+impl SourcePlugin for Plugin {
+    fn key(&self) -> &'static str {
+        SOURCE
+    }
+
+    fn configure(&self, table: toml::Value) -> Result<Vec<Configured>, Issue> {
+        let config: SfConfig = registry::parse("sources.sf", table)?;
+        registry::statuses("sources.sf.opcode_map", &config.opcode_map)?;
+        for (i, cidr) in config.allow_from.iter().enumerate() {
+            parse_cidr(cidr).map_err(|message| (format!("sources.sf.allow_from[{i}]"), message))?;
+        }
+        Ok(vec![Configured::Push {
+            name: SOURCE,
+            build: Box::new(move |secrets| build(&config, secrets)),
+        }])
+    }
+}
 
 /// Routes per push at most (SF sends up to 10).
 const MAX_ROUTES: usize = 100;
@@ -315,8 +356,7 @@ mod tests {
     const TOKEN: &str = "sf-push-token-test";
 
     fn adapter() -> SfAdapter {
-        let config = crate::config::Config::embedded().unwrap();
-        let config = config.sources.sf.unwrap();
+        let config: SfConfig = super::super::registry::default_config("sf");
         let secrets: SecretLookup = Arc::new(|name: &str| match name {
             "ORDERHUB_SF_PUSH_TOKEN" => Some(TOKEN.into()),
             _ => None,

@@ -18,9 +18,10 @@
 //! `status_map` on `content.status` (for TradeChanged). Order key `taobao:{tid}`.
 
 use super::connection::{Connection, ConnectionMetrics};
+use super::registry::{self, Configured, Issue, SourcePlugin};
 use super::{IngestError, SecretLookup, StatusTable};
 use crate::AppState;
-use crate::config::TmcConfig;
+use crate::config::HumanDuration;
 use futures_util::{SinkExt, StreamExt};
 use orderhub_actors::order::{EventAction, Millis, OrderEvent};
 use serde_json::{Map, Value as Json};
@@ -30,6 +31,64 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 pub(crate) const SOURCE: &str = "taobao";
+
+/// `[sources.tmc]`: Taobao/Tmall TMC, a WebSocket the engine keeps open.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TmcConfig {
+    /// Environment variable holding the app key.
+    pub(crate) app_key_env: String,
+    /// Environment variable holding the app secret.
+    pub(crate) app_secret_env: String,
+    /// The service's URL.
+    pub(crate) url: String,
+    /// The TMC user group.
+    pub(crate) group: String,
+    /// How often the client asks for waiting messages.
+    pub(crate) pull_every: HumanDuration,
+    /// Reconnect when no frame (pongs included) arrived for this long.
+    #[serde(default = "default_tmc_idle")]
+    pub(crate) idle_timeout: HumanDuration,
+    /// Topic (`prefix*` allowed) → canonical status; checked first.
+    pub(crate) topic_map: BTreeMap<String, String>,
+    /// `content.status` → canonical status (for topics not in `topic_map`).
+    pub(crate) status_map: BTreeMap<String, String>,
+}
+
+fn default_tmc_idle() -> HumanDuration {
+    HumanDuration(Duration::from_secs(180))
+}
+
+/// Taobao/Tmall TMC, `[sources.tmc]`: a WebSocket the engine keeps open.
+pub(crate) struct Plugin;
+
+impl SourcePlugin for Plugin {
+    fn key(&self) -> &'static str {
+        "tmc"
+    }
+
+    fn configure(&self, table: toml::Value) -> Result<Vec<Configured>, Issue> {
+        let config: TmcConfig = registry::parse("sources.tmc", table)?;
+        registry::statuses("sources.tmc.topic_map", &config.topic_map)?;
+        registry::statuses("sources.tmc.status_map", &config.status_map)?;
+        if config.idle_timeout.0 <= config.pull_every.0 {
+            return Err((
+                "sources.tmc.idle_timeout".into(),
+                "must be longer than pull_every (each pull's ping is answered)".into(),
+            ));
+        }
+        Ok(vec![Configured::Task {
+            name: SOURCE,
+            start: Box::new(move |app, secrets| {
+                let channel = build(&config, secrets)?;
+                Ok(tokio::spawn(super::connection::keep_connected(
+                    channel,
+                    app.clone(),
+                )))
+            }),
+        }])
+    }
+}
 
 /// The longest the connect handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -511,11 +570,7 @@ mod tests {
     }
 
     fn channel() -> TmcChannel {
-        let config = crate::config::Config::embedded()
-            .unwrap()
-            .sources
-            .tmc
-            .unwrap();
+        let config: TmcConfig = super::super::registry::default_config("tmc");
         TmcChannel {
             app_key: "12345678".into(),
             app_secret: "tb-secret".into(),

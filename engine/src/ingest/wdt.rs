@@ -19,9 +19,10 @@
 //! `fields.waybill_no` (so the courier's scans find the order); a row with `is_part_sync = 1`
 //! (one package of a split shipment) has raw status `consigned_part`, else `consigned`.
 
+use super::registry::{self, Configured, Issue, SourcePlugin};
 use super::{IngestError, Rejected, SecretLookup, StatusTable};
 use crate::AppState;
-use crate::config::WdtConfig;
+use crate::config::HumanDuration;
 use orderhub_actors::order::{Millis, OrderEvent};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -29,6 +30,70 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub(crate) const SOURCE: &str = "wdt";
+
+/// `[sources.wdt]`: WangDianTong shipments, pulled with `logistics_sync_query` and confirmed
+/// with `logistics_sync_ack` once journaled.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WdtConfig {
+    /// Environment variable holding the seller id (`sid`).
+    pub(crate) sid_env: String,
+    /// Environment variable holding the app key.
+    pub(crate) appkey_env: String,
+    /// Environment variable holding the app secret.
+    pub(crate) appsecret_env: String,
+    /// The openapi2 base URL; `logistics_sync_query.php` and `logistics_sync_ack.php` follow it.
+    pub(crate) url: String,
+    /// Ask only for this shop's shipments (else every shop's).
+    #[serde(default)]
+    pub(crate) shop_no: Option<String>,
+    /// How often to ask (at once again while pages come back full).
+    pub(crate) every: HumanDuration,
+    /// Rows per request (1–100).
+    pub(crate) limit: u32,
+    /// `shop_no` → channel name (the order key's prefix).
+    #[serde(default)]
+    pub(crate) shops: BTreeMap<String, String>,
+    /// The channel of a `shop_no` not in `shops`.
+    #[serde(default)]
+    pub(crate) default_channel: Option<String>,
+    /// `consigned` / `consigned_part` → canonical status.
+    pub(crate) status_map: BTreeMap<String, String>,
+}
+
+/// WangDianTong shipments, `[sources.wdt]`: a poller of `logistics_sync_query`.
+pub(crate) struct Plugin;
+
+impl SourcePlugin for Plugin {
+    fn key(&self) -> &'static str {
+        SOURCE
+    }
+
+    fn configure(&self, table: toml::Value) -> Result<Vec<Configured>, Issue> {
+        let config: WdtConfig = registry::parse("sources.wdt", table)?;
+        registry::statuses("sources.wdt.status_map", &config.status_map)?;
+        if !(1..=100).contains(&config.limit) {
+            return Err(("sources.wdt.limit".into(), "must be 1 to 100".into()));
+        }
+        if config.every.0.is_zero() {
+            return Err(("sources.wdt.every".into(), "must be longer than 0s".into()));
+        }
+        if !(config.url.starts_with("http://") || config.url.starts_with("https://")) {
+            return Err((
+                "sources.wdt.url".into(),
+                format!("{:?} is not an http:// or https:// URL", config.url),
+            ));
+        }
+        Ok(vec![Configured::Task {
+            name: SOURCE,
+            start: Box::new(move |app, secrets| {
+                let poller = build(&config, secrets)?;
+                tracing::info!(source = SOURCE, "WangDianTong shipment poller started");
+                Ok(tokio::spawn(Arc::new(poller).run(app.clone())))
+            }),
+        }])
+    }
+}
 
 /// Rows acknowledged per `logistics_sync_ack` call (WDT's documentation recommends ≤ 50).
 const ACK_CHUNK: usize = 50;
@@ -347,11 +412,7 @@ mod tests {
     use orderhub_actors::order::{EventAction, OrderState};
 
     fn poller() -> WdtPoller {
-        let mut config = crate::config::Config::embedded()
-            .unwrap()
-            .sources
-            .wdt
-            .unwrap();
+        let mut config: WdtConfig = super::super::registry::default_config("wdt");
         config.shops.insert("dy01".into(), "douyin".into());
         let secrets: SecretLookup = Arc::new(|name: &str| {
             Some(

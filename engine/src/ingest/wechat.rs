@@ -21,10 +21,11 @@
 //! the same for every re-push of one event, which is what WeChat recommends deduplicating on.
 
 use super::cipher::{Padding, aes_cbc_decrypt};
+use super::registry::{self, Configured, Issue, SourcePlugin};
 use super::{
     Decoded, IngestError, RawRequest, Scalar, SecretLookup, SourceAdapter, SourceEntry, StatusTable,
 };
-use crate::config::WechatConfig;
+use crate::config::HumanDuration;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use base64::engine::DecodePaddingMode;
@@ -35,9 +36,49 @@ use orderhub_actors::order::{EventAction, Millis, OrderEvent};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha1::{Digest, Sha1};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 pub(crate) const SOURCE: &str = "wechat";
+
+/// `[sources.wechat]`.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WechatConfig {
+    /// Environment variable holding the push token.
+    pub(crate) token_env: String,
+    /// Environment variable holding the EncodingAESKey (needed only in safe mode).
+    pub(crate) aes_key_env: String,
+    /// Accepted clock difference of the query's `timestamp`; a nonce is refused twice within it.
+    #[serde(default = "registry::default_tolerance")]
+    pub(crate) tolerance: HumanDuration,
+    /// Event name (a trailing `*` matches a prefix) → canonical status.
+    pub(crate) event_map: BTreeMap<String, String>,
+}
+
+/// The WeChat Channels shop push, `[sources.wechat]` (`GET`/`POST /v1/ingest/wechat`).
+pub(crate) struct Plugin;
+
+impl SourcePlugin for Plugin {
+    fn key(&self) -> &'static str {
+        SOURCE
+    }
+
+    fn configure(&self, table: toml::Value) -> Result<Vec<Configured>, Issue> {
+        let config: WechatConfig = registry::parse("sources.wechat", table)?;
+        registry::statuses("sources.wechat.event_map", &config.event_map)?;
+        if config.tolerance.0.is_zero() {
+            return Err((
+                "sources.wechat.tolerance".into(),
+                "must be longer than 0s".into(),
+            ));
+        }
+        Ok(vec![Configured::Push {
+            name: SOURCE,
+            build: Box::new(move |secrets| build(&config, secrets)),
+        }])
+    }
+}
 
 /// The delivery event whose `finish_delivery = 0` means only part of the order was sent.
 const DELIVER_EVENT: &str = "channels_ec_order_deliver";
@@ -384,8 +425,7 @@ mod tests {
     const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 
     fn adapter() -> WechatAdapter {
-        let config = crate::config::Config::embedded().unwrap();
-        let config = config.sources.wechat.unwrap();
+        let config: WechatConfig = super::super::registry::default_config("wechat");
         let secrets: SecretLookup = Arc::new(|name: &str| match name {
             "ORDERHUB_WECHAT_TOKEN" => Some(TOKEN.into()),
             "ORDERHUB_WECHAT_AES_KEY" => Some(AES_KEY.into()),

@@ -11,17 +11,52 @@
 //! the event's fields and the order's monotone state machine never moves back for a late one.
 //! `test` messages are acknowledged and stored nowhere.
 
+use super::registry::{self, Configured, Issue, SourcePlugin};
 use super::{
     Decoded, IngestError, RawRequest, SecretLookup, SourceAdapter, SourceEntry, StatusTable,
 };
-use crate::config::YouzanConfig;
 use crate::signing::{md5_hex, same_signature};
 use axum::response::{IntoResponse, Response};
 use orderhub_actors::order::{EventAction, OrderEvent, Superseding};
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
 pub(crate) const SOURCE: &str = "youzan";
+
+/// `[sources.youzan]`.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct YouzanConfig {
+    /// Environment variable holding the client id.
+    pub(crate) client_id_env: String,
+    /// Environment variable holding the client secret.
+    pub(crate) client_secret_env: String,
+    /// Trade status → canonical status (`none` for informational).
+    pub(crate) status_map: BTreeMap<String, String>,
+    /// Message type (a trailing `*` matches a prefix) → canonical status; checked first.
+    #[serde(default)]
+    pub(crate) type_map: BTreeMap<String, String>,
+}
+
+/// The Youzan push, `[sources.youzan]` (`POST /v1/ingest/youzan`).
+pub(crate) struct Plugin;
+
+impl SourcePlugin for Plugin {
+    fn key(&self) -> &'static str {
+        SOURCE
+    }
+
+    fn configure(&self, table: toml::Value) -> Result<Vec<Configured>, Issue> {
+        let config: YouzanConfig = registry::parse("sources.youzan", table)?;
+        registry::statuses("sources.youzan.status_map", &config.status_map)?;
+        registry::statuses("sources.youzan.type_map", &config.type_map)?;
+        Ok(vec![Configured::Push {
+            name: SOURCE,
+            build: Box::new(move |secrets| build(&config, secrets)),
+        }])
+    }
+}
 
 /// After-sale messages: their top-level `id` is not the order.
 const REFUND_PREFIX: &str = "trade_refund_";
@@ -208,17 +243,16 @@ mod tests {
     const TEST: &str = include_str!("../../tests/fixtures/youzan/test_message.json");
 
     fn adapter() -> YouzanAdapter {
-        let config = crate::config::Config::embedded().unwrap();
+        let youzan: YouzanConfig = super::super::registry::default_config("youzan");
         let secrets: SecretLookup = Arc::new(|name: &str| match name {
             "ORDERHUB_YOUZAN_CLIENT_ID" => Some("yz-client".into()),
             "ORDERHUB_YOUZAN_CLIENT_SECRET" => Some("yz-secret".into()),
             _ => None,
         });
-        match build(config.sources.youzan.as_ref().unwrap(), &secrets) {
+        match build(&youzan, &secrets) {
             SourceEntry::Ready(_) => {}
             SourceEntry::Unavailable { reason, .. } => panic!("{reason}"),
         }
-        let youzan = config.sources.youzan.unwrap();
         YouzanAdapter {
             client_id: "yz-client".into(),
             client_secret: "yz-secret".into(),

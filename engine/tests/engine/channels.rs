@@ -572,7 +572,7 @@ async fn tmc_messages_are_confirmed_once_journaled_and_the_client_reconnects() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let default = orderhub_engine::config::Config::embedded().unwrap();
-    assert!(default.sources.tmc.is_some());
+    assert!(default.sources.contains_key("tmc"));
     let config = format!(
         "sla = []\n[sources.tmc]\napp_key_env = \"ORDERHUB_TAOBAO_APP_KEY\"\n\
          app_secret_env = \"ORDERHUB_TAOBAO_APP_SECRET\"\nurl = \"{url}\"\ngroup = \"default\"\n\

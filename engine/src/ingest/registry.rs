@@ -1,0 +1,253 @@
+//! The source registry: every kind of source orderhub speaks, listed once in [`PLUGINS`].
+//!
+//! A kind of source is a plug-in that owns everything about itself in its own file: its
+//! `[sources.KIND]` config struct (`deny_unknown_fields`), the checks of its values, its status
+//! tables and its adapter (an HTTP push), channel client or poller. The root config keeps the
+//! tables as written; [`Sources::configure`] hands each to its plug-in and turns a plug-in's
+//! complaint into the same error `check-config` gives for any key: file, line, key, message.
+//!
+//! Adding a source is one file beside the others implementing [`SourcePlugin`], one line in
+//! [`PLUGINS`], its default table in `config/default.toml` (or none: configured by users), its
+//! tests and its section in docs/sources.md.
+
+use super::{SecretLookup, SourceEntry, StatusTable};
+use crate::AppState;
+use crate::config::{Config, ConfigError, HumanDuration};
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// What a plug-in says is wrong: the dotted key (from the config's root) and why.
+pub(crate) type Issue = (String, String);
+
+/// Builds a push source's adapter once its secrets can be read.
+pub(crate) type BuildAdapter = Box<dyn Fn(&SecretLookup) -> SourceEntry + Send + Sync>;
+
+/// Starts a connected or polled source as an engine task; `Err` says why it did not start (a
+/// missing credential names its variable).
+pub(crate) type StartTask =
+    Box<dyn Fn(&Arc<AppState>, &SecretLookup) -> Result<JoinHandle<()>, String> + Send + Sync>;
+
+/// One configured source.
+pub(crate) enum Configured {
+    /// Pushes over HTTP to `POST /v1/ingest/{name}`.
+    Push {
+        /// Route segment and metric label.
+        name: &'static str,
+        /// Its adapter.
+        build: BuildAdapter,
+    },
+    /// The engine connects to it or polls it.
+    Task {
+        /// Metric label and the `source` of its events.
+        name: &'static str,
+        /// Its task.
+        start: StartTask,
+    },
+}
+
+impl Configured {
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Configured::Push { name, .. } | Configured::Task { name, .. } => name,
+        }
+    }
+}
+
+/// A kind of source.
+pub(crate) trait SourcePlugin: Sync {
+    /// Its key under `[sources]` (for a single source, also its name).
+    fn key(&self) -> &'static str;
+    /// Parses and checks its table (`[sources.KEY]`); the sources it configures.
+    fn configure(&self, table: toml::Value) -> Result<Vec<Configured>, Issue>;
+}
+
+/// Every kind of source: the one list.
+pub(crate) const PLUGINS: [&dyn SourcePlugin; 10] = [
+    &super::douyin::Plugin,
+    &super::youzan::Plugin,
+    &super::kuaishou::Plugin,
+    &super::wechat::Plugin,
+    &super::sf::Plugin,
+    &super::events::Plugin,
+    &super::generic::Plugin,
+    &super::pdd::Plugin,
+    &super::tmc::Plugin,
+    &super::wdt::Plugin,
+];
+
+/// Names a configured source may not take: the built-in kinds' names.
+pub(crate) fn reserved(name: &str) -> bool {
+    PLUGINS.iter().any(|plugin| plugin.key() == name)
+}
+
+/// Deserializes `[path]` (a `deny_unknown_fields` struct); the error names the key.
+pub(crate) fn parse<T: DeserializeOwned>(path: &str, table: toml::Value) -> Result<T, Issue> {
+    table.try_into().map_err(|e: toml::de::Error| {
+        let message = e.message().trim_end().to_owned();
+        let key = match message.split('`').nth(1) {
+            Some(field) if message.starts_with("unknown field") => format!("{path}.{field}"),
+            _ => path.to_owned(),
+        };
+        (key, message)
+    })
+}
+
+/// Parses the status table at `[path]`, refusing a value that is no canonical status.
+pub(crate) fn statuses(path: &str, table: &BTreeMap<String, String>) -> Result<StatusTable, Issue> {
+    for (raw, status) in table {
+        if super::parse_status(status).is_none() {
+            return Err((
+                format!("{path}.{raw}"),
+                format!(
+                    "unknown canonical status {status:?} (a state name, hold_released or none)"
+                ),
+            ));
+        }
+    }
+    Ok(StatusTable::new(table))
+}
+
+/// The default clock tolerance of signed requests (Standard Webhooks' five minutes).
+pub(crate) fn default_tolerance() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
+}
+
+/// The configured sources.
+pub struct Sources {
+    configured: Vec<Configured>,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
+}
+
+impl Sources {
+    /// Hands every `[sources.KIND]` and `[pollers.NAME]` table of `config` to its plug-in; the
+    /// first complaint as a config error naming the key and its line.
+    pub fn configure(config: &Config) -> Result<Sources, ConfigError> {
+        let mut configured = Vec::new();
+        for (key, table) in &config.sources {
+            let plugin = PLUGINS
+                .iter()
+                .find(|plugin| plugin.key() == key)
+                .ok_or_else(|| {
+                    let known: Vec<&str> = PLUGINS.iter().map(|p| p.key()).collect();
+                    config.invalid(
+                        format!("sources.{key}"),
+                        format!(
+                            "unknown kind of source {key:?} (one of {})",
+                            known.join(", ")
+                        ),
+                    )
+                })?;
+            let these = plugin
+                .configure(table.clone())
+                .map_err(|(key, message)| config.invalid(key, message))?;
+            configured.extend(these);
+        }
+        for (name, table) in &config.pollers {
+            let poller = super::poll::configure(name, table.clone())
+                .map_err(|(key, message)| config.invalid(key, message))?;
+            configured.push(poller);
+        }
+        Ok(Sources { configured })
+    }
+
+    /// Every configured source's name (pushed, connected and polled).
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.configured.iter().map(Configured::name)
+    }
+
+    /// The push sources.
+    pub(crate) fn pushed(&self) -> impl Iterator<Item = (&'static str, &BuildAdapter)> {
+        self.configured.iter().filter_map(|c| match c {
+            Configured::Push { name, build } => Some((*name, build)),
+            Configured::Task { .. } => None,
+        })
+    }
+
+    /// The connected and polled sources.
+    pub(crate) fn tasks(&self) -> impl Iterator<Item = (&'static str, &StartTask)> {
+        self.configured.iter().filter_map(|c| match c {
+            Configured::Task { name, start } => Some((*name, start)),
+            Configured::Push { .. } => None,
+        })
+    }
+}
+
+/// Parses the embedded default's `[sources.KEY]` table as `T` (for tests and fuzzing).
+pub(crate) fn default_config<T: DeserializeOwned>(key: &str) -> T {
+    let config = Config::embedded().expect("the embedded default is valid");
+    parse(&format!("sources.{key}"), config.sources[key].clone()).expect("the default parses")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configure(text: &str) -> Result<Sources, ConfigError> {
+        let config = Config::layered(Some(("test.toml".into(), text.into()))).unwrap();
+        Sources::configure(&config)
+    }
+
+    #[test]
+    fn the_default_configures_every_built_in_source() {
+        let sources = Sources::configure(&Config::embedded().unwrap()).unwrap();
+        let mut names: Vec<&str> = sources.names().collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "douyin", "events", "kuaishou", "pdd", "sf", "taobao", "wdt", "wechat", "youzan"
+            ]
+        );
+        assert_eq!(sources.tasks().count(), 3, "pdd, taobao and wdt are tasks");
+    }
+
+    #[test]
+    fn a_plug_ins_complaint_names_the_key_and_its_line() {
+        let err = configure("[sources.douyin]\napp_key_env = \"K\"\napp_secret_env = \"S\"\nlissen = 1\n[sources.douyin.status_map]\n")
+            .unwrap_err();
+        assert_eq!(err.kind(), "invalid");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("test.toml line 4: sources.douyin.lissen:"),
+            "{text}"
+        );
+        let err = configure(
+            "[sources.youzan]\nclient_id_env = \"I\"\nclient_secret_env = \"S\"\n[sources.youzan.status_map]\nWAIT = \"shiped\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "test.toml line 5: sources.youzan.status_map.WAIT: unknown canonical status \"shiped\" (a state name, hold_released or none)"
+        );
+        let err = configure("[sources.telegraph]\nurl = \"x\"\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("test.toml line 1: sources.telegraph: unknown kind of source"),
+            "{err}"
+        );
+        let err =
+            configure("[sources.sf]\nallow_from = [\"10.0.0.0/33\"]\n[sources.sf.opcode_map]\n")
+                .unwrap_err();
+        assert!(
+            err.to_string().contains("sources.sf.allow_from[0]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_generic_source_may_not_take_a_built_in_name() {
+        let err = configure(
+            "[sources.generic.douyin]\nsecret_env = \"S\"\nchannel = \"c\"\norder_path = \"/o\"\nstatus_path = \"/s\"\n[sources.generic.douyin.status_map]\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("built-in"), "{err}");
+    }
+}
