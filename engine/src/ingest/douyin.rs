@@ -47,10 +47,7 @@ impl SourcePlugin for Plugin {
     fn configure(&self, table: toml::Value) -> Result<Vec<Configured>, Issue> {
         let config: DouyinConfig = registry::parse("sources.douyin", table)?;
         registry::statuses("sources.douyin.status_map", &config.status_map)?;
-        Ok(vec![Configured::Push {
-            name: SOURCE,
-            build: Box::new(move |secrets| build(&config, secrets)),
-        }])
+        Ok(vec![Configured::push(SOURCE, config, build)])
     }
 }
 

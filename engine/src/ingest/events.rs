@@ -33,10 +33,7 @@ impl SourcePlugin for Plugin {
 
     fn configure(&self, table: toml::Value) -> Result<Vec<Configured>, Issue> {
         let config: EventsConfig = registry::parse("sources.events", table)?;
-        Ok(vec![Configured::Push {
-            name: SOURCE,
-            build: Box::new(move |secrets| build(&config, secrets)),
-        }])
+        Ok(vec![Configured::push(SOURCE, config, build)])
     }
 }
 

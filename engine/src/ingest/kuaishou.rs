@@ -56,10 +56,7 @@ impl SourcePlugin for Plugin {
         let config: KuaishouConfig = registry::parse("sources.kuaishou", table)?;
         registry::statuses("sources.kuaishou.status_map", &config.status_map)?;
         registry::statuses("sources.kuaishou.event_map", &config.event_map)?;
-        Ok(vec![Configured::Push {
-            name: SOURCE,
-            build: Box::new(move |secrets| build(&config, secrets)),
-        }])
+        Ok(vec![Configured::push(SOURCE, config, build)])
     }
 }
 

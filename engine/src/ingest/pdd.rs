@@ -73,16 +73,7 @@ impl SourcePlugin for Plugin {
                 "must be longer than heartbeat (the server answers between heartbeats)".into(),
             ));
         }
-        Ok(vec![Configured::Task {
-            name: SOURCE,
-            start: Box::new(move |app, secrets| {
-                let channel = build(&config, secrets)?;
-                Ok(tokio::spawn(super::connection::keep_connected(
-                    channel,
-                    app.clone(),
-                )))
-            }),
-        }])
+        Ok(vec![Configured::connection(SOURCE, config, build)])
     }
 }
 
@@ -325,6 +316,7 @@ mod tests {
         );
     }
 
+    /// Frames and acks after whalesky-labs/pdd-sdk-php `src/Message/*` (ids as integers).
     #[test]
     fn messages_map_by_type_and_ack_with_their_ids() {
         let frame = r#"{"id":8734120011,"commandType":"Common","sendTime":1700000001000,

@@ -49,6 +49,40 @@ pub(crate) enum Configured {
 }
 
 impl Configured {
+    /// A push source whose adapter `build` makes from `config` once secrets can be read.
+    pub(crate) fn push<C: Send + Sync + 'static>(
+        name: &'static str,
+        config: C,
+        build: fn(&C, &SecretLookup) -> SourceEntry,
+    ) -> Self {
+        Configured::Push {
+            name,
+            build: Box::new(move |secrets| build(&config, secrets)),
+        }
+    }
+
+    /// A channel the engine keeps connected, made by `build` from `config`.
+    pub(crate) fn connection<C, K>(
+        name: &'static str,
+        config: C,
+        build: fn(&C, &SecretLookup) -> Result<K, String>,
+    ) -> Self
+    where
+        C: Send + Sync + 'static,
+        K: super::connection::Connection,
+    {
+        Configured::Task {
+            name,
+            start: Box::new(move |app, secrets| {
+                let channel = build(&config, secrets)?;
+                Ok(tokio::spawn(super::connection::keep_connected(
+                    channel,
+                    app.clone(),
+                )))
+            }),
+        }
+    }
+
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Configured::Push { name, .. } | Configured::Task { name, .. } => name,

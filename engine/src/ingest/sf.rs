@@ -68,10 +68,7 @@ impl SourcePlugin for Plugin {
         for (i, cidr) in config.allow_from.iter().enumerate() {
             parse_cidr(cidr).map_err(|message| (format!("sources.sf.allow_from[{i}]"), message))?;
         }
-        Ok(vec![Configured::Push {
-            name: SOURCE,
-            build: Box::new(move |secrets| build(&config, secrets)),
-        }])
+        Ok(vec![Configured::push(SOURCE, config, build)])
     }
 }
 

@@ -77,16 +77,7 @@ impl SourcePlugin for Plugin {
                 "must be longer than pull_every (each pull's ping is answered)".into(),
             ));
         }
-        Ok(vec![Configured::Task {
-            name: SOURCE,
-            start: Box::new(move |app, secrets| {
-                let channel = build(&config, secrets)?;
-                Ok(tokio::spawn(super::connection::keep_connected(
-                    channel,
-                    app.clone(),
-                )))
-            }),
-        }])
+        Ok(vec![Configured::connection(SOURCE, config, build)])
     }
 }
 

@@ -73,10 +73,7 @@ impl SourcePlugin for Plugin {
                 "must be longer than 0s".into(),
             ));
         }
-        Ok(vec![Configured::Push {
-            name: SOURCE,
-            build: Box::new(move |secrets| build(&config, secrets)),
-        }])
+        Ok(vec![Configured::push(SOURCE, config, build)])
     }
 }
 

@@ -51,10 +51,7 @@ impl SourcePlugin for Plugin {
         let config: YouzanConfig = registry::parse("sources.youzan", table)?;
         registry::statuses("sources.youzan.status_map", &config.status_map)?;
         registry::statuses("sources.youzan.type_map", &config.type_map)?;
-        Ok(vec![Configured::Push {
-            name: SOURCE,
-            build: Box::new(move |secrets| build(&config, secrets)),
-        }])
+        Ok(vec![Configured::push(SOURCE, config, build)])
     }
 }
 
@@ -238,6 +235,8 @@ mod tests {
     use orderhub_actors::order::{EventAction, OrderState};
     use std::sync::Arc;
 
+    // Push bodies after TsangJx/YouZanYunSDK `Msg/*.cs` (fields and types) and a captured
+    // trade_refund_BuyerCreated payload (its msg carries tid, refund_id, refunded_fee as text).
     const PAID: &str = include_str!("../../tests/fixtures/youzan/trade_buyer_pay.json");
     const REFUND: &str = include_str!("../../tests/fixtures/youzan/trade_refund.json");
     const TEST: &str = include_str!("../../tests/fixtures/youzan/test_message.json");
