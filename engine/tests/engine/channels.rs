@@ -778,7 +778,7 @@ async fn wdt_shipments_are_pulled_journaled_then_acknowledged_exactly() {
          consigned = \"shipped\"\nconsigned_part = \"none\"\n",
         wdt.url
     );
-    let engine = TestEngine::start(&config, dir.path()).await;
+    let engine = TestEngine::start_with(&config, dir.path(), secrets_with_channels()).await;
     let order = "youzan:E20231115093012034500012";
     let (status, _) = engine
         .post_events(&canonical("yz-paid", order, "youzan", "paid", now_ms()))

@@ -39,9 +39,6 @@ pub(crate) fn secrets() -> SecretLookup {
         "ORDERHUB_KUAISHOU_MESSAGE_KEY" => Some(KUAISHOU_MESSAGE_KEY.into()),
         "ORDERHUB_WECHAT_TOKEN" => Some(WECHAT_TOKEN.into()),
         "ORDERHUB_WECHAT_AES_KEY" => Some(WECHAT_AES_KEY.into()),
-        "ORDERHUB_WDT_SID" => Some("wdtsid".into()),
-        "ORDERHUB_WDT_APPKEY" => Some("wdtkey".into()),
-        "ORDERHUB_WDT_APPSECRET" => Some("wdt-appsecret".into()),
         "ORDERHUB_SF_PUSH_TOKEN" => Some(SF_PUSH_TOKEN.into()),
         "ORDERHUB_SF_PARTNER_ID" => Some("OH_PARTNER".into()),
         "ORDERHUB_SF_CHECKWORD" => Some("sf-checkword-test".into()),
@@ -52,8 +49,10 @@ pub(crate) fn secrets() -> SecretLookup {
     })
 }
 
-/// [`secrets`] plus the connection-based channels' credentials. Only the tests of those channels
-/// use it: an engine with them would otherwise try to reach the real platforms.
+/// [`secrets`] plus the credentials of the sources the engine connects to or polls (Pinduoduo,
+/// TMC, WangDianTong). Only the tests of those channels use it, with a config that points them
+/// at a local stand-in: an engine with them and the default URLs would try to reach the real
+/// platforms.
 pub(crate) fn secrets_with_channels() -> SecretLookup {
     let base = secrets();
     Arc::new(move |name: &str| match name {
@@ -61,6 +60,9 @@ pub(crate) fn secrets_with_channels() -> SecretLookup {
         "ORDERHUB_PDD_CLIENT_SECRET" => Some("pdd-secret".into()),
         "ORDERHUB_TAOBAO_APP_KEY" => Some("12345678".into()),
         "ORDERHUB_TAOBAO_APP_SECRET" => Some("tb-secret".into()),
+        "ORDERHUB_WDT_SID" => Some("wdtsid".into()),
+        "ORDERHUB_WDT_APPKEY" => Some("wdtkey".into()),
+        "ORDERHUB_WDT_APPSECRET" => Some("wdt-appsecret".into()),
         other => base(other),
     })
 }
