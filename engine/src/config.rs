@@ -284,11 +284,73 @@ struct ConfigFile {
     pollers: Option<BTreeMap<String, toml::Value>>,
 }
 
-/// Which file each top-level key came from, to point errors at the right line.
+/// What the user's file set, to point errors at the right file and line.
 #[derive(Clone, Debug, Default)]
 struct Origins {
     user_file: Option<(String, String)>,
-    user_keys: Vec<&'static str>,
+    /// The user's file as a table (empty without one).
+    user: toml::Table,
+    /// The default with the user's file merged in: what the engine runs with.
+    effective: toml::Table,
+}
+
+impl Origins {
+    /// Whether the user's file sets the dotted `key` (or a table above it).
+    fn user_sets(&self, key: &str) -> bool {
+        let mut table = &self.user;
+        for part in key.split('.') {
+            let part = part.split('[').next().unwrap_or_default();
+            match table.get(part) {
+                Some(toml::Value::Table(inner)) => table = inner,
+                Some(_) => return true,
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
+impl Origins {
+    /// A schema error of the merged configuration, pointed at the file and line that set the
+    /// key (toml names the key path as "in `a.b`").
+    fn schema_error(&self, error: &toml::de::Error) -> ConfigError {
+        // Display carries the key path ("…\nin `server`"); message() alone does not.
+        let text = error.to_string();
+        let text = text.trim_end();
+        let (message, path) = match text.rsplit_once("\nin `") {
+            Some((message, path)) => (message, path.trim_end_matches('`')),
+            None => (text, ""),
+        };
+        let key = match message.split('`').nth(1) {
+            Some(field) if message.starts_with("unknown field") && !path.is_empty() => {
+                format!("{path}.{field}")
+            }
+            Some(field) if message.starts_with("unknown field") => field.to_owned(),
+            _ => path.to_owned(),
+        };
+        let (file, text) = match &self.user_file {
+            Some((file, text)) if self.user_sets(&key) => (file.clone(), text.as_str()),
+            _ => ("<embedded default>".to_owned(), DEFAULT_CONFIG),
+        };
+        ConfigError::Parse {
+            file,
+            line: locate::line_of_key(text, &key),
+            message: message.to_owned(),
+        }
+    }
+}
+
+/// Merges `layer` into `base` key by key: a table merges into a table; anything else (a value,
+/// an array — `[[sinks]]`, `[[rules]]`, `[[sla]]` — or a table over a non-table) replaces.
+fn merge(base: &mut toml::Table, layer: toml::Table) {
+    for (key, value) in layer {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(layer)) => merge(base, layer),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
 }
 
 /// A complete, validated configuration.
@@ -319,7 +381,8 @@ pub struct Config {
     origins: Origins,
 }
 
-fn parse_file(file: &str, text: &str) -> Result<ConfigFile, ConfigError> {
+/// The file's TOML as a table (syntax errors name the line).
+fn parse_table(file: &str, text: &str) -> Result<toml::Table, ConfigError> {
     toml::from_str(text).map_err(|e| ConfigError::Parse {
         file: file.to_owned(),
         line: e.span().map_or(0, |s| locate::line_at(text, s.start)),
@@ -343,61 +406,53 @@ impl Config {
         Self::layered(Some((file, text)))
     }
 
-    /// Layers `user` (file name, text) over the embedded default and validates the result.
+    /// Layers `user` (file name, text) over the embedded default — every table merges key by
+    /// key, arrays of tables replace — and validates the result.
     pub fn layered(user: Option<(String, String)>) -> Result<Config, ConfigError> {
-        let base = parse_file("<embedded default>", DEFAULT_CONFIG)?;
+        let mut effective = parse_table("<embedded default>", DEFAULT_CONFIG)?;
         let mut origins = Origins::default();
-        let layer = match &user {
-            Some((file, text)) => parse_file(file, text)?,
-            None => ConfigFile::default(),
-        };
-        macro_rules! pick {
-            ($field:ident) => {{
-                if layer.$field.is_some() {
-                    origins.user_keys.push(stringify!($field));
-                }
-                layer.$field.or(base.$field)
-            }};
+        if let Some((file, text)) = &user {
+            origins.user = parse_table(file, text)?;
+            merge(&mut effective, origins.user.clone());
         }
+        origins.user_file = user;
+        let file: ConfigFile = toml::Value::Table(effective.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| origins.schema_error(&e))?;
+        origins.effective = effective;
         let missing = |key: &str| ConfigError::Invalid {
             file: "<embedded default>".into(),
             line: 0,
             key: key.into(),
             message: "missing".into(),
         };
-        let server = pick!(server).ok_or_else(|| missing("server"))?;
-        let journal = pick!(journal).ok_or_else(|| missing("journal"))?;
-        let actors = pick!(actors).ok_or_else(|| missing("actors"))?;
-        let sla = pick!(sla).unwrap_or_default();
-        let allowed_sources = pick!(allowed_sources).unwrap_or_default();
-        let sources = pick!(sources).unwrap_or_default();
-        let dispatch = pick!(dispatch).ok_or_else(|| missing("dispatch"))?;
-        let sinks = pick!(sinks).unwrap_or_default();
-        let rules = pick!(rules).unwrap_or_default();
-        let pollers = pick!(pollers).unwrap_or_default();
-        origins.user_file = user;
         let config = Config {
-            server,
-            journal,
-            actors,
-            sla,
-            allowed_sources,
-            sources,
-            dispatch,
-            sinks,
-            rules,
-            pollers,
+            server: file.server.ok_or_else(|| missing("server"))?,
+            journal: file.journal.ok_or_else(|| missing("journal"))?,
+            actors: file.actors.ok_or_else(|| missing("actors"))?,
+            sla: file.sla.unwrap_or_default(),
+            allowed_sources: file.allowed_sources.unwrap_or_default(),
+            sources: file.sources.unwrap_or_default(),
+            dispatch: file.dispatch.ok_or_else(|| missing("dispatch"))?,
+            sinks: file.sinks.unwrap_or_default(),
+            rules: file.rules.unwrap_or_default(),
+            pollers: file.pollers.unwrap_or_default(),
             origins,
         };
         config.validate()?;
         Ok(config)
     }
 
+    /// The effective configuration (the default with the user's file merged in) as TOML.
+    pub fn effective_toml(&self) -> String {
+        toml::to_string(&self.origins.effective)
+            .unwrap_or_else(|e| format!("# cannot print the configuration: {e}\n"))
+    }
+
     /// An error about `key` (dotted path), pointing at its line in the file that set it.
     pub fn invalid(&self, key: String, message: impl Into<String>) -> ConfigError {
-        let top = key.split(['.', '[']).next().unwrap_or_default();
         match &self.origins.user_file {
-            Some((file, text)) if self.origins.user_keys.contains(&top) => ConfigError::Invalid {
+            Some((file, text)) if self.origins.user_sets(&key) => ConfigError::Invalid {
                 file: file.clone(),
                 line: locate::line_of_key(text, &key),
                 key,
@@ -491,7 +546,7 @@ impl Config {
                 ));
             }
         }
-        if self.origins.user_keys.contains(&"rules") {
+        if self.origins.user_sets("rules") {
             for (i, rule) in self.rules.iter().enumerate() {
                 for sink in rule.sync.iter().chain(rule.notify.iter()) {
                     if !sink_names.contains(sink.as_str()) {
@@ -641,6 +696,37 @@ mod tests {
         assert_eq!(config.sla.len(), 1);
         assert_eq!(config.sla[0].within.0, Duration::from_secs(1));
         assert_eq!(config.actors.shards, 16, "untouched keys keep the default");
+    }
+
+    #[test]
+    fn tables_merge_into_the_default_key_by_key() {
+        let config = user(
+            "[journal]\nbatch_max_events = 7\n[sources.douyin.status_map]\n\"999\" = \"none\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.journal.batch_max_events, 7);
+        assert_eq!(
+            config.journal.queue_capacity, 4096,
+            "the other journal defaults stay"
+        );
+        let douyin = config.sources["douyin"].as_table().unwrap();
+        assert_eq!(
+            douyin["app_key_env"].as_str(),
+            Some("ORDERHUB_DOUYIN_APP_KEY")
+        );
+        let tags = douyin["status_map"].as_table().unwrap();
+        assert_eq!(tags["999"].as_str(), Some("none"));
+        assert_eq!(tags["101"].as_str(), Some("paid"), "the default tags stay");
+        assert!(
+            config.sources.contains_key("youzan"),
+            "the other sources stay"
+        );
+        let printed = config.effective_toml();
+        assert!(printed.contains("batch_max_events = 7"), "{printed}");
+        assert!(printed.contains("queue_capacity = 4096"), "{printed}");
+        // Arrays of tables replace.
+        let config = user("[[rules]]\nname = \"r\"\nwhen = \"true\"\ntag = \"t\"\n").unwrap();
+        assert_eq!(config.rules.len(), 1);
     }
 
     #[test]

@@ -35,6 +35,9 @@ enum Command {
     },
     /// Validate a configuration file; exits non-zero naming the key and line at fault.
     CheckConfig {
+        /// Print the effective configuration (the default with FILE merged in) when it is valid.
+        #[arg(long)]
+        print: bool,
         /// The file to check.
         file: PathBuf,
     },
@@ -43,9 +46,13 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => match Config::load(&file)
-            .and_then(|config| orderhub_engine::ingest::Sources::configure(&config))
+        Command::CheckConfig { print, file } => match Config::load(&file)
+            .and_then(|config| orderhub_engine::ingest::Sources::configure(&config).map(|_| config))
         {
+            Ok(config) if print => {
+                print!("{}", config.effective_toml());
+                Ok(())
+            }
             Ok(_) => {
                 println!("{}: ok", file.display());
                 Ok(())

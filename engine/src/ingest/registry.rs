@@ -144,6 +144,24 @@ pub(crate) fn statuses(path: &str, table: &BTreeMap<String, String>) -> Result<S
     Ok(StatusTable::new(table))
 }
 
+/// The table without its `enabled` key, or `None` when it says `enabled = false` (a default
+/// source a user does not want, since tables merge into the defaults key by key).
+fn enabled(path: &str, table: &toml::Value) -> Result<Option<toml::Value>, Issue> {
+    let mut table = table.clone();
+    let flag = match &mut table {
+        toml::Value::Table(fields) => fields.remove("enabled"),
+        _ => None,
+    };
+    match flag {
+        None | Some(toml::Value::Boolean(true)) => Ok(Some(table)),
+        Some(toml::Value::Boolean(false)) => Ok(None),
+        Some(other) => Err((
+            format!("{path}.enabled"),
+            format!("must be true or false, got {other}"),
+        )),
+    }
+}
+
 /// The default clock tolerance of signed requests (Standard Webhooks' five minutes).
 pub(crate) fn default_tolerance() -> HumanDuration {
     HumanDuration(Duration::from_secs(300))
@@ -166,6 +184,11 @@ impl Sources {
     pub fn configure(config: &Config) -> Result<Sources, ConfigError> {
         let mut configured = Vec::new();
         for (key, table) in &config.sources {
+            let Some(table) = enabled(&format!("sources.{key}"), table)
+                .map_err(|(key, message)| config.invalid(key, message))?
+            else {
+                continue;
+            };
             let plugin = PLUGINS
                 .iter()
                 .find(|plugin| plugin.key() == key)
@@ -180,12 +203,17 @@ impl Sources {
                     )
                 })?;
             let these = plugin
-                .configure(table.clone())
+                .configure(table)
                 .map_err(|(key, message)| config.invalid(key, message))?;
             configured.extend(these);
         }
         for (name, table) in &config.pollers {
-            let poller = super::poll::configure(name, table.clone())
+            let Some(table) = enabled(&format!("pollers.{name}"), table)
+                .map_err(|(key, message)| config.invalid(key, message))?
+            else {
+                continue;
+            };
+            let poller = super::poll::configure(name, table)
                 .map_err(|(key, message)| config.invalid(key, message))?;
             configured.push(poller);
         }
@@ -274,6 +302,19 @@ mod tests {
             err.to_string().contains("sources.sf.allow_from[0]"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_user_table_merges_into_the_default_and_enabled_false_turns_a_source_off() {
+        // Setting one key of one source keeps the others and every other default source.
+        let sources = configure("[sources.douyin.status_map]\n\"999\" = \"none\"\n").unwrap();
+        assert_eq!(sources.names().count(), 9);
+        let sources =
+            configure("[sources.tmc]\nenabled = false\n[sources.wdt]\nenabled = false\n").unwrap();
+        assert!(!sources.names().any(|n| n == "taobao" || n == "wdt"));
+        assert_eq!(sources.tasks().count(), 1, "pdd only");
+        let err = configure("[sources.pdd]\nenabled = \"no\"\n").unwrap_err();
+        assert!(err.to_string().contains("sources.pdd.enabled"), "{err}");
     }
 
     #[test]

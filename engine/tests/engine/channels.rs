@@ -133,7 +133,7 @@ async fn pdd_messages_are_journaled_then_acked_across_a_dropped_connection() {
          order_field = \"tid\"\n[sources.pdd.type_map]\npdd_trade_TradeConfirmed = \"paid\"\n\
          pdd_trade_TradeSellerShip = \"shipped\"\n"
     );
-    let engine = TestEngine::start_with(&config, dir.path(), secrets_with_channels()).await;
+    let engine = TestEngine::start_with(&config, dir.path(), secrets_with_channel("pdd")).await;
 
     // The connect path is /message/{clientId}/{ts}/{sign}.
     let path = next_connection(&mut seen).await;
@@ -579,7 +579,7 @@ async fn tmc_messages_are_confirmed_once_journaled_and_the_client_reconnects() {
          pull_every = \"200ms\"\n[sources.tmc.topic_map]\ntaobao_trade_TradeBuyerPay = \"paid\"\n\
          [sources.tmc.status_map]\nWAIT_BUYER_CONFIRM_GOODS = \"shipped\"\n"
     );
-    let engine = TestEngine::start_with(&config, dir.path(), secrets_with_channels()).await;
+    let engine = TestEngine::start_with(&config, dir.path(), secrets_with_channel("tmc")).await;
     next_connection(&mut seen).await;
     for _ in 0..2 {
         let confirm = next_confirm(&mut seen, Duration::from_secs(10))
@@ -641,7 +641,7 @@ async fn a_silent_connection_is_taken_for_dead_and_replaced() {
          idle_timeout = \"600ms\"\norder_field = \"tid\"\n[sources.pdd.type_map]\n\
          pdd_trade_TradeConfirmed = \"paid\"\npdd_trade_TradeSellerShip = \"shipped\"\n"
     );
-    let engine = TestEngine::start_with(&config, dir.path(), secrets_with_channels()).await;
+    let engine = TestEngine::start_with(&config, dir.path(), secrets_with_channel("pdd")).await;
     next_connection(&mut seen).await;
     let ack = next_ack(&mut seen, Duration::from_secs(10)).await.unwrap();
     assert_eq!(ack["id"], 1);
@@ -778,7 +778,7 @@ async fn wdt_shipments_are_pulled_journaled_then_acknowledged_exactly() {
          consigned = \"shipped\"\nconsigned_part = \"none\"\n",
         wdt.url
     );
-    let engine = TestEngine::start_with(&config, dir.path(), secrets_with_channels()).await;
+    let engine = TestEngine::start_with(&config, dir.path(), secrets_with_channel("wdt")).await;
     let order = "youzan:E20231115093012034500012";
     let (status, _) = engine
         .post_events(&canonical("yz-paid", order, "youzan", "paid", now_ms()))

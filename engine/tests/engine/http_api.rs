@@ -511,6 +511,37 @@ fn check_config_names_the_key_and_line() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+
+    // One key of a table keeps the table's other defaults; --print shows what runs.
+    let partial = dir.path().join("partial.toml");
+    std::fs::write(
+        &partial,
+        "[actors]\nshards = 4\n[sources.douyin.status_map]\n\"999\" = \"none\"\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_orderhub"))
+        .args(["check-config", "--print"])
+        .arg(&partial)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed = String::from_utf8_lossy(&output.stdout);
+    let effective: toml::Table = toml::from_str(&printed).unwrap();
+    assert_eq!(effective["actors"]["shards"].as_integer(), Some(4));
+    assert_eq!(effective["actors"]["idle_timeout"].as_str(), Some("5m"));
+    assert_eq!(
+        effective["sources"]["douyin"]["status_map"]["999"].as_str(),
+        Some("none")
+    );
+    assert_eq!(
+        effective["sources"]["douyin"]["status_map"]["101"].as_str(),
+        Some("paid")
+    );
+    assert!(effective["sources"].get("youzan").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

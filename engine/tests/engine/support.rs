@@ -49,21 +49,24 @@ pub(crate) fn secrets() -> SecretLookup {
     })
 }
 
-/// [`secrets`] plus the credentials of the sources the engine connects to or polls (Pinduoduo,
-/// TMC, WangDianTong). Only the tests of those channels use it, with a config that points them
-/// at a local stand-in: an engine with them and the default URLs would try to reach the real
-/// platforms.
-pub(crate) fn secrets_with_channels() -> SecretLookup {
+/// [`secrets`] plus the credentials of one source the engine connects to or polls (`pdd`,
+/// `tmc`, `wdt`). Only that channel's test uses it, with a config that points it at a local
+/// stand-in: the others keep no credentials, so they never start (with them and the default
+/// URLs an engine would try to reach the real platforms).
+pub(crate) fn secrets_with_channel(channel: &'static str) -> SecretLookup {
     let base = secrets();
-    Arc::new(move |name: &str| match name {
-        "ORDERHUB_PDD_CLIENT_ID" => Some("pdd-client".into()),
-        "ORDERHUB_PDD_CLIENT_SECRET" => Some("pdd-secret".into()),
-        "ORDERHUB_TAOBAO_APP_KEY" => Some("12345678".into()),
-        "ORDERHUB_TAOBAO_APP_SECRET" => Some("tb-secret".into()),
-        "ORDERHUB_WDT_SID" => Some("wdtsid".into()),
-        "ORDERHUB_WDT_APPKEY" => Some("wdtkey".into()),
-        "ORDERHUB_WDT_APPSECRET" => Some("wdt-appsecret".into()),
-        other => base(other),
+    Arc::new(move |name: &str| {
+        let value = match (channel, name) {
+            ("pdd", "ORDERHUB_PDD_CLIENT_ID") => "pdd-client",
+            ("pdd", "ORDERHUB_PDD_CLIENT_SECRET") => "pdd-secret",
+            ("tmc", "ORDERHUB_TAOBAO_APP_KEY") => "12345678",
+            ("tmc", "ORDERHUB_TAOBAO_APP_SECRET") => "tb-secret",
+            ("wdt", "ORDERHUB_WDT_SID") => "wdtsid",
+            ("wdt", "ORDERHUB_WDT_APPKEY") => "wdtkey",
+            ("wdt", "ORDERHUB_WDT_APPSECRET") => "wdt-appsecret",
+            _ => return base(name),
+        };
+        Some(value.into())
     })
 }
 
