@@ -1,10 +1,12 @@
 //! Integration tests of the engine over real HTTP on loopback: the API in process
 //! ([`http_api`]), dispatch through faults ([`dispatch`]) the real binary killed
 //! mid-stream ([`durability`]) and the dashboards and alerts against a real Prometheus
-//! ([`observability`]); each channel's own protocol ([`sources`]) and connection ([`channels`]).
+//! ([`observability`]); each channel's own protocol ([`sources`]) and connection ([`channels`]);
+//! the Kubernetes manifests rendered and validated offline ([`deploy`]).
 
 mod engine {
     pub(crate) mod channels;
+    pub(crate) mod deploy;
     pub(crate) mod dispatch;
     pub(crate) mod durability;
     pub(crate) mod http_api;

@@ -206,7 +206,7 @@ fn every_alert_has_a_runbook_section_and_a_unit_test_where_it_fires() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// `k8s/prometheus-rule.yaml` is `alerts.yaml` wrapped in a PrometheusRule.
+/// `k8s/base/prometheus-rule.yaml` is `alerts.yaml` wrapped in a PrometheusRule.
 fn prometheus_rule_manifest() -> String {
     let mut out = String::from(
         "# Generated from dashboards/alerts.yaml; do not edit by hand.\n\
@@ -231,7 +231,7 @@ fn prometheus_rule_manifest() -> String {
 
 #[test]
 fn the_prometheus_rule_manifest_carries_the_same_rules() {
-    let path = repo().join("k8s/prometheus-rule.yaml");
+    let path = repo().join("k8s/base/prometheus-rule.yaml");
     let expected = prometheus_rule_manifest();
     if std::env::var_os("ORDERHUB_BLESS").is_some() {
         std::fs::write(&path, &expected).unwrap();
@@ -239,7 +239,7 @@ fn the_prometheus_rule_manifest_carries_the_same_rules() {
     let actual = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         actual == expected,
-        "k8s/prometheus-rule.yaml disagrees with dashboards/alerts.yaml; run \
+        "k8s/base/prometheus-rule.yaml disagrees with dashboards/alerts.yaml; run \
          `ORDERHUB_BLESS=1 cargo test -p orderhub-engine --test engine prometheus_rule`"
     );
 }
