@@ -63,7 +63,7 @@ catalogue! {
         "Poller windows read, by source and outcome (ok, failed: the window is read again).";
     /// Polled orders.
     POLL_ITEMS = "orderhub_poll_items_total", Counter, Count, ["source", "outcome"],
-        "Orders a poller saw, by outcome: journaled (new to orderhub), known (a push already told us), refused (unknown status).";
+        "Orders a poller saw, by outcome: journaled (new to orderhub; a status its table does not know is journaled as unmapped), known (a push already told us), refused (no order id or status, or not usable: the window is read again).";
     /// Poller cursor age.
     POLL_CURSOR_AGE = "orderhub_poll_cursor_age_seconds", Gauge, Seconds, ["source"],
         "How far behind now a poller's cursor is (every change before it has been read).";

@@ -283,7 +283,7 @@ fn text_at(value: &Value, pointer: &str) -> Option<String> {
 pub(crate) struct WindowItems {
     /// Events to journal.
     pub(crate) events: Vec<OrderEvent>,
-    /// Items refused (unknown status, no order id).
+    /// Items that cannot be read (no order id or no status).
     pub(crate) refused: usize,
 }
 
@@ -364,11 +364,9 @@ impl Poller {
                 found.refused += 1;
                 continue;
             };
-            let Some(action) = self.status_map.get(&status).cloned() else {
-                tracing::warn!(poller = %self.name, status = %status, "polled status not in status_map; the window will be read again");
-                found.refused += 1;
-                continue;
-            };
+            // A status the table does not know is journaled as unmapped (its event id makes a
+            // re-read a duplicate), never a reason to read the window again forever.
+            let action = self.status_map.map(&status);
             let order = format!("{}:{order_id}", self.config.channel);
             if is_known(&order, &action) {
                 self.metrics.known.increment(1);
@@ -565,14 +563,17 @@ mod tests {
     }
 
     #[test]
-    fn items_map_skip_what_is_known_and_count_what_is_refused() {
+    fn items_map_skip_what_is_known_and_record_an_unknown_state_unmapped() {
         let response: Value =
             serde_json::from_str(include_str!("../../tests/fixtures/jd/page1.json")).unwrap();
         let known = |order: &str, _: &EventAction| order == "jd:30003";
         let (found, count) = poller().map_items(&response, 7, &known).unwrap();
         assert_eq!(count, 4);
-        assert_eq!(found.refused, 1, "the unknown state");
-        assert_eq!(found.events.len(), 2);
+        assert_eq!(found.refused, 0);
+        assert_eq!(found.events.len(), 3);
+        let unknown = &found.events[2];
+        assert_eq!(unknown.raw_status, "SEND_TO_DISTRIBUTION_CENER");
+        assert_eq!(unknown.action, EventAction::Unmapped);
         assert_eq!(found.events[0].order, "jd:30001");
         assert_eq!(
             found.events[0].source_event_id,

@@ -317,11 +317,27 @@ async fn jd_is_polled_incrementally_deduplicated_against_pushes_and_resumes_from
         let windows = jos.windows.lock().unwrap();
         assert!(windows[0].0 < windows[windows.len() - 1].0, "{windows:?}");
     }
-    // An unknown state: counted, and the cursor stops so the window is read again.
+    // An unknown state is journaled as unmapped (never lost, never read again forever).
     jos.orders
         .lock()
         .unwrap()
         .push(order("30004", "SEND_TO_DISTRIBUTION_CENER"));
+    let unknown = engine
+        .eventually("/v1/orders/jd:30004", |o| {
+            !o["timeline"].as_array().unwrap().is_empty()
+        })
+        .await;
+    assert_eq!(unknown["timeline"][0]["unmapped"], true);
+    assert_eq!(
+        unknown["timeline"][0]["raw_status"],
+        "SEND_TO_DISTRIBUTION_CENER"
+    );
+    // An item without its status cannot be read: counted, and the cursor stops so the window
+    // is read again.
+    jos.orders
+        .lock()
+        .unwrap()
+        .push(serde_json::json!({"orderId": "30005", "modified": "2023-11-15 06:23:00"}));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let stuck_from = jos.windows.lock().unwrap().len();
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -356,6 +372,14 @@ async fn jd_is_polled_incrementally_deduplicated_against_pushes_and_resumes_from
         )
         .unwrap()
             >= 1.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "orderhub_ingest_unmapped_total",
+            &[("source", "jd")]
+        ),
+        Some(1.0)
     );
     jos.orders.lock().unwrap().pop();
     tokio::time::sleep(Duration::from_millis(600)).await;
