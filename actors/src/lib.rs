@@ -6,6 +6,7 @@
 //! SQL: storage is reached through the [`store`] ports, which the engine implements.
 //!
 //! Modules:
+//! - [`digest`] — per-order warnings aggregated into one log line per rule or sink;
 //! - [`dispatch`] — rules (CEL conditions, minijinja payloads) and the syncs they decide;
 //! - [`order`] — canonical states, events, policy and the pure state machine (no clock, no I/O);
 //! - [`shard`] — the [`OrderRouter`](shard::OrderRouter) handle, shard supervisors, order actors
@@ -15,6 +16,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod digest;
 pub mod dispatch;
 pub mod order;
 pub mod shard;

@@ -222,6 +222,7 @@ pub async fn run(
     dispatch.stop().await;
     journal.close().await;
     upkeep.abort();
+    telemetry::flush_warnings();
     tracing::info!("orderhub stopped");
     Ok(())
 }

@@ -13,6 +13,13 @@ use std::time::Duration;
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 /// Overdue orders are counted every this many upkeep ticks (15 s).
 const OVERDUE_EVERY_TICKS: u32 = 3;
+/// Per-order warnings are logged aggregated, one line per rule or sink every this many ticks.
+const DIGEST_EVERY_TICKS: u32 = 2;
+
+/// Writes the aggregated per-order warnings of the last interval (also at shutdown).
+pub(crate) fn flush_warnings() {
+    orderhub_actors::digest::flush(UPKEEP_EVERY.as_secs() * u64::from(DIGEST_EVERY_TICKS));
+}
 
 /// Latency buckets, seconds: 100 µs to 10 s.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -91,6 +98,9 @@ impl Upkeep {
             tick.tick().await;
             upkeep.prometheus.run_upkeep();
             upkeep.process.collect();
+            if ticks.is_multiple_of(DIGEST_EVERY_TICKS) {
+                flush_warnings();
+            }
             if ticks.is_multiple_of(OVERDUE_EVERY_TICKS) {
                 let upkeep = upkeep.clone();
                 let _ = tokio::task::spawn_blocking(move || upkeep.count_overdue()).await;

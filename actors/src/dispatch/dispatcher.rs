@@ -471,18 +471,28 @@ impl DispatcherState {
         match status {
             SyncStatus::Pending => {
                 self.metrics.retries.increment(1);
+                crate::digest::note(
+                    crate::digest::Warning::Retried,
+                    &self.spec.name,
+                    &head.intent.id,
+                );
                 head.attempts = attempts;
                 head.not_before = not_before;
                 self.delayed.insert((not_before, order));
             }
             SyncStatus::Delivered | SyncStatus::Dead => {
-                queue.pop_front();
+                let sync_id = queue.pop_front().map(|head| head.intent.id);
                 self.held.remove(&row);
                 self.add_backlog(-1);
                 if status == SyncStatus::Dead {
                     self.dead += 1;
                     self.metrics.dead.increment(1);
-                    tracing::warn!(sink = %self.spec.name, row, error = ?error, "sync dead-lettered");
+                    tracing::debug!(sink = %self.spec.name, row, error = ?error, "sync dead-lettered");
+                    crate::digest::note(
+                        crate::digest::Warning::DeadLettered,
+                        &self.spec.name,
+                        sync_id.as_deref().unwrap_or_default(),
+                    );
                 } else {
                     self.delivered += 1;
                 }

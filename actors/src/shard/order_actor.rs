@@ -113,11 +113,15 @@ impl OrderActorState {
             && matches!(outcome, crate::order::Outcome::SlaBreached { .. })
         {
             ctx.metrics.breach(rule, *late);
-            tracing::warn!(order = %self.key, rule = %rule, late, "sla breached");
+            crate::digest::note(
+                crate::digest::Warning::SlaBreached { late: *late },
+                rule,
+                &self.key,
+            );
         }
         for rule in &timers.holds {
             ctx.metrics.hold(rule);
-            tracing::warn!(order = %self.key, rule = %rule, "order put on hold by a rule: exception interception");
+            crate::digest::note(crate::digest::Warning::Held, rule, &self.key);
         }
         for rule in &timers.disarmed {
             ctx.timers.disarm(&self.key, rule);
