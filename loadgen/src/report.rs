@@ -95,9 +95,10 @@ pub struct Report {
     pub throttled_429: u64,
     /// Requests started late because the in-flight cap was reached.
     pub late_starts: u64,
-    /// Intended average request rate, per second.
+    /// Requests intended within the arrival window, per second of it.
     pub rate_intended: f64,
-    /// Achieved average ack rate over the arrival window, per second.
+    /// The same requests acknowledged, per second until the last of them was (at least the
+    /// window): ~`rate_intended` when the engine keeps up.
     pub rate_achieved: f64,
     /// Requests the profile intended in each second of the run.
     pub intended_per_second: Vec<f64>,
@@ -117,14 +118,22 @@ pub struct Report {
     pub syncs_expected: usize,
     /// Received by a simulator.
     pub syncs_delivered: usize,
-    /// Never received.
+    /// Never received, and the engine has no record of them or dead-lettered them.
     pub syncs_lost: usize,
+    /// Not received yet, pending in the engine's outbox (behind a sink's quota): not lost.
+    pub syncs_pending: usize,
+    /// The engine's outbox per sink when verification ended (`orderhub_dispatch_backlog`).
+    pub dispatch_backlog: Vec<crate::verify::SinkBacklog>,
+    /// Seconds the backlog at the start of verification takes at the sinks' quotas.
+    pub drain_estimate_s: f64,
     /// Not due: the engine never entered their state (a later state was reported first).
     pub syncs_skipped: usize,
     /// Deliveries beyond the first of one idempotency key.
     pub syncs_duplicated: u64,
-    /// Syncs the engine shows as not delivered (verified orders).
+    /// Syncs the engine shows as not delivered, pending or dead (verified orders).
     pub engine_syncs_undelivered: usize,
+    /// Of those, dead-lettered.
+    pub engine_syncs_dead: usize,
     /// Up to 10 examples of what failed.
     pub examples: Vec<String>,
     /// Engine resource use, if `--engine-pid` was given.
@@ -159,13 +168,39 @@ impl Report {
         if self.syncs_verified {
             out.push_str(&format!("event→sync {}\n", l(&self.e2e_latency_ms)));
             out.push_str(&format!(
-                "syncs     expected {}  delivered {}  lost {}  not due {}  duplicated {}\n",
+                "syncs     expected {}  delivered {}  pending {}  lost {}  not due {}  duplicated {}\n",
                 self.syncs_expected,
                 self.syncs_delivered,
+                self.syncs_pending,
                 self.syncs_lost,
                 self.syncs_skipped,
                 self.syncs_duplicated
             ));
+            let waiting: Vec<String> = self
+                .dispatch_backlog
+                .iter()
+                .filter(|b| b.pending > 0.0)
+                .map(|b| {
+                    format!(
+                        "{} {:.0} (drains in ~{:.0}s at {}/s)",
+                        b.sink,
+                        b.pending,
+                        b.drain_s(),
+                        b.quota_per_second
+                    )
+                })
+                .collect();
+            if self.syncs_pending > 0 || !waiting.is_empty() {
+                let detail = if waiting.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", waiting.join(", "))
+                };
+                out.push_str(&format!(
+                    "outbox    {} syncs pending in the engine's outbox (quota or retries), not lost{detail}\n",
+                    self.syncs_pending
+                ));
+            }
         }
         out.push_str(&format!(
             "orders    verified {}  wrong state {}\n",

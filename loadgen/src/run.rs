@@ -78,6 +78,12 @@ pub struct Sent {
     pub ack_latency_us: Histogram<u64>,
     /// Acks per second of the run.
     pub acks_per_second: Vec<u64>,
+    /// Requests intended within the arrival window (the rates' common base).
+    pub window_sent: u64,
+    /// Of those, acknowledged 2xx.
+    pub window_acked: u64,
+    /// When the last of those was acknowledged, from the start.
+    pub window_last_ack: Duration,
     /// Intended send time (wall ms) of the first report of each (order, state).
     pub intended_ms: HashMap<(String, &'static str), i64>,
     /// Wall time of the run's start and end (ms).
@@ -104,6 +110,8 @@ struct Result {
     latency: Duration,
     acked_at: Duration,
     throttled: u64,
+    /// Intended within the arrival window.
+    in_window: bool,
 }
 
 pub(crate) fn wall_ms() -> i64 {
@@ -132,18 +140,24 @@ pub async fn send(traffic: Traffic, client: reqwest::Client, live: Arc<Live>) ->
     let mut intended_ms = HashMap::new();
     let mut next_arrival = Duration::ZERO;
     let mut sent = 0u64;
+    let mut window_sent = 0u64;
     let mut late_starts = 0u64;
 
     let collector = tokio::spawn(async move {
         let mut histogram =
             Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("valid bounds");
         let (mut acked, mut rejected, mut throttled) = (0u64, 0u64, 0u64);
+        let (mut window_acked, mut window_last_ack) = (0u64, Duration::ZERO);
         let mut errors: HashMap<u16, u64> = HashMap::new();
         let mut per_second: Vec<u64> = Vec::new();
         while let Some(result) = results_rx.recv().await {
             throttled += result.throttled;
             if (200..300).contains(&result.status) {
                 acked += 1;
+                if result.in_window {
+                    window_acked += 1;
+                    window_last_ack = window_last_ack.max(result.acked_at);
+                }
                 let _ = histogram.record((result.latency.as_micros() as u64).max(1));
                 let second = result.acked_at.as_secs() as usize;
                 if per_second.len() <= second {
@@ -155,7 +169,15 @@ pub async fn send(traffic: Traffic, client: reqwest::Client, live: Arc<Live>) ->
                 *errors.entry(result.status).or_default() += 1;
             }
         }
-        (histogram, acked, rejected, throttled, errors, per_second)
+        (
+            histogram,
+            acked,
+            rejected,
+            throttled,
+            errors,
+            per_second,
+            (window_acked, window_last_ack),
+        )
     });
 
     loop {
@@ -215,6 +237,8 @@ pub async fn send(traffic: Traffic, client: reqwest::Client, live: Arc<Live>) ->
             }
         };
         sent += 1;
+        let in_window = at < duration;
+        window_sent += u64::from(in_window);
         live.sent.fetch_add(1, Ordering::Relaxed);
         let client = client.clone();
         let url = format!("{}{}", traffic.target, wire.path);
@@ -253,13 +277,21 @@ pub async fn send(traffic: Traffic, client: reqwest::Client, live: Arc<Live>) ->
                 latency: intended.elapsed(),
                 acked_at: start.elapsed(),
                 throttled,
+                in_window,
             });
             drop(permit);
         });
     }
     drop(results_tx);
-    let (ack_latency_us, acked, rejected, throttled, errors_by_status, acks_per_second) =
-        collector.await.expect("collector finished");
+    let (
+        ack_latency_us,
+        acked,
+        rejected,
+        throttled,
+        errors_by_status,
+        acks_per_second,
+        (window_acked, window_last_ack),
+    ) = collector.await.expect("collector finished");
     Sent {
         orders,
         sent,
@@ -270,6 +302,9 @@ pub async fn send(traffic: Traffic, client: reqwest::Client, live: Arc<Live>) ->
         late_starts,
         ack_latency_us,
         acks_per_second,
+        window_sent,
+        window_acked,
+        window_last_ack,
         intended_ms,
         started_ms,
         elapsed: start.elapsed(),
