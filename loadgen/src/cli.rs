@@ -2,7 +2,7 @@
 
 use crate::lifecycle::{Anomalies, Channel};
 use crate::profile::{FLASH_SALE_ORDERS_PER_MINUTE, Profile, Shape};
-use crate::report::{EngineUsage, Latency, Report, sample_process};
+use crate::report::{EngineUsage, Latency, LoadgenUsage, Report, sample_process};
 use crate::run::{Live, Traffic, send};
 use crate::sinks::SinkBehaviour;
 use crate::verify::{Checks, DEFAULT_EXPECT_SYNCS, ExpectSyncs, verify};
@@ -232,6 +232,7 @@ pub async fn run_with(args: RunArgs, credentials: Credentials) -> anyhow::Result
         credentials,
     };
     let before = args.engine_pid.and_then(sample_process);
+    let own_before = sample_process(std::process::id());
     let live = Arc::new(Live::default());
     let progress = (!args.quiet).then(|| {
         let bar = indicatif::ProgressBar::new(args.duration.as_secs().max(1));
@@ -278,6 +279,18 @@ pub async fn run_with(args: RunArgs, credentials: Credentials) -> anyhow::Result
         verify_max: args.verify_max,
     };
     let verification = verify(&client, &checks, &sent.orders, &sent.intended_ms).await;
+    // loadgen's own CPU, so a reader can tell the engine's limits from the load generator's.
+    let own = match (sample_process(std::process::id()), own_before) {
+        (Some((_, _, after)), Some((_, _, before))) => {
+            let cpu_seconds = after - before;
+            Some(LoadgenUsage {
+                cpu_seconds,
+                cpu_cores: cpu_seconds / sent.elapsed.as_secs_f64().max(1e-9),
+                us_per_request: cpu_seconds * 1e6 / (sent.sent.max(1) as f64),
+            })
+        }
+        _ => None,
+    };
     let engine = match (args.engine_pid.and_then(sample_process), before) {
         (Some((rss, peak, cpu_after)), Some((_, _, cpu_before))) => Some(EngineUsage {
             rss_mib: rss,
@@ -345,6 +358,7 @@ pub async fn run_with(args: RunArgs, credentials: Credentials) -> anyhow::Result
             )
             .collect(),
         engine,
+        loadgen: own,
         failures: Vec::new(),
     };
     if report.rejected > 0 {

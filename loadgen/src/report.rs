@@ -52,6 +52,18 @@ pub struct EngineUsage {
     pub cpu_cores: f64,
 }
 
+/// The load generator's own CPU use (this process; with the engine in the same process, as in
+/// the test suite, both).
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadgenUsage {
+    /// CPU seconds during the run (sending and verification).
+    pub cpu_seconds: f64,
+    /// Average cores busy.
+    pub cpu_cores: f64,
+    /// CPU microseconds per request sent.
+    pub us_per_request: f64,
+}
+
 /// Reads a process's memory (kB fields of /proc/PID/status) and CPU ticks (/proc/PID/stat).
 pub fn sample_process(pid: u32) -> Option<(f64, f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -138,6 +150,8 @@ pub struct Report {
     pub examples: Vec<String>,
     /// Engine resource use, if `--engine-pid` was given.
     pub engine: Option<EngineUsage>,
+    /// loadgen's own CPU use (Linux).
+    pub loadgen: Option<LoadgenUsage>,
     /// Failed checks; empty when the run passed.
     pub failures: Vec<String>,
 }
@@ -210,6 +224,12 @@ impl Report {
             out.push_str(&format!(
                 "engine    rss {:.0} MiB (peak {:.0})  cpu {:.1}s ({:.2} cores)\n",
                 engine.rss_mib, engine.peak_rss_mib, engine.cpu_seconds, engine.cpu_cores
+            ));
+        }
+        if let Some(own) = &self.loadgen {
+            out.push_str(&format!(
+                "loadgen   cpu {:.1}s ({:.2} cores), {:.0} µs per request\n",
+                own.cpu_seconds, own.cpu_cores, own.us_per_request
             ));
         }
         if self.failures.is_empty() {

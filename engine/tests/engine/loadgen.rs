@@ -130,10 +130,12 @@ async fn loadgen_verifies_a_run_end_to_end() {
         "dispatch_backlog",
         "drain_estimate_s",
         "syncs_duplicated",
+        "loadgen",
     ] {
         assert!(written.get(field).is_some(), "report lacks {field}");
     }
     assert!(written["ack_latency_ms"]["p999"].is_number());
+    assert!(written["loadgen"]["us_per_request"].as_f64().unwrap() > 0.0);
     engine.stop().await;
 }
 
