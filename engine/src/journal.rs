@@ -7,6 +7,7 @@
 //! order, used by list queries and to re-arm SLA timers at start-up, complete below a
 //! watermark so recovery only re-folds orders with events past it.
 
+pub mod export;
 mod index;
 mod outbox;
 mod reader;

@@ -34,6 +34,25 @@ enum Command {
         listen: Option<SocketAddr>,
     },
     /// Validate a configuration file; exits non-zero naming the key and line at fault.
+    /// Write the journal's events received between two times as gzip'd JSON lines (for
+    /// `loadgen replay` or inspection with `zcat | jq`).
+    Export {
+        /// Start: a day (`2026-11-28`, from 00:00 UTC) or an RFC 3339 time.
+        #[arg(long)]
+        from: String,
+        /// End: a day (through its end, UTC) or an RFC 3339 time (exclusive).
+        #[arg(long)]
+        to: String,
+        /// The file to write (`.jsonl.gz`).
+        #[arg(long)]
+        out: PathBuf,
+        /// The configuration whose `server.data_dir` holds the journal.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The data directory (overrides the configuration's).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
     CheckConfig {
         /// Print the effective configuration (the default with FILE merged in) when it is valid.
         #[arg(long)]
@@ -46,6 +65,31 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Export {
+            from,
+            to,
+            out,
+            config,
+            data_dir,
+        } => {
+            let data_dir = match data_dir {
+                Some(dir) => dir,
+                None => {
+                    match config {
+                        Some(path) => Config::load(&path),
+                        None => Config::embedded(),
+                    }
+                    .context("invalid configuration")?
+                    .server
+                    .data_dir
+                }
+            };
+            let (from_ms, to_ms) = (instant(&from, false)?, instant(&to, true)?);
+            let written = orderhub_engine::journal::export::export(&data_dir, from_ms, to_ms, &out)
+                .with_context(|| format!("cannot export the journal in {}", data_dir.display()))?;
+            println!("{written} events written to {}", out.display());
+            Ok(())
+        }
         Command::CheckConfig { print, file } => match Config::load(&file)
             .and_then(|config| orderhub_engine::ingest::Sources::configure(&config).map(|_| config))
         {
@@ -86,6 +130,24 @@ fn main() -> anyhow::Result<()> {
                 .block_on(serve(config))
         }
     }
+}
+
+/// Milliseconds since the epoch of a day (`YYYY-MM-DD`, UTC: its start, or its end when
+/// `end_of_day`) or of an RFC 3339 time.
+fn instant(text: &str, end_of_day: bool) -> anyhow::Result<i64> {
+    let day = time::macros::format_description!("[year]-[month]-[day]");
+    if let Ok(date) = time::Date::parse(text, day) {
+        let date = if end_of_day {
+            date.next_day().context("date out of range")?
+        } else {
+            date
+        };
+        let at = date.midnight().assume_utc();
+        return Ok((at.unix_timestamp_nanos() / 1_000_000) as i64);
+    }
+    let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .with_context(|| format!("{text:?} is neither YYYY-MM-DD nor an RFC 3339 time"))?;
+    Ok((at.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

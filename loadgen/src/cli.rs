@@ -86,6 +86,90 @@ pub struct RunArgs {
     pub quiet: bool,
 }
 
+/// Options of `loadgen replay`.
+#[derive(Clone, Debug, Args)]
+pub struct ReplayArgs {
+    /// An `orderhub export` file (`.jsonl.gz`, or plain JSON lines).
+    pub file: PathBuf,
+    /// The engine's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub target: String,
+    /// Speed-up of the original pace (10 = ten times as fast: tonight's 10x from last night).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
+    /// Tags the replayed event ids, so a second replay into the same engine is not a duplicate.
+    #[arg(long, default_value_t = 1)]
+    pub run: u64,
+    /// Requests in flight at most.
+    #[arg(long, default_value_t = 4096)]
+    pub max_in_flight: usize,
+    /// Fail if the ack p99 exceeds this many milliseconds.
+    #[arg(long)]
+    pub max_p99: Option<f64>,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "replay-report.json")]
+    pub report: PathBuf,
+}
+
+/// Replays an export file (the events secret from `ORDERHUB_EVENTS_SECRET`).
+pub async fn replay(args: ReplayArgs) -> anyhow::Result<crate::replay::ReplayReport> {
+    let secret = std::env::var("ORDERHUB_EVENTS_SECRET").context(
+        "environment variable ORDERHUB_EVENTS_SECRET is not set (the target's whsec_ secret)",
+    )?;
+    let key = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        secret.trim_start_matches("whsec_"),
+    )
+    .context("ORDERHUB_EVENTS_SECRET is not a whsec_ base64 secret")?;
+    replay_with(args, &key).await
+}
+
+/// Replays with the decoded events key; the report's `failures` say whether it passed.
+pub async fn replay_with(
+    args: ReplayArgs,
+    events_key: &[u8],
+) -> anyhow::Result<crate::replay::ReplayReport> {
+    if !(args.speed > 0.0 && args.speed.is_finite()) {
+        anyhow::bail!("--speed must be a positive number, got {}", args.speed);
+    }
+    let events = crate::replay::read(&args.file).map_err(anyhow::Error::msg)?;
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .ok();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.max_in_flight)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let target = args.target.trim_end_matches('/');
+    client
+        .get(format!("{target}/readyz"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("the engine at {target} is not ready"))?;
+    let mut report = crate::replay::replay(
+        &client,
+        target,
+        events,
+        args.speed,
+        events_key,
+        args.run,
+        args.max_in_flight,
+    )
+    .await;
+    if let Some(max) = args.max_p99
+        && report.ack_latency_ms.p99 > max
+    {
+        report.failures.push(format!(
+            "ack p99 {:.1} ms is above --max-p99 {max}",
+            report.ack_latency_ms.p99
+        ));
+    }
+    std::fs::write(&args.report, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", args.report.display()))?;
+    Ok(report)
+}
+
 /// Options of `loadgen sinks`.
 #[derive(Clone, Debug, Args)]
 pub struct SinksArgs {

@@ -13,6 +13,7 @@
 //! - [`sinks`] — the downstream simulators;
 //! - [`verify`] — the end-to-end verifier;
 //! - [`report`] — the JSON report and summary;
+//! - [`replay`] — `loadgen replay`: an `orderhub export` file sent again at ×N;
 //! - [`cli`] — the `loadgen run` command put together.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -20,6 +21,7 @@
 pub mod cli;
 pub mod lifecycle;
 pub mod profile;
+pub mod replay;
 pub mod report;
 pub mod run;
 pub mod sinks;

@@ -3,7 +3,7 @@
 #![deny(rust_2018_idioms)]
 
 use clap::{Parser, Subcommand};
-use orderhub_loadgen::cli::{RunArgs, SinksArgs};
+use orderhub_loadgen::cli::{ReplayArgs, RunArgs, SinksArgs};
 
 #[derive(Parser)]
 #[command(
@@ -23,6 +23,9 @@ enum Command {
     Run(Box<RunArgs>),
     /// Run the downstream simulators (ERP, WMS, courier, notifications) on one port.
     Sinks(SinksArgs),
+    /// Send an `orderhub export` file again at N times its pace (last night's traffic as
+    /// tonight's rehearsal); exits 1 on refused events or a missed --max-p99.
+    Replay(ReplayArgs),
 }
 
 #[tokio::main]
@@ -31,6 +34,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Run(args) => {
             let path = args.report.clone();
             let report = orderhub_loadgen::cli::run(*args).await?;
+            print!("{}", report.summary());
+            println!("report written to {}", path.display());
+            if !report.failures.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Replay(args) => {
+            let path = args.report.clone();
+            let report = orderhub_loadgen::cli::replay(args).await?;
             print!("{}", report.summary());
             println!("report written to {}", path.display());
             if !report.failures.is_empty() {

@@ -199,7 +199,8 @@ fn md5_hex(parts: &[&[u8]]) -> String {
         .collect()
 }
 
-fn webhook_signature(key: &[u8], id: &str, timestamp: &str, body: &str) -> String {
+/// The Standard Webhooks `v1,` signature of `body` under `id` and `timestamp`.
+pub(crate) fn webhook_signature(key: &[u8], id: &str, timestamp: &str, body: &str) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
     mac.update(format!("{id}.{timestamp}.{body}").as_bytes());
     format!(

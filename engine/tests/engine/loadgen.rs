@@ -213,3 +213,102 @@ async fn a_sync_waiting_in_the_outbox_is_pending_not_lost() {
     );
     engine.stop().await;
 }
+
+#[derive(Parser)]
+struct ReplayCli {
+    #[command(flatten)]
+    args: orderhub_loadgen::cli::ReplayArgs,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_nights_traffic_exported_and_replayed_faster_gives_the_same_orders() {
+    // Last night: a few orders through their lifecycle, spread over 1.5 s.
+    let night = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start("sla = []", night.path()).await;
+    let t0 = now_ms();
+    for (i, states) in [
+        &["paid", "allocated", "packed", "shipped"][..],
+        &["paid", "cancelled"][..],
+        &["paid", "allocated"][..],
+    ]
+    .iter()
+    .enumerate()
+    {
+        for (j, state) in states.iter().enumerate() {
+            let id = format!("night-{i}-{j}");
+            let (status, body) = engine
+                .post_events(&canonical(&id, &format!("shop:{i}"), "wms", state, t0))
+                .await;
+            assert_eq!(status, 200, "{body}");
+            tokio::time::sleep(std::time::Duration::from_millis(120)).await;
+        }
+    }
+    let (status, _) = engine
+        .post_douyin(&douyin_push("777", "night-unmapped", "9", now_s()))
+        .await;
+    assert_eq!(status, 200);
+    engine.stop().await;
+
+    let out = night.path().join("night.jsonl.gz");
+    let day = |offset_days: i64| {
+        let at = time::OffsetDateTime::now_utc() + time::Duration::days(offset_days);
+        format!("{}", at.date())
+    };
+    let export = std::process::Command::new(env!("CARGO_BIN_EXE_orderhub"))
+        .args(["export", "--from", &day(-1), "--to", &day(0), "--out"])
+        .arg(&out)
+        .arg("--data-dir")
+        .arg(night.path())
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&export.stdout).starts_with("9 events written"),
+        "{}",
+        String::from_utf8_lossy(&export.stdout)
+    );
+
+    // Tonight's rehearsal: the same traffic, ten times as fast, into a fresh engine.
+    let tonight = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start("sla = []", tonight.path()).await;
+    let args = ReplayCli::parse_from([
+        "replay",
+        out.to_str().unwrap(),
+        "--target",
+        &engine.base,
+        "--speed",
+        "10",
+        "--report",
+        tonight.path().join("replay.json").to_str().unwrap(),
+    ])
+    .args;
+    let key = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        EVENTS_SECRET.trim_start_matches("whsec_"),
+    )
+    .unwrap();
+    let report = orderhub_loadgen::cli::replay_with(args, &key)
+        .await
+        .unwrap();
+    eprintln!("{}", report.summary());
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!((report.events, report.orders, report.acked), (9, 4, 9));
+    assert!(report.duration_s < 0.5, "{} s at 10x", report.duration_s);
+    for (order, state) in [
+        ("shop:0", "shipped"),
+        ("shop:1", "cancelled"),
+        ("shop:2", "allocated"),
+    ] {
+        engine
+            .eventually(&format!("/v1/orders/{order}"), |o| o["state"] == state)
+            .await;
+    }
+    let replayed = engine.get("/v1/orders/douyin:9").await.1;
+    assert_eq!(replayed["timeline"][0]["raw_status"], "777");
+    assert_eq!(replayed["timeline"][0]["mapped"], "none");
+    engine.stop().await;
+}
