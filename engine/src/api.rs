@@ -108,8 +108,10 @@ pub(crate) async fn dead_letters(
 /// reset) and hands it to its sink's dispatcher.
 pub(crate) async fn retry_dead_letter(
     State(app): State<Arc<AppState>>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
     Path(row): Path<String>,
 ) -> Response {
+    let operator = caller.map_or_else(|| "unknown".to_owned(), |c| c.0.name.clone());
     let Ok(row) = row.parse::<i64>() else {
         return error_response(
             StatusCode::BAD_REQUEST,
@@ -124,7 +126,9 @@ pub(crate) async fn retry_dead_letter(
                 // Pending on disk: the sink's dispatcher picks it up when it runs again.
                 tracing::warn!(row, error = %err, "revived sync not handed to a dispatcher");
             }
-            Json(serde_json::json!({ "row": row, "id": id, "status": "pending" })).into_response()
+            tracing::info!(row, id = %id, operator = %operator, "dead letter retried");
+            Json(serde_json::json!({ "row": row, "id": id, "status": "pending", "retried_by": operator }))
+                .into_response()
         }
         Ok(None) => error_response(
             StatusCode::NOT_FOUND,

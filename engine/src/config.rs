@@ -265,6 +265,44 @@ pub struct SinkConfig {
     pub breaker_cooldown: HumanDuration,
 }
 
+/// What an operator may do; each role may do what the ones below it may.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Reads orders, sources and dead letters.
+    Viewer,
+    /// Also acts on orders and syncs (retries a dead letter).
+    Operator,
+    /// Also decides approvals.
+    Approver,
+    /// Everything.
+    Admin,
+}
+
+impl Role {
+    /// The role's name as configured.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Approver => "approver",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// One `[[operators]]` entry: who may use the query and operations API.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// Unique name, written where the operator acts.
+    pub name: String,
+    /// What the operator may do.
+    pub role: Role,
+    /// Environment variable holding the operator's token.
+    pub token_env: String,
+}
+
 /// One `[[rules]]` entry: the actors' rule spec, read as configured.
 pub type RuleConfig = RuleSpec;
 
@@ -282,6 +320,7 @@ struct ConfigFile {
     sinks: Option<Vec<SinkConfig>>,
     rules: Option<Vec<RuleConfig>>,
     pollers: Option<BTreeMap<String, toml::Value>>,
+    operators: Option<Vec<OperatorConfig>>,
 }
 
 /// What the user's file set, to point errors at the right file and line.
@@ -378,6 +417,8 @@ pub struct Config {
     /// `[pollers.NAME]` tables as written: periodic pulls of changed orders (parsed by the
     /// poller source).
     pub pollers: BTreeMap<String, toml::Value>,
+    /// `[[operators]]`: who may use the query and operations API (none: loopback only).
+    pub operators: Vec<OperatorConfig>,
     origins: Origins,
 }
 
@@ -437,6 +478,7 @@ impl Config {
             sinks: file.sinks.unwrap_or_default(),
             rules: file.rules.unwrap_or_default(),
             pollers: file.pollers.unwrap_or_default(),
+            operators: file.operators.unwrap_or_default(),
             origins,
         };
         config.validate()?;
@@ -519,6 +561,24 @@ impl Config {
                 return Err(self.invalid(
                     format!("allowed_sources.{state}"),
                     "an empty list would forbid the state for every source",
+                ));
+            }
+        }
+        let mut operator_names = std::collections::HashSet::new();
+        for (i, operator) in self.operators.iter().enumerate() {
+            if operator.name.is_empty() || !operator_names.insert(operator.name.as_str()) {
+                return Err(self.invalid(
+                    format!("operators[{i}].name"),
+                    format!(
+                        "operator names must be unique and non-empty, got {:?}",
+                        operator.name
+                    ),
+                ));
+            }
+            if operator.token_env.is_empty() {
+                return Err(self.invalid(
+                    format!("operators[{i}].token_env"),
+                    "names the environment variable holding the operator's token",
                 ));
             }
         }

@@ -21,6 +21,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod api;
+pub(crate) mod auth;
 pub mod config;
 pub(crate) mod envelope;
 pub mod http_client;
@@ -82,6 +83,7 @@ pub(crate) struct AppState {
     pub(crate) connected: Vec<&'static str>,
     pub(crate) ingest_metrics: IngestMetrics,
     pub(crate) rejections: ingest::rejections::Rejections,
+    pub(crate) operators: auth::Operators,
     pub(crate) prometheus: PrometheusHandle,
     pub(crate) clock: SystemClock,
     ready: AtomicBool,
@@ -157,6 +159,7 @@ pub async fn run(
     let ingest_metrics = IngestMetrics::new(configured.names());
     let connected: Vec<&'static str> = configured.tasks().map(|(name, _)| name).collect();
     let grace = config.server.shutdown_grace.0;
+    let operators = auth::Operators::new(&config.operators, &secrets);
     let state = Arc::new(AppState {
         config,
         policy: Arc::new(policy),
@@ -167,6 +170,7 @@ pub async fn run(
         connected,
         ingest_metrics,
         rejections: Default::default(),
+        operators,
         prometheus: prometheus.clone(),
         clock,
         ready: AtomicBool::new(true),
@@ -228,6 +232,20 @@ pub async fn run(
 }
 
 fn routes(state: Arc<AppState>) -> Router {
+    // The query and operations API: operators only (auth.rs).
+    let operated = Router::new()
+        .route("/v1/sources", get(api::sources))
+        .route("/v1/orders", get(api::list_orders))
+        .route("/v1/orders/{key}", get(api::get_order))
+        .route("/v1/dispatch/dead-letters", get(api::dead_letters))
+        .route(
+            "/v1/dispatch/dead-letters/{row}/retry",
+            post(api::retry_dead_letter),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_operator,
+        ));
     Router::new()
         .route(
             "/v1/ingest/{source}",
@@ -238,14 +256,7 @@ fn routes(state: Arc<AppState>) -> Router {
             post(ingest::ingest_source_with_token),
         )
         .route("/v1/events", post(ingest::ingest_events))
-        .route("/v1/sources", get(api::sources))
-        .route("/v1/orders", get(api::list_orders))
-        .route("/v1/orders/{key}", get(api::get_order))
-        .route("/v1/dispatch/dead-letters", get(api::dead_letters))
-        .route(
-            "/v1/dispatch/dead-letters/{row}/retry",
-            post(api::retry_dead_letter),
-        )
+        .merge(operated)
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))

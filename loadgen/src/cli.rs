@@ -81,6 +81,10 @@ pub struct RunArgs {
     /// The engine's process id, to report its memory and CPU.
     #[arg(long)]
     pub engine_pid: Option<u32>,
+    /// An operator's token for reading orders back when the engine has `[[operators]]`
+    /// (viewer is enough; without operators the engine answers loopback callers).
+    #[arg(long)]
+    pub token: Option<String>,
     /// No live progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -289,9 +293,16 @@ pub async fn run_with(args: RunArgs, credentials: Credentials) -> anyhow::Result
     rustls::crypto::ring::default_provider()
         .install_default()
         .ok();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = &args.token {
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("--token is not a valid header value")?;
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.max_in_flight)
         .timeout(Duration::from_secs(30))
+        .default_headers(headers)
         .build()?;
     client
         .get(format!("{target}/readyz"))

@@ -579,3 +579,76 @@ async fn a_deadline_missed_while_down_fires_at_restart_flagged_late() {
     assert_eq!(order["sla"][0]["late"], true);
     engine.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_operators_configured_the_api_needs_a_token_and_a_role() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "sla = []\n\
+        [[operators]]\nname = \"li.na\"\nrole = \"operator\"\ntoken_env = \"ORDERHUB_TOKEN_LINA\"\n\
+        [[operators]]\nname = \"wang.wei\"\nrole = \"viewer\"\ntoken_env = \"ORDERHUB_TOKEN_WANG\"\n";
+    let base = secrets();
+    let with_tokens: orderhub_engine::secrets::SecretLookup =
+        Arc::new(move |name: &str| match name {
+            "ORDERHUB_TOKEN_LINA" => Some("lina-token".into()),
+            "ORDERHUB_TOKEN_WANG" => Some("wang-token".into()),
+            other => base(other),
+        });
+    let engine = TestEngine::start_with(config, dir.path(), with_tokens).await;
+    let call = |method: reqwest::Method, path: &str, token: Option<&str>| {
+        let mut request = engine
+            .client
+            .request(method, format!("{}{path}", engine.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let response = call(reqwest::Method::GET, "/v1/orders", None)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    let (_, body) = read(response).await;
+    assert_eq!(body["error"]["code"], "unauthorized");
+    let response = call(reqwest::Method::GET, "/v1/orders", Some("guess"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    for path in ["/v1/orders", "/v1/sources", "/v1/dispatch/dead-letters"] {
+        let response = call(reqwest::Method::GET, path, Some("wang-token"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    let retry = "/v1/dispatch/dead-letters/1/retry";
+    let response = call(reqwest::Method::POST, retry, Some("wang-token"))
+        .await
+        .unwrap();
+    let (status, body) = read(response).await;
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], "forbidden");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("wang.wei")
+    );
+    let response = call(reqwest::Method::POST, retry, Some("lina-token"))
+        .await
+        .unwrap();
+    let (status, body) = read(response).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("unknown_dead_letter"))
+    );
+    // Health, metrics and signed ingest are not behind operators.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let response = call(reqwest::Method::GET, path, None).await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+    let (status, _) = engine
+        .post_douyin(&douyin_push("101", "m-auth", "4242", T))
+        .await;
+    assert_eq!(status, 200);
+    engine.stop().await;
+}
