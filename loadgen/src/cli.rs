@@ -115,6 +115,36 @@ pub struct ReplayArgs {
     pub report: PathBuf,
 }
 
+/// An HTTP client for `target` (with an operator's token when given), once the engine there
+/// answers `/readyz`.
+async fn ready_client(
+    target: &str,
+    max_in_flight: usize,
+    token: Option<&str>,
+) -> anyhow::Result<reqwest::Client> {
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .ok();
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("--token is not a valid header value")?;
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(max_in_flight)
+        .timeout(Duration::from_secs(30))
+        .default_headers(headers)
+        .build()?;
+    client
+        .get(format!("{target}/readyz"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("the engine at {target} is not ready"))?;
+    Ok(client)
+}
+
 /// Replays an export file (the events secret from `ORDERHUB_EVENTS_SECRET`).
 pub async fn replay(args: ReplayArgs) -> anyhow::Result<crate::replay::ReplayReport> {
     let secret = std::env::var("ORDERHUB_EVENTS_SECRET").context(
@@ -137,20 +167,8 @@ pub async fn replay_with(
         anyhow::bail!("--speed must be a positive number, got {}", args.speed);
     }
     let events = crate::replay::read(&args.file).map_err(anyhow::Error::msg)?;
-    rustls::crypto::ring::default_provider()
-        .install_default()
-        .ok();
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.max_in_flight)
-        .timeout(Duration::from_secs(30))
-        .build()?;
     let target = args.target.trim_end_matches('/');
-    client
-        .get(format!("{target}/readyz"))
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .with_context(|| format!("the engine at {target} is not ready"))?;
+    let client = ready_client(target, args.max_in_flight, None).await?;
     let mut report = crate::replay::replay(
         &client,
         target,
@@ -290,26 +308,7 @@ pub async fn run_with(args: RunArgs, credentials: Credentials) -> anyhow::Result
         .sinks
         .as_deref()
         .map(|s| s.trim_end_matches('/').to_owned());
-    rustls::crypto::ring::default_provider()
-        .install_default()
-        .ok();
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(token) = &args.token {
-        let value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-            .context("--token is not a valid header value")?;
-        headers.insert(reqwest::header::AUTHORIZATION, value);
-    }
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(args.max_in_flight)
-        .timeout(Duration::from_secs(30))
-        .default_headers(headers)
-        .build()?;
-    client
-        .get(format!("{target}/readyz"))
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .with_context(|| format!("the engine at {target} is not ready"))?;
+    let client = ready_client(&target, args.max_in_flight, args.token.as_deref()).await?;
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs()

@@ -476,6 +476,15 @@ async fn shutdown_drains_and_a_restart_finds_every_order() {
     engine.stop().await;
 }
 
+/// `orderhub check-config ARGS…`.
+fn check_config(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_orderhub"))
+        .arg("check-config")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn check_config_names_the_key_and_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -485,11 +494,7 @@ fn check_config_names_the_key_and_line() {
         "[[sla]]\nname = \"a\"\nfrom = \"payed\"\nwithin = \"1h\"\n",
     )
     .unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_orderhub"))
-        .arg("check-config")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let output = check_config(&[bad.as_os_str()]);
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("line 3"), "{stderr}");
@@ -501,11 +506,7 @@ fn check_config_names_the_key_and_line() {
         "[actors]\nshards = 4\nidle_timeout = \"1m\"\nmax_active_per_shard = 100\n",
     )
     .unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_orderhub"))
-        .arg("check-config")
-        .arg(&good)
-        .output()
-        .unwrap();
+    let output = check_config(&[good.as_os_str()]);
     assert!(
         output.status.success(),
         "{}",
@@ -519,11 +520,7 @@ fn check_config_names_the_key_and_line() {
         "[actors]\nshards = 4\n[sources.douyin.status_map]\n\"999\" = \"none\"\n",
     )
     .unwrap();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_orderhub"))
-        .args(["check-config", "--print"])
-        .arg(&partial)
-        .output()
-        .unwrap();
+    let output = check_config(&["--print".as_ref(), partial.as_os_str()]);
     assert!(
         output.status.success(),
         "{}",
