@@ -18,29 +18,38 @@ struct SinksCli {
     args: SinksArgs,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn loadgen_verifies_a_run_end_to_end() {
-    let sinks_args = SinksCli::parse_from([
-        "sinks",
-        "--latency",
-        "1ms..5ms",
-        "--error-rate",
-        "0.05",
-        "--throttle-rate",
-        "0.05",
-    ])
-    .args;
+/// `loadgen sinks` with `sinks_flags` on a free loopback port, and an engine syncing to them
+/// at 500/s per sink; the sinks' base URL and the engine.
+async fn sinks_and_engine(sinks_flags: &[&str], dir: &std::path::Path) -> (String, TestEngine) {
+    let sinks_args =
+        SinksCli::parse_from(std::iter::once("sinks").chain(sinks_flags.iter().copied())).args;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sinks = format!("http://{}", listener.local_addr().unwrap());
-    let behaviour = sinks_args.behaviour().unwrap();
     tokio::spawn(orderhub_loadgen::sinks::serve(
         listener,
-        behaviour,
+        sinks_args.behaviour().unwrap(),
         std::future::pending(),
     ));
-    let dir = tempfile::tempdir().unwrap();
     let engine = TestEngine::start(
         &format!("sla = []\n{}", sinks_toml(&sinks, "500/s", "2s")),
+        dir,
+    )
+    .await;
+    (sinks, engine)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_verifies_a_run_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sinks, engine) = sinks_and_engine(
+        &[
+            "--latency",
+            "1ms..5ms",
+            "--error-rate",
+            "0.05",
+            "--throttle-rate",
+            "0.05",
+        ],
         dir.path(),
     )
     .await;
@@ -155,20 +164,8 @@ fn credentials() -> Credentials {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_waiting_in_the_outbox_is_pending_not_lost() {
     // Every sink answers 500: the engine keeps each sync in its outbox and retries it.
-    let sinks_args = SinksCli::parse_from(["sinks", "--error-rate", "1"]).args;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let sinks = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(orderhub_loadgen::sinks::serve(
-        listener,
-        sinks_args.behaviour().unwrap(),
-        std::future::pending(),
-    ));
     let dir = tempfile::tempdir().unwrap();
-    let engine = TestEngine::start(
-        &format!("sla = []\n{}", sinks_toml(&sinks, "500/s", "2s")),
-        dir.path(),
-    )
-    .await;
+    let (sinks, engine) = sinks_and_engine(&["--error-rate", "1"], dir.path()).await;
     let report_path = dir.path().join("report.json");
     let args = RunCli::parse_from([
         "run",
