@@ -83,17 +83,7 @@ async fn loadgen_verifies_a_run_end_to_end() {
         report_path.to_str().unwrap(),
     ])
     .args;
-    let credentials = Credentials {
-        douyin_key: DOUYIN_KEY.into(),
-        douyin_secret: DOUYIN_SECRET.into(),
-        events_key: base64::Engine::decode(
-            &base64::engine::general_purpose::STANDARD,
-            EVENTS_SECRET.trim_start_matches("whsec_"),
-        )
-        .unwrap(),
-        youzan: Some((YOUZAN_CLIENT_ID.into(), YOUZAN_CLIENT_SECRET.into())),
-    };
-    let report = orderhub_loadgen::cli::run_with(args, credentials)
+    let report = orderhub_loadgen::cli::run_with(args, credentials())
         .await
         .unwrap();
     eprintln!("{}", report.summary());
@@ -283,12 +273,7 @@ async fn last_nights_traffic_exported_and_replayed_faster_gives_the_same_orders(
         tonight.path().join("replay.json").to_str().unwrap(),
     ])
     .args;
-    let key = base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        EVENTS_SECRET.trim_start_matches("whsec_"),
-    )
-    .unwrap();
-    let report = orderhub_loadgen::cli::replay_with(args, &key)
+    let report = orderhub_loadgen::cli::replay_with(args, &credentials().events_key)
         .await
         .unwrap();
     eprintln!("{}", report.summary());
