@@ -9,7 +9,9 @@
 - orderhub's own promises: every credential variable the default config names comes from the
   Secret, probes on /readyz and /healthz, terminationGracePeriodSeconds above shutdown_grace,
   resource requests and limits, pod anti-affinity, a PodDisruptionBudget, one replica with the
-  SQLite journal on a PersistentVolumeClaim in single-node.
+  SQLite journal on a PersistentVolumeClaim in single-node; in cluster, three engines with
+  [cluster] naming every server of a three-server NATS JetStream StatefulSet (file storage on a
+  PVC, routes to each peer, its own PodDisruptionBudget).
 
 Exit 0 when everything holds, 1 naming every problem, 77 when a tool it needs is missing
 (kubectl, kubernetes-validate, promtool, or the Python packages in k8s/requirements.txt).
@@ -157,9 +159,9 @@ def check_orderhub(name, docs, problems, single_node):
     by_kind = {}
     for doc in docs:
         by_kind.setdefault(doc["kind"], []).append(doc)
-    sets = by_kind.get("StatefulSet", [])
+    sets = [s for s in by_kind.get("StatefulSet", []) if s["metadata"]["name"] == "orderhub"]
     if len(sets) != 1:
-        problems.append(f"{name}: expected one StatefulSet, found {len(sets)}")
+        problems.append(f"{name}: expected one StatefulSet named orderhub, found {len(sets)}")
         return
     sts = sets[0]
     pod = sts["spec"]["template"]["spec"]
@@ -199,6 +201,11 @@ def check_orderhub(name, docs, problems, single_node):
         if config_maps[0]["metadata"]["name"] not in mounted:
             problems.append(f"{name}: the orderhub.toml ConfigMap is not mounted")
         config = tomllib.loads(config_maps[0]["data"]["orderhub.toml"])
+        cluster = config.get("cluster")
+        if single_node and cluster is not None:
+            problems.append(f"{name}: single-node must not configure [cluster]")
+        if not single_node:
+            check_cluster(name, by_kind, sts, cluster, problems)
         with open(ROOT / "engine/src/config/default.toml", "rb") as f:
             default_grace = tomllib.load(f)["server"]["shutdown_grace"]
         grace = duration_s(config.get("server", {}).get("shutdown_grace", default_grace))
@@ -224,6 +231,44 @@ def check_orderhub(name, docs, problems, single_node):
             problems.append(f"{name}: the journal (/data) is not on a PersistentVolumeClaim")
         if "--data-dir" not in container.get("args", []):
             problems.append(f"{name}: the engine is not told --data-dir")
+
+
+def check_cluster(name, by_kind, sts, cluster, problems):
+    """The cluster overlay: three engines on a three-server JetStream cluster with file storage."""
+    if cluster is None:
+        problems.append(f"{name}: the engines' orderhub.toml has no [cluster]")
+        return
+    if sts["spec"].get("replicas") != 3:
+        problems.append(f"{name}: cluster runs three engines")
+    nats = [s for s in by_kind.get("StatefulSet", []) if s["metadata"]["name"] == "nats"]
+    if len(nats) != 1:
+        problems.append(f"{name}: no NATS StatefulSet")
+        return
+    nats = nats[0]
+    replicas = nats["spec"].get("replicas")
+    if replicas != 3:
+        problems.append(f"{name}: NATS runs three servers (a quorum survives one loss)")
+    if cluster.get("replicas", 3) > (replicas or 0):
+        problems.append(f"{name}: cluster.replicas is above the NATS servers")
+    if not nats["spec"].get("volumeClaimTemplates"):
+        problems.append(f"{name}: JetStream's file storage is not on a PersistentVolumeClaim")
+    conf = next(
+        (d["data"]["nats.conf"] for d in by_kind.get("ConfigMap", []) if "nats.conf" in d.get("data", {})),
+        "",
+    )
+    if "jetstream" not in conf or "store_dir" not in conf:
+        problems.append(f"{name}: nats.conf does not enable JetStream with file storage")
+    service = nats["spec"]["serviceName"]
+    namespace = nats["metadata"].get("namespace", "default")
+    for i in range(replicas or 0):
+        host = f"nats-{i}.{service}.{namespace}.svc.cluster.local"
+        if f"nats://{host}:6222" not in conf:
+            problems.append(f"{name}: nats.conf has no route to {host}")
+        if f"nats://{host}:4222" not in cluster.get("nats", []):
+            problems.append(f"{name}: cluster.nats does not list {host}")
+    if not any(p["spec"]["selector"]["matchLabels"].get("app.kubernetes.io/name") == "nats"
+               for p in by_kind.get("PodDisruptionBudget", [])):
+        problems.append(f"{name}: no PodDisruptionBudget for NATS")
 
 
 def main():

@@ -29,6 +29,7 @@ mod tests {
                 source: source.into(),
                 source_event_id: format!("e{seq}"),
                 supersedes: None,
+                log_seq: None,
                 raw_status: action.label().to_owned(),
                 action,
                 occurred_at: at,

@@ -298,16 +298,24 @@ impl OrderRouter {
     /// Passivates every order actor (each writes its summary) and stops the shards. Gives up
     /// waiting for a shard after `timeout`.
     pub async fn stop(&self, timeout: Duration) {
+        // Every shard drains at once, all within the one timeout.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut drains = tokio::task::JoinSet::new();
         for (shard, supervisor) in self.inner.shards.iter().enumerate() {
-            match supervisor.call(ShardMsg::Drain, Some(timeout)).await {
-                Ok(CallResult::Success(())) => {}
-                _ => tracing::warn!(
-                    shard,
-                    "shard did not drain in time; its orders replay from the journal at next start"
-                ),
-            }
-            supervisor.stop(Some("shutdown".into()));
+            let supervisor = supervisor.clone();
+            drains.spawn(async move {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let drained = supervisor.call(ShardMsg::Drain, Some(left)).await;
+                if !matches!(drained, Ok(CallResult::Success(()))) {
+                    tracing::warn!(
+                        shard,
+                        "shard did not drain in time; its orders replay from the journal at next start"
+                    );
+                }
+                supervisor.stop(Some("shutdown".into()));
+            });
         }
+        while drains.join_next().await.is_some() {}
         let tasks =
             std::mem::take(&mut *self.inner.tasks.lock().unwrap_or_else(|e| e.into_inner()));
         for task in tasks {

@@ -178,6 +178,24 @@ catalogue! {
     /// Start time.
     PROCESS_START_TIME = "orderhub_process_start_time_seconds", Gauge, Seconds, [],
         "When the engine process started, in seconds since the Unix epoch.";
+    /// Partitions of the cluster's event stream.
+    CLUSTER_PARTITIONS = "orderhub_cluster_partitions", Gauge, Count, [],
+        "Partitions of the cluster's event stream (cluster mode only).";
+    /// Partitions this node owns.
+    CLUSTER_PARTITIONS_OWNED = "orderhub_cluster_partitions_owned", Gauge, Count, [],
+        "Partitions whose lease this node holds and applies (cluster mode only).";
+    /// Live members.
+    CLUSTER_MEMBERS = "orderhub_cluster_members", Gauge, Count, [],
+        "Cluster members with a live heartbeat, as this node sees them (cluster mode only).";
+    /// Lease moves.
+    CLUSTER_LEASE_MOVES = "orderhub_cluster_lease_moves_total", Counter, Count, ["move"],
+        "Partition leases this node acquired, released (to their rendezvous owner or at shutdown), lost (another node holds it) or let expire (not renewed in time).";
+    /// Publish latency.
+    CLUSTER_PUBLISH_LATENCY = "orderhub_cluster_publish_seconds", Histogram, Seconds, [],
+        "Time from publishing an ingest request's events to JetStream until every PubAck (a quorum holds them).";
+    /// Consumer lag.
+    CLUSTER_CONSUMER_LAG = "orderhub_cluster_consumer_lag", Gauge, Count, [],
+        "Events in this node's partitions not yet applied (from the stream consumers' pending counts).";
 }
 
 /// Registers help text and units for every catalogued metric with the installed recorder.

@@ -112,6 +112,7 @@ fn lifecycle(order: &str) -> Vec<JournaledEvent> {
             source: "wms".into(),
             source_event_id: format!("e{i}"),
             supersedes: None,
+            log_seq: None,
             raw_status: state.as_str().into(),
             action: EventAction::Move { state },
             occurred_at: 1_700_000_000_000 + i as i64,

@@ -34,6 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 source: "douyin".into(),
                 source_event_id: format!("fill-{i}"),
                 supersedes: None,
+                log_seq: None,
                 raw_status: "101".into(),
                 action: EventAction::Move {
                     state: OrderState::Paid,

@@ -303,6 +303,48 @@ pub struct OperatorConfig {
     pub token_env: String,
 }
 
+/// `[cluster]`: cluster mode on NATS JetStream (absent: a single node on its SQLite journal).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS servers to connect to (any of them; the client learns the rest).
+    pub nats: Vec<String>,
+    /// This node's name, unique in the cluster (default: the host name).
+    #[serde(default = "default_node")]
+    pub node: String,
+    /// Partitions of the event stream; fixed when the stream is first created.
+    #[serde(default = "default_partitions")]
+    pub partitions: u32,
+    /// JetStream replicas of orderhub's stream and KV buckets.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// How long a partition lease (and a membership heartbeat) lives without renewal: how fast
+    /// a dead node's partitions move.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: HumanDuration,
+}
+
+fn default_node() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|name| name.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+fn default_partitions() -> u32 {
+    64
+}
+fn default_replicas() -> usize {
+    3
+}
+fn default_lease_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(6))
+}
+
 /// One `[[rules]]` entry: the actors' rule spec, read as configured.
 pub type RuleConfig = RuleSpec;
 
@@ -321,6 +363,7 @@ struct ConfigFile {
     rules: Option<Vec<RuleConfig>>,
     pollers: Option<BTreeMap<String, toml::Value>>,
     operators: Option<Vec<OperatorConfig>>,
+    cluster: Option<ClusterConfig>,
 }
 
 /// What the user's file set, to point errors at the right file and line.
@@ -419,6 +462,8 @@ pub struct Config {
     pub pollers: BTreeMap<String, toml::Value>,
     /// `[[operators]]`: who may use the query and operations API (none: loopback only).
     pub operators: Vec<OperatorConfig>,
+    /// `[cluster]`: `None` runs a single node.
+    pub cluster: Option<ClusterConfig>,
     origins: Origins,
 }
 
@@ -479,6 +524,7 @@ impl Config {
             rules: file.rules.unwrap_or_default(),
             pollers: file.pollers.unwrap_or_default(),
             operators: file.operators.unwrap_or_default(),
+            cluster: file.cluster,
             origins,
         };
         config.validate()?;
@@ -507,6 +553,55 @@ impl Config {
                 message: message.into(),
             },
         }
+    }
+
+    fn validate_cluster(&self, cluster: &ClusterConfig) -> Result<(), ConfigError> {
+        if cluster.nats.is_empty() {
+            return Err(self.invalid(
+                "cluster.nats".into(),
+                "lists the NATS servers to connect to, e.g. [\"nats://10.0.0.1:4222\"]",
+            ));
+        }
+        for (i, url) in cluster.nats.iter().enumerate() {
+            let scheme_ok = ["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme));
+            if !scheme_ok || url.parse::<async_nats::ServerAddr>().is_err() {
+                return Err(self.invalid(
+                    format!("cluster.nats[{i}]"),
+                    format!("{url:?} is not a NATS server address like \"nats://host:4222\""),
+                ));
+            }
+        }
+        // The name is a KV key and part of subjects: letters, digits, '-' and '_'.
+        let node_ok = !cluster.node.is_empty()
+            && cluster.node.len() <= 64
+            && cluster
+                .node
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !node_ok {
+            return Err(self.invalid(
+                "cluster.node".into(),
+                format!(
+                    "{:?} is not a node name: 1 to 64 letters, digits, '-' or '_', unique per node (default: the host name)",
+                    cluster.node
+                ),
+            ));
+        }
+        if !(1..=4096).contains(&cluster.partitions) {
+            return Err(self.invalid("cluster.partitions".into(), "must be 1 to 4096"));
+        }
+        if !(1..=5).contains(&cluster.replicas) {
+            return Err(self.invalid(
+                "cluster.replicas".into(),
+                "must be 1 to 5 (JetStream's limit)",
+            ));
+        }
+        if cluster.lease_ttl.0 < Duration::from_secs(1) {
+            return Err(self.invalid("cluster.lease_ttl".into(), "must be at least 1s"));
+        }
+        Ok(())
     }
 
     /// Checks ranges and cross-references; the error names the key and its line.
@@ -581,6 +676,9 @@ impl Config {
                     "names the environment variable holding the operator's token",
                 ));
             }
+        }
+        if let Some(cluster) = &self.cluster {
+            self.validate_cluster(cluster)?;
         }
         let mut sink_names = std::collections::HashSet::new();
         for (i, sink) in self.sinks.iter().enumerate() {

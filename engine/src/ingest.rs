@@ -779,7 +779,7 @@ pub(crate) async fn journal_events(
         .iter()
         .map(|e| e.action == EventAction::Unmapped)
         .collect();
-    let outcomes = app.journal.append(events).await.map_err(|e| match e {
+    let outcomes = app.append(events).await.map_err(|e| match e {
         JournalError::Full => IngestError::Throttled("journal queue is full"),
         JournalError::Closed => IngestError::ShuttingDown,
         other => IngestError::Journal(other.to_string()),

@@ -93,6 +93,8 @@ pub enum AppendOutcome {
 
 pub(crate) struct AppendRequest {
     events: Vec<OrderEvent>,
+    /// A meta value committed with the events (a cluster partition's stream position).
+    position: Option<(String, i64)>,
     enqueued: Instant,
     reply: oneshot::Sender<Result<Vec<AppendOutcome>, JournalError>>,
 }
@@ -196,9 +198,29 @@ impl Journal {
         &self,
         events: Vec<OrderEvent>,
     ) -> Result<Vec<AppendOutcome>, JournalError> {
+        self.submit(events, None).await
+    }
+
+    /// Like [`Journal::append`], and sets meta value `name` to `value` in the same commit: a
+    /// cluster partition's applier records how far into the stream its events are.
+    pub async fn append_at(
+        &self,
+        events: Vec<OrderEvent>,
+        name: &str,
+        value: i64,
+    ) -> Result<Vec<AppendOutcome>, JournalError> {
+        self.submit(events, Some((name.to_owned(), value))).await
+    }
+
+    async fn submit(
+        &self,
+        events: Vec<OrderEvent>,
+        position: Option<(String, i64)>,
+    ) -> Result<Vec<AppendOutcome>, JournalError> {
         let (reply, answer) = oneshot::channel();
         let request = AppendRequest {
             events,
+            position,
             enqueued: Instant::now(),
             reply,
         };
@@ -406,6 +428,7 @@ mod tests {
             source: "wms".into(),
             source_event_id: id.into(),
             supersedes: None,
+            log_seq: None,
             raw_status: "none".into(),
             action: EventAction::Inform,
             occurred_at: 1,

@@ -22,6 +22,7 @@
 
 pub mod api;
 pub(crate) mod auth;
+pub mod cluster;
 pub mod config;
 pub(crate) mod envelope;
 pub mod http_client;
@@ -45,7 +46,7 @@ pub use secrets::{SecretLookup, env_secrets};
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 /// Why the engine could not start or run.
@@ -66,6 +67,9 @@ pub enum EngineError {
     /// The dispatchers failed to start.
     #[error(transparent)]
     Dispatch(#[from] DispatchError),
+    /// The node could not join its cluster.
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
     /// The HTTP server failed.
     #[error("http server: {0}")]
     Http(#[from] std::io::Error),
@@ -76,6 +80,8 @@ pub(crate) struct AppState {
     pub(crate) config: Config,
     pub(crate) policy: Arc<OrderPolicy>,
     pub(crate) journal: Journal,
+    /// Cluster mode: where ingest publishes (else the journal).
+    pub(crate) cluster: Option<cluster::Cluster>,
     pub(crate) router: OrderRouter,
     pub(crate) dispatch: Dispatch,
     pub(crate) sources: SourceRegistry,
@@ -91,7 +97,19 @@ pub(crate) struct AppState {
 
 impl AppState {
     pub(crate) fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.cluster.as_ref().is_none_or(|c| c.joined())
+    }
+
+    /// Appends accepted events to the log: the journal on a single node, the stream in
+    /// cluster mode; answers once they are durable.
+    pub(crate) async fn append(
+        &self,
+        events: Vec<orderhub_actors::order::OrderEvent>,
+    ) -> Result<Vec<journal::AppendOutcome>, journal::JournalError> {
+        match &self.cluster {
+            Some(cluster) => cluster.append(events).await,
+            None => self.journal.append(events).await,
+        }
     }
 
     pub(crate) fn now_ms(&self) -> Millis {
@@ -124,10 +142,21 @@ pub async fn run(
     })
     .await
     .map_err(|e| std::io::Error::other(e.to_string()))??;
+    cluster::register_metrics();
+    let cluster = match &config.cluster {
+        Some(cluster_config) => {
+            Some(cluster::Cluster::join_patiently(cluster_config, &journal).await?)
+        }
+        None => None,
+    };
+    let store: Arc<dyn orderhub_actors::store::OrderStore> = match &cluster {
+        Some(cluster) => cluster.order_store(),
+        None => Arc::new(journal.clone()),
+    };
     let router = OrderRouter::start(
         config.shard_config(),
         policy.clone(),
-        Arc::new(journal.clone()),
+        store,
         Arc::new(clock),
     )
     .await?;
@@ -154,6 +183,8 @@ pub async fn run(
         },
         move |syncs| notifying.notify(syncs),
     )?;
+    // Cluster mode: heartbeats, leases and the appliers of this node's partitions.
+    let membership = cluster.as_ref().map(cluster::Cluster::start);
 
     let sources = SourceRegistry::build(&configured, &secrets);
     let ingest_metrics = IngestMetrics::new(configured.names());
@@ -164,6 +195,7 @@ pub async fn run(
         config,
         policy: Arc::new(policy),
         journal: journal.clone(),
+        cluster: cluster.clone(),
         router: router.clone(),
         dispatch: dispatch.clone(),
         sources,
@@ -197,12 +229,18 @@ pub async fn run(
     let channels = ingest::Channels::start(&configured, &state, &secrets);
     let app = routes(state.clone());
     let signalled = Arc::new(tokio::sync::Notify::new());
+    let stop_by = Arc::new(std::sync::OnceLock::new());
     let on_signal = {
         let state = state.clone();
         let signalled = signalled.clone();
+        let stop_by = stop_by.clone();
         async move {
             shutdown.await;
-            tracing::info!("shutdown requested: no longer ready, draining");
+            let _ = stop_by.set(tokio::time::Instant::now() + grace);
+            tracing::info!(
+                grace_s = grace.as_secs_f64(),
+                "shutdown requested: no longer ready, draining"
+            );
             state.ready.store(false, Ordering::Release);
             signalled.notify_one();
         }
@@ -212,23 +250,59 @@ pub async fn run(
         app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(on_signal);
-    let deadline = async {
+    // Open requests get two thirds of the grace; the rest is for the steps after them.
+    let drained = async {
         signalled.notified().await;
-        tokio::time::sleep(grace).await;
+        tokio::time::sleep(grace * 2 / 3).await;
     };
     tokio::select! {
         served = server => served?,
-        () = deadline => tracing::warn!(grace_s = grace.as_secs(), "shutdown grace exceeded; abandoning open connections"),
+        () = drained => tracing::warn!(step = "ingest drain", "shutdown step overran its share of server.shutdown_grace; abandoning open connections"),
     }
-    channels.stop();
-    journal.flush().await;
-    router.stop(grace).await;
-    dispatch.stop().await;
-    journal.close().await;
+    let stopping = Stopping {
+        deadline: stop_by
+            .get()
+            .copied()
+            .unwrap_or_else(|| tokio::time::Instant::now() + grace),
+    };
+    stopping.step("channels", async { channels.stop() }).await;
+    if let Some(membership) = membership {
+        stopping.step("cluster leave", membership.leave()).await;
+    }
+    stopping.step("journal flush", journal.flush()).await;
+    stopping
+        .step("order actors", router.stop(stopping.left()))
+        .await;
+    stopping.step("dispatchers", dispatch.stop()).await;
+    stopping.step("journal close", journal.close()).await;
     upkeep.abort();
     telemetry::flush_warnings();
     tracing::info!("orderhub stopped");
     Ok(())
+}
+
+/// The steps of a shutdown, all within one deadline (`server.shutdown_grace` after the signal):
+/// a step that overruns is abandoned and named in the log, and the next ones still run.
+struct Stopping {
+    deadline: tokio::time::Instant,
+}
+
+impl Stopping {
+    fn left(&self) -> Duration {
+        self.deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+    }
+
+    async fn step<T>(&self, step: &'static str, work: impl Future<Output = T>) {
+        let started = Instant::now();
+        if tokio::time::timeout_at(self.deadline, work).await.is_err() {
+            tracing::warn!(
+                step,
+                ran_ms = started.elapsed().as_millis() as u64,
+                "shutdown step overran server.shutdown_grace; abandoned (acknowledged events are durable, the rest is rebuilt at next start)"
+            );
+        }
+    }
 }
 
 fn routes(state: Arc<AppState>) -> Router {

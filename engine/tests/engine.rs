@@ -6,6 +6,7 @@
 
 mod engine {
     pub(crate) mod channels;
+    pub(crate) mod cluster;
     pub(crate) mod deploy;
     pub(crate) mod dispatch;
     pub(crate) mod durability;

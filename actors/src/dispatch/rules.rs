@@ -678,6 +678,7 @@ mod tests {
                 source: "douyin".into(),
                 source_event_id: format!("e{seq}"),
                 supersedes: None,
+                log_seq: None,
                 raw_status: state.as_str().into(),
                 action: EventAction::Move { state },
                 occurred_at: 1,

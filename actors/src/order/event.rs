@@ -71,6 +71,11 @@ pub struct OrderEvent {
     /// kept in the timeline and changes nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supersedes: Option<Superseding>,
+    /// Cluster mode: the event's sequence in the cluster's stream, set by the partition owner
+    /// that applies it. It is the same on every node, so idempotency keys derived from it are
+    /// too (a single node's journal sequence is local to its disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_seq: Option<u64>,
     /// The status exactly as the source reported it.
     pub raw_status: String,
     /// What the raw status means canonically.

@@ -362,7 +362,10 @@ impl Order {
         }
         let mut notes = Vec::new();
         if let Outcome::Applied { from, .. } = &outcome {
-            let decided = policy.rules().evaluate(self, *from, event, journaled.seq);
+            // The transition's place in the log names its syncs: the stream's sequence in cluster
+            // mode (the same on every node that replays it), else the journal's.
+            let seq = event.log_seq.unwrap_or(journaled.seq);
+            let decided = policy.rules().evaluate(self, *from, event, seq);
             for tag in decided.tags {
                 if !self.tags.contains(&tag) {
                     self.tags.push(tag);

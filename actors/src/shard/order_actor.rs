@@ -148,6 +148,7 @@ impl OrderActorState {
             // journaled once.
             source_event_id: format!("sla:{rule}:{deadline}"),
             supersedes: None,
+            log_seq: None,
             raw_status: "sla_breach".to_owned(),
             action: EventAction::SlaBreach {
                 rule: rule.to_owned(),

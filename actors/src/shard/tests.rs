@@ -87,6 +87,7 @@ fn event(order: &str, id: &str, state: OrderState, at: Millis) -> OrderEvent {
         source: "wms".into(),
         source_event_id: id.into(),
         supersedes: None,
+        log_seq: None,
         raw_status: state.as_str().into(),
         action: EventAction::Move { state },
         occurred_at: at,

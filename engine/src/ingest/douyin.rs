@@ -191,6 +191,7 @@ impl DouyinAdapter {
             source: SOURCE.to_owned(),
             source_event_id: msg_id,
             supersedes: None,
+            log_seq: None,
             raw_status: tag,
             action,
             occurred_at,

@@ -196,6 +196,7 @@ impl EventsAdapter {
             source: event.source,
             source_event_id: event_id,
             supersedes: None,
+            log_seq: None,
             raw_status: event.raw_status.unwrap_or(event.status),
             action,
             occurred_at,

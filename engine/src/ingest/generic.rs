@@ -181,6 +181,7 @@ impl GenericAdapter {
             source: self.name.to_owned(),
             source_event_id: event_id,
             supersedes: None,
+            log_seq: None,
             raw_status: status,
             action,
             occurred_at,

@@ -203,6 +203,7 @@ impl KuaishouAdapter {
             source: SOURCE.to_owned(),
             source_event_id: event_id,
             supersedes: None,
+            log_seq: None,
             raw_status,
             action,
             occurred_at: message

@@ -212,6 +212,7 @@ impl PddChannel {
                 source: SOURCE.to_owned(),
                 source_event_id: id,
                 supersedes: None,
+                log_seq: None,
                 raw_status: body.kind,
                 action,
                 occurred_at: send_time,

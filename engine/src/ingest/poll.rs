@@ -389,6 +389,7 @@ impl Poller {
                 source: self.source.to_owned(),
                 source_event_id: format!("poll:{order_id}:{status}"),
                 supersedes: None,
+                log_seq: None,
                 raw_status: status,
                 action,
                 occurred_at: updated.unwrap_or(now),

@@ -278,6 +278,7 @@ impl SfAdapter {
             source: SOURCE.to_owned(),
             source_event_id: id,
             supersedes: None,
+            log_seq: None,
             raw_status: op_code,
             action,
             occurred_at,

@@ -397,6 +397,7 @@ impl TmcChannel {
                 source: SOURCE.to_owned(),
                 source_event_id: id.to_string(),
                 supersedes: None,
+                log_seq: None,
                 raw_status: if status.is_empty() { topic } else { status },
                 action,
                 occurred_at,

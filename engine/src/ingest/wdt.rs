@@ -275,6 +275,7 @@ impl WdtPoller {
             source: SOURCE.to_owned(),
             source_event_id: format!("rec:{rec_id}"),
             supersedes: None,
+            log_seq: None,
             raw_status: raw_status.to_owned(),
             action: self.status_map.map(raw_status),
             occurred_at,

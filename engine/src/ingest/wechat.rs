@@ -313,6 +313,7 @@ impl WechatAdapter {
             source: SOURCE.to_owned(),
             source_event_id: format!("{event}:{order_id}:{created}:{from}"),
             supersedes: None,
+            log_seq: None,
             raw_status: if partial {
                 format!("{event} finish_delivery=0")
             } else {

@@ -185,6 +185,7 @@ impl YouzanAdapter {
                 stream: kind.clone(),
                 version,
             }),
+            log_seq: None,
             raw_status: if status.is_empty() { kind } else { status },
             action,
             occurred_at: received_at,

@@ -94,6 +94,7 @@ mod tests {
             source: "douyin".into(),
             source_event_id: id.into(),
             supersedes: None,
+            log_seq: None,
             raw_status: id.into(),
             action,
             occurred_at: at,

@@ -140,8 +140,12 @@ impl Batch {
         }
     }
 
-    fn append(&mut self, request: AppendRequest) {
+    fn append(&mut self, mut request: AppendRequest) {
         self.events += request.events.len();
+        if let Some((name, value)) = request.position.take() {
+            // Requests of one name queue in order (one applier per partition awaits each).
+            self.meta.insert(name, value);
+        }
         self.appends.push(request);
     }
 }

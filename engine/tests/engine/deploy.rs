@@ -44,3 +44,22 @@ fn every_kustomization_renders_and_validates_offline() {
         "{stdout}"
     );
 }
+
+/// The engines' configuration in each overlay is one the engine accepts: the single-node one
+/// without `[cluster]`, the cluster one with it (three JetStream replicas, the default lease).
+#[test]
+fn every_overlay_config_is_valid_for_the_engine() {
+    let k8s = Path::new(env!("CARGO_MANIFEST_DIR")).join("../k8s");
+    let load = |path: &str| {
+        orderhub_engine::config::Config::load(&k8s.join(path))
+            .unwrap_or_else(|e| panic!("k8s/{path}: {e}"))
+    };
+    assert!(load("base/orderhub.toml").cluster.is_none());
+    let cluster = load("overlays/cluster/orderhub.toml")
+        .cluster
+        .expect("the cluster overlay configures [cluster]");
+    assert_eq!(
+        (cluster.replicas, cluster.partitions, cluster.nats.len()),
+        (3, 64, 3)
+    );
+}

@@ -516,8 +516,16 @@ pub(crate) fn spawn_orderhub_with(
         .env("ORDERHUB_DOUYIN_APP_KEY", DOUYIN_KEY)
         .env("ORDERHUB_DOUYIN_APP_SECRET", DOUYIN_SECRET)
         .env("ORDERHUB_EVENTS_SECRET", EVENTS_SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
+        // ORDERHUB_CHILD_LOG=info shows what a spawned engine does while debugging a test.
+        .env(
+            "RUST_LOG",
+            std::env::var("ORDERHUB_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(if std::env::var_os("ORDERHUB_CHILD_LOG").is_some() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .expect("orderhub binary starts")

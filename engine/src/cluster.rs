@@ -1,0 +1,409 @@
+//! Cluster mode: the JetStream side of the log/store port (docs/design/log-store-port.md).
+//!
+//! Every node verifies and decodes pushes as a single node does, then publishes each event to
+//! the `ORDERHUB_EVENTS` stream (subject `orderhub.events.{partition}`, file storage,
+//! `replicas`) with `Nats-Msg-Id` = the event's idempotency identity, and answers 2xx only
+//! after the PubAck. Partitions are owned through leases in the `orderhub_leases` KV bucket
+//! (the lease's revision is its fencing token), handed out by rendezvous hashing over the
+//! members that heartbeat into `orderhub_members`. The owner of a partition consumes it in
+//! order into its local journal — the SQLite side of the port, now a state store of the
+//! partitions it owns, with each partition's stream position committed in the same
+//! transaction as the events — and from there the order actors, SLA timers and rules run
+//! exactly as on a single node.
+
+mod membership;
+mod placement;
+
+pub(crate) use placement::partition_of;
+
+use crate::config::ClusterConfig;
+use crate::journal::{AppendOutcome, Journal, JournalError};
+use async_nats::jetstream::{self, context::PublishErrorKind, kv, stream};
+use dashmap::DashMap;
+use orderhub_actors::order::OrderEvent;
+use orderhub_actors::store::{OrderStore, OrderUpdate, StoreError, StoredOrder};
+use orderhub_actors::telemetry as t;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// The stream of accepted events.
+pub const EVENTS_STREAM: &str = "ORDERHUB_EVENTS";
+/// Live members: one key per node, kept alive by heartbeats, gone `lease_ttl` after the last.
+pub const MEMBERS_BUCKET: &str = "orderhub_members";
+/// Partition leases: key `p{n}`, value the owner's name, revision = fencing token.
+pub const LEASES_BUCKET: &str = "orderhub_leases";
+/// The stream metadata key that records the partition count it was created with.
+const PARTITIONS_KEY: &str = "orderhub_partitions";
+/// Publishes awaiting their PubAck, across the node (bounded: beyond it ingest answers 429).
+const MAX_ACKS_IN_FLIGHT: usize = 8192;
+/// How long a starting node keeps trying to reach NATS and JetStream.
+const JOIN_PATIENCE: Duration = Duration::from_secs(60);
+/// How long ingest waits for a PubAck before answering 503.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Why the node could not join the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// NATS could not be reached.
+    #[error("cannot connect to NATS at {servers}: {reason}")]
+    Connect {
+        /// The configured servers.
+        servers: String,
+        /// Why.
+        reason: String,
+    },
+    /// The stream exists with another partition count.
+    #[error(
+        "cluster.partitions = {configured}, but stream {EVENTS_STREAM} was created with {existing} partitions; the count is fixed when the stream is first created (set cluster.partitions = {existing})"
+    )]
+    Partitions {
+        /// What the configuration says.
+        configured: u32,
+        /// What the stream was created with.
+        existing: u32,
+    },
+    /// JetStream refused to create or open orderhub's stream or buckets.
+    #[error("JetStream {what}: {reason}")]
+    JetStream {
+        /// Which stream or bucket.
+        what: String,
+        /// The server's answer.
+        reason: String,
+    },
+}
+
+/// Registers the cluster series, so they are exported (as 0 on a single node) from start-up.
+pub(crate) fn register_metrics() {
+    metrics::gauge!(t::CLUSTER_PARTITIONS).set(0.0);
+    metrics::gauge!(t::CLUSTER_PARTITIONS_OWNED).set(0.0);
+    metrics::gauge!(t::CLUSTER_MEMBERS).set(0.0);
+    metrics::gauge!(t::CLUSTER_CONSUMER_LAG).set(0.0);
+    for moved in ["acquired", "released", "lost", "expired"] {
+        metrics::counter!(t::CLUSTER_LEASE_MOVES, "move" => moved).increment(0);
+    }
+    let _ = metrics::histogram!(t::CLUSTER_PUBLISH_LATENCY);
+}
+
+/// The subject of `partition`'s events.
+pub(crate) fn subject_of(partition: u32) -> String {
+    format!("orderhub.events.{partition}")
+}
+
+/// The key an event is placed by: its order, or for a courier scan that names no order its
+/// waybill.
+fn placement_key(event: &OrderEvent) -> &str {
+    if !event.order.is_empty() {
+        return &event.order;
+    }
+    match event.fields.get("waybill_no") {
+        Some(serde_json::Value::String(waybill)) => waybill,
+        _ => "",
+    }
+}
+
+/// A node of the cluster. Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: ClusterConfig,
+    pub(crate) js: jetstream::Context,
+    pub(crate) stream: stream::Stream,
+    pub(crate) members: kv::Store,
+    pub(crate) leases: kv::Store,
+    /// Partitions this node holds: lease revision (fencing token) and until when it is safe to
+    /// act on it without a renewal.
+    pub(crate) owned: DashMap<u32, membership::Held>,
+    /// Events each owned partition still has to apply (from the last message's `pending`).
+    pub(crate) lag: DashMap<u32, u64>,
+    pub(crate) joined: AtomicBool,
+    pub(crate) journal: Journal,
+}
+
+impl Cluster {
+    /// Connects to NATS, creates (or checks) orderhub's stream and buckets and starts the
+    /// membership loop, which takes this node's partitions and applies them into `journal`.
+    pub async fn join(config: &ClusterConfig, journal: Journal) -> Result<Cluster, ClusterError> {
+        let servers = config.nats.join(", ");
+        let connect = |reason: String| ClusterError::Connect {
+            servers: servers.clone(),
+            reason,
+        };
+        let addrs = config
+            .nats
+            .iter()
+            .map(|url| url.parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| connect(e.to_string()))?;
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("orderhub {}", config.node))
+            .connection_timeout(Duration::from_secs(5))
+            .max_reconnects(None)
+            .connect(addrs)
+            .await
+            .map_err(|e| connect(e.to_string()))?;
+        // API calls (lease renewals among them) must fail well inside a lease's lifetime.
+        let api_timeout =
+            (config.lease_ttl.0 / 3).clamp(Duration::from_millis(500), PUBLISH_TIMEOUT);
+        let js = jetstream::ContextBuilder::new()
+            .timeout(api_timeout)
+            .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
+            .build(client);
+        let stream = ensure_stream(&js, config).await?;
+        let bucket = |name: &str, history: i64| kv::Config {
+            bucket: name.to_owned(),
+            history,
+            max_age: config.lease_ttl.0,
+            storage: jetstream::stream::StorageType::File,
+            num_replicas: config.replicas,
+            ..Default::default()
+        };
+        let members = open_bucket(&js, bucket(MEMBERS_BUCKET, 1)).await?;
+        let leases = open_bucket(&js, bucket(LEASES_BUCKET, 1)).await?;
+        let cluster = Cluster {
+            inner: Arc::new(Inner {
+                config: config.clone(),
+                js,
+                stream,
+                members,
+                leases,
+                owned: DashMap::new(),
+                lag: DashMap::new(),
+                joined: AtomicBool::new(false),
+                journal,
+            }),
+        };
+        metrics::gauge!(t::CLUSTER_PARTITIONS).set(f64::from(config.partitions));
+        Ok(cluster)
+    }
+
+    /// [`Cluster::join`], retried while NATS or JetStream is not there yet (they may be starting
+    /// beside this node) for up to a minute; a wrong configuration fails at once.
+    pub async fn join_patiently(
+        config: &ClusterConfig,
+        journal: &Journal,
+    ) -> Result<Cluster, ClusterError> {
+        let started = Instant::now();
+        let mut logged = None::<Instant>;
+        loop {
+            match Cluster::join(config, journal.clone()).await {
+                Ok(cluster) => return Ok(cluster),
+                Err(err @ ClusterError::Partitions { .. }) => return Err(err),
+                Err(err) if started.elapsed() < JOIN_PATIENCE => {
+                    if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(5)) {
+                        tracing::warn!(error = %err, "cannot join the cluster yet; retrying (not ready until joined)");
+                        logged = Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Starts the membership loop (heartbeats, leases, partition appliers) until
+    /// [`Cluster::leave`].
+    pub fn start(&self) -> membership::Membership {
+        membership::Membership::start(self.inner.clone())
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.inner.config.node
+    }
+
+    /// Whether the node has joined: registered as a member and taken its first partitions.
+    pub fn joined(&self) -> bool {
+        self.inner.joined.load(Ordering::Acquire)
+    }
+
+    /// Whether this node holds a valid lease on `order`'s partition.
+    pub fn owns_order(&self, order: &str) -> bool {
+        let partition = partition_of(order, self.inner.config.partitions);
+        self.inner.holds(partition)
+    }
+
+    /// Publishes `events` to the stream, pipelined, and answers once every one has its PubAck
+    /// (a quorum of the stream's replicas holds it): `Appended(stream sequence)` or
+    /// `Duplicate` (JetStream saw the same `Nats-Msg-Id` within its window). Whether a courier
+    /// scan waits for its waybill is decided by the partition's owner, so it is not `Parked`
+    /// here.
+    pub async fn append(
+        &self,
+        events: Vec<OrderEvent>,
+    ) -> Result<Vec<AppendOutcome>, JournalError> {
+        let started = Instant::now();
+        let partitions = self.inner.config.partitions;
+        let mut acks = Vec::with_capacity(events.len());
+        for event in &events {
+            let payload = serde_json::to_vec(event).map_err(|e| JournalError::Corrupt {
+                seq: 0,
+                reason: e.to_string(),
+            })?;
+            let subject = subject_of(partition_of(placement_key(event), partitions));
+            let publish = jetstream::message::PublishMessage::build()
+                .payload(payload.into())
+                .message_id(format!("{}:{}", event.source, event.source_event_id));
+            let ack = self
+                .inner
+                .js
+                .send_publish(subject, publish)
+                .await
+                .map_err(publish_error)?;
+            acks.push(ack);
+        }
+        let mut outcomes = Vec::with_capacity(acks.len());
+        for ack in acks {
+            let ack = ack.await.map_err(publish_error)?;
+            outcomes.push(if ack.duplicate {
+                AppendOutcome::Duplicate
+            } else {
+                AppendOutcome::Appended(ack.sequence)
+            });
+        }
+        metrics::histogram!(t::CLUSTER_PUBLISH_LATENCY).record(started.elapsed().as_secs_f64());
+        Ok(outcomes)
+    }
+
+    /// The order store the actors use in cluster mode: the local journal, except that an
+    /// event orderhub raises itself (an SLA breach) goes to the stream, so the partition's
+    /// next owner sees it too — and only while this node holds the order's partition.
+    pub fn order_store(&self) -> Arc<dyn OrderStore> {
+        Arc::new(ClusterStore {
+            cluster: self.clone(),
+        })
+    }
+}
+
+impl Inner {
+    /// Whether the lease on `partition` is held and still safe to act on.
+    pub(crate) fn holds(&self, partition: u32) -> bool {
+        self.owned
+            .get(&partition)
+            .is_some_and(|held| held.valid_until > Instant::now())
+    }
+}
+
+fn publish_error(error: jetstream::context::PublishError) -> JournalError {
+    match error.kind() {
+        PublishErrorKind::MaxAckPending => JournalError::Full,
+        PublishErrorKind::TimedOut => JournalError::CommitFailed(format!(
+            "no PubAck from JetStream within {}s",
+            PUBLISH_TIMEOUT.as_secs()
+        )),
+        _ => JournalError::CommitFailed(format!("JetStream publish: {error}")),
+    }
+}
+
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+) -> Result<stream::Stream, ClusterError> {
+    let refused = |reason: String| ClusterError::JetStream {
+        what: format!("stream {EVENTS_STREAM}"),
+        reason,
+    };
+    if let Ok(mut existing) = js.get_stream(EVENTS_STREAM).await {
+        let info = existing.info().await.map_err(|e| refused(e.to_string()))?;
+        let recorded = info.config.metadata.get(PARTITIONS_KEY).cloned();
+        let existing_partitions = recorded
+            .as_deref()
+            .and_then(|value| value.parse::<u32>().ok())
+            .ok_or_else(|| {
+                refused(format!(
+                    "exists without orderhub's partition count in its metadata ({PARTITIONS_KEY} = {recorded:?}); it was not created by orderhub"
+                ))
+            })?;
+        if existing_partitions != config.partitions {
+            return Err(ClusterError::Partitions {
+                configured: config.partitions,
+                existing: existing_partitions,
+            });
+        }
+        return Ok(existing);
+    }
+    let stream_config = stream::Config {
+        name: EVENTS_STREAM.to_owned(),
+        description: Some("orderhub: every accepted event, partitioned by order key".to_owned()),
+        subjects: vec!["orderhub.events.>".to_owned()],
+        storage: stream::StorageType::File,
+        num_replicas: config.replicas,
+        retention: stream::RetentionPolicy::Limits,
+        // Redelivered pushes within this window are refused by JetStream already; orderhub's own
+        // (source, event id) check in the owner's store catches the rest.
+        duplicate_window: Duration::from_secs(120),
+        metadata: HashMap::from([(PARTITIONS_KEY.to_owned(), config.partitions.to_string())]),
+        ..Default::default()
+    };
+    match js.create_stream(stream_config).await {
+        Ok(stream) => Ok(stream),
+        // Another node created it first: check what it created.
+        Err(_) if js.get_stream(EVENTS_STREAM).await.is_ok() => {
+            Box::pin(ensure_stream(js, config)).await
+        }
+        Err(e) => Err(refused(e.to_string())),
+    }
+}
+
+async fn open_bucket(
+    js: &jetstream::Context,
+    config: kv::Config,
+) -> Result<kv::Store, ClusterError> {
+    let name = config.bucket.clone();
+    if let Ok(store) = js.get_key_value(&name).await {
+        return Ok(store);
+    }
+    match js.create_key_value(config).await {
+        Ok(store) => Ok(store),
+        Err(e) => js
+            .get_key_value(&name)
+            .await
+            .map_err(|_| ClusterError::JetStream {
+                what: format!("KV bucket {name}"),
+                reason: e.to_string(),
+            }),
+    }
+}
+
+/// The actors' store in cluster mode (see [`Cluster::order_store`]).
+struct ClusterStore {
+    cluster: Cluster,
+}
+
+impl OrderStore for ClusterStore {
+    fn load(&self, order: &str) -> Result<StoredOrder, StoreError> {
+        self.cluster.inner.journal.load(order)
+    }
+
+    fn append_internal(&self, event: OrderEvent) -> Result<(), StoreError> {
+        if !self.cluster.owns_order(&event.order) {
+            // Not ours (any more): the partition's owner re-arms the timer from its own replay
+            // and raises the breach itself, with the same deterministic id.
+            return Ok(());
+        }
+        let cluster = self.cluster.clone();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match cluster.append(vec![event.clone()]).await {
+                    Ok(_) => return,
+                    Err(err) if cluster.owns_order(&event.order) => {
+                        tracing::warn!(order = %event.order, error = %err, "could not publish an SLA breach; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn record(&self, update: OrderUpdate) {
+        self.cluster.inner.journal.record(update);
+    }
+}

