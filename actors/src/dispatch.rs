@@ -120,6 +120,14 @@ impl Dispatch {
         }
     }
 
+    /// Cluster mode: `nodes` live nodes each dispatch their own partitions' syncs, so each
+    /// takes `1/nodes` of every sink's quota and together they never exceed it.
+    pub fn share_quota(&self, nodes: u32) {
+        for actor in self.sinks.values() {
+            let _ = actor.cast(DispatchMsg::Share(nodes.max(1)));
+        }
+    }
+
     /// Sends a dead-lettered sync again (the outbox already marks it pending).
     pub fn replay(&self, sync: PendingSync) -> Result<(), DispatchError> {
         let actor = self

@@ -132,7 +132,7 @@ catalogue! {
         "Sync delivery attempts by sink and outcome (delivered, throttled, failed, rejected).";
     /// The sink's quota.
     DISPATCH_QUOTA = "orderhub_dispatch_quota_per_second", Gauge, CountPerSecond, ["sink"],
-        "Sends per second the sink's rate limit allows (its configured quota).";
+        "Sends per second this node's rate limit for the sink allows: its configured quota, or in cluster mode this node's even share of it (quota / live nodes).";
     /// Sync delivery latency.
     DISPATCH_LATENCY = "orderhub_dispatch_latency_seconds", Histogram, Seconds, ["sink"],
         "Time one delivery attempt took, after the rate limiter let it go.";

@@ -122,6 +122,8 @@ pub(crate) struct Inner {
     pub(crate) lag: DashMap<u32, u64>,
     pub(crate) joined: AtomicBool,
     pub(crate) journal: Journal,
+    /// Live members as last seen (sinks' quotas are split by it).
+    pub(crate) members_seen: tokio::sync::watch::Sender<usize>,
 }
 
 impl Cluster {
@@ -164,6 +166,19 @@ impl Cluster {
         };
         let members = open_bucket(&js, bucket(MEMBERS_BUCKET, 1)).await?;
         let leases = open_bucket(&js, bucket(LEASES_BUCKET, 1)).await?;
+        // Until the first heartbeat round, count this node among the members already there.
+        let mut known = match members.keys().await {
+            Ok(keys) => {
+                use futures_util::StreamExt as _;
+                keys.filter_map(|k| async { k.ok() })
+                    .collect::<Vec<String>>()
+                    .await
+            }
+            Err(_) => Vec::new(),
+        };
+        if !known.contains(&config.node) {
+            known.push(config.node.clone());
+        }
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 config: config.clone(),
@@ -175,6 +190,7 @@ impl Cluster {
                 lag: DashMap::new(),
                 joined: AtomicBool::new(false),
                 journal,
+                members_seen: tokio::sync::watch::Sender::new(known.len()),
             }),
         };
         metrics::gauge!(t::CLUSTER_PARTITIONS).set(f64::from(config.partitions));
@@ -209,6 +225,11 @@ impl Cluster {
     /// [`Cluster::leave`].
     pub fn start(&self) -> membership::Membership {
         membership::Membership::start(self.inner.clone())
+    }
+
+    /// The number of live members, updated as they join and leave.
+    pub fn members(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.inner.members_seen.subscribe()
     }
 
     /// This node's name.

@@ -172,6 +172,23 @@ pub async fn run(
         sinks.push((spec, sinks::connector(sink, &secrets)?));
     }
     let dispatch = Dispatch::start(sinks, Arc::new(journal.clone()), Arc::new(clock)).await?;
+    // Cluster mode: each live node dispatches its own partitions' syncs with an even share of
+    // every sink's quota, so together they never exceed it; the share follows the members.
+    let quota_share = cluster.as_ref().map(|cluster| {
+        let mut members = cluster.members();
+        let dispatch = dispatch.clone();
+        dispatch.share_quota(*members.borrow_and_update() as u32);
+        tokio::spawn(async move {
+            while members.changed().await.is_ok() {
+                let nodes = *members.borrow_and_update();
+                tracing::info!(
+                    nodes,
+                    "live nodes changed: each takes 1/{nodes} of every sink's quota"
+                );
+                dispatch.share_quota(nodes as u32);
+            }
+        })
+    });
     let routing = router.clone();
     let notifying = dispatch.clone();
     journal.start(
@@ -276,6 +293,9 @@ pub async fn run(
     stopping.step("dispatchers", dispatch.stop()).await;
     stopping.step("journal close", journal.close()).await;
     upkeep.abort();
+    if let Some(task) = quota_share {
+        task.abort();
+    }
     telemetry::flush_warnings();
     tracing::info!("orderhub stopped");
     Ok(())

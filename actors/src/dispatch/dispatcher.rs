@@ -54,12 +54,22 @@ pub struct SinkSpec {
 }
 
 impl SinkSpec {
-    fn quota(&self) -> Quota {
+    /// This node's part of the sink's quota when `share` nodes split it evenly (1: the whole
+    /// quota): the sends are spaced `share` times wider and the burst is split too, so the
+    /// nodes together never exceed the configured rate.
+    fn quota(&self, share: u32) -> Quota {
         let count = self.rate_count.max(1);
-        let period = (self.rate_per / count).max(Duration::from_nanos(1));
+        let share = share.max(1);
+        let period = (self.rate_per * share / count).max(Duration::from_nanos(1));
+        let burst = (self.burst / share).max(1);
         Quota::with_period(period)
             .expect("period is positive")
-            .allow_burst(NonZeroU32::new(self.burst.max(1)).expect("burst is positive"))
+            .allow_burst(NonZeroU32::new(burst).expect("burst is positive"))
+    }
+
+    /// Sends per second of this node's part of the quota.
+    fn per_second(&self, share: u32) -> f64 {
+        f64::from(self.rate_count) / self.rate_per.as_secs_f64().max(1e-9) / f64::from(share.max(1))
     }
 }
 
@@ -89,6 +99,8 @@ pub(crate) enum DispatchMsg {
     },
     Tick,
     Status(RpcReplyPort<SinkStatus>),
+    /// `n` nodes now split the sink's quota (cluster mode; 1 on a single node).
+    Share(u32),
 }
 
 struct SinkMetrics {
@@ -105,8 +117,7 @@ struct SinkMetrics {
 impl SinkMetrics {
     fn new(spec: &SinkSpec) -> Self {
         let sink = spec.name.as_str();
-        metrics::gauge!(t::DISPATCH_QUOTA, "sink" => sink.to_owned())
-            .set(f64::from(spec.rate_count) / spec.rate_per.as_secs_f64().max(1e-9));
+        metrics::gauge!(t::DISPATCH_QUOTA, "sink" => sink.to_owned()).set(spec.per_second(1));
         let outcomes = ["delivered", "throttled", "failed", "rejected"]
             .into_iter()
             .map(|o| (o, metrics::counter!(t::DISPATCH_REQUESTS, "sink" => sink.to_owned(), "outcome" => o)))
@@ -139,7 +150,8 @@ pub(crate) struct DispatcherState {
     connector: Arc<dyn SinkConnector>,
     store: Arc<dyn SyncStore>,
     clock: Arc<dyn Clock>,
-    limiter: Arc<DefaultDirectRateLimiter>,
+    /// The current limiter; replaced when the quota's share changes (cluster mode).
+    limiter: tokio::sync::watch::Sender<Arc<DefaultDirectRateLimiter>>,
     breaker: Breaker,
     metrics: SinkMetrics,
     /// Per order, its syncs in row order; the head is the next to send.
@@ -177,7 +189,9 @@ impl Actor for Dispatcher {
         let backlog = args.store.pending_count(&args.spec.name)? as i64;
         args.backlog_total.fetch_add(backlog, Ordering::Relaxed);
         myself.send_interval(TICK, || DispatchMsg::Tick);
-        let limiter = Arc::new(RateLimiter::direct(args.spec.quota()));
+        let limiter = tokio::sync::watch::Sender::new(Arc::new(RateLimiter::direct(
+            args.spec.quota(1),
+        )));
         Ok(DispatcherState {
             breaker: Breaker::new(args.spec.breaker_threshold, args.spec.breaker_cooldown),
             metrics: SinkMetrics::new(&args.spec),
@@ -222,6 +236,14 @@ impl Actor for Dispatcher {
                 elapsed,
             } => state.done(row, delivery, elapsed),
             DispatchMsg::Tick => state.tick(&myself),
+            DispatchMsg::Share(share) => {
+                // Sends already waiting on the old limiter wait on this one too (see pump).
+                state
+                    .limiter
+                    .send_replace(Arc::new(RateLimiter::direct(state.spec.quota(share))));
+                metrics::gauge!(t::DISPATCH_QUOTA, "sink" => state.spec.name.clone())
+                    .set(state.spec.per_second(share));
+            }
             DispatchMsg::Status(reply) => {
                 let _ = reply.send(SinkStatus {
                     backlog: state.backlog,
@@ -375,14 +397,23 @@ impl DispatcherState {
             }
             self.busy.insert(order.clone());
             self.in_flight.insert(head.row, order);
-            let limiter = self.limiter.clone();
+            let mut limiter = self.limiter.subscribe();
             let connector = self.connector.clone();
             let timeout = self.spec.timeout;
             let throttled = self.metrics.throttled_waits.clone();
             let myself = myself.clone();
             tokio::spawn(async move {
                 let waited = Instant::now();
-                limiter.until_ready().await;
+                // A send goes once the limiter current at that moment lets it: one replaced
+                // while it waited (a new quota share) is waited on too, so the old and the new
+                // never pace sends side by side.
+                loop {
+                    let current = limiter.borrow_and_update().clone();
+                    current.until_ready().await;
+                    if !limiter.has_changed().unwrap_or(false) {
+                        break;
+                    }
+                }
                 if waited.elapsed() > Duration::from_millis(1) {
                     throttled.increment(1);
                 }

@@ -170,6 +170,12 @@ impl Node {
             return;
         };
         metrics::gauge!(t::CLUSTER_MEMBERS).set(members.len() as f64);
+        let seen = members.len().max(1);
+        self.inner.members_seen.send_if_modified(|count| {
+            let changed = *count != seen;
+            *count = seen;
+            changed
+        });
         self.rebalance(&members).await;
         let owned = self.inner.owned.len();
         metrics::gauge!(t::CLUSTER_PARTITIONS_OWNED).set(owned as f64);

@@ -292,6 +292,8 @@ async fn owned(client: &reqwest::Client, base: &str) -> Option<f64> {
 
 const ORDERS: usize = 150;
 const SENDERS: usize = 8;
+/// The wms sink's quota: one quota for the whole cluster, split among the live nodes.
+const SINK_RATE: usize = 40;
 const STATUSES: [&str; 5] = ["paid", "allocated", "packed", "in_transit", "delivered"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,7 +307,7 @@ async fn three_nodes_survive_losing_a_node_and_a_nats_server_under_load() {
     let mut nats = Nats::start(&binary, 3, dir.path());
     let sink = FakeSink::start(|_, _| Fault::None).await;
     let sinks = format!(
-        "[[sinks]]\nname = \"wms\"\nkind = \"webhook\"\nurl = \"{}/wms\"\nrate = \"500/s\"\nmax_in_flight = 8\n\
+        "[[sinks]]\nname = \"wms\"\nkind = \"webhook\"\nurl = \"{}/wms\"\nrate = \"{SINK_RATE}/s\"\nmax_in_flight = 8\n\
          [[rules]]\nname = \"to-wms\"\nwhen = 'order.state == \"paid\"'\nsync = \"wms\"\n",
         sink.base
     );
@@ -484,6 +486,25 @@ async fn three_nodes_survive_losing_a_node_and_a_nats_server_under_load() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let requests = sink.requests("/wms");
+    // The sink's rate is one cluster-wide quota: no second of requests holds more than it
+    // (plus one send per node at a window's edge).
+    let mut times: Vec<Instant> = requests.iter().map(|r| r.at).collect();
+    times.sort();
+    let busiest = times
+        .iter()
+        .enumerate()
+        .map(|(i, start)| {
+            times[i..]
+                .iter()
+                .take_while(|t| t.duration_since(*start) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0);
+    assert!(
+        busiest <= SINK_RATE + 3,
+        "{busiest} wms requests in one second: the {SINK_RATE}/s quota is per cluster"
+    );
     let orders: BTreeSet<&str> = requests.iter().map(|r| r.order.as_str()).collect();
     assert_eq!(orders.len(), ORDERS);
     assert_eq!(sink.delivered("/wms").len(), ORDERS, "one key per sync");
@@ -491,7 +512,8 @@ async fn three_nodes_survive_losing_a_node_and_a_nats_server_under_load() {
         "cluster: 3 nodes, 16 partitions, {total} events from {SENDERS} senders all applied; \
          kill -9 of a node: its partitions moved in {:.2}s (lease_ttl 2s), slowest ack until then \
          {:.2}s; kill of a NATS server: slowest ack {:.2}s; {retries} retried requests; {} wms \
-         requests for {ORDERS} syncs (same key on resend)",
+         requests for {ORDERS} syncs (same key on resend), at most {busiest} in one second \
+         against a {SINK_RATE}/s cluster-wide quota",
         moved_after.as_secs_f64(),
         slowest_before_nats_loss.as_secs_f64(),
         slowest.as_secs_f64(),
