@@ -2,15 +2,29 @@
 //! `/readyz`, `/metrics`.
 
 use crate::AppState;
+use crate::cluster::rpc::Call;
 use crate::envelope::error_response;
 use crate::journal::OrderFilter;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use orderhub_actors::order::{Order, OrderState};
 use serde::Deserialize;
 use std::sync::Arc;
+
+mod forward;
+pub(crate) use forward::answer;
+
+/// Parses a query string as `T`; the error says what is wrong (answered `400 bad_query`).
+fn parse_query<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, String> {
+    let uri: axum::http::Uri = format!("/?{raw}")
+        .parse()
+        .map_err(|e: axum::http::uri::InvalidUri| format!("query {raw:?}: {e}"))?;
+    Query::<T>::try_from_uri(&uri)
+        .map(|Query(query)| query)
+        .map_err(|e| e.body_text())
+}
 
 /// Default and largest `limit` of the order list.
 const DEFAULT_LIST_LIMIT: usize = 100;
@@ -31,6 +45,20 @@ pub(crate) async fn get_order(
     State(app): State<Arc<AppState>>,
     Path(key): Path<String>,
 ) -> Response {
+    if let Some(cluster) = &app.cluster {
+        match cluster.owner_of(&key).await {
+            Ok(owner) if owner != cluster.node() => {
+                return forward::to(&app, cluster, &owner, Call::Order { key }).await;
+            }
+            Ok(_) => {}
+            Err(err) => return forward::unavailable(&err),
+        }
+    }
+    order_here(&app, key).await
+}
+
+/// The order as this node knows it (its owner's answer in cluster mode).
+pub(crate) async fn order_here(app: &Arc<AppState>, key: String) -> Response {
     let timeout = app.config.server.query_timeout.0;
     let order = match app.router.active_order(&key, timeout).await {
         Ok(Some(order)) => order,
@@ -84,11 +112,27 @@ pub(crate) struct DeadLetterQuery {
 /// last error (status and response excerpt).
 pub(crate) async fn dead_letters(
     State(app): State<Arc<AppState>>,
-    query: Result<Query<DeadLetterQuery>, axum::extract::rejection::QueryRejection>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
-    let Query(query) = match query {
+    let raw = raw.unwrap_or_default();
+    match &app.cluster {
+        Some(cluster) => {
+            let call = Call::DeadLetters { query: raw.clone() };
+            forward::gather(&app, cluster, call, "dead_letters", &raw, |app| {
+                dead_letters_here(app, raw.clone())
+            })
+            .await
+        }
+        None => dead_letters_here(app, raw).await,
+    }
+}
+
+/// This node's dead letters (in cluster mode each carries `node`, and its retry id is
+/// `{node}:{row}`).
+pub(crate) async fn dead_letters_here(app: Arc<AppState>, raw: String) -> Response {
+    let query = match parse_query::<DeadLetterQuery>(&raw) {
         Ok(query) => query,
-        Err(err) => return error_response(StatusCode::BAD_REQUEST, "bad_query", &err.body_text()),
+        Err(message) => return error_response(StatusCode::BAD_REQUEST, "bad_query", &message),
     };
     let limit = query
         .limit
@@ -98,7 +142,16 @@ pub(crate) async fn dead_letters(
     match tokio::task::spawn_blocking(move || journal.dead_letters(query.sink.as_deref(), limit))
         .await
     {
-        Ok(Ok(letters)) => Json(serde_json::json!({ "dead_letters": letters })).into_response(),
+        Ok(Ok(letters)) => {
+            let mut letters = serde_json::to_value(letters).unwrap_or_default();
+            if let (Some(cluster), Some(list)) = (&app.cluster, letters.as_array_mut()) {
+                for letter in list {
+                    letter["node"] = cluster.node().into();
+                    letter["retry_id"] = format!("{}:{}", cluster.node(), letter["row"]).into();
+                }
+            }
+            Json(serde_json::json!({ "dead_letters": letters })).into_response()
+        }
         Ok(Err(err)) => internal(err),
         Err(err) => internal(err),
     }
@@ -112,6 +165,28 @@ pub(crate) async fn retry_dead_letter(
     Path(row): Path<String>,
 ) -> Response {
     let operator = caller.map_or_else(|| "unknown".to_owned(), |c| c.0.name.clone());
+    // In cluster mode a dead letter lives in one node's outbox: its id is `{node}:{row}`.
+    let (node, row) = match row.rsplit_once(':') {
+        Some((node, row)) => (Some(node.to_owned()), row.to_owned()),
+        None => (None, row),
+    };
+    if let (Some(cluster), Some(node)) = (&app.cluster, &node)
+        && node != cluster.node()
+    {
+        let Ok(row) = row.parse::<i64>() else {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "bad_id",
+                &format!("dead letter id {node}:{row:?} does not end in a number"),
+            );
+        };
+        return forward::to(&app, cluster, node, Call::Retry { row, operator }).await;
+    }
+    retry_here(&app, row, operator).await
+}
+
+/// Retries dead letter `row` of this node's outbox.
+pub(crate) async fn retry_here(app: &Arc<AppState>, row: String, operator: String) -> Response {
     let Ok(row) = row.parse::<i64>() else {
         return error_response(
             StatusCode::BAD_REQUEST,
@@ -152,18 +227,40 @@ pub(crate) struct ListQuery {
 /// `GET /v1/orders?state=&stuck_for=&sla=breached|armed&limit=`: oldest first.
 pub(crate) async fn list_orders(
     State(app): State<Arc<AppState>>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
+    let raw = raw.unwrap_or_default();
+    match &app.cluster {
+        Some(cluster) => {
+            let call = Call::List { query: raw.clone() };
+            forward::gather(&app, cluster, call, "orders", &raw, |app| {
+                list_here(app, raw.clone())
+            })
+            .await
+        }
+        None => list_here(app, raw).await,
+    }
+}
+
+/// The orders of this node's store (in cluster mode: of the partitions it owns).
+pub(crate) async fn list_here(app: Arc<AppState>, raw: String) -> Response {
     let bad = |message: String| error_response(StatusCode::BAD_REQUEST, "bad_query", &message);
-    let Query(query) = match query {
+    let query = match parse_query::<ListQuery>(&raw) {
         Ok(query) => query,
-        Err(err) => return bad(err.body_text()),
+        Err(message) => return bad(message),
     };
+    let limit = query
+        .limit
+        .unwrap_or(DEFAULT_LIST_LIMIT)
+        .min(MAX_LIST_LIMIT);
     let mut filter = OrderFilter {
-        limit: query
-            .limit
-            .unwrap_or(DEFAULT_LIST_LIMIT)
-            .min(MAX_LIST_LIMIT),
+        // A cluster node's store still holds orders of partitions it gave away: read more and
+        // keep its own.
+        limit: if app.cluster.is_some() {
+            MAX_LIST_LIMIT
+        } else {
+            limit
+        },
         ..OrderFilter::default()
     };
     if let Some(state) = &query.state {
@@ -186,7 +283,13 @@ pub(crate) async fn list_orders(
     }
     let journal = app.journal.clone();
     match tokio::task::spawn_blocking(move || journal.list(&filter)).await {
-        Ok(Ok(orders)) => Json(serde_json::json!({ "orders": orders })).into_response(),
+        Ok(Ok(mut orders)) => {
+            if let Some(cluster) = &app.cluster {
+                orders.retain(|order| cluster.owns_order(&order.key));
+                orders.truncate(limit);
+            }
+            Json(serde_json::json!({ "orders": orders })).into_response()
+        }
         Ok(Err(err)) => internal(err),
         Err(err) => internal(err),
     }
@@ -254,6 +357,12 @@ pub(crate) async fn healthz() -> Response {
 pub(crate) async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     if app.is_ready() {
         Json(serde_json::json!({ "status": "ready" })).into_response()
+    } else if app.cluster.as_ref().is_some_and(|c| !c.joined()) {
+        error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_joined",
+            "this node has not joined its cluster yet (or has left it)",
+        )
     } else {
         error_response(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -13,6 +13,7 @@
 
 mod membership;
 mod placement;
+pub mod rpc;
 
 pub(crate) use placement::partition_of;
 
@@ -111,6 +112,7 @@ pub struct Cluster {
 
 pub(crate) struct Inner {
     pub(crate) config: ClusterConfig,
+    pub(crate) client: async_nats::Client,
     pub(crate) js: jetstream::Context,
     pub(crate) stream: stream::Stream,
     pub(crate) members: kv::Store,
@@ -122,8 +124,8 @@ pub(crate) struct Inner {
     pub(crate) lag: DashMap<u32, u64>,
     pub(crate) joined: AtomicBool,
     pub(crate) journal: Journal,
-    /// Live members as last seen (sinks' quotas are split by it).
-    pub(crate) members_seen: tokio::sync::watch::Sender<usize>,
+    /// Live members as last seen (sinks' quotas are split among them; lists gather from them).
+    pub(crate) members_seen: tokio::sync::watch::Sender<Vec<String>>,
 }
 
 impl Cluster {
@@ -148,13 +150,16 @@ impl Cluster {
             .connect(addrs)
             .await
             .map_err(|e| connect(e.to_string()))?;
-        // API calls (lease renewals among them) must fail well inside a lease's lifetime.
-        let api_timeout =
-            (config.lease_ttl.0 / 3).clamp(Duration::from_millis(500), PUBLISH_TIMEOUT);
+        // Ingest waits up to PUBLISH_TIMEOUT for a PubAck; lease and membership calls must fail
+        // well inside a lease's lifetime, so they go through a context of their own.
         let js = jetstream::ContextBuilder::new()
-            .timeout(api_timeout)
+            .timeout(PUBLISH_TIMEOUT)
             .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
-            .build(client);
+            .build(client.clone());
+        let control = jetstream::ContextBuilder::new()
+            .timeout((config.lease_ttl.0 / 3).clamp(Duration::from_millis(300), PUBLISH_TIMEOUT))
+            .build(client.clone());
+        let rpc_client = client;
         let stream = ensure_stream(&js, config).await?;
         let bucket = |name: &str, history: i64| kv::Config {
             bucket: name.to_owned(),
@@ -164,8 +169,8 @@ impl Cluster {
             num_replicas: config.replicas,
             ..Default::default()
         };
-        let members = open_bucket(&js, bucket(MEMBERS_BUCKET, 1)).await?;
-        let leases = open_bucket(&js, bucket(LEASES_BUCKET, 1)).await?;
+        let members = open_bucket(&control, bucket(MEMBERS_BUCKET, 1)).await?;
+        let leases = open_bucket(&control, bucket(LEASES_BUCKET, 1)).await?;
         // Until the first heartbeat round, count this node among the members already there.
         let mut known = match members.keys().await {
             Ok(keys) => {
@@ -182,6 +187,7 @@ impl Cluster {
         let cluster = Cluster {
             inner: Arc::new(Inner {
                 config: config.clone(),
+                client: rpc_client,
                 js,
                 stream,
                 members,
@@ -190,7 +196,7 @@ impl Cluster {
                 lag: DashMap::new(),
                 joined: AtomicBool::new(false),
                 journal,
-                members_seen: tokio::sync::watch::Sender::new(known.len()),
+                members_seen: tokio::sync::watch::Sender::new(known),
             }),
         };
         metrics::gauge!(t::CLUSTER_PARTITIONS).set(f64::from(config.partitions));
@@ -227,8 +233,8 @@ impl Cluster {
         membership::Membership::start(self.inner.clone())
     }
 
-    /// The number of live members, updated as they join and leave.
-    pub fn members(&self) -> tokio::sync::watch::Receiver<usize> {
+    /// The live members, updated as they join and leave.
+    pub fn members(&self) -> tokio::sync::watch::Receiver<Vec<String>> {
         self.inner.members_seen.subscribe()
     }
 

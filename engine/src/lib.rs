@@ -177,10 +177,10 @@ pub async fn run(
     let quota_share = cluster.as_ref().map(|cluster| {
         let mut members = cluster.members();
         let dispatch = dispatch.clone();
-        dispatch.share_quota(*members.borrow_and_update() as u32);
+        dispatch.share_quota(members.borrow_and_update().len().max(1) as u32);
         tokio::spawn(async move {
             while members.changed().await.is_ok() {
-                let nodes = *members.borrow_and_update();
+                let nodes = members.borrow_and_update().len().max(1);
                 tracing::info!(
                     nodes,
                     "live nodes changed: each takes 1/{nodes} of every sink's quota"
@@ -243,6 +243,16 @@ pub async fn run(
         "orderhub ready"
     );
 
+    // Cluster mode: other nodes' reads of orders this node owns, and their lists, come over
+    // NATS request/reply.
+    let rpc = cluster.as_ref().map(|cluster| {
+        let app = state.clone();
+        let handler: cluster::rpc::Handler = Arc::new(move |call| {
+            let app = app.clone();
+            Box::pin(async move { api::answer(&app, call).await })
+        });
+        tokio::spawn(cluster.clone().serve(handler))
+    });
     let channels = ingest::Channels::start(&configured, &state, &secrets);
     let app = routes(state.clone());
     let signalled = Arc::new(tokio::sync::Notify::new());
@@ -293,7 +303,7 @@ pub async fn run(
     stopping.step("dispatchers", dispatch.stop()).await;
     stopping.step("journal close", journal.close()).await;
     upkeep.abort();
-    if let Some(task) = quota_share {
+    for task in [quota_share, rpc].into_iter().flatten() {
         task.abort();
     }
     telemetry::flush_warnings();

@@ -189,9 +189,8 @@ impl Actor for Dispatcher {
         let backlog = args.store.pending_count(&args.spec.name)? as i64;
         args.backlog_total.fetch_add(backlog, Ordering::Relaxed);
         myself.send_interval(TICK, || DispatchMsg::Tick);
-        let limiter = tokio::sync::watch::Sender::new(Arc::new(RateLimiter::direct(
-            args.spec.quota(1),
-        )));
+        let limiter =
+            tokio::sync::watch::Sender::new(Arc::new(RateLimiter::direct(args.spec.quota(1))));
         Ok(DispatcherState {
             breaker: Breaker::new(args.spec.breaker_threshold, args.spec.breaker_cooldown),
             metrics: SinkMetrics::new(&args.spec),

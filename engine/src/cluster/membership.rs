@@ -40,7 +40,7 @@ const MOVES_PER_TICK: usize = 4;
 /// Messages applied per local journal append at most.
 const APPLY_CHUNK: usize = 512;
 
-fn lease_key(partition: u32) -> String {
+pub(crate) fn lease_key(partition: u32) -> String {
     format!("p{partition}")
 }
 
@@ -170,10 +170,11 @@ impl Node {
             return;
         };
         metrics::gauge!(t::CLUSTER_MEMBERS).set(members.len() as f64);
-        let seen = members.len().max(1);
-        self.inner.members_seen.send_if_modified(|count| {
-            let changed = *count != seen;
-            *count = seen;
+        self.inner.members_seen.send_if_modified(|seen| {
+            let changed = *seen != members;
+            if changed {
+                seen.clone_from(&members);
+            }
             changed
         });
         self.rebalance(&members).await;
