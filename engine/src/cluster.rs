@@ -14,6 +14,7 @@
 mod membership;
 mod placement;
 pub mod rpc;
+pub mod scans;
 
 pub(crate) use placement::partition_of;
 
@@ -35,6 +36,9 @@ pub const EVENTS_STREAM: &str = "ORDERHUB_EVENTS";
 pub const MEMBERS_BUCKET: &str = "orderhub_members";
 /// Partition leases: key `p{n}`, value the owner's name, revision = fencing token.
 pub const LEASES_BUCKET: &str = "orderhub_leases";
+/// The stream's subjects: events by partition, and courier scans waiting for their order by
+/// waybill (see `scans`).
+const STREAM_SUBJECTS: [&str; 2] = ["orderhub.events.>", "orderhub.scans.>"];
 /// The stream metadata key that records the partition count it was created with.
 const PARTITIONS_KEY: &str = "orderhub_partitions";
 /// Publishes awaiting their PubAck, across the node (bounded: beyond it ingest answers 429).
@@ -92,18 +96,6 @@ pub(crate) fn subject_of(partition: u32) -> String {
     format!("orderhub.events.{partition}")
 }
 
-/// The key an event is placed by: its order, or for a courier scan that names no order its
-/// waybill.
-fn placement_key(event: &OrderEvent) -> &str {
-    if !event.order.is_empty() {
-        return &event.order;
-    }
-    match event.fields.get("waybill_no") {
-        Some(serde_json::Value::String(waybill)) => waybill,
-        _ => "",
-    }
-}
-
 /// A node of the cluster. Cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
@@ -117,6 +109,7 @@ pub(crate) struct Inner {
     pub(crate) stream: stream::Stream,
     pub(crate) members: kv::Store,
     pub(crate) leases: kv::Store,
+    pub(crate) waybills: kv::Store,
     /// Partitions this node holds: lease revision (fencing token) and until when it is safe to
     /// act on it without a renewal.
     pub(crate) owned: DashMap<u32, membership::Held>,
@@ -171,6 +164,14 @@ impl Cluster {
         };
         let members = open_bucket(&control, bucket(MEMBERS_BUCKET, 1)).await?;
         let leases = open_bucket(&control, bucket(LEASES_BUCKET, 1)).await?;
+        let waybills = open_bucket(
+            &js,
+            kv::Config {
+                max_age: Duration::ZERO,
+                ..bucket(scans::WAYBILLS_BUCKET, 1)
+            },
+        )
+        .await?;
         // Until the first heartbeat round, count this node among the members already there.
         let mut known = match members.keys().await {
             Ok(keys) => {
@@ -192,6 +193,7 @@ impl Cluster {
                 stream,
                 members,
                 leases,
+                waybills,
                 owned: DashMap::new(),
                 lag: DashMap::new(),
                 joined: AtomicBool::new(false),
@@ -261,39 +263,84 @@ impl Cluster {
     /// here.
     pub async fn append(
         &self,
-        events: Vec<OrderEvent>,
+        mut events: Vec<OrderEvent>,
     ) -> Result<Vec<AppendOutcome>, JournalError> {
         let started = Instant::now();
         let partitions = self.inner.config.partitions;
+        // A courier scan naming no order goes to the order that reported its waybill, or
+        // waits for it on the waybill's own subject.
+        let mut parked = vec![false; events.len()];
+        for (event, parked) in events.iter_mut().zip(parked.iter_mut()) {
+            if event.order.is_empty()
+                && let Some(waybill) = scans::waybill_of(event).map(str::to_owned)
+            {
+                match self.order_of_waybill(&waybill).await {
+                    Some(order) => event.order = order,
+                    None => *parked = true,
+                }
+            }
+        }
         let mut acks = Vec::with_capacity(events.len());
-        for event in &events {
-            let payload = serde_json::to_vec(event).map_err(|e| JournalError::Corrupt {
-                seq: 0,
-                reason: e.to_string(),
-            })?;
-            let subject = subject_of(partition_of(placement_key(event), partitions));
-            let publish = jetstream::message::PublishMessage::build()
-                .payload(payload.into())
-                .message_id(format!("{}:{}", event.source, event.source_event_id));
-            let ack = self
-                .inner
-                .js
-                .send_publish(subject, publish)
-                .await
-                .map_err(publish_error)?;
-            acks.push(ack);
+        for (event, parked) in events.iter().zip(&parked) {
+            let subject = match (parked, scans::waybill_of(event)) {
+                (true, Some(waybill)) => scans::parked_subject(waybill),
+                _ => subject_of(partition_of(&event.order, partitions)),
+            };
+            let id = format!("{}:{}", event.source, event.source_event_id);
+            acks.push(self.publish(subject, event, id).await?);
         }
         let mut outcomes = Vec::with_capacity(acks.len());
-        for ack in acks {
+        for (ack, parked) in acks.into_iter().zip(&parked) {
             let ack = ack.await.map_err(publish_error)?;
             outcomes.push(if ack.duplicate {
                 AppendOutcome::Duplicate
+            } else if *parked {
+                AppendOutcome::Parked
             } else {
                 AppendOutcome::Appended(ack.sequence)
             });
         }
+        // The order may have reported the waybill while the scan was being parked: if the
+        // bucket knows it now, the scan goes to the order too (its owner may already have
+        // looked for waiting scans).
+        for (event, _) in events.iter().zip(&parked).filter(|(_, parked)| **parked) {
+            let Some(waybill) = scans::waybill_of(event) else {
+                continue;
+            };
+            if let Some(order) = self.order_of_waybill(waybill).await {
+                let mut resolved = event.clone();
+                resolved.order = order;
+                let subject = subject_of(partition_of(&resolved.order, partitions));
+                let id = format!("resolved:{}:{}", event.source, event.source_event_id);
+                self.publish(subject, &resolved, id)
+                    .await?
+                    .await
+                    .map_err(publish_error)?;
+            }
+        }
         metrics::histogram!(t::CLUSTER_PUBLISH_LATENCY).record(started.elapsed().as_secs_f64());
         Ok(outcomes)
+    }
+
+    /// Sends one event; the returned future resolves with its PubAck.
+    async fn publish(
+        &self,
+        subject: String,
+        event: &OrderEvent,
+        id: String,
+    ) -> Result<jetstream::context::PublishAckFuture, JournalError> {
+        let payload = serde_json::to_vec(event).map_err(|e| JournalError::Corrupt {
+            seq: 0,
+            reason: e.to_string(),
+        })?;
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .message_id(id);
+        self.inner
+            .js
+            .send_publish(subject, publish)
+            .await
+            .map_err(publish_error)
     }
 
     /// The order store the actors use in cluster mode: the local journal, except that an
@@ -351,12 +398,26 @@ async fn ensure_stream(
                 existing: existing_partitions,
             });
         }
+        let missing: Vec<&str> = STREAM_SUBJECTS
+            .into_iter()
+            .filter(|s| !info.config.subjects.iter().any(|have| have == s))
+            .collect();
+        if !missing.is_empty() {
+            // A stream created by an earlier version: add the subjects it lacks.
+            let mut updated = info.config.clone();
+            updated
+                .subjects
+                .extend(missing.iter().map(|s| (*s).to_owned()));
+            js.update_stream(updated)
+                .await
+                .map_err(|e| refused(format!("adding subjects {missing:?}: {e}")))?;
+        }
         return Ok(existing);
     }
     let stream_config = stream::Config {
         name: EVENTS_STREAM.to_owned(),
         description: Some("orderhub: every accepted event, partitioned by order key".to_owned()),
-        subjects: vec!["orderhub.events.>".to_owned()],
+        subjects: STREAM_SUBJECTS.iter().map(|s| (*s).to_owned()).collect(),
         storage: stream::StorageType::File,
         num_replicas: config.replicas,
         retention: stream::RetentionPolicy::Limits,

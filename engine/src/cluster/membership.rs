@@ -529,6 +529,14 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
                     }
                 }
             }
+            // The waybills these events report, and the scans that waited for them.
+            while let Err(err) = inner.index_waybills(&events).await {
+                tracing::warn!(partition, error = %err, "cannot index waybills yet; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if *stopped.borrow() || !inner.holds(partition) {
+                    return;
+                }
+            }
         }
     }
 }

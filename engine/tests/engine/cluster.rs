@@ -225,6 +225,98 @@ async fn one_node_publishes_owns_every_partition_and_applies_in_order() {
     engine.stop().await;
 }
 
+/// Courier scans naming no order, on two nodes: the scans arrive on one before any order has
+/// reported their waybill, wait in the stream, and reach the order (whichever node owns it)
+/// once the warehouse reports the waybill on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_courier_scan_before_its_order_waits_in_the_stream_then_reaches_it() {
+    let Some(binary) =
+        nats_or_skip("a_courier_scan_before_its_order_waits_in_the_stream_then_reaches_it")
+    else {
+        return;
+    };
+    use super::sources::{WAREHOUSE_AND_COURIER, fixture};
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&binary, 1, dir.path());
+    let mut engines = Vec::new();
+    for node in ["a", "b"] {
+        let toml = format!(
+            "{WAREHOUSE_AND_COURIER}{}",
+            cluster_toml(&nats.urls, node, 8, 1)
+        );
+        let engine = TestEngine::start(&toml, &dir.path().join(node)).await;
+        let started = Instant::now();
+        while engine.get("/readyz").await.0 != 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{node} never joined"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        engines.push(engine);
+    }
+    let order = "youzan:E20231115093012034500012";
+    let (status, _) = engines[0]
+        .post_events(&canonical("yz-paid", order, "youzan", "paid", now_ms()))
+        .await;
+    assert_eq!(status, 200);
+    let json = [("content-type", "application/json;charset=UTF-8".to_owned())];
+    let (status, body) = engines[0]
+        .post_source(
+            &format!("sf/{SF_PUSH_TOKEN}"),
+            &json,
+            fixture("sf/route_push.json"),
+        )
+        .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, r#"{"return_code":"0000","return_msg":"success"}"#)
+    );
+    let shipped = canonical("wms-shipped", order, "wms", "shipped", now_ms()).replacen(
+        '}',
+        r#","fields":{"waybill_no":"SF1400123456789"}}"#,
+        1,
+    );
+    let (status, body) = engines[1].post_events(&shipped).await;
+    assert_eq!(status, 200, "{body}");
+    for engine in &engines {
+        let mut found = Value::Null;
+        for _ in 0..200 {
+            found = engine.get(&format!("/v1/orders/{order}")).await.1;
+            if found["state"] == "delivered" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert_eq!(found["state"], "delivered", "{found}");
+        let timeline = found["timeline"].as_array().unwrap();
+        assert_eq!(
+            timeline.len(),
+            5,
+            "paid, shipped and three scans: {timeline:?}"
+        );
+    }
+    // A scan re-sent after its order is known goes straight to it: nothing new.
+    let (status, _) = engines[1]
+        .post_source(
+            &format!("sf/{SF_PUSH_TOKEN}"),
+            &json,
+            fixture("sf/route_push.json"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled = engines[0].get(&format!("/v1/orders/{order}")).await.1;
+    assert_eq!(
+        settled["timeline"].as_array().unwrap().len(),
+        5,
+        "{settled}"
+    );
+    for engine in engines {
+        engine.stop().await;
+    }
+}
+
 /// One orderhub node as a real process.
 struct Node {
     child: Option<Child>,

@@ -4,7 +4,7 @@
 use super::support::*;
 use std::sync::Arc;
 
-fn fixture(path: &str) -> String {
+pub(crate) fn fixture(path: &str) -> String {
     std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures")
@@ -255,7 +255,7 @@ async fn wechat_checks_its_url_and_takes_plain_and_safe_mode_pushes() {
 }
 
 /// The courier's route pushes find the order through the waybill the warehouse reported.
-const WAREHOUSE_AND_COURIER: &str = r#"
+pub(crate) const WAREHOUSE_AND_COURIER: &str = r#"
 sla = []
 
 [sources.events]

@@ -1,0 +1,168 @@
+//! Courier scans that name no order, in cluster mode. A single node resolves a scan through its
+//! journal's waybill index or parks it there; in a cluster the order and the scan can be on
+//! different partitions, so:
+//!
+//! - the owner of an order that reports a waybill records `waybill → order` in the
+//!   `orderhub_waybills` KV bucket;
+//! - ingest resolves a scan through that bucket and publishes it to its order's partition;
+//! - a scan whose waybill no order has reported yet is published (durably, acknowledged as
+//!   parked) to its own subject `orderhub.scans.{waybill}`;
+//! - when the owner later applies the event that reports the waybill, it moves the scans
+//!   waiting there into the order's partition and purges the subject.
+//!
+//! A scan published as parked is checked against the bucket once more after its PubAck, and
+//! the owner writes the bucket before it looks for waiting scans, so one of the two always
+//! sees the other: no scan is left behind.
+
+use super::{Cluster, Inner, placement, subject_of};
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+use futures_util::StreamExt as _;
+use orderhub_actors::order::OrderEvent;
+use std::time::Duration;
+
+/// `waybill → order` (the order whose event last carried the waybill).
+pub const WAYBILLS_BUCKET: &str = "orderhub_waybills";
+
+/// The waybill of an event (`fields.waybill_no`), if it carries one.
+pub(crate) fn waybill_of(event: &OrderEvent) -> Option<&str> {
+    match event.fields.get("waybill_no") {
+        Some(serde_json::Value::String(waybill)) if !waybill.is_empty() => Some(waybill),
+        _ => None,
+    }
+}
+
+/// A waybill as a KV key and a subject token: itself when it is plain letters, digits, `-`
+/// and `_` (as carriers' numbers are), else `x` and its bytes in hex.
+pub(crate) fn token(waybill: &str) -> String {
+    let plain = waybill.len() <= 128
+        && waybill
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if plain {
+        waybill.to_owned()
+    } else {
+        let mut hex = String::with_capacity(1 + waybill.len() * 2);
+        hex.push('x');
+        for byte in waybill.bytes() {
+            hex.push_str(&format!("{byte:02x}"));
+        }
+        hex
+    }
+}
+
+/// The subject where scans of `waybill` wait for their order.
+pub(crate) fn parked_subject(waybill: &str) -> String {
+    format!("orderhub.scans.{}", token(waybill))
+}
+
+impl Cluster {
+    /// The order that reported `waybill`, from the bucket.
+    pub(crate) async fn order_of_waybill(&self, waybill: &str) -> Option<String> {
+        match self.inner.waybills.get(token(waybill)).await {
+            Ok(Some(order)) if !order.is_empty() => {
+                Some(String::from_utf8_lossy(&order).into_owned())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Inner {
+    /// After the owner applied `events`: records the waybills they report and moves the scans
+    /// waiting for them into their orders' partitions.
+    pub(crate) async fn index_waybills(&self, events: &[OrderEvent]) -> Result<(), String> {
+        for event in events {
+            if event.order.is_empty() {
+                continue;
+            }
+            let Some(waybill) = waybill_of(event) else {
+                continue;
+            };
+            self.waybills
+                .put(token(waybill), event.order.clone().into_bytes().into())
+                .await
+                .map_err(|e| format!("waybill {waybill}: {e}"))?;
+            self.unpark(waybill, &event.order).await?;
+        }
+        Ok(())
+    }
+
+    async fn unpark(&self, waybill: &str, order: &str) -> Result<(), String> {
+        let subject = parked_subject(waybill);
+        if self
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .is_err()
+        {
+            return Ok(()); // nothing waits for this waybill
+        }
+        let consumer = self
+            .stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: subject.clone(),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let mut scans = Vec::new();
+        loop {
+            let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
+            let Ok(Some(Ok(message))) = next else { break };
+            let pending = message.info().map(|info| info.pending).unwrap_or(0);
+            if let Ok(scan) = serde_json::from_slice::<OrderEvent>(&message.payload) {
+                scans.push(scan);
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        let partition = placement::partition_of(order, self.config.partitions);
+        let mut acks = Vec::with_capacity(scans.len());
+        for mut scan in scans {
+            scan.order = order.to_owned();
+            let payload = serde_json::to_vec(&scan).map_err(|e| e.to_string())?;
+            let publish = async_nats::jetstream::message::PublishMessage::build()
+                .payload(payload.into())
+                .message_id(format!("unparked:{}:{}", scan.source, scan.source_event_id));
+            acks.push(
+                self.js
+                    .send_publish(subject_of(partition), publish)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let moved = acks.len();
+        for ack in acks {
+            ack.await.map_err(|e| e.to_string())?;
+        }
+        // Only once they are in their order's partition.
+        self.stream
+            .purge()
+            .filter(subject)
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(
+            waybill,
+            order,
+            scans = moved,
+            "courier scans that waited for their order moved to it"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waybills_become_keys_and_subject_tokens() {
+        assert_eq!(token("SF1234567890"), "SF1234567890");
+        assert_eq!(token("JD-001_2"), "JD-001_2");
+        assert_eq!(token("a.b"), "x612e62");
+        assert_eq!(parked_subject("SF1"), "orderhub.scans.SF1");
+    }
+}
