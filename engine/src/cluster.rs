@@ -230,7 +230,7 @@ impl Cluster {
     }
 
     /// Starts the membership loop (heartbeats, leases, partition appliers) until
-    /// [`Cluster::leave`].
+    /// `Membership::leave`.
     pub fn start(&self) -> membership::Membership {
         membership::Membership::start(self.inner.clone())
     }
