@@ -467,6 +467,37 @@ ENGINE = dashboard(
             ],
             w=24,
         ),
+        panel(
+            "Cluster partitions",
+            "Cluster mode: partitions each node owns and applies, against the stream's partitions (0 on a single node). A gap that lasts is OrderhubClusterPartitionsUnowned.",
+            "short",
+            [
+                ("sum by (instance) (orderhub_cluster_partitions_owned)", "{{instance}} owned"),
+                ("max(orderhub_cluster_partitions)", "partitions"),
+                ("max(orderhub_cluster_members)", "live members"),
+            ],
+        ),
+        panel(
+            "Cluster lease moves",
+            "Partition leases acquired, released, lost to another node or let expire, per second.",
+            "ops",
+            [(f"sum by (move) (rate(orderhub_cluster_lease_moves_total[{RI}]))", "{{move}}")],
+        ),
+        panel(
+            "Cluster publish latency",
+            "Time from publishing an ingest request's events to JetStream until every PubAck: what a channel's 2xx waits for in cluster mode.",
+            "s",
+            [
+                (f"histogram_quantile(0.5, sum by (le) (rate(orderhub_cluster_publish_seconds_bucket[{RI}])))", "p50"),
+                (f"histogram_quantile(0.99, sum by (le) (rate(orderhub_cluster_publish_seconds_bucket[{RI}])))", "p99"),
+            ],
+        ),
+        panel(
+            "Cluster consumer lag",
+            "Acknowledged events of each node's partitions not yet applied.",
+            "short",
+            [("max by (instance) (orderhub_cluster_consumer_lag)", "{{instance}}")],
+        ),
     ],
 )
 
