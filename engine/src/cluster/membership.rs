@@ -35,6 +35,16 @@ pub(crate) struct Held {
     pub(crate) valid_until: Instant,
 }
 
+impl Inner {
+    /// The leases this node holds, as of now.
+    fn held(&self) -> Vec<(u32, Held)> {
+        self.owned
+            .iter()
+            .map(|entry| (*entry.key(), *entry.value()))
+            .collect()
+    }
+}
+
 /// Voluntary moves (giving a partition to its new rendezvous owner) per tick.
 const MOVES_PER_TICK: usize = 4;
 /// Messages applied per local journal append at most.
@@ -229,12 +239,7 @@ impl Node {
     }
 
     async fn renew(&mut self) {
-        let held: Vec<(u32, Held)> = self
-            .inner
-            .owned
-            .iter()
-            .map(|entry| (*entry.key(), *entry.value()))
-            .collect();
+        let held = self.inner.held();
         for (partition, lease) in held {
             let value = self.name().as_bytes().to_vec();
             // Validity counts from before the write: the server stamps it later than this.
@@ -406,12 +411,7 @@ impl Node {
         for partition in partitions {
             self.await_applier(partition).await;
         }
-        let held: Vec<(u32, Held)> = self
-            .inner
-            .owned
-            .iter()
-            .map(|entry| (*entry.key(), *entry.value()))
-            .collect();
+        let held = self.inner.held();
         self.inner.owned.clear();
         for (partition, lease) in held {
             let _ = self

@@ -246,19 +246,12 @@ fn the_prometheus_rule_manifest_carries_the_same_rules() {
 
 /// A tool from the `prometheus` package, or `None` (with a note) when it may be skipped.
 fn prometheus_tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        assert!(
-            std::env::var_os("ORDERHUB_REQUIRE_PROMETHEUS").is_none(),
-            "{name} not found on PATH: install it with `apt-get install -y prometheus` (.ci/run does)"
-        );
-        eprintln!("SKIPPED: {name} not found (apt-get install -y prometheus to run this test)");
-    }
-    found
+    external_tool(
+        name,
+        None,
+        "ORDERHUB_REQUIRE_PROMETHEUS",
+        "apt-get install -y prometheus",
+    )
 }
 
 #[test]

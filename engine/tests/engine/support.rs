@@ -548,3 +548,32 @@ pub(crate) async fn wait_ready(client: &reqwest::Client, base: &str) {
 pub(crate) async fn get_json(client: &reqwest::Client, url: &str) -> Value {
     client.get(url).send().await.unwrap().json().await.unwrap()
 }
+
+/// A test's external tool: `override_env`'s path if set, else `name` on `PATH`. Missing, it is
+/// `None` with a SKIPPED note — or a failure naming `install` when `require_env` is set (as
+/// `.ci/run` sets it).
+pub(crate) fn external_tool(
+    name: &str,
+    override_env: Option<&str>,
+    require_env: &str,
+    install: &str,
+) -> Option<std::path::PathBuf> {
+    let found = override_env
+        .and_then(std::env::var_os)
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join(name))
+                    .find(|p| p.is_file())
+            })
+        });
+    if found.is_none() {
+        assert!(
+            std::env::var_os(require_env).is_none(),
+            "{name} not found on PATH: install it with `{install}` (.ci/run does)"
+        );
+        eprintln!("SKIPPED: {name} not found ({install} to run this test)");
+    }
+    found
+}
