@@ -10,7 +10,7 @@ pub mod policy;
 pub mod rules;
 pub mod sync;
 
-pub use connector::{Delivery, DeliveryFuture, SinkConnector};
+pub use connector::{Delivery, DeliveryFuture, SettledFuture, SinkConnector};
 pub use dispatcher::{DEFAULT_WINDOW, SinkSpec, SinkStatus};
 pub use policy::{Breaker, RetryPolicy};
 pub use rules::{RuleEffects, RuleError, RuleSet, RuleSpec};

@@ -15,6 +15,7 @@ mod membership;
 mod placement;
 pub mod rpc;
 pub mod scans;
+pub mod settled;
 
 pub(crate) use placement::partition_of;
 
@@ -110,6 +111,7 @@ pub(crate) struct Inner {
     pub(crate) members: kv::Store,
     pub(crate) leases: kv::Store,
     pub(crate) waybills: kv::Store,
+    pub(crate) syncs: kv::Store,
     /// Partitions this node holds: lease revision (fencing token) and until when it is safe to
     /// act on it without a renewal.
     pub(crate) owned: DashMap<u32, membership::Held>,
@@ -172,6 +174,14 @@ impl Cluster {
             },
         )
         .await?;
+        let syncs = open_bucket(
+            &js,
+            kv::Config {
+                max_age: Duration::ZERO,
+                ..bucket(settled::SYNCS_BUCKET, 1)
+            },
+        )
+        .await?;
         // Until the first heartbeat round, count this node among the members already there.
         let mut known = match members.keys().await {
             Ok(keys) => {
@@ -194,6 +204,7 @@ impl Cluster {
                 members,
                 leases,
                 waybills,
+                syncs,
                 owned: DashMap::new(),
                 lag: DashMap::new(),
                 joined: AtomicBool::new(false),
@@ -341,6 +352,18 @@ impl Cluster {
             .send_publish(subject, publish)
             .await
             .map_err(publish_error)
+    }
+
+    /// `connector`, remembering in the cluster which syncs it settled and skipping those
+    /// another node settled (see `settled`).
+    pub fn remembering(
+        &self,
+        connector: Arc<dyn orderhub_actors::dispatch::SinkConnector>,
+    ) -> Arc<dyn orderhub_actors::dispatch::SinkConnector> {
+        Arc::new(settled::Remembering {
+            inner: connector,
+            settled: self.inner.syncs.clone(),
+        })
     }
 
     /// The order store the actors use in cluster mode: the local journal, except that an

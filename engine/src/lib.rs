@@ -169,7 +169,12 @@ pub async fn run(
     }
     let mut sinks = Vec::with_capacity(config.sinks.len());
     for (sink, spec) in config.sinks.iter().zip(config.sink_specs()) {
-        sinks.push((spec, sinks::connector(sink, &secrets)?));
+        let connector = sinks::connector(sink, &secrets)?;
+        let connector = match &cluster {
+            Some(cluster) => cluster.remembering(connector),
+            None => connector,
+        };
+        sinks.push((spec, connector));
     }
     let dispatch = Dispatch::start(sinks, Arc::new(journal.clone()), Arc::new(clock)).await?;
     // Cluster mode: each live node dispatches its own partitions' syncs with an even share of

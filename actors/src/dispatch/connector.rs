@@ -33,6 +33,9 @@ pub enum Delivery {
         /// Status and response excerpt.
         detail: String,
     },
+    /// Nothing was sent: another node of the cluster had already delivered (or given up on)
+    /// this sync, with the same idempotency key. Recorded delivered; no quota was used.
+    Settled,
 }
 
 impl Delivery {
@@ -43,6 +46,7 @@ impl Delivery {
             Delivery::Throttled { .. } => "throttled",
             Delivery::Failed { .. } => "failed",
             Delivery::Rejected { .. } => "rejected",
+            Delivery::Settled => "settled",
         }
     }
 }
@@ -50,9 +54,19 @@ impl Delivery {
 /// A future a connector returns.
 pub type DeliveryFuture = Pin<Box<dyn Future<Output = Delivery> + Send + 'static>>;
 
+/// A future answering whether a sync is already settled elsewhere.
+pub type SettledFuture = Pin<Box<dyn Future<Output = bool> + Send + 'static>>;
+
 /// Sends syncs to one sink in its own protocol.
 pub trait SinkConnector: Send + Sync + 'static {
     /// Sends `sync` (attempt number `attempt`, from 1). Must carry `sync.id` as the
     /// idempotency key in whatever form the sink understands, and give up after its timeout.
     fn deliver(&self, sync: SyncIntent, attempt: u32) -> DeliveryFuture;
+
+    /// Whether `sync` was already settled by another node (cluster mode: a partition's new
+    /// owner re-decides the syncs its predecessor sent). Asked before a send waits for the
+    /// sink's quota, so a settled sync costs none. `None` (the default): never.
+    fn settled(&self, _sync: &SyncIntent) -> Option<SettledFuture> {
+        None
+    }
 }

@@ -402,6 +402,16 @@ impl DispatcherState {
             let throttled = self.metrics.throttled_waits.clone();
             let myself = myself.clone();
             tokio::spawn(async move {
+                if let Some(check) = connector.settled(&head.intent)
+                    && check.await
+                {
+                    let _ = myself.cast(DispatchMsg::Done {
+                        row: head.row,
+                        delivery: Delivery::Settled,
+                        elapsed: Duration::ZERO,
+                    });
+                    return;
+                }
                 let waited = Instant::now();
                 // A send goes once the limiter current at that moment lets it: one replaced
                 // while it waited (a new quota share) is waited on too, so the old and the new
@@ -445,7 +455,10 @@ impl DispatcherState {
             return;
         };
         self.busy.remove(&order);
-        self.metrics.latency.record(elapsed.as_secs_f64());
+        let settled = delivery == Delivery::Settled;
+        if !settled {
+            self.metrics.latency.record(elapsed.as_secs_f64());
+        }
         if let Some(counter) = self.metrics.outcomes.get(delivery.label()) {
             counter.increment(1);
         }
@@ -458,6 +471,7 @@ impl DispatcherState {
             Delivery::Delivered | Delivery::Rejected { .. } | Delivery::Throttled { .. } => {
                 self.breaker.success()
             }
+            Delivery::Settled => self.breaker.release(),
         }
         let Some(queue) = self.queues.get_mut(&order) else {
             return;
@@ -465,9 +479,9 @@ impl DispatcherState {
         let Some(head) = queue.front_mut() else {
             return;
         };
-        let attempts = head.attempts + 1;
+        let attempts = head.attempts + u32::from(!settled);
         let (status, error, retry_after) = match delivery {
-            Delivery::Delivered => (SyncStatus::Delivered, None, None),
+            Delivery::Delivered | Delivery::Settled => (SyncStatus::Delivered, None, None),
             Delivery::Rejected { detail } => (SyncStatus::Dead, Some(detail), None),
             Delivery::Throttled {
                 retry_after,

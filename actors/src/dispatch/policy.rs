@@ -121,6 +121,14 @@ impl Breaker {
         self.state = BreakerState::Closed;
     }
 
+    /// A send that did not happen after all (settled elsewhere): a half-open probe slot it
+    /// took is given back, with no verdict on the sink.
+    pub fn release(&mut self) {
+        if self.state == (BreakerState::HalfOpen { probing: true }) {
+            self.state = BreakerState::HalfOpen { probing: false };
+        }
+    }
+
     /// A send failed transiently at `now`.
     pub fn failure(&mut self, now: Millis) {
         self.failures += 1;

@@ -365,3 +365,72 @@ async fn a_probe_answered_with_429_releases_the_breaker() {
     assert_eq!(dispatch.status("erp").await.unwrap().breaker, 0.0);
     dispatch.stop().await;
 }
+
+/// A connector that knows which syncs another node already settled (cluster mode).
+struct SettledElsewhere {
+    sink: Arc<ScriptedSink>,
+    elsewhere: std::collections::HashSet<String>,
+}
+
+impl SinkConnector for SettledElsewhere {
+    fn deliver(&self, sync: SyncIntent, attempt: u32) -> DeliveryFuture {
+        self.sink.deliver(sync, attempt)
+    }
+
+    fn settled(&self, sync: &SyncIntent) -> Option<connector::SettledFuture> {
+        let known = self.elsewhere.contains(&sync.id);
+        Some(Box::pin(async move { known }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_settled_on_another_node_is_recorded_without_a_send_or_quota() {
+    // 40 syncs, 30 of them already delivered by the node that owned their partition before;
+    // at 10/s the 30 would take three seconds of quota if they were sent again.
+    let outbox = Arc::new(MemoryOutbox::default());
+    let mut elsewhere = std::collections::HashSet::new();
+    for i in 0..40i64 {
+        let sync = outbox.add(i + 1, &format!("o:{i}"), 1);
+        if i < 30 {
+            elsewhere.insert(sync.intent.id.clone());
+        }
+    }
+    let sink = ScriptedSink::new(|_, _| Delivery::Delivered);
+    let connector = Arc::new(SettledElsewhere {
+        sink: sink.clone(),
+        elsewhere,
+    });
+    let started = Instant::now();
+    let dispatch = Dispatch::start(
+        vec![(spec(10), connector as Arc<dyn SinkConnector>)],
+        outbox.clone(),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    until_backlog_empty(&dispatch, Duration::from_secs(5)).await;
+    let sent: Vec<String> = sink
+        .attempts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| a.0.clone())
+        .collect();
+    assert_eq!(
+        sent.len(),
+        10,
+        "only the ten nobody settled are sent: {sent:?}"
+    );
+    let order_number = |id: &str| id.split(':').nth(1).unwrap().parse::<u32>().unwrap();
+    assert!(sent.iter().all(|id| order_number(id) >= 30), "{sent:?}");
+    assert_eq!(
+        outbox.statuses().get(&SyncStatusKey("delivered")),
+        Some(&40)
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "settled syncs used no quota: {:?}",
+        started.elapsed()
+    );
+    dispatch.stop().await;
+}

@@ -31,19 +31,20 @@ pub(crate) fn waybill_of(event: &OrderEvent) -> Option<&str> {
     }
 }
 
-/// A waybill as a KV key and a subject token: itself when it is plain letters, digits, `-`
-/// and `_` (as carriers' numbers are), else `x` and its bytes in hex.
-pub(crate) fn token(waybill: &str) -> String {
-    let plain = waybill.len() <= 128
-        && waybill
+/// A waybill (or a sync's key) as a KV key and a subject token: itself when it is plain
+/// letters, digits, `-` and `_` (as carriers' numbers are), else `=` and its bytes in hex (`=`
+/// never starts a plain one, so the two cannot collide).
+pub(crate) fn token(text: &str) -> String {
+    let plain = text.len() <= 128
+        && text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if plain {
-        waybill.to_owned()
+        text.to_owned()
     } else {
-        let mut hex = String::with_capacity(1 + waybill.len() * 2);
-        hex.push('x');
-        for byte in waybill.bytes() {
+        let mut hex = String::with_capacity(1 + text.len() * 2);
+        hex.push('=');
+        for byte in text.bytes() {
             hex.push_str(&format!("{byte:02x}"));
         }
         hex
@@ -162,7 +163,8 @@ mod tests {
     fn waybills_become_keys_and_subject_tokens() {
         assert_eq!(token("SF1234567890"), "SF1234567890");
         assert_eq!(token("JD-001_2"), "JD-001_2");
-        assert_eq!(token("a.b"), "x612e62");
+        assert_eq!(token("a.b"), "=612e62");
+        assert_eq!(token("douyin:1:7:erp"), "=646f7579696e3a313a373a657270");
         assert_eq!(parked_subject("SF1"), "orderhub.scans.SF1");
     }
 }

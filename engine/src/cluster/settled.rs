@@ -1,0 +1,55 @@
+//! Syncs settled anywhere in the cluster. A partition's new owner replays the partition and
+//! re-decides its syncs with the same idempotency keys; those its predecessor already
+//! delivered (or that the sink refused for good) are recorded in the `orderhub_syncs` KV bucket,
+//! so the new owner marks them delivered without sending them or spending the sink's quota.
+//! A sync delivered just before its node died, and not yet recorded, is sent again with the
+//! same key.
+
+use super::scans::token;
+use async_nats::jetstream::kv;
+use orderhub_actors::dispatch::{
+    Delivery, DeliveryFuture, SettledFuture, SinkConnector, SyncIntent,
+};
+use std::sync::Arc;
+
+/// Settled syncs: key = the sync's idempotency key (as a KV token), value = how it ended.
+pub const SYNCS_BUCKET: &str = "orderhub_syncs";
+
+/// A sink connector that records what it settles and skips what another node settled.
+pub(crate) struct Remembering {
+    pub(crate) inner: Arc<dyn SinkConnector>,
+    pub(crate) settled: kv::Store,
+}
+
+impl SinkConnector for Remembering {
+    fn deliver(&self, sync: SyncIntent, attempt: u32) -> DeliveryFuture {
+        let key = token(&sync.id);
+        let id = sync.id.clone();
+        let sending = self.inner.deliver(sync, attempt);
+        let settled = self.settled.clone();
+        Box::pin(async move {
+            let delivery = sending.await;
+            let outcome = match &delivery {
+                Delivery::Delivered => Some("delivered"),
+                Delivery::Rejected { .. } => Some("rejected"),
+                _ => None,
+            };
+            if let Some(outcome) = outcome
+                && let Err(err) = settled.put(&key, outcome.as_bytes().to_vec().into()).await
+            {
+                // Only costs a resend (same key) if this partition moves before it is recorded.
+                tracing::warn!(sync = %id, error = %err, "could not record a settled sync");
+            }
+            delivery
+        })
+    }
+
+    fn settled(&self, sync: &SyncIntent) -> Option<SettledFuture> {
+        let key = token(&sync.id);
+        let settled = self.settled.clone();
+        Some(Box::pin(async move {
+            // Not known (or NATS unreachable): send; the sink sees the same key at worst twice.
+            matches!(settled.get(&key).await, Ok(Some(_)))
+        }))
+    }
+}
