@@ -212,6 +212,10 @@ pub async fn run(
     let ingest_metrics = IngestMetrics::new(configured.names());
     let connected: Vec<&'static str> = configured.tasks().map(|(name, _)| name).collect();
     let grace = config.server.shutdown_grace.0;
+    let config_lease_ttl = config
+        .cluster
+        .as_ref()
+        .map_or(Duration::ZERO, |cluster| cluster.lease_ttl.0);
     let operators = auth::Operators::new(&config.operators, &secrets);
     let state = Arc::new(AppState {
         config,
@@ -299,7 +303,19 @@ pub async fn run(
     };
     stopping.step("channels", async { channels.stop() }).await;
     if let Some(membership) = membership {
-        stopping.step("cluster leave", membership.leave()).await;
+        // Bounded: with NATS unreachable the leases expire after lease_ttl anyway, and the
+        // journal and actors still need their share of the grace.
+        let bound = config_lease_ttl.min(grace / 3);
+        stopping
+            .step("cluster leave", async {
+                if tokio::time::timeout(bound, membership.leave()).await.is_err() {
+                    tracing::warn!(
+                        bound_ms = bound.as_millis() as u64,
+                        "could not release the leases in time (NATS unreachable?); they expire after cluster.lease_ttl"
+                    );
+                }
+            })
+            .await;
     }
     stopping.step("journal flush", journal.flush()).await;
     stopping

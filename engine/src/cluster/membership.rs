@@ -106,7 +106,12 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
         server_now: None,
     };
     loop {
-        node.tick().await;
+        // A stop does not wait for a tick stuck on an unreachable NATS: the tick is dropped
+        // (a lease it was taking expires on its own) and the node leaves.
+        tokio::select! {
+            _ = stopped.changed() => break,
+            () = node.tick() => {}
+        }
         tokio::select! {
             _ = stopped.changed() => break,
             () = tokio::time::sleep(tick) => {}
@@ -238,18 +243,20 @@ impl Node {
         Some(members)
     }
 
+    /// Renews every held lease at once (one round trip's wait, however many partitions).
     async fn renew(&mut self) {
         let held = self.inner.held();
-        for (partition, lease) in held {
-            let value = self.name().as_bytes().to_vec();
-            // Validity counts from before the write: the server stamps it later than this.
-            let sent = Instant::now();
-            match self
-                .inner
+        let value: bytes::Bytes = self.name().as_bytes().to_vec().into();
+        // Validity counts from before the writes: the server stamps them later than this.
+        let sent = Instant::now();
+        let renewals = held.iter().map(|(partition, lease)| {
+            self.inner
                 .leases
-                .update(lease_key(partition), value.into(), lease.revision)
-                .await
-            {
+                .update(lease_key(*partition), value.clone(), lease.revision)
+        });
+        let results = futures_util::future::join_all(renewals).await;
+        for ((partition, _), result) in held.into_iter().zip(results) {
+            match result {
                 Ok(revision) => {
                     self.inner.owned.insert(
                         partition,
@@ -413,14 +420,19 @@ impl Node {
         }
         let held = self.inner.held();
         self.inner.owned.clear();
-        for (partition, lease) in held {
-            let _ = self
-                .inner
+        // All at once: with NATS away each would wait out its timeout (the leases then expire
+        // after lease_ttl instead).
+        let releases = held.iter().map(|(partition, lease)| {
+            self.inner
                 .leases
-                .delete_expect_revision(lease_key(partition), Some(lease.revision))
-                .await;
-            metrics::counter!(t::CLUSTER_LEASE_MOVES, "move" => "released").increment(1);
-        }
+                .delete_expect_revision(lease_key(*partition), Some(lease.revision))
+        });
+        let released = futures_util::future::join_all(releases)
+            .await
+            .iter()
+            .filter(|result| result.is_ok())
+            .count();
+        metrics::counter!(t::CLUSTER_LEASE_MOVES, "move" => "released").increment(released as u64);
         let _ = self.inner.members.delete(self.name()).await;
         self.inner.joined.store(false, Ordering::Release);
         metrics::gauge!(t::CLUSTER_PARTITIONS_OWNED).set(0.0);

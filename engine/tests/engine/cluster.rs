@@ -118,8 +118,11 @@ async fn one_node_publishes_owns_every_partition_and_applies_in_order() {
     };
     let _one_at_a_time = IN_PROCESS.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let nats = Nats::start(&binary, 1, dir.path());
-    let toml = format!("sla = []\n{}", cluster_toml(&nats.urls, "solo", 8, 1));
+    let mut nats = Nats::start(&binary, 1, dir.path());
+    let toml = format!(
+        "sla = []\n[server]\nshutdown_grace = \"10s\"\n{}",
+        cluster_toml(&nats.urls, "solo", 8, 1)
+    );
     let engine = TestEngine::start(&toml, &dir.path().join("node")).await;
     let started = Instant::now();
     loop {
@@ -217,7 +220,16 @@ async fn one_node_publishes_owns_every_partition_and_applies_in_order() {
         .eventually("/v1/orders/shop:0", |body| body["state"] == "completed")
         .await;
     assert_eq!(body["timeline"].as_array().unwrap().len(), 6, "{body}");
+    // NATS goes away; SIGTERM still stops the node within its shutdown grace (leases it
+    // cannot release expire on their own).
+    nats.kill(0);
+    let stopping = Instant::now();
     engine.stop().await;
+    assert!(
+        stopping.elapsed() < Duration::from_secs(15),
+        "stopping without NATS took {:?}, beyond the 10s grace",
+        stopping.elapsed()
+    );
 }
 
 /// Courier scans naming no order, on two nodes: the scans arrive on one before any order has
