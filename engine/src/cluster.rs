@@ -111,6 +111,8 @@ pub(crate) struct Inner {
     pub(crate) members: kv::Store,
     pub(crate) leases: kv::Store,
     pub(crate) waybills: kv::Store,
+    /// The waybills bucket's stream, for reads from its leader.
+    pub(crate) waybills_stream: stream::Stream,
     pub(crate) syncs: kv::Store,
     /// Partitions this node holds: lease revision (fencing token) and until when it is safe to
     /// act on it without a renewal.
@@ -150,6 +152,9 @@ impl Cluster {
         let js = jetstream::ContextBuilder::new()
             .timeout(PUBLISH_TIMEOUT)
             .max_ack_inflight(MAX_ACKS_IN_FLIGHT)
+            // Past the bound a publish fails at once (429), rather than waiting for permits
+            // that requests part-way through their own publishes may never give back.
+            .backpressure_on_inflight(false)
             .build(client.clone());
         let control = jetstream::ContextBuilder::new()
             .timeout((config.lease_ttl.0 / 3).clamp(Duration::from_millis(300), PUBLISH_TIMEOUT))
@@ -174,6 +179,13 @@ impl Cluster {
             },
         )
         .await?;
+        let waybills_stream = js
+            .get_stream(format!("KV_{}", scans::WAYBILLS_BUCKET))
+            .await
+            .map_err(|e| ClusterError::JetStream {
+                what: format!("KV bucket {}", scans::WAYBILLS_BUCKET),
+                reason: e.to_string(),
+            })?;
         let syncs = open_bucket(
             &js,
             kv::Config {
@@ -204,6 +216,7 @@ impl Cluster {
                 members,
                 leases,
                 waybills,
+                waybills_stream,
                 syncs,
                 owned: DashMap::new(),
                 lag: DashMap::new(),

@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use orderhub_actors::order::OrderEvent;
 use orderhub_actors::telemetry as t;
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -88,9 +89,12 @@ struct Applier {
 struct Node {
     inner: Arc<Inner>,
     appliers: HashMap<u32, Applier>,
-    /// The JetStream server's time of this node's latest heartbeat: "now" for judging other
-    /// keys' ages on the same clock.
+    /// The members bucket's server time of this node's latest heartbeat: "now" for judging
+    /// the other members' heartbeats on the same clock.
     server_now: Option<time::OffsetDateTime>,
+    /// The same for the leases bucket (its stream's leader may be another server, with its
+    /// own clock), from a clock key of this node there.
+    leases_now: Option<time::OffsetDateTime>,
 }
 
 async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
@@ -104,6 +108,7 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
         inner,
         appliers: HashMap::new(),
         server_now: None,
+        leases_now: None,
     };
     loop {
         // A stop does not wait for a tick stuck on an unreachable NATS: the tick is dropped
@@ -127,16 +132,27 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
     node.leave().await;
 }
 
-/// Wakes the loop on any change of `bucket` (a member joining or leaving, a lease released).
+/// Wakes the loop when `bucket` changes shape — a key deleted (a lease released, a member
+/// leaving) or a key seen for the first time (a member joining) — but not on the heartbeats
+/// and renewals that rewrite known keys every tick (waking every node on every other node's
+/// heartbeat would keep them all ticking back to back).
 async fn watch_bucket(bucket: kv::Store, changed: Arc<Notify>) {
+    let mut seen = std::collections::HashSet::new();
     loop {
         match bucket.watch_all().await {
             Ok(mut watch) => {
                 while let Some(entry) = watch.next().await {
-                    if entry.is_err() {
-                        break;
+                    let Ok(entry) = entry else { break };
+                    let new_key = match entry.operation {
+                        kv::Operation::Put => seen.insert(entry.key.clone()),
+                        kv::Operation::Delete | kv::Operation::Purge => {
+                            seen.remove(&entry.key);
+                            true
+                        }
+                    };
+                    if new_key {
+                        changed.notify_one();
                     }
-                    changed.notify_one();
                 }
             }
             Err(err) => tracing::debug!(error = %err, "cannot watch a cluster bucket; retrying"),
@@ -179,6 +195,17 @@ impl Node {
             }
             Err(err) => tracing::warn!(error = %err, "cluster heartbeat failed"),
         }
+        let clock_key = format!("clock-{}", self.name());
+        if self
+            .inner
+            .leases
+            .put(&clock_key, bytes::Bytes::new())
+            .await
+            .is_ok()
+            && let Ok(Some(entry)) = self.inner.leases.entry(clock_key.as_str()).await
+        {
+            self.leases_now = Some(entry.created);
+        }
         self.renew().await;
         self.reap_expired();
         let Some(members) = self.live_members().await else {
@@ -208,11 +235,10 @@ impl Node {
         }
     }
 
-    /// Whether a key written at `created` (server time) is older than the TTL.
-    fn stale(&self, created: time::OffsetDateTime) -> bool {
-        self.server_now.is_some_and(|now| {
-            (now - created).whole_milliseconds() > self.ttl().as_millis() as i128
-        })
+    /// Whether a key written at `created` is older than the TTL by `now` of the same server
+    /// clock.
+    fn stale(&self, now: Option<time::OffsetDateTime>, created: time::OffsetDateTime) -> bool {
+        now.is_some_and(|now| (now - created).whole_milliseconds() > self.ttl().as_millis() as i128)
     }
 
     async fn live_members(&self) -> Option<Vec<String>> {
@@ -228,7 +254,8 @@ impl Node {
         for key in keys {
             match self.inner.members.entry(key.as_str()).await {
                 Ok(Some(entry))
-                    if entry.operation == kv::Operation::Put && !self.stale(entry.created) =>
+                    if entry.operation == kv::Operation::Put
+                        && !self.stale(self.server_now, entry.created) =>
                 {
                     members.push(key);
                 }
@@ -332,7 +359,8 @@ impl Node {
                 // write is older than the TTL), or from this node's own previous process.
                 match self.inner.leases.entry(key.as_str()).await {
                     Ok(Some(entry))
-                        if self.stale(entry.created) || entry.value == value.as_slice() =>
+                        if self.stale(self.leases_now, entry.created)
+                            || entry.value == value.as_slice() =>
                     {
                         self.inner
                             .leases
@@ -449,7 +477,7 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
         if *stopped.borrow() || !inner.holds(partition) {
             return;
         }
-        let after = match inner.journal.meta(&position) {
+        let applied = match inner.journal.meta(&position) {
             Ok(value) => value.unwrap_or(0).max(0) as u64,
             Err(err) => {
                 tracing::error!(partition, error = %err, "cannot read a partition's position");
@@ -462,7 +490,7 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
             .create_consumer(pull::OrderedConfig {
                 filter_subject: subject_of(partition),
                 deliver_policy: DeliverPolicy::ByStartSequence {
-                    start_sequence: after + 1,
+                    start_sequence: applied + 1,
                 },
                 ..Default::default()
             })
@@ -485,6 +513,9 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
             }
         };
         backoff = Duration::from_millis(100);
+        // An ordered consumer that recreates itself before delivering anything starts over
+        // from the stream's beginning: what is already applied is skipped here.
+        let mut applied = applied;
         loop {
             let chunk = tokio::select! {
                 _ = stopped.changed() => return,
@@ -505,8 +536,11 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
                 };
                 let Ok(info) = message.info() else { continue };
                 let (seq, pending) = (info.stream_sequence, info.pending);
-                last = Some(seq);
                 inner.lag.insert(partition, pending);
+                if seq <= applied {
+                    continue;
+                }
+                last = Some(seq);
                 match serde_json::from_slice::<OrderEvent>(&message.payload) {
                     Ok(mut event) => {
                         event.log_seq = Some(seq);
@@ -524,29 +558,75 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
             if !inner.holds(partition) {
                 return;
             }
-            loop {
-                match inner
-                    .journal
-                    .append_at(events.clone(), &position, last as i64)
-                    .await
-                {
-                    Ok(_) => break,
-                    Err(JournalError::Closed) => return,
-                    Err(err) => {
-                        tracing::warn!(partition, error = %err, "cannot apply a partition's events yet; retrying");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        if *stopped.borrow() || !inner.holds(partition) {
-                            return;
-                        }
-                    }
-                }
+            // The events first, then what they report elsewhere (waybills, waiting scans), and
+            // only then the position: a crash in between replays the chunk (deduplicated) and
+            // redoes the side effects instead of skipping them.
+            let commit_events = || inner.journal.append(events.clone());
+            if !until_done(&inner, partition, &stopped, "apply events", commit_events).await {
+                return;
             }
-            // The waybills these events report, and the scans that waited for them.
-            while let Err(err) = inner.index_waybills(&events).await {
-                tracing::warn!(partition, error = %err, "cannot index waybills yet; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            let index = || inner.index_waybills(&events);
+            if !until_done(&inner, partition, &stopped, "index waybills", index).await {
+                return;
+            }
+            let commit_position = || inner.journal.append_at(Vec::new(), &position, last as i64);
+            if !until_done(
+                &inner,
+                partition,
+                &stopped,
+                "commit position",
+                commit_position,
+            )
+            .await
+            {
+                return;
+            }
+            applied = last;
+        }
+    }
+}
+
+/// How a failed applier step goes on.
+enum Step {
+    /// The journal closed: the engine is stopping.
+    Stop,
+    /// Anything else: try again.
+    Retry(String),
+}
+
+impl From<JournalError> for Step {
+    fn from(err: JournalError) -> Self {
+        match err {
+            JournalError::Closed => Step::Stop,
+            other => Step::Retry(other.to_string()),
+        }
+    }
+}
+
+impl From<String> for Step {
+    fn from(err: String) -> Self {
+        Step::Retry(err)
+    }
+}
+
+/// Retries `step` until it succeeds (true), or until the applier must stop: told to, the lease
+/// is gone, or the journal closed (false).
+async fn until_done<T, E: Into<Step>, F: Future<Output = Result<T, E>>>(
+    inner: &Inner,
+    partition: u32,
+    stopped: &watch::Receiver<bool>,
+    what: &'static str,
+    step: impl Fn() -> F,
+) -> bool {
+    loop {
+        match step().await.map_err(Into::into) {
+            Ok(_) => return true,
+            Err(Step::Stop) => return false,
+            Err(Step::Retry(err)) => {
+                tracing::warn!(partition, step = what, error = %err, "cannot apply a partition yet; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 if *stopped.borrow() || !inner.holds(partition) {
-                    return;
+                    return false;
                 }
             }
         }

@@ -59,9 +59,17 @@ pub(crate) fn parked_subject(waybill: &str) -> String {
 impl Cluster {
     /// The order that reported `waybill`, from the bucket.
     pub(crate) async fn order_of_waybill(&self, waybill: &str) -> Option<String> {
-        match self.inner.waybills.get(token(waybill)).await {
-            Ok(Some(order)) if !order.is_empty() => {
-                Some(String::from_utf8_lossy(&order).into_owned())
+        // From the bucket stream's leader (a direct get may answer from a replica that has not
+        // seen the owner's write yet, and the parked-scan re-check relies on seeing it).
+        let subject = format!("$KV.{WAYBILLS_BUCKET}.{}", token(waybill));
+        match self
+            .inner
+            .waybills_stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(message) if !message.payload.is_empty() => {
+                Some(String::from_utf8_lossy(&message.payload).into_owned())
             }
             _ => None,
         }
@@ -109,17 +117,25 @@ impl Inner {
             .map_err(|e| e.to_string())?;
         let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
         let mut scans = Vec::new();
-        loop {
+        // Every waiting scan is read, up to the last one there was, or none is moved (the
+        // caller retries): the purge below removes exactly what was read.
+        let last_read = loop {
             let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
-            let Ok(Some(Ok(message))) = next else { break };
-            let pending = message.info().map(|info| info.pending).unwrap_or(0);
-            if let Ok(scan) = serde_json::from_slice::<OrderEvent>(&message.payload) {
-                scans.push(scan);
+            let Ok(Some(Ok(message))) = next else {
+                return Err(format!("could not read every scan waiting on {subject}"));
+            };
+            let info = message.info().map_err(|e| e.to_string())?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            match serde_json::from_slice::<OrderEvent>(&message.payload) {
+                Ok(scan) => scans.push(scan),
+                Err(err) => {
+                    tracing::error!(seq, error = %err, "a parked scan is unreadable; dropped")
+                }
             }
             if pending == 0 {
-                break;
+                break seq;
             }
-        }
+        };
         let partition = placement::partition_of(order, self.config.partitions);
         let mut acks = Vec::with_capacity(scans.len());
         for mut scan in scans {
@@ -139,10 +155,12 @@ impl Inner {
         for ack in acks {
             ack.await.map_err(|e| e.to_string())?;
         }
-        // Only once they are in their order's partition.
+        // Only once they are in their order's partition, and only up to the last one read: a
+        // scan parked meanwhile stays for the next report of the waybill or its own re-check.
         self.stream
             .purge()
             .filter(subject)
+            .sequence(last_read + 1)
             .await
             .map_err(|e| e.to_string())?;
         tracing::info!(

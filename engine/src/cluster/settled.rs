@@ -1,7 +1,8 @@
 //! Syncs settled anywhere in the cluster. A partition's new owner replays the partition and
 //! re-decides its syncs with the same idempotency keys; those its predecessor already
-//! delivered (or that the sink refused for good) are recorded in the `orderhub_syncs` KV bucket,
-//! so the new owner marks them delivered without sending them or spending the sink's quota.
+//! delivered are recorded in the `orderhub_syncs` KV bucket, so the new owner marks them
+//! delivered without sending them or spending the sink's quota. Refusals are not recorded: a
+//! dead letter stays one, on whichever node, until an operator retries it.
 //! A sync delivered just before its node died, and not yet recorded, is sent again with the
 //! same key.
 
@@ -29,13 +30,10 @@ impl SinkConnector for Remembering {
         let settled = self.settled.clone();
         Box::pin(async move {
             let delivery = sending.await;
-            let outcome = match &delivery {
-                Delivery::Delivered => Some("delivered"),
-                Delivery::Rejected { .. } => Some("rejected"),
-                _ => None,
-            };
-            if let Some(outcome) = outcome
-                && let Err(err) = settled.put(&key, outcome.as_bytes().to_vec().into()).await
+            // Only deliveries: a refusal is a dead letter an operator may retry, which must
+            // then be sent, not found "settled".
+            if delivery == Delivery::Delivered
+                && let Err(err) = settled.put(&key, b"delivered".to_vec().into()).await
             {
                 // Only costs a resend (same key) if this partition moves before it is recorded.
                 tracing::warn!(sync = %id, error = %err, "could not record a settled sync");
