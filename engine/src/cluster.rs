@@ -121,6 +121,8 @@ pub(crate) struct Inner {
     pub(crate) lag: DashMap<u32, u64>,
     pub(crate) joined: AtomicBool,
     pub(crate) journal: Journal,
+    /// Called with the partitions a tick took (the engine re-arms their SLA timers).
+    pub(crate) on_taken: std::sync::OnceLock<Box<dyn Fn(Vec<u32>) + Send + Sync>>,
     /// Live members as last seen (sinks' quotas are split among them; lists gather from them).
     pub(crate) members_seen: tokio::sync::watch::Sender<Vec<String>>,
 }
@@ -223,6 +225,7 @@ impl Cluster {
                 joined: AtomicBool::new(false),
                 journal,
                 members_seen: tokio::sync::watch::Sender::new(known),
+                on_taken: std::sync::OnceLock::new(),
             }),
         };
         metrics::gauge!(t::CLUSTER_PARTITIONS).set(f64::from(config.partitions));
@@ -257,6 +260,17 @@ impl Cluster {
     /// `Membership::leave`.
     pub fn start(&self) -> membership::Membership {
         membership::Membership::start(self.inner.clone())
+    }
+
+    /// Has `hook` called with the partitions this node takes, as it takes them (set once,
+    /// before [`Cluster::start`]).
+    pub fn on_partitions_taken(&self, hook: impl Fn(Vec<u32>) + Send + Sync + 'static) {
+        let _ = self.inner.on_taken.set(Box::new(hook));
+    }
+
+    /// The partition of `order`.
+    pub fn partition_of(&self, order: &str) -> u32 {
+        partition_of(order, self.inner.config.partitions)
     }
 
     /// The live members, updated as they join and leave.

@@ -283,6 +283,12 @@ impl Journal {
         self.inner.reader.order_of_waybill(waybill)
     }
 
+    /// Every armed SLA timer in the index, as `(order, rule, deadline)` (a cluster node re-arms
+    /// those of a partition it takes back).
+    pub fn armed_timers(&self) -> Result<Vec<(String, String, Millis)>, JournalError> {
+        self.inner.reader.with(index::armed)
+    }
+
     /// Every raw status a source sent that its mapping did not know, most recent first.
     pub fn unmapped_statuses(&self) -> Result<Vec<UnmappedStatus>, JournalError> {
         self.inner.reader.unmapped_statuses()

@@ -205,8 +205,30 @@ pub async fn run(
         },
         move |syncs| notifying.notify(syncs),
     )?;
-    // Cluster mode: heartbeats, leases and the appliers of this node's partitions.
-    let membership = cluster.as_ref().map(cluster::Cluster::start);
+    // Cluster mode: heartbeats, leases and the appliers of this node's partitions. A partition
+    // taken (back) gets the SLA timers its orders have in this node's index re-armed: one that
+    // fired while the node did not hold it raised nothing, and orders with no event since are
+    // not replayed.
+    let membership = cluster.as_ref().map(|cluster| {
+        let (journal, router, placing) = (journal.clone(), router.clone(), cluster.clone());
+        cluster.on_partitions_taken(move |taken| {
+            let (journal, router, placing) = (journal.clone(), router.clone(), placing.clone());
+            tokio::spawn(async move {
+                let armed = tokio::task::spawn_blocking(move || journal.armed_timers()).await;
+                let armed = match armed {
+                    Ok(Ok(armed)) => armed,
+                    Ok(Err(err)) => return tracing::warn!(error = %err, "cannot re-arm the SLA timers of taken partitions"),
+                    Err(err) => return tracing::warn!(error = %err, "cannot re-arm the SLA timers of taken partitions"),
+                };
+                for (order, rule, deadline) in armed {
+                    if taken.contains(&placing.partition_of(&order)) {
+                        router.arm(&order, &rule, deadline);
+                    }
+                }
+            });
+        });
+        cluster.start()
+    });
 
     let sources = SourceRegistry::build(&configured, &secrets);
     let ingest_metrics = IngestMetrics::new(configured.names());

@@ -335,6 +335,7 @@ impl Node {
             return;
         }
         let mut released = 0;
+        let mut taken = Vec::new();
         for partition in 0..self.inner.config.partitions {
             let desired = placement::owner_of(partition, members);
             let mine = desired == Some(self.name());
@@ -342,13 +343,20 @@ impl Node {
             if held && !mine && released < MOVES_PER_TICK {
                 released += 1;
                 self.release(partition).await;
-            } else if !held && mine {
-                self.acquire(partition).await;
+            } else if !held && mine && self.acquire(partition).await {
+                taken.push(partition);
             }
+        }
+        if !taken.is_empty()
+            && let Some(on_taken) = self.inner.on_taken.get()
+        {
+            on_taken(taken);
         }
     }
 
-    async fn acquire(&mut self, partition: u32) {
+    /// Takes `partition`'s lease if it is free (or stale, or this node's own from a previous
+    /// process); whether it did.
+    async fn acquire(&mut self, partition: u32) -> bool {
         let key = lease_key(partition);
         let value: Vec<u8> = self.name().as_bytes().to_vec();
         let sent = Instant::now();
@@ -377,7 +385,7 @@ impl Node {
             }
         };
         let Some(revision) = taken else {
-            return;
+            return false;
         };
         self.inner.owned.insert(
             partition,
@@ -389,6 +397,7 @@ impl Node {
         metrics::counter!(t::CLUSTER_LEASE_MOVES, "move" => "acquired").increment(1);
         tracing::info!(partition, fencing_token = revision, "took a partition");
         self.start_applier(partition);
+        true
     }
 
     /// Stops applying `partition` first, then deletes its lease for the next owner.

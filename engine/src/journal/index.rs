@@ -1,8 +1,28 @@
 //! Writes of the order index (`orders` table) and the watermark below which it is complete.
 
+use super::JournalError;
 use super::schema::WATERMARK;
+use orderhub_actors::order::Millis;
 use orderhub_actors::store::OrderIndexEntry;
 use rusqlite::{Connection, params};
+
+/// Every armed SLA timer in the index, as `(order, rule, deadline)`.
+pub(crate) fn armed(conn: &Connection) -> Result<Vec<(String, String, Millis)>, JournalError> {
+    let mut armed = Vec::new();
+    let mut stmt = conn.prepare("SELECT order_key, armed FROM orders WHERE armed IS NOT NULL")?;
+    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
+        let (key, timers) = row?;
+        let timers: Vec<(String, Millis)> =
+            serde_json::from_str(&timers).map_err(|e| JournalError::Corrupt {
+                seq: 0,
+                reason: format!("armed timers of {key}: {e}"),
+            })?;
+        for (rule, deadline) in timers {
+            armed.push((key.clone(), rule, deadline));
+        }
+    }
+    Ok(armed)
+}
 
 /// Upserts `entry`, never replacing a summary that folded in more of the journal.
 pub(crate) fn upsert(conn: &Connection, entry: &OrderIndexEntry) -> rusqlite::Result<()> {

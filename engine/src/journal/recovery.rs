@@ -64,17 +64,6 @@ pub(crate) fn recover(
             recovered.by_state.push((state, count as u64));
         }
     }
-    let mut stmt = conn.prepare("SELECT order_key, armed FROM orders WHERE armed IS NOT NULL")?;
-    for row in stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))? {
-        let (key, armed) = row?;
-        let timers: Vec<(String, Millis)> =
-            serde_json::from_str(&armed).map_err(|e| JournalError::Corrupt {
-                seq: 0,
-                reason: format!("armed timers of {key}: {e}"),
-            })?;
-        for (rule, deadline) in timers {
-            recovered.armed.push((key.clone(), rule, deadline));
-        }
-    }
+    recovered.armed = index::armed(conn)?;
     Ok(recovered)
 }
