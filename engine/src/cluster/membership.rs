@@ -486,7 +486,13 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
         if *stopped.borrow() || !inner.holds(partition) {
             return;
         }
-        let applied = match inner.journal.meta(&position) {
+        let journal = inner.journal.clone();
+        let name = position.clone();
+        let read =
+            tokio::task::spawn_blocking(move || journal.meta(&name).map_err(|e| e.to_string()))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+        let applied = match read {
             Ok(value) => value.unwrap_or(0).max(0) as u64,
             Err(err) => {
                 tracing::error!(partition, error = %err, "cannot read a partition's position");
