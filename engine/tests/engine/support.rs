@@ -85,6 +85,13 @@ impl TestEngine {
     }
 
     pub(crate) async fn start_with(toml: &str, dir: &Path, secrets: SecretLookup) -> TestEngine {
+        // ORDERHUB_TEST_LOG=FILTER (e.g. `warn`) shows what the in-process engines log, to
+        // diagnose a test that failed (.ci/run sets it to the shutdown and cluster warnings).
+        if let Ok(filter) = std::env::var("ORDERHUB_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .try_init();
+        }
         let mut config = Config::layered(Some(("test.toml".into(), toml.into()))).unwrap();
         config.server.data_dir = dir.to_path_buf();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
