@@ -173,14 +173,12 @@ impl Cluster {
         };
         let members = open_bucket(&control, bucket(MEMBERS_BUCKET, 1)).await?;
         let leases = open_bucket(&control, bucket(LEASES_BUCKET, 1)).await?;
-        let waybills = open_bucket(
-            &js,
-            kv::Config {
-                max_age: Duration::ZERO,
-                ..bucket(scans::WAYBILLS_BUCKET, 1)
-            },
-        )
-        .await?;
+        // Records kept until retention removes them (not heartbeats: no max_age).
+        let durable = |name: &str| kv::Config {
+            max_age: Duration::ZERO,
+            ..bucket(name, 1)
+        };
+        let waybills = open_bucket(&js, durable(scans::WAYBILLS_BUCKET)).await?;
         let waybills_stream = js
             .get_stream(format!("KV_{}", scans::WAYBILLS_BUCKET))
             .await
@@ -188,14 +186,7 @@ impl Cluster {
                 what: format!("KV bucket {}", scans::WAYBILLS_BUCKET),
                 reason: e.to_string(),
             })?;
-        let syncs = open_bucket(
-            &js,
-            kv::Config {
-                max_age: Duration::ZERO,
-                ..bucket(settled::SYNCS_BUCKET, 1)
-            },
-        )
-        .await?;
+        let syncs = open_bucket(&js, durable(settled::SYNCS_BUCKET)).await?;
         // Until the first heartbeat round, count this node among the members already there.
         let mut known = match members.keys().await {
             Ok(keys) => {
