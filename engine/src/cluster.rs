@@ -378,9 +378,12 @@ impl Cluster {
         &self,
         connector: Arc<dyn orderhub_actors::dispatch::SinkConnector>,
     ) -> Arc<dyn orderhub_actors::dispatch::SinkConnector> {
+        let cluster = self.clone();
         Arc::new(settled::Remembering {
             inner: connector,
             settled: self.inner.syncs.clone(),
+            owns: Arc::new(move |order| cluster.owns_order(order)),
+            wait_for_owner: self.inner.config.lease_ttl.0,
         })
     }
 

@@ -4,7 +4,8 @@
 //! delivered without sending them or spending the sink's quota. Refusals are not recorded: a
 //! dead letter stays one, on whichever node, until an operator retries it.
 //! A sync delivered just before its node died, and not yet recorded, is sent again with the
-//! same key.
+//! same key. A node that gave a partition away waits up to `lease_ttl` for the new owner to
+//! settle that partition's pending syncs before it sends one itself.
 
 use super::scans::token;
 use async_nats::jetstream::kv;
@@ -12,6 +13,7 @@ use orderhub_actors::dispatch::{
     Delivery, DeliveryFuture, SettledFuture, SinkConnector, SyncIntent,
 };
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Settled syncs: key = the sync's idempotency key (as a KV token), value = how it ended.
 pub const SYNCS_BUCKET: &str = "orderhub_syncs";
@@ -20,6 +22,10 @@ pub const SYNCS_BUCKET: &str = "orderhub_syncs";
 pub(crate) struct Remembering {
     pub(crate) inner: Arc<dyn SinkConnector>,
     pub(crate) settled: kv::Store,
+    /// Whether this node holds the lease of an order's partition.
+    pub(crate) owns: Arc<dyn Fn(&str) -> bool + Send + Sync>,
+    /// How long a sync of a partition this node does not hold waits for its owner.
+    pub(crate) wait_for_owner: Duration,
 }
 
 impl SinkConnector for Remembering {
@@ -45,9 +51,25 @@ impl SinkConnector for Remembering {
     fn settled(&self, sync: &SyncIntent) -> Option<SettledFuture> {
         let key = token(&sync.id);
         let settled = self.settled.clone();
+        let owns = self.owns.clone();
+        let order = sync.order.clone();
+        let wait = self.wait_for_owner;
         Some(Box::pin(async move {
-            // Not known (or NATS unreachable): send; the sink sees the same key at worst twice.
-            matches!(settled.get(&key).await, Ok(Some(_)))
+            // A sync of a partition this node gave away (or does not hold yet) is the owner's
+            // to send: it re-decides it with the same key. Wait a little for the owner to
+            // settle it, so an older sync from here does not reach the sink after the owner's
+            // newer one; then send anyway (same key) rather than risk never sending it.
+            let until = Instant::now() + wait;
+            loop {
+                if matches!(settled.get(&key).await, Ok(Some(_))) {
+                    return true;
+                }
+                if owns(&order) || Instant::now() >= until {
+                    // Not known (or NATS unreachable): send; the sink sees the key at worst twice.
+                    return false;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
         }))
     }
 }
