@@ -114,17 +114,14 @@ pub(crate) async fn dead_letters(
     State(app): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let raw = raw.unwrap_or_default();
-    match &app.cluster {
-        Some(cluster) => {
-            let call = Call::DeadLetters { query: raw.clone() };
-            forward::gather(&app, cluster, call, "dead_letters", &raw, |app| {
-                dead_letters_here(app, raw.clone())
-            })
-            .await
-        }
-        None => dead_letters_here(app, raw).await,
-    }
+    forward::read(
+        app,
+        raw,
+        |query| Call::DeadLetters { query },
+        "dead_letters",
+        dead_letters_here,
+    )
+    .await
 }
 
 /// This node's dead letters (in cluster mode each carries `node`, and its retry id is
@@ -229,17 +226,7 @@ pub(crate) async fn list_orders(
     State(app): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
 ) -> Response {
-    let raw = raw.unwrap_or_default();
-    match &app.cluster {
-        Some(cluster) => {
-            let call = Call::List { query: raw.clone() };
-            forward::gather(&app, cluster, call, "orders", &raw, |app| {
-                list_here(app, raw.clone())
-            })
-            .await
-        }
-        None => list_here(app, raw).await,
-    }
+    forward::read(app, raw, |query| Call::List { query }, "orders", list_here).await
 }
 
 /// The orders of this node's store (in cluster mode: of the partitions it owns).

@@ -66,6 +66,31 @@ fn limit_of(raw: &str) -> usize {
         .min(MAX_LIST_LIMIT)
 }
 
+/// A list read: this node's own answer (`here`) on a single node; in cluster mode every live
+/// node's, gathered (see [`gather`]).
+pub(crate) async fn read<F, Fut>(
+    app: Arc<AppState>,
+    raw: Option<String>,
+    call: fn(String) -> Call,
+    field: &str,
+    here: F,
+) -> Response
+where
+    F: Fn(Arc<AppState>, String) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let raw = raw.unwrap_or_default();
+    match app.cluster.clone() {
+        Some(cluster) => {
+            gather(&app, &cluster, call(raw.clone()), field, &raw, |app| {
+                here(app, raw.clone())
+            })
+            .await
+        }
+        None => here(app, raw).await,
+    }
+}
+
 /// Gathers the array `field` from every live node (this one through `here`), oldest first by
 /// `state_since` or `updated_at`, cut at the query's `limit`. Nodes that did not answer are
 /// named under `incomplete`; a query this node refuses is refused as it is.
