@@ -295,6 +295,16 @@ impl OrderRouter {
         self.inner.metrics.set_orders_by_state(counts);
     }
 
+    /// Drops archived orders: an active actor of one stops without writing a summary (there are
+    /// no events left to summarise), and each leaves the orders-by-state gauge.
+    pub fn forget(&self, orders: &[(String, OrderState)]) {
+        for (order, state) in orders {
+            let shard = shard_of(order, self.inner.shards.len());
+            let _ = self.inner.shards[shard].cast(ShardMsg::Forget(order.as_str().into()));
+            self.inner.metrics.left(*state);
+        }
+    }
+
     /// Passivates every order actor (each writes its summary) and stops the shards. Gives up
     /// waiting for a shard after `timeout`.
     pub async fn stop(&self, timeout: Duration) {

@@ -85,6 +85,21 @@ catalogue! {
     /// Index updates waiting.
     JOURNAL_INDEX_BACKLOG = "orderhub_journal_index_backlog", Gauge, Count, [],
         "Order summaries and internal events waiting for the journal writer.";
+    /// Journal size on disk.
+    JOURNAL_DISK_BYTES = "orderhub_journal_disk_bytes", Gauge, Bytes, [],
+        "Bytes the journal takes on disk (database and WAL).";
+    /// Oldest event age.
+    JOURNAL_OLDEST_EVENT_AGE = "orderhub_journal_oldest_event_age_seconds", Gauge, Seconds, [],
+        "Age (hub time) of the oldest event still in the journal: about `journal.retain` plus the longest-open order once compaction keeps up.";
+    /// Orders archived.
+    JOURNAL_ARCHIVED_ORDERS = "orderhub_journal_archived_orders_total", Counter, Count, [],
+        "Finished orders compaction archived (or removed, with archiving off) and removed from the journal.";
+    /// Compaction passes.
+    JOURNAL_COMPACTIONS = "orderhub_journal_compactions_total", Counter, Count, ["outcome"],
+        "Compaction passes run, by outcome (ok, failed).";
+    /// Data dir free space.
+    DATA_DIR_FREE_BYTES = "orderhub_data_dir_free_bytes", Gauge, Bytes, [],
+        "Bytes free to the engine on the data directory's file system.";
     /// Journal failures.
     JOURNAL_ERRORS = "orderhub_journal_errors_total", Counter, Count, ["kind"],
         "Journal operations that failed, by kind.";

@@ -67,14 +67,17 @@ pub(crate) async fn order_here(app: &Arc<AppState>, key: String) -> Response {
             let policy = app.policy.clone();
             let lookup = key.clone();
             let folded = tokio::task::spawn_blocking(move || {
-                journal.events_of(&lookup).map(|events| {
-                    (!events.is_empty()).then(|| Order::replay(lookup.as_str(), &events, &policy))
-                })
+                let events = journal.events_of(&lookup)?;
+                if events.is_empty() {
+                    return journal.archived(&lookup).map(Err);
+                }
+                Ok(Ok(Order::replay(lookup.as_str(), &events, &policy)))
             })
             .await;
             match folded {
-                Ok(Ok(Some(order))) => order,
-                Ok(Ok(None)) => {
+                Ok(Ok(Ok(order))) => order,
+                Ok(Ok(Err(Some(archived)))) => return gone(app, &key, &archived),
+                Ok(Ok(Err(None))) => {
                     return error_response(
                         StatusCode::NOT_FOUND,
                         "unknown_order",
@@ -98,6 +101,40 @@ pub(crate) async fn order_here(app: &Arc<AppState>, key: String) -> Response {
     };
     body["syncs"] = serde_json::to_value(syncs).unwrap_or_default();
     Json(body).into_response()
+}
+
+/// `410 archived`: compaction archived the order and removed it from the journal; the body
+/// names the archive file that holds its events, syncs and timeline.
+fn gone(
+    app: &AppState,
+    key: &str,
+    archived: &crate::journal::retention::ArchivedOrder,
+) -> Response {
+    let dir = &app.config.journal.archive_dir;
+    let file = archived.archive.as_ref().map(|name| {
+        app.config
+            .server
+            .data_dir
+            .join(dir)
+            .join(name)
+            .display()
+            .to_string()
+    });
+    let message = match &file {
+        Some(file) => format!(
+            "order {key:?} finished more than journal.retain ago and was archived to {file} (zcat {file} | jq 'select(.order == \"{key}\")')"
+        ),
+        None => format!(
+            "order {key:?} finished more than journal.retain ago and was removed (journal.archive_dir was empty: no archive was kept)"
+        ),
+    };
+    let body = serde_json::json!({
+        "error": { "code": "archived", "message": message },
+        "order": key,
+        "archive": file,
+        "archived_at": archived.archived_at,
+    });
+    (StatusCode::GONE, Json(body)).into_response()
 }
 
 /// Query of `GET /v1/dispatch/dead-letters`.

@@ -108,6 +108,13 @@ pub struct JournalConfig {
     pub queue_capacity: usize,
     /// Journaled events not yet applied by actors beyond which ingest answers 429.
     pub max_pending_events: i64,
+    /// A finished order whose last event is older than this is archived and removed.
+    pub retain: HumanDuration,
+    /// How often the background compaction runs (zero: never).
+    pub compact_every: HumanDuration,
+    /// Where archived orders go, relative to the data directory; empty: delete without
+    /// archiving.
+    pub archive_dir: String,
 }
 
 /// `[actors]`.
@@ -624,6 +631,21 @@ impl Config {
         if self.journal.max_pending_events < 1 {
             return Err(self.invalid("journal.max_pending_events".into(), "must be at least 1"));
         }
+        if self.journal.retain.0 < Duration::from_secs(60) {
+            return Err(self.invalid(
+                "journal.retain".into(),
+                "must be at least 1m: a finished order's late reports (refunds, returns, duplicate pushes) must still find it",
+            ));
+        }
+        if self.journal.archive_dir.contains("..") {
+            return Err(self.invalid(
+                "journal.archive_dir".into(),
+                format!(
+                    "{:?} must stay inside the data directory (no '..')",
+                    self.journal.archive_dir
+                ),
+            ));
+        }
         if self.actors.shards > 4096 {
             return Err(self.invalid("actors.shards".into(), "must be at most 4096"));
         }
@@ -846,6 +868,31 @@ mod tests {
         assert_eq!(config.inactive_rules().len(), 4, "no sinks by default");
         assert_eq!(config.actors.shards, 16);
         assert!(config.sources.contains_key("douyin") && config.sources.contains_key("events"));
+    }
+
+    #[test]
+    fn retention_keys_have_defaults_and_a_file_setting_only_them_keeps_the_rest() {
+        let config = Config::embedded().unwrap().journal;
+        assert_eq!(config.retain.0, Duration::from_secs(30 * 86_400));
+        assert_eq!(config.compact_every.0, Duration::from_secs(600));
+        assert_eq!(config.archive_dir, "archive");
+        let config = user("[journal]\nretain = \"7d\"\narchive_dir = \"\"\n")
+            .unwrap()
+            .journal;
+        assert_eq!(config.retain.0, Duration::from_secs(7 * 86_400));
+        assert_eq!(config.archive_dir, "");
+        assert_eq!(config.compact_every.0, Duration::from_secs(600));
+        assert_eq!(config.batch_max_events, 2048, "the other journal defaults stay");
+        let off = user("[journal]\ncompact_every = \"0s\"\n").unwrap();
+        assert!(off.journal.compact_every.0.is_zero());
+        let err = user("[journal]\nretain = \"10s\"\n").unwrap_err().to_string();
+        assert!(err.contains("journal.retain") && err.contains("at least 1m"), "{err}");
+        let err = user("[journal]\narchive_dir = \"../elsewhere\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("journal.archive_dir"), "{err}");
+        let err = user("[journal]\nretain = \"a month\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("invalid duration"), "{err}");
     }
 
     #[test]

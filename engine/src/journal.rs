@@ -12,6 +12,7 @@ mod index;
 mod outbox;
 mod reader;
 mod recovery;
+pub mod retention;
 mod schema;
 mod writer;
 
@@ -27,6 +28,7 @@ use orderhub_actors::order::{
 };
 use orderhub_actors::store::{OrderStore, OrderUpdate, StoreError, StoredOrder, SyncStore};
 use reader::ReadPool;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -55,6 +57,16 @@ pub enum JournalError {
     /// SQLite reported an error.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// Another process uses the data directory.
+    #[error(
+        "data directory {path} is in use by another orderhub process ({holder}); stop it first, or give this one its own --data-dir"
+    )]
+    Locked {
+        /// The directory.
+        path: String,
+        /// What the lock file says of its holder.
+        holder: String,
+    },
     /// The data directory could not be prepared.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -75,7 +87,45 @@ impl JournalError {
             JournalError::Corrupt { .. } => "corrupt",
             JournalError::Sqlite(_) => "sqlite",
             JournalError::DataDir { .. } => "data_dir",
+            JournalError::Locked { .. } => "locked",
         }
+    }
+}
+
+/// The data directory's lock: one process at a time uses a journal (the engine, or an offline
+/// `orderhub compact`). Held until dropped; the kernel releases it when the process dies.
+pub struct DataDirLock {
+    _file: std::fs::File,
+}
+
+impl DataDirLock {
+    /// Takes the lock of `dir` (created if needed), or says who holds it.
+    pub fn acquire(dir: &Path, holder: &str) -> Result<DataDirLock, JournalError> {
+        use std::io::{Read, Seek, Write};
+        let io = |source| JournalError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("LOCK"))
+            .map_err(io)?;
+        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            let mut held_by = String::new();
+            let _ = file.read_to_string(&mut held_by);
+            return Err(JournalError::Locked {
+                path: dir.display().to_string(),
+                holder: held_by.trim().to_owned(),
+            });
+        }
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        write!(file, "{holder}, pid {}", std::process::id()).map_err(io)?;
+        Ok(DataDirLock { _file: file })
     }
 }
 
@@ -108,6 +158,45 @@ pub(crate) enum SideCmd {
     Meta(String, i64),
     Flush(oneshot::Sender<()>),
     Stop(oneshot::Sender<()>),
+    /// A step of compaction (see `retention`), committed with the next batch.
+    Archive(ArchiveCmd, oneshot::Sender<ArchiveOutcome>),
+}
+
+/// An order compaction removes: its key, the last event sequence the archive holds, and the
+/// waybill numbers its events carried (their index rows go with it).
+#[derive(Clone, Debug)]
+pub(crate) struct Removal {
+    pub(crate) key: String,
+    pub(crate) last_seq: u64,
+    pub(crate) waybills: Vec<String>,
+}
+
+/// The journal side of compaction's archive protocol: the intent is committed before the
+/// archive file is written, and cleared in the transaction that removes what was archived, so
+/// a crash in between is undone (the file cut back to `len`) rather than archived twice.
+#[derive(Debug)]
+pub(crate) enum ArchiveCmd {
+    /// A batch is about to be appended to the archive file of `day` (`YYYYMMDD`), now `len`
+    /// bytes long.
+    Begin { day: i64, len: u64 },
+    /// Removes `orders` (events, syncs, waybills, index row) and records where each went,
+    /// unless one of them changed since it was read; clears the intent.
+    Remove {
+        orders: Vec<Removal>,
+        archive: Option<String>,
+        archived_at: Millis,
+    },
+    /// Clears the intent (the file was cut back).
+    Abandon,
+}
+
+/// What an [`ArchiveCmd`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ArchiveOutcome {
+    /// Committed; for `Remove`, the events and syncs removed.
+    Done { events: u64, syncs: u64 },
+    /// Nothing removed: these orders got an event or a pending sync since they were read.
+    Changed(Vec<String>),
 }
 
 /// The journal handle. Cheap to clone.
@@ -151,6 +240,7 @@ impl Journal {
             batch_max_wait: config.batch_max_wait.0,
             last_seq: recovered.last_seq,
             persisted_watermark: watermark,
+            archived_recently: HashMap::new(),
         };
         let journal = Journal {
             inner: Arc::new(Inner {
@@ -242,9 +332,15 @@ impl Journal {
 
     /// Commits what is queued and stops the writer thread.
     pub async fn close(&self) {
+        let journal = self.clone();
+        let _ = tokio::task::spawn_blocking(move || journal.close_blocking()).await;
+    }
+
+    /// [`Journal::close`] from a thread outside the async runtime.
+    pub fn close_blocking(&self) {
         let (reply, done) = oneshot::channel();
         if self.inner.side.send(SideCmd::Stop(reply)).is_ok() {
-            let _ = done.await;
+            let _ = done.blocking_recv();
         }
         let thread = self
             .inner
@@ -253,7 +349,7 @@ impl Journal {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(thread) = thread {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            let _ = thread.join();
         }
     }
 
@@ -351,6 +447,17 @@ impl Journal {
             .send(SideCmd::Revive(row, reply))
             .map_err(|_| JournalError::Closed)?;
         answer.await.map_err(|_| JournalError::Closed)
+    }
+
+    /// Runs one step of compaction's archive protocol; blocks until it is committed (call
+    /// from a blocking thread).
+    pub(crate) fn archive_step(&self, cmd: ArchiveCmd) -> Result<ArchiveOutcome, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .side
+            .send(SideCmd::Archive(cmd, reply))
+            .map_err(|_| JournalError::Closed)?;
+        answer.blocking_recv().map_err(|_| JournalError::Closed)
     }
 
     /// Append requests waiting for the writer.

@@ -42,6 +42,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use orderhub_actors::dispatch::{Dispatch, DispatchError};
 use orderhub_actors::order::{Millis, OrderPolicy};
 use orderhub_actors::shard::{Clock, OrderRouter, RouterError, SystemClock};
+use orderhub_actors::telemetry as t;
 pub use secrets::{SecretLookup, env_secrets};
 use std::future::Future;
 use std::sync::Arc;
@@ -137,8 +138,10 @@ pub async fn run(
     let data_dir = config.server.data_dir.clone();
     let journal_config = config.journal.clone();
     let recovery_policy = policy.clone();
-    let (journal, recovered) = tokio::task::spawn_blocking(move || {
+    let (journal, recovered, _lock) = tokio::task::spawn_blocking(move || {
+        let lock = journal::DataDirLock::acquire(&data_dir, "orderhub serve")?;
         Journal::open(&data_dir, &journal_config, &recovery_policy)
+            .map(|(journal, recovered)| (journal, recovered, lock))
     })
     .await
     .map_err(|e| std::io::Error::other(e.to_string()))??;
@@ -260,9 +263,11 @@ pub async fn run(
             prometheus,
             journal.clone(),
             state.policy.sla_rules().to_vec(),
+            state.config.server.data_dir.clone(),
         )
         .run(),
     );
+    let compaction = Compaction::start(&state);
     tracing::info!(
         addr = %listener.local_addr()?,
         orders_refolded = recovered.orders_refolded,
@@ -324,6 +329,9 @@ pub async fn run(
             .unwrap_or_else(|| tokio::time::Instant::now() + grace),
     };
     stopping.step("channels", async { channels.stop() }).await;
+    if let Some(compaction) = compaction {
+        stopping.step("compaction", compaction.stop()).await;
+    }
     if let Some(membership) = membership {
         // Bounded: with NATS unreachable the leases expire after lease_ttl anyway, and the
         // journal and actors still need their share of the grace.
@@ -352,6 +360,100 @@ pub async fn run(
     telemetry::flush_warnings();
     tracing::info!("orderhub stopped");
     Ok(())
+}
+
+/// The background compaction (`journal.compact_every`): archives and removes finished orders
+/// older than `journal.retain`, one pass at a time on a blocking thread.
+struct Compaction {
+    stop: Arc<AtomicBool>,
+    wake: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Compaction {
+    /// Starts the loop (`None` when `compact_every` is 0s). The first pass runs soon after
+    /// start-up, so a restart after a disk alert reclaims space at once.
+    fn start(app: &Arc<AppState>) -> Option<Compaction> {
+        let every = app.config.journal.compact_every.0;
+        if every.is_zero() {
+            tracing::info!(
+                "journal compaction is off (journal.compact_every = \"0s\"): the journal only grows"
+            );
+            return None;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let app = app.clone();
+        let (stopping, woken) = (stop.clone(), wake.clone());
+        let task = tokio::spawn(async move {
+            let mut next = tokio::time::Instant::now() + every.min(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next) => {}
+                    () = woken.notified() => return,
+                }
+                next = tokio::time::Instant::now() + every;
+                let (app, stop) = (app.clone(), stopping.clone());
+                let pass = tokio::task::spawn_blocking(move || {
+                    let data_dir = &app.config.server.data_dir;
+                    let retention =
+                        journal::retention::Retention::from_config(&app.config.journal, data_dir);
+                    let started = Instant::now();
+                    let router = app.router.clone();
+                    let done = journal::retention::compact(
+                        &app.journal,
+                        data_dir,
+                        &app.policy,
+                        &retention,
+                        app.now_ms(),
+                        &stop,
+                        &mut |orders| router.forget(orders),
+                    );
+                    (done, started.elapsed())
+                })
+                .await;
+                match pass {
+                    Ok((Ok(done), took)) => {
+                        metrics::counter!(t::JOURNAL_COMPACTIONS, "outcome" => "ok").increment(1);
+                        if done.orders > 0 || done.undone_bytes > 0 {
+                            tracing::info!(
+                                orders = done.orders,
+                                events = done.events,
+                                syncs = done.syncs,
+                                files = ?done.files,
+                                reclaimed_bytes = done.reclaimed(),
+                                journal_bytes = done.disk_after,
+                                took_ms = took.as_millis() as u64,
+                                "journal compacted: finished orders past journal.retain archived and removed"
+                            );
+                        }
+                    }
+                    Ok((Err(err), _)) => {
+                        metrics::counter!(t::JOURNAL_COMPACTIONS, "outcome" => "failed")
+                            .increment(1);
+                        tracing::error!(error = %err, "journal compaction failed; it runs again in journal.compact_every (nothing was lost: what was not removed stays in the journal)");
+                    }
+                    Err(err) => {
+                        metrics::counter!(t::JOURNAL_COMPACTIONS, "outcome" => "failed")
+                            .increment(1);
+                        tracing::error!(error = %err, "journal compaction panicked");
+                    }
+                }
+                if stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+            }
+        });
+        Some(Compaction { stop, wake, task })
+    }
+
+    /// Stops: a pass under way ends after its batch (an interrupted batch is undone at the
+    /// next pass anyway), a waiting loop at once.
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.wake.notify_one();
+        let _ = self.task.await;
+    }
 }
 
 /// The steps of a shutdown, all within one deadline (`server.shutdown_grace` after the signal):

@@ -33,7 +33,6 @@ enum Command {
         #[arg(long)]
         listen: Option<SocketAddr>,
     },
-    /// Validate a configuration file; exits non-zero naming the key and line at fault.
     /// Write the journal's events received between two times as gzip'd JSON lines (for
     /// `loadgen replay` or inspection with `zcat | jq`).
     Export {
@@ -53,6 +52,18 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Archive and remove, once, the finished orders older than `journal.retain` (the engine
+    /// does this every `journal.compact_every`; run this with the engine stopped), and print
+    /// what was archived, removed and reclaimed.
+    Compact {
+        /// The configuration (its `[journal]` retention keys and `server.data_dir`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The data directory (overrides the configuration's).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Validate a configuration file; exits non-zero naming the key and line at fault.
     CheckConfig {
         /// Print the effective configuration (the default with FILE merged in) when it is valid.
         #[arg(long)]
@@ -72,22 +83,67 @@ fn main() -> anyhow::Result<()> {
             config,
             data_dir,
         } => {
-            let data_dir = match data_dir {
-                Some(dir) => dir,
-                None => {
-                    match config {
-                        Some(path) => Config::load(&path),
-                        None => Config::embedded(),
-                    }
-                    .context("invalid configuration")?
-                    .server
-                    .data_dir
-                }
-            };
+            let (config, data_dir) = configured(config, data_dir)?;
+            let archive_dir = (!config.journal.archive_dir.is_empty())
+                .then(|| data_dir.join(&config.journal.archive_dir));
             let (from_ms, to_ms) = (instant(&from, false)?, instant(&to, true)?);
-            let written = orderhub_engine::journal::export::export(&data_dir, from_ms, to_ms, &out)
-                .with_context(|| format!("cannot export the journal in {}", data_dir.display()))?;
+            let written = orderhub_engine::journal::export::export(
+                &data_dir,
+                archive_dir.as_deref(),
+                from_ms,
+                to_ms,
+                &out,
+            )
+            .with_context(|| format!("cannot export the journal in {}", data_dir.display()))?;
             println!("{written} events written to {}", out.display());
+            Ok(())
+        }
+        Command::Compact { config, data_dir } => {
+            let (config, data_dir) = configured(config, data_dir)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let started = std::time::Instant::now();
+            let (done, converted) =
+                orderhub_engine::journal::retention::compact_offline(&config, &data_dir, now)
+                    .with_context(|| {
+                        format!("cannot compact the journal in {}", data_dir.display())
+                    })?;
+            if converted {
+                println!(
+                    "converted the journal to incremental vacuum (freed space now goes back to the file system)"
+                );
+            }
+            if done.undone_bytes > 0 {
+                println!(
+                    "undid an interrupted compaction's batch: {} bytes cut from its archive file (its orders were still in the journal)",
+                    done.undone_bytes
+                );
+            }
+            let files: Vec<String> = done.files.iter().map(|f| f.display().to_string()).collect();
+            match (done.orders, files.is_empty()) {
+                (0, _) => println!(
+                    "nothing to archive: no finished order's last event is older than journal.retain ({})",
+                    humantime::format_duration(config.journal.retain.0)
+                ),
+                (orders, false) => {
+                    println!("archived {orders} finished orders to {}", files.join(", "))
+                }
+                (orders, true) => println!(
+                    "journal.archive_dir is empty: {orders} finished orders removed without archiving"
+                ),
+            }
+            println!(
+                "removed {} orders, {} events and {} syncs from the journal",
+                done.orders, done.events, done.syncs
+            );
+            println!(
+                "journal {} -> {} bytes on disk: {} bytes reclaimed, in {:.1} s",
+                done.disk_before,
+                done.disk_after,
+                done.reclaimed(),
+                started.elapsed().as_secs_f64()
+            );
             Ok(())
         }
         Command::CheckConfig { print, file } => match Config::load(&file)
@@ -130,6 +186,21 @@ fn main() -> anyhow::Result<()> {
                 .block_on(serve(config))
         }
     }
+}
+
+/// The configuration (the embedded default, or FILE over it) and the data directory
+/// (`--data-dir`, else the configuration's).
+fn configured(
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<(Config, PathBuf)> {
+    let config = match config {
+        Some(path) => Config::load(&path),
+        None => Config::embedded(),
+    }
+    .context("invalid configuration")?;
+    let data_dir = data_dir.unwrap_or_else(|| config.server.data_dir.clone());
+    Ok((config, data_dir))
 }
 
 /// Milliseconds since the epoch of a day (`YYYY-MM-DD`, UTC: its start, or its end when

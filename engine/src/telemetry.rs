@@ -66,12 +66,19 @@ pub(crate) struct Upkeep {
     journal: Journal,
     rules: Vec<SlaRule>,
     overdue: Vec<Gauge>,
+    data_dir: std::path::PathBuf,
+    disk: [Gauge; 3],
 }
 
 impl Upkeep {
     /// Registers the process and overdue series (exported from start-up, before any order
     /// is overdue) and takes a first reading.
-    pub(crate) fn new(prometheus: PrometheusHandle, journal: Journal, rules: Vec<SlaRule>) -> Self {
+    pub(crate) fn new(
+        prometheus: PrometheusHandle,
+        journal: Journal,
+        rules: Vec<SlaRule>,
+        data_dir: std::path::PathBuf,
+    ) -> Self {
         let overdue = rules
             .iter()
             .map(|r| {
@@ -80,13 +87,22 @@ impl Upkeep {
             .collect();
         let process = metrics_process::Collector::new("orderhub_");
         process.collect();
-        Upkeep {
+        metrics::counter!(t::JOURNAL_ARCHIVED_ORDERS).absolute(0);
+        let upkeep = Upkeep {
             prometheus,
             process,
             journal,
             rules,
             overdue,
-        }
+            data_dir,
+            disk: [
+                metrics::gauge!(t::JOURNAL_DISK_BYTES),
+                metrics::gauge!(t::JOURNAL_OLDEST_EVENT_AGE),
+                metrics::gauge!(t::DATA_DIR_FREE_BYTES),
+            ],
+        };
+        upkeep.measure_disk();
+        upkeep
     }
 
     /// Runs until the task is dropped.
@@ -103,9 +119,32 @@ impl Upkeep {
             }
             if ticks.is_multiple_of(OVERDUE_EVERY_TICKS) {
                 let upkeep = upkeep.clone();
-                let _ = tokio::task::spawn_blocking(move || upkeep.count_overdue()).await;
+                let _ = tokio::task::spawn_blocking(move || {
+                    upkeep.count_overdue();
+                    upkeep.measure_disk();
+                })
+                .await;
             }
             ticks = ticks.wrapping_add(1);
+        }
+    }
+
+    /// The journal's size and oldest event, and the space left on its file system.
+    fn measure_disk(&self) {
+        let [journal_bytes, oldest_age, free] = &self.disk;
+        journal_bytes.set(crate::journal::retention::disk_bytes(&self.data_dir) as f64);
+        match self.journal.oldest_event_at() {
+            Ok(Some(at)) => {
+                oldest_age.set((SystemClock.now_ms() - at).max(0) as f64 / 1000.0);
+            }
+            Ok(None) => oldest_age.set(0.0),
+            Err(err) => tracing::warn!(error = %err, "cannot read the journal's oldest event"),
+        }
+        match rustix::fs::statvfs(&self.data_dir) {
+            Ok(vfs) => free.set(vfs.f_bavail as f64 * vfs.f_frsize as f64),
+            Err(err) => {
+                tracing::warn!(error = %err, dir = %self.data_dir.display(), "cannot read the data directory's free space")
+            }
         }
     }
 

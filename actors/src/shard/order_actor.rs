@@ -19,6 +19,8 @@ pub(crate) enum OrderMsg {
     Snapshot(RpcReplyPort<Option<Order>>),
     /// Write the summary and stop; later events start a fresh actor from the journal.
     Passivate,
+    /// Stop without writing a summary: the order was archived and removed from the journal.
+    Forget,
     /// Panic, to exercise supervision in tests.
     #[cfg(test)]
     InjectPanic,
@@ -95,6 +97,7 @@ impl Actor for OrderActor {
                 state.record(Vec::new());
                 myself.stop(Some("passivated".into()));
             }
+            OrderMsg::Forget => myself.stop(Some("archived".into())),
             #[cfg(test)]
             OrderMsg::InjectPanic => panic!("injected panic in order {}", state.key),
         }

@@ -38,6 +38,8 @@ pub(crate) enum ShardMsg {
     Sweep,
     /// Passivate every actor and reply once all have stopped.
     Drain(RpcReplyPort<()>),
+    /// Stop an order's actor, if active, without a summary (the order was archived).
+    Forget(Arc<str>),
     /// Make an order's actor panic (tests).
     #[cfg(test)]
     InjectPanic(Arc<str>),
@@ -119,6 +121,14 @@ impl Actor for ShardSupervisor {
                 }
             },
             ShardMsg::Sweep => state.sweep_idle(),
+            ShardMsg::Forget(order) => {
+                if let Some(child) = state.children.remove(&order) {
+                    state.lru.remove(&child.tick);
+                    if child.actor.cast(OrderMsg::Forget).is_err() {
+                        state.forget(child.actor.get_id());
+                    }
+                }
+            }
             ShardMsg::Drain(reply) => {
                 let keys: Vec<Arc<str>> = state.children.keys().cloned().collect();
                 for key in keys {

@@ -4,6 +4,10 @@
 //! "fields"}` (`status` is the canonical meaning: a state name, `hold_released` or `none`;
 //! `"unmapped": true` when the source's table did not know `raw_status`). orderhub's own events
 //! (SLA breaches) are left out: a replay's engine decides those itself.
+//!
+//! Orders compaction archived are read from the archive files (`journal.archive_dir`) too:
+//! their events come first, each archived order's events together and in journal order, then
+//! the journal's.
 
 use super::{JournalError, schema};
 use flate2::Compression;
@@ -28,9 +32,16 @@ struct Line<'a> {
     fields: &'a serde_json::Map<String, serde_json::Value>,
 }
 
-/// Writes the events received in `[from, to)` (hub time, ms) from the journal in `data_dir` to
-/// `out` (gzip'd JSON lines, fsync'd); the number written.
-pub fn export(data_dir: &Path, from: Millis, to: Millis, out: &Path) -> Result<u64, JournalError> {
+/// Writes the events received in `[from, to)` (hub time, ms) from the archive files in
+/// `archive_dir` (if any) and the journal in `data_dir` to `out` (gzip'd JSON lines,
+/// fsync'd); the number written.
+pub fn export(
+    data_dir: &Path,
+    archive_dir: Option<&Path>,
+    from: Millis,
+    to: Millis,
+    out: &Path,
+) -> Result<u64, JournalError> {
     let conn = schema::open_reader(data_dir)?;
     let file = std::fs::File::create(out).map_err(|source| JournalError::DataDir {
         path: out.display().to_string(),
@@ -41,20 +52,10 @@ pub fn export(data_dir: &Path, from: Millis, to: Millis, out: &Path) -> Result<u
         path: out.display().to_string(),
         source,
     };
-    let mut stmt = conn.prepare(
-        "SELECT seq, body FROM events WHERE received_at >= ?1 AND received_at < ?2 ORDER BY seq",
-    )?;
-    let mut rows = stmt.query([from, to])?;
     let mut written = 0u64;
-    while let Some(row) = rows.next()? {
-        let seq: i64 = row.get(0)?;
-        let body: String = row.get(1)?;
-        let event: OrderEvent = serde_json::from_str(&body).map_err(|e| JournalError::Corrupt {
-            seq: seq as u64,
-            reason: e.to_string(),
-        })?;
-        if event.source == INTERNAL_SOURCE {
-            continue;
+    let mut write = |event: &OrderEvent| -> Result<(), JournalError> {
+        if event.source == INTERNAL_SOURCE || event.received_at < from || event.received_at >= to {
+            return Ok(());
         }
         let line = Line {
             order: &event.order,
@@ -70,6 +71,26 @@ pub fn export(data_dir: &Path, from: Millis, to: Millis, out: &Path) -> Result<u
         serde_json::to_writer(&mut gz, &line).map_err(|e| io(e.into()))?;
         gz.write_all(b"\n").map_err(io)?;
         written += 1;
+        Ok(())
+    };
+    if let Some(dir) = archive_dir {
+        let intent = super::writer::read_intent(&conn)?;
+        for event in super::retention::archived_events(dir, from, intent)? {
+            write(&event?)?;
+        }
+    }
+    let mut stmt = conn.prepare(
+        "SELECT seq, body FROM events WHERE received_at >= ?1 AND received_at < ?2 ORDER BY seq",
+    )?;
+    let mut rows = stmt.query([from, to])?;
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let body: String = row.get(1)?;
+        let event: OrderEvent = serde_json::from_str(&body).map_err(|e| JournalError::Corrupt {
+            seq: seq as u64,
+            reason: e.to_string(),
+        })?;
+        write(&event)?;
     }
     let file = gz
         .finish()
@@ -126,7 +147,7 @@ mod tests {
             .unwrap();
         journal.close().await;
         let out = dir.path().join("export.jsonl.gz");
-        assert_eq!(export(dir.path(), 1_000, 5_000, &out).unwrap(), 2);
+        assert_eq!(export(dir.path(), None, 1_000, 5_000, &out).unwrap(), 2);
         let mut text = String::new();
         flate2::read::GzDecoder::new(std::fs::File::open(&out).unwrap())
             .read_to_string(&mut text)

@@ -72,7 +72,16 @@ CREATE TABLE IF NOT EXISTS syncs (
 CREATE INDEX IF NOT EXISTS syncs_pending ON syncs (sink, row) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS syncs_dead ON syncs (row) WHERE status = 'dead';
 CREATE INDEX IF NOT EXISTS syncs_by_order ON syncs (order_key, row);
+CREATE TABLE IF NOT EXISTS archived (
+    order_key TEXT PRIMARY KEY,
+    archive TEXT,
+    archived_at INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
+
+/// Bytes the WAL is truncated to after a checkpoint.
+const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
 /// The meta key that says the waybill index covers every event journaled before it existed.
 const WAYBILLS_BACKFILLED: &str = "waybills_backfilled";
@@ -108,10 +117,20 @@ pub(crate) const WATERMARK: &str = "index_watermark";
 /// before it returns (a 2xx means durable, DESIGN.md §3).
 pub(crate) fn open_writer(dir: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(dir.join(DB_FILE))?;
+    // A new journal returns the pages compaction frees to the file system (`PRAGMA
+    // incremental_vacuum`); the mode can only be chosen before the first table exists, so an
+    // older journal keeps reusing its free pages until `orderhub compact` converts it.
+    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+    if tables == 0 {
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // After a checkpoint the WAL is cut back to this size, so a burst of deletes during
+    // compaction does not leave a large WAL file behind.
+    conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     conn.execute_batch(SCHEMA)?;
     backfill_waybills(&conn)?;
     Ok(conn)

@@ -3,7 +3,9 @@
 //! order summaries and internal events that queued beside them, commits (fsync), then routes
 //! the new events to the order actors in journal order and answers every waiting request.
 
-use super::{AppendOutcome, AppendRequest, JournalError, SideCmd, index, outbox};
+use super::{
+    AppendOutcome, AppendRequest, ArchiveCmd, ArchiveOutcome, JournalError, SideCmd, index, outbox,
+};
 use crossbeam_channel::{Receiver, select};
 use orderhub_actors::dispatch::{PendingSync, SyncIntent, SyncUpdate};
 use orderhub_actors::order::{EventAction, JournaledEvent, Millis, OrderEvent, SharedEvent};
@@ -43,7 +45,14 @@ pub(crate) struct Writer {
     pub(crate) batch_max_wait: Duration,
     pub(crate) last_seq: u64,
     pub(crate) persisted_watermark: u64,
+    /// Orders compaction removed lately, with the last sequence archived: a summary an order
+    /// actor still writes for one of them (it was active, or passivating) is dropped rather than
+    /// leaving an index row with no events.
+    pub(crate) archived_recently: HashMap<String, (u64, Instant)>,
 }
+
+/// How long a removed order's late summaries are watched for.
+const ARCHIVED_WATCH: Duration = Duration::from_secs(120);
 
 struct Metrics {
     batch_size: metrics::Histogram,
@@ -98,6 +107,8 @@ struct Committed {
     new_syncs: Vec<PendingSync>,
     /// Each revive request's sync (None if it was not a dead letter).
     revived: Vec<Option<PendingSync>>,
+    /// Each archive step's outcome.
+    archived: Vec<ArchiveOutcome>,
 }
 
 #[derive(Default)]
@@ -112,6 +123,7 @@ struct Batch {
     meta: HashMap<String, i64>,
     flushes: Vec<tokio::sync::oneshot::Sender<()>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
+    archive: Vec<(ArchiveCmd, tokio::sync::oneshot::Sender<ArchiveOutcome>)>,
 }
 
 impl Batch {
@@ -137,6 +149,7 @@ impl Batch {
             }
             SideCmd::Flush(reply) => self.flushes.push(reply),
             SideCmd::Stop(reply) => self.stop = Some(reply),
+            SideCmd::Archive(cmd, reply) => self.archive.push((cmd, reply)),
         }
     }
 
@@ -194,6 +207,7 @@ impl Writer {
                     routed,
                     new_syncs,
                     revived,
+                    archived,
                 }) => {
                     metrics
                         .commit_latency
@@ -211,6 +225,9 @@ impl Writer {
                     }
                     for ((_, reply), sync) in batch.revives.drain(..).zip(revived) {
                         let _ = reply.send(sync);
+                    }
+                    for ((_, reply), outcome) in batch.archive.drain(..).zip(archived) {
+                        let _ = reply.send(outcome);
                     }
                 }
                 Err(err) => {
@@ -410,7 +427,13 @@ impl Writer {
             }
         }
         for entry in batch.index.values() {
-            index::upsert(&tx, entry)?;
+            let removed = self
+                .archived_recently
+                .get(&entry.key)
+                .is_some_and(|(last_seq, _)| entry.applied_seq <= *last_seq);
+            if !removed {
+                index::upsert(&tx, entry)?;
+            }
         }
         // Syncs go in the same transaction as the summaries that cover their events.
         let now = now_ms();
@@ -434,12 +457,25 @@ impl Writer {
             )?
             .execute(params![name, value])?;
         }
+        let mut archived = Vec::with_capacity(batch.archive.len());
+        let mut removed_now = Vec::new();
+        for (cmd, _) in &batch.archive {
+            archived.push(archive_step(&tx, cmd, &mut removed_now)?);
+        }
         // Persist the watermark as it stood after the previous commit: it lags one batch,
         // which is conservative (recovery re-folds a little more), and never ahead of the index.
         if *watermark != self.persisted_watermark {
             index::set_watermark(&tx, *watermark)?;
         }
         tx.commit()?;
+        if !removed_now.is_empty() {
+            let now = Instant::now();
+            self.archived_recently
+                .retain(|_, (_, at)| now.duration_since(*at) < ARCHIVED_WATCH);
+            for (key, last_seq) in removed_now {
+                self.archived_recently.insert(key, (last_seq, now));
+            }
+        }
         self.persisted_watermark = *watermark;
         self.last_seq = last_seq;
         batch.internal.clear();
@@ -456,6 +492,120 @@ impl Writer {
             routed,
             new_syncs,
             revived,
+            archived,
         })
     }
+}
+
+/// The meta keys of compaction's intent: the archive file's day and its length before the
+/// batch being written.
+pub(crate) const INTENT_DAY: &str = "archive_intent_day";
+pub(crate) const INTENT_LEN: &str = "archive_intent_len";
+
+/// The intent of a compaction that has not finished its batch: `(day, length)`.
+pub(crate) fn read_intent(conn: &Connection) -> Result<Option<(i64, u64)>, JournalError> {
+    let get = |name: &str| -> rusqlite::Result<Option<i64>> {
+        conn.prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+            .query_row([name], |r| r.get(0))
+            .optional()
+    };
+    Ok(match (get(INTENT_DAY)?, get(INTENT_LEN)?) {
+        (Some(day), Some(len)) => Some((day, len.max(0) as u64)),
+        _ => None,
+    })
+}
+
+/// One step of compaction's archive protocol, inside the batch's transaction.
+fn archive_step(
+    tx: &Connection,
+    cmd: &ArchiveCmd,
+    removed: &mut Vec<(String, u64)>,
+) -> Result<ArchiveOutcome, JournalError> {
+    let set_meta = |name: &str, value: i64| {
+        tx.prepare_cached(
+            "INSERT INTO meta (name, value) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )?
+        .execute(params![name, value])
+    };
+    let clear_intent = || {
+        tx.prepare_cached("DELETE FROM meta WHERE name IN (?1, ?2)")?
+            .execute([INTENT_DAY, INTENT_LEN])
+    };
+    match cmd {
+        ArchiveCmd::Begin { day, len } => {
+            set_meta(INTENT_DAY, *day)?;
+            set_meta(INTENT_LEN, *len as i64)?;
+        }
+        ArchiveCmd::Abandon => {
+            clear_intent()?;
+        }
+        ArchiveCmd::Remove {
+            orders,
+            archive,
+            archived_at,
+        } => {
+            // An order that got an event (or a sync went pending again) after it was read would
+            // lose it: remove nothing, and let the caller write the batch again without it.
+            let mut changed = Vec::new();
+            for order in orders {
+                let last: Option<i64> = tx
+                    .prepare_cached("SELECT max(seq) FROM events WHERE order_key = ?1")?
+                    .query_row([&order.key], |r| r.get(0))?;
+                let pending: i64 = tx
+                    .prepare_cached(
+                        "SELECT count(*) FROM syncs WHERE order_key = ?1 AND status = 'pending'",
+                    )?
+                    .query_row([&order.key], |r| r.get(0))?;
+                if last != Some(order.last_seq as i64) || pending > 0 {
+                    changed.push(order.key.clone());
+                }
+            }
+            if !changed.is_empty() {
+                return Ok(ArchiveOutcome::Changed(changed));
+            }
+            let (mut events, mut syncs) = (0u64, 0u64);
+            for order in orders {
+                events += tx
+                    .prepare_cached("DELETE FROM events WHERE order_key = ?1")?
+                    .execute([&order.key])? as u64;
+                syncs += tx
+                    .prepare_cached("DELETE FROM syncs WHERE order_key = ?1")?
+                    .execute([&order.key])? as u64;
+                for waybill in &order.waybills {
+                    tx.prepare_cached(
+                        "DELETE FROM waybills WHERE waybill_no = ?1 AND order_key = ?2",
+                    )?
+                    .execute([waybill, &order.key])?;
+                }
+                tx.prepare_cached("DELETE FROM orders WHERE order_key = ?1")?
+                    .execute([&order.key])?;
+                tx.prepare_cached(
+                    "INSERT INTO archived (order_key, archive, archived_at, last_seq)
+                     VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (order_key) DO UPDATE SET archive = excluded.archive,
+                        archived_at = excluded.archived_at, last_seq = excluded.last_seq",
+                )?
+                .execute(params![
+                    order.key,
+                    archive,
+                    archived_at,
+                    order.last_seq as i64
+                ])?;
+                removed.push((order.key.clone(), order.last_seq));
+            }
+            clear_intent()?;
+            // Hand the freed pages back to the file system (a no-op for a journal created
+            // before incremental vacuum, which reuses them instead).
+            // (It frees a page per step: step it to the end.)
+            let mut vacuum = tx.prepare_cached("PRAGMA incremental_vacuum")?;
+            let mut steps = vacuum.query([])?;
+            while steps.next()?.is_some() {}
+            return Ok(ArchiveOutcome::Done { events, syncs });
+        }
+    }
+    Ok(ArchiveOutcome::Done {
+        events: 0,
+        syncs: 0,
+    })
 }

@@ -1,0 +1,943 @@
+//! Retention: finished orders older than `journal.retain` are archived, then removed.
+//!
+//! One pass walks the index for orders in a finished state (completed, cancelled, refunded,
+//! returned) whose last event was received before the cutoff, in small batches. Each batch is
+//! written to the day's archive file (`{archive_dir}/YYYY-MM-DD.jsonl.gz`, one gzip member per
+//! batch, one JSON line per order) and fsync'd, and only then removed from the journal:
+//!
+//! 1. the writer commits an *intent* (the file's day and its length before the batch);
+//! 2. the batch is appended to the file and fsync'd;
+//! 3. the writer removes the batch's orders and clears the intent in one transaction — unless an
+//!    order got an event or a pending sync since it was read, in which case nothing is removed,
+//!    the file is cut back to the intent's length and the batch is written again without it.
+//!
+//! A crash between 1 and 3 leaves the intent: the next pass cuts the file back first, so the
+//! orders (still in the journal) are archived exactly once. Removed orders leave a small
+//! record (`archived`: key, file, time) so `GET /v1/orders/{key}` can answer `410 archived`.
+//!
+//! Orders that are not finished are never touched, however old; nor is an order with a
+//! pending sync.
+
+use super::writer::{INTENT_DAY, INTENT_LEN};
+use super::{ArchiveCmd, ArchiveOutcome, Journal, JournalError, Removal, outbox, reader, schema};
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use orderhub_actors::order::{JournaledEvent, Millis, Order, OrderPolicy, OrderState};
+use rusqlite::{Connection, params};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Finished states: an order in one of them is archived once it is old enough.
+pub const FINISHED: [OrderState; 4] = [
+    OrderState::Completed,
+    OrderState::Cancelled,
+    OrderState::Refunded,
+    OrderState::Returned,
+];
+
+/// Orders per batch: small, so each removal is a short write among the appends.
+const BATCH_ORDERS: usize = 128;
+
+/// What a compaction is told to do.
+#[derive(Clone, Debug)]
+pub struct Retention {
+    /// Finished orders whose last event was received longer ago than this go.
+    pub retain: Duration,
+    /// Where archive files are written (absolute); `None`: removed without archiving.
+    pub archive_dir: Option<PathBuf>,
+    /// After each batch, pause this many times as long as the batch took (0: run flat out),
+    /// so the journal writer and the disk keep most of their time for ingest.
+    pub pace: u32,
+}
+
+impl Retention {
+    /// From `[journal]`, for the journal in `data_dir`.
+    pub fn from_config(config: &crate::config::JournalConfig, data_dir: &Path) -> Self {
+        Retention {
+            retain: config.retain.0,
+            archive_dir: (!config.archive_dir.is_empty())
+                .then(|| data_dir.join(&config.archive_dir)),
+            pace: 1,
+        }
+    }
+}
+
+/// What one compaction did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Compacted {
+    /// Orders archived (or removed, without an archive) and removed.
+    pub orders: u64,
+    /// Their events removed from the journal.
+    pub events: u64,
+    /// Their syncs removed from the journal.
+    pub syncs: u64,
+    /// Archive files written to.
+    pub files: Vec<PathBuf>,
+    /// A batch an earlier, interrupted compaction had begun, cut back from its file.
+    pub undone_bytes: u64,
+    /// Journal bytes on disk (database and WAL) before and after.
+    pub disk_before: u64,
+    /// See `disk_before`.
+    pub disk_after: u64,
+}
+
+impl Compacted {
+    /// Bytes the journal gave back (0 when it grew meanwhile).
+    pub fn reclaimed(&self) -> u64 {
+        self.disk_before.saturating_sub(self.disk_after)
+    }
+}
+
+/// The journal's bytes on disk: the database and its WAL.
+pub fn disk_bytes(data_dir: &Path) -> u64 {
+    let db = data_dir.join(schema::DB_FILE);
+    let wal = data_dir.join(format!("{}-wal", schema::DB_FILE));
+    [db, wal]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// The archive file of a day (`YYYYMMDD`).
+fn day_file(dir: &Path, day: i64) -> PathBuf {
+    dir.join(format!(
+        "{:04}-{:02}-{:02}.jsonl.gz",
+        day / 10_000,
+        day / 100 % 100,
+        day % 100
+    ))
+}
+
+/// `YYYYMMDD` of a hub time (UTC).
+fn day_of(at: Millis) -> i64 {
+    let date = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at) * 1_000_000)
+        .map_or(time::OffsetDateTime::UNIX_EPOCH, |t| t)
+        .date();
+    i64::from(date.year()) * 10_000
+        + i64::from(u8::from(date.month())) * 100
+        + i64::from(date.day())
+}
+
+fn io_error(path: &Path) -> impl Fn(std::io::Error) -> JournalError + '_ {
+    move |source| JournalError::DataDir {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Makes a directory entry (a new file) durable.
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))
+}
+
+/// One order as the archive holds it.
+struct Archived {
+    key: String,
+    state: OrderState,
+    last_seq: u64,
+    waybills: Vec<String>,
+    line: Vec<u8>,
+}
+
+/// Reads an order that may go; `None` when it must stay (not finished after all, index behind
+/// its events, a pending sync).
+fn read_order(
+    conn: &Connection,
+    key: &str,
+    applied_seq: u64,
+    policy: &OrderPolicy,
+    archived_at: Millis,
+) -> Result<Option<Archived>, JournalError> {
+    let events: Vec<JournaledEvent> = reader::load_events(conn, key)?;
+    let Some(last) = events.last() else {
+        return Ok(None);
+    };
+    if last.seq != applied_seq {
+        return Ok(None);
+    }
+    let syncs = outbox::of_order(conn, key)?;
+    if syncs.iter().any(|s| s.status == "pending") {
+        return Ok(None);
+    }
+    let order = Order::replay(key, &events, policy);
+    let Some(state) = order.state.filter(|s| FINISHED.contains(s)) else {
+        return Ok(None);
+    };
+    let mut waybills = Vec::new();
+    let mut archived_events = Vec::with_capacity(events.len());
+    for journaled in &events {
+        if let Some(serde_json::Value::String(waybill)) = journaled.event.fields.get("waybill_no")
+            && !waybills.contains(waybill)
+        {
+            waybills.push(waybill.clone());
+        }
+        let mut event = serde_json::to_value(&journaled.event).map_err(|e| corrupt(key, &e))?;
+        event["seq"] = journaled.seq.into();
+        archived_events.push(event);
+    }
+    let line = serde_json::json!({
+        "order": key,
+        "state": state.as_str(),
+        "archived_at": archived_at,
+        "last_event_at": order.updated_at,
+        "events": archived_events,
+        "syncs": syncs,
+        "timeline": order.timeline,
+    });
+    let mut line = serde_json::to_vec(&line).map_err(|e| corrupt(key, &e))?;
+    line.push(b'\n');
+    Ok(Some(Archived {
+        key: key.to_owned(),
+        state,
+        last_seq: last.seq,
+        waybills,
+        line,
+    }))
+}
+
+fn corrupt(key: &str, err: &serde_json::Error) -> JournalError {
+    JournalError::Corrupt {
+        seq: 0,
+        reason: format!("order {key}: {err}"),
+    }
+}
+
+/// Candidates of one finished state after `(state_since, key)`, oldest first.
+fn candidates(
+    conn: &Connection,
+    state: OrderState,
+    cutoff: Millis,
+    after: &(Millis, String),
+) -> Result<Vec<(String, Millis, u64, Millis)>, JournalError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT order_key, state_since, applied_seq, updated_at FROM orders
+         WHERE state = ?1 AND state_since < ?2 AND (state_since, order_key) > (?3, ?4)
+         ORDER BY state_since, order_key LIMIT ?5",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            state.as_str(),
+            cutoff,
+            after.0,
+            after.1,
+            BATCH_ORDERS as i64
+        ],
+        |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Millis>(1)?,
+                r.get::<_, i64>(2)? as u64,
+                r.get::<_, Millis>(3)?,
+            ))
+        },
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Undoes a batch an interrupted compaction began: cuts its archive file back to the length it
+/// had, then clears the intent. Returns the bytes cut.
+fn undo_interrupted(journal: &Journal, retention: &Retention) -> Result<u64, JournalError> {
+    let (Some(day), Some(len)) = (journal.meta(INTENT_DAY)?, journal.meta(INTENT_LEN)?) else {
+        return Ok(0);
+    };
+    let mut cut = 0;
+    if let Some(dir) = &retention.archive_dir {
+        let path = day_file(dir, day);
+        if let Ok(meta) = std::fs::metadata(&path) {
+            let len = len.max(0) as u64;
+            if meta.len() > len {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_error(&path))?;
+                file.set_len(len).map_err(io_error(&path))?;
+                file.sync_all().map_err(io_error(&path))?;
+                cut = meta.len() - len;
+                tracing::warn!(
+                    file = %path.display(),
+                    bytes = cut,
+                    "an interrupted compaction's batch was cut from its archive file; its orders are still in the journal and are archived again"
+                );
+            }
+        }
+    }
+    journal.archive_step(ArchiveCmd::Abandon)?;
+    Ok(cut)
+}
+
+/// Writes `batch` to the archive and removes it from the journal (see the module docs);
+/// returns the orders removed and their events and syncs.
+fn archive_batch(
+    journal: &Journal,
+    retention: &Retention,
+    mut batch: Vec<Archived>,
+    archived_at: Millis,
+    report: &mut Compacted,
+) -> Result<Vec<(String, OrderState)>, JournalError> {
+    let target = match &retention.archive_dir {
+        Some(dir) => {
+            let day = day_of(archived_at);
+            let path = day_file(dir, day);
+            if !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+                if let Some(parent) = dir.parent() {
+                    sync_dir(parent)?;
+                }
+            }
+            let created = !path.exists();
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io_error(&path))?;
+            if created {
+                file.sync_all().map_err(io_error(&path))?;
+                sync_dir(dir)?;
+            }
+            let len = file.metadata().map_err(io_error(&path))?.len();
+            Some((day, path, file, len))
+        }
+        None => None,
+    };
+    if let Some((day, _, _, len)) = &target {
+        journal.archive_step(ArchiveCmd::Begin {
+            day: *day,
+            len: *len,
+        })?;
+    }
+    loop {
+        if batch.is_empty() {
+            if target.is_some() {
+                journal.archive_step(ArchiveCmd::Abandon)?;
+            }
+            return Ok(Vec::new());
+        }
+        if let Some((_, path, file, _)) = &target {
+            let mut gz = GzEncoder::new(std::io::BufWriter::new(file), Compression::fast());
+            for order in &batch {
+                gz.write_all(&order.line).map_err(io_error(path))?;
+            }
+            gz.finish()
+                .map_err(io_error(path))?
+                .into_inner()
+                .map_err(|e| io_error(path)(e.into_error()))?;
+            file.sync_all().map_err(io_error(path))?;
+            if !report.files.contains(path) {
+                report.files.push(path.clone());
+            }
+        }
+        let removals = batch
+            .iter()
+            .map(|o| Removal {
+                key: o.key.clone(),
+                last_seq: o.last_seq,
+                waybills: o.waybills.clone(),
+            })
+            .collect();
+        let archive = target
+            .as_ref()
+            .and_then(|(_, path, _, _)| path.file_name())
+            .map(|name| name.to_string_lossy().into_owned());
+        match journal.archive_step(ArchiveCmd::Remove {
+            orders: removals,
+            archive,
+            archived_at,
+        })? {
+            ArchiveOutcome::Done { events, syncs } => {
+                report.orders += batch.len() as u64;
+                report.events += events;
+                report.syncs += syncs;
+                return Ok(batch.into_iter().map(|o| (o.key, o.state)).collect());
+            }
+            ArchiveOutcome::Changed(changed) => {
+                // They got news while being archived: they stay, and the batch is written again
+                // without them (the file cut back to where it was).
+                if let Some((_, path, file, len)) = &target {
+                    file.set_len(*len).map_err(io_error(path))?;
+                    file.sync_all().map_err(io_error(path))?;
+                }
+                batch.retain(|o| !changed.contains(&o.key));
+            }
+        }
+    }
+}
+
+/// Told each batch of orders compaction removed, with their states.
+pub type Removed<'a> = dyn FnMut(&[(String, OrderState)]) + 'a;
+
+/// Runs one compaction of `journal` (in `data_dir`) at hub time `now`. `removed` is told each
+/// batch of orders removed, with their states (the engine drops their actors). It stops between
+/// batches once `stop` is set. Blocking: call it from a blocking thread.
+pub fn compact(
+    journal: &Journal,
+    data_dir: &Path,
+    policy: &OrderPolicy,
+    retention: &Retention,
+    now: Millis,
+    stop: &std::sync::atomic::AtomicBool,
+    removed: &mut Removed<'_>,
+) -> Result<Compacted, JournalError> {
+    let mut report = Compacted {
+        disk_before: disk_bytes(data_dir),
+        ..Compacted::default()
+    };
+    report.undone_bytes = undo_interrupted(journal, retention)?;
+    let cutoff = now.saturating_sub(retention.retain.as_millis() as Millis);
+    for state in FINISHED {
+        let mut after: (Millis, String) = (Millis::MIN, String::new());
+        loop {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let started = Instant::now();
+            let (page, batch) = journal.inner.reader.with(|conn| {
+                let page = candidates(conn, state, cutoff, &after)?;
+                let mut batch = Vec::new();
+                for (key, _, applied_seq, updated_at) in &page {
+                    if *updated_at >= cutoff {
+                        continue;
+                    }
+                    if let Some(order) = read_order(conn, key, *applied_seq, policy, now)? {
+                        batch.push(order);
+                    }
+                }
+                Ok((page, batch))
+            })?;
+            let Some((key, state_since, _, _)) = page.last() else {
+                break;
+            };
+            after = (*state_since, key.clone());
+            let gone = archive_batch(journal, retention, batch, now, &mut report)?;
+            if !gone.is_empty() {
+                metrics::counter!(orderhub_actors::telemetry::JOURNAL_ARCHIVED_ORDERS)
+                    .increment(gone.len() as u64);
+                removed(&gone);
+            }
+            if retention.pace > 0 {
+                std::thread::sleep(started.elapsed() * retention.pace);
+            }
+            if page.len() < BATCH_ORDERS {
+                break;
+            }
+        }
+    }
+    report.disk_after = disk_bytes(data_dir);
+    Ok(report)
+}
+
+/// Where an archived order went: the archive file (relative to the archive directory; `None`
+/// when archiving was off) and when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchivedOrder {
+    /// The archive file's name.
+    pub archive: Option<String>,
+    /// Hub time it was archived.
+    pub archived_at: Millis,
+}
+
+impl Journal {
+    /// Where `order` was archived, if compaction removed it.
+    pub fn archived(&self, order: &str) -> Result<Option<ArchivedOrder>, JournalError> {
+        use rusqlite::OptionalExtension;
+        self.inner.reader.with(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT archive, archived_at FROM archived WHERE order_key = ?1")?
+                .query_row([order], |r| {
+                    Ok(ArchivedOrder {
+                        archive: r.get(0)?,
+                        archived_at: r.get(1)?,
+                    })
+                })
+                .optional()?)
+        })
+    }
+
+    /// Hub time the oldest event still in the journal was received, if any.
+    pub fn oldest_event_at(&self) -> Result<Option<Millis>, JournalError> {
+        use rusqlite::OptionalExtension;
+        self.inner.reader.with(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT received_at FROM events ORDER BY seq LIMIT 1")?
+                .query_row([], |r| r.get(0))
+                .optional()?)
+        })
+    }
+}
+
+/// The archive files in `dir` as `(day, path)`, oldest day first (none if `dir` is missing).
+pub fn archive_files(dir: &Path) -> Result<Vec<(i64, PathBuf)>, JournalError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(err) => return Err(io_error(dir)(err)),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_error(dir))?;
+        let name = entry.file_name();
+        let Some(day) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".jsonl.gz"))
+            .and_then(|d| {
+                let mut parts = d.splitn(3, '-').map(|p| p.parse::<i64>().ok());
+                Some((parts.next()??, parts.next()??, parts.next()??))
+            })
+            .map(|(y, m, d)| y * 10_000 + m * 100 + d)
+        else {
+            continue;
+        };
+        files.push((day, entry.path()));
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// An archive line as export reads it: the order's events (their `seq` is ignored).
+#[derive(serde::Deserialize)]
+struct ArchiveLine {
+    events: Vec<orderhub_actors::order::OrderEvent>,
+}
+
+type EventResult = Result<orderhub_actors::order::OrderEvent, JournalError>;
+
+/// Every event of the orders archived in `dir` on or after the day of `from`, each archived
+/// order's events together in journal order. `intent` (an unfinished batch: its file's day
+/// and the length before it) keeps a batch an interrupted compaction wrote from being read:
+/// its orders are still in the journal.
+pub(crate) fn archived_events(
+    dir: &Path,
+    from: Millis,
+    intent: Option<(i64, u64)>,
+) -> Result<impl Iterator<Item = EventResult>, JournalError> {
+    use std::io::{BufRead, Read};
+    let from_day = day_of(from);
+    let files = archive_files(dir)?
+        .into_iter()
+        .filter(move |(day, _)| *day >= from_day);
+    Ok(files.flat_map(
+        move |(day, path)| -> Box<dyn Iterator<Item = EventResult>> {
+            let limit = intent
+                .filter(|(intent_day, _)| *intent_day == day)
+                .map_or(u64::MAX, |(_, len)| len);
+            let file = match std::fs::File::open(&path) {
+                Ok(file) => file,
+                Err(err) => return Box::new(std::iter::once(Err(io_error(&path)(err)))),
+            };
+            let gz = flate2::read::MultiGzDecoder::new(std::io::BufReader::new(file.take(limit)));
+            let lines = std::io::BufReader::new(gz).lines();
+            Box::new(lines.enumerate().flat_map(move |(n, line)| {
+                let parsed = line.map_err(io_error(&path)).and_then(|line| {
+                    serde_json::from_str::<ArchiveLine>(&line).map_err(|e| JournalError::Corrupt {
+                        seq: 0,
+                        reason: format!("{} line {}: {e}", path.display(), n + 1),
+                    })
+                });
+                match parsed {
+                    Ok(line) => line.events.into_iter().map(Ok).collect::<Vec<_>>(),
+                    Err(err) => vec![Err(err)],
+                }
+            }))
+        },
+    ))
+}
+
+/// `orderhub compact`: one compaction of the journal in `data_dir` with the engine stopped
+/// (the data directory's lock says so). A journal created before incremental vacuum is
+/// converted first (a one-off `VACUUM`, which needs free space about the journal's size), so
+/// the space compaction frees goes back to the file system. Returns what was done and whether
+/// the journal was converted.
+pub fn compact_offline(
+    config: &crate::config::Config,
+    data_dir: &Path,
+    now: Millis,
+) -> Result<(Compacted, bool), JournalError> {
+    let _lock = super::DataDirLock::acquire(data_dir, "orderhub compact")?;
+    let converted = {
+        let conn = schema::open_writer(data_dir)?;
+        let mode: i64 = conn.query_row("PRAGMA auto_vacuum", [], |r| r.get(0))?;
+        if mode != 2 {
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+            conn.execute_batch("VACUUM")?;
+        }
+        mode != 2
+    };
+    let policy = config.policy();
+    let (journal, _) = Journal::open(data_dir, &config.journal, &policy)?;
+    journal.start(|_| {}, |_| {})?;
+    let retention = Retention {
+        pace: 0,
+        ..Retention::from_config(&config.journal, data_dir)
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let done = compact(
+        &journal,
+        data_dir,
+        &policy,
+        &retention,
+        now,
+        &stop,
+        &mut |_| {},
+    );
+    journal.close_blocking();
+    let mut done = done?;
+    // Cut the WAL back now rather than at the next start.
+    let conn = schema::open_writer(data_dir)?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    drop(conn);
+    done.disk_after = disk_bytes(data_dir);
+    Ok((done, converted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use orderhub_actors::dispatch::{SyncIntent, SyncStatus, SyncUpdate};
+    use orderhub_actors::order::{EventAction, OrderEvent};
+    use orderhub_actors::store::{OrderIndexEntry, OrderStore, OrderUpdate, SyncStore};
+    use std::io::Read;
+    use std::sync::atomic::AtomicBool;
+
+    const DAY: Millis = 86_400_000;
+    /// 2026-11-29T00:00:00Z.
+    const NOW: Millis = 1_795_910_400_000;
+
+    fn event(order: &str, id: &str, state: OrderState, at: Millis) -> OrderEvent {
+        let mut fields = serde_json::Map::new();
+        fields.insert("waybill_no".into(), format!("SF-{order}").into());
+        OrderEvent {
+            order: order.into(),
+            source: "wms".into(),
+            source_event_id: id.into(),
+            supersedes: None,
+            log_seq: None,
+            raw_status: state.as_str().into(),
+            action: EventAction::Move { state },
+            occurred_at: at,
+            received_at: at,
+            fields,
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        data_dir: PathBuf,
+        journal: Journal,
+        policy: OrderPolicy,
+    }
+
+    impl Fixture {
+        fn new() -> Fixture {
+            let dir = tempfile::tempdir().unwrap();
+            let data_dir = dir.path().to_path_buf();
+            let config = Config::embedded().unwrap().journal;
+            let policy = OrderPolicy::permissive();
+            let (journal, _) = Journal::open(&data_dir, &config, &policy).unwrap();
+            journal.start(|_| {}, |_| {}).unwrap();
+            Fixture {
+                _dir: dir,
+                data_dir,
+                journal,
+                policy,
+            }
+        }
+
+        /// Journals `states` for `order` at `at` and indexes the order as an actor would.
+        async fn order(&self, order: &str, states: &[OrderState], at: Millis) -> u64 {
+            let events = states
+                .iter()
+                .enumerate()
+                .map(|(i, s)| event(order, &format!("{order}-{i}"), *s, at))
+                .collect();
+            let outcomes = self.journal.append(events).await.unwrap();
+            let Some(crate::journal::AppendOutcome::Appended(last)) = outcomes.last().copied()
+            else {
+                panic!("not appended: {outcomes:?}");
+            };
+            self.index(order, *states.last().unwrap(), at, last, Vec::new());
+            last
+        }
+
+        fn index(
+            &self,
+            order: &str,
+            state: OrderState,
+            at: Millis,
+            seq: u64,
+            syncs: Vec<SyncIntent>,
+        ) {
+            self.journal.record(OrderUpdate {
+                index: OrderIndexEntry {
+                    key: order.into(),
+                    state: Some(state),
+                    state_since: at,
+                    first_seen: at,
+                    updated_at: at,
+                    applied_seq: seq,
+                    sla_breached: false,
+                    armed: Vec::new(),
+                },
+                syncs,
+            });
+        }
+
+        fn retention(&self) -> Retention {
+            Retention {
+                retain: Duration::from_secs(30 * 86_400),
+                archive_dir: Some(self.data_dir.join("archive")),
+                pace: 0,
+            }
+        }
+
+        fn compact(&self) -> Compacted {
+            let mut gone = Vec::new();
+            let done = compact(
+                &self.journal,
+                &self.data_dir,
+                &self.policy,
+                &self.retention(),
+                NOW,
+                &AtomicBool::new(false),
+                &mut |orders| gone.extend(orders.iter().map(|(k, _)| k.clone())),
+            )
+            .unwrap();
+            assert_eq!(gone.len() as u64, done.orders);
+            done
+        }
+
+        fn archive_lines(&self) -> Vec<serde_json::Value> {
+            let path = self.data_dir.join("archive/2026-11-29.jsonl.gz");
+            let mut text = String::new();
+            flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap())
+                .read_to_string(&mut text)
+                .unwrap();
+            text.lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        }
+    }
+
+    fn sync(order: &str, seq: u64) -> SyncIntent {
+        SyncIntent {
+            id: format!("{order}:{seq}:erp"),
+            sink: "erp".into(),
+            order: order.into(),
+            seq,
+            rule: "r".into(),
+            payload: serde_json::json!({"order": order}),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn finished_orders_past_retain_are_archived_once_and_removed_the_rest_stay() {
+        let f = Fixture::new();
+        let old = NOW - 40 * DAY;
+        use OrderState::*;
+        let done_seq = f.order("shop:done", &[Paid, Shipped, Completed], old).await;
+        f.order("shop:refunded", &[Paid, Refunded], old).await;
+        f.order("shop:open", &[Paid], old - 100 * DAY).await; // never finished: stays forever
+        f.order("shop:recent", &[Paid, Completed], NOW - DAY).await;
+        let pending_seq = f.order("shop:owed", &[Paid, Cancelled], old).await;
+        f.index(
+            "shop:owed",
+            Cancelled,
+            old,
+            pending_seq,
+            vec![sync("shop:owed", pending_seq)],
+        );
+        // A delivered sync of the finished order goes to the archive with it.
+        f.index(
+            "shop:done",
+            Completed,
+            old,
+            done_seq,
+            vec![sync("shop:done", done_seq)],
+        );
+        f.journal.flush().await;
+        let row = f.journal.syncs_of("shop:done").unwrap()[0].row;
+        f.journal.record_attempt(SyncUpdate {
+            row,
+            status: SyncStatus::Delivered,
+            attempts: 1,
+            not_before: 0,
+            last_error: None,
+            at: old,
+        });
+        f.journal.flush().await;
+
+        let done = tokio::task::spawn_blocking({
+            let f = std::sync::Arc::new(f);
+            let g = f.clone();
+            move || (g.compact(), f)
+        })
+        .await
+        .unwrap();
+        let (first, f) = done;
+        assert_eq!(first.orders, 2, "{first:?}");
+        assert_eq!(first.events, 5);
+        assert_eq!(first.syncs, 1);
+        let lines = f.archive_lines();
+        let keys: Vec<&str> = lines.iter().map(|l| l["order"].as_str().unwrap()).collect();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.contains(&"shop:done") && keys.contains(&"shop:refunded"));
+        let archived = lines.iter().find(|l| l["order"] == "shop:done").unwrap();
+        assert_eq!(archived["state"], "completed");
+        assert_eq!(archived["archived_at"], NOW);
+        assert_eq!(archived["events"].as_array().unwrap().len(), 3);
+        assert_eq!(archived["events"][2]["seq"], done_seq);
+        assert_eq!(archived["syncs"][0]["status"], "delivered");
+        assert_eq!(archived["timeline"].as_array().unwrap().len(), 3);
+
+        // Gone from the journal (events, syncs, index, waybills), with a record of where.
+        assert!(f.journal.events_of("shop:done").unwrap().is_empty());
+        assert!(f.journal.syncs_of("shop:done").unwrap().is_empty());
+        assert_eq!(f.journal.indexed_state("shop:done").unwrap(), None);
+        assert_eq!(f.journal.order_of_waybill("SF-shop:done").unwrap(), None);
+        let record = f.journal.archived("shop:done").unwrap().unwrap();
+        assert_eq!(record.archive.as_deref(), Some("2026-11-29.jsonl.gz"));
+        // The rest stay: not finished, too recent, a sync still owed.
+        for kept in ["shop:open", "shop:recent", "shop:owed"] {
+            assert!(!f.journal.events_of(kept).unwrap().is_empty(), "{kept}");
+            assert_eq!(f.journal.archived(kept).unwrap(), None);
+        }
+        // A late summary of an archived order (its actor passivating) leaves no index row.
+        f.index("shop:done", Completed, old, done_seq, Vec::new());
+        f.journal.flush().await;
+        assert_eq!(f.journal.indexed_state("shop:done").unwrap(), None);
+
+        // Again: nothing more, nothing twice.
+        let (second, f) = tokio::task::spawn_blocking(move || (f.compact(), f))
+            .await
+            .unwrap();
+        assert_eq!(second.orders, 0);
+        assert_eq!(f.archive_lines().len(), 2);
+
+        // Export reads the archive as well as the journal.
+        let out = f.data_dir.join("export.jsonl.gz");
+        let written = crate::journal::export::export(
+            &f.data_dir,
+            Some(&f.data_dir.join("archive")),
+            old - 200 * DAY,
+            NOW,
+            &out,
+        )
+        .unwrap();
+        assert_eq!(written, 3 + 2 + 1 + 2 + 2);
+        f.journal.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_batch_interrupted_before_its_removal_is_cut_back_and_archived_once() {
+        let f = Fixture::new();
+        let old = NOW - 40 * DAY;
+        f.order("shop:1", &[OrderState::Paid, OrderState::Completed], old)
+            .await;
+        f.journal.flush().await;
+        let f = std::sync::Arc::new(f);
+        let g = f.clone();
+        tokio::task::spawn_blocking(move || {
+            // A compaction that committed its intent and wrote part of its batch, then died.
+            let dir = g.data_dir.join("archive");
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("2026-11-29.jsonl.gz");
+            g.journal
+                .archive_step(ArchiveCmd::Begin {
+                    day: 20261129,
+                    len: 0,
+                })
+                .unwrap();
+            let partial = b"\x1f\x8b\x08\x00 half a gzip member";
+            std::fs::write(&path, partial).unwrap();
+            let done = g.compact();
+            assert_eq!(done.orders, 1);
+            assert_eq!(done.undone_bytes, partial.len() as u64);
+            assert_eq!(g.archive_lines().len(), 1);
+            assert_eq!(g.journal.meta(INTENT_DAY).unwrap(), None);
+        })
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_order_that_gets_an_event_while_being_archived_stays_and_the_file_is_cut_back() {
+        let f = Fixture::new();
+        let old = NOW - 40 * DAY;
+        let seq = f
+            .order("shop:1", &[OrderState::Paid, OrderState::Completed], old)
+            .await;
+        f.journal.flush().await;
+        let conn_order = f
+            .journal
+            .inner
+            .reader
+            .with(|conn| read_order(conn, "shop:1", seq, &f.policy, NOW))
+            .unwrap()
+            .unwrap();
+        // A refund arrives after the order was read for the archive.
+        f.journal
+            .append(vec![event("shop:1", "late", OrderState::Refunded, NOW)])
+            .await
+            .unwrap();
+        let f = std::sync::Arc::new(f);
+        let g = f.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut report = Compacted::default();
+            let gone = archive_batch(
+                &g.journal,
+                &g.retention(),
+                vec![conn_order],
+                NOW,
+                &mut report,
+            )
+            .unwrap();
+            assert!(gone.is_empty());
+            assert_eq!(report.orders, 0);
+            let path = g.data_dir.join("archive/2026-11-29.jsonl.gz");
+            assert_eq!(std::fs::metadata(path).unwrap().len(), 0);
+            assert_eq!(g.journal.events_of("shop:1").unwrap().len(), 3);
+            assert_eq!(g.journal.archived("shop:1").unwrap(), None);
+            assert_eq!(g.journal.meta(INTENT_DAY).unwrap(), None);
+        })
+        .await
+        .unwrap();
+    }
+
+    #[test]
+    fn days_name_their_archive_files() {
+        assert_eq!(day_of(NOW), 20261129);
+        assert_eq!(day_of(NOW - 1), 20261128);
+        assert_eq!(
+            day_file(Path::new("a"), 20261129),
+            Path::new("a/2026-11-29.jsonl.gz")
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_new_journal_gives_the_pages_compaction_frees_back() {
+        let f = Fixture::new();
+        let pragma = |f: &Fixture, name: &str| -> i64 {
+            f.journal
+                .inner
+                .reader
+                .with(|conn| Ok(conn.query_row(&format!("PRAGMA {name}"), [], |r| r.get(0))?))
+                .unwrap()
+        };
+        assert_eq!(pragma(&f, "auto_vacuum"), 2, "incremental");
+        for i in 0..600 {
+            let states = [OrderState::Paid, OrderState::Completed];
+            f.order(&format!("shop:{i}"), &states, NOW - 40 * DAY).await;
+        }
+        f.journal.flush().await;
+        let pages = pragma(&f, "page_count");
+        let (done, f) = tokio::task::spawn_blocking(move || (f.compact(), f))
+            .await
+            .unwrap();
+        assert_eq!(done.orders, 600);
+        assert_eq!(pragma(&f, "freelist_count"), 0);
+        assert!(pragma(&f, "page_count") < pages / 2, "{pages} pages before");
+    }
+}
