@@ -882,17 +882,30 @@ mod tests {
         assert_eq!(config.retain.0, Duration::from_secs(7 * 86_400));
         assert_eq!(config.archive_dir, "");
         assert_eq!(config.compact_every.0, Duration::from_secs(600));
-        assert_eq!(config.batch_max_events, 2048, "the other journal defaults stay");
+        assert_eq!(
+            config.batch_max_events, 2048,
+            "the other journal defaults stay"
+        );
         let off = user("[journal]\ncompact_every = \"0s\"\n").unwrap();
         assert!(off.journal.compact_every.0.is_zero());
-        let err = user("[journal]\nretain = \"10s\"\n").unwrap_err().to_string();
-        assert!(err.contains("journal.retain") && err.contains("at least 1m"), "{err}");
+        let err = user("[journal]\nretain = \"10s\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("journal.retain") && err.contains("at least 1m"),
+            "{err}"
+        );
         let err = user("[journal]\narchive_dir = \"../elsewhere\"\n")
             .unwrap_err()
             .to_string();
         assert!(err.contains("journal.archive_dir"), "{err}");
-        let err = user("[journal]\nretain = \"a month\"\n").unwrap_err().to_string();
-        assert!(err.contains("line 2") && err.contains("invalid duration"), "{err}");
+        let err = user("[journal]\nretain = \"a month\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("line 2") && err.contains("invalid duration"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! ([`http_api`]), dispatch through faults ([`dispatch`]) the real binary killed
 //! mid-stream ([`durability`]) and the dashboards and alerts against a real Prometheus
 //! ([`observability`]); each channel's own protocol ([`sources`]) and connection ([`channels`]);
-//! the Kubernetes manifests rendered and validated offline ([`deploy`]).
+//! the Kubernetes manifests rendered and validated offline ([`deploy`]); journal retention and
+//! compaction, killed mid-way ([`retention`]).
 
 mod engine {
     pub(crate) mod channels;
@@ -13,6 +14,7 @@ mod engine {
     pub(crate) mod http_api;
     pub(crate) mod loadgen;
     pub(crate) mod observability;
+    pub(crate) mod retention;
     pub(crate) mod sources;
     pub(crate) mod support;
 }
