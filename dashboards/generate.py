@@ -415,6 +415,26 @@ ENGINE = dashboard(
             ],
         ),
         panel(
+            "Disk: journal and free space",
+            "The journal's bytes on disk (database and WAL) and the space left on the data directory's file system. OrderhubDataDirFullIn24h fires when, at the last 6 hours' rate, free space runs out within a day.",
+            "bytes",
+            [
+                ("sum by (instance) (orderhub_journal_disk_bytes)", "{{instance}} journal"),
+                ("min by (instance) (orderhub_data_dir_free_bytes)", "{{instance}} free"),
+            ],
+        ),
+        panel(
+            "Retention: archived orders and oldest event",
+            "Finished orders compaction archived and removed per interval (bars), failed compaction passes, and the age of the oldest event still in the journal (right axis): about journal.retain plus the longest-open order when compaction keeps up.",
+            "short",
+            [
+                (f"sum(increase(orderhub_journal_archived_orders_total[{RI}]))", "archived orders"),
+                (f'sum(increase(orderhub_journal_compactions_total{{outcome="failed"}}[{RI}]))', "failed passes"),
+                ("max(orderhub_journal_oldest_event_age_seconds) / 86400", "oldest event (days)"),
+            ],
+            defaults={"custom": {"drawStyle": "bars", "fillOpacity": 60}},
+        ),
+        panel(
             "Actor restarts and failures",
             "Order actors restarted from the journal after a crash, and those that could not start or crash-looped, per interval.",
             "short",

@@ -87,7 +87,10 @@ impl Upkeep {
             .collect();
         let process = metrics_process::Collector::new("orderhub_");
         process.collect();
-        metrics::counter!(t::JOURNAL_ARCHIVED_ORDERS).absolute(0);
+        metrics::counter!(t::JOURNAL_ARCHIVED_ORDERS).increment(0);
+        for outcome in ["ok", "failed"] {
+            metrics::counter!(t::JOURNAL_COMPACTIONS, "outcome" => outcome).increment(0);
+        }
         let upkeep = Upkeep {
             prometheus,
             process,

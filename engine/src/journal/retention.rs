@@ -134,6 +134,18 @@ fn sync_dir(dir: &Path) -> Result<(), JournalError> {
         .map_err(io_error(dir))
 }
 
+/// One archive line: an order, what happened to it and what orderhub did about it.
+#[derive(serde::Serialize)]
+struct ArchiveRecord<'a> {
+    order: &'a str,
+    state: &'static str,
+    archived_at: Millis,
+    last_event_at: Millis,
+    events: Vec<serde_json::Value>,
+    syncs: Vec<super::SyncView>,
+    timeline: &'a [orderhub_actors::order::TimelineEntry],
+}
+
 /// One order as the archive holds it.
 struct Archived {
     key: String,
@@ -179,15 +191,15 @@ fn read_order(
         event["seq"] = journaled.seq.into();
         archived_events.push(event);
     }
-    let line = serde_json::json!({
-        "order": key,
-        "state": state.as_str(),
-        "archived_at": archived_at,
-        "last_event_at": order.updated_at,
-        "events": archived_events,
-        "syncs": syncs,
-        "timeline": order.timeline,
-    });
+    let line = ArchiveRecord {
+        order: key,
+        state: state.as_str(),
+        archived_at,
+        last_event_at: order.updated_at,
+        events: archived_events,
+        syncs,
+        timeline: &order.timeline,
+    };
     let mut line = serde_json::to_vec(&line).map_err(|e| corrupt(key, &e))?;
     line.push(b'\n');
     Ok(Some(Archived {
