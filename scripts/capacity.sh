@@ -4,6 +4,9 @@
 #   scripts/capacity.sh PROFILE RATE DURATION [extra loadgen args...]
 # e.g. scripts/capacity.sh steady 2000 30s --max-p99 50
 # Needs `cargo build --release -p orderhub-engine -p orderhub-loadgen` first.
+# Optional environment: DATA_DIR (an existing data directory instead of a fresh one),
+# ENGINE_EXTRA (TOML appended to the engine's config), ENGINE_LOG (keep the engine's log there)
+# and ENGINE_RUST_LOG (its log filter, default warn).
 set -euo pipefail
 profile=${1:?profile}; rate=${2:?rate}; duration=${3:?duration}; shift 3
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,13 +26,16 @@ sink_rate=${SINK_RATE:-100000/s}
     printf '[[sinks]]\nname = "%s"\nkind = "webhook"\nurl = "http://127.0.0.1:%s/%s"\nrate = "%s"\nmax_in_flight = 64\n\n' \
       "$name" "$sinks_port" "$name" "$sink_rate"
   done
+  printf '%b\n' "${ENGINE_EXTRA:-}"
 } > "$work/engine.toml"
+data_dir=${DATA_DIR:-$work/data}
+engine_log=${ENGINE_LOG:-$work/engine.log}
 
 "$bin/loadgen" sinks --listen "127.0.0.1:$sinks_port" --latency 1ms..5ms > "$work/sinks.log" 2>&1 &
-RUST_LOG=warn "$bin/orderhub" serve --config "$work/engine.toml" --data-dir "$work/data" \
-  --listen "127.0.0.1:$engine_port" > "$work/engine.log" 2>&1 &
+RUST_LOG=${ENGINE_RUST_LOG:-warn} "$bin/orderhub" serve --config "$work/engine.toml" --data-dir "$data_dir" \
+  --listen "127.0.0.1:$engine_port" > "$engine_log" 2>&1 &
 engine_pid=$!
-for _ in $(seq 100); do
+for _ in $(seq 600); do
   curl -fsS "http://127.0.0.1:$engine_port/readyz" > /dev/null 2>&1 && break
   sleep 0.1
 done

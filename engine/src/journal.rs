@@ -180,14 +180,22 @@ pub(crate) enum ArchiveCmd {
     /// bytes long.
     Begin { day: i64, len: u64 },
     /// Removes `orders` (events, syncs, waybills, index row) and records where each went,
-    /// unless one of them changed since it was read; clears the intent.
+    /// unless one of them changed since it was read. The intent's length moves to
+    /// `valid_len` (the end of their gzip member: more of the batch follows), or, with `None`,
+    /// the intent is cleared.
     Remove {
         orders: Vec<Removal>,
         archive: Option<String>,
         archived_at: Millis,
+        valid_len: Option<u64>,
     },
     /// Clears the intent (the file was cut back).
     Abandon,
+    /// Hands every free page back to the file system.
+    Vacuum,
+    /// Drops up to `limit` records of orders archived before `before` (their `410` becomes a
+    /// `404`); `Done.events` says how many went.
+    ForgetArchived { before: Millis, limit: i64 },
 }
 
 /// What an [`ArchiveCmd`] did.

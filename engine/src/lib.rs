@@ -394,30 +394,40 @@ impl Compaction {
                 }
                 next = tokio::time::Instant::now() + every;
                 let (app, stop) = (app.clone(), stopping.clone());
-                let pass = tokio::task::spawn_blocking(move || {
-                    let data_dir = &app.config.server.data_dir;
-                    let retention =
-                        journal::retention::Retention::from_config(&app.config.journal, data_dir);
-                    let started = Instant::now();
-                    let router = app.router.clone();
-                    let done = journal::retention::compact(
-                        &app.journal,
-                        data_dir,
-                        &app.policy,
-                        &retention,
-                        app.now_ms(),
-                        &stop,
-                        &mut |orders| router.forget(orders),
-                    );
-                    (done, started.elapsed())
-                })
-                .await;
-                match pass {
+                let (done_tx, pass) = tokio::sync::oneshot::channel();
+                let spawned = std::thread::Builder::new()
+                    .name("journal-compact".into())
+                    .spawn(move || {
+                        journal::retention::lower_priority();
+                        let data_dir = &app.config.server.data_dir;
+                        let retention = journal::retention::Retention::from_config(
+                            &app.config.journal,
+                            data_dir,
+                        );
+                        let started = Instant::now();
+                        let router = app.router.clone();
+                        let done = journal::retention::compact(
+                            &app.journal,
+                            data_dir,
+                            &app.policy,
+                            &retention,
+                            app.now_ms(),
+                            &stop,
+                            &mut |orders| router.forget(orders),
+                        );
+                        let _ = done_tx.send((done, started.elapsed()));
+                    });
+                if let Err(err) = spawned {
+                    tracing::error!(error = %err, "cannot start the compaction thread");
+                    continue;
+                }
+                match pass.await {
                     Ok((Ok(done), took)) => {
                         metrics::counter!(t::JOURNAL_COMPACTIONS, "outcome" => "ok").increment(1);
-                        if done.orders > 0 || done.undone_bytes > 0 {
+                        if done.orders > 0 || done.undone_bytes > 0 || done.records_dropped > 0 {
                             tracing::info!(
                                 orders = done.orders,
+                                records_dropped = done.records_dropped,
                                 events = done.events,
                                 syncs = done.syncs,
                                 files = ?done.files,
@@ -433,10 +443,10 @@ impl Compaction {
                             .increment(1);
                         tracing::error!(error = %err, "journal compaction failed; it runs again in journal.compact_every (nothing was lost: what was not removed stays in the journal)");
                     }
-                    Err(err) => {
+                    Err(_) => {
                         metrics::counter!(t::JOURNAL_COMPACTIONS, "outcome" => "failed")
                             .increment(1);
-                        tracing::error!(error = %err, "journal compaction panicked");
+                        tracing::error!("journal compaction panicked");
                     }
                 }
                 if stopping.load(Ordering::Relaxed) {

@@ -137,6 +137,15 @@ fn main() -> anyhow::Result<()> {
                 "removed {} orders, {} events and {} syncs from the journal",
                 done.orders, done.events, done.syncs
             );
+            if done.records_dropped > 0 {
+                println!(
+                    "dropped the records of {} orders archived more than {} ago (their GET answers 404 now, not 410)",
+                    done.records_dropped,
+                    humantime::format_duration(
+                        orderhub_engine::journal::retention::ARCHIVED_RECORDS_KEPT
+                    )
+                );
+            }
             println!(
                 "journal {} -> {} bytes on disk: {} bytes reclaimed, in {:.1} s",
                 done.disk_before,

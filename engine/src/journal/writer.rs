@@ -515,6 +515,22 @@ pub(crate) fn read_intent(conn: &Connection) -> Result<Option<(i64, u64)>, Journ
     })
 }
 
+/// Pages handed back with each removal at most: more than a removal of the engine's size frees.
+const VACUUM_PAGES_PER_REMOVAL: u32 = 64;
+
+/// `PRAGMA incremental_vacuum`: moves up to `pages` (all, with `None`) free pages to the end of
+/// the file and cuts them off. It frees one page per step: stepped to the end.
+fn incremental_vacuum(tx: &Connection, pages: Option<u32>) -> rusqlite::Result<()> {
+    let sql = match pages {
+        Some(pages) => format!("PRAGMA incremental_vacuum({pages})"),
+        None => "PRAGMA incremental_vacuum".to_owned(),
+    };
+    let mut vacuum = tx.prepare_cached(&sql)?;
+    let mut steps = vacuum.query([])?;
+    while steps.next()?.is_some() {}
+    Ok(())
+}
+
 /// One step of compaction's archive protocol, inside the batch's transaction.
 fn archive_step(
     tx: &Connection,
@@ -540,10 +556,24 @@ fn archive_step(
         ArchiveCmd::Abandon => {
             clear_intent()?;
         }
+        ArchiveCmd::Vacuum => incremental_vacuum(tx, None)?,
+        ArchiveCmd::ForgetArchived { before, limit } => {
+            let forgotten = tx
+                .prepare_cached(
+                    "DELETE FROM archived WHERE order_key IN
+                        (SELECT order_key FROM archived WHERE archived_at < ?1 LIMIT ?2)",
+                )?
+                .execute(params![before, limit])?;
+            return Ok(ArchiveOutcome::Done {
+                events: forgotten as u64,
+                syncs: 0,
+            });
+        }
         ArchiveCmd::Remove {
             orders,
             archive,
             archived_at,
+            valid_len,
         } => {
             // An order that got an event (or a sync went pending again) after it was read would
             // lose it: remove nothing, and let the caller write the batch again without it.
@@ -594,13 +624,17 @@ fn archive_step(
                 ])?;
                 removed.push((order.key.clone(), order.last_seq));
             }
-            clear_intent()?;
-            // Hand the freed pages back to the file system (a no-op for a journal created
-            // before incremental vacuum, which reuses them instead).
-            // (It frees a page per step: step it to the end.)
-            let mut vacuum = tx.prepare_cached("PRAGMA incremental_vacuum")?;
-            let mut steps = vacuum.query([])?;
-            while steps.next()?.is_some() {}
+            match valid_len {
+                Some(len) => {
+                    set_meta(INTENT_LEN, *len as i64)?;
+                }
+                None => {
+                    clear_intent()?;
+                }
+            }
+            // Hand the freed pages back to the file system, a bounded number per removal (a
+            // no-op for a journal created before incremental vacuum, which reuses them).
+            incremental_vacuum(tx, Some(VACUUM_PAGES_PER_REMOVAL))?;
             return Ok(ArchiveOutcome::Done { events, syncs });
         }
     }
