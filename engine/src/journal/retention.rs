@@ -3,7 +3,8 @@
 //! One pass walks the index for orders in a finished state (completed, cancelled, refunded,
 //! returned) whose last event was received before the cutoff, in batches. Each batch is
 //! written to the day's archive file (`{archive_dir}/YYYY-MM-DD.jsonl.gz`, one JSON line per
-//! order, one gzip member per 32 orders) and fsync'd, and only then removed from the journal:
+//! order, one gzip member per removal: 8 orders in the engine, 128 offline) and fsync'd, and
+//! only then removed from the journal:
 //!
 //! 1. the writer commits an *intent* (the file's day and its length before the batch);
 //! 2. the batch is appended to the file and fsync'd;
