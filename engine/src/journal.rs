@@ -191,8 +191,9 @@ pub(crate) enum ArchiveCmd {
     },
     /// Clears the intent (the file was cut back).
     Abandon,
-    /// Hands every free page back to the file system.
-    Vacuum,
+    /// Hands up to `pages` free pages (all, with `None`) back to the file system;
+    /// `Done.events` says how many free pages are left.
+    Vacuum { pages: Option<u32> },
     /// Drops up to `limit` records of orders archived before `before` (their `410` becomes a
     /// `404`); `Done.events` says how many went.
     ForgetArchived { before: Millis, limit: i64 },

@@ -29,6 +29,7 @@ use orderhub_actors::order::{JournaledEvent, Millis, Order, OrderPolicy, OrderSt
 use rusqlite::{Connection, params};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Finished states: an order in one of them is archived once it is old enough.
@@ -49,6 +50,9 @@ pub const REMOVE_ORDERS: usize = 8;
 /// Orders `orderhub compact` removes per transaction: no ingest to make room for.
 const REMOVE_ORDERS_OFFLINE: usize = 128;
 
+/// Free pages the engine hands back per writer transaction (1 MiB of 4 KiB pages).
+const VACUUM_PAGES: u32 = 256;
+
 /// How long the record of an archived order (its key, file and time: ~60 bytes) is kept, so
 /// `GET /v1/orders/{key}` answers `410` naming the file rather than `404`.
 pub const ARCHIVED_RECORDS_KEPT: Duration = Duration::from_secs(400 * 86_400);
@@ -68,6 +72,9 @@ pub struct Retention {
     pub pace: u32,
     /// Orders removed per writer transaction.
     pub remove_orders: usize,
+    /// Free pages handed back to the file system per writer transaction at the end of a pass
+    /// (`None`: all at once).
+    pub vacuum_pages: Option<u32>,
 }
 
 impl Retention {
@@ -79,6 +86,7 @@ impl Retention {
                 .then(|| data_dir.join(&config.archive_dir)),
             pace: 1,
             remove_orders: REMOVE_ORDERS,
+            vacuum_pages: Some(VACUUM_PAGES),
         }
     }
 }
@@ -448,6 +456,41 @@ pub fn lower_priority() {
     }
 }
 
+/// The end of a pass: the pages removals freed go back to the file system, a bounded number
+/// per writer transaction, paced like the removals. New appends reuse free pages first, so a
+/// pass that freed little (a quarter of the file or less) leaves them to be reused rather than
+/// shrinking a file that grows again; `orderhub compact` always hands back all of them.
+fn vacuum(journal: &Journal, retention: &Retention, stop: &AtomicBool) -> Result<(), JournalError> {
+    let Some(pages) = retention.vacuum_pages else {
+        journal.archive_step(ArchiveCmd::Vacuum { pages: None })?;
+        return Ok(());
+    };
+    let (free, total): (i64, i64) = journal.inner.reader.with(|conn| {
+        Ok((
+            conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?,
+            conn.query_row("PRAGMA page_count", [], |r| r.get(0))?,
+        ))
+    })?;
+    if free == 0 || free * 4 < total {
+        return Ok(());
+    }
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let ArchiveOutcome::Done { events: left, .. } =
+            journal.archive_step(ArchiveCmd::Vacuum { pages: Some(pages) })?
+        else {
+            break;
+        };
+        if left == 0 {
+            break;
+        }
+        if retention.pace > 0 {
+            std::thread::sleep(started.elapsed() * retention.pace);
+        }
+    }
+    Ok(())
+}
+
 /// Told each batch of orders compaction removed, with their states.
 pub type Removed<'a> = dyn FnMut(&[(String, OrderState)]) + 'a;
 
@@ -460,7 +503,7 @@ pub fn compact(
     policy: &OrderPolicy,
     retention: &Retention,
     now: Millis,
-    stop: &std::sync::atomic::AtomicBool,
+    stop: &AtomicBool,
     removed: &mut Removed<'_>,
 ) -> Result<Compacted, JournalError> {
     let mut report = Compacted {
@@ -472,7 +515,7 @@ pub fn compact(
     for state in FINISHED {
         let mut after: (Millis, String) = (Millis::MIN, String::new());
         loop {
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if stop.load(Ordering::Relaxed) {
                 break;
             }
             let started = Instant::now();
@@ -507,10 +550,9 @@ pub fn compact(
             }
         }
     }
-    // The removals handed back a bounded number of pages each; the rest go now.
-    journal.archive_step(ArchiveCmd::Vacuum)?;
+    vacuum(journal, retention, stop)?;
     let forget_before = now.saturating_sub(ARCHIVED_RECORDS_KEPT.as_millis() as Millis);
-    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+    while !stop.load(Ordering::Relaxed) {
         let ArchiveOutcome::Done {
             events: dropped, ..
         } = journal.archive_step(ArchiveCmd::ForgetArchived {
@@ -671,9 +713,10 @@ pub fn compact_offline(
     let retention = Retention {
         pace: 0,
         remove_orders: REMOVE_ORDERS_OFFLINE,
+        vacuum_pages: None,
         ..Retention::from_config(&config.journal, data_dir)
     };
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stop = AtomicBool::new(false);
     let done = compact(
         &journal,
         data_dir,
@@ -697,11 +740,11 @@ pub fn compact_offline(
 mod tests {
     use super::*;
     use crate::config::Config;
+    use AtomicBool;
     use orderhub_actors::dispatch::{SyncIntent, SyncStatus, SyncUpdate};
     use orderhub_actors::order::{EventAction, OrderEvent};
     use orderhub_actors::store::{OrderIndexEntry, OrderStore, OrderUpdate, SyncStore};
     use std::io::Read;
-    use std::sync::atomic::AtomicBool;
 
     const DAY: Millis = 86_400_000;
     /// 2026-11-29T00:00:00Z.
@@ -792,6 +835,7 @@ mod tests {
                 archive_dir: Some(self.data_dir.join("archive")),
                 pace: 0,
                 remove_orders: 32,
+                vacuum_pages: Some(64),
             }
         }
 

@@ -515,11 +515,9 @@ pub(crate) fn read_intent(conn: &Connection) -> Result<Option<(i64, u64)>, Journ
     })
 }
 
-/// Pages handed back with each removal at most: more than a removal of the engine's size frees.
-const VACUUM_PAGES_PER_REMOVAL: u32 = 64;
-
 /// `PRAGMA incremental_vacuum`: moves up to `pages` (all, with `None`) free pages to the end of
-/// the file and cuts them off. It frees one page per step: stepped to the end.
+/// the file and cuts them off (a no-op for a journal created before incremental vacuum, which
+/// reuses its free pages instead). It frees one page per step: stepped to the end.
 fn incremental_vacuum(tx: &Connection, pages: Option<u32>) -> rusqlite::Result<()> {
     let sql = match pages {
         Some(pages) => format!("PRAGMA incremental_vacuum({pages})"),
@@ -556,7 +554,14 @@ fn archive_step(
         ArchiveCmd::Abandon => {
             clear_intent()?;
         }
-        ArchiveCmd::Vacuum => incremental_vacuum(tx, None)?,
+        ArchiveCmd::Vacuum { pages } => {
+            incremental_vacuum(tx, *pages)?;
+            let free: i64 = tx.query_row("PRAGMA freelist_count", [], |r| r.get(0))?;
+            return Ok(ArchiveOutcome::Done {
+                events: free.max(0) as u64,
+                syncs: 0,
+            });
+        }
         ArchiveCmd::ForgetArchived { before, limit } => {
             let forgotten = tx
                 .prepare_cached(
@@ -632,9 +637,8 @@ fn archive_step(
                     clear_intent()?;
                 }
             }
-            // Hand the freed pages back to the file system, a bounded number per removal (a
-            // no-op for a journal created before incremental vacuum, which reuses them).
-            incremental_vacuum(tx, Some(VACUUM_PAGES_PER_REMOVAL))?;
+            // The freed pages stay free: new appends reuse them, and compaction hands what is
+            // left back to the file system at the end of its pass (`Vacuum`).
             return Ok(ArchiveOutcome::Done { events, syncs });
         }
     }
