@@ -1137,6 +1137,52 @@ mod tests {
         .unwrap();
     }
 
+    #[tokio::test(flavor = "multi_thread")]
+    async fn orderhub_compact_converts_an_older_journal_and_gives_the_space_back() {
+        let dir = tempfile::tempdir().unwrap();
+        // A journal from before incremental vacuum: its first table came before the mode.
+        rusqlite::Connection::open(dir.path().join(schema::DB_FILE))
+            .unwrap()
+            .execute_batch("CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);")
+            .unwrap();
+        let config = Config::embedded().unwrap();
+        let policy = config.policy();
+        let (journal, _) = Journal::open(dir.path(), &config.journal, &policy).unwrap();
+        journal.start(|_| {}, |_| {}).unwrap();
+        let old = crate::journal::writer::now_ms() - 40 * DAY;
+        for chunk in 0..4 {
+            let events = (0..250)
+                .flat_map(|i| {
+                    let order = format!("shop:{chunk}-{i}");
+                    [
+                        event(&order, &format!("{order}-p"), OrderState::Paid, old),
+                        event(&order, &format!("{order}-c"), OrderState::Completed, old),
+                    ]
+                })
+                .collect();
+            journal.append(events).await.unwrap();
+        }
+        journal.close().await;
+        drop(journal);
+        let mode = |dir: &Path| -> i64 {
+            rusqlite::Connection::open(dir.join(schema::DB_FILE))
+                .unwrap()
+                .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(mode(dir.path()), 0);
+        let path = dir.path().to_path_buf();
+        let now = crate::journal::writer::now_ms();
+        let (done, converted) =
+            tokio::task::spawn_blocking(move || compact_offline(&config, &path, now).unwrap())
+                .await
+                .unwrap();
+        assert!(converted);
+        assert_eq!(done.orders, 1_000);
+        assert!(done.disk_after * 4 < done.disk_before, "{done:?}");
+        assert_eq!(mode(dir.path()), 2);
+    }
+
     #[test]
     fn days_name_their_archive_files() {
         assert_eq!(day_of(NOW), 20261129);

@@ -21,7 +21,7 @@ pub(crate) type RouteFn = Box<dyn Fn(SharedEvent) + Send>;
 /// Hands newly committed syncs to the dispatchers.
 pub(crate) type NotifyFn = Box<dyn Fn(Vec<PendingSync>) + Send>;
 
-fn now_ms() -> Millis {
+pub(crate) fn now_ms() -> Millis {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Millis)
