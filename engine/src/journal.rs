@@ -176,9 +176,12 @@ pub(crate) struct Removal {
 /// a crash in between is undone (the file cut back to `len`) rather than archived twice.
 #[derive(Debug)]
 pub(crate) enum ArchiveCmd {
-    /// A batch is about to be appended to the archive file of `day` (`YYYYMMDD`), now `len`
-    /// bytes long.
-    Begin { day: i64, len: u64 },
+    /// A batch is about to be appended to the archive file of `day` (`YYYYMMDD`; of parked
+    /// courier scans when `parked`), now `len` bytes long.
+    Begin { day: i64, len: u64, parked: bool },
+    /// Removes parked courier scans `rows` (archived) unless one of them was applied to its
+    /// order meanwhile; clears the intent.
+    RemoveParked { rows: Vec<i64> },
     /// Removes `orders` (events, syncs, waybills, index row) and records where each went,
     /// unless one of them changed since it was read. The intent's length moves to
     /// `valid_len` (the end of their gzip member: more of the batch follows), or, with `None`,

@@ -424,9 +424,14 @@ impl Compaction {
                 match pass.await {
                     Ok((Ok(done), took)) => {
                         metrics::counter!(t::JOURNAL_COMPACTIONS, "outcome" => "ok").increment(1);
-                        if done.orders > 0 || done.undone_bytes > 0 || done.records_dropped > 0 {
+                        if done.orders > 0
+                            || done.undone_bytes > 0
+                            || done.records_dropped > 0
+                            || done.parked > 0
+                        {
                             tracing::info!(
                                 orders = done.orders,
+                                parked_scans = done.parked,
                                 records_dropped = done.records_dropped,
                                 events = done.events,
                                 syncs = done.syncs,

@@ -137,6 +137,12 @@ fn main() -> anyhow::Result<()> {
                 "removed {} orders, {} events and {} syncs from the journal",
                 done.orders, done.events, done.syncs
             );
+            if done.parked > 0 {
+                println!(
+                    "archived and removed {} courier scans parked longer than journal.retain for a waybill no order reported",
+                    done.parked
+                );
+            }
             if done.records_dropped > 0 {
                 println!(
                     "dropped the records of {} orders archived more than {} ago (their GET answers 404 now, not 410)",

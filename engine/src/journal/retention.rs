@@ -21,7 +21,7 @@
 //! Orders that are not finished are never touched, however old; nor is an order with a
 //! pending sync.
 
-use super::writer::{INTENT_DAY, INTENT_LEN};
+use super::writer::{INTENT_DAY, INTENT_LEN, INTENT_PARKED};
 use super::{ArchiveCmd, ArchiveOutcome, Journal, JournalError, Removal, outbox, reader, schema};
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -106,6 +106,9 @@ pub struct Compacted {
     pub undone_bytes: u64,
     /// Records of orders archived longer ago than [`ARCHIVED_RECORDS_KEPT`], dropped.
     pub records_dropped: u64,
+    /// Courier scans parked longer than `retain` for a waybill no order reported, archived
+    /// (to `YYYY-MM-DD.parked.jsonl.gz`) and removed.
+    pub parked: u64,
     /// Journal bytes on disk (database and WAL) before and after.
     pub disk_before: u64,
     /// See `disk_before`.
@@ -134,6 +137,16 @@ pub fn disk_bytes(data_dir: &Path) -> u64 {
 fn day_file(dir: &Path, day: i64) -> PathBuf {
     dir.join(format!(
         "{:04}-{:02}-{:02}.jsonl.gz",
+        day / 10_000,
+        day / 100 % 100,
+        day % 100
+    ))
+}
+
+/// The archive file of a day's parked courier scans (not an order archive: export skips it).
+fn parked_file(dir: &Path, day: i64) -> PathBuf {
+    dir.join(format!(
+        "{:04}-{:02}-{:02}.parked.jsonl.gz",
         day / 10_000,
         day / 100 % 100,
         day % 100
@@ -288,7 +301,10 @@ fn undo_interrupted(journal: &Journal, retention: &Retention) -> Result<u64, Jou
     };
     let mut cut = 0;
     if let Some(dir) = &retention.archive_dir {
-        let path = day_file(dir, day);
+        let path = match journal.meta(INTENT_PARKED)? {
+            Some(1) => parked_file(dir, day),
+            _ => day_file(dir, day),
+        };
         if let Ok(meta) = std::fs::metadata(&path) {
             let len = len.max(0) as u64;
             if meta.len() > len {
@@ -311,15 +327,15 @@ fn undo_interrupted(journal: &Journal, retention: &Retention) -> Result<u64, Jou
     Ok(cut)
 }
 
-/// Appends `orders` to `file` as one gzip member; the file's length after it.
-fn write_member(
+/// Appends `lines` to `file` as one gzip member; the file's length after it.
+fn write_member<'a>(
     file: &std::fs::File,
     path: &Path,
-    orders: &[Archived],
+    lines: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<u64, JournalError> {
     let mut gz = GzEncoder::new(std::io::BufWriter::new(file), Compression::fast());
-    for order in orders {
-        gz.write_all(&order.line).map_err(io_error(path))?;
+    for line in lines {
+        gz.write_all(line).map_err(io_error(path))?;
     }
     gz.finish()
         .map_err(io_error(path))?
@@ -353,24 +369,12 @@ fn archive_batch(
         Some(dir) => {
             let day = day_of(archived_at);
             let path = day_file(dir, day);
-            if !dir.exists() {
-                std::fs::create_dir_all(dir).map_err(io_error(dir))?;
-                if let Some(parent) = dir.parent() {
-                    sync_dir(parent)?;
-                }
-            }
-            let created = !path.exists();
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(io_error(&path))?;
-            if created {
-                file.sync_all().map_err(io_error(&path))?;
-                sync_dir(dir)?;
-            }
-            let len = file.metadata().map_err(io_error(&path))?.len();
-            journal.archive_step(ArchiveCmd::Begin { day, len })?;
+            let (file, len) = open_archive(dir, &path)?;
+            journal.archive_step(ArchiveCmd::Begin {
+                day,
+                len,
+                parked: false,
+            })?;
             if !report.files.contains(&path) {
                 report.files.push(path.clone());
             }
@@ -389,7 +393,7 @@ fn archive_batch(
         let mut ends = Vec::with_capacity(chunks.len());
         if let Some((path, file, _)) = &target {
             for chunk in &chunks {
-                ends.push(write_member(file, path, chunk)?);
+                ends.push(write_member(file, path, chunk.iter().map(|o| &o.line[..]))?);
             }
             file.sync_all().map_err(io_error(path))?;
         }
@@ -454,6 +458,142 @@ pub fn lower_priority() {
     if let Err(err) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 10) {
         tracing::debug!(error = %err, "cannot lower the compaction thread's priority");
     }
+}
+
+/// Opens (creating, durably) the archive file `path` in `dir` for appending; with its length.
+fn open_archive(dir: &Path, path: &Path) -> Result<(std::fs::File, u64), JournalError> {
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    let created = !path.exists();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io_error(path))?;
+    if created {
+        file.sync_all().map_err(io_error(path))?;
+        sync_dir(dir)?;
+    }
+    let len = file.metadata().map_err(io_error(path))?.len();
+    Ok((file, len))
+}
+
+/// Courier scans parked longer than `retain` for a waybill no order ever reported (parcels of
+/// orders orderhub does not know) are archived to the day's `.parked.jsonl.gz` file and
+/// removed, by the same intent protocol as orders; a scan applied to its order meanwhile stays
+/// out of the file.
+fn archive_parked(
+    journal: &Journal,
+    retention: &Retention,
+    cutoff: Millis,
+    now: Millis,
+    stop: &AtomicBool,
+    report: &mut Compacted,
+) -> Result<(), JournalError> {
+    let mut after = 0i64;
+    while !stop.load(Ordering::Relaxed) {
+        let page: Vec<(i64, Millis, Vec<u8>)> = journal.inner.reader.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT row, waybill_no, source, source_event_id, received_at, body
+                 FROM parked_scans WHERE row > ?1 ORDER BY row LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![after, BATCH_ORDERS as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, Millis>(4)?,
+                    r.get::<_, String>(5)?,
+                ))
+            })?;
+            let mut page = Vec::new();
+            for row in rows {
+                let (row, waybill, source, id, received_at, body) = row?;
+                let event: serde_json::Value =
+                    serde_json::from_str(&body).map_err(|e| JournalError::Corrupt {
+                        seq: 0,
+                        reason: format!("parked scan {row}: {e}"),
+                    })?;
+                let mut line = serde_json::to_vec(&serde_json::json!({
+                    "parked_scan": row,
+                    "waybill_no": waybill,
+                    "source": source,
+                    "source_event_id": id,
+                    "received_at": received_at,
+                    "archived_at": now,
+                    "event": event,
+                }))
+                .map_err(|e| JournalError::Corrupt {
+                    seq: 0,
+                    reason: format!("parked scan {row}: {e}"),
+                })?;
+                line.push(b'\n');
+                page.push((row, received_at, line));
+            }
+            Ok(page)
+        })?;
+        let Some((last, _, _)) = page.last() else {
+            break;
+        };
+        after = *last;
+        let full = page.len() == BATCH_ORDERS;
+        let mut old: Vec<(i64, Vec<u8>)> = page
+            .into_iter()
+            .filter(|(_, received_at, _)| *received_at < cutoff)
+            .map(|(row, _, line)| (row, line))
+            .collect();
+        let target = match &retention.archive_dir {
+            Some(dir) if !old.is_empty() => {
+                let day = day_of(now);
+                let path = parked_file(dir, day);
+                let (file, len) = open_archive(dir, &path)?;
+                journal.archive_step(ArchiveCmd::Begin {
+                    day,
+                    len,
+                    parked: true,
+                })?;
+                Some((path, file, len))
+            }
+            _ => None,
+        };
+        while !old.is_empty() {
+            if let Some((path, file, _)) = &target {
+                write_member(file, path, old.iter().map(|(_, line)| &line[..]))?;
+                file.sync_all().map_err(io_error(path))?;
+            }
+            let rows = old.iter().map(|(row, _)| *row).collect();
+            match journal.archive_step(ArchiveCmd::RemoveParked { rows })? {
+                ArchiveOutcome::Done { events, .. } => {
+                    report.parked += events;
+                    if let Some((path, _, _)) = &target
+                        && !report.files.contains(path)
+                    {
+                        report.files.push(path.clone());
+                    }
+                    break;
+                }
+                ArchiveOutcome::Changed(applied) => {
+                    if let Some((path, file, len)) = &target {
+                        file.set_len(*len).map_err(io_error(path))?;
+                        file.sync_all().map_err(io_error(path))?;
+                    }
+                    old.retain(|(row, _)| !applied.contains(&row.to_string()));
+                    if old.is_empty() && target.is_some() {
+                        journal.archive_step(ArchiveCmd::Abandon)?;
+                    }
+                }
+            }
+        }
+        if !full {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The end of a pass: the pages removals freed go back to the file system, a bounded number
@@ -550,6 +690,7 @@ pub fn compact(
             }
         }
     }
+    archive_parked(journal, retention, cutoff, now, stop, &mut report)?;
     vacuum(journal, retention, stop)?;
     let forget_before = now.saturating_sub(ARCHIVED_RECORDS_KEPT.as_millis() as Millis);
     while !stop.load(Ordering::Relaxed) {
@@ -1025,6 +1166,7 @@ mod tests {
                 .archive_step(ArchiveCmd::Begin {
                     day: 20261129,
                     len: 0,
+                    parked: false,
                 })
                 .unwrap();
             let partial = b"\x1f\x8b\x08\x00 half a gzip member";
@@ -1181,6 +1323,51 @@ mod tests {
         assert_eq!(done.orders, 1_000);
         assert!(done.disk_after * 4 < done.disk_before, "{done:?}");
         assert_eq!(mode(dir.path()), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn scans_parked_past_retain_for_a_waybill_nobody_reported_are_archived_apart() {
+        let f = Fixture::new();
+        let scan = |id: &str, waybill: &str, at| {
+            let mut scan = event("", id, OrderState::InTransit, at);
+            scan.fields.insert("waybill_no".into(), waybill.into());
+            scan
+        };
+        let outcomes = f
+            .journal
+            .append(vec![
+                scan("scan-old", "SF-NOBODY", NOW - 40 * DAY),
+                scan("scan-new", "SF-LATER", NOW - DAY),
+            ])
+            .await
+            .unwrap();
+        use crate::journal::AppendOutcome::Parked;
+        assert_eq!(outcomes, vec![Parked, Parked]);
+        let (done, f) = tokio::task::spawn_blocking(move || (f.compact(), f))
+            .await
+            .unwrap();
+        assert_eq!((done.parked, done.orders), (1, 0));
+        assert_eq!(
+            f.journal.parked_scans().unwrap(),
+            vec![("wms".to_owned(), 1, NOW - DAY)]
+        );
+        let mut text = String::new();
+        let path = f.data_dir.join("archive/2026-11-29.parked.jsonl.gz");
+        flate2::read::MultiGzDecoder::new(std::fs::File::open(path).unwrap())
+            .read_to_string(&mut text)
+            .unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0]["waybill_no"], "SF-NOBODY");
+        assert_eq!(lines[0]["event"]["source_event_id"], "scan-old");
+        // Not an order archive: export does not read it.
+        assert_eq!(
+            archive_files(&f.data_dir.join("archive")).unwrap(),
+            Vec::<(i64, PathBuf)>::new()
+        );
     }
 
     #[test]

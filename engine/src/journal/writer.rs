@@ -501,14 +501,19 @@ impl Writer {
 /// batch being written.
 pub(crate) const INTENT_DAY: &str = "archive_intent_day";
 pub(crate) const INTENT_LEN: &str = "archive_intent_len";
+/// Set to 1 when the intent's file is the day's file of parked courier scans.
+pub(crate) const INTENT_PARKED: &str = "archive_intent_parked";
 
-/// The intent of a compaction that has not finished its batch: `(day, length)`.
+/// The intent of a compaction that has not finished its batch of orders: `(day, length)`.
 pub(crate) fn read_intent(conn: &Connection) -> Result<Option<(i64, u64)>, JournalError> {
     let get = |name: &str| -> rusqlite::Result<Option<i64>> {
         conn.prepare_cached("SELECT value FROM meta WHERE name = ?1")?
             .query_row([name], |r| r.get(0))
             .optional()
     };
+    if get(INTENT_PARKED)? == Some(1) {
+        return Ok(None); // the order archive files are whole
+    }
     Ok(match (get(INTENT_DAY)?, get(INTENT_LEN)?) {
         (Some(day), Some(len)) => Some((day, len.max(0) as u64)),
         _ => None,
@@ -543,13 +548,39 @@ fn archive_step(
         .execute(params![name, value])
     };
     let clear_intent = || {
-        tx.prepare_cached("DELETE FROM meta WHERE name IN (?1, ?2)")?
-            .execute([INTENT_DAY, INTENT_LEN])
+        tx.prepare_cached("DELETE FROM meta WHERE name IN (?1, ?2, ?3)")?
+            .execute([INTENT_DAY, INTENT_LEN, INTENT_PARKED])
     };
     match cmd {
-        ArchiveCmd::Begin { day, len } => {
+        ArchiveCmd::Begin { day, len, parked } => {
             set_meta(INTENT_DAY, *day)?;
             set_meta(INTENT_LEN, *len as i64)?;
+            set_meta(INTENT_PARKED, i64::from(*parked))?;
+        }
+        ArchiveCmd::RemoveParked { rows } => {
+            // A scan whose order reported its waybill meanwhile was applied, not archived.
+            let mut gone = Vec::new();
+            for row in rows {
+                let parked = tx
+                    .prepare_cached("SELECT 1 FROM parked_scans WHERE row = ?1")?
+                    .query_row([row], |_| Ok(()))
+                    .optional()?;
+                if parked.is_none() {
+                    gone.push(row.to_string());
+                }
+            }
+            if !gone.is_empty() {
+                return Ok(ArchiveOutcome::Changed(gone));
+            }
+            for row in rows {
+                tx.prepare_cached("DELETE FROM parked_scans WHERE row = ?1")?
+                    .execute([row])?;
+            }
+            clear_intent()?;
+            return Ok(ArchiveOutcome::Done {
+                events: rows.len() as u64,
+                syncs: 0,
+            });
         }
         ArchiveCmd::Abandon => {
             clear_intent()?;
