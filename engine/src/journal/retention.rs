@@ -1086,6 +1086,8 @@ mod tests {
         assert_eq!(f.journal.order_of_waybill("SF-shop:done").unwrap(), None);
         let record = f.journal.archived("shop:done").unwrap().unwrap();
         assert_eq!(record.archive.as_deref(), Some("2026-11-29.jsonl.gz"));
+        // The oldest event left is the never-finished order's (the disk gauge reads it).
+        assert_eq!(f.journal.oldest_event_at().unwrap(), Some(old - 100 * DAY));
         // The rest stay: not finished, too recent, a sync still owed.
         for kept in ["shop:open", "shop:recent", "shop:owed"] {
             assert!(!f.journal.events_of(kept).unwrap().is_empty(), "{kept}");
