@@ -108,10 +108,11 @@ impl TestEngine {
         }
     }
 
-    /// Sends SIGTERM's equivalent and waits for a clean exit.
+    /// Sends SIGTERM's equivalent and waits for a clean exit: within `server.shutdown_grace`
+    /// (30 s by default; the tests that shorten it check that themselves), plus 5 s.
     pub(crate) async fn stop(mut self) {
         let _ = self.shutdown.take().unwrap().send(());
-        let result = tokio::time::timeout(Duration::from_secs(20), self.task.take().unwrap())
+        let result = tokio::time::timeout(Duration::from_secs(35), self.task.take().unwrap())
             .await
             .expect("engine stops within its grace period")
             .unwrap();
