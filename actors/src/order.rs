@@ -9,10 +9,10 @@ pub use event::{
     EventAction, INTERNAL_SOURCE, JournaledEvent, Millis, OrderEvent, SharedEvent, Superseding,
 };
 pub use machine::{
-    Effects, Hold, Order, Outcome, SUB_ORDERS_FIELD, SlaStatus, SlaTimer, SystemStatus,
-    TimelineEntry,
+    DETAILS_PATIENCE_MS, DETAILS_RULE, DetailsStatus, Effects, Hold, ITEMS_FIELD, Order, Outcome,
+    SUB_ORDERS_FIELD, SlaStatus, SlaTimer, SystemStatus, TimelineEntry, WaitingRule,
 };
-pub use policy::{OrderPolicy, SlaRule};
+pub use policy::{DetailsSpec, OrderPolicy, SlaRule, details_name};
 pub use state::{OrderState, STATE_LABELS_WITH_NONE, UnknownState};
 
 #[cfg(test)]
@@ -420,3 +420,6 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod enrichment_tests;

@@ -35,6 +35,12 @@ pub struct RuleSpec {
     /// Put the order on hold (exception interception).
     #[serde(default)]
     pub hold: bool,
+    /// Order fields the rule needs (e.g. `["items"]`, brought by order-detail enrichment): at a
+    /// transition where one is missing the rule waits, and is judged when an event brings them
+    /// — as at the transition it waited at (its state, its sequence), with the fields known
+    /// then.
+    #[serde(default)]
+    pub needs: Vec<String>,
 }
 
 /// A rule that cannot be used; names the rule and the problem.
@@ -57,6 +63,17 @@ struct CompiledRule {
     message_template: Option<String>,
 }
 
+impl CompiledRule {
+    /// The first field the rule needs that `order` lacks.
+    fn missing_need(&self, order: &Order) -> Option<&str> {
+        self.spec
+            .needs
+            .iter()
+            .find(|field| order.fields.get(field.as_str()).is_none_or(Json::is_null))
+            .map(String::as_str)
+    }
+}
+
 /// What the rules decided for one transition.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RuleEffects {
@@ -68,6 +85,8 @@ pub struct RuleEffects {
     pub holds: Vec<String>,
     /// One line per action taken or failed, for the timeline.
     pub notes: Vec<String>,
+    /// Rules that wait for fields they need.
+    pub waiting: Vec<String>,
 }
 
 /// The compiled rules, shared read-only by every order actor.
@@ -136,6 +155,9 @@ impl RuleSet {
             }
             if spec.sync.is_none() && spec.notify.is_none() && spec.tag.is_none() && !spec.hold {
                 return Err(fail("does nothing: set sync, notify, tag or hold".into()));
+            }
+            if let Some(blank) = spec.needs.iter().find(|f| f.trim().is_empty()) {
+                return Err(fail(format!("needs: {blank:?} is no field name")));
             }
             if spec.template.is_some() && spec.sync.is_none() {
                 return Err(fail("template is only used with sync".into()));
@@ -255,94 +277,182 @@ impl RuleSet {
         }
         for rule in live {
             let name = &rule.spec.name;
-            match rule.when.execute(&root) {
-                Ok(Value::Bool(true)) => {}
-                Ok(Value::Bool(false)) => continue,
-                Ok(other) => {
-                    effects
-                        .notes
-                        .push(format!("rule {name}: condition gave {other:?}, not a bool"));
-                    continue;
-                }
-                Err(e) => {
-                    effects
-                        .notes
-                        .push(format!("rule {name}: condition failed: {e}"));
-                    continue;
-                }
-            }
-            let mut computed = Map::new();
-            for (field, program) in &rule.fields {
-                let value = program
-                    .execute(&root)
-                    .map_err(|e| e.to_string())
-                    .and_then(|v| v.json().map_err(|e| e.to_string()));
-                let value = value.unwrap_or_else(|e| {
-                    effects
-                        .notes
-                        .push(format!("rule {name}: fields.{field}: {e}"));
-                    Json::Null
-                });
-                computed.insert(field.clone(), value);
-            }
-            if let Some(sink) = &rule.spec.sync {
-                let context = self.template_context(order, Some(&event_value), computed.clone());
-                let payload = match &rule.payload_template {
-                    Some(template) => self.render_json(template, &context),
-                    None => Ok(default_payload(order, previous, seq, rule, &computed)),
-                };
-                match payload {
-                    Ok(payload) => effects.syncs.push(self.intent(
-                        order,
-                        seq,
-                        sink,
-                        name,
-                        payload,
-                        &effects.syncs,
-                    )),
-                    Err(problem) => effects
-                        .notes
-                        .push(format!("rule {name}: template: {problem}")),
-                }
-            }
-            if let Some(sink) = &rule.spec.notify {
-                let text = match &rule.message_template {
-                    Some(template) => {
-                        let context =
-                            self.template_context(order, Some(&event_value), computed.clone());
-                        self.templates
-                            .get_template(template)
-                            .and_then(|t| t.render(minijinja::value::Serde(&context)))
-                            .unwrap_or_else(|e| {
-                                format!(
-                                    "order {} is now {}: ({e})",
-                                    order.key,
-                                    state_name(order.state)
-                                )
-                            })
-                    }
-                    None => format!("order {} is now {}", order.key, state_name(order.state)),
-                };
-                let payload = serde_json::json!({ "text": text, "order": order.key, "state": state_name(order.state) });
+            if let Some(missing) = rule.missing_need(order) {
+                effects.waiting.push(name.clone());
                 effects
-                    .syncs
-                    .push(self.intent(order, seq, sink, name, payload, &effects.syncs));
+                    .notes
+                    .push(format!("rule {name}: waits for fields.{missing}"));
+                continue;
             }
-            if let Some(tag) = &rule.spec.tag {
-                effects.tags.push(tag.clone());
-                effects.notes.push(format!("rule {name}: tag {tag}"));
-            }
-            if rule.spec.hold {
-                effects.holds.push(name.clone());
-            }
+            self.judge(
+                rule,
+                &root,
+                order,
+                previous,
+                &event_value,
+                seq,
+                &mut effects,
+            );
         }
+        self.note_syncs(&mut effects);
+        effects
+    }
+
+    /// Judges again `waiting` rules now that `event` brought fields: each whose needs are met
+    /// is judged as at the transition it waited at. Returns what they decided and the rules
+    /// still waiting.
+    pub fn resume(
+        &self,
+        order: &Order,
+        waiting: Vec<crate::order::WaitingRule>,
+        event: &OrderEvent,
+    ) -> (RuleEffects, Vec<crate::order::WaitingRule>) {
+        let mut effects = RuleEffects::default();
+        let mut still = Vec::new();
+        let event_value =
+            serde_json::json!({ "source": event.source, "raw_status": event.raw_status });
+        for waiting in waiting {
+            let Some(rule) = self.rules.iter().find(|r| r.spec.name == waiting.rule) else {
+                // The rule is no longer configured.
+                continue;
+            };
+            if rule.missing_need(order).is_some() {
+                still.push(waiting);
+                continue;
+            }
+            // The order as it was at the transition, with the fields known now.
+            let mut then = Order::new(order.key.clone());
+            then.state = Some(waiting.state);
+            then.fields = order.fields.clone();
+            then.systems = order.systems.clone();
+            then.tags = order.tags.clone();
+            let mut root = self.builtins.new_inner_scope();
+            if root
+                .add_variable("order", order_json(&then, waiting.previous))
+                .is_err()
+                || root.add_variable("event", event_value.clone()).is_err()
+            {
+                effects.notes.push(format!(
+                    "rule {}: skipped: order not representable in CEL",
+                    waiting.rule
+                ));
+                continue;
+            }
+            effects
+                .notes
+                .push(format!("rule {}: fields it needs arrived", waiting.rule));
+            self.judge(
+                rule,
+                &root,
+                &then,
+                waiting.previous,
+                &event_value,
+                waiting.seq,
+                &mut effects,
+            );
+        }
+        self.note_syncs(&mut effects);
+        (effects, still)
+    }
+
+    fn note_syncs(&self, effects: &mut RuleEffects) {
         for sync in &effects.syncs {
             effects.notes.push(format!(
                 "rule {}: sync {} ({})",
                 sync.rule, sync.sink, sync.id
             ));
         }
-        effects
+    }
+
+    /// Evaluates `rule`'s condition in `root` and, when it holds, takes its actions.
+    #[allow(clippy::too_many_arguments)]
+    fn judge(
+        &self,
+        rule: &CompiledRule,
+        root: &Context<'_>,
+        order: &Order,
+        previous: Option<OrderState>,
+        event_value: &Json,
+        seq: u64,
+        effects: &mut RuleEffects,
+    ) {
+        let name = &rule.spec.name;
+        match rule.when.execute(root) {
+            Ok(Value::Bool(true)) => {}
+            Ok(Value::Bool(false)) => return,
+            Ok(other) => {
+                effects
+                    .notes
+                    .push(format!("rule {name}: condition gave {other:?}, not a bool"));
+                return;
+            }
+            Err(e) => {
+                effects
+                    .notes
+                    .push(format!("rule {name}: condition failed: {e}"));
+                return;
+            }
+        }
+        let mut computed = Map::new();
+        for (field, program) in &rule.fields {
+            let value = program
+                .execute(root)
+                .map_err(|e| e.to_string())
+                .and_then(|v| v.json().map_err(|e| e.to_string()));
+            let value = value.unwrap_or_else(|e| {
+                effects
+                    .notes
+                    .push(format!("rule {name}: fields.{field}: {e}"));
+                Json::Null
+            });
+            computed.insert(field.clone(), value);
+        }
+        if let Some(sink) = &rule.spec.sync {
+            let context = self.template_context(order, Some(event_value), computed.clone());
+            let payload = match &rule.payload_template {
+                Some(template) => self.render_json(template, &context),
+                None => Ok(default_payload(order, previous, seq, rule, &computed)),
+            };
+            match payload {
+                Ok(payload) => {
+                    effects
+                        .syncs
+                        .push(self.intent(order, seq, sink, name, payload, &effects.syncs))
+                }
+                Err(problem) => effects
+                    .notes
+                    .push(format!("rule {name}: template: {problem}")),
+            }
+        }
+        if let Some(sink) = &rule.spec.notify {
+            let text = match &rule.message_template {
+                Some(template) => {
+                    let context = self.template_context(order, Some(event_value), computed.clone());
+                    self.templates
+                        .get_template(template)
+                        .and_then(|t| t.render(minijinja::value::Serde(&context)))
+                        .unwrap_or_else(|e| {
+                            format!(
+                                "order {} is now {}: ({e})",
+                                order.key,
+                                state_name(order.state)
+                            )
+                        })
+                }
+                None => format!("order {} is now {}", order.key, state_name(order.state)),
+            };
+            let payload = serde_json::json!({ "text": text, "order": order.key, "state": state_name(order.state) });
+            effects
+                .syncs
+                .push(self.intent(order, seq, sink, name, payload, &effects.syncs));
+        }
+        if let Some(tag) = &rule.spec.tag {
+            effects.tags.push(tag.clone());
+            effects.notes.push(format!("rule {name}: tag {tag}"));
+        }
+        if rule.spec.hold {
+            effects.holds.push(name.clone());
+        }
     }
 
     fn intent(

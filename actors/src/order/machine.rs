@@ -183,6 +183,50 @@ pub struct Effects {
     pub holds: Vec<String>,
 }
 
+/// Where an order's detail fetches stand (journal sequences of the events concerned).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetailsStatus {
+    /// The transition sequence of the last fetch queued (0: none).
+    pub requested: u64,
+    /// Hub time of that request.
+    pub requested_at: Millis,
+    /// Journal sequence of the last answer folded in (0: none yet).
+    pub fetched: u64,
+    /// Fetches queued so far.
+    pub fetches: u32,
+}
+
+impl DetailsStatus {
+    /// Whether a fetch was queued after the last answer and not long ago: one that has not
+    /// answered within [`DETAILS_PATIENCE_MS`] (still retrying, or given up) does not stop a
+    /// later report from queueing another.
+    fn outstanding(&self, now: Millis) -> bool {
+        self.requested > 0
+            && self.fetched < self.requested
+            && now.saturating_sub(self.requested_at) < DETAILS_PATIENCE_MS
+    }
+}
+
+/// How long a queued detail fetch counts as outstanding (see [`DetailsStatus`]).
+pub const DETAILS_PATIENCE_MS: Millis = 10 * 60 * 1000;
+
+/// The field whose presence means an order's contents are known.
+pub const ITEMS_FIELD: &str = "items";
+
+/// A rule waiting for fields (`needs`), with the transition it waits at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingRule {
+    /// The rule's name.
+    pub rule: String,
+    /// The transition's sequence: its syncs' idempotency keys use it.
+    pub seq: u64,
+    /// The state the transition entered.
+    pub state: OrderState,
+    /// The state it left.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<OrderState>,
+}
+
 /// The canonical view of one order: a deterministic fold over its journaled events.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Order {
@@ -208,6 +252,13 @@ pub struct Order {
     /// Where each reported part (sub-order) stands, for parts that moved on their own.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub parts: BTreeMap<String, OrderState>,
+    /// Order-detail fetches (enriched channels only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<DetailsStatus>,
+    /// Rules whose condition held at a transition but which need fields the order did not have
+    /// yet (`needs`): judged again when an event brings fields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting: Vec<WaitingRule>,
     /// Every report, in journal order.
     pub timeline: Vec<TimelineEntry>,
     /// Armed and breached SLA timers.
@@ -233,6 +284,8 @@ impl Order {
             tags: Vec::new(),
             versions: BTreeMap::new(),
             parts: BTreeMap::new(),
+            details: None,
+            waiting: Vec::new(),
             timeline: Vec::new(),
             sla: Vec::new(),
             applied_seq: 0,
@@ -361,7 +414,7 @@ impl Order {
             }
         }
         let mut notes = Vec::new();
-        if let Outcome::Applied { from, .. } = &outcome {
+        if let Outcome::Applied { from, to } = &outcome {
             // The transition's place in the log names its syncs: the stream's sequence in cluster
             // mode (the same on every node that replays it), else the journal's.
             let seq = event.log_seq.unwrap_or(journaled.seq);
@@ -385,6 +438,20 @@ impl Order {
                 }
             }
             timers.syncs = decided.syncs;
+            let seq = event.log_seq.unwrap_or(journaled.seq);
+            self.waiting
+                .extend(decided.waiting.into_iter().map(|rule| WaitingRule {
+                    rule,
+                    seq,
+                    state: *to,
+                    previous: *from,
+                }));
+        }
+        if superseded.is_none() && event.source != super::event::INTERNAL_SOURCE {
+            if !self.waiting.is_empty() && !event.fields.is_empty() {
+                self.resume_waiting(policy, event, &mut notes, &mut timers);
+            }
+            self.enrich(journaled, &outcome, policy, &mut notes, &mut timers);
         }
         self.timeline.push(TimelineEntry {
             seq: journaled.seq,
@@ -399,6 +466,93 @@ impl Order {
             unmapped: event.action == EventAction::Unmapped,
         });
         Some((outcome, timers))
+    }
+
+    /// Judges again the rules waiting for fields, now that `event` brought some.
+    fn resume_waiting(
+        &mut self,
+        policy: &OrderPolicy,
+        event: &super::event::OrderEvent,
+        notes: &mut Vec<String>,
+        timers: &mut Effects,
+    ) {
+        let waiting = std::mem::take(&mut self.waiting);
+        let (decided, still) = policy.rules().resume(self, waiting, event);
+        self.waiting = still;
+        for tag in decided.tags {
+            if !self.tags.contains(&tag) {
+                self.tags.push(tag);
+            }
+        }
+        notes.extend(decided.notes);
+        // A hold decided late applies only while the order can still be held.
+        if let Some(rule) = decided.holds.first() {
+            match self.hold(event.effective_at(), policy, timers) {
+                Outcome::Applied { .. } => {
+                    notes.push(format!("rule {rule}: hold (exception interception)"));
+                    timers.holds.push(rule.clone());
+                }
+                other => notes.push(format!(
+                    "rule {rule}: hold not possible ({})",
+                    other.label()
+                )),
+            }
+        }
+        timers.syncs.extend(decided.syncs);
+    }
+
+    /// Order details: an answer is noted; a report of an enriched channel queues a fetch when
+    /// the contents are missing (and none is outstanding), when the order reached `paid`, or
+    /// when the raw status is one that changes them (address or amount changed).
+    fn enrich(
+        &mut self,
+        journaled: &JournaledEvent,
+        outcome: &Outcome,
+        policy: &OrderPolicy,
+        notes: &mut Vec<String>,
+        timers: &mut Effects,
+    ) {
+        let event = &journaled.event;
+        if policy.is_details_answer(&event.source) {
+            self.details.get_or_insert_with(Default::default).fetched = journaled.seq;
+            return;
+        }
+        let Some(spec) = policy.details_for(&event.source) else {
+            return;
+        };
+        let status = self.details.get_or_insert_with(Default::default);
+        let reason = if matches!(
+            outcome,
+            Outcome::Applied {
+                to: OrderState::Paid,
+                ..
+            }
+        ) {
+            "paid"
+        } else if spec.refetch_on.contains(&event.raw_status) {
+            "changed"
+        } else if !self.fields.contains_key(ITEMS_FIELD) && !status.outstanding(event.received_at) {
+            "missing"
+        } else {
+            return;
+        };
+        let seq = event.log_seq.unwrap_or(journaled.seq);
+        status.requested = seq;
+        status.requested_at = event.received_at;
+        status.fetches += 1;
+        let id = SyncIntent::key(&self.key, seq, &spec.sink);
+        notes.push(format!("details: fetch {} ({reason})", spec.sink));
+        timers.syncs.push(SyncIntent {
+            id,
+            sink: spec.sink.clone(),
+            order: self.key.clone(),
+            seq,
+            rule: DETAILS_RULE.to_owned(),
+            payload: serde_json::json!({
+                "order_id": self.key.split_once(':').map_or(self.key.as_str(), |(_, id)| id),
+                "reason": reason,
+            }),
+        });
     }
 
     fn advance(
@@ -614,6 +768,9 @@ fn sub_orders(fields: &serde_json::Map<String, serde_json::Value>) -> Option<Vec
         .collect();
     (!parts.is_empty()).then_some(parts)
 }
+
+/// The `rule` of detail-fetch syncs.
+pub const DETAILS_RULE: &str = "details";
 
 /// The field in which a source lists an order's parts (sub-orders), for [`EventAction::MovePart`].
 pub const SUB_ORDERS_FIELD: &str = "sub_orders";

@@ -28,6 +28,28 @@ pub struct OrderPolicy {
     allowed_sources: [Option<Vec<String>>; STATE_COUNT],
     sla: Vec<SlaRule>,
     rules: Arc<RuleSet>,
+    details: Vec<DetailsSpec>,
+}
+
+/// Order-detail enrichment of one channel: after its reports, the order's contents (items,
+/// amounts, receiver) are fetched from the channel's order API by a sync to `sink`, whose
+/// answer comes back as an event of source `answers` (`{channel}_api`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DetailsSpec {
+    /// The channel source whose reports cause fetches (`douyin`).
+    pub source: String,
+    /// The sink (dispatcher) that fetches: by convention `{channel}_api`.
+    pub sink: String,
+    /// The source of the events that carry the answers: by convention `{channel}_api`.
+    pub answers: String,
+    /// Raw statuses of `source` after which the details are fetched again (address or amount
+    /// changed); reaching `paid` always fetches again.
+    pub refetch_on: Vec<String>,
+}
+
+/// The source and sink name of `channel`'s order-detail answers and fetches.
+pub fn details_name(channel: &str) -> String {
+    format!("{channel}_api")
 }
 
 impl Default for OrderPolicy {
@@ -36,6 +58,7 @@ impl Default for OrderPolicy {
             allowed_sources: Default::default(),
             sla: Vec::new(),
             rules: RuleSet::empty(),
+            details: Vec::new(),
         }
     }
 }
@@ -75,6 +98,28 @@ impl OrderPolicy {
     /// The rules.
     pub fn rules(&self) -> &RuleSet {
         &self.rules
+    }
+
+    /// Fetch `spec.source`'s order details.
+    pub fn with_details(mut self, spec: DetailsSpec) -> Self {
+        self.details.retain(|d| d.source != spec.source);
+        self.details.push(spec);
+        self
+    }
+
+    /// The enrichment of the channel `source`, if it has one.
+    pub fn details_for(&self, source: &str) -> Option<&DetailsSpec> {
+        self.details.iter().find(|d| d.source == source)
+    }
+
+    /// Whether `source` carries order-detail answers.
+    pub fn is_details_answer(&self, source: &str) -> bool {
+        self.details.iter().any(|d| d.answers == source)
+    }
+
+    /// Every enriched channel.
+    pub fn details(&self) -> &[DetailsSpec] {
+        &self.details
     }
 
     /// The SLA rules, in configuration order.
