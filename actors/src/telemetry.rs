@@ -52,6 +52,15 @@ catalogue! {
     /// Ingest latency.
     INGEST_LATENCY = "orderhub_ingest_latency_seconds", Histogram, Seconds, ["source"],
         "Time from receiving an ingest request to answering it, including the journal fsync.";
+    /// Order-detail fetches.
+    DETAILS_FETCHES = "orderhub_details_fetches_total", Counter, Count, ["channel", "outcome"],
+        "Order-detail API calls by channel and outcome: fetched, throttled (the platform's call limit), failed (transport, 5xx, retried), token_expired (the platform refused the token: renewed and the call repeated), credentials (refused: enrichment waits), refused (the order, for good), malformed (an answer not in the documented shape).";
+    /// Token renewals of order-detail clients.
+    DETAILS_TOKEN_RENEWALS = "orderhub_details_token_renewals_total", Counter, Count, ["channel", "outcome"],
+        "Access-token renewals of a channel's order-detail client (on first use, before expiry, and after the platform called a token expired): renewed, refused (the credentials: enrichment waits), failed (transient).";
+    /// Whether a channel's enrichment can run.
+    DETAILS_AVAILABLE = "orderhub_details_available", Gauge, Count, ["channel"],
+        "1 while a channel's order-detail enrichment has its credentials, 0 when one is missing at start-up or the platform refused them (orders from it then carry only what pushes say).";
     /// Connection-based channel up.
     CHANNEL_CONNECTED = "orderhub_channel_connected", Gauge, Count, ["source"],
         "1 while the connection to a connection-based channel (Pinduoduo, TMC) is up, else 0.";

@@ -41,20 +41,70 @@ fn internal(err: impl std::fmt::Display) -> Response {
 
 /// `GET /v1/orders/{key}`: from the order's actor when it is active, else folded from the
 /// journal (which never lags what was acknowledged).
+/// Phone numbers are masked unless the caller is an operator or above (with no operators
+/// configured, always).
 pub(crate) async fn get_order(
     State(app): State<Arc<AppState>>,
     Path(key): Path<String>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
 ) -> Response {
-    if let Some(cluster) = &app.cluster {
-        match cluster.owner_of(&key).await {
+    let reveal = caller.is_some_and(|c| c.0.sees_personal_data());
+    let response = match &app.cluster {
+        Some(cluster) => match cluster.owner_of(&key).await {
             Ok(owner) if owner != cluster.node() => {
-                return forward::to(&app, cluster, &owner, Call::Order { key }).await;
+                forward::to(&app, cluster, &owner, Call::Order { key }).await
             }
-            Ok(_) => {}
+            Ok(_) => order_here(&app, key).await,
             Err(err) => return forward::unavailable(&err),
-        }
+        },
+        None => order_here(&app, key).await,
+    };
+    if reveal || response.status() != StatusCode::OK {
+        return response;
     }
-    order_here(&app, key).await
+    mask_personal_data(response).await
+}
+
+/// Keys under which an order's JSON carries phone numbers (normalised and platform-native).
+const PHONE_KEYS: [&str; 6] = [
+    "phone",
+    "mobile",
+    "tel",
+    "receiver_phone",
+    "receiver_mobile",
+    "tel_number",
+];
+
+/// Masks every phone number in a JSON answer (`138****5678`).
+async fn mask_personal_data(response: Response) -> Response {
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return internal("reading the order's answer failed");
+    };
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Response::from_parts(parts, axum::body::Body::from(bytes));
+    };
+    mask_phones(&mut value);
+    let mut response = Json(value).into_response();
+    *response.status_mut() = parts.status;
+    response
+}
+
+fn mask_phones(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, inner) in map.iter_mut() {
+                match inner {
+                    serde_json::Value::String(text) if PHONE_KEYS.contains(&key.as_str()) => {
+                        *text = crate::ingest::details::mask_phone(text);
+                    }
+                    other => mask_phones(other),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(mask_phones),
+        _ => {}
+    }
 }
 
 /// The order as this node knows it (its owner's answer in cluster mode).

@@ -71,6 +71,15 @@ impl axum::response::IntoResponse for Denied {
 pub(crate) struct Caller {
     /// The operator's name (`loopback` when no operator is configured).
     pub(crate) name: String,
+    /// The operator's role (`None`: a loopback caller while no operator is configured).
+    pub(crate) role: Option<Role>,
+}
+
+impl Caller {
+    /// Whether the caller may see personal data in full (phone numbers): an operator or above.
+    pub(crate) fn sees_personal_data(&self) -> bool {
+        self.role.is_some_and(|role| role >= Role::Operator)
+    }
 }
 
 impl Operators {
@@ -125,6 +134,7 @@ impl Operators {
             return match peer {
                 Some(peer) if peer.ip().is_loopback() => Ok(Caller {
                     name: "loopback".into(),
+                    role: None,
                 }),
                 _ => Err(Denied::LoopbackOnly),
             };
@@ -146,6 +156,7 @@ impl Operators {
         }
         Ok(Caller {
             name: operator.name.clone(),
+            role: Some(operator.role),
         })
     }
 }

@@ -10,6 +10,7 @@
 
 pub(crate) mod cipher;
 pub(crate) mod connection;
+pub(crate) mod details;
 pub(crate) mod douyin;
 pub(crate) mod events;
 #[doc(hidden)]
@@ -802,6 +803,37 @@ pub(crate) async fn journal_events(
         .count();
     metrics.unmapped(source, new_unmapped as u64);
     Ok(if appended + parked == 0 {
+        "duplicate"
+    } else {
+        "accepted"
+    })
+}
+
+/// Journals order-detail answers (source `{channel}_api`). Unlike a push they are not held
+/// back by the sync backlog: the backlog may be the fetches themselves, which finish only by
+/// journaling their answers.
+pub(crate) async fn journal_answers(
+    app: &AppState,
+    source: &'static str,
+    events: Vec<OrderEvent>,
+) -> Result<&'static str, IngestError> {
+    if app.router.pending_events() > app.config.journal.max_pending_events {
+        return Err(IngestError::Throttled("order actors are behind"));
+    }
+    let outcomes = app.append(events).await.map_err(|e| match e {
+        JournalError::Full => IngestError::Throttled("journal queue is full"),
+        JournalError::Closed => IngestError::ShuttingDown,
+        other => IngestError::Journal(other.to_string()),
+    })?;
+    let appended = outcomes
+        .iter()
+        .filter(|o| matches!(o, AppendOutcome::Appended(_)))
+        .count();
+    app.ingest_metrics
+        .events(source, "appended", appended as u64);
+    app.ingest_metrics
+        .events(source, "duplicate", (outcomes.len() - appended) as u64);
+    Ok(if appended == 0 {
         "duplicate"
     } else {
         "accepted"

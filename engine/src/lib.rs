@@ -130,11 +130,17 @@ pub async fn run(
 ) -> Result<(), EngineError> {
     let started = Instant::now();
     // Every source's table is checked before anything is opened.
-    let configured = ingest::Sources::configure(&config)?;
+    let mut configured = ingest::Sources::configure(&config)?;
     http_client::install_tls_provider();
     let prometheus = telemetry::install();
     let clock = SystemClock;
-    let policy = config.policy();
+    // Order details: a channel whose credentials are missing runs without (and says so).
+    let enrichment = ingest::details::Enrichment::build(
+        configured.take_details(),
+        &secrets,
+        &config.server.data_dir,
+    );
+    let policy = enrichment.policy(config.policy());
     let data_dir = config.server.data_dir.clone();
     let journal_config = config.journal.clone();
     let recovery_policy = policy.clone();
@@ -179,6 +185,8 @@ pub async fn run(
         };
         sinks.push((spec, connector));
     }
+    let answering = ingest::details::LateApp::default();
+    sinks.extend(enrichment.sinks(&answering));
     let dispatch = Dispatch::start(sinks, Arc::new(journal.clone()), Arc::new(clock)).await?;
     // Cluster mode: each live node dispatches its own partitions' syncs with an even share of
     // every sink's quota, so together they never exceed it; the share follows the members.
@@ -234,7 +242,7 @@ pub async fn run(
     });
 
     let sources = SourceRegistry::build(&configured, &secrets);
-    let ingest_metrics = IngestMetrics::new(configured.names());
+    let ingest_metrics = IngestMetrics::new(configured.names().chain(enrichment.sources()));
     let connected: Vec<&'static str> = configured.tasks().map(|(name, _)| name).collect();
     let grace = config.server.shutdown_grace.0;
     let config_lease_ttl = config
@@ -258,6 +266,7 @@ pub async fn run(
         clock,
         ready: AtomicBool::new(true),
     });
+    answering.bind(&state);
     let upkeep = tokio::spawn(
         telemetry::Upkeep::new(
             prometheus,

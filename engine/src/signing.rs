@@ -62,6 +62,18 @@ pub(crate) fn top_sign<'a>(
     md5_hex(&[text.as_bytes()]).to_ascii_uppercase()
 }
 
+/// Lowercase hex HMAC-SHA256 of `message` under `key` (Douyin's `hmac-sha256` sign).
+pub(crate) fn hmac_sha256_hex(key: &[u8], message: &[u8]) -> String {
+    hex_lower(&hmac_sha256(key, message))
+}
+
+fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
+    // HMAC takes a key of any length; `new_from_slice` cannot fail for it.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(message);
+    mac.finalize().into_bytes().to_vec()
+}
+
 fn hex_lower(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);

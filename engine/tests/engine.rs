@@ -3,12 +3,14 @@
 //! mid-stream ([`durability`]) and the dashboards and alerts against a real Prometheus
 //! ([`observability`]); each channel's own protocol ([`sources`]) and connection ([`channels`]);
 //! the Kubernetes manifests rendered and validated offline ([`deploy`]); journal retention and
-//! compaction, killed mid-way ([`retention`]).
+//! compaction, killed mid-way ([`retention`]); order details from each channel's API played by
+//! local stand-ins ([`details`]).
 
 mod engine {
     pub(crate) mod channels;
     pub(crate) mod cluster;
     pub(crate) mod deploy;
+    pub(crate) mod details;
     pub(crate) mod dispatch;
     pub(crate) mod durability;
     pub(crate) mod http_api;

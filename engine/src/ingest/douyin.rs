@@ -11,6 +11,7 @@
 //! sub-order is); tag 102/104/108's `logistics_msg.logistics_code` becomes `fields.waybill_no`
 //! (so courier scans find the order) and `express_company_id` `fields.courier`.
 
+use super::details::{DetailsClient, DetailsConfig};
 use super::registry::{self, Configured, Issue, SourcePlugin};
 use super::{
     Decoded, IngestError, RawRequest, Scalar, SecretLookup, SourceAdapter, SourceEntry, StatusTable,
@@ -21,8 +22,13 @@ use orderhub_actors::order::{EventAction, Millis, OrderEvent, SUB_ORDERS_FIELD};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub(crate) const SOURCE: &str = "douyin";
+/// The source of its order-detail answers and the sink of its fetches.
+pub(crate) const API_SOURCE: &str = "douyin_api";
+
+mod details;
 
 /// `[sources.douyin]`.
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -34,6 +40,9 @@ pub(crate) struct DouyinConfig {
     pub(crate) app_secret_env: String,
     /// Push tag → canonical status (`none` for informational).
     pub(crate) status_map: BTreeMap<String, String>,
+    /// `[sources.douyin.details]`: fetch each order's contents with `order.orderDetail`.
+    #[serde(default)]
+    pub(crate) details: Option<DetailsConfig>,
 }
 
 /// The Douyin Shop push, `[sources.douyin]` (`POST /v1/ingest/douyin`).
@@ -47,7 +56,28 @@ impl SourcePlugin for Plugin {
     fn configure(&self, table: toml::Value) -> Result<Vec<Configured>, Issue> {
         let config: DouyinConfig = registry::parse("sources.douyin", table)?;
         registry::statuses("sources.douyin.status_map", &config.status_map)?;
-        Ok(vec![Configured::push(SOURCE, config, build)])
+        let mut configured = Vec::new();
+        if let Some(table) = &config.details {
+            details::SignMethod::parse(table.sign_method.as_deref())
+                .map_err(|problem| ("sources.douyin.details.sign_method".to_owned(), problem))?;
+            let (key_env, secret_env) = (config.app_key_env.clone(), config.app_secret_env.clone());
+            configured.push(super::details::configure(
+                SOURCE,
+                API_SOURCE,
+                table,
+                &details::TAKES,
+                details::DEFAULT_RATE,
+                &details::REFETCH_ON,
+                move |table, secrets, _data_dir| {
+                    let key = super::secret(secrets, &key_env)?;
+                    let secret = super::secret(secrets, &secret_env)?;
+                    let client = details::DouyinDetails::new(table, key, secret, secrets)?;
+                    Ok(Arc::new(client) as Arc<dyn DetailsClient>)
+                },
+            )?);
+        }
+        configured.insert(0, Configured::push(SOURCE, config, build));
+        Ok(configured)
     }
 }
 

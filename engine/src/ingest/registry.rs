@@ -39,6 +39,8 @@ pub(crate) enum Configured {
         /// Its adapter.
         build: BuildAdapter,
     },
+    /// Order-detail enrichment of a channel (`[sources.CHANNEL.details]`).
+    Details(Box<super::details::DetailsPlan>),
     /// The engine connects to it or polls it.
     Task {
         /// Metric label and the `source` of its events.
@@ -86,6 +88,7 @@ impl Configured {
     pub(crate) fn name(&self) -> &'static str {
         match self {
             Configured::Push { name, .. } | Configured::Task { name, .. } => name,
+            Configured::Details(plan) => plan.api,
         }
     }
 }
@@ -217,19 +220,58 @@ impl Sources {
                 .map_err(|(key, message)| config.invalid(key, message))?;
             configured.push(poller);
         }
+        for plan in configured.iter().filter_map(|c| match c {
+            Configured::Details(plan) => Some(plan),
+            _ => None,
+        }) {
+            let key = format!("sources.{}.details", plan.channel);
+            if config.cluster.is_some() {
+                return Err(config.invalid(
+                    key,
+                    "order-detail enrichment does not run in cluster mode yet (its fetches would need partition ownership and a cluster-wide quota); remove the table or run a single node",
+                ));
+            }
+            if let Some(index) = config.sinks.iter().position(|s| s.name == plan.api) {
+                return Err(config.invalid(
+                    format!("sinks[{index}].name"),
+                    format!(
+                        "{:?} is the name of {}'s order-detail fetches",
+                        plan.api, plan.channel
+                    ),
+                ));
+            }
+        }
         Ok(Sources { configured })
     }
 
     /// Every configured source's name (pushed, connected and polled).
     pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.configured.iter().map(Configured::name)
+        self.configured
+            .iter()
+            .filter(|c| !matches!(c, Configured::Details(_)))
+            .map(Configured::name)
+    }
+
+    /// Takes the channels' order-detail plans out (they are built once, by the engine).
+    pub(crate) fn take_details(&mut self) -> Vec<super::details::DetailsPlan> {
+        let (details, rest) = std::mem::take(&mut self.configured)
+            .into_iter()
+            .partition(|c| matches!(c, Configured::Details(_)));
+        self.configured = rest;
+        details
+            .into_iter()
+            .filter_map(|c| match c {
+                Configured::Details(plan) => Some(*plan),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The push sources.
     pub(crate) fn pushed(&self) -> impl Iterator<Item = (&'static str, &BuildAdapter)> {
         self.configured.iter().filter_map(|c| match c {
             Configured::Push { name, build } => Some((*name, build)),
-            Configured::Task { .. } => None,
+            Configured::Task { .. } | Configured::Details(_) => None,
         })
     }
 
@@ -237,7 +279,7 @@ impl Sources {
     pub(crate) fn tasks(&self) -> impl Iterator<Item = (&'static str, &StartTask)> {
         self.configured.iter().filter_map(|c| match c {
             Configured::Task { name, start } => Some((*name, start)),
-            Configured::Push { .. } => None,
+            Configured::Push { .. } | Configured::Details(_) => None,
         })
     }
 }

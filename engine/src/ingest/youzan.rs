@@ -23,6 +23,10 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 pub(crate) const SOURCE: &str = "youzan";
+/// The source of its order-detail answers and the sink of its fetches.
+pub(crate) const API_SOURCE: &str = "youzan_api";
+
+mod details;
 
 /// `[sources.youzan]`.
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -37,6 +41,9 @@ pub(crate) struct YouzanConfig {
     /// Message type (a trailing `*` matches a prefix) → canonical status; checked first.
     #[serde(default)]
     pub(crate) type_map: BTreeMap<String, String>,
+    /// `[sources.youzan.details]`: fetch each order's contents with `youzan.trade.get`.
+    #[serde(default)]
+    pub(crate) details: Option<super::details::DetailsConfig>,
 }
 
 /// The Youzan push, `[sources.youzan]` (`POST /v1/ingest/youzan`).
@@ -51,7 +58,30 @@ impl SourcePlugin for Plugin {
         let config: YouzanConfig = registry::parse("sources.youzan", table)?;
         registry::statuses("sources.youzan.status_map", &config.status_map)?;
         registry::statuses("sources.youzan.type_map", &config.type_map)?;
-        Ok(vec![Configured::push(SOURCE, config, build)])
+        let mut configured = Vec::new();
+        if let Some(table) = &config.details {
+            let (id_env, secret_env) = (
+                config.client_id_env.clone(),
+                config.client_secret_env.clone(),
+            );
+            configured.push(super::details::configure(
+                SOURCE,
+                API_SOURCE,
+                table,
+                &details::TAKES,
+                details::DEFAULT_RATE,
+                &details::REFETCH_ON,
+                move |table, secrets, _data_dir| {
+                    let id = super::secret(secrets, &id_env)?;
+                    let secret = super::secret(secrets, &secret_env)?;
+                    let client = details::YouzanDetails::new(table, id, secret, secrets)?;
+                    Ok(std::sync::Arc::new(client)
+                        as std::sync::Arc<dyn super::details::DetailsClient>)
+                },
+            )?);
+        }
+        configured.insert(0, Configured::push(SOURCE, config, build));
+        Ok(configured)
     }
 }
 
