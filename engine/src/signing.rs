@@ -67,6 +67,11 @@ pub(crate) fn hmac_sha256_hex(key: &[u8], message: &[u8]) -> String {
     hex_lower(&hmac_sha256(key, message))
 }
 
+/// Base64 HMAC-SHA256 of `message` under `key` (Kuaishou's `HMAC_SHA256` sign).
+pub(crate) fn hmac_sha256_base64(key: &[u8], message: &[u8]) -> String {
+    STANDARD.encode(hmac_sha256(key, message))
+}
+
 fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
     // HMAC takes a key of any length; `new_from_slice` cannot fail for it.
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");

@@ -28,6 +28,10 @@ use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
 pub(crate) const SOURCE: &str = "kuaishou";
+/// The source of its order-detail answers and the sink of its fetches.
+pub(crate) const API_SOURCE: &str = "kuaishou_api";
+
+mod details;
 
 /// `[sources.kuaishou]`.
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -42,6 +46,9 @@ pub(crate) struct KuaishouConfig {
     /// Event name (a trailing `*` matches a prefix) → canonical status; checked first.
     #[serde(default)]
     pub(crate) event_map: BTreeMap<String, String>,
+    /// `[sources.kuaishou.details]`: fetch each order's contents with `open.order.detail`.
+    #[serde(default)]
+    pub(crate) details: Option<super::details::DetailsConfig>,
 }
 
 /// The Kuaishou push, `[sources.kuaishou]` (`POST /v1/ingest/kuaishou`).
@@ -56,7 +63,28 @@ impl SourcePlugin for Plugin {
         let config: KuaishouConfig = registry::parse("sources.kuaishou", table)?;
         registry::statuses("sources.kuaishou.status_map", &config.status_map)?;
         registry::statuses("sources.kuaishou.event_map", &config.event_map)?;
-        Ok(vec![Configured::push(SOURCE, config, build)])
+        let mut configured = Vec::new();
+        if let Some(table) = &config.details {
+            details::SignMethod::parse(table.sign_method.as_deref())
+                .map_err(|problem| ("sources.kuaishou.details.sign_method".to_owned(), problem))?;
+            let key_env = config.app_key_env.clone();
+            configured.push(super::details::configure(
+                SOURCE,
+                API_SOURCE,
+                table,
+                &details::TAKES,
+                details::DEFAULT_RATE,
+                &details::REFETCH_ON,
+                move |table, secrets, data_dir| {
+                    let key = super::secret(secrets, &key_env)?;
+                    let client = details::KuaishouDetails::new(table, key, secrets, data_dir)?;
+                    Ok(std::sync::Arc::new(client)
+                        as std::sync::Arc<dyn super::details::DetailsClient>)
+                },
+            )?);
+        }
+        configured.insert(0, Configured::push(SOURCE, config, build));
+        Ok(configured)
     }
 }
 
