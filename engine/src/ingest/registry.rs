@@ -360,6 +360,54 @@ mod tests {
     }
 
     #[test]
+    fn a_details_table_is_checked_by_its_channel() {
+        let mut sources =
+            configure("[sources.douyin.details]\nshop_id_env = \"SHOP\"\nrate = \"5/s\"\n")
+                .unwrap();
+        let plans = sources.take_details();
+        assert_eq!(plans.len(), 1);
+        assert_eq!(plans[0].api, "douyin_api");
+        assert_eq!(plans[0].sink_spec().rate_count, 5);
+        assert_eq!(plans[0].spec().refetch_on, ["105", "109", "111"]);
+        assert_eq!(
+            sources.names().count(),
+            9,
+            "the plan is no source of its own"
+        );
+        let err = configure("[sources.douyin.details]\nsign_secret_env = \"S\"\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("sources.douyin.details.sign_secret_env: not used by this channel"),
+            "{err}"
+        );
+        let err = configure("[sources.douyin.details]\ngateway = \"ftp://x\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("sources.douyin.details.gateway"),
+            "{err}"
+        );
+        let err = configure("[sources.kuaishou.details]\nsign_method = \"SHA1\"\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("sources.kuaishou.details.sign_method"),
+            "{err}"
+        );
+        let err = configure(
+            "[sources.douyin.details]\nshop_id_env = \"SHOP\"\n[[sinks]]\nname = \"douyin_api\"\nkind = \"webhook\"\nurl = \"http://127.0.0.1:1\"\nrate = \"1/s\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("sinks[0].name"), "{err}");
+        let err = configure(
+            "[sources.youzan.details]\nshop_id_env = \"KDT\"\n[cluster]\nnats = [\"nats://127.0.0.1:4222\"]\nnode = \"a\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("sources.youzan.details")
+                && err.to_string().contains("cluster mode"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_generic_source_may_not_take_a_built_in_name() {
         let err = configure(
             "[sources.generic.douyin]\nsecret_env = \"S\"\nchannel = \"c\"\norder_path = \"/o\"\nstatus_path = \"/s\"\n[sources.generic.douyin.status_map]\n",
