@@ -159,6 +159,25 @@ impl DetailsConfig {
         Ok(())
     }
 
+    /// The secret in the environment variable `name` names, if the table names one.
+    pub(crate) fn secret(
+        &self,
+        secrets: &crate::secrets::SecretLookup,
+        name: &Option<String>,
+    ) -> Result<Option<String>, String> {
+        name.as_ref()
+            .map(|variable| crate::secrets::secret(secrets, variable))
+            .transpose()
+    }
+
+    /// The HTTP client of the channel's calls (with the table's timeout).
+    pub(crate) fn http_client(&self) -> Result<reqwest::Client, String> {
+        crate::http_client::builder()
+            .timeout(self.timeout.0)
+            .build()
+            .map_err(|e| format!("http client: {e}"))
+    }
+
     /// The gateway without a trailing slash, or `default`.
     pub(crate) fn gateway_or(&self, default: &str) -> String {
         self.gateway
@@ -584,6 +603,16 @@ pub(crate) struct Token {
 }
 
 impl Token {
+    /// A configured access token: used until the platform calls it expired.
+    pub(crate) fn configured(access: String) -> Self {
+        Token {
+            access,
+            expires_at: i64::MAX,
+            refresh: None,
+            refresh_expires_at: None,
+        }
+    }
+
     /// Whether the refresh token can still be used at `now`.
     pub(crate) fn refreshable(&self, now: Millis) -> bool {
         self.refresh.is_some() && self.refresh_expires_at.is_none_or(|at| at > now)

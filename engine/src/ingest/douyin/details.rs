@@ -105,30 +105,16 @@ impl DouyinDetails {
         app_secret: String,
         secrets: &crate::secrets::SecretLookup,
     ) -> Result<Self, String> {
-        let read = |name: &Option<String>| {
-            name.as_ref()
-                .map(|variable| crate::secrets::secret(secrets, variable))
-                .transpose()
-        };
-        let shop_id = read(&config.shop_id_env)?;
-        let access = read(&config.access_token_env)?;
+        let shop_id = config.secret(secrets, &config.shop_id_env)?;
+        let access = config.secret(secrets, &config.access_token_env)?;
         if shop_id.is_none() && access.is_none() {
             return Err(
                 "shop_id_env (for token.create) or access_token_env is required".to_owned(),
             );
         }
-        let initial = access.map(|access| Token {
-            access,
-            // A configured token is used until the platform calls it expired.
-            expires_at: i64::MAX,
-            refresh: None,
-            refresh_expires_at: None,
-        });
+        let initial = access.map(Token::configured);
         Ok(DouyinDetails {
-            http: crate::http_client::builder()
-                .timeout(config.timeout.0)
-                .build()
-                .map_err(|e| format!("http client: {e}"))?,
+            http: config.http_client()?,
             gateway: config.gateway_or(DEFAULT_GATEWAY),
             app_key,
             app_secret,

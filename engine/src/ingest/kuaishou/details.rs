@@ -110,16 +110,12 @@ impl KuaishouDetails {
         secrets: &crate::secrets::SecretLookup,
         data_dir: &std::path::Path,
     ) -> Result<Self, String> {
-        let read = |name: &Option<String>| {
-            name.as_ref()
-                .map(|variable| crate::secrets::secret(secrets, variable))
-                .transpose()
-        };
-        let sign_secret =
-            read(&config.sign_secret_env)?.ok_or("sign_secret_env (the signSecret) is required")?;
-        let app_secret = read(&config.app_secret_env)?;
-        let refresh = read(&config.refresh_token_env)?;
-        let access = read(&config.access_token_env)?;
+        let sign_secret = config
+            .secret(secrets, &config.sign_secret_env)?
+            .ok_or("sign_secret_env (the signSecret) is required")?;
+        let app_secret = config.secret(secrets, &config.app_secret_env)?;
+        let refresh = config.secret(secrets, &config.refresh_token_env)?;
+        let access = config.secret(secrets, &config.access_token_env)?;
         if refresh.is_none() && access.is_none() {
             return Err(
                 "refresh_token_env (with app_secret_env) or access_token_env is required".into(),
@@ -141,10 +137,7 @@ impl KuaishouDetails {
             refresh_expires_at: None,
         };
         Ok(KuaishouDetails {
-            http: crate::http_client::builder()
-                .timeout(config.timeout.0)
-                .build()
-                .map_err(|e| format!("http client: {e}"))?,
+            http: config.http_client()?,
             gateway: config.gateway_or(DEFAULT_GATEWAY),
             app_key,
             app_secret,

@@ -55,30 +55,17 @@ impl YouzanDetails {
         client_secret: String,
         secrets: &crate::secrets::SecretLookup,
     ) -> Result<Self, String> {
-        let read = |name: &Option<String>| {
-            name.as_ref()
-                .map(|variable| crate::secrets::secret(secrets, variable))
-                .transpose()
-        };
-        let kdt_id = read(&config.shop_id_env)?;
-        let access = read(&config.access_token_env)?;
+        let kdt_id = config.secret(secrets, &config.shop_id_env)?;
+        let access = config.secret(secrets, &config.access_token_env)?;
         if kdt_id.is_none() && access.is_none() {
             return Err(
                 "shop_id_env (the kdt_id, for a silent token) or access_token_env is required"
                     .into(),
             );
         }
-        let initial = access.map(|access| Token {
-            access,
-            expires_at: i64::MAX,
-            refresh: None,
-            refresh_expires_at: None,
-        });
+        let initial = access.map(Token::configured);
         Ok(YouzanDetails {
-            http: crate::http_client::builder()
-                .timeout(config.timeout.0)
-                .build()
-                .map_err(|e| format!("http client: {e}"))?,
+            http: config.http_client()?,
             gateway: config.gateway_or(DEFAULT_GATEWAY),
             client_id,
             client_secret,
