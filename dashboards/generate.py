@@ -462,6 +462,22 @@ ENGINE = dashboard(
             defaults={"custom": {"drawStyle": "bars", "fillOpacity": 60}},
         ),
         panel(
+            "Order details",
+            "Order-detail API calls per interval by channel and outcome (fetched, throttled by the platform, failed and retried, token_expired and renewed, credentials refused, order refused, malformed answer) and token renewals. The queue of fetches is the {channel}_api sink on the dispatch dashboard.",
+            "short",
+            [
+                (f"sum by (channel, outcome) (increase(orderhub_details_fetches_total[{RI}]))", "{{channel}} {{outcome}}"),
+                (f"sum by (channel, outcome) (increase(orderhub_details_token_renewals_total[{RI}]))", "{{channel}} token {{outcome}}"),
+            ],
+            defaults={"custom": {"drawStyle": "bars", "fillOpacity": 60}},
+        ),
+        panel(
+            "Order details available",
+            "1 while a channel's order-detail enrichment has its credentials; 0 when one is missing or the platform refused them (its orders then carry only what pushes say; alert OrderhubOrderDetailsUnavailable).",
+            "short",
+            [("min by (channel) (orderhub_details_available)", "{{channel}}")],
+        ),
+        panel(
             "Process CPU",
             "CPU time used per second by the engine process (1 = one core busy).",
             "percentunit",

@@ -6,7 +6,9 @@
 # Needs `cargo build --release -p orderhub-engine -p orderhub-loadgen` first.
 # Optional environment: DATA_DIR (an existing data directory instead of a fresh one),
 # ENGINE_EXTRA (TOML appended to the engine's config), ENGINE_LOG (keep the engine's log there)
-# and ENGINE_RUST_LOG (its log filter, default warn).
+# and ENGINE_RUST_LOG (its log filter, default warn). DETAILS=1 makes the simulators serve the
+# Douyin and Youzan order APIs too and turns the engine's order-detail enrichment on against
+# them, so the run includes one detail fetch per order (and one more on paid).
 set -euo pipefail
 profile=${1:?profile}; rate=${2:?rate}; duration=${3:?duration}; shift 3
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,6 +21,12 @@ export ORDERHUB_DOUYIN_APP_SECRET=${ORDERHUB_DOUYIN_APP_SECRET:-capacity-secret}
 export ORDERHUB_EVENTS_SECRET=${ORDERHUB_EVENTS_SECRET:-whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD}
 sinks_port=${SINKS_PORT:-19100}; engine_port=${ENGINE_PORT:-19180}
 sink_rate=${SINK_RATE:-100000/s}
+details_flag=""
+if [ "${DETAILS:-0}" = 1 ]; then
+  details_flag="--details"
+  export ORDERHUB_DOUYIN_SHOP_ID=capacity-shop ORDERHUB_YOUZAN_KDT_ID=capacity-kdt
+  export ORDERHUB_YOUZAN_CLIENT_ID=${ORDERHUB_YOUZAN_CLIENT_ID:-capacity} ORDERHUB_YOUZAN_CLIENT_SECRET=${ORDERHUB_YOUZAN_CLIENT_SECRET:-capacity-secret}
+fi
 
 {
   echo 'sla = []'
@@ -26,12 +34,16 @@ sink_rate=${SINK_RATE:-100000/s}
     printf '[[sinks]]\nname = "%s"\nkind = "webhook"\nurl = "http://127.0.0.1:%s/%s"\nrate = "%s"\nmax_in_flight = 64\n\n' \
       "$name" "$sinks_port" "$name" "$sink_rate"
   done
+  if [ -n "$details_flag" ]; then
+    printf '[sources.douyin.details]\ngateway = "http://127.0.0.1:%s"\nshop_id_env = "ORDERHUB_DOUYIN_SHOP_ID"\nrate = "100000/s"\nmax_in_flight = 64\n\n' "$sinks_port"
+    printf '[sources.youzan.details]\ngateway = "http://127.0.0.1:%s"\nshop_id_env = "ORDERHUB_YOUZAN_KDT_ID"\nrate = "100000/s"\nmax_in_flight = 64\n\n' "$sinks_port"
+  fi
   printf '%b\n' "${ENGINE_EXTRA:-}"
 } > "$work/engine.toml"
 data_dir=${DATA_DIR:-$work/data}
 engine_log=${ENGINE_LOG:-$work/engine.log}
 
-"$bin/loadgen" sinks --listen "127.0.0.1:$sinks_port" --latency 1ms..5ms > "$work/sinks.log" 2>&1 &
+"$bin/loadgen" sinks --listen "127.0.0.1:$sinks_port" --latency 1ms..5ms $details_flag > "$work/sinks.log" 2>&1 &
 RUST_LOG=${ENGINE_RUST_LOG:-warn} "$bin/orderhub" serve --config "$work/engine.toml" --data-dir "$data_dir" \
   --listen "127.0.0.1:$engine_port" > "$engine_log" 2>&1 &
 engine_pid=$!

@@ -185,8 +185,17 @@ pub async fn run(
         };
         sinks.push((spec, connector));
     }
+    // Order details: one more sink per enriched channel. In cluster mode its fetches are
+    // decided by the partition owner's fold like every sync, its quota is shared like a sink's,
+    // and a new owner skips a fetch another node already answered.
     let answering = ingest::details::LateApp::default();
-    sinks.extend(enrichment.sinks(&answering));
+    for (spec, connector) in enrichment.sinks(&answering) {
+        let connector = match &cluster {
+            Some(cluster) => cluster.remembering(connector),
+            None => connector,
+        };
+        sinks.push((spec, connector));
+    }
     let dispatch = Dispatch::start(sinks, Arc::new(journal.clone()), Arc::new(clock)).await?;
     // Cluster mode: each live node dispatches its own partitions' syncs with an even share of
     // every sink's quota, so together they never exceed it; the share follows the members.

@@ -216,6 +216,10 @@ pub struct SinksArgs {
     /// Seed of the fault decisions.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Also serve the Douyin and Youzan order APIs (token and order detail), so an engine
+    /// whose `[sources.*.details]` gateway points here fetches order details under load.
+    #[arg(long)]
+    pub details: bool,
 }
 
 fn range(text: &str) -> anyhow::Result<(Duration, Duration)> {
@@ -254,6 +258,7 @@ impl SinksArgs {
             rate_limit: self.rate_limit,
             outage,
             seed: self.seed,
+            details: self.details,
         })
     }
 }

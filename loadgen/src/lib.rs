@@ -11,6 +11,7 @@
 //! - [`wire`] — requests in native formats with valid signatures;
 //! - [`run`] — the open-model sender;
 //! - [`sinks`] — the downstream simulators;
+//! - [`details`] — the simulated channels' order APIs (`loadgen sinks --details`);
 //! - [`verify`] — the end-to-end verifier;
 //! - [`report`] — the JSON report and summary;
 //! - [`replay`] — `loadgen replay`: an `orderhub export` file sent again at ×N;
@@ -19,6 +20,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod cli;
+pub mod details;
 pub mod lifecycle;
 pub mod profile;
 pub mod replay;

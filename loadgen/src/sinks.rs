@@ -2,7 +2,8 @@
 //! first path segment names the system (`/erp`, `/wms`, …). Each answers after a random
 //! latency, with configurable error and 429 rates, a per-system rate limit and an outage, and
 //! records every sync it accepts by idempotency key (`webhook-id`). `GET /_records` returns
-//! what was recorded, for the verifier.
+//! what was recorded, for the verifier. With `--details` the same port also plays the
+//! channels' order APIs (`crate::details`; `GET /_details` counts their calls).
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -28,6 +29,8 @@ pub struct SinkBehaviour {
     pub outage: Option<(Duration, Duration)>,
     /// Seed of the fault decisions.
     pub seed: u64,
+    /// Also serve the simulated channels' order APIs (`crate::details`).
+    pub details: bool,
 }
 
 /// One sync as recorded.
@@ -53,6 +56,7 @@ struct Shared {
     rng: Mutex<fastrand::Rng>,
     records: Mutex<HashMap<String, Record>>,
     windows: Mutex<HashMap<String, (u64, u32)>>,
+    details: crate::details::DetailCalls,
 }
 
 fn now_ms() -> i64 {
@@ -93,6 +97,13 @@ async fn sync(
     }
     if roll < b.error_rate {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    if b.details {
+        let throttled = roll < b.error_rate + b.throttle_rate;
+        if let Some(answer) = crate::details::answer(&shared.details, uri.path(), &body, throttled)
+        {
+            return axum::Json(answer).into_response();
+        }
     }
     if roll < b.error_rate + b.throttle_rate || over_limit(&shared, &system, elapsed) {
         return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")]).into_response();
@@ -148,6 +159,10 @@ async fn records(State(shared): State<Arc<Shared>>) -> Response {
     axum::Json(records).into_response()
 }
 
+async fn detail_calls(State(shared): State<Arc<Shared>>) -> Response {
+    axum::Json(shared.details.snapshot()).into_response()
+}
+
 /// Serves the simulated systems on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -160,9 +175,11 @@ pub async fn serve(
         started: Instant::now(),
         records: Mutex::default(),
         windows: Mutex::default(),
+        details: crate::details::DetailCalls::default(),
     });
     let app = axum::Router::new()
         .route("/_records", axum::routing::get(records))
+        .route("/_details", axum::routing::get(detail_calls))
         .fallback(axum::routing::post(sync))
         .with_state(shared);
     axum::serve(listener, app)

@@ -254,10 +254,12 @@ impl DetailsPlan {
     }
 }
 
-/// The `[sources.CHANNEL.details]` table `table` as a configured source: checked (`takes`: the
-/// credential keys the channel's token flow uses), its client made by `build` at start-up.
+/// The `[sources.PLUGIN.details]` table `table` of `channel` as a configured source: checked
+/// (`takes`: the credential keys the channel's token flow uses), its client made by `build` at
+/// start-up.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn configure<F>(
+    plugin: &str,
     channel: &'static str,
     api: &'static str,
     table: &DetailsConfig,
@@ -276,7 +278,41 @@ where
         + Sync
         + 'static,
 {
-    table.validate(&format!("sources.{channel}.details"), takes)?;
+    configure_at(
+        format!("sources.{plugin}.details"),
+        channel,
+        api,
+        table,
+        takes,
+        default_rate,
+        default_refetch_on,
+        build,
+    )
+}
+
+/// As [`configure`], for the table at `key`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn configure_at<F>(
+    key: String,
+    channel: &'static str,
+    api: &'static str,
+    table: &DetailsConfig,
+    takes: &[&str],
+    default_rate: Rate,
+    default_refetch_on: &'static [&'static str],
+    build: F,
+) -> Result<super::registry::Configured, super::registry::Issue>
+where
+    F: Fn(
+            &DetailsConfig,
+            &crate::secrets::SecretLookup,
+            &std::path::Path,
+        ) -> Result<Arc<dyn DetailsClient>, String>
+        + Send
+        + Sync
+        + 'static,
+{
+    table.validate(&key, takes)?;
     let config = table.clone();
     Ok(super::registry::Configured::Details(Box::new(
         DetailsPlan {
@@ -546,6 +582,17 @@ fn delivery_of(channel: &str, err: &FetchError, metrics: &DetailsMetrics) -> Del
     }
 }
 
+/// The outcomes of `orderhub_details_fetches_total`.
+const FETCH_OUTCOMES: [&str; 7] = [
+    "fetched",
+    "throttled",
+    "failed",
+    "token_expired",
+    "credentials",
+    "refused",
+    "malformed",
+];
+
 /// A channel's order-detail metrics.
 #[derive(Clone)]
 pub(crate) struct DetailsMetrics {
@@ -556,6 +603,15 @@ pub(crate) struct DetailsMetrics {
 impl DetailsMetrics {
     pub(crate) fn new(channel: &'static str) -> Self {
         metrics::gauge!(t::DETAILS_AVAILABLE, "channel" => channel).set(1.0);
+        // Every series exists from start-up, at 0.
+        for outcome in FETCH_OUTCOMES {
+            metrics::counter!(t::DETAILS_FETCHES, "channel" => channel, "outcome" => outcome)
+                .increment(0);
+        }
+        for outcome in ["renewed", "refused", "failed"] {
+            metrics::counter!(t::DETAILS_TOKEN_RENEWALS, "channel" => channel, "outcome" => outcome)
+                .increment(0);
+        }
         DetailsMetrics {
             channel,
             available: Arc::new(std::sync::atomic::AtomicBool::new(true)),

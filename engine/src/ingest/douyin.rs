@@ -63,6 +63,7 @@ impl SourcePlugin for Plugin {
             let (key_env, secret_env) = (config.app_key_env.clone(), config.app_secret_env.clone());
             configured.push(super::details::configure(
                 SOURCE,
+                SOURCE,
                 API_SOURCE,
                 table,
                 &details::TAKES,

@@ -70,6 +70,7 @@ impl SourcePlugin for Plugin {
             let key_env = config.app_key_env.clone();
             configured.push(super::details::configure(
                 SOURCE,
+                SOURCE,
                 API_SOURCE,
                 table,
                 &details::TAKES,

@@ -30,6 +30,10 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 pub(crate) const SOURCE: &str = "pdd";
+/// The source of its order-detail answers and the sink of its fetches.
+pub(crate) const API_SOURCE: &str = "pdd_api";
+
+mod details;
 
 /// `[sources.pdd]`: the Pinduoduo message service, a WebSocket the engine keeps open.
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -50,6 +54,9 @@ pub(crate) struct PddConfig {
     pub(crate) order_field: String,
     /// Message type (`prefix*` allowed) → canonical status.
     pub(crate) type_map: BTreeMap<String, String>,
+    /// `[sources.pdd.details]`: fetch each order's contents with `pdd.order.information.get`.
+    #[serde(default)]
+    pub(crate) details: Option<super::details::DetailsConfig>,
 }
 
 fn default_pdd_idle() -> HumanDuration {
@@ -73,7 +80,31 @@ impl SourcePlugin for Plugin {
                 "must be longer than heartbeat (the server answers between heartbeats)".into(),
             ));
         }
-        Ok(vec![Configured::connection(SOURCE, config, build)])
+        let mut configured = Vec::new();
+        if let Some(table) = &config.details {
+            let (id_env, secret_env) = (
+                config.client_id_env.clone(),
+                config.client_secret_env.clone(),
+            );
+            configured.push(super::details::configure(
+                SOURCE,
+                SOURCE,
+                API_SOURCE,
+                table,
+                &details::TAKES,
+                details::DEFAULT_RATE,
+                &details::REFETCH_ON,
+                move |table, secrets, data_dir| {
+                    let id = super::secret(secrets, &id_env)?;
+                    let secret = super::secret(secrets, &secret_env)?;
+                    let client = details::PddDetails::new(table, id, secret, secrets, data_dir)?;
+                    Ok(std::sync::Arc::new(client)
+                        as std::sync::Arc<dyn super::details::DetailsClient>)
+                },
+            )?);
+        }
+        configured.insert(0, Configured::connection(SOURCE, config, build));
+        Ok(configured)
     }
 }
 

@@ -13,6 +13,8 @@
 //!   shape: `items_path`, `order_path`, `status_path` and `updated_path` are configurable.
 
 use super::registry::{self, Configured, Issue};
+
+mod jd_details;
 use super::{IngestError, SecretLookup, StatusTable};
 use crate::AppState;
 use crate::config::HumanDuration;
@@ -108,25 +110,83 @@ pub(crate) struct PollerConfig {
     pub(crate) updated_path: Option<String>,
     /// Status → canonical status.
     pub(crate) status_map: BTreeMap<String, String>,
+    /// `[pollers.NAME.details]` (JD pollers, `channel = "jd"`): fetch each order's contents
+    /// with `jingdong.pop.order.enGet`, signed with the poller's credentials.
+    #[serde(default)]
+    pub(crate) details: Option<super::details::DetailsConfig>,
 }
 
-/// Configures poller `name` from its `[pollers.NAME]` table.
-pub(crate) fn configure(name: &str, table: toml::Value) -> Result<Configured, Issue> {
+/// Configures poller `name` from its `[pollers.NAME]` table (and its order details, if any).
+pub(crate) fn configure(name: &str, table: toml::Value) -> Result<Vec<Configured>, Issue> {
     let path = format!("pollers.{name}");
     let config: PollerConfig = registry::parse(&path, table)?;
     validate(name, &config)?;
     registry::statuses(&format!("{path}.status_map"), &config.status_map)?;
     // Pollers are configured once per process: the source name lives as long as it does.
     let source: &'static str = Box::leak(config.source.clone().into_boxed_str());
+    let mut configured = Vec::new();
+    if let Some(table) = &config.details {
+        configured.push(details_of(name, source, &config, table)?);
+    }
     let name = name.to_owned();
-    Ok(Configured::Task {
-        name: source,
-        start: Box::new(move |app, secrets| {
-            let poller = build(&name, &config, secrets)?;
-            tracing::info!(poller = %name, source = poller.source(), "poller started");
-            Ok(tokio::spawn(Arc::new(poller).run(app.clone())))
-        }),
-    })
+    configured.insert(
+        0,
+        Configured::Task {
+            name: source,
+            start: Box::new(move |app, secrets| {
+                let poller = build(&name, &config, secrets)?;
+                tracing::info!(poller = %name, source = poller.source(), "poller started");
+                Ok(tokio::spawn(Arc::new(poller).run(app.clone())))
+            }),
+        },
+    );
+    Ok(configured)
+}
+
+/// The order details of a JD poller, signed with its `jos` credentials.
+fn details_of(
+    name: &str,
+    source: &'static str,
+    config: &PollerConfig,
+    table: &super::details::DetailsConfig,
+) -> Result<Configured, Issue> {
+    let key = format!("pollers.{name}.details");
+    if config.channel != "jd" || config.sign != PollSign::Jos {
+        return Err((
+            key,
+            "order details of a poller are JD's (channel = \"jd\", sign = \"jos\"); other channels take [sources.CHANNEL.details]".into(),
+        ));
+    }
+    let credential = |field: &Option<String>, what: &str| {
+        field.clone().ok_or_else(|| {
+            (
+                format!("pollers.{name}.{what}"),
+                "is required for its order details".to_owned(),
+            )
+        })
+    };
+    let key_env = credential(&config.app_key_env, "app_key_env")?;
+    let secret_env = credential(&config.app_secret_env, "app_secret_env")?;
+    let token_env = credential(&config.access_token_env, "access_token_env")?;
+    let api: &'static str = Box::leak(format!("{source}_api").into_boxed_str());
+    super::details::configure_at(
+        key,
+        source,
+        api,
+        table,
+        &[],
+        jd_details::DEFAULT_RATE,
+        &[],
+        move |table, secrets, _data_dir| {
+            let client = jd_details::JdDetails::new(
+                table,
+                super::secret(secrets, &key_env)?,
+                super::secret(secrets, &secret_env)?,
+                super::secret(secrets, &token_env)?,
+            )?;
+            Ok(Arc::new(client) as Arc<dyn super::details::DetailsClient>)
+        },
+    )
 }
 
 /// Pages read per window at most; a window with more is read again (the cursor stays).
@@ -249,7 +309,7 @@ pub(crate) fn validate(name: &str, config: &PollerConfig) -> Result<(), (String,
 }
 
 /// `YYYY-MM-DD HH:MM:SS` in China time.
-fn china_datetime(ms: Millis) -> String {
+pub(crate) fn china_datetime(ms: Millis) -> String {
     let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
         .to_offset(time::UtcOffset::from_hms(8, 0, 0).expect("valid offset"));

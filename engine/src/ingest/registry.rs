@@ -218,17 +218,16 @@ impl Sources {
             };
             let poller = super::poll::configure(name, table)
                 .map_err(|(key, message)| config.invalid(key, message))?;
-            configured.push(poller);
+            configured.extend(poller);
         }
         for plan in configured.iter().filter_map(|c| match c {
             Configured::Details(plan) => Some(plan),
             _ => None,
         }) {
-            let key = format!("sources.{}.details", plan.channel);
-            if config.cluster.is_some() {
+            if config.cluster.is_some() && plan.config.refresh_token_env.is_some() {
                 return Err(config.invalid(
-                    key,
-                    "order-detail enrichment does not run in cluster mode yet (its fetches would need partition ownership and a cluster-wide quota); remove the table or run a single node",
+                    format!("sources.{}.details.refresh_token_env", plan.channel),
+                    "a refresh token rotates when used: cluster nodes refreshing on their own would kill each other's (sharing one token between nodes is not built yet); give access_token_env, or run a single node",
                 ));
             }
             if let Some(index) = config.sinks.iter().position(|s| s.name == plan.api) {
@@ -396,13 +395,19 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("sinks[0].name"), "{err}");
-        let err = configure(
+        // Cluster mode runs enrichment too (the fetches are syncs of the partition's owner).
+        let mut clustered = configure(
             "[sources.youzan.details]\nshop_id_env = \"KDT\"\n[cluster]\nnats = [\"nats://127.0.0.1:4222\"]\nnode = \"a\"\n",
+        )
+        .unwrap();
+        assert_eq!(clustered.take_details().len(), 1);
+        let err = configure(
+            "[sources.kuaishou.details]\nsign_secret_env = \"S\"\napp_secret_env = \"A\"\nrefresh_token_env = \"R\"\n[cluster]\nnats = [\"nats://127.0.0.1:4222\"]\nnode = \"a\"\n",
         )
         .unwrap_err();
         assert!(
-            err.to_string().contains("sources.youzan.details")
-                && err.to_string().contains("cluster mode"),
+            err.to_string()
+                .contains("sources.kuaishou.details.refresh_token_env"),
             "{err}"
         );
     }

@@ -31,6 +31,10 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 pub(crate) const SOURCE: &str = "taobao";
+/// The source of its order-detail answers and the sink of its fetches.
+pub(crate) const API_SOURCE: &str = "taobao_api";
+
+mod details;
 
 /// `[sources.tmc]`: Taobao/Tmall TMC, a WebSocket the engine keeps open.
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -53,6 +57,9 @@ pub(crate) struct TmcConfig {
     pub(crate) topic_map: BTreeMap<String, String>,
     /// `content.status` → canonical status (for topics not in `topic_map`).
     pub(crate) status_map: BTreeMap<String, String>,
+    /// `[sources.tmc.details]`: fetch each order's contents with `taobao.trade.fullinfo.get`.
+    #[serde(default)]
+    pub(crate) details: Option<super::details::DetailsConfig>,
 }
 
 fn default_tmc_idle() -> HumanDuration {
@@ -77,7 +84,28 @@ impl SourcePlugin for Plugin {
                 "must be longer than pull_every (each pull's ping is answered)".into(),
             ));
         }
-        Ok(vec![Configured::connection(SOURCE, config, build)])
+        let mut configured = Vec::new();
+        if let Some(table) = &config.details {
+            let (key_env, secret_env) = (config.app_key_env.clone(), config.app_secret_env.clone());
+            configured.push(super::details::configure(
+                "tmc",
+                SOURCE,
+                API_SOURCE,
+                table,
+                &details::TAKES,
+                details::DEFAULT_RATE,
+                &details::REFETCH_ON,
+                move |table, secrets, _data_dir| {
+                    let key = super::secret(secrets, &key_env)?;
+                    let secret = super::secret(secrets, &secret_env)?;
+                    let client = details::TaobaoDetails::new(table, key, secret, secrets)?;
+                    Ok(std::sync::Arc::new(client)
+                        as std::sync::Arc<dyn super::details::DetailsClient>)
+                },
+            )?);
+        }
+        configured.insert(0, Configured::connection(SOURCE, config, build));
+        Ok(configured)
     }
 }
 

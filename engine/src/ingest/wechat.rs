@@ -40,6 +40,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 pub(crate) const SOURCE: &str = "wechat";
+/// The source of its order-detail answers and the sink of its fetches.
+pub(crate) const API_SOURCE: &str = "wechat_api";
+
+mod details;
 
 /// `[sources.wechat]`.
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -54,6 +58,9 @@ pub(crate) struct WechatConfig {
     pub(crate) tolerance: HumanDuration,
     /// Event name (a trailing `*` matches a prefix) → canonical status.
     pub(crate) event_map: BTreeMap<String, String>,
+    /// `[sources.wechat.details]`: fetch each order's contents with `channels/ec/order/get`.
+    #[serde(default)]
+    pub(crate) details: Option<super::details::DetailsConfig>,
 }
 
 /// The WeChat Channels shop push, `[sources.wechat]` (`GET`/`POST /v1/ingest/wechat`).
@@ -73,7 +80,25 @@ impl SourcePlugin for Plugin {
                 "must be longer than 0s".into(),
             ));
         }
-        Ok(vec![Configured::push(SOURCE, config, build)])
+        let mut configured = Vec::new();
+        if let Some(table) = &config.details {
+            configured.push(super::details::configure(
+                SOURCE,
+                SOURCE,
+                API_SOURCE,
+                table,
+                &details::TAKES,
+                details::DEFAULT_RATE,
+                &details::REFETCH_ON,
+                |table, secrets, _data_dir| {
+                    let client = details::WechatDetails::new(table, secrets)?;
+                    Ok(std::sync::Arc::new(client)
+                        as std::sync::Arc<dyn super::details::DetailsClient>)
+                },
+            )?);
+        }
+        configured.insert(0, Configured::push(SOURCE, config, build));
+        Ok(configured)
     }
 }
 

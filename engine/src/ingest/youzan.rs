@@ -66,6 +66,7 @@ impl SourcePlugin for Plugin {
             );
             configured.push(super::details::configure(
                 SOURCE,
+                SOURCE,
                 API_SOURCE,
                 table,
                 &details::TAKES,

@@ -633,3 +633,84 @@ async fn three_nodes_survive_losing_a_node_and_a_nats_server_under_load() {
         requests.len()
     );
 }
+
+/// Order details in cluster mode: the fetches are syncs of each order's partition owner, so
+/// an order pushed to either node is fetched once, by its owner, and its contents are seen
+/// from both nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_details_are_fetched_once_by_each_orders_owner() {
+    let Some(binary) = nats_or_skip() else {
+        return;
+    };
+    use super::details::{Shared, until, youzan_platform};
+    let _one_at_a_time = IN_PROCESS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&binary, 1, dir.path());
+    let platform: Shared = Arc::default();
+    let gateway = youzan_platform(platform.clone()).await;
+    let secrets = {
+        let base = secrets();
+        Arc::new(move |name: &str| match name {
+            "ORDERHUB_YOUZAN_KDT_ID" => Some("160001".into()),
+            other => base(other),
+        }) as orderhub_engine::secrets::SecretLookup
+    };
+    let mut engines = Vec::new();
+    for node in ["a", "b"] {
+        let toml = format!(
+            "sla = []\n[sources.youzan.details]\ngateway = \"{gateway}\"\nshop_id_env = \"ORDERHUB_YOUZAN_KDT_ID\"\nrate = \"100/s\"\n{}",
+            cluster_toml(&nats.urls, node, 8, 1)
+        );
+        let engine = TestEngine::start_with(&toml, &dir.path().join(node), secrets.clone()).await;
+        let started = Instant::now();
+        while engine.get("/readyz").await.0 != 200 {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{node} never joined"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        engines.push(engine);
+    }
+    // Let the partitions settle between the two nodes (a few lease periods; the in-process
+    // nodes share one metrics registry, so ownership cannot be read per node here).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let orders: Vec<String> = (0..12).map(|n| format!("E2026112900{n:04}")).collect();
+    for (n, tid) in orders.iter().enumerate() {
+        let (status, body) = engines[n % 2]
+            .post_events(&canonical(
+                &format!("yz-{tid}"),
+                &format!("youzan:{tid}"),
+                "youzan",
+                "paid",
+                now_ms(),
+            ))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for tid in &orders {
+        for engine in &engines {
+            let order = until(engine, &format!("/v1/orders/youzan:{tid}"), |o| {
+                o["fields"]["items"].is_array()
+            })
+            .await;
+            assert_eq!(order["fields"]["amount"], 199.0);
+        }
+    }
+    // Each node asks for its own token; the stand-in keeps only the latest alive, so calls with
+    // the other node's token are refused and renewed. Count the answered fetches.
+    let mut fetched: BTreeMap<String, usize> = BTreeMap::new();
+    for tid in platform.lock().unwrap().answered.clone() {
+        *fetched.entry(tid).or_default() += 1;
+    }
+    for tid in &orders {
+        assert_eq!(
+            fetched.get(tid),
+            Some(&1),
+            "{tid} fetched once: {fetched:?}"
+        );
+    }
+    for engine in engines {
+        engine.stop().await;
+    }
+}

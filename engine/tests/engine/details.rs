@@ -9,16 +9,18 @@ use std::time::Duration;
 
 /// What a stand-in saw and how it answers next.
 #[derive(Default)]
-struct Platform {
+pub(crate) struct Platform {
     /// Every call: path and the parsed query/body.
-    calls: Vec<(String, Value)>,
+    pub(crate) calls: Vec<(String, Value)>,
     /// Tokens issued so far.
-    issued: u32,
+    pub(crate) issued: u32,
     /// Order-detail answers to give before the real one, in order.
-    script: Vec<&'static str>,
+    pub(crate) script: Vec<&'static str>,
+    /// Orders whose details were answered (not refused), in order.
+    pub(crate) answered: Vec<String>,
 }
 
-type Shared = Arc<Mutex<Platform>>;
+pub(crate) type Shared = Arc<Mutex<Platform>>;
 
 async fn serve(app: axum::Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -149,7 +151,11 @@ fn secrets_with_shop() -> orderhub_engine::secrets::SecretLookup {
     })
 }
 
-async fn until(engine: &TestEngine, path: &str, check: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn until(
+    engine: &TestEngine,
+    path: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let mut last = Value::Null;
     for _ in 0..400 {
         let (status, body) = engine.get(path).await;
@@ -332,7 +338,7 @@ async fn phone_numbers_are_masked_for_callers_below_operator() {
 
 /// The Youzan open API (youzan/open-sdk-php shapes): `auth/token` (silent) and
 /// `api/youzan.trade.get/4.0.0`; the first trade call answers "token expired" at the gateway.
-async fn youzan_platform(platform: Shared) -> String {
+pub(crate) async fn youzan_platform(platform: Shared) -> String {
     use axum::extract::{RawQuery, State};
     async fn handle(
         State(platform): State<Shared>,
@@ -369,6 +375,9 @@ async fn youzan_platform(platform: Shared) -> String {
                     }
                     serde_json::json!({"gw_err_resp": {"trace_id": "t", "err_code": 4202, "err_msg": "请求凭证过期"}}).to_string()
                 } else {
+                    platform
+                        .answered
+                        .push(params["tid"].as_str().unwrap_or_default().to_owned());
                     include_str!("../fixtures/details/youzan_trade_get.json")
                         .replace("\"TID\"", &params["tid"].to_string())
                 }
@@ -446,4 +455,510 @@ async fn a_youzan_order_gets_its_contents_after_a_token_renewal() {
 fn md5_hex_of(text: &str) -> String {
     use md5::{Digest, Md5};
     format!("{:x}", Md5::digest(text.as_bytes()))
+}
+
+/// How a stand-in answers one call: `(platform, path, query, body)` → the JSON text.
+type Answer = fn(&mut Platform, &str, &std::collections::BTreeMap<String, String>, &str) -> String;
+
+/// A platform stand-in on loopback answering every call with `answer`.
+async fn stand_in(platform: Shared, answer: Answer) -> String {
+    use axum::extract::{RawQuery, State};
+    let handle = move |State(platform): State<Shared>,
+                       uri: axum::http::Uri,
+                       RawQuery(query): RawQuery,
+                       body: String| async move {
+        use axum::response::IntoResponse;
+        let query = query_map(&query.unwrap_or_default());
+        let mut platform = platform.lock().unwrap();
+        let parsed: Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| serde_json::json!(query_map(&body)));
+        platform.calls.push((uri.path().to_owned(), parsed));
+        let text = answer(&mut platform, uri.path(), &query, &body);
+        ([("content-type", "application/json")], text).into_response()
+    };
+    serve(axum::Router::new().fallback(handle).with_state(platform)).await
+}
+
+/// Kuaishou's sign, written out from the documented algorithm (HMAC_SHA256, base64).
+fn kuaishou_open_sign(
+    query: &std::collections::BTreeMap<String, String>,
+    sign_secret: &str,
+) -> String {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let text = query
+        .iter()
+        .filter(|(k, _)| k.as_str() != "sign")
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&")
+        + "&signSecret="
+        + sign_secret;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(sign_secret.as_bytes()).unwrap();
+    mac.update(text.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// The Kuaishou open API: `oauth2/refresh_token` (only the latest refresh token is alive, as
+/// Kuaishou kills the previous one) and `open/order/detail` (signature and token checked; a
+/// scripted "expired" answers as an expired token does).
+fn kuaishou_answer(
+    platform: &mut Platform,
+    path: &str,
+    query: &std::collections::BTreeMap<String, String>,
+    body: &str,
+) -> String {
+    match path {
+        "/oauth2/refresh_token" => {
+            let form = query_map(body);
+            if form.get("refresh_token") != Some(&format!("ks-ref-{}", platform.issued))
+                || form.get("app_id").map(String::as_str) != Some("ks_app_key_test")
+                || form.get("app_secret").map(String::as_str) != Some("ks-app-secret")
+                || form.get("grant_type").map(String::as_str) != Some("refresh_token")
+            {
+                return serde_json::json!({"result": 100200102, "error": "access_denied", "error_msg": "refreshToken.discarded"}).to_string();
+            }
+            platform.issued += 1;
+            let n = platform.issued;
+            serde_json::json!({"result": 1, "access_token": format!("ks-tok-{n}"), "expires_in": 172800,
+                "refresh_token": format!("ks-ref-{n}"), "refresh_token_expires_in": 15552000,
+                "scopes": ["merchant_order"]})
+            .to_string()
+        }
+        "/open/order/detail" => {
+            if query.get("sign") != Some(&kuaishou_open_sign(query, "ks-sign"))
+                || query.get("method").map(String::as_str) != Some("open.order.detail")
+            {
+                return serde_json::json!({"result": 28, "error_msg": "签名错误"}).to_string();
+            }
+            let current = format!("ks-tok-{}", platform.issued);
+            if query.get("access_token") != Some(&current) || !platform.script.is_empty() {
+                platform.script.clear();
+                return serde_json::json!({"result": 28, "error_msg": "鉴权失败, TOKEN过期"})
+                    .to_string();
+            }
+            let param: Value = serde_json::from_str(&query["param"]).unwrap();
+            include_str!("../fixtures/details/kuaishou_order_detail.json")
+                .replace("\"OID\"", &param["oid"].to_string())
+        }
+        _ => serde_json::json!({"result": 404, "error_msg": "no such api"}).to_string(),
+    }
+}
+
+fn kuaishou_secrets() -> orderhub_engine::secrets::SecretLookup {
+    let base = secrets();
+    Arc::new(move |name: &str| match name {
+        "ORDERHUB_KUAISHOU_SIGN_SECRET" => Some("ks-sign".into()),
+        "ORDERHUB_KUAISHOU_APP_SECRET" => Some("ks-app-secret".into()),
+        "ORDERHUB_KUAISHOU_REFRESH_TOKEN" => Some("ks-ref-0".into()),
+        other => base(other),
+    })
+}
+
+#[tokio::test]
+async fn kuaishou_details_survive_a_restart_with_the_rotated_refresh_token() {
+    let platform: Shared = Arc::default();
+    let gateway = stand_in(platform.clone(), kuaishou_answer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[sources.kuaishou.details]\ngateway = \"{gateway}\"\nsign_secret_env = \"ORDERHUB_KUAISHOU_SIGN_SECRET\"\n\
+         app_secret_env = \"ORDERHUB_KUAISHOU_APP_SECRET\"\nrefresh_token_env = \"ORDERHUB_KUAISHOU_REFRESH_TOKEN\"\n\
+         refetch_on = [\"40\", \"kwaishop_order_delivering\"]\n"
+    );
+    let key = "/v1/orders/kuaishou:2418800012345678";
+    let engine = TestEngine::start_with(&config, dir.path(), kuaishou_secrets()).await;
+    let body = super::sources::fixture("kuaishou/pay_success.body");
+    let (status, _) = engine.post_source("kuaishou", &[], body).await;
+    assert_eq!(status, 200);
+    let order = until(&engine, key, |o| o["fields"]["items"].is_array()).await;
+    assert_eq!(
+        order["fields"]["items"],
+        serde_json::json!([{"sku": "SOCK-BLK-M", "name": "棉袜 黑色 M", "qty": 2, "price": 29.9}])
+    );
+    assert_eq!(order["fields"]["amount"], 59.8);
+    assert_eq!(order["fields"]["receiver"]["phone"], "139****0000");
+    engine.stop().await;
+    // The refresh token the engine got is kept (the configured one is dead now).
+    let kept = std::fs::read_to_string(dir.path().join("tokens/kuaishou.json")).unwrap();
+    assert!(kept.contains("ks-ref-1"), "{kept}");
+    // After a restart the platform calls the access token expired: the engine refreshes with
+    // the kept refresh token, not the configured ks-ref-0.
+    platform.lock().unwrap().script = vec!["expired"];
+    let engine = TestEngine::start_with(&config, dir.path(), kuaishou_secrets()).await;
+    let body = super::sources::fixture("kuaishou/delivering.body");
+    let (status, _) = engine.post_source("kuaishou", &[], body).await;
+    assert_eq!(status, 200);
+    until(&engine, key, |o| {
+        o["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["source"] == "kuaishou_api")
+            .count()
+            == 2
+    })
+    .await;
+    assert_eq!(
+        platform.lock().unwrap().issued,
+        2,
+        "refreshed once more, with ks-ref-1"
+    );
+    engine.stop().await;
+}
+
+/// The WeChat Channels shop API (WxJava shapes): `cgi-bin/stable_token` and
+/// `channels/ec/order/get`; scripted "busy" (-1) and "expired" (42001) answers come first.
+fn wechat_answer(
+    platform: &mut Platform,
+    path: &str,
+    query: &std::collections::BTreeMap<String, String>,
+    body: &str,
+) -> String {
+    let params: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    match path {
+        "/cgi-bin/stable_token" => {
+            if params["appid"] != "wx-app"
+                || params["secret"] != "wx-secret"
+                || params["grant_type"] != "client_credential"
+            {
+                return serde_json::json!({"errcode": 40125, "errmsg": "invalid appsecret"})
+                    .to_string();
+            }
+            platform.issued += 1;
+            serde_json::json!({"access_token": format!("wx-tok-{}", platform.issued), "expires_in": 7200}).to_string()
+        }
+        "/channels/ec/order/get" => {
+            if query.get("access_token") != Some(&format!("wx-tok-{}", platform.issued)) {
+                return serde_json::json!({"errcode": 40001, "errmsg": "invalid credential"})
+                    .to_string();
+            }
+            if !platform.script.is_empty() {
+                return match platform.script.remove(0) {
+                    "busy" => serde_json::json!({"errcode": -1, "errmsg": "system error"}),
+                    _ => serde_json::json!({"errcode": 42001, "errmsg": "access_token expired"}),
+                }
+                .to_string();
+            }
+            include_str!("../fixtures/details/wechat_order_get.json")
+                .replace("\"ORDER_ID\"", &params["order_id"].to_string())
+        }
+        _ => serde_json::json!({"errcode": 404, "errmsg": "no such api"}).to_string(),
+    }
+}
+
+#[tokio::test]
+async fn a_wechat_order_gets_its_contents_through_a_busy_platform_and_an_expired_token() {
+    let platform: Shared = Arc::default();
+    platform.lock().unwrap().script = vec!["busy", "expired"];
+    let gateway = stand_in(platform.clone(), wechat_answer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = {
+        let base = secrets();
+        Arc::new(move |name: &str| match name {
+            "ORDERHUB_WECHAT_APP_ID" => Some("wx-app".into()),
+            "ORDERHUB_WECHAT_APP_SECRET" => Some("wx-secret".into()),
+            other => base(other),
+        }) as orderhub_engine::secrets::SecretLookup
+    };
+    let engine = TestEngine::start_with(
+        &format!("[sources.wechat.details]\ngateway = \"{gateway}\"\napp_id_env = \"ORDERHUB_WECHAT_APP_ID\"\napp_secret_env = \"ORDERHUB_WECHAT_APP_SECRET\"\n"),
+        dir.path(),
+        secrets,
+    )
+    .await;
+    let order_id = 3_705_115_058_000_000_000u64 + fresh_id();
+    let push = serde_json::json!({"ToUserName": "gh_4f1e2d3c4b5a", "FromUserName": "oSx3k5Hq8tYv",
+        "CreateTime": now_s(), "MsgType": "event", "Event": "channels_ec_order_pay",
+        "order_info": {"order_id": order_id, "pay_time": now_s()}})
+    .to_string();
+    let (status, answer) = engine
+        .post_source_query(
+            "wechat",
+            &wechat_query(now_s(), &format!("n{order_id}")),
+            &[],
+            push,
+        )
+        .await;
+    assert_eq!((status, answer.as_str()), (200, "success"));
+    let order = until(&engine, &format!("/v1/orders/wechat:{order_id}"), |o| {
+        o["fields"]["items"].is_array()
+    })
+    .await;
+    let fields = &order["fields"];
+    assert_eq!(
+        fields["items"],
+        serde_json::json!([
+            {"sku": "CUP-WHT", "name": "骨瓷杯 白", "qty": 1, "price": 88.0},
+            {"sku": "1900000123", "name": "杯垫", "qty": 2, "price": 6.5}
+        ])
+    );
+    assert_eq!(fields["amount"], 101.0);
+    assert_eq!(fields["freight"], 0.0);
+    assert_eq!(fields["receiver"]["phone"], "158****3321");
+    assert_eq!(fields["receiver"]["district"], "天河区");
+    assert_eq!(order["systems"]["wechat_api"]["raw_status"], "20");
+    assert_eq!(
+        platform.lock().unwrap().issued,
+        2,
+        "renewed once after 42001"
+    );
+    engine.stop().await;
+}
+
+/// Form-encoded parameters of a call (query and body together).
+fn params_of(
+    query: &std::collections::BTreeMap<String, String>,
+    body: &str,
+) -> std::collections::BTreeMap<String, String> {
+    let mut all = query.clone();
+    all.extend(query_map(body));
+    all
+}
+
+/// TOP's (and Pinduoduo's and JOS's) sign, written out: UPPER(md5(secret + sorted name+value +
+/// secret)) over every parameter but `sign`.
+fn top_open_sign(params: &std::collections::BTreeMap<String, String>, secret: &str) -> String {
+    let mut text = secret.to_owned();
+    for (name, value) in params.iter().filter(|(k, _)| k.as_str() != "sign") {
+        text.push_str(name);
+        text.push_str(value);
+    }
+    text.push_str(secret);
+    md5_hex_of(&text).to_ascii_uppercase()
+}
+
+/// Sends a canonical `paid` report of `order` from `source` and waits for its details.
+async fn paid_then_enriched(engine: &TestEngine, source: &str, order: &str) -> Value {
+    let body = canonical(&format!("paid-{order}"), order, source, "paid", now_ms());
+    let (status, answer) = engine.post_events(&body).await;
+    assert_eq!(status, 200, "{answer}");
+    until(engine, &format!("/v1/orders/{order}"), |o| {
+        o["fields"]["items"].is_array()
+    })
+    .await
+}
+
+/// Pinduoduo's router (pdd-origin-api shapes): `pdd.order.information.get` refuses the first
+/// call with 10019 (expired), `pdd.pop.auth.token.refresh` renews with the live refresh token.
+fn pdd_answer(
+    platform: &mut Platform,
+    _path: &str,
+    query: &std::collections::BTreeMap<String, String>,
+    body: &str,
+) -> String {
+    let params = params_of(query, body);
+    if params.get("sign") != Some(&top_open_sign(&params, "pdd-secret"))
+        || params.get("client_id").map(String::as_str) != Some("pdd-client")
+    {
+        return serde_json::json!({"error_response": {"error_code": 10016, "error_msg": "签名错误"}}).to_string();
+    }
+    match params.get("type").map(String::as_str) {
+        Some("pdd.pop.auth.token.refresh") => {
+            if params.get("refresh_token") != Some(&format!("pdd-ref-{}", platform.issued)) {
+                return serde_json::json!({"error_response": {"error_code": 10019, "error_msg": "refresh_token无效"}}).to_string();
+            }
+            platform.issued += 1;
+            let n = platform.issued;
+            serde_json::json!({"pop_auth_token_refresh_response": {"access_token": format!("pdd-tok-{n}"),
+                "expires_at": now_s() + 86_400, "expires_in": 86_400, "refresh_token": format!("pdd-ref-{n}"),
+                "refresh_token_expires_at": now_s() + 30 * 86_400, "owner_id": "77"}})
+            .to_string()
+        }
+        Some("pdd.order.information.get") => {
+            if params.get("access_token") != Some(&format!("pdd-tok-{}", platform.issued)) {
+                return serde_json::json!({"error_response": {"error_code": 10019, "error_msg": "access_token已过期"}}).to_string();
+            }
+            let sn = params["order_sn"].clone();
+            platform.answered.push(sn.clone());
+            serde_json::json!({"order_info_get_response": {"order_info": {
+                "order_sn": sn, "order_status": 1, "refund_status": 1, "updated_at": "2026-11-29 20:01:02",
+                "pay_time": "2026-11-29 20:00:59", "pay_amount": 39.9, "postage": "0.00",
+                "receiver_name_mask": "张*", "receiver_phone_mask": "137****1234", "address_mask": "长安街****",
+                "province": "北京市", "city": "北京市", "town": "东城区",
+                "item_list": [{"sku_id": 7001, "outer_id": "NOTE-A5", "goods_name": "A5 笔记本",
+                    "goods_count": 3, "goods_price": 13.3}]}}})
+            .to_string()
+        }
+        _ => serde_json::json!({"error_response": {"error_code": 10000, "error_msg": "no such type"}}).to_string(),
+    }
+}
+
+#[tokio::test]
+async fn a_pinduoduo_order_gets_its_contents_after_a_refresh() {
+    let platform: Shared = Arc::default();
+    let gateway = stand_in(platform.clone(), pdd_answer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = {
+        let base = secrets_with_channel("pdd");
+        Arc::new(move |name: &str| match name {
+            "ORDERHUB_PDD_ACCESS_TOKEN" => Some("pdd-tok-stale".into()),
+            "ORDERHUB_PDD_REFRESH_TOKEN" => Some("pdd-ref-0".into()),
+            other => base(other),
+        }) as orderhub_engine::secrets::SecretLookup
+    };
+    let engine = TestEngine::start_with(
+        &format!(
+            "[sources.pdd]\nurl = \"ws://127.0.0.1:9\"\n[sources.pdd.details]\ngateway = \"{gateway}\"\n\
+             access_token_env = \"ORDERHUB_PDD_ACCESS_TOKEN\"\nrefresh_token_env = \"ORDERHUB_PDD_REFRESH_TOKEN\"\n"
+        ),
+        dir.path(),
+        secrets,
+    )
+    .await;
+    let order = paid_then_enriched(&engine, "pdd", "pdd:261129-000000000000001").await;
+    assert_eq!(
+        order["fields"]["items"],
+        serde_json::json!([{"sku": "NOTE-A5", "name": "A5 笔记本", "qty": 3, "price": 13.3}])
+    );
+    assert_eq!(order["fields"]["amount"], 39.9);
+    assert_eq!(order["fields"]["receiver"]["phone"], "137****1234");
+    assert_eq!(platform.lock().unwrap().issued, 1);
+    let kept = std::fs::read_to_string(dir.path().join("tokens/pdd.json")).unwrap();
+    assert!(
+        kept.contains("pdd-ref-1"),
+        "the rotated refresh token is kept: {kept}"
+    );
+    engine.stop().await;
+}
+
+/// TOP (bububa/opentaobao shapes): `taobao.trade.fullinfo.get`, the first call limited (error
+/// 7, "ban will last for 1 more seconds"), then answered.
+fn taobao_answer(
+    platform: &mut Platform,
+    _path: &str,
+    query: &std::collections::BTreeMap<String, String>,
+    body: &str,
+) -> String {
+    let params = params_of(query, body);
+    if params.get("sign") != Some(&top_open_sign(&params, "tb-secret"))
+        || params.get("session").map(String::as_str) != Some("tb-session")
+        || params.get("method").map(String::as_str) != Some("taobao.trade.fullinfo.get")
+    {
+        return serde_json::json!({"error_response": {"code": 25, "msg": "Invalid signature"}})
+            .to_string();
+    }
+    if platform.script.pop().is_some() {
+        return serde_json::json!({"error_response": {"code": 7, "msg": "App Call Limited",
+            "sub_code": "accesscontrol.limited-by-app-access-count",
+            "sub_msg": "This ban will last for 1 more seconds"}})
+        .to_string();
+    }
+    let tid = params["tid"].clone();
+    platform.answered.push(tid.clone());
+    serde_json::json!({"trade_fullinfo_get_response": {"trade": {
+        "tid": tid, "status": "WAIT_SELLER_SEND_GOODS", "modified": "2026-11-29 20:00:05",
+        "pay_time": "2026-11-29 20:00:03", "payment": "258.00", "post_fee": "0.00",
+        "receiver_name": "赵**", "receiver_mobile": "*******5566", "receiver_state": "江苏省",
+        "receiver_city": "南京市", "receiver_district": "鼓楼区", "receiver_address": "中山路****",
+        "buyer_open_uid": "AAHk5d-9",
+        "orders": {"order": [{"oid": 1, "outer_sku_id": "", "outer_iid": "PEN-GIFT", "sku_id": "4455",
+            "title": "钢笔礼盒", "num": 2, "price": "129.00"}]}}, "request_id": "r1"}})
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_taobao_order_gets_its_contents_after_the_call_limit_passes() {
+    let platform: Shared = Arc::default();
+    platform.lock().unwrap().script = vec!["limited"];
+    let gateway = stand_in(platform.clone(), taobao_answer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = {
+        let base = secrets_with_channel("tmc");
+        Arc::new(move |name: &str| match name {
+            "ORDERHUB_TAOBAO_SESSION" => Some("tb-session".into()),
+            other => base(other),
+        }) as orderhub_engine::secrets::SecretLookup
+    };
+    let engine = TestEngine::start_with(
+        &format!(
+            "[sources.tmc]\nurl = \"ws://127.0.0.1:9\"\n[sources.tmc.details]\ngateway = \"{gateway}\"\naccess_token_env = \"ORDERHUB_TAOBAO_SESSION\"\n"
+        ),
+        dir.path(),
+        secrets,
+    )
+    .await;
+    let order = paid_then_enriched(&engine, "taobao", "taobao:3981234567890").await;
+    assert_eq!(
+        order["fields"]["items"],
+        serde_json::json!([{"sku": "PEN-GIFT", "name": "钢笔礼盒", "qty": 2, "price": 129.0}])
+    );
+    assert_eq!(order["fields"]["amount"], 258.0);
+    assert_eq!(
+        order["systems"]["taobao_api"]["raw_status"],
+        "WAIT_SELLER_SEND_GOODS"
+    );
+    assert_eq!(platform.lock().unwrap().answered, ["3981234567890"]);
+    engine.stop().await;
+}
+
+/// JOS (rise-worlds/jos shapes): `jingdong.pop.order.enGet`, answered after one transient
+/// "service unavailable" (66).
+fn jd_answer(
+    platform: &mut Platform,
+    _path: &str,
+    query: &std::collections::BTreeMap<String, String>,
+    body: &str,
+) -> String {
+    let params = params_of(query, body);
+    if params.get("sign") != Some(&top_open_sign(&params, "jd-secret"))
+        || params.get("access_token").map(String::as_str) != Some("jd-token")
+    {
+        return serde_json::json!({"error_response": {"code": "19", "zh_desc": "无效access_token"}}).to_string();
+    }
+    if params.get("method").map(String::as_str) != Some("jingdong.pop.order.enGet") {
+        // The poller's own search: nothing changed.
+        return serde_json::json!({"jingdong_pop_order_search_responce": {"searchorderinfo_result": {"orderInfoList": []}}}).to_string();
+    }
+    if platform.script.pop().is_some() {
+        return serde_json::json!({"error_response": {"code": "66", "zh_desc": "服务不可用"}})
+            .to_string();
+    }
+    let param: Value = serde_json::from_str(&params["360buy_param_json"]).unwrap();
+    let id = param["order_id"].as_str().unwrap_or_default().to_owned();
+    platform.answered.push(id.clone());
+    serde_json::json!({"jingdong_pop_order_enGet_responce": {"code": "0", "orderDetailInfo": {
+        "apiResult": {"success": true, "numberCode": 10100000},
+        "orderInfo": {"orderId": id, "orderState": "WAIT_SELLER_STOCK_OUT",
+            "modified": "2026-11-29 20:00:05", "orderPayment": "99.00", "freightPrice": "0.00",
+            "paymentConfirmTime": "2026-11-29 20:00:04", "open_id_buyer": "o-jd-1",
+            "consigneeInfo": {"fullname": "~tde~n", "mobile": "~tde~m", "province": "四川",
+                "city": "成都市", "county": "武侯区", "fullAddress": "~tde~a"},
+            "itemInfoList": [{"skuId": "100012", "outerSkuId": "HONEY-500", "skuName": "蜂蜜 500g",
+                "jdPrice": "49.50", "itemTotal": "2"}]}}}})
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_jd_order_gets_its_contents_through_its_poller_credentials() {
+    let platform: Shared = Arc::default();
+    platform.lock().unwrap().script = vec!["unavailable"];
+    let gateway = stand_in(platform.clone(), jd_answer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = {
+        let base = secrets();
+        Arc::new(move |name: &str| match name {
+            "ORDERHUB_JD_ACCESS_TOKEN" => Some("jd-token".into()),
+            other => base(other),
+        }) as orderhub_engine::secrets::SecretLookup
+    };
+    let poller = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/jd/poller.toml"
+    ))
+    .unwrap()
+    .replace("URL", &gateway);
+    let engine = TestEngine::start_with(
+        &format!("{poller}\n[pollers.jd.details]\ngateway = \"{gateway}\"\n"),
+        dir.path(),
+        secrets,
+    )
+    .await;
+    let order = paid_then_enriched(&engine, "jd", "jd:281234567890").await;
+    assert_eq!(
+        order["fields"]["items"],
+        serde_json::json!([{"sku": "HONEY-500", "name": "蜂蜜 500g", "qty": 2, "price": 49.5}])
+    );
+    assert_eq!(order["fields"]["paid"], 99.0);
+    assert_eq!(platform.lock().unwrap().answered, ["281234567890"]);
+    engine.stop().await;
 }

@@ -21,6 +21,15 @@ struct SinksCli {
 /// `loadgen sinks` with `sinks_flags` on a free loopback port, and an engine syncing to them
 /// at 500/s per sink; the sinks' base URL and the engine.
 async fn sinks_and_engine(sinks_flags: &[&str], dir: &std::path::Path) -> (String, TestEngine) {
+    sinks_and_engine_with(sinks_flags, dir, |_| String::new()).await
+}
+
+/// As [`sinks_and_engine`], with `extra(sinks base URL)` appended to the engine's config.
+async fn sinks_and_engine_with(
+    sinks_flags: &[&str],
+    dir: &std::path::Path,
+    extra: impl Fn(&str) -> String,
+) -> (String, TestEngine) {
     let sinks_args =
         SinksCli::parse_from(std::iter::once("sinks").chain(sinks_flags.iter().copied())).args;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -30,9 +39,22 @@ async fn sinks_and_engine(sinks_flags: &[&str], dir: &std::path::Path) -> (Strin
         sinks_args.behaviour().unwrap(),
         std::future::pending(),
     ));
-    let engine = TestEngine::start(
-        &format!("sla = []\n{}", sinks_toml(&sinks, "500/s", "2s")),
+    let secrets = {
+        let base = secrets();
+        std::sync::Arc::new(move |name: &str| match name {
+            "ORDERHUB_DOUYIN_SHOP_ID" => Some("loadgen-shop".into()),
+            "ORDERHUB_YOUZAN_KDT_ID" => Some("loadgen-kdt".into()),
+            other => base(other),
+        }) as orderhub_engine::secrets::SecretLookup
+    };
+    let engine = TestEngine::start_with(
+        &format!(
+            "sla = []\n{}\n{}",
+            extra(&sinks),
+            sinks_toml(&sinks, "500/s", "2s")
+        ),
         dir,
+        secrets,
     )
     .await;
     (sinks, engine)
@@ -292,5 +314,69 @@ async fn last_nights_traffic_exported_and_replayed_faster_gives_the_same_orders(
     let replayed = engine.get("/v1/orders/douyin:9").await.1;
     assert_eq!(replayed["timeline"][0]["raw_status"], "777");
     assert_eq!(replayed["timeline"][0]["mapped"], "none");
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_serves_order_details_so_runs_include_enrichment() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sinks, engine) = sinks_and_engine_with(
+        &["--latency", "1ms..3ms", "--throttle-rate", "0.05", "--details"],
+        dir.path(),
+        |sinks| {
+            format!(
+                "[sources.douyin.details]\ngateway = \"{sinks}\"\nshop_id_env = \"ORDERHUB_DOUYIN_SHOP_ID\"\nrate = \"1000/s\"\n\
+                 [sources.youzan.details]\ngateway = \"{sinks}\"\nshop_id_env = \"ORDERHUB_YOUZAN_KDT_ID\"\nrate = \"1000/s\"\n"
+            )
+        },
+    )
+    .await;
+    let report_path = dir.path().join("report.json");
+    let args = RunCli::parse_from([
+        "run",
+        "--target",
+        &engine.base,
+        "--sinks",
+        &sinks,
+        "--profile",
+        "steady",
+        "--duration",
+        "3s",
+        "--rate",
+        "40",
+        "--seed",
+        "11",
+        "--channels",
+        "douyin,youzan",
+        "--settle",
+        "30s",
+        "--quiet",
+        "--report",
+        report_path.to_str().unwrap(),
+    ])
+    .args;
+    let report = orderhub_loadgen::cli::run_with(args, credentials())
+        .await
+        .unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(report.syncs_lost, 0);
+    // Every order's details were asked for, through the simulated limits.
+    let calls: serde_json::Value = engine
+        .client
+        .get(format!("{sinks}/_details"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let douyin = calls["douyin_order_detail"].as_u64().unwrap_or(0);
+    let youzan = calls["youzan_trade_get"].as_u64().unwrap_or(0);
+    assert!(douyin > 0 && youzan > 0, "{calls}");
+    assert!(
+        douyin + youzan >= report.orders as u64,
+        "{calls} for {} orders",
+        report.orders
+    );
     engine.stop().await;
 }

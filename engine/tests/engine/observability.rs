@@ -404,6 +404,12 @@ from = "shipped"
 within = "1s"
 
 {}
+# Order details (against a closed port: every fetch fails and is retried), so their series
+# are exported.
+[sources.douyin.details]
+gateway = "http://127.0.0.1:9"
+shop_id_env = "ORDERHUB_DOUYIN_APP_KEY"
+
 [pollers.fallback]
 source = "shop"
 channel = "shop"
