@@ -74,12 +74,18 @@ impl Dispatch {
         let mut actors = HashMap::new();
         for (spec, connector) in sinks {
             let name = spec.name.clone();
+            // A sink that does not hold back ingest keeps its backlog to itself.
+            let backlog_total = if spec.holds_back_ingest {
+                backlog.clone()
+            } else {
+                Arc::new(AtomicI64::new(0))
+            };
             let args = DispatcherArgs {
                 spec,
                 connector,
                 store: store.clone(),
                 clock: clock.clone(),
-                backlog_total: backlog.clone(),
+                backlog_total,
             };
             let (actor, _) =
                 Actor::spawn(None, Dispatcher, args)
@@ -140,7 +146,7 @@ impl Dispatch {
             .map_err(|_| DispatchError::Stopped(sink))
     }
 
-    /// Pending syncs across all sinks.
+    /// Pending syncs of the sinks that hold back ingest (`SinkSpec::holds_back_ingest`).
     pub fn backlog(&self) -> i64 {
         self.backlog.load(Ordering::Relaxed)
     }

@@ -274,6 +274,7 @@ fn dispatcher_overhead(c: &mut Criterion) {
         breaker_threshold: 5,
         breaker_cooldown: Duration::from_secs(10),
         window: 100_000,
+        holds_back_ingest: true,
     };
     let dispatch = runtime
         .block_on(Dispatch::start(

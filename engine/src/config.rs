@@ -813,6 +813,7 @@ impl Config {
                 breaker_threshold: s.breaker_threshold,
                 breaker_cooldown: s.breaker_cooldown.0,
                 window: DEFAULT_WINDOW,
+                holds_back_ingest: true,
             })
             .collect()
     }

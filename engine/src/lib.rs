@@ -88,6 +88,8 @@ pub(crate) struct AppState {
     pub(crate) sources: SourceRegistry,
     /// The connected and polled sources' names.
     pub(crate) connected: Vec<&'static str>,
+    /// Each enriched channel's signed API behind its quota (detail fetches and pollers).
+    pub(crate) channel_apis: std::collections::BTreeMap<&'static str, ingest::details::ChannelApi>,
     pub(crate) ingest_metrics: IngestMetrics,
     pub(crate) rejections: ingest::rejections::Rejections,
     pub(crate) operators: auth::Operators,
@@ -268,6 +270,7 @@ pub async fn run(
         dispatch: dispatch.clone(),
         sources,
         connected,
+        channel_apis: enrichment.apis(),
         ingest_metrics,
         rejections: Default::default(),
         operators,

@@ -51,6 +51,10 @@ pub struct SinkSpec {
     pub breaker_cooldown: Duration,
     /// Syncs held in memory.
     pub window: usize,
+    /// Whether this sink's backlog counts toward `dispatch.max_backlog`, beyond which ingest
+    /// answers 429. False for work that trails ingest by design (order-detail fetches at a
+    /// channel's quota): throttling pushes would not make it go faster.
+    pub holds_back_ingest: bool,
 }
 
 impl SinkSpec {

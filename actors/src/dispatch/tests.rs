@@ -139,6 +139,7 @@ fn spec(rate_per_second: u32) -> SinkSpec {
         breaker_threshold: 1000,
         breaker_cooldown: Duration::from_millis(100),
         window: DEFAULT_WINDOW,
+        holds_back_ingest: true,
     }
 }
 
@@ -432,5 +433,44 @@ async fn a_sync_settled_on_another_node_is_recorded_without_a_send_or_quota() {
         "settled syncs used no quota: {:?}",
         started.elapsed()
     );
+    dispatch.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_sinks_that_hold_back_ingest_count_in_the_backlog() {
+    let outbox = Arc::new(MemoryOutbox::default());
+    // A sink that never answers in time: its syncs stay pending.
+    let slow = ScriptedSink::new(|_, _| Delivery::Failed {
+        retry_after: Some(Duration::from_secs(60)),
+        detail: "busy".into(),
+    });
+    let mut trailing = spec(100);
+    trailing.holds_back_ingest = false;
+    let dispatch = start(trailing, slow, outbox.clone()).await;
+    let batch: Vec<PendingSync> = (1..=5)
+        .map(|row| outbox.add(row, &format!("o:{row}"), 1))
+        .collect();
+    dispatch.notify(batch);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(dispatch.status("erp").await.unwrap().backlog, 5);
+    assert_eq!(
+        dispatch.backlog(),
+        0,
+        "its backlog does not hold back ingest"
+    );
+    dispatch.stop().await;
+
+    let outbox = Arc::new(MemoryOutbox::default());
+    let slow = ScriptedSink::new(|_, _| Delivery::Failed {
+        retry_after: Some(Duration::from_secs(60)),
+        detail: "busy".into(),
+    });
+    let dispatch = start(spec(100), slow, outbox.clone()).await;
+    let batch: Vec<PendingSync> = (1..=5)
+        .map(|row| outbox.add(row, &format!("o:{row}"), 1))
+        .collect();
+    dispatch.notify(batch);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(dispatch.backlog(), 5);
     dispatch.stop().await;
 }

@@ -91,6 +91,14 @@ pub(crate) struct DetailsConfig {
     /// Signature method, where the platform offers several (Douyin: `hmac-sha256` or `md5`).
     #[serde(default)]
     pub(crate) sign_method: Option<String>,
+    /// Where tokens are renewed, when not at the gateway (JD: `https://open-oauth.jd.com`).
+    #[serde(default)]
+    pub(crate) token_gateway: Option<String>,
+    /// Also decrypt the receiver with the platform's decryption call (Douyin only:
+    /// `order.batchDecrypt`; off by default — the platform audits and limits it, and plain
+    /// personal data then lives in the journal).
+    #[serde(default)]
+    pub(crate) decrypt: bool,
 }
 
 fn default_in_flight() -> usize {
@@ -101,8 +109,8 @@ fn default_timeout() -> HumanDuration {
     HumanDuration(DEFAULT_DETAILS_TIMEOUT)
 }
 
-/// The credential keys of [`DetailsConfig`], by config name.
-const CREDENTIAL_KEYS: [&str; 7] = [
+/// The channel-specific keys of [`DetailsConfig`], by config name.
+const CREDENTIAL_KEYS: [&str; 8] = [
     "shop_id_env",
     "access_token_env",
     "refresh_token_env",
@@ -110,6 +118,7 @@ const CREDENTIAL_KEYS: [&str; 7] = [
     "app_secret_env",
     "app_id_env",
     "sign_method",
+    "token_gateway",
 ];
 
 impl DetailsConfig {
@@ -122,6 +131,7 @@ impl DetailsConfig {
             "app_secret_env" => self.app_secret_env.as_ref(),
             "app_id_env" => self.app_id_env.as_ref(),
             "sign_method" => self.sign_method.as_ref(),
+            "token_gateway" => self.token_gateway.as_ref(),
             _ => None,
         }
     }
@@ -142,12 +152,23 @@ impl DetailsConfig {
                 ));
             }
         }
-        if let Some(gateway) = &self.gateway
-            && !(gateway.starts_with("https://") || gateway.starts_with("http://"))
-        {
+        for (key, url) in [
+            ("gateway", &self.gateway),
+            ("token_gateway", &self.token_gateway),
+        ] {
+            if let Some(url) = url
+                && !(url.starts_with("https://") || url.starts_with("http://"))
+            {
+                return Err((
+                    format!("{path}.{key}"),
+                    format!("{url:?} is no http(s) URL"),
+                ));
+            }
+        }
+        if self.decrypt && !takes.contains(&"decrypt") {
             return Err((
-                format!("{path}.gateway"),
-                format!("{gateway:?} is no http(s) URL"),
+                format!("{path}.decrypt"),
+                "orderhub decrypts only Douyin's receiver (order.batchDecrypt); this channel's data stays as delivered".into(),
             ));
         }
         if self.max_in_flight == 0 {
@@ -250,6 +271,9 @@ impl DetailsPlan {
             breaker_threshold: orderhub_actors::dispatch::policy::DEFAULT_BREAKER_THRESHOLD,
             breaker_cooldown: Duration::from_secs(30),
             window: orderhub_actors::dispatch::DEFAULT_WINDOW,
+            // Fetches trail ingest at the channel's quota; a backlog of them never makes
+            // ingest answer 429.
+            holds_back_ingest: false,
         }
     }
 }
@@ -329,7 +353,7 @@ where
 /// The enrichment the engine runs: every configured channel whose client could be built.
 #[derive(Default)]
 pub(crate) struct Enrichment {
-    pub(crate) channels: Vec<(DetailsPlan, Arc<dyn DetailsClient>)>,
+    pub(crate) channels: Vec<(DetailsPlan, ChannelApi)>,
 }
 
 impl Enrichment {
@@ -345,7 +369,10 @@ impl Enrichment {
             match (plan.build)(secrets, data_dir) {
                 Ok(client) => {
                     metrics::gauge!(t::DETAILS_AVAILABLE, "channel" => plan.channel).set(1.0);
-                    channels.push((plan, client));
+                    let rate = plan.config.rate.unwrap_or(plan.default_rate);
+                    let api =
+                        ChannelApi::new(client, rate, plan.config.burst.unwrap_or(rate.count));
+                    channels.push((plan, api));
                 }
                 Err(reason) => unavailable_at_start(plan.channel, &reason),
             }
@@ -364,6 +391,14 @@ impl Enrichment {
         policy
     }
 
+    /// Each channel's API, for its pollers.
+    pub(crate) fn apis(&self) -> std::collections::BTreeMap<&'static str, ChannelApi> {
+        self.channels
+            .iter()
+            .map(|(plan, api)| (plan.channel, api.clone()))
+            .collect()
+    }
+
     /// The `{channel}_api` sources.
     pub(crate) fn sources(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.channels.iter().map(|(plan, _)| plan.api)
@@ -376,11 +411,11 @@ impl Enrichment {
     ) -> Vec<(orderhub_actors::dispatch::SinkSpec, Arc<dyn SinkConnector>)> {
         self.channels
             .iter()
-            .map(|(plan, client)| {
+            .map(|(plan, api)| {
                 let connector: Arc<dyn SinkConnector> = Arc::new(DetailsConnector::new(
                     plan.channel,
                     plan.api,
-                    client.clone(),
+                    api.clone(),
                     app.clone(),
                 ));
                 (plan.sink_spec(), connector)
@@ -449,11 +484,64 @@ impl FetchError {
 pub(crate) type FetchFuture<'a, T> =
     Pin<Box<dyn Future<Output = Result<T, FetchError>> + Send + 'a>>;
 
-/// One channel's order-detail API.
+/// One channel's order API, signed and authorised as the platform requires.
 pub(crate) trait DetailsClient: Send + Sync + 'static {
     /// Fetches the details of the channel's order `order_id` (no channel prefix). The client
     /// renews its token once on [`FetchError::TokenExpired`] before giving that error back.
     fn fetch<'a>(&'a self, order_id: &'a str) -> FetchFuture<'a, Fetched>;
+
+    /// Calls the channel's API `method` with the business parameters `params`, signed and with
+    /// the token like a fetch; the platform's answer after its envelope was checked. Pollers use
+    /// it for the channel's "orders changed in a window" API.
+    fn call<'a>(&'a self, method: &'a str, params: Map<String, Value>) -> FetchFuture<'a, Value>;
+}
+
+/// A channel's API as orderhub uses it: its signed client behind one quota per app key, which
+/// detail fetches and the channel's pollers share.
+#[derive(Clone)]
+pub(crate) struct ChannelApi {
+    client: Arc<dyn DetailsClient>,
+    quota: Arc<governor::DefaultDirectRateLimiter>,
+}
+
+impl ChannelApi {
+    /// `client` limited to `rate` with bursts of `burst`.
+    pub(crate) fn new(client: Arc<dyn DetailsClient>, rate: Rate, burst: u32) -> Self {
+        let period = rate.per / rate.count.max(1);
+        let burst = std::num::NonZeroU32::new(burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN);
+        let quota = governor::Quota::with_period(period.max(Duration::from_nanos(1)))
+            .unwrap_or_else(|| governor::Quota::per_second(std::num::NonZeroU32::MIN))
+            .allow_burst(burst);
+        ChannelApi {
+            client,
+            quota: Arc::new(governor::RateLimiter::direct(quota)),
+        }
+    }
+
+    /// [`DetailsClient::fetch`] once the quota allows.
+    pub(crate) async fn fetch(&self, order_id: &str) -> Result<Fetched, FetchError> {
+        self.quota.until_ready().await;
+        self.client.fetch(order_id).await
+    }
+
+    /// [`DetailsClient::call`] once the quota allows.
+    pub(crate) async fn call(
+        &self,
+        method: &str,
+        params: Map<String, Value>,
+    ) -> Result<Value, FetchError> {
+        self.quota.until_ready().await;
+        self.client.call(method, params).await
+    }
+}
+
+/// A business parameter as the text form-encoded platforms sign and send (strings as they are,
+/// anything else as JSON).
+pub(crate) fn param_text(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        other => other.to_string(),
+    }
 }
 
 /// The engine, once it runs: detail answers are journaled through it. The dispatchers start
@@ -478,7 +566,7 @@ impl LateApp {
 pub(crate) struct DetailsConnector {
     channel: &'static str,
     answers: &'static str,
-    client: Arc<dyn DetailsClient>,
+    client: ChannelApi,
     app: LateApp,
     metrics: DetailsMetrics,
 }
@@ -487,7 +575,7 @@ impl DetailsConnector {
     pub(crate) fn new(
         channel: &'static str,
         answers: &'static str,
-        client: Arc<dyn DetailsClient>,
+        client: ChannelApi,
         app: LateApp,
     ) -> Self {
         DetailsConnector {

@@ -34,6 +34,10 @@ pub(crate) enum PollSign {
     Jos,
     /// No signature (an internal API behind its own network controls).
     None,
+    /// The channel's own signed client and token, as configured in its
+    /// `[sources.CHANNEL.details]` (Douyin, Youzan, Kuaishou, WeChat, Pinduoduo, Taobao), with
+    /// its quota: `method` is the channel's API method and the parameters are sent as its JSON.
+    Channel,
 }
 
 /// How a poller writes the window's times.
@@ -58,7 +62,8 @@ pub(crate) struct PollerConfig {
     pub(crate) source: String,
     /// The order key's prefix.
     pub(crate) channel: String,
-    /// The API's URL.
+    /// The API's URL (not used with `sign = "channel"`: the channel's gateway is).
+    #[serde(default)]
     pub(crate) url: String,
     /// How often to poll.
     pub(crate) every: HumanDuration,
@@ -99,6 +104,17 @@ pub(crate) struct PollerConfig {
     pub(crate) page_size_param: String,
     /// Orders per page.
     pub(crate) page_size: u32,
+    /// The number of the first page (Douyin's `order.searchList` counts from 0).
+    #[serde(default = "default_first_page")]
+    pub(crate) first_page: u32,
+    /// Cursor paging (Kuaishou, WeChat): the parameter that carries the cursor of the next
+    /// page; with `next_cursor_path`, pages follow the cursor instead of `page_param`'s number.
+    #[serde(default)]
+    pub(crate) cursor_param: Option<String>,
+    /// Pointer to the next page's cursor in a response (absent, empty, the same again or
+    /// `nomore`: the window is read).
+    #[serde(default)]
+    pub(crate) next_cursor_path: Option<String>,
     /// JSON pointer to the array of orders in a response.
     pub(crate) items_path: String,
     /// Pointer to the order id within one.
@@ -114,6 +130,10 @@ pub(crate) struct PollerConfig {
     /// with `jingdong.pop.order.enGet`, signed with the poller's credentials.
     #[serde(default)]
     pub(crate) details: Option<super::details::DetailsConfig>,
+}
+
+fn default_first_page() -> u32 {
+    1
 }
 
 /// Configures poller `name` from its `[pollers.NAME]` table (and its order details, if any).
@@ -174,16 +194,16 @@ fn details_of(
         source,
         api,
         table,
-        &[],
+        &jd_details::TAKES,
         jd_details::DEFAULT_RATE,
         &[],
-        move |table, secrets, _data_dir| {
-            let client = jd_details::JdDetails::new(
-                table,
+        move |table, secrets, data_dir| {
+            let credentials = (
                 super::secret(secrets, &key_env)?,
                 super::secret(secrets, &secret_env)?,
                 super::secret(secrets, &token_env)?,
-            )?;
+            );
+            let client = jd_details::JdDetails::new(table, credentials, secrets, data_dir)?;
             Ok(Arc::new(client) as Arc<dyn super::details::DetailsClient>)
         },
     )
@@ -281,6 +301,37 @@ pub(crate) fn validate(name: &str, config: &PollerConfig) -> Result<(), (String,
             }
         }
     }
+    match config.sign {
+        PollSign::Channel => {
+            if config.method.is_none() {
+                return Err((key("method"), "required when sign = \"channel\"".into()));
+            }
+            for (field, set) in [
+                ("url", !config.url.is_empty()),
+                ("app_key_env", config.app_key_env.is_some()),
+                ("app_secret_env", config.app_secret_env.is_some()),
+                ("access_token_env", config.access_token_env.is_some()),
+                ("param_json", config.param_json.is_some()),
+            ] {
+                if set {
+                    return Err((
+                        key(field),
+                        "not used with sign = \"channel\" (the channel's own client signs, with its [sources.CHANNEL.details] credentials)".into(),
+                    ));
+                }
+            }
+        }
+        _ if config.url.is_empty() => {
+            return Err((key("url"), "required (the API's URL)".into()));
+        }
+        _ => {}
+    }
+    if config.cursor_param.is_some() != config.next_cursor_path.is_some() {
+        return Err((
+            key("cursor_param"),
+            "cursor paging needs both cursor_param and next_cursor_path".into(),
+        ));
+    }
     if config.every.0 < Duration::from_millis(100) {
         return Err((key("every"), "at least 100ms".into()));
     }
@@ -295,6 +346,7 @@ pub(crate) fn validate(name: &str, config: &PollerConfig) -> Result<(), (String,
         ("order_path", Some(&config.order_path)),
         ("status_path", Some(&config.status_path)),
         ("updated_path", config.updated_path.as_ref()),
+        ("next_cursor_path", config.next_cursor_path.as_ref()),
     ] {
         if let Some(pointer) = pointer
             && !pointer.starts_with('/')
@@ -356,25 +408,17 @@ impl Poller {
         }
     }
 
-    /// The query parameters of page `page` of the window `[start, end]` at `now`.
+    /// The query parameters of page `page` (or the page at `cursor`) of the window
+    /// `[start, end]` at `now`.
     pub(crate) fn request_params(
         &self,
         start: Millis,
         end: Millis,
         page: u32,
+        cursor: Option<&str>,
         now: Millis,
     ) -> BTreeMap<String, String> {
-        let mut business = self.config.params.clone();
-        business.insert(
-            self.config.window_start_param.clone(),
-            self.format_time(start),
-        );
-        business.insert(self.config.window_end_param.clone(), self.format_time(end));
-        business.insert(self.config.page_param.clone(), page.to_string());
-        business.insert(
-            self.config.page_size_param.clone(),
-            self.config.page_size.to_string(),
-        );
+        let business = self.business_params(start, end, page, cursor);
         let mut params = match &self.config.param_json {
             Some(name) => BTreeMap::from([(
                 name.clone(),
@@ -398,6 +442,70 @@ impl Poller {
             params.insert("sign".into(), sign);
         }
         params
+    }
+
+    /// The business parameters of a page: the fixed ones, the window, the page (its number,
+    /// or its cursor with cursor paging) and its size.
+    fn business_params(
+        &self,
+        start: Millis,
+        end: Millis,
+        page: u32,
+        cursor: Option<&str>,
+    ) -> BTreeMap<String, String> {
+        let mut business = self.config.params.clone();
+        business.insert(
+            self.config.window_start_param.clone(),
+            self.format_time(start),
+        );
+        business.insert(self.config.window_end_param.clone(), self.format_time(end));
+        match (&self.config.cursor_param, cursor) {
+            (Some(name), Some(cursor)) => {
+                business.insert(name.clone(), cursor.to_owned());
+            }
+            (Some(_), None) => {}
+            (None, _) => {
+                let number = self.config.first_page + page - 1;
+                business.insert(self.config.page_param.clone(), number.to_string());
+            }
+        }
+        business.insert(
+            self.config.page_size_param.clone(),
+            self.config.page_size.to_string(),
+        );
+        business
+    }
+
+    /// The business parameters as the JSON a channel's client sends: a dotted name nests
+    /// (`update_time_range.start_time`), a number stays a number.
+    fn channel_params(&self, business: BTreeMap<String, String>) -> Map<String, Value> {
+        let mut root = Map::new();
+        for (name, text) in business {
+            let value = match text.parse::<i64>() {
+                Ok(number) if !text.starts_with('0') || text == "0" => Value::from(number),
+                _ => Value::String(text),
+            };
+            let mut parts: Vec<&str> = name.split('.').collect();
+            let leaf = parts.pop().unwrap_or_default().to_owned();
+            let mut node = &mut root;
+            for part in parts {
+                let entry = node
+                    .entry(part.to_owned())
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if !entry.is_object() {
+                    *entry = Value::Object(Map::new());
+                }
+                node = entry.as_object_mut().expect("made an object above");
+            }
+            node.insert(leaf, value);
+        }
+        root
+    }
+
+    /// The next page's cursor in `response`, if there is a next page.
+    fn next_cursor(&self, response: &Value, current: Option<&str>) -> Option<String> {
+        let next = text_at(response, self.config.next_cursor_path.as_deref()?)?;
+        (next != "nomore" && Some(next.as_str()) != current).then_some(next)
     }
 
     /// Maps one response's items; `is_known(order, state)` says whether the order already
@@ -493,9 +601,32 @@ impl Poller {
             None => now - self.config.lookback.0.as_millis() as Millis,
         };
         let mut complete = true;
+        let mut cursor: Option<String> = None;
         for page in 1..=MAX_PAGES {
-            let params = self.request_params(start, now, page, app.now_ms());
-            let response = self.fetch(&params).await?;
+            let response = match self.config.sign {
+                PollSign::Channel => {
+                    let api = app.channel_apis.get(self.config.channel.as_str()).ok_or_else(|| {
+                        format!(
+                            "sign = \"channel\" needs the channel's signed client: [sources.{}.details] is not configured or its credentials are missing",
+                            self.config.channel
+                        )
+                    })?;
+                    let method = self.config.method.as_deref().unwrap_or_default();
+                    let params = self.channel_params(self.business_params(
+                        start,
+                        now,
+                        page,
+                        cursor.as_deref(),
+                    ));
+                    api.call(method, params).await.map_err(|e| e.to_string())?
+                }
+                _ => {
+                    let params =
+                        self.request_params(start, now, page, cursor.as_deref(), app.now_ms());
+                    self.fetch(&params).await?
+                }
+            };
+            let next = self.next_cursor(&response, cursor.as_deref());
             // Whether the order already reached the polled state, from its journaled events
             // (the index is written behind and could miss a push committed a moment ago).
             let journal = app.journal.clone();
@@ -525,9 +656,14 @@ impl Poller {
                 .await
                 .map_err(|e| format!("journal: {e}"))?;
             self.metrics.journaled.increment(journaled);
-            if count < self.config.page_size as usize {
+            let last = match &self.config.cursor_param {
+                Some(_) => next.is_none(),
+                None => count < self.config.page_size as usize,
+            };
+            if last {
                 return Ok(complete.then_some(now));
             }
+            cursor = next;
         }
         tracing::warn!(poller = %self.name, pages = MAX_PAGES, "window has more pages than read; it will be read again");
         Ok(None)
@@ -610,8 +746,13 @@ mod tests {
         assert_eq!(jos_sign(&params, "s"), "5EE29085AF57D942F21F1C5BA3C2A90A");
         let poller = poller();
         // 2023-11-14 22:13:20 UTC is 2023-11-15 06:13:20 in China.
-        let params =
-            poller.request_params(1_700_000_000_000, 1_700_000_600_000, 2, 1_700_000_700_000);
+        let params = poller.request_params(
+            1_700_000_000_000,
+            1_700_000_600_000,
+            2,
+            None,
+            1_700_000_700_000,
+        );
         assert_eq!(params["method"], "jingdong.pop.order.search");
         assert_eq!(params["timestamp"], "2023-11-15 06:25:00");
         let business: Value = serde_json::from_str(&params["360buy_param_json"]).unwrap();

@@ -240,6 +240,24 @@ impl Sources {
                 ));
             }
         }
+        // A poller signing with its channel's client needs that channel's details table.
+        for (name, table) in &config.pollers {
+            let text = |key: &str| table.get(key).and_then(toml::Value::as_str);
+            if text("sign") == Some("channel")
+                && table.get("enabled") != Some(&toml::Value::Boolean(false))
+            {
+                let channel = text("channel").unwrap_or_default();
+                let enriched = configured
+                    .iter()
+                    .any(|c| matches!(c, Configured::Details(plan) if plan.channel == channel));
+                if !enriched {
+                    return Err(config.invalid(
+                        format!("pollers.{name}.sign"),
+                        format!("\"channel\" signs with the channel's own client: configure [sources.{channel}.details] (its credentials and quota)"),
+                    ));
+                }
+            }
+        }
         Ok(Sources { configured })
     }
 
@@ -408,6 +426,37 @@ mod tests {
         assert!(
             err.to_string()
                 .contains("sources.kuaishou.details.refresh_token_env"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_poller_signing_with_its_channel_needs_the_channels_details() {
+        let poller = "[pollers.dy]\nsource = \"douyin\"\nchannel = \"douyin\"\nevery = \"1m\"\noverlap = \"1m\"\nlookback = \"1h\"\nsign = \"channel\"\nmethod = \"order.searchList\"\nwindow_start_param = \"a\"\nwindow_end_param = \"b\"\ntime_format = \"unix_s\"\npage_param = \"page\"\npage_size_param = \"size\"\npage_size = 100\nitems_path = \"/l\"\norder_path = \"/o\"\nstatus_path = \"/s\"\n[pollers.dy.status_map]\n";
+        let err = configure(poller).unwrap_err();
+        assert!(err.to_string().contains("pollers.dy.sign"), "{err}");
+        assert!(
+            err.to_string().contains("[sources.douyin.details]"),
+            "{err}"
+        );
+        let sources = configure(&format!(
+            "[sources.douyin.details]\nshop_id_env = \"S\"\n{poller}"
+        ))
+        .unwrap();
+        assert!(sources.names().any(|n| n == "douyin"));
+        let err = configure(&format!(
+            "[sources.douyin.details]\nshop_id_env = \"S\"\n{}",
+            poller.replace(
+                "sign = \"channel\"",
+                "sign = \"channel\"\nurl = \"http://x\""
+            )
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("pollers.dy.url"), "{err}");
+        let err = configure("[sources.youzan.details]\nshop_id_env = \"K\"\ndecrypt = true\n")
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("sources.youzan.details.decrypt"),
             "{err}"
         );
     }

@@ -95,10 +95,11 @@ impl SourcePlugin for Plugin {
                 &details::TAKES,
                 details::DEFAULT_RATE,
                 &details::REFETCH_ON,
-                move |table, secrets, _data_dir| {
+                move |table, secrets, data_dir| {
                     let key = super::secret(secrets, &key_env)?;
                     let secret = super::secret(secrets, &secret_env)?;
-                    let client = details::TaobaoDetails::new(table, key, secret, secrets)?;
+                    let client =
+                        details::TaobaoDetails::new(table, key, secret, secrets, data_dir)?;
                     Ok(std::sync::Arc::new(client)
                         as std::sync::Arc<dyn super::details::DetailsClient>)
                 },

@@ -95,6 +95,44 @@ fn answer_douyin(platform: &Shared, path: &str, query: &str, body: &str) -> Resu
                 "shop_id": 4463798, "shop_name": "orderhub test shop"}}),
             )
         }
+        "/order/batchDecrypt" => {
+            let plain = |cipher: &str| match cipher {
+                "#eGvT3Hq1sZ0pLw#" => "王五",
+                "$$Kq8sF3p2mZx0$$" => "13812345678",
+                "#Rk9n3pQw#" => "锦绣路1001号",
+                _ => "",
+            };
+            let infos: Vec<Value> = params["cipher_infos"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|info| {
+                    let cipher = info["cipher_text"].as_str().unwrap_or_default();
+                    serde_json::json!({"auth_id": info["auth_id"], "cipher_text": cipher,
+                        "decrypt_text": plain(cipher), "err_no": 0, "err_msg": ""})
+                })
+                .collect();
+            json(
+                serde_json::json!({"code": 10000, "msg": "success", "data": {"decrypt_infos": infos}}),
+            )
+        }
+        "/order/searchList" => {
+            // The poller's window read: one order changed, on the first page (counted from 0).
+            if query.get("access_token") != Some(&format!("tok-{}", platform.issued)) {
+                return json(expired);
+            }
+            let orders = if params["page"] == 0 {
+                serde_json::json!([{"order_id": "6900000000099", "order_status": 2,
+                    "update_time": 1795000000}])
+            } else {
+                serde_json::json!([])
+            };
+            json(
+                serde_json::json!({"code": 10000, "msg": "success", "data": {
+                "shop_order_list": orders, "page": params["page"], "size": params["size"], "total": 1}}),
+            )
+        }
         "/order/orderDetail" => {
             let current = format!("tok-{}", platform.issued);
             if query.get("access_token") != Some(&current) {
@@ -830,12 +868,30 @@ fn taobao_answer(
     body: &str,
 ) -> String {
     let params = params_of(query, body);
-    if params.get("sign") != Some(&top_open_sign(&params, "tb-secret"))
-        || params.get("session").map(String::as_str) != Some("tb-session")
-        || params.get("method").map(String::as_str) != Some("taobao.trade.fullinfo.get")
-    {
+    if params.get("sign") != Some(&top_open_sign(&params, "tb-secret")) {
         return serde_json::json!({"error_response": {"code": 25, "msg": "Invalid signature"}})
             .to_string();
+    }
+    if params.get("method").map(String::as_str) == Some("taobao.top.auth.token.refresh") {
+        platform.issued += 1;
+        if params.get("refresh_token").map(String::as_str) != Some("tb-ref-0")
+            || params.contains_key("session")
+        {
+            return serde_json::json!({"error_response": {"code": 15, "msg": "Remote service error",
+                "sub_code": "isv.refresh-token-invalid"}})
+            .to_string();
+        }
+        let result = serde_json::json!({"access_token": "tb-session",
+            "expire_time": now_ms() + 86_400_000, "refresh_token": "tb-ref-1",
+            "refresh_token_valid_time": now_ms() + 30 * 86_400_000, "re_expires_in": 2_592_000,
+            "taobao_user_nick": "shop"});
+        return serde_json::json!({"top_auth_token_refresh_response": {"token_result": result.to_string()}})
+            .to_string();
+    }
+    if params.get("session").map(String::as_str) != Some("tb-session") {
+        return serde_json::json!({"error_response": {"code": 27, "msg": "Invalid session",
+            "sub_code": "invalid-sessionkey"}})
+        .to_string();
     }
     if platform.script.pop().is_some() {
         return serde_json::json!({"error_response": {"code": 7, "msg": "App Call Limited",
@@ -857,7 +913,7 @@ fn taobao_answer(
 }
 
 #[tokio::test]
-async fn a_taobao_order_gets_its_contents_after_the_call_limit_passes() {
+async fn a_taobao_order_gets_its_contents_after_a_session_refresh_and_the_call_limit() {
     let platform: Shared = Arc::default();
     platform.lock().unwrap().script = vec!["limited"];
     let gateway = stand_in(platform.clone(), taobao_answer).await;
@@ -865,13 +921,14 @@ async fn a_taobao_order_gets_its_contents_after_the_call_limit_passes() {
     let secrets = {
         let base = secrets_with_channel("tmc");
         Arc::new(move |name: &str| match name {
-            "ORDERHUB_TAOBAO_SESSION" => Some("tb-session".into()),
+            "ORDERHUB_TAOBAO_SESSION" => Some("tb-stale".into()),
+            "ORDERHUB_TAOBAO_REFRESH_TOKEN" => Some("tb-ref-0".into()),
             other => base(other),
         }) as orderhub_engine::secrets::SecretLookup
     };
     let engine = TestEngine::start_with(
         &format!(
-            "[sources.tmc]\nurl = \"ws://127.0.0.1:9\"\n[sources.tmc.details]\ngateway = \"{gateway}\"\naccess_token_env = \"ORDERHUB_TAOBAO_SESSION\"\n"
+            "[sources.tmc]\nurl = \"ws://127.0.0.1:9\"\n[sources.tmc.details]\ngateway = \"{gateway}\"\naccess_token_env = \"ORDERHUB_TAOBAO_SESSION\"\nrefresh_token_env = \"ORDERHUB_TAOBAO_REFRESH_TOKEN\"\n"
         ),
         dir.path(),
         secrets,
@@ -888,6 +945,13 @@ async fn a_taobao_order_gets_its_contents_after_the_call_limit_passes() {
         "WAIT_SELLER_SEND_GOODS"
     );
     assert_eq!(platform.lock().unwrap().answered, ["3981234567890"]);
+    assert_eq!(
+        platform.lock().unwrap().issued,
+        1,
+        "the stale session was refreshed once"
+    );
+    let kept = std::fs::read_to_string(dir.path().join("tokens/taobao.json")).unwrap();
+    assert!(kept.contains("tb-ref-1"), "{kept}");
     engine.stop().await;
 }
 
@@ -895,10 +959,23 @@ async fn a_taobao_order_gets_its_contents_after_the_call_limit_passes() {
 /// "service unavailable" (66).
 fn jd_answer(
     platform: &mut Platform,
-    _path: &str,
+    path: &str,
     query: &std::collections::BTreeMap<String, String>,
     body: &str,
 ) -> String {
+    if path == "/oauth2/refresh_token" {
+        platform.issued += 1;
+        if query.get("refresh_token").map(String::as_str) != Some("jd-ref-0")
+            || query.get("app_key").map(String::as_str) != Some("jd-key")
+            || query.get("app_secret").map(String::as_str) != Some("jd-secret")
+            || query.get("grant_type").map(String::as_str) != Some("refresh_token")
+        {
+            return serde_json::json!({"code": 403, "msg": "refresh_token invalid"}).to_string();
+        }
+        return serde_json::json!({"access_token": "jd-token", "expires_in": 86400,
+            "refresh_token": "jd-ref-1", "scope": "snsapi_base", "open_id": "o1"})
+        .to_string();
+    }
     let params = params_of(query, body);
     if params.get("sign") != Some(&top_open_sign(&params, "jd-secret"))
         || params.get("access_token").map(String::as_str) != Some("jd-token")
@@ -929,7 +1006,7 @@ fn jd_answer(
 }
 
 #[tokio::test]
-async fn a_jd_order_gets_its_contents_through_its_poller_credentials() {
+async fn a_jd_order_gets_its_contents_through_its_poller_credentials_and_a_refresh() {
     let platform: Shared = Arc::default();
     platform.lock().unwrap().script = vec!["unavailable"];
     let gateway = stand_in(platform.clone(), jd_answer).await;
@@ -937,7 +1014,8 @@ async fn a_jd_order_gets_its_contents_through_its_poller_credentials() {
     let secrets = {
         let base = secrets();
         Arc::new(move |name: &str| match name {
-            "ORDERHUB_JD_ACCESS_TOKEN" => Some("jd-token".into()),
+            "ORDERHUB_JD_ACCESS_TOKEN" => Some("jd-token-old".into()),
+            "ORDERHUB_JD_REFRESH_TOKEN" => Some("jd-ref-0".into()),
             other => base(other),
         }) as orderhub_engine::secrets::SecretLookup
     };
@@ -948,7 +1026,10 @@ async fn a_jd_order_gets_its_contents_through_its_poller_credentials() {
     .unwrap()
     .replace("URL", &gateway);
     let engine = TestEngine::start_with(
-        &format!("{poller}\n[pollers.jd.details]\ngateway = \"{gateway}\"\n"),
+        &format!(
+            "{poller}\n[pollers.jd.details]\ngateway = \"{gateway}\"\ntoken_gateway = \"{gateway}\"\n\
+             refresh_token_env = \"ORDERHUB_JD_REFRESH_TOKEN\"\n"
+        ),
         dir.path(),
         secrets,
     )
@@ -960,5 +1041,83 @@ async fn a_jd_order_gets_its_contents_through_its_poller_credentials() {
     );
     assert_eq!(order["fields"]["paid"], 99.0);
     assert_eq!(platform.lock().unwrap().answered, ["281234567890"]);
+    assert_eq!(
+        platform.lock().unwrap().issued,
+        1,
+        "the refused token was refreshed once"
+    );
+    let kept = std::fs::read_to_string(dir.path().join("tokens/jd.json")).unwrap();
+    assert!(kept.contains("jd-ref-1"), "{kept}");
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn a_channel_is_polled_through_its_own_signed_client_and_the_polled_order_enriched() {
+    let platform: Shared = Arc::default();
+    let gateway = douyin_platform(platform.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[sources.douyin.details]\ngateway = \"{gateway}\"\nshop_id_env = \"ORDERHUB_DOUYIN_SHOP_ID\"\n\
+         [pollers.douyin_fallback]\nsource = \"douyin\"\nchannel = \"douyin\"\nevery = \"200ms\"\n\
+         overlap = \"1s\"\nlookback = \"1h\"\nsign = \"channel\"\nmethod = \"order.searchList\"\n\
+         window_start_param = \"update_time_start\"\nwindow_end_param = \"update_time_end\"\n\
+         time_format = \"unix_s\"\npage_param = \"page\"\nfirst_page = 0\npage_size_param = \"size\"\n\
+         page_size = 100\nitems_path = \"/shop_order_list\"\norder_path = \"/order_id\"\n\
+         status_path = \"/order_status\"\nupdated_path = \"/update_time\"\n\
+         [pollers.douyin_fallback.status_map]\n\"2\" = \"paid\"\n"
+    );
+    let engine = TestEngine::start_with(&config, dir.path(), secrets_with_shop()).await;
+    let order = until(&engine, "/v1/orders/douyin:6900000000099", |o| {
+        o["fields"]["items"].is_array()
+    })
+    .await;
+    assert_eq!(order["state"], "paid");
+    assert_eq!(order["fields"]["polled_by"], "douyin_fallback");
+    assert_eq!(order["fields"]["amount"], 129.0);
+    let calls = platform.lock().unwrap().calls.clone();
+    let search = calls
+        .iter()
+        .find(|(path, _)| path == "/order/searchList")
+        .expect("the window was read through the signed client");
+    assert_eq!(search.1["page"], 0);
+    assert!(search.1["update_time_start"].is_i64(), "{:?}", search.1);
+    engine.stop().await;
+}
+
+#[tokio::test]
+async fn douyin_receivers_are_decrypted_only_when_asked_and_phones_stay_masked_for_viewers() {
+    let platform: Shared = Arc::default();
+    let gateway = douyin_platform(platform.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start_with(
+        &format!(
+            "[sources.douyin.details]\ngateway = \"{gateway}\"\nshop_id_env = \"ORDERHUB_DOUYIN_SHOP_ID\"\ndecrypt = true\n"
+        ),
+        dir.path(),
+        secrets_with_shop(),
+    )
+    .await;
+    let order_id = format!("{}", 6_920_000_000_000u64 + fresh_id());
+    let body = douyin_push("101", &format!("m-{order_id}"), &order_id, now_s());
+    assert_eq!(engine.post_douyin(&body).await.0, 200);
+    let order = until(&engine, &format!("/v1/orders/douyin:{order_id}"), |o| {
+        o["fields"]["items"].is_array()
+    })
+    .await;
+    let receiver = &order["fields"]["receiver"];
+    assert_eq!(receiver["name"], "王五");
+    assert_eq!(receiver["address"], "锦绣路1001号");
+    assert_eq!(
+        receiver["phone"], "138****5678",
+        "a loopback caller with no operators configured sees the phone masked"
+    );
+    let decrypts = platform
+        .lock()
+        .unwrap()
+        .calls
+        .iter()
+        .filter(|(path, _)| path == "/order/batchDecrypt")
+        .count();
+    assert_eq!(decrypts, 1);
     engine.stop().await;
 }

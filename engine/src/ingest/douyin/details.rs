@@ -24,7 +24,7 @@ use crate::ingest::details::{
     self, DetailsClient, DetailsConfig, FetchError, FetchFuture, Fetched, Token, TokenCache,
 };
 use crate::signing::{hmac_sha256_hex, md5_hex};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::time::Duration;
 
 /// The production gateway.
@@ -38,7 +38,7 @@ pub(crate) const DEFAULT_RATE: Rate = Rate {
 /// (109), address change applied (111).
 pub(crate) const REFETCH_ON: [&str; 3] = ["105", "109", "111"];
 /// Credential keys `[sources.douyin.details]` takes.
-pub(crate) const TAKES: [&str; 3] = ["shop_id_env", "access_token_env", "sign_method"];
+pub(crate) const TAKES: [&str; 4] = ["shop_id_env", "access_token_env", "sign_method", "decrypt"];
 /// The API's success code.
 const SUCCESS: i64 = 10000;
 
@@ -94,6 +94,7 @@ pub(crate) struct DouyinDetails {
     app_secret: String,
     shop_id: Option<String>,
     sign_method: SignMethod,
+    decrypt: bool,
     tokens: TokenCache,
 }
 
@@ -120,12 +121,13 @@ impl DouyinDetails {
             app_secret,
             shop_id,
             sign_method: SignMethod::parse(config.sign_method.as_deref())?,
+            decrypt: config.decrypt,
             tokens: TokenCache::new(super::SOURCE, initial, None),
         })
     }
 
     /// Calls `method` with `params`; the answer's `data` on success.
-    async fn call(
+    async fn request(
         &self,
         method: &str,
         params: &Value,
@@ -191,7 +193,7 @@ impl DouyinDetails {
             "token.create"
         };
         let data = self
-            .call(method, &params, None)
+            .request(method, &params, None)
             .await
             .map_err(|err| match err {
                 // A refused token call means the app's credentials or authorisation are wrong.
@@ -219,6 +221,76 @@ impl DouyinDetails {
             // The refresh token lives 14 days from issue; no field says so.
             refresh_expires_at: Some(now + 14 * 86_400 * 1000),
         })
+    }
+}
+
+impl DouyinDetails {
+    /// Replaces the receiver's masked name, phone and address with the plain text
+    /// `order.batchDecrypt` gives for their ciphertexts (zsmhub/doudian-sdk
+    /// `api/order_batchDecrypt`: `cipher_infos[] {auth_id, cipher_text}` →
+    /// `decrypt_infos[] {cipher_text, decrypt_text, err_no}`). A failure keeps what was
+    /// delivered; the plain text is never logged.
+    async fn decrypt_receiver(&self, order_id: &str, data: &Value, fetched: &mut Fetched) {
+        let order = &data["shop_order_detail"];
+        let ciphers: Vec<(&str, String)> = [
+            ("name", &order["encrypt_post_receiver"]),
+            ("phone", &order["encrypt_post_tel"]),
+            ("address", &order["post_addr"]["encrypt_detail"]),
+        ]
+        .into_iter()
+        .filter_map(|(field, value)| Some((field, details::text(value)?)))
+        .collect();
+        if ciphers.is_empty() {
+            return;
+        }
+        let params = serde_json::json!({
+            "cipher_infos": ciphers
+                .iter()
+                .map(|(_, cipher)| serde_json::json!({"auth_id": order_id, "cipher_text": cipher}))
+                .collect::<Vec<_>>(),
+        });
+        let answer = details::with_token(
+            &self.tokens,
+            |current| self.renew(current),
+            |token| {
+                let params = &params;
+                async move {
+                    self.request("order.batchDecrypt", params, Some(&token))
+                        .await
+                }
+            },
+        )
+        .await;
+        let infos = match answer {
+            Ok(data) => data["decrypt_infos"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default(),
+            Err(err) => {
+                tracing::warn!(
+                    channel = "douyin",
+                    problem = err.kind(),
+                    "order.batchDecrypt failed; the receiver stays as delivered"
+                );
+                return;
+            }
+        };
+        let Some(receiver) = fetched
+            .fields
+            .get_mut("receiver")
+            .and_then(Value::as_object_mut)
+        else {
+            return;
+        };
+        for (field, cipher) in &ciphers {
+            let plain = infos.iter().find(|info| {
+                info["cipher_text"].as_str() == Some(cipher.as_str())
+                    && info["err_no"].as_i64().unwrap_or(0) == 0
+            });
+            if let Some(text) = plain.and_then(|info| info["decrypt_text"].as_str()) {
+                receiver.insert((*field).to_owned(), Value::from(text));
+            }
+        }
     }
 }
 
@@ -346,11 +418,33 @@ impl DetailsClient for DouyinDetails {
                 |current| self.renew(current),
                 |token| {
                     let params = &params;
-                    async move { self.call("order.orderDetail", params, Some(&token)).await }
+                    async move {
+                        self.request("order.orderDetail", params, Some(&token))
+                            .await
+                    }
                 },
             )
             .await?;
-            normalise(&data)
+            let mut fetched = normalise(&data)?;
+            if self.decrypt {
+                self.decrypt_receiver(order_id, &data, &mut fetched).await;
+            }
+            Ok(fetched)
+        })
+    }
+
+    fn call<'a>(&'a self, method: &'a str, params: Map<String, Value>) -> FetchFuture<'a, Value> {
+        Box::pin(async move {
+            let params = Value::Object(params);
+            details::with_token(
+                &self.tokens,
+                |current| self.renew(current),
+                |token| {
+                    let params = &params;
+                    async move { self.request(method, params, Some(&token)).await }
+                },
+            )
+            .await
         })
     }
 }

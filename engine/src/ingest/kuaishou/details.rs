@@ -27,7 +27,7 @@ use crate::ingest::details::{
     self, DetailsClient, DetailsConfig, FetchError, FetchFuture, Fetched, Token, TokenCache,
 };
 use crate::signing::{hmac_sha256_base64, md5_hex};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::time::Duration;
 
 /// The production gateway.
@@ -209,13 +209,18 @@ impl KuaishouDetails {
         let param = match order_id.parse::<u64>() {
             Ok(oid) => serde_json::json!({ "oid": oid }),
             Err(_) => serde_json::json!({ "oid": order_id }),
-        }
-        .to_string();
+        };
+        self.request("open.order.detail", &param, token).await
+    }
+
+    /// Calls `method` (`open.order.detail` → `GET {gateway}/open/order/detail`) with `param`.
+    async fn request(&self, method: &str, param: &Value, token: &str) -> Result<Value, FetchError> {
+        let param = param.to_string();
         let timestamp = details::now_ms().to_string();
         let mut params = vec![
             ("access_token", token),
             ("appkey", self.app_key.as_str()),
-            ("method", "open.order.detail"),
+            ("method", method),
             ("param", param.as_str()),
             ("signMethod", self.sign_method.name()),
             ("timestamp", timestamp.as_str()),
@@ -223,7 +228,8 @@ impl KuaishouDetails {
         ];
         let signature = sign(&params, &self.sign_secret, self.sign_method);
         params.push(("sign", signature.as_str()));
-        let url = details::with_query(&format!("{}/open/order/detail", self.gateway), params);
+        let path = method.replace('.', "/");
+        let url = details::with_query(&format!("{}/{path}", self.gateway), params);
         check(details::call_json(self.http.get(url)).await?)
     }
 }
@@ -329,6 +335,21 @@ impl DetailsClient for KuaishouDetails {
             )
             .await?;
             normalise(&data)
+        })
+    }
+
+    fn call<'a>(&'a self, method: &'a str, params: Map<String, Value>) -> FetchFuture<'a, Value> {
+        Box::pin(async move {
+            let param = Value::Object(params);
+            details::with_token(
+                &self.tokens,
+                |current| self.renew(current),
+                |token| {
+                    let param = &param;
+                    async move { self.request(method, param, &token).await }
+                },
+            )
+            .await
         })
     }
 }

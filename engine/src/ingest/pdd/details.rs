@@ -27,7 +27,7 @@ use crate::ingest::details::{
     self, DetailsClient, DetailsConfig, FetchError, FetchFuture, Fetched, Token, TokenCache,
 };
 use crate::signing::top_sign;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::time::Duration;
 
 /// The production gateway (the router is `{gateway}/api/router`).
@@ -81,7 +81,7 @@ impl PddDetails {
     }
 
     /// Calls `method` with `params` (plus the common ones) and returns the answer.
-    async fn call(
+    async fn request(
         &self,
         method: &str,
         params: &[(&str, &str)],
@@ -128,7 +128,7 @@ impl PddDetails {
             ));
         };
         let answer = self
-            .call(
+            .request(
                 "pdd.pop.auth.token.refresh",
                 &[("refresh_token", refresh.as_str())],
                 None,
@@ -247,7 +247,7 @@ impl DetailsClient for PddDetails {
                 &self.tokens,
                 |current| self.renew(current),
                 |token| async move {
-                    self.call(
+                    self.request(
                         "pdd.order.information.get",
                         &[("order_sn", order_id)],
                         Some(&token),
@@ -257,6 +257,27 @@ impl DetailsClient for PddDetails {
             )
             .await?;
             normalise(&answer)
+        })
+    }
+
+    fn call<'a>(&'a self, method: &'a str, params: Map<String, Value>) -> FetchFuture<'a, Value> {
+        Box::pin(async move {
+            let texts: Vec<(String, String)> = params
+                .iter()
+                .map(|(k, v)| (k.clone(), details::param_text(v)))
+                .collect();
+            details::with_token(
+                &self.tokens,
+                |current| self.renew(current),
+                |token| {
+                    let pairs: Vec<(&str, &str)> = texts
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    async move { self.request(method, &pairs, Some(&token)).await }
+                },
+            )
+            .await
         })
     }
 }

@@ -7,9 +7,11 @@
 //! parameter but sign, sorted, as name+value + secret)))`, `360buy_param_json` and
 //! `access_token` included — the official vector is in the test.
 //!
-//! Token: the seller's access token (`access_token_env` of the poller). Its refresh goes through
-//! `open-oauth.jd.com` [?]; an invalid token (error 19) turns enrichment into waiting for a new
-//! one, with a warning.
+//! Token: the seller's access token (`access_token_env` of the poller). With `refresh_token_env`
+//! an invalid one (error 19) is renewed at `GET {token_gateway}/oauth2/refresh_token?app_key,
+//! app_secret, grant_type=refresh_token, refresh_token` (default `https://open-oauth.jd.com`;
+//! answer `access_token`, `expires_in` s, `refresh_token` [v*]) and the latest kept in
+//! `DATA_DIR/tokens/jd.json`; without it, enrichment waits for a new token, with a warning.
 //!
 //! Answer (rise-worlds/jos `api/order/popOrderEnGet.go`): `jingdong_pop_order_enGet_responce`
 //! (JD's spelling) `{code, orderDetailInfo: {orderInfo, apiResult: {success, chineseErrCode}}}`
@@ -23,7 +25,7 @@ use crate::ingest::details::{
     self, DetailsClient, DetailsConfig, FetchError, FetchFuture, Fetched, Token, TokenCache,
 };
 use crate::signing::top_sign;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::time::Duration;
 
 /// The production gateway.
@@ -33,6 +35,11 @@ pub(crate) const DEFAULT_RATE: Rate = Rate {
     count: 20,
     per: Duration::from_secs(1),
 };
+/// Where JD renews tokens.
+pub(crate) const DEFAULT_TOKEN_GATEWAY: &str = "https://open-oauth.jd.com";
+/// Keys `[pollers.NAME.details]` takes beyond the poller's own credentials.
+pub(crate) const TAKES: [&str; 2] = ["refresh_token_env", "token_gateway"];
+
 /// The order fields asked for.
 const OPTIONAL_FIELDS: &str = "orderId,orderState,modified,orderPayment,freightPrice,paymentConfirmTime,consigneeInfo,itemInfoList,open_id_buyer";
 
@@ -40,6 +47,7 @@ const OPTIONAL_FIELDS: &str = "orderId,orderState,modified,orderPayment,freightP
 pub(crate) struct JdDetails {
     http: reqwest::Client,
     gateway: String,
+    token_gateway: String,
     app_key: String,
     app_secret: String,
     tokens: TokenCache,
@@ -48,28 +56,80 @@ pub(crate) struct JdDetails {
 impl JdDetails {
     pub(crate) fn new(
         config: &DetailsConfig,
-        app_key: String,
-        app_secret: String,
-        access_token: String,
+        credentials: (String, String, String),
+        secrets: &crate::secrets::SecretLookup,
+        data_dir: &std::path::Path,
     ) -> Result<Self, String> {
+        let (app_key, app_secret, access_token) = credentials;
+        let refresh = config.secret(secrets, &config.refresh_token_env)?;
+        let keep = refresh
+            .is_some()
+            .then(|| data_dir.join("tokens").join("jd.json"));
+        let initial = Token {
+            refresh,
+            ..Token::configured(access_token)
+        };
         Ok(JdDetails {
             http: config.http_client()?,
             gateway: config.gateway_or(DEFAULT_GATEWAY),
+            token_gateway: config
+                .token_gateway
+                .as_deref()
+                .unwrap_or(DEFAULT_TOKEN_GATEWAY)
+                .trim_end_matches('/')
+                .to_owned(),
             app_key,
             app_secret,
-            tokens: TokenCache::new("jd", Some(Token::configured(access_token)), None),
+            tokens: TokenCache::new("jd", Some(initial), keep),
         })
     }
 
-    async fn order(&self, order_id: &str, token: &str) -> Result<Value, FetchError> {
-        let timestamp = super::china_datetime(details::now_ms());
-        let param_json = serde_json::json!({
-            "order_id": order_id,
-            "optional_fields": OPTIONAL_FIELDS,
+    /// Renews the access token with the refresh token, when there is a live one.
+    async fn renew(&self, current: Option<Token>) -> Result<Token, FetchError> {
+        let now = details::now_ms();
+        let Some(refresh) = current
+            .filter(|t| t.refreshable(now))
+            .and_then(|t| t.refresh)
+        else {
+            return Err(FetchError::Credentials(
+                "JD refused the access token and there is no live refresh token (refresh_token_env); set a new one in the poller's access_token_env".into(),
+            ));
+        };
+        let url = details::with_query(
+            &format!("{}/oauth2/refresh_token", self.token_gateway),
+            [
+                ("app_key", self.app_key.as_str()),
+                ("app_secret", self.app_secret.as_str()),
+                ("grant_type", "refresh_token"),
+                ("refresh_token", refresh.as_str()),
+            ],
+        );
+        let answer = details::call_json(self.http.get(url)).await?;
+        let Some(access) = answer["access_token"].as_str().filter(|t| !t.is_empty()) else {
+            return Err(FetchError::Credentials(format!(
+                "oauth2/refresh_token: {}",
+                crate::sinks::excerpt(&answer.to_string())
+            )));
+        };
+        Ok(Token {
+            access: access.to_owned(),
+            expires_at: now + answer["expires_in"].as_i64().unwrap_or(86_400) * 1000,
+            refresh: answer["refresh_token"].as_str().map(str::to_owned),
+            refresh_expires_at: None,
         })
-        .to_string();
+    }
+
+    /// Calls `method` with `business` as its `360buy_param_json`; the raw answer.
+    async fn request(
+        &self,
+        method: &str,
+        business: &Value,
+        token: &str,
+    ) -> Result<Value, FetchError> {
+        let timestamp = super::china_datetime(details::now_ms());
+        let param_json = business.to_string();
         let mut params = vec![
-            ("method", "jingdong.pop.order.enGet"),
+            ("method", method),
             ("app_key", self.app_key.as_str()),
             ("access_token", token),
             ("timestamp", timestamp.as_str()),
@@ -91,12 +151,13 @@ impl JdDetails {
                 .body(body),
         )
         .await?;
-        check(answer)
+        refused(&answer)?;
+        Ok(answer)
     }
 }
 
-/// Reads JOS's envelopes: `orderDetailInfo.orderInfo` on success, else the error classified.
-fn check(answer: Value) -> Result<Value, FetchError> {
+/// JOS's `error_response`, classified.
+fn refused(answer: &Value) -> Result<(), FetchError> {
     if let Some(error) = answer.get("error_response") {
         let code = details::text(&error["code"]).unwrap_or_default();
         let detail = format!(
@@ -117,6 +178,13 @@ fn check(answer: Value) -> Result<Value, FetchError> {
             _ => FetchError::Refused(detail),
         });
     }
+    Ok(())
+}
+
+/// Reads `jingdong.pop.order.enGet`'s answer: `orderDetailInfo.orderInfo` on success, else the
+/// error classified.
+fn check(answer: Value) -> Result<Value, FetchError> {
+    refused(&answer)?;
     let info = &answer["jingdong_pop_order_enGet_responce"]["orderDetailInfo"];
     if !info.is_object() {
         return Err(FetchError::Malformed(format!(
@@ -192,17 +260,35 @@ pub(crate) fn normalise(order: &Value) -> Result<Fetched, FetchError> {
 impl DetailsClient for JdDetails {
     fn fetch<'a>(&'a self, order_id: &'a str) -> FetchFuture<'a, Fetched> {
         Box::pin(async move {
-            let order = details::with_token(
+            let answer = details::with_token(
                 &self.tokens,
-                |_| async {
-                    Err(FetchError::Credentials(
-                        "JD refused the access token: set a new one in the poller's access_token_env".into(),
-                    ))
+                |current| self.renew(current),
+                |token| async move {
+                    let business = serde_json::json!({
+                        "order_id": order_id,
+                        "optional_fields": OPTIONAL_FIELDS,
+                    });
+                    self.request("jingdong.pop.order.enGet", &business, &token)
+                        .await
                 },
-                |token| async move { self.order(order_id, &token).await },
             )
             .await?;
-            normalise(&order)
+            normalise(&check(answer)?)
+        })
+    }
+
+    fn call<'a>(&'a self, method: &'a str, params: Map<String, Value>) -> FetchFuture<'a, Value> {
+        Box::pin(async move {
+            let business = Value::Object(params);
+            details::with_token(
+                &self.tokens,
+                |current| self.renew(current),
+                |token| {
+                    let business = &business;
+                    async move { self.request(method, business, &token).await }
+                },
+            )
+            .await
         })
     }
 }

@@ -8,8 +8,12 @@
 //! official vector is in the signing tests.
 //!
 //! Token: the seller's `session` (access token) from `access_token_env`. TOP renews a session
-//! only for apps sold through its service market, so an expired one (error 27,
-//! `invalid-sessionkey`) turns enrichment into waiting for a new one, with a warning.
+//! only for apps sold through its service market: with `refresh_token_env` an expired one
+//! (error 27, `invalid-sessionkey`) is renewed by `taobao.top.auth.token.refresh`, whose
+//! `token_result` is a JSON string (`access_token`, `expire_time` and `refresh_token_valid_time`
+//! in Unix ms, `refresh_token`; bububa/opentaobao `TaobaoTopAuthTokenRefreshAPIResponse`), kept
+//! in `DATA_DIR/tokens/taobao.json`; without it, enrichment waits for a new session, with a
+//! warning.
 //!
 //! Errors: `{error_response: {code, msg, sub_code, sub_msg}}` — 27 the session, 7 the app's call
 //! limit (`sub_msg` says for how many seconds), 15 and `isp.*` the platform's own (transient).
@@ -26,7 +30,7 @@ use crate::ingest::details::{
     self, DetailsClient, DetailsConfig, FetchError, FetchFuture, Fetched, Token, TokenCache,
 };
 use crate::signing::top_sign;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::time::Duration;
 
 /// The production gateway.
@@ -39,7 +43,7 @@ pub(crate) const DEFAULT_RATE: Rate = Rate {
 /// Statuses that fetch again beyond `paid`: none by default.
 pub(crate) const REFETCH_ON: [&str; 0] = [];
 /// Credential keys `[sources.tmc.details]` takes.
-pub(crate) const TAKES: [&str; 1] = ["access_token_env"];
+pub(crate) const TAKES: [&str; 2] = ["access_token_env", "refresh_token_env"];
 /// The trade fields asked for.
 const FIELDS: &str = "tid,status,modified,pay_time,payment,post_fee,receiver_name,receiver_mobile,receiver_state,receiver_city,receiver_district,receiver_address,buyer_open_uid,orders";
 
@@ -58,32 +62,48 @@ impl TaobaoDetails {
         app_key: String,
         app_secret: String,
         secrets: &crate::secrets::SecretLookup,
+        data_dir: &std::path::Path,
     ) -> Result<Self, String> {
         let session = config
             .secret(secrets, &config.access_token_env)?
             .ok_or("access_token_env (the seller's session key) is required")?;
+        let refresh = config.secret(secrets, &config.refresh_token_env)?;
+        let keep = refresh
+            .is_some()
+            .then(|| data_dir.join("tokens").join("taobao.json"));
+        let initial = Token {
+            refresh,
+            ..Token::configured(session)
+        };
         Ok(TaobaoDetails {
             http: config.http_client()?,
             gateway: config.gateway_or(DEFAULT_GATEWAY),
             app_key,
             app_secret,
-            tokens: TokenCache::new(super::SOURCE, Some(Token::configured(session)), None),
+            tokens: TokenCache::new(super::SOURCE, Some(initial), keep),
         })
     }
 
-    async fn trade(&self, tid: &str, session: &str) -> Result<Value, FetchError> {
+    /// Calls `method` with the business parameters `business`.
+    async fn request(
+        &self,
+        method: &str,
+        business: &[(&str, &str)],
+        session: &str,
+    ) -> Result<Value, FetchError> {
         let timestamp = crate::ingest::poll::china_datetime(details::now_ms());
         let mut params = vec![
-            ("method", "taobao.trade.fullinfo.get"),
+            ("method", method),
             ("app_key", self.app_key.as_str()),
-            ("session", session),
             ("timestamp", timestamp.as_str()),
             ("format", "json"),
             ("v", "2.0"),
             ("sign_method", "md5"),
-            ("fields", FIELDS),
-            ("tid", tid),
         ];
+        if !session.is_empty() {
+            params.push(("session", session));
+        }
+        params.extend_from_slice(business);
         let sign = top_sign(params.iter().copied(), &self.app_secret);
         params.push(("sign", sign.as_str()));
         let body = form_urlencoded::Serializer::new(String::new())
@@ -100,6 +120,49 @@ impl TaobaoDetails {
         )
         .await?;
         check(answer)
+    }
+}
+
+impl TaobaoDetails {
+    /// Renews the session with the refresh token, when there is a live one.
+    async fn renew(&self, current: Option<Token>) -> Result<Token, FetchError> {
+        let now = details::now_ms();
+        let Some(refresh) = current
+            .filter(|t| t.refreshable(now))
+            .and_then(|t| t.refresh)
+        else {
+            return Err(FetchError::Credentials(
+                "the session expired and there is no live refresh token (TOP renews sessions only for service-market apps); set a new session in access_token_env".into(),
+            ));
+        };
+        // The refresh call is signed like any other; it takes no session.
+        let answer = self
+            .request(
+                "taobao.top.auth.token.refresh",
+                &[("refresh_token", refresh.as_str())],
+                "",
+            )
+            .await
+            .map_err(|err| match err {
+                FetchError::Refused(detail) | FetchError::TokenExpired(detail) => {
+                    FetchError::Credentials(format!("taobao.top.auth.token.refresh: {detail}"))
+                }
+                other => other,
+            })?;
+        let result: Value = answer["top_auth_token_refresh_response"]["token_result"]
+            .as_str()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .ok_or_else(|| FetchError::Malformed("token refresh: no token_result".into()))?;
+        let access = result["access_token"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| FetchError::Malformed("token refresh: no access_token".into()))?;
+        Ok(Token {
+            access: access.to_owned(),
+            expires_at: result["expire_time"].as_i64().unwrap_or(now + 86_400_000),
+            refresh: result["refresh_token"].as_str().map(str::to_owned),
+            refresh_expires_at: result["refresh_token_valid_time"].as_i64(),
+        })
     }
 }
 
@@ -202,15 +265,39 @@ impl DetailsClient for TaobaoDetails {
         Box::pin(async move {
             let answer = details::with_token(
                 &self.tokens,
-                |_| async {
-                    Err(FetchError::Credentials(
-                        "the session expired: TOP renews sessions only for service-market apps; set a new one in access_token_env".into(),
-                    ))
+                |current| self.renew(current),
+                |session| async move {
+                    self.request(
+                        "taobao.trade.fullinfo.get",
+                        &[("fields", FIELDS), ("tid", order_id)],
+                        &session,
+                    )
+                    .await
                 },
-                |session| async move { self.trade(order_id, &session).await },
             )
             .await?;
             normalise(&answer)
+        })
+    }
+
+    fn call<'a>(&'a self, method: &'a str, params: Map<String, Value>) -> FetchFuture<'a, Value> {
+        Box::pin(async move {
+            let texts: Vec<(String, String)> = params
+                .iter()
+                .map(|(k, v)| (k.clone(), details::param_text(v)))
+                .collect();
+            details::with_token(
+                &self.tokens,
+                |current| self.renew(current),
+                |session| {
+                    let pairs: Vec<(&str, &str)> = texts
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    async move { self.request(method, &pairs, &session).await }
+                },
+            )
+            .await
         })
     }
 }

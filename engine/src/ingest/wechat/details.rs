@@ -20,7 +20,7 @@ use crate::config::Rate;
 use crate::ingest::details::{
     self, DetailsClient, DetailsConfig, FetchError, FetchFuture, Fetched, Token, TokenCache,
 };
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::time::Duration;
 
 /// The production gateway.
@@ -100,18 +100,13 @@ impl WechatDetails {
         })
     }
 
-    async fn order_get(&self, order_id: &str, token: &str) -> Result<Value, FetchError> {
+    /// Calls the API at `path` (`channels/ec/order/get`) with the JSON `body`.
+    async fn request(&self, path: &str, body: &Value, token: &str) -> Result<Value, FetchError> {
         let url = details::with_query(
-            &format!("{}/channels/ec/order/get", self.gateway),
+            &format!("{}/{}", self.gateway, path.trim_start_matches('/')),
             [("access_token", token)],
         );
-        let answer = details::call_json(
-            self.http
-                .post(url)
-                .json(&serde_json::json!({ "order_id": order_id })),
-        )
-        .await?;
-        check(answer)
+        check(details::call_json(self.http.post(url).json(body)).await?)
     }
 }
 
@@ -203,10 +198,28 @@ impl DetailsClient for WechatDetails {
             let answer = details::with_token(
                 &self.tokens,
                 |_| self.renew(),
-                |token| async move { self.order_get(order_id, &token).await },
+                |token| async move {
+                    let body = serde_json::json!({ "order_id": order_id });
+                    self.request("channels/ec/order/get", &body, &token).await
+                },
             )
             .await?;
             normalise(&answer)
+        })
+    }
+
+    fn call<'a>(&'a self, method: &'a str, params: Map<String, Value>) -> FetchFuture<'a, Value> {
+        Box::pin(async move {
+            let body = Value::Object(params);
+            details::with_token(
+                &self.tokens,
+                |_| self.renew(),
+                |token| {
+                    let body = &body;
+                    async move { self.request(method, body, &token).await }
+                },
+            )
+            .await
         })
     }
 }

@@ -22,7 +22,7 @@ use crate::config::Rate;
 use crate::ingest::details::{
     self, DetailsClient, DetailsConfig, FetchError, FetchFuture, Fetched, Token, TokenCache,
 };
-use serde_json::Value;
+use serde_json::{Map, Value};
 use std::time::Duration;
 
 /// The production gateway.
@@ -112,14 +112,18 @@ impl YouzanDetails {
         })
     }
 
-    async fn trade_get(&self, tid: &str, token: &str) -> Result<Value, FetchError> {
+    /// Calls `api` (`youzan.trade.get/4.0.0`: the method and its version) with `body`.
+    async fn request(&self, api: &str, body: &Value, token: &str) -> Result<Value, FetchError> {
+        if !api.contains('/') {
+            return Err(FetchError::Refused(format!(
+                "{api:?} names no version (e.g. youzan.trades.sold.get/4.0.0)"
+            )));
+        }
         let url = details::with_query(
-            &format!("{}/api/youzan.trade.get/4.0.0", self.gateway),
+            &format!("{}/api/{api}", self.gateway),
             [("access_token", token)],
         );
-        let answer =
-            details::call_json(self.http.post(url).json(&serde_json::json!({ "tid": tid })))
-                .await?;
+        let answer = details::call_json(self.http.post(url).json(body)).await?;
         check(answer)
     }
 }
@@ -229,10 +233,28 @@ impl DetailsClient for YouzanDetails {
             let data = details::with_token(
                 &self.tokens,
                 |_| self.renew(),
-                |token| async move { self.trade_get(order_id, &token).await },
+                |token| async move {
+                    let body = serde_json::json!({ "tid": order_id });
+                    self.request("youzan.trade.get/4.0.0", &body, &token).await
+                },
             )
             .await?;
             normalise(&data)
+        })
+    }
+
+    fn call<'a>(&'a self, method: &'a str, params: Map<String, Value>) -> FetchFuture<'a, Value> {
+        Box::pin(async move {
+            let body = Value::Object(params);
+            details::with_token(
+                &self.tokens,
+                |_| self.renew(),
+                |token| {
+                    let body = &body;
+                    async move { self.request(method, body, &token).await }
+                },
+            )
+            .await
         })
     }
 }
