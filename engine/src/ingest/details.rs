@@ -1030,8 +1030,46 @@ pub(crate) fn receiver(parts: [(&str, Option<String>); 6]) -> Value {
     )
 }
 
+/// An order's normalised contents (see the module's doc).
+pub(crate) struct Contents {
+    /// `items[] {sku, name, qty, price}`.
+    pub(crate) items: Vec<Value>,
+    /// What the buyer pays (yuan).
+    pub(crate) amount: Option<Value>,
+    /// Whether it was paid (then `paid` is the amount).
+    pub(crate) paid: bool,
+    /// Freight (yuan).
+    pub(crate) freight: Option<Value>,
+    /// `{name, phone, province, city, district, address}`.
+    pub(crate) receiver: Value,
+    /// The platform's buyer id, if it gives one.
+    pub(crate) buyer: Option<String>,
+}
+
+impl Contents {
+    /// The order `fields` they make; absent values are left out.
+    pub(crate) fn into_fields(self) -> Map<String, Value> {
+        fields(vec![
+            ("items", Some(Value::Array(self.items))),
+            ("paid", if self.paid { self.amount.clone() } else { None }),
+            ("amount", self.amount),
+            ("freight", self.freight),
+            ("currency", Some(Value::from("CNY"))),
+            ("receiver", Some(self.receiver)),
+            ("buyer", self.buyer.map(Value::from)),
+        ])
+    }
+}
+
+/// Each line of the array `list` as `line` makes it (none when `list` is no array).
+pub(crate) fn lines(list: &Value, line: impl Fn(&Value) -> Value) -> Vec<Value> {
+    list.as_array()
+        .map(|list| list.iter().map(line).collect())
+        .unwrap_or_default()
+}
+
 /// Assembles the normalised fields; absent values are left out.
-pub(crate) fn fields(parts: Vec<(&str, Option<Value>)>) -> Map<String, Value> {
+fn fields(parts: Vec<(&str, Option<Value>)>) -> Map<String, Value> {
     parts
         .into_iter()
         .filter_map(|(key, value)| value.map(|v| (key.to_owned(), v)))

@@ -648,13 +648,7 @@ async fn order_details_are_fetched_once_by_each_orders_owner() {
     let nats = Nats::start(&binary, 1, dir.path());
     let platform: Shared = Arc::default();
     let gateway = youzan_platform(platform.clone()).await;
-    let secrets = {
-        let base = secrets();
-        Arc::new(move |name: &str| match name {
-            "ORDERHUB_YOUZAN_KDT_ID" => Some("160001".into()),
-            other => base(other),
-        }) as orderhub_engine::secrets::SecretLookup
-    };
+    let secrets = with_secrets(secrets(), &[("ORDERHUB_YOUZAN_KDT_ID", "160001")]);
     let mut engines = Vec::new();
     for node in ["a", "b"] {
         let toml = format!(

@@ -182,11 +182,7 @@ async fn douyin_platform(platform: Shared) -> String {
 }
 
 fn secrets_with_shop() -> orderhub_engine::secrets::SecretLookup {
-    let base = secrets();
-    Arc::new(move |name: &str| match name {
-        "ORDERHUB_DOUYIN_SHOP_ID" => Some("4463798".into()),
-        other => base(other),
-    })
+    with_secrets(secrets(), &[("ORDERHUB_DOUYIN_SHOP_ID", "4463798")])
 }
 
 pub(crate) async fn until(
@@ -329,14 +325,13 @@ async fn without_its_credentials_a_channel_runs_unenriched() {
 #[tokio::test]
 async fn phone_numbers_are_masked_for_callers_below_operator() {
     let dir = tempfile::tempdir().unwrap();
-    let secrets = {
-        let base = secrets();
-        Arc::new(move |name: &str| match name {
-            "T_VIEWER" => Some("viewer-token".into()),
-            "T_OPERATOR" => Some("operator-token".into()),
-            other => base(other),
-        }) as orderhub_engine::secrets::SecretLookup
-    };
+    let secrets = with_secrets(
+        secrets(),
+        &[
+            ("T_VIEWER", "viewer-token"),
+            ("T_OPERATOR", "operator-token"),
+        ],
+    );
     let engine = TestEngine::start_with(
         "[[operators]]\nname = \"v\"\nrole = \"viewer\"\ntoken_env = \"T_VIEWER\"\n[[operators]]\nname = \"o\"\nrole = \"operator\"\ntoken_env = \"T_OPERATOR\"\n",
         dir.path(),
@@ -434,13 +429,7 @@ async fn a_youzan_order_gets_its_contents_after_a_token_renewal() {
     platform.lock().unwrap().script = vec!["expired"];
     let gateway = youzan_platform(platform.clone()).await;
     let dir = tempfile::tempdir().unwrap();
-    let secrets = {
-        let base = secrets();
-        Arc::new(move |name: &str| match name {
-            "ORDERHUB_YOUZAN_KDT_ID" => Some("160001".into()),
-            other => base(other),
-        }) as orderhub_engine::secrets::SecretLookup
-    };
+    let secrets = with_secrets(secrets(), &[("ORDERHUB_YOUZAN_KDT_ID", "160001")]);
     let engine = TestEngine::start_with(
         &format!("[sources.youzan.details]\ngateway = \"{gateway}\"\nshop_id_env = \"ORDERHUB_YOUZAN_KDT_ID\"\n"),
         dir.path(),
@@ -584,13 +573,14 @@ fn kuaishou_answer(
 }
 
 fn kuaishou_secrets() -> orderhub_engine::secrets::SecretLookup {
-    let base = secrets();
-    Arc::new(move |name: &str| match name {
-        "ORDERHUB_KUAISHOU_SIGN_SECRET" => Some("ks-sign".into()),
-        "ORDERHUB_KUAISHOU_APP_SECRET" => Some("ks-app-secret".into()),
-        "ORDERHUB_KUAISHOU_REFRESH_TOKEN" => Some("ks-ref-0".into()),
-        other => base(other),
-    })
+    with_secrets(
+        secrets(),
+        &[
+            ("ORDERHUB_KUAISHOU_SIGN_SECRET", "ks-sign"),
+            ("ORDERHUB_KUAISHOU_APP_SECRET", "ks-app-secret"),
+            ("ORDERHUB_KUAISHOU_REFRESH_TOKEN", "ks-ref-0"),
+        ],
+    )
 }
 
 #[tokio::test]
@@ -690,14 +680,13 @@ async fn a_wechat_order_gets_its_contents_through_a_busy_platform_and_an_expired
     platform.lock().unwrap().script = vec!["busy", "expired"];
     let gateway = stand_in(platform.clone(), wechat_answer).await;
     let dir = tempfile::tempdir().unwrap();
-    let secrets = {
-        let base = secrets();
-        Arc::new(move |name: &str| match name {
-            "ORDERHUB_WECHAT_APP_ID" => Some("wx-app".into()),
-            "ORDERHUB_WECHAT_APP_SECRET" => Some("wx-secret".into()),
-            other => base(other),
-        }) as orderhub_engine::secrets::SecretLookup
-    };
+    let secrets = with_secrets(
+        secrets(),
+        &[
+            ("ORDERHUB_WECHAT_APP_ID", "wx-app"),
+            ("ORDERHUB_WECHAT_APP_SECRET", "wx-secret"),
+        ],
+    );
     let engine = TestEngine::start_with(
         &format!("[sources.wechat.details]\ngateway = \"{gateway}\"\napp_id_env = \"ORDERHUB_WECHAT_APP_ID\"\napp_secret_env = \"ORDERHUB_WECHAT_APP_SECRET\"\n"),
         dir.path(),
@@ -826,14 +815,13 @@ async fn a_pinduoduo_order_gets_its_contents_after_a_refresh() {
     let platform: Shared = Arc::default();
     let gateway = stand_in(platform.clone(), pdd_answer).await;
     let dir = tempfile::tempdir().unwrap();
-    let secrets = {
-        let base = secrets_with_channel("pdd");
-        Arc::new(move |name: &str| match name {
-            "ORDERHUB_PDD_ACCESS_TOKEN" => Some("pdd-tok-stale".into()),
-            "ORDERHUB_PDD_REFRESH_TOKEN" => Some("pdd-ref-0".into()),
-            other => base(other),
-        }) as orderhub_engine::secrets::SecretLookup
-    };
+    let secrets = with_secrets(
+        secrets_with_channel("pdd"),
+        &[
+            ("ORDERHUB_PDD_ACCESS_TOKEN", "pdd-tok-stale"),
+            ("ORDERHUB_PDD_REFRESH_TOKEN", "pdd-ref-0"),
+        ],
+    );
     let engine = TestEngine::start_with(
         &format!(
             "[sources.pdd]\nurl = \"ws://127.0.0.1:9\"\n[sources.pdd.details]\ngateway = \"{gateway}\"\n\
@@ -918,14 +906,13 @@ async fn a_taobao_order_gets_its_contents_after_a_session_refresh_and_the_call_l
     platform.lock().unwrap().script = vec!["limited"];
     let gateway = stand_in(platform.clone(), taobao_answer).await;
     let dir = tempfile::tempdir().unwrap();
-    let secrets = {
-        let base = secrets_with_channel("tmc");
-        Arc::new(move |name: &str| match name {
-            "ORDERHUB_TAOBAO_SESSION" => Some("tb-stale".into()),
-            "ORDERHUB_TAOBAO_REFRESH_TOKEN" => Some("tb-ref-0".into()),
-            other => base(other),
-        }) as orderhub_engine::secrets::SecretLookup
-    };
+    let secrets = with_secrets(
+        secrets_with_channel("tmc"),
+        &[
+            ("ORDERHUB_TAOBAO_SESSION", "tb-stale"),
+            ("ORDERHUB_TAOBAO_REFRESH_TOKEN", "tb-ref-0"),
+        ],
+    );
     let engine = TestEngine::start_with(
         &format!(
             "[sources.tmc]\nurl = \"ws://127.0.0.1:9\"\n[sources.tmc.details]\ngateway = \"{gateway}\"\naccess_token_env = \"ORDERHUB_TAOBAO_SESSION\"\nrefresh_token_env = \"ORDERHUB_TAOBAO_REFRESH_TOKEN\"\n"
@@ -1011,14 +998,13 @@ async fn a_jd_order_gets_its_contents_through_its_poller_credentials_and_a_refre
     platform.lock().unwrap().script = vec!["unavailable"];
     let gateway = stand_in(platform.clone(), jd_answer).await;
     let dir = tempfile::tempdir().unwrap();
-    let secrets = {
-        let base = secrets();
-        Arc::new(move |name: &str| match name {
-            "ORDERHUB_JD_ACCESS_TOKEN" => Some("jd-token-old".into()),
-            "ORDERHUB_JD_REFRESH_TOKEN" => Some("jd-ref-0".into()),
-            other => base(other),
-        }) as orderhub_engine::secrets::SecretLookup
-    };
+    let secrets = with_secrets(
+        secrets(),
+        &[
+            ("ORDERHUB_JD_ACCESS_TOKEN", "jd-token-old"),
+            ("ORDERHUB_JD_REFRESH_TOKEN", "jd-ref-0"),
+        ],
+    );
     let poller = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/jd/poller.toml"

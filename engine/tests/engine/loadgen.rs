@@ -39,14 +39,13 @@ async fn sinks_and_engine_with(
         sinks_args.behaviour().unwrap(),
         std::future::pending(),
     ));
-    let secrets = {
-        let base = secrets();
-        std::sync::Arc::new(move |name: &str| match name {
-            "ORDERHUB_DOUYIN_SHOP_ID" => Some("loadgen-shop".into()),
-            "ORDERHUB_YOUZAN_KDT_ID" => Some("loadgen-kdt".into()),
-            other => base(other),
-        }) as orderhub_engine::secrets::SecretLookup
-    };
+    let secrets = with_secrets(
+        secrets(),
+        &[
+            ("ORDERHUB_DOUYIN_SHOP_ID", "loadgen-shop"),
+            ("ORDERHUB_YOUZAN_KDT_ID", "loadgen-kdt"),
+        ],
+    );
     let engine = TestEngine::start_with(
         &format!(
             "sla = []\n{}\n{}",

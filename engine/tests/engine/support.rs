@@ -70,6 +70,21 @@ pub(crate) fn secrets_with_channel(channel: &'static str) -> SecretLookup {
     })
 }
 
+/// `base` plus the variables `extra` (name, value).
+pub(crate) fn with_secrets(
+    base: SecretLookup,
+    extra: &[(&'static str, &'static str)],
+) -> SecretLookup {
+    let extra: Vec<(&'static str, &'static str)> = extra.to_vec();
+    Arc::new(move |name: &str| {
+        extra
+            .iter()
+            .find(|(variable, _)| *variable == name)
+            .map(|(_, value)| (*value).to_owned())
+            .or_else(|| base(name))
+    })
+}
+
 /// An engine running in this process on a free loopback port.
 pub(crate) struct TestEngine {
     pub(crate) base: String,

@@ -347,24 +347,15 @@ pub(crate) fn normalise(data: &Value) -> Result<Fetched, FetchError> {
     }
     let raw_status = details::text(&order["order_status"])
         .ok_or_else(|| FetchError::Malformed("no shop_order_detail.order_status".into()))?;
-    let items: Vec<Value> = order["sku_order_list"]
-        .as_array()
-        .map(|list| {
-            list.iter()
-                .map(|sku| {
-                    let qty = details::count(&sku["item_num"]);
-                    // origin_amount is the unit price (fen); sum_amount the line.
-                    let price = details::yuan_from_fen(&sku["origin_amount"]);
-                    details::item(
-                        details::seller_sku(&[&sku["out_sku_id"], &sku["code"]], &sku["sku_id"]),
-                        &sku["product_name"],
-                        qty,
-                        price,
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let items = details::lines(&order["sku_order_list"], |sku| {
+        details::item(
+            details::seller_sku(&[&sku["out_sku_id"], &sku["code"]], &sku["sku_id"]),
+            &sku["product_name"],
+            details::count(&sku["item_num"]),
+            // origin_amount is the unit price (fen); sum_amount the line.
+            details::yuan_from_fen(&sku["origin_amount"]),
+        )
+    });
     let paid = order["pay_time"].as_i64().is_some_and(|t| t > 0);
     let amount = details::yuan_from_fen(&order["pay_amount"]);
     let addr = &order["post_addr"];
@@ -390,18 +381,15 @@ pub(crate) fn normalise(data: &Value) -> Result<Fetched, FetchError> {
             masked_detail.or_else(|| details::text(&addr["encrypt_detail"])),
         ),
     ]);
-    let fields = details::fields(vec![
-        ("items", Some(Value::Array(items))),
-        ("amount", amount.clone()),
-        ("paid", if paid { amount } else { None }),
-        ("freight", details::yuan_from_fen(&order["post_amount"])),
-        ("currency", Some(Value::from("CNY"))),
-        ("receiver", Some(receiver)),
-        (
-            "buyer",
-            details::text(&order["doudian_open_id"]).map(Value::from),
-        ),
-    ]);
+    let fields = details::Contents {
+        items,
+        amount,
+        paid,
+        freight: details::yuan_from_fen(&order["post_amount"]),
+        receiver,
+        buyer: details::text(&order["doudian_open_id"]),
+    }
+    .into_fields();
     Ok(Fetched {
         raw_status,
         updated_at: order["update_time"].as_i64().map(|s| s * 1000),

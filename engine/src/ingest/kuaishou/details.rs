@@ -300,28 +300,22 @@ pub(crate) fn normalise(data: &Value) -> Result<Fetched, FetchError> {
     Ok(Fetched {
         raw_status,
         updated_at: base["updateTime"].as_i64(),
-        fields: details::fields(vec![
-            ("items", Some(Value::Array(items))),
-            ("amount", amount.clone()),
-            ("paid", if paid { amount } else { None }),
-            ("freight", details::yuan_from_fen(&base["expressFee"])),
-            ("currency", Some(Value::from("CNY"))),
-            (
-                "receiver",
-                Some(details::receiver([
-                    ("name", pick("desensitiseConsignee", "encryptedConsignee")),
-                    ("phone", pick("desensitiseMobile", "encryptedMobile")),
-                    ("province", details::text(&address["province"])),
-                    ("city", details::text(&address["city"])),
-                    ("district", details::text(&address["district"])),
-                    ("address", pick("desensitiseAddress", "encryptedAddress")),
-                ])),
-            ),
-            (
-                "buyer",
-                details::text(&base["buyerOpenId"]).map(Value::from),
-            ),
-        ]),
+        fields: details::Contents {
+            items,
+            amount,
+            paid,
+            freight: details::yuan_from_fen(&base["expressFee"]),
+            receiver: details::receiver([
+                ("name", pick("desensitiseConsignee", "encryptedConsignee")),
+                ("phone", pick("desensitiseMobile", "encryptedMobile")),
+                ("province", details::text(&address["province"])),
+                ("city", details::text(&address["city"])),
+                ("district", details::text(&address["district"])),
+                ("address", pick("desensitiseAddress", "encryptedAddress")),
+            ]),
+            buyer: details::text(&base["buyerOpenId"]),
+        }
+        .into_fields(),
     })
 }
 

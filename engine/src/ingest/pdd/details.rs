@@ -193,22 +193,14 @@ pub(crate) fn normalise(answer: &Value) -> Result<Fetched, FetchError> {
     }
     let raw_status = details::text(&order["order_status"])
         .ok_or_else(|| FetchError::Malformed("no order_info.order_status".into()))?;
-    let items: Vec<Value> = order["item_list"]
-        .as_array()
-        .map(|lines| {
-            lines
-                .iter()
-                .map(|line| {
-                    details::item(
-                        details::seller_sku(&[&line["outer_id"]], &line["sku_id"]),
-                        &line["goods_name"],
-                        details::count(&line["goods_count"]),
-                        details::yuan(&line["goods_price"]),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let items = details::lines(&order["item_list"], |line| {
+        details::item(
+            details::seller_sku(&[&line["outer_id"]], &line["sku_id"]),
+            &line["goods_name"],
+            details::count(&line["goods_count"]),
+            details::yuan(&line["goods_price"]),
+        )
+    });
     let pick = |masked: &str, plain: &str| {
         details::text(&order[masked]).or_else(|| details::text(&order[plain]))
     };
@@ -219,24 +211,22 @@ pub(crate) fn normalise(answer: &Value) -> Result<Fetched, FetchError> {
         updated_at: order["updated_at"]
             .as_str()
             .and_then(crate::ingest::poll::parse_china_datetime),
-        fields: details::fields(vec![
-            ("items", Some(Value::Array(items))),
-            ("amount", amount.clone()),
-            ("paid", if paid { amount } else { None }),
-            ("freight", details::yuan(&order["postage"])),
-            ("currency", Some(Value::from("CNY"))),
-            (
-                "receiver",
-                Some(details::receiver([
-                    ("name", pick("receiver_name_mask", "receiver_name")),
-                    ("phone", pick("receiver_phone_mask", "receiver_phone")),
-                    ("province", details::text(&order["province"])),
-                    ("city", details::text(&order["city"])),
-                    ("district", details::text(&order["town"])),
-                    ("address", pick("address_mask", "receiver_address")),
-                ])),
-            ),
-        ]),
+        fields: details::Contents {
+            items,
+            amount,
+            paid,
+            freight: details::yuan(&order["postage"]),
+            receiver: details::receiver([
+                ("name", pick("receiver_name_mask", "receiver_name")),
+                ("phone", pick("receiver_phone_mask", "receiver_phone")),
+                ("province", details::text(&order["province"])),
+                ("city", details::text(&order["city"])),
+                ("district", details::text(&order["town"])),
+                ("address", pick("address_mask", "receiver_address")),
+            ]),
+            buyer: None,
+        }
+        .into_fields(),
     })
 }
 

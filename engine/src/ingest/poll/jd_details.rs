@@ -208,22 +208,14 @@ fn check(answer: Value) -> Result<Value, FetchError> {
 pub(crate) fn normalise(order: &Value) -> Result<Fetched, FetchError> {
     let raw_status = details::text(&order["orderState"])
         .ok_or_else(|| FetchError::Malformed("no orderInfo.orderState".into()))?;
-    let items: Vec<Value> = order["itemInfoList"]
-        .as_array()
-        .map(|lines| {
-            lines
-                .iter()
-                .map(|line| {
-                    details::item(
-                        details::seller_sku(&[&line["outerSkuId"]], &line["skuId"]),
-                        &line["skuName"],
-                        details::count(&line["itemTotal"]),
-                        details::yuan(&line["jdPrice"]),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let items = details::lines(&order["itemInfoList"], |line| {
+        details::item(
+            details::seller_sku(&[&line["outerSkuId"]], &line["skuId"]),
+            &line["skuName"],
+            details::count(&line["itemTotal"]),
+            details::yuan(&line["jdPrice"]),
+        )
+    });
     let consignee = &order["consigneeInfo"];
     let paid = details::text(&order["paymentConfirmTime"]).is_some();
     let amount = details::yuan(&order["orderPayment"]);
@@ -232,28 +224,22 @@ pub(crate) fn normalise(order: &Value) -> Result<Fetched, FetchError> {
         updated_at: order["modified"]
             .as_str()
             .and_then(super::parse_china_datetime),
-        fields: details::fields(vec![
-            ("items", Some(Value::Array(items))),
-            ("amount", amount.clone()),
-            ("paid", if paid { amount } else { None }),
-            ("freight", details::yuan(&order["freightPrice"])),
-            ("currency", Some(Value::from("CNY"))),
-            (
-                "receiver",
-                Some(details::receiver([
-                    ("name", details::text(&consignee["fullname"])),
-                    ("phone", details::text(&consignee["mobile"])),
-                    ("province", details::text(&consignee["province"])),
-                    ("city", details::text(&consignee["city"])),
-                    ("district", details::text(&consignee["county"])),
-                    ("address", details::text(&consignee["fullAddress"])),
-                ])),
-            ),
-            (
-                "buyer",
-                details::text(&order["open_id_buyer"]).map(Value::from),
-            ),
-        ]),
+        fields: details::Contents {
+            items,
+            amount,
+            paid,
+            freight: details::yuan(&order["freightPrice"]),
+            receiver: details::receiver([
+                ("name", details::text(&consignee["fullname"])),
+                ("phone", details::text(&consignee["mobile"])),
+                ("province", details::text(&consignee["province"])),
+                ("city", details::text(&consignee["city"])),
+                ("district", details::text(&consignee["county"])),
+                ("address", details::text(&consignee["fullAddress"])),
+            ]),
+            buyer: details::text(&order["open_id_buyer"]),
+        }
+        .into_fields(),
     })
 }
 

@@ -235,28 +235,22 @@ pub(crate) fn normalise(answer: &Value) -> Result<Fetched, FetchError> {
         updated_at: trade["modified"]
             .as_str()
             .and_then(crate::ingest::poll::parse_china_datetime),
-        fields: details::fields(vec![
-            ("items", Some(Value::Array(items))),
-            ("amount", amount.clone()),
-            ("paid", if paid { amount } else { None }),
-            ("freight", details::yuan(&trade["post_fee"])),
-            ("currency", Some(Value::from("CNY"))),
-            (
-                "receiver",
-                Some(details::receiver([
-                    ("name", details::text(&trade["receiver_name"])),
-                    ("phone", details::text(&trade["receiver_mobile"])),
-                    ("province", details::text(&trade["receiver_state"])),
-                    ("city", details::text(&trade["receiver_city"])),
-                    ("district", details::text(&trade["receiver_district"])),
-                    ("address", details::text(&trade["receiver_address"])),
-                ])),
-            ),
-            (
-                "buyer",
-                details::text(&trade["buyer_open_uid"]).map(Value::from),
-            ),
-        ]),
+        fields: details::Contents {
+            items,
+            amount,
+            paid,
+            freight: details::yuan(&trade["post_fee"]),
+            receiver: details::receiver([
+                ("name", details::text(&trade["receiver_name"])),
+                ("phone", details::text(&trade["receiver_mobile"])),
+                ("province", details::text(&trade["receiver_state"])),
+                ("city", details::text(&trade["receiver_city"])),
+                ("district", details::text(&trade["receiver_district"])),
+                ("address", details::text(&trade["receiver_address"])),
+            ]),
+            buyer: details::text(&trade["buyer_open_uid"]),
+        }
+        .into_fields(),
     })
 }
 

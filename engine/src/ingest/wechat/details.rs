@@ -145,22 +145,14 @@ pub(crate) fn normalise(answer: &Value) -> Result<Fetched, FetchError> {
     let raw_status = details::text(&order["status"])
         .ok_or_else(|| FetchError::Malformed("no order.status".into()))?;
     let detail = &order["order_detail"];
-    let items: Vec<Value> = detail["product_infos"]
-        .as_array()
-        .map(|lines| {
-            lines
-                .iter()
-                .map(|line| {
-                    details::item(
-                        details::seller_sku(&[&line["out_sku_id"]], &line["sku_id"]),
-                        &line["title"],
-                        details::count(&line["sku_cnt"]),
-                        details::yuan_from_fen(&line["sale_price"]),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let items = details::lines(&detail["product_infos"], |line| {
+        details::item(
+            details::seller_sku(&[&line["out_sku_id"]], &line["sku_id"]),
+            &line["title"],
+            details::count(&line["sku_cnt"]),
+            details::yuan_from_fen(&line["sale_price"]),
+        )
+    });
     let price = &detail["price_info"];
     let address = &detail["delivery_info"]["address_info"];
     let paid = detail["pay_info"]["pay_time"]
@@ -170,25 +162,22 @@ pub(crate) fn normalise(answer: &Value) -> Result<Fetched, FetchError> {
     Ok(Fetched {
         raw_status,
         updated_at: order["update_time"].as_i64().map(|s| s * 1000),
-        fields: details::fields(vec![
-            ("items", Some(Value::Array(items))),
-            ("amount", amount.clone()),
-            ("paid", if paid { amount } else { None }),
-            ("freight", details::yuan_from_fen(&price["freight"])),
-            ("currency", Some(Value::from("CNY"))),
-            (
-                "receiver",
-                Some(details::receiver([
-                    ("name", details::text(&address["user_name"])),
-                    ("phone", details::text(&address["tel_number"])),
-                    ("province", details::text(&address["province_name"])),
-                    ("city", details::text(&address["city_name"])),
-                    ("district", details::text(&address["county_name"])),
-                    ("address", details::text(&address["detail_info"])),
-                ])),
-            ),
-            ("buyer", details::text(&order["openid"]).map(Value::from)),
-        ]),
+        fields: details::Contents {
+            items,
+            amount,
+            paid,
+            freight: details::yuan_from_fen(&price["freight"]),
+            receiver: details::receiver([
+                ("name", details::text(&address["user_name"])),
+                ("phone", details::text(&address["tel_number"])),
+                ("province", details::text(&address["province_name"])),
+                ("city", details::text(&address["city_name"])),
+                ("district", details::text(&address["county_name"])),
+                ("address", details::text(&address["detail_info"])),
+            ]),
+            buyer: details::text(&order["openid"]),
+        }
+        .into_fields(),
     })
 }
 

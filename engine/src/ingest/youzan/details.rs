@@ -176,25 +176,17 @@ pub(crate) fn normalise(data: &Value) -> Result<Fetched, FetchError> {
     let info = &full["order_info"];
     let raw_status = details::text(&info["status"])
         .ok_or_else(|| FetchError::Malformed("no full_order_info.order_info.status".into()))?;
-    let items: Vec<Value> = full["orders"]
-        .as_array()
-        .map(|orders| {
-            orders
-                .iter()
-                .map(|line| {
-                    details::item(
-                        details::seller_sku(
-                            &[&line["outer_sku_id"], &line["outer_item_id"]],
-                            &line["sku_id"],
-                        ),
-                        &line["title"],
-                        details::count(&line["num"]),
-                        details::yuan(&line["price"]),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let items = details::lines(&full["orders"], |line| {
+        details::item(
+            details::seller_sku(
+                &[&line["outer_sku_id"], &line["outer_item_id"]],
+                &line["sku_id"],
+            ),
+            &line["title"],
+            details::count(&line["num"]),
+            details::yuan(&line["price"]),
+        )
+    });
     let pay = &full["pay_info"];
     let address = &full["address_info"];
     let paid = details::text(&info["pay_time"]).is_some();
@@ -212,18 +204,15 @@ pub(crate) fn normalise(data: &Value) -> Result<Fetched, FetchError> {
         updated_at: info["update_time"]
             .as_str()
             .and_then(crate::ingest::poll::parse_china_datetime),
-        fields: details::fields(vec![
-            ("items", Some(Value::Array(items))),
-            ("amount", amount.clone()),
-            ("paid", if paid { amount } else { None }),
-            ("freight", details::yuan(&pay["post_fee"])),
-            ("currency", Some(Value::from("CNY"))),
-            ("receiver", Some(receiver)),
-            (
-                "buyer",
-                details::text(&full["buyer_info"]["yz_open_id"]).map(Value::from),
-            ),
-        ]),
+        fields: details::Contents {
+            items,
+            amount,
+            paid,
+            freight: details::yuan(&pay["post_fee"]),
+            receiver,
+            buyer: details::text(&full["buyer_info"]["yz_open_id"]),
+        }
+        .into_fields(),
     })
 }
 
