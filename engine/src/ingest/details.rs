@@ -952,6 +952,43 @@ pub(crate) fn with_query<'a>(
     format!("{base}?{}", query.finish())
 }
 
+/// POSTs `pairs` form-encoded (the TOP-style gateways: Pinduoduo, Taobao, JD; token calls)
+/// and reads the answer's JSON.
+pub(crate) async fn post_form(
+    http: &reqwest::Client,
+    url: &str,
+    pairs: &[(&str, &str)],
+) -> Result<Value, FetchError> {
+    let body = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
+    call_json(
+        http.post(url)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded;charset=utf-8",
+            )
+            .body(body),
+    )
+    .await
+}
+
+/// Business parameters as the name/value texts a form-encoded gateway signs and sends.
+pub(crate) fn form_params(params: &Map<String, Value>) -> Vec<(String, String)> {
+    params
+        .iter()
+        .map(|(name, value)| (name.clone(), param_text(value)))
+        .collect()
+}
+
+/// Borrowed pairs of `texts`.
+pub(crate) fn pairs(texts: &[(String, String)]) -> Vec<(&str, &str)> {
+    texts
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect()
+}
+
 /// Yuan from a fen integer (a number or a numeric string).
 pub(crate) fn yuan_from_fen(value: &Value) -> Option<Value> {
     let fen = match value {

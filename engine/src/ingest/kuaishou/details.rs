@@ -169,17 +169,10 @@ impl KuaishouDetails {
             ("app_id", self.app_key.as_str()),
             ("app_secret", app_secret.as_str()),
         ];
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(form)
-            .finish();
-        let answer = details::call_json(
-            self.http
-                .post(format!("{}/oauth2/refresh_token", self.gateway))
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded",
-                )
-                .body(body),
+        let answer = details::post_form(
+            &self.http,
+            &format!("{}/oauth2/refresh_token", self.gateway),
+            &form,
         )
         .await?;
         if answer["result"].as_i64() != Some(1) {

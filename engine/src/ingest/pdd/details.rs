@@ -100,19 +100,7 @@ impl PddDetails {
         all.extend_from_slice(params);
         let sign = top_sign(all.iter().copied(), &self.client_secret);
         all.push(("sign", sign.as_str()));
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(all)
-            .finish();
-        let answer = details::call_json(
-            self.http
-                .post(&self.router)
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded",
-                )
-                .body(body),
-        )
-        .await?;
+        let answer = details::post_form(&self.http, &self.router, &all).await?;
         check(answer)
     }
 
@@ -252,18 +240,12 @@ impl DetailsClient for PddDetails {
 
     fn call<'a>(&'a self, method: &'a str, params: Map<String, Value>) -> FetchFuture<'a, Value> {
         Box::pin(async move {
-            let texts: Vec<(String, String)> = params
-                .iter()
-                .map(|(k, v)| (k.clone(), details::param_text(v)))
-                .collect();
+            let texts = details::form_params(&params);
             details::with_token(
                 &self.tokens,
                 |current| self.renew(current),
                 |token| {
-                    let pairs: Vec<(&str, &str)> = texts
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str()))
-                        .collect();
+                    let pairs = details::pairs(&texts);
                     async move { self.request(method, &pairs, Some(&token)).await }
                 },
             )

@@ -138,19 +138,7 @@ impl JdDetails {
         ];
         let sign = top_sign(params.iter().copied(), &self.app_secret);
         params.push(("sign", sign.as_str()));
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(params)
-            .finish();
-        let answer = details::call_json(
-            self.http
-                .post(&self.gateway)
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded;charset=utf-8",
-                )
-                .body(body),
-        )
-        .await?;
+        let answer = details::post_form(&self.http, &self.gateway, &params).await?;
         refused(&answer)?;
         Ok(answer)
     }

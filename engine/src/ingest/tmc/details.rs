@@ -106,19 +106,7 @@ impl TaobaoDetails {
         params.extend_from_slice(business);
         let sign = top_sign(params.iter().copied(), &self.app_secret);
         params.push(("sign", sign.as_str()));
-        let body = form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(params)
-            .finish();
-        let answer = details::call_json(
-            self.http
-                .post(&self.gateway)
-                .header(
-                    reqwest::header::CONTENT_TYPE,
-                    "application/x-www-form-urlencoded;charset=utf-8",
-                )
-                .body(body),
-        )
-        .await?;
+        let answer = details::post_form(&self.http, &self.gateway, &params).await?;
         check(answer)
     }
 }
@@ -276,18 +264,12 @@ impl DetailsClient for TaobaoDetails {
 
     fn call<'a>(&'a self, method: &'a str, params: Map<String, Value>) -> FetchFuture<'a, Value> {
         Box::pin(async move {
-            let texts: Vec<(String, String)> = params
-                .iter()
-                .map(|(k, v)| (k.clone(), details::param_text(v)))
-                .collect();
+            let texts = details::form_params(&params);
             details::with_token(
                 &self.tokens,
                 |current| self.renew(current),
                 |session| {
-                    let pairs: Vec<(&str, &str)> = texts
-                        .iter()
-                        .map(|(k, v)| (k.as_str(), v.as_str()))
-                        .collect();
+                    let pairs = details::pairs(&texts);
                     async move { self.request(method, &pairs, &session).await }
                 },
             )
