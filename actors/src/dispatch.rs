@@ -13,7 +13,7 @@ pub mod sync;
 pub use connector::{Delivery, DeliveryFuture, SettledFuture, SinkConnector};
 pub use dispatcher::{DEFAULT_WINDOW, SinkSpec, SinkStatus};
 pub use policy::{Breaker, RetryPolicy};
-pub use rules::{RuleEffects, RuleError, RuleSet, RuleSpec};
+pub use rules::{HoldSpec, RuleEffects, RuleError, RuleSet, RuleSpec};
 pub use sync::{PendingSync, SyncIntent, SyncStatus, SyncUpdate};
 
 use crate::shard::Clock;

@@ -9,8 +9,9 @@ pub use event::{
     EventAction, INTERNAL_SOURCE, JournaledEvent, Millis, OrderEvent, SharedEvent, Superseding,
 };
 pub use machine::{
-    DETAILS_PATIENCE_MS, DETAILS_RULE, DetailsStatus, Effects, Hold, ITEMS_FIELD, Order, Outcome,
-    SUB_ORDERS_FIELD, SlaStatus, SlaTimer, SystemStatus, TimelineEntry, WaitingRule,
+    DETAILS_PATIENCE_MS, DETAILS_RULE, DetailsStatus, Effects, Hold, ITEMS_FIELD, OPERATOR_SOURCE,
+    Order, Outcome, SUB_ORDERS_FIELD, SlaStatus, SlaTimer, SystemStatus, TimelineEntry,
+    WaitingRule,
 };
 pub use policy::{DetailsSpec, OrderPolicy, SlaRule, details_name};
 pub use state::{OrderState, STATE_LABELS_WITH_NONE, UnknownState};
@@ -230,6 +231,43 @@ mod tests {
             .apply(&ev(5, "ops", EventAction::ReleaseHold, 5000), &policy)
             .unwrap();
         assert_eq!(outcome, Outcome::NotHeld);
+    }
+
+    #[test]
+    fn a_hold_says_who_why_and_since_when() {
+        // An operator's hold, even where on_hold is restricted to other sources.
+        let policy = OrderPolicy::permissive().allow_only(OnHold, vec!["wms".into()]);
+        let mut order = Order::new("k");
+        order.apply(&mv(1, Paid), &policy);
+        let mut hold = ev(
+            2,
+            OPERATOR_SOURCE,
+            EventAction::Move { state: OnHold },
+            2000,
+        );
+        hold.event.fields = serde_json::json!({"operator": "li.na", "reason": "address check"})
+            .as_object()
+            .cloned()
+            .unwrap();
+        order.apply(&hold, &policy);
+        let held = order.hold.clone().unwrap();
+        assert_eq!(
+            (held.since, held.reason.as_deref(), held.by.as_deref()),
+            (2000, Some("address check"), Some("li.na"))
+        );
+        assert_eq!(order.timeline[1].by.as_deref(), Some("li.na"));
+        // A source's hold names the source and its raw status.
+        let mut other = Order::new("k2");
+        other.apply(&mv(1, Paid), &policy);
+        let mut report = ev(2, "wms", EventAction::Move { state: OnHold }, 3000);
+        report.event.raw_status = "FROZEN".into();
+        other.apply(&report, &policy);
+        let held = other.hold.unwrap();
+        assert_eq!(
+            (held.reason.as_deref(), held.by.as_deref()),
+            (Some("FROZEN"), Some("wms"))
+        );
+        assert_eq!(other.timeline[1].by, None);
     }
 
     #[test]

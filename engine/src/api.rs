@@ -14,7 +14,9 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 mod forward;
+mod holds;
 pub(crate) use forward::answer;
+pub(crate) use holds::{hold, release};
 
 /// Parses a query string as `T`; the error says what is wrong (answered `400 bad_query`).
 fn parse_query<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T, String> {
@@ -107,15 +109,16 @@ fn mask_phones(value: &mut serde_json::Value) {
     }
 }
 
-/// The order as this node knows it (its owner's answer in cluster mode).
-pub(crate) async fn order_here(app: &Arc<AppState>, key: String) -> Response {
+/// The order as this node knows it: from its actor when active, else folded from the journal;
+/// `Err` is the answer to give (`404 unknown_order`, `410 archived`, `503`).
+pub(crate) async fn load_order(app: &Arc<AppState>, key: &str) -> Result<Order, Response> {
     let timeout = app.config.server.query_timeout.0;
-    let order = match app.router.active_order(&key, timeout).await {
-        Ok(Some(order)) => order,
+    match app.router.active_order(key, timeout).await {
+        Ok(Some(order)) => Ok(order),
         Ok(None) | Err(_) => {
             let journal = app.journal.clone();
             let policy = app.policy.clone();
-            let lookup = key.clone();
+            let lookup = key.to_owned();
             let folded = tokio::task::spawn_blocking(move || {
                 let events = journal.events_of(&lookup)?;
                 if events.is_empty() {
@@ -125,19 +128,25 @@ pub(crate) async fn order_here(app: &Arc<AppState>, key: String) -> Response {
             })
             .await;
             match folded {
-                Ok(Ok(Ok(order))) => order,
-                Ok(Ok(Err(Some(archived)))) => return gone(app, &key, &archived),
-                Ok(Ok(Err(None))) => {
-                    return error_response(
-                        StatusCode::NOT_FOUND,
-                        "unknown_order",
-                        &format!("no events for order {key:?}"),
-                    );
-                }
-                Ok(Err(err)) => return internal(err),
-                Err(err) => return internal(err),
+                Ok(Ok(Ok(order))) => Ok(order),
+                Ok(Ok(Err(Some(archived)))) => Err(gone(app, key, &archived)),
+                Ok(Ok(Err(None))) => Err(error_response(
+                    StatusCode::NOT_FOUND,
+                    "unknown_order",
+                    &format!("no events for order {key:?}"),
+                )),
+                Ok(Err(err)) => Err(internal(err)),
+                Err(err) => Err(internal(err)),
             }
         }
+    }
+}
+
+/// The order as this node knows it (its owner's answer in cluster mode).
+pub(crate) async fn order_here(app: &Arc<AppState>, key: String) -> Response {
+    let order = match load_order(app, &key).await {
+        Ok(order) => order,
+        Err(answer) => return answer,
     };
     let journal = app.journal.clone();
     let syncs = match tokio::task::spawn_blocking(move || journal.syncs_of(&key)).await {

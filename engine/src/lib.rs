@@ -522,6 +522,8 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/sources", get(api::sources))
         .route("/v1/orders", get(api::list_orders))
         .route("/v1/orders/{key}", get(api::get_order))
+        .route("/v1/orders/{key}/hold", post(api::hold))
+        .route("/v1/orders/{key}/release", post(api::release))
         .route("/v1/dispatch/dead-letters", get(api::dead_letters))
         .route(
             "/v1/dispatch/dead-letters/{row}/retry",

@@ -13,6 +13,7 @@ mod engine {
     pub(crate) mod details;
     pub(crate) mod dispatch;
     pub(crate) mod durability;
+    pub(crate) mod holds;
     pub(crate) mod http_api;
     pub(crate) mod loadgen;
     pub(crate) mod observability;

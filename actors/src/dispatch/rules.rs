@@ -32,15 +32,42 @@ pub struct RuleSpec {
     pub operation: Option<String>,
     /// Tag to add to the order.
     pub tag: Option<String>,
-    /// Put the order on hold (exception interception).
+    /// Put the order on hold (exception interception): `true`, or the hold's reason
+    /// (`hold = "address check"`).
     #[serde(default)]
-    pub hold: bool,
+    pub hold: HoldSpec,
     /// Order fields the rule needs (e.g. `["items"]`, brought by order-detail enrichment): at a
     /// transition where one is missing the rule waits, and is judged when an event brings them
     /// — as at the transition it waited at (its state, its sequence), with the fields known
     /// then.
     #[serde(default)]
     pub needs: Vec<String>,
+}
+
+/// A rule's `hold`: a flag, or the reason the hold carries.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(untagged)]
+pub enum HoldSpec {
+    /// `hold = true` / `false`.
+    Flag(bool),
+    /// `hold = "address check"`: on hold, for that reason.
+    Reason(String),
+}
+
+impl Default for HoldSpec {
+    fn default() -> Self {
+        HoldSpec::Flag(false)
+    }
+}
+
+impl HoldSpec {
+    /// Whether the rule holds the order.
+    pub fn is_set(&self) -> bool {
+        match self {
+            HoldSpec::Flag(set) => *set,
+            HoldSpec::Reason(_) => true,
+        }
+    }
 }
 
 /// A rule that cannot be used; names the rule and the problem.
@@ -153,7 +180,11 @@ impl RuleSet {
                 let program = compile_cel(expr).map_err(|e| fail(format!("fields.{name}: {e}")))?;
                 fields.push((name.clone(), program));
             }
-            if spec.sync.is_none() && spec.notify.is_none() && spec.tag.is_none() && !spec.hold {
+            if spec.sync.is_none()
+                && spec.notify.is_none()
+                && spec.tag.is_none()
+                && !spec.hold.is_set()
+            {
                 return Err(fail("does nothing: set sync, notify, tag or hold".into()));
             }
             if let Some(blank) = spec.needs.iter().find(|f| f.trim().is_empty()) {
@@ -223,8 +254,21 @@ impl RuleSet {
     pub fn hold_rules(&self) -> impl Iterator<Item = &str> {
         self.rules
             .iter()
-            .filter(|r| r.spec.hold)
+            .filter(|r| r.spec.hold.is_set())
             .map(|r| r.spec.name.as_str())
+    }
+
+    /// The reason rule `rule`'s hold carries: its own, else its name.
+    pub fn hold_reason(&self, rule: &str) -> String {
+        match self
+            .rules
+            .iter()
+            .find(|r| r.spec.name == rule)
+            .map(|r| &r.spec.hold)
+        {
+            Some(HoldSpec::Reason(reason)) if !reason.trim().is_empty() => reason.clone(),
+            _ => rule.to_owned(),
+        }
     }
 
     /// Sinks each rule sends to: `(rule, sink)`.
@@ -450,7 +494,7 @@ impl RuleSet {
             effects.tags.push(tag.clone());
             effects.notes.push(format!("rule {name}: tag {tag}"));
         }
-        if rule.spec.hold {
+        if rule.spec.hold.is_set() {
             effects.holds.push(name.clone());
         }
     }
@@ -881,7 +925,7 @@ mod tests {
             name: "vip".into(),
             when: "order.fields.amount > 1000.0".into(),
             tag: Some("vip".into()),
-            hold: true,
+            hold: HoldSpec::Reason("vip check".into()),
             ..RuleSpec::default()
         };
         let notify = RuleSpec {

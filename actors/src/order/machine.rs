@@ -127,6 +127,9 @@ pub struct TimelineEntry {
     /// The source's mapping did not know `raw_status`: recorded, nothing changed.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unmapped: bool,
+    /// The operator who acted (events of source `operator`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// Where an SLA timer stands.
@@ -167,7 +170,56 @@ pub struct Hold {
     pub resume_to: OrderState,
     /// When the hold began.
     pub since: Millis,
+    /// Why (an operator's reason, a rule's reason or name, or what the source reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Who: an operator's name, `rule NAME`, or the reporting source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
+
+/// Who asked for a hold and why.
+struct HoldCause {
+    reason: Option<String>,
+    by: Option<String>,
+}
+
+impl HoldCause {
+    /// The cause an event gives: an operator's reason and name (`fields.reason`,
+    /// `fields.operator`), else the reporting source and its raw status.
+    fn of(event: &super::event::OrderEvent) -> Self {
+        let text = |name: &str| {
+            event
+                .fields
+                .get(name)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+        };
+        if event.source == OPERATOR_SOURCE {
+            HoldCause {
+                reason: text("reason"),
+                by: text("operator"),
+            }
+        } else {
+            HoldCause {
+                reason: text("reason").or_else(|| Some(event.raw_status.clone())),
+                by: Some(event.source.clone()),
+            }
+        }
+    }
+
+    /// The cause of rule `rule`'s hold.
+    fn rule(rule: &str, policy: &OrderPolicy) -> Self {
+        HoldCause {
+            reason: Some(policy.rules().hold_reason(rule)),
+            by: Some(format!("rule {rule}")),
+        }
+    }
+}
+
+/// The source of the events operators cause through the API (holds, releases); their
+/// `fields.operator` names the operator.
+pub const OPERATOR_SOURCE: &str = "operator";
 
 /// What applying an event caused beyond the order itself: timer changes for the shard's timer
 /// structure and the syncs the rules decided.
@@ -375,12 +427,14 @@ impl Order {
             _ if superseded.is_some() => Outcome::Superseded {
                 latest: superseded.unwrap_or_default(),
             },
-            EventAction::Move { state } if !policy.allows(&event.source, *state) => {
+            EventAction::Move { state }
+                if event.source != OPERATOR_SOURCE && !policy.allows(&event.source, *state) =>
+            {
                 Outcome::NotAllowed
             }
             EventAction::Move {
                 state: OrderState::OnHold,
-            } => self.hold(at, policy, &mut timers),
+            } => self.hold(at, HoldCause::of(event), policy, &mut timers),
             EventAction::Move { state } => self.advance(*state, at, policy, &mut timers),
             EventAction::ReleaseHold => match self.hold.take() {
                 Some(hold) => {
@@ -426,7 +480,7 @@ impl Order {
             }
             notes = decided.notes;
             if let Some(rule) = decided.holds.first() {
-                match self.hold(at, policy, &mut timers) {
+                match self.hold(at, HoldCause::rule(rule, policy), policy, &mut timers) {
                     Outcome::Applied { .. } => {
                         notes.push(format!("rule {rule}: hold (exception interception)"));
                         timers.holds.push(rule.clone());
@@ -464,6 +518,10 @@ impl Order {
             outcome: outcome.clone(),
             rules: notes,
             unmapped: event.action == EventAction::Unmapped,
+            by: (event.source == OPERATOR_SOURCE)
+                .then(|| event.fields.get("operator").and_then(|v| v.as_str()))
+                .flatten()
+                .map(str::to_owned),
         });
         Some((outcome, timers))
     }
@@ -487,7 +545,12 @@ impl Order {
         notes.extend(decided.notes);
         // A hold decided late applies only while the order can still be held.
         if let Some(rule) = decided.holds.first() {
-            match self.hold(event.effective_at(), policy, timers) {
+            match self.hold(
+                event.effective_at(),
+                HoldCause::rule(rule, policy),
+                policy,
+                timers,
+            ) {
                 Outcome::Applied { .. } => {
                     notes.push(format!("rule {rule}: hold (exception interception)"));
                     timers.holds.push(rule.clone());
@@ -632,7 +695,13 @@ impl Order {
         }
     }
 
-    fn hold(&mut self, at: Millis, policy: &OrderPolicy, timers: &mut Effects) -> Outcome {
+    fn hold(
+        &mut self,
+        at: Millis,
+        cause: HoldCause,
+        policy: &OrderPolicy,
+        timers: &mut Effects,
+    ) -> Outcome {
         match self.state {
             Some(OrderState::OnHold) => Outcome::Unchanged,
             Some(current) if current.can_hold() => {
@@ -640,6 +709,8 @@ impl Order {
                 self.hold = Some(Hold {
                     resume_to: current,
                     since: at,
+                    reason: cause.reason,
+                    by: cause.by,
                 });
                 Outcome::Applied {
                     from: Some(current),

@@ -1,0 +1,168 @@
+//! Holds by operators and rules: who, why and since when, in the order and its timeline.
+
+use super::support::*;
+use serde_json::Value;
+
+async fn post_as(engine: &TestEngine, token: &str, path: &str, body: &str) -> (u16, Value) {
+    let response = engine
+        .client
+        .post(format!("{}{path}", engine.base))
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .await
+        .unwrap();
+    read(response).await
+}
+
+async fn get_as(engine: &TestEngine, token: &str, path: &str) -> Value {
+    let response = engine
+        .client
+        .get(format!("{}{path}", engine.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    read(response).await.1
+}
+
+#[tokio::test]
+async fn an_operator_holds_and_releases_an_order_and_the_timeline_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = with_secrets(
+        secrets(),
+        &[
+            ("T_VIEWER", "viewer-token"),
+            ("T_OPERATOR", "operator-token"),
+        ],
+    );
+    let engine = TestEngine::start_with(
+        "sla = []\n[[operators]]\nname = \"wang.wei\"\nrole = \"viewer\"\ntoken_env = \"T_VIEWER\"\n\
+         [[operators]]\nname = \"li.na\"\nrole = \"operator\"\ntoken_env = \"T_OPERATOR\"\n\
+         [[rules]]\nname = \"vip\"\nwhen = 'order.state == \"paid\" && order.fields.vip == true'\nhold = \"vip address check\"\n",
+        dir.path(),
+        secrets,
+    )
+    .await;
+    for (id, order, status) in [
+        ("h1-paid", "shop:h1", "paid"),
+        ("h2-shipped", "shop:h2", "shipped"),
+    ] {
+        assert_eq!(
+            engine
+                .post_events(&canonical(id, order, "shop", status, now_ms()))
+                .await
+                .0,
+            200
+        );
+    }
+    let hold = "/v1/orders/shop:h1/hold";
+    // A viewer may not; a hold needs a reason; the body is checked.
+    assert_eq!(
+        post_as(&engine, "viewer-token", hold, r#"{"reason":"x"}"#)
+            .await
+            .0,
+        403
+    );
+    let (status, body) = post_as(&engine, "operator-token", hold, "{}").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reason")
+    );
+    let (status, body) = post_as(&engine, "operator-token", hold, r#"{"why":"x"}"#).await;
+    assert_eq!(status, 400, "{body}");
+    // Held: who, why, since when; the timeline names the operator.
+    let (status, body) = post_as(
+        &engine,
+        "operator-token",
+        hold,
+        r#"{"reason":"buyer asked to change the address"}"#,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["by"], "li.na");
+    let mut order = Value::Null;
+    for _ in 0..100 {
+        order = get_as(&engine, "viewer-token", "/v1/orders/shop:h1").await;
+        if order["state"] == "on_hold" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(order["state"], "on_hold", "{order}");
+    assert_eq!(order["hold"]["by"], "li.na");
+    assert_eq!(order["hold"]["reason"], "buyer asked to change the address");
+    assert_eq!(order["hold"]["resume_to"], "paid");
+    assert!(order["hold"]["since"].as_i64().unwrap() > 0);
+    let entry = &order["timeline"][1];
+    assert_eq!(
+        (entry["source"].as_str(), entry["by"].as_str()),
+        (Some("operator"), Some("li.na"))
+    );
+    // Holding twice, releasing what is not held, holding a shipped order, an unknown order.
+    let (status, body) = post_as(&engine, "operator-token", hold, r#"{"reason":"again"}"#).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("li.na"),
+        "{body}"
+    );
+    let (status, body) = post_as(
+        &engine,
+        "operator-token",
+        "/v1/orders/shop:h2/hold",
+        r#"{"reason":"late"}"#,
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shipped"),
+        "{body}"
+    );
+    let (status, _) = post_as(
+        &engine,
+        "operator-token",
+        "/v1/orders/shop:none/hold",
+        r#"{"reason":"x"}"#,
+    )
+    .await;
+    assert_eq!(status, 404);
+    // Released: back where it was, by whom in the timeline.
+    let release = "/v1/orders/shop:h1/release";
+    let (status, body) = post_as(&engine, "operator-token", release, "").await;
+    assert_eq!(status, 202, "{body}");
+    for _ in 0..100 {
+        order = get_as(&engine, "viewer-token", "/v1/orders/shop:h1").await;
+        if order["state"] == "paid" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(order["state"], "paid", "{order}");
+    assert!(order.get("hold").is_none());
+    assert_eq!(order["timeline"][2]["by"], "li.na");
+    assert_eq!(post_as(&engine, "operator-token", release, "").await.0, 409);
+    // A rule's hold carries its reason and names the rule.
+    let vip = canonical("h3-paid", "shop:h3", "shop", "paid", now_ms()).replacen(
+        '}',
+        r#","fields":{"vip":true}}"#,
+        1,
+    );
+    assert_eq!(engine.post_events(&vip).await.0, 200);
+    for _ in 0..100 {
+        order = get_as(&engine, "viewer-token", "/v1/orders/shop:h3").await;
+        if order["state"] == "on_hold" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(order["hold"]["reason"], "vip address check", "{order}");
+    assert_eq!(order["hold"]["by"], "rule vip");
+    engine.stop().await;
+}
