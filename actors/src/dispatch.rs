@@ -6,12 +6,14 @@
 
 pub mod connector;
 mod dispatcher;
+pub mod held;
 pub mod policy;
 pub mod rules;
 pub mod sync;
 
 pub use connector::{Delivery, DeliveryFuture, SettledFuture, SinkConnector};
 pub use dispatcher::{DEFAULT_WINDOW, SinkSpec, SinkStatus};
+pub use held::HeldOrders;
 pub use policy::{Breaker, RetryPolicy};
 pub use rules::{HoldSpec, RuleEffects, RuleError, RuleSet, RuleSpec};
 pub use sync::{PendingSync, SyncIntent, SyncStatus, SyncUpdate};
@@ -70,6 +72,16 @@ impl Dispatch {
         store: Arc<dyn SyncStore>,
         clock: Arc<dyn Clock>,
     ) -> Result<Dispatch, DispatchError> {
+        Self::start_with_holds(sinks, store, clock, HeldOrders::default()).await
+    }
+
+    /// As [`Dispatch::start`]; the syncs of orders in `held` wait until they leave it.
+    pub async fn start_with_holds(
+        sinks: Vec<(SinkSpec, Arc<dyn SinkConnector>)>,
+        store: Arc<dyn SyncStore>,
+        clock: Arc<dyn Clock>,
+        held: HeldOrders,
+    ) -> Result<Dispatch, DispatchError> {
         let backlog = Arc::new(AtomicI64::new(0));
         let mut actors = HashMap::new();
         for (spec, connector) in sinks {
@@ -86,6 +98,7 @@ impl Dispatch {
                 store: store.clone(),
                 clock: clock.clone(),
                 backlog_total,
+                held: held.clone(),
             };
             let (actor, _) =
                 Actor::spawn(None, Dispatcher, args)

@@ -256,6 +256,7 @@ mod tests {
             (2000, Some("address check"), Some("li.na"))
         );
         assert_eq!(order.timeline[1].by.as_deref(), Some("li.na"));
+        assert_eq!(held.held_in, Some(Paid));
         // A source's hold names the source and its raw status.
         let mut other = Order::new("k2");
         other.apply(&mv(1, Paid), &policy);
@@ -268,6 +269,35 @@ mod tests {
             (Some("FROZEN"), Some("wms"))
         );
         assert_eq!(other.timeline[1].by, None);
+    }
+
+    #[test]
+    fn a_release_back_to_where_it_was_decides_nothing_again() {
+        let rules = crate::dispatch::RuleSet::compile(vec![crate::dispatch::RuleSpec {
+            name: "erp".into(),
+            when: r#"order.state == "paid" || order.state == "picked""#.into(),
+            sync: Some("erp".into()),
+            ..Default::default()
+        }])
+        .unwrap();
+        let policy = OrderPolicy::permissive().with_rules(rules);
+        let mut order = Order::new("k");
+        let (_, effects) = order.apply(&mv(1, Paid), &policy).unwrap();
+        assert_eq!(effects.syncs.len(), 1);
+        order.apply(&mv(2, OnHold), &policy);
+        let (outcome, effects) = order
+            .apply(&ev(3, "ops", EventAction::ReleaseHold, 3000), &policy)
+            .unwrap();
+        assert!(matches!(outcome, Outcome::Applied { to: Paid, .. }));
+        assert!(effects.syncs.is_empty(), "paid's sync was decided already");
+        // Progress during a hold: the release moves on, and that state's rules fire.
+        order.apply(&mv(4, OnHold), &policy);
+        order.apply(&mv(5, Picked), &policy);
+        let (_, effects) = order
+            .apply(&ev(6, "ops", EventAction::ReleaseHold, 6000), &policy)
+            .unwrap();
+        assert_eq!(order.state, Some(Picked));
+        assert_eq!(effects.syncs.len(), 1);
     }
 
     #[test]

@@ -118,6 +118,8 @@ pub(crate) struct ShardContext {
     pub(crate) clock: ShardClock,
     pub(crate) timers: TimerHandle,
     pub(crate) metrics: Arc<OrderMetrics>,
+    /// Orders on hold, for the dispatchers.
+    pub(crate) held: crate::dispatch::HeldOrders,
 }
 
 /// Why the router could not do what was asked.
@@ -159,6 +161,7 @@ pub struct OrderRouter {
 struct RouterInner {
     shards: Vec<ActorRef<ShardMsg>>,
     timers: Vec<TimerHandle>,
+    held: crate::dispatch::HeldOrders,
     metrics: Arc<OrderMetrics>,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
 }
@@ -195,6 +198,7 @@ impl OrderRouter {
             policy.rules().hold_rules().map(str::to_owned),
         ));
         let policy = Arc::new(policy);
+        let held = crate::dispatch::HeldOrders::default();
         let mut shards = Vec::with_capacity(config.shards);
         let mut timer_handles = Vec::with_capacity(config.shards);
         let mut tasks = Vec::new();
@@ -207,6 +211,7 @@ impl OrderRouter {
                 clock: clock.clone(),
                 timers: timers.clone(),
                 metrics: metrics.clone(),
+                held: held.clone(),
             });
             let (supervisor, _) = Actor::spawn(None, ShardSupervisor, ctx)
                 .await
@@ -228,10 +233,17 @@ impl OrderRouter {
             inner: Arc::new(RouterInner {
                 shards,
                 timers: timer_handles,
+                held,
                 metrics,
                 tasks: std::sync::Mutex::new(tasks),
             }),
         })
+    }
+
+    /// The orders on hold, as the order actors mark them; hand it to the dispatchers
+    /// ([`crate::dispatch::Dispatch::start_with_holds`]) so held orders' syncs wait.
+    pub fn held_orders(&self) -> crate::dispatch::HeldOrders {
+        self.inner.held.clone()
     }
 
     /// Number of shards.

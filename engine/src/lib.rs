@@ -198,7 +198,24 @@ pub async fn run(
         };
         sinks.push((spec, connector));
     }
-    let dispatch = Dispatch::start(sinks, Arc::new(journal.clone()), Arc::new(clock)).await?;
+    // Orders on hold keep their syncs back until released: the actors mark them as they fold;
+    // those held before this start are marked from the index (their actors may not run).
+    let held = router.held_orders();
+    let held_index = journal.clone();
+    let on_hold = tokio::task::spawn_blocking(move || {
+        held_index.list(&journal::OrderFilter {
+            state: Some(orderhub_actors::order::OrderState::OnHold),
+            limit: i64::MAX as usize,
+            ..Default::default()
+        })
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))??;
+    for order in &on_hold {
+        held.set(&order.key, true);
+    }
+    let dispatch =
+        Dispatch::start_with_holds(sinks, Arc::new(journal.clone()), Arc::new(clock), held).await?;
     // Cluster mode: each live node dispatches its own partitions' syncs with an even share of
     // every sink's quota, so together they never exceed it; the share follows the members.
     let quota_share = cluster.as_ref().map(|cluster| {

@@ -147,6 +147,7 @@ pub(crate) struct DispatcherArgs {
     pub(crate) store: Arc<dyn SyncStore>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) backlog_total: Arc<AtomicI64>,
+    pub(crate) held: super::HeldOrders,
 }
 
 pub(crate) struct DispatcherState {
@@ -178,6 +179,10 @@ pub(crate) struct DispatcherState {
     backlog_total: Arc<AtomicI64>,
     delivered: u64,
     dead: u64,
+    /// Orders on hold (set by their actors).
+    on_hold: super::HeldOrders,
+    /// Orders whose syncs wait for their hold's release.
+    parked: HashSet<Arc<str>>,
 }
 
 impl Actor for Dispatcher {
@@ -217,6 +222,8 @@ impl Actor for Dispatcher {
             backlog_total: args.backlog_total,
             delivered: 0,
             dead: 0,
+            on_hold: args.held,
+            parked: HashSet::new(),
         })
     }
 
@@ -350,6 +357,18 @@ impl DispatcherState {
 
     fn tick(&mut self, myself: &ActorRef<DispatchMsg>) {
         let now = self.now();
+        if !self.parked.is_empty() {
+            let released: Vec<Arc<str>> = self
+                .parked
+                .iter()
+                .filter(|order| !self.on_hold.contains(order))
+                .cloned()
+                .collect();
+            for order in released {
+                self.parked.remove(&order);
+                self.schedule_head(order);
+            }
+        }
         while let Some((at, _)) = self.delayed.first() {
             if *at > now {
                 break;
@@ -392,6 +411,11 @@ impl DispatcherState {
             let Some(head) = self.queues.get(&order).and_then(VecDeque::front).cloned() else {
                 continue;
             };
+            // An order on hold keeps its syncs until released (checked at every tick).
+            if self.on_hold.contains(&order) {
+                self.parked.insert(order);
+                continue;
+            }
             // Only once there is something to send: a half-open breaker's single probe slot
             // taken without a send would never be given back.
             if !self.breaker.try_acquire(self.now()) {

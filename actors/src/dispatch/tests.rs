@@ -474,3 +474,40 @@ async fn only_sinks_that_hold_back_ingest_count_in_the_backlog() {
     assert_eq!(dispatch.backlog(), 5);
     dispatch.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_orders_syncs_wait_for_its_release_and_then_go_in_order() {
+    let outbox = Arc::new(MemoryOutbox::default());
+    let sink = ScriptedSink::new(|_, _| Delivery::Delivered);
+    let held = crate::dispatch::HeldOrders::default();
+    held.set("o:held", true);
+    let dispatch = Dispatch::start_with_holds(
+        vec![(spec(1000), sink.clone() as Arc<dyn SinkConnector>)],
+        outbox.clone(),
+        Arc::new(SystemClock),
+        held.clone(),
+    )
+    .await
+    .unwrap();
+    let batch = vec![
+        outbox.add(1, "o:held", 1),
+        outbox.add(2, "o:free", 1),
+        outbox.add(3, "o:held", 2),
+    ];
+    dispatch.notify(batch);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let delivered: Vec<String> = sink
+        .delivered
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| s.order.clone())
+        .collect();
+    assert_eq!(delivered, ["o:free"], "the held order's syncs wait");
+    held.set("o:held", false);
+    until_backlog_empty(&dispatch, Duration::from_secs(5)).await;
+    let delivered = sink.delivered.lock().unwrap().clone();
+    assert_eq!(delivered.len(), 3);
+    assert_fifo(&delivered);
+    dispatch.stop().await;
+}

@@ -176,6 +176,10 @@ pub struct Hold {
     /// Who: an operator's name, `rule NAME`, or the reporting source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// The state the order was in when the hold began: released back to it, its rules do not
+    /// fire again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_in: Option<OrderState>,
 }
 
 /// Who asked for a hold and why.
@@ -423,6 +427,7 @@ impl Order {
                 }
             }
         });
+        let mut judged_already = false;
         let outcome = match &event.action {
             _ if superseded.is_some() => Outcome::Superseded {
                 latest: superseded.unwrap_or_default(),
@@ -438,6 +443,8 @@ impl Order {
             EventAction::Move { state } => self.advance(*state, at, policy, &mut timers),
             EventAction::ReleaseHold => match self.hold.take() {
                 Some(hold) => {
+                    // Back where it was: its rules fired when it got there, not again.
+                    judged_already = hold.held_in == Some(hold.resume_to);
                     self.enter(hold.resume_to, at, policy, &mut timers);
                     Outcome::Applied {
                         from: Some(OrderState::OnHold),
@@ -468,7 +475,9 @@ impl Order {
             }
         }
         let mut notes = Vec::new();
-        if let Outcome::Applied { from, to } = &outcome {
+        if let Outcome::Applied { from, to } = &outcome
+            && !judged_already
+        {
             // The transition's place in the log names its syncs: the stream's sequence in cluster
             // mode (the same on every node that replays it), else the journal's.
             let seq = event.log_seq.unwrap_or(journaled.seq);
@@ -711,6 +720,7 @@ impl Order {
                     since: at,
                     reason: cause.reason,
                     by: cause.by,
+                    held_in: Some(current),
                 });
                 Outcome::Applied {
                     from: Some(current),

@@ -69,6 +69,7 @@ impl Actor for OrderActor {
         for (rule, deadline) in order.armed_timers() {
             args.ctx.timers.arm(&args.key, rule, deadline);
         }
+        args.ctx.held.set(&args.key, order.hold.is_some());
         let state = OrderActorState {
             key: args.key,
             order,
@@ -132,6 +133,7 @@ impl OrderActorState {
         for (rule, deadline) in &timers.armed {
             ctx.timers.arm(&self.key, rule, *deadline);
         }
+        ctx.held.set(&self.key, self.order.hold.is_some());
         self.record(timers.syncs);
     }
 

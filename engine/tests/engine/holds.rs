@@ -166,3 +166,66 @@ async fn an_operator_holds_and_releases_an_order_and_the_timeline_names_them() {
     assert_eq!(order["hold"]["by"], "rule vip");
     engine.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_orders_syncs_wait_for_the_release_even_across_a_restart() {
+    // The ERP is down for the first second: the paid order's sync is still pending when an
+    // operator holds the order, and must not go out when the ERP comes back.
+    let erp = FakeSink::start(|_, elapsed| {
+        if elapsed < std::time::Duration::from_secs(1) {
+            Fault::Status(503)
+        } else {
+            Fault::None
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "sla = []\n{}[[rules]]\nname = \"erp_on_paid\"\nwhen = 'order.state == \"paid\"'\nsync = \"erp\"\n",
+        sinks_toml(&erp.base, "50/s", "2s")
+    );
+    let engine = TestEngine::start(&config, dir.path()).await;
+    assert_eq!(
+        engine
+            .post_events(&canonical("w-paid", "shop:w1", "shop", "paid", now_ms()))
+            .await
+            .0,
+        200
+    );
+    let (status, body) = post_as(
+        &engine,
+        "ignored",
+        "/v1/orders/shop:w1/hold",
+        r#"{"reason":"fraud check"}"#,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(
+        erp.delivered("/erp").is_empty(),
+        "nothing goes out while the order is held"
+    );
+    // Still held after a restart (the order's actor is not running: the index says so).
+    engine.stop().await;
+    let engine = TestEngine::start(&config, dir.path()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(
+        erp.delivered("/erp").is_empty(),
+        "still held after a restart"
+    );
+    let (status, body) = post_as(&engine, "ignored", "/v1/orders/shop:w1/release", "").await;
+    assert_eq!(status, 202, "{body}");
+    for _ in 0..200 {
+        if !erp.delivered("/erp").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        erp.delivered("/erp").len(),
+        1,
+        "the held sync goes out on release, and the release back to paid decides no other"
+    );
+    engine.stop().await;
+}
