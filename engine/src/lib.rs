@@ -252,6 +252,7 @@ pub async fn run(
         let (journal, router, placing) = (journal.clone(), router.clone(), cluster.clone());
         cluster.on_partitions_taken(move |taken| {
             let (journal, router, placing) = (journal.clone(), router.clone(), placing.clone());
+            let index = journal.clone();
             tokio::spawn(async move {
                 let armed = tokio::task::spawn_blocking(move || journal.armed_timers()).await;
                 let armed = match armed {
@@ -263,6 +264,27 @@ pub async fn run(
                     if taken.contains(&placing.partition_of(&order)) {
                         router.arm(&order, &rule, deadline);
                     }
+                }
+                // And their orders on hold keep their syncs back here too.
+                let held = router.held_orders();
+                let on_hold = tokio::task::spawn_blocking(move || {
+                    index.list(&journal::OrderFilter {
+                        state: Some(orderhub_actors::order::OrderState::OnHold),
+                        limit: i64::MAX as usize,
+                        ..Default::default()
+                    })
+                })
+                .await;
+                match on_hold {
+                    Ok(Ok(orders)) => {
+                        for order in orders {
+                            if taken.contains(&placing.partition_of(&order.key)) {
+                                held.set(&order.key, true);
+                            }
+                        }
+                    }
+                    Ok(Err(err)) => tracing::warn!(error = %err, "cannot mark the held orders of taken partitions"),
+                    Err(err) => tracing::warn!(error = %err, "cannot mark the held orders of taken partitions"),
                 }
             });
         });
