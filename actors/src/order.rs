@@ -491,3 +491,6 @@ mod tests {
 
 #[cfg(test)]
 mod enrichment_tests;
+
+#[cfg(test)]
+mod trigger_tests;

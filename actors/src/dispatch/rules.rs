@@ -36,6 +36,13 @@ pub struct RuleSpec {
     /// (`hold = "address check"`).
     #[serde(default)]
     pub hold: HoldSpec,
+    /// What the rule is judged on: `transition` (the default: every state change),
+    /// `sla_breached`, `hold` (the order went on hold) or `unmapped_status` (a report whose raw
+    /// status the source's mapping does not know). Conditions and templates see the trigger's
+    /// facts in `event` (`event.sla {rule, deadline, late, late_by_ms}`, `event.hold {reason,
+    /// by}`).
+    #[serde(default)]
+    pub on: Option<String>,
     /// Order fields the rule needs (e.g. `["items"]`, brought by order-detail enrichment): at a
     /// transition where one is missing the rule waits, and is judged when an event brings them
     /// — as at the transition it waited at (its state, its sequence), with the fields known
@@ -43,6 +50,17 @@ pub struct RuleSpec {
     #[serde(default)]
     pub needs: Vec<String>,
 }
+
+/// The triggers a rule may be judged on (`on`); `transition` when unset.
+pub const TRIGGERS: [&str; 4] = ["transition", "sla_breached", "hold", "unmapped_status"];
+/// Triggers named by the operators' issue that need what is not built yet.
+const TRIGGERS_LATER: [&str; 5] = [
+    "approval_opened",
+    "approval_decided",
+    "approval_expired",
+    "disagreement",
+    "oversell",
+];
 
 /// A rule's `hold`: a flag, or the reason the hold carries.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -91,6 +109,11 @@ struct CompiledRule {
 }
 
 impl CompiledRule {
+    /// The trigger the rule is judged on.
+    fn trigger(&self) -> &str {
+        self.spec.on.as_deref().unwrap_or("transition")
+    }
+
     /// The first field the rule needs that `order` lacks.
     fn missing_need(&self, order: &Order) -> Option<&str> {
         self.spec
@@ -186,6 +209,22 @@ impl RuleSet {
                 && !spec.hold.is_set()
             {
                 return Err(fail("does nothing: set sync, notify, tag or hold".into()));
+            }
+            if let Some(on) = &spec.on
+                && !TRIGGERS.contains(&on.as_str())
+            {
+                let problem = if TRIGGERS_LATER.contains(&on.as_str()) {
+                    format!(
+                        "on = {on:?} is not available yet (approvals, disagreements and stock are not built); one of {}",
+                        TRIGGERS.join(", ")
+                    )
+                } else {
+                    format!(
+                        "unknown trigger on = {on:?}; one of {}",
+                        TRIGGERS.join(", ")
+                    )
+                };
+                return Err(fail(problem));
             }
             if let Some(blank) = spec.needs.iter().find(|f| f.trim().is_empty()) {
                 return Err(fail(format!("needs: {blank:?} is no field name")));
@@ -302,14 +341,14 @@ impl RuleSet {
         let live: Vec<&CompiledRule> = self
             .rules
             .iter()
+            .filter(|rule| rule.trigger() == "transition")
             .filter(|rule| rule.states.as_ref().is_none_or(|s| s.contains(&state)))
             .collect();
         if live.is_empty() {
             return effects;
         }
         let order_value = order_json(order, previous);
-        let event_value =
-            serde_json::json!({ "source": event.source, "raw_status": event.raw_status });
+        let event_value = event_json(event, None);
         let mut root = self.builtins.new_inner_scope();
         if root.add_variable("order", order_value.clone()).is_err()
             || root.add_variable("event", event_value.clone()).is_err()
@@ -342,6 +381,53 @@ impl RuleSet {
         effects
     }
 
+    /// Evaluates the rules judged on `trigger` (not a transition) for `event` at `seq`, with the
+    /// trigger's `facts` in `event` (e.g. `{"sla": {...}}`). Their syncs' keys end in
+    /// `:{trigger}`, apart from any the same event's transition decided.
+    pub fn evaluate_trigger(
+        &self,
+        trigger: &str,
+        order: &Order,
+        event: &OrderEvent,
+        seq: u64,
+        facts: Map<String, Json>,
+    ) -> RuleEffects {
+        let mut effects = RuleEffects::default();
+        let live: Vec<&CompiledRule> = self
+            .rules
+            .iter()
+            .filter(|r| r.trigger() == trigger)
+            .collect();
+        if live.is_empty() {
+            return effects;
+        }
+        let event_value = event_json(event, Some(facts));
+        let mut root = self.builtins.new_inner_scope();
+        if root.add_variable("order", order_json(order, None)).is_err()
+            || root.add_variable("event", event_value.clone()).is_err()
+        {
+            effects
+                .notes
+                .push("rules skipped: order not representable in CEL".into());
+            return effects;
+        }
+        for rule in live {
+            if let Some(missing) = rule.missing_need(order) {
+                effects.notes.push(format!(
+                    "rule {}: needs fields.{missing}, not there at {trigger}",
+                    rule.spec.name
+                ));
+                continue;
+            }
+            self.judge(rule, &root, order, None, &event_value, seq, &mut effects);
+        }
+        for sync in &mut effects.syncs {
+            sync.id = format!("{}:{trigger}", sync.id);
+        }
+        self.note_syncs(&mut effects);
+        effects
+    }
+
     /// Judges again `waiting` rules now that `event` brought fields: each whose needs are met
     /// is judged as at the transition it waited at. Returns what they decided and the rules
     /// still waiting.
@@ -353,8 +439,7 @@ impl RuleSet {
     ) -> (RuleEffects, Vec<crate::order::WaitingRule>) {
         let mut effects = RuleEffects::default();
         let mut still = Vec::new();
-        let event_value =
-            serde_json::json!({ "source": event.source, "raw_status": event.raw_status });
+        let event_value = event_json(event, None);
         for waiting in waiting {
             let Some(rule) = self.rules.iter().find(|r| r.spec.name == waiting.rule) else {
                 // The rule is no longer configured.
@@ -652,6 +737,20 @@ fn compile_cel(source: &str) -> Result<Program, String> {
 
 fn state_name(state: Option<OrderState>) -> &'static str {
     state.map_or("none", OrderState::as_str)
+}
+
+/// The event as rules see it: its source, raw status, canonical `status` and the trigger's
+/// facts.
+fn event_json(event: &OrderEvent, facts: Option<Map<String, Json>>) -> Json {
+    let mut value = serde_json::json!({
+        "source": event.source,
+        "raw_status": event.raw_status,
+        "status": event.action.label(),
+    });
+    if let (Some(facts), Json::Object(map)) = (facts, &mut value) {
+        map.extend(facts);
+    }
+    value
 }
 
 /// The order as rules see it.

@@ -428,6 +428,7 @@ impl Order {
             }
         });
         let mut judged_already = false;
+        let was_held = self.hold.is_some();
         let outcome = match &event.action {
             _ if superseded.is_some() => Outcome::Superseded {
                 latest: superseded.unwrap_or_default(),
@@ -516,6 +517,16 @@ impl Order {
             }
             self.enrich(journaled, &outcome, policy, &mut notes, &mut timers);
         }
+        if superseded.is_none() {
+            self.judge_triggers(
+                journaled,
+                &outcome,
+                was_held,
+                policy,
+                &mut notes,
+                &mut timers,
+            );
+        }
         self.timeline.push(TimelineEntry {
             seq: journaled.seq,
             source: event.source.clone(),
@@ -533,6 +544,98 @@ impl Order {
                 .map(str::to_owned),
         });
         Some((outcome, timers))
+    }
+
+    /// Rules judged on what is not a transition: an SLA breach, an unmapped status, the order
+    /// going on hold (`on = "sla_breached" | "unmapped_status" | "hold"`).
+    fn judge_triggers(
+        &mut self,
+        journaled: &JournaledEvent,
+        outcome: &Outcome,
+        was_held: bool,
+        policy: &OrderPolicy,
+        notes: &mut Vec<String>,
+        timers: &mut Effects,
+    ) {
+        let event = &journaled.event;
+        let seq = event.log_seq.unwrap_or(journaled.seq);
+        let mut triggers: Vec<(&str, serde_json::Map<String, serde_json::Value>)> = Vec::new();
+        if let (Outcome::SlaBreached { rule }, EventAction::SlaBreach { deadline, late, .. }) =
+            (outcome, &event.action)
+        {
+            let facts = serde_json::json!({"sla": {
+                "rule": rule,
+                "deadline": deadline,
+                "late": late,
+                "late_by_ms": event.received_at.saturating_sub(*deadline).max(0),
+            }});
+            triggers.push((
+                "sla_breached",
+                facts.as_object().cloned().unwrap_or_default(),
+            ));
+        }
+        if event.action == EventAction::Unmapped {
+            triggers.push(("unmapped_status", serde_json::Map::new()));
+        }
+        for (trigger, facts) in triggers {
+            let decided = policy
+                .rules()
+                .evaluate_trigger(trigger, self, event, seq, facts);
+            self.take(trigger, decided, event, policy, notes, timers);
+        }
+        if !was_held && let Some(hold) = &self.hold {
+            let facts = serde_json::json!({"hold": {
+                "reason": hold.reason,
+                "by": hold.by,
+                "since": hold.since,
+            }});
+            let decided = policy.rules().evaluate_trigger(
+                "hold",
+                self,
+                event,
+                seq,
+                facts.as_object().cloned().unwrap_or_default(),
+            );
+            self.take("hold", decided, event, policy, notes, timers);
+        }
+    }
+
+    /// Takes what trigger rules decided: tags, notes, syncs and (but for `hold`'s) holds.
+    fn take(
+        &mut self,
+        trigger: &str,
+        decided: crate::dispatch::RuleEffects,
+        event: &super::event::OrderEvent,
+        policy: &OrderPolicy,
+        notes: &mut Vec<String>,
+        timers: &mut Effects,
+    ) {
+        for tag in decided.tags {
+            if !self.tags.contains(&tag) {
+                self.tags.push(tag);
+            }
+        }
+        notes.extend(decided.notes);
+        if trigger != "hold"
+            && let Some(rule) = decided.holds.first()
+        {
+            match self.hold(
+                event.effective_at(),
+                HoldCause::rule(rule, policy),
+                policy,
+                timers,
+            ) {
+                Outcome::Applied { .. } => {
+                    notes.push(format!("rule {rule}: hold (exception interception)"));
+                    timers.holds.push(rule.clone());
+                }
+                other => notes.push(format!(
+                    "rule {rule}: hold not possible ({})",
+                    other.label()
+                )),
+            }
+        }
+        timers.syncs.extend(decided.syncs);
     }
 
     /// Judges again the rules waiting for fields, now that `event` brought some.
