@@ -1,4 +1,5 @@
-//! Holds by operators and rules: who, why and since when, in the order and its timeline.
+//! Exceptions reach people: holds by operators and rules (who, why, since when; syncs wait for
+//! the release) and rules judged on SLA breaches.
 
 use super::support::*;
 use serde_json::Value;
@@ -226,6 +227,55 @@ async fn a_held_orders_syncs_wait_for_the_release_even_across_a_restart() {
         erp.delivered("/erp").len(),
         1,
         "the held sync goes out on release, and the release back to paid decides no other"
+    );
+    engine.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sla_breach_tells_someone_through_a_rule_on_sla_breached() {
+    let notify = FakeSink::start(|_, _| Fault::None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[[sla]]\nname = \"allocate_within_1s\"\nfrom = \"paid\"\nwithin = \"1s\"\n\
+         {}[[rules]]\nname = \"tell_breach\"\non = \"sla_breached\"\nwhen = 'event.sla.rule == \"allocate_within_1s\"'\n\
+         notify = \"notify\"\nmessage = \"{{{{ order.key }}}} breached {{{{ event.sla.rule }}}}\"\n",
+        sinks_toml(&notify.base, "50/s", "2s")
+    );
+    let engine = TestEngine::start(&config, dir.path()).await;
+    assert_eq!(
+        engine
+            .post_events(&canonical("b-paid", "shop:b1", "shop", "paid", now_ms()))
+            .await
+            .0,
+        200
+    );
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        ids = notify
+            .requests("/notify")
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        if !ids.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert!(
+        ids[0].starts_with("shop:b1:") && ids[0].ends_with(":notify:sla_breached"),
+        "{ids:?}"
+    );
+    let order = engine.get("/v1/orders/shop:b1").await.1;
+    let breach = order["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["outcome"]["result"] == "sla_breached")
+        .expect("the breach is in the timeline");
+    assert!(
+        breach["rules"].to_string().contains("tell_breach"),
+        "{breach}"
     );
     engine.stop().await;
 }
