@@ -257,6 +257,11 @@ mod tests {
         );
         assert_eq!(order.timeline[1].by.as_deref(), Some("li.na"));
         assert_eq!(held.held_in, Some(Paid));
+        assert!(
+            order.fields.is_empty() && !order.systems.contains_key(OPERATOR_SOURCE),
+            "an operator's action sets no fields and is no system: {:?}",
+            order.fields
+        );
         // A source's hold names the source and its raw status.
         let mut other = Order::new("k2");
         other.apply(&mv(1, Paid), &policy);

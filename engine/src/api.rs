@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use orderhub_actors::order::{Order, OrderState};
+use orderhub_actors::order::{EventAction, OPERATOR_SOURCE, Order, OrderEvent, OrderState};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -290,11 +290,34 @@ pub(crate) async fn retry_here(app: &Arc<AppState>, row: String, operator: Strin
     match app.journal.revive(row).await {
         Ok(Some(sync)) => {
             let id = sync.intent.id.clone();
+            let (order, sink) = (sync.intent.order.clone(), sync.intent.sink.clone());
             if let Err(err) = app.dispatch.replay(sync) {
                 // Pending on disk: the sink's dispatcher picks it up when it runs again.
                 tracing::warn!(row, error = %err, "revived sync not handed to a dispatcher");
             }
             tracing::info!(row, id = %id, operator = %operator, "dead letter retried");
+            // The order's timeline says who sent it again.
+            let now = app.now_ms();
+            let mut fields = serde_json::Map::new();
+            fields.insert("operator".into(), operator.clone().into());
+            fields.insert("sync".into(), id.clone().into());
+            fields.insert("sink".into(), sink.into());
+            let noted = OrderEvent {
+                order,
+                source: OPERATOR_SOURCE.to_owned(),
+                source_event_id: format!("retry:{id}:{now}"),
+                supersedes: None,
+                log_seq: None,
+                raw_status: "retry_dead_letter".to_owned(),
+                action: EventAction::Inform,
+                occurred_at: now,
+                received_at: now,
+                fields,
+            };
+            if let Err(err) = crate::ingest::journal_events(app, OPERATOR_SOURCE, vec![noted]).await
+            {
+                tracing::warn!(row, error = %err, "the retry is not in the order's timeline");
+            }
             Json(serde_json::json!({ "row": row, "id": id, "status": "pending", "retried_by": operator }))
                 .into_response()
         }

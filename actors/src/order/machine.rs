@@ -465,8 +465,12 @@ impl Order {
             } => self.breach(rule, *deadline, *late, event.received_at),
         };
 
-        // A superseded message is history: it neither speaks for its system nor sets fields.
-        if event.source != super::event::INTERNAL_SOURCE && superseded.is_none() {
+        // A superseded message is history: it neither speaks for its system nor sets fields. An
+        // operator's action is no system's report: its fields (who, why) stay in the timeline.
+        if event.source != super::event::INTERNAL_SOURCE
+            && event.source != OPERATOR_SOURCE
+            && superseded.is_none()
+        {
             self.record_system(journaled);
             for (name, value) in &event.fields {
                 self.fields.insert(name.clone(), value.clone());

@@ -222,12 +222,27 @@ async fn a_refused_sync_is_dead_lettered_with_its_response_and_can_be_replayed()
         .await
         .unwrap();
     assert_eq!(response.status().as_u16(), 200);
-    engine
+    let order = engine
         .eventually("/v1/orders/shop:dl", |o| {
             o["syncs"][0]["status"] == "delivered"
+                && o["timeline"].as_array().is_some_and(|t| t.len() == 2)
         })
         .await;
     assert_eq!(sink.delivered("/erp").len(), 1);
+    let retried = &order["timeline"][1];
+    assert_eq!(
+        (
+            retried["source"].as_str(),
+            retried["raw_status"].as_str(),
+            retried["by"].as_str()
+        ),
+        (
+            Some("operator"),
+            Some("retry_dead_letter"),
+            Some("loopback")
+        ),
+        "the timeline says who sent it again"
+    );
     let response = engine
         .client
         .post(format!(
