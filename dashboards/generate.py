@@ -220,6 +220,15 @@ FULFILMENT = dashboard(
             defaults={"thresholds": {"mode": "absolute", "steps": [{"color": "green", "value": None}, {"color": "red", "value": 1}]}},
         ),
         panel(
+            "State changes within 3 s",
+            "Share of transitions whose report reached orderhub within 3 s of the source's own time (orderhub_state_change_delay_seconds). Order hubs hold this to 99.6 %: below it, what the floor sees lags what happened.",
+            "percentunit",
+            [(f'sum(rate(orderhub_state_change_delay_seconds_bucket{{le="3"}}[{RI}])) / sum(rate(orderhub_state_change_delay_seconds_count[{RI}]))', "within 3 s")],
+            kind="stat",
+            w=6,
+            defaults={"decimals": 2, "thresholds": {"mode": "absolute", "steps": [{"color": "red", "value": None}, {"color": "orange", "value": 0.99}, {"color": "green", "value": 0.996}]}},
+        ),
+        panel(
             "Paid but not allocated",
             "Orders still in paid past their SLA (allocate_within_2h by default): the warehouse has not allocated them.",
             "short",

@@ -196,6 +196,7 @@ impl OrderRouter {
         let metrics = Arc::new(OrderMetrics::new(
             policy.sla_rules().iter().map(|r| r.name.clone()),
             policy.rules().hold_rules().map(str::to_owned),
+            policy.metric_source_labels().map(str::to_owned),
         ));
         let policy = Arc::new(policy);
         let held = crate::dispatch::HeldOrders::default();

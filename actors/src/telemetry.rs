@@ -142,6 +142,9 @@ catalogue! {
     /// Holds by rules.
     ORDERS_HOLDS = "orderhub_orders_holds_total", Counter, Count, ["rule"],
         "Orders put on hold by a rule (exception interception); each is also logged as a warning.";
+    /// How late state changes reach the hub.
+    STATE_CHANGE_DELAY = "orderhub_state_change_delay_seconds", Histogram, Seconds, ["source"],
+        "For every transition, hub time minus the source's own time of the report that caused it, by reporting source (a configured source, its _api answers, operator or orderhub; any other name a canonical event carries counts as events). The share within 3 s is what order hubs hold to 99.6 %.";
     /// SLA breaches.
     SLA_BREACHES = "orderhub_sla_breaches_total", Counter, Count, ["rule", "late"],
         "SLA deadlines that passed while their timer was armed; late is true when the engine was down at the deadline.";

@@ -142,7 +142,16 @@ pub async fn run(
         &secrets,
         &config.server.data_dir,
     );
-    let policy = enrichment.policy(config.policy());
+    let policy = enrichment.policy(config.policy()).with_metric_sources(
+        configured
+            .names()
+            .chain(enrichment.sources())
+            .chain([
+                orderhub_actors::order::OPERATOR_SOURCE,
+                orderhub_actors::order::INTERNAL_SOURCE,
+            ])
+            .map(str::to_owned),
+    );
     let data_dir = config.server.data_dir.clone();
     let journal_config = config.journal.clone();
     let recovery_policy = policy.clone();

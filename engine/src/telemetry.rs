@@ -26,6 +26,11 @@ const LATENCY_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
+/// State-change delay buckets, seconds: around the 3 s that order hubs hold 99.6 % of state
+/// changes to, out to an hour.
+const DELAY_BUCKETS: [f64; 12] = [
+    0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0,
+];
 /// Batch size buckets, events.
 const BATCH_BUCKETS: [f64; 12] = [
     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
@@ -44,6 +49,12 @@ pub fn install() -> PrometheusHandle {
                     b.set_buckets_for_metric(
                         Matcher::Full(t::JOURNAL_BATCH_SIZE.into()),
                         &BATCH_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(t::STATE_CHANGE_DELAY.into()),
+                        &DELAY_BUCKETS,
                     )
                 })
                 .expect("bucket lists are non-empty");

@@ -29,6 +29,9 @@ pub struct OrderPolicy {
     sla: Vec<SlaRule>,
     rules: Arc<RuleSet>,
     details: Vec<DetailsSpec>,
+    /// The sources whose names may label metrics (configured sources, their `_api` answers,
+    /// `operator`, `orderhub`); any other name counts as `events`.
+    metric_sources: Vec<String>,
 }
 
 /// Order-detail enrichment of one channel: after its reports, the order's contents (items,
@@ -47,6 +50,9 @@ pub struct DetailsSpec {
     pub refetch_on: Vec<String>,
 }
 
+/// The metric label of sources nobody configured (canonical events' free text).
+const FALLBACK_METRIC_SOURCE: &str = "events";
+
 /// The source and sink name of `channel`'s order-detail answers and fetches.
 pub fn details_name(channel: &str) -> String {
     format!("{channel}_api")
@@ -59,6 +65,7 @@ impl Default for OrderPolicy {
             sla: Vec::new(),
             rules: RuleSet::empty(),
             details: Vec::new(),
+            metric_sources: Vec::new(),
         }
     }
 }
@@ -120,6 +127,31 @@ impl OrderPolicy {
     /// Every enriched channel.
     pub fn details(&self) -> &[DetailsSpec] {
         &self.details
+    }
+
+    /// Names `sources` as the ones that may label metrics.
+    pub fn with_metric_sources(mut self, sources: impl IntoIterator<Item = String>) -> Self {
+        self.metric_sources.extend(sources);
+        self.metric_sources.sort();
+        self.metric_sources.dedup();
+        self
+    }
+
+    /// The metric label of `source`: itself when known, else `events` (a canonical event's
+    /// free-text source never becomes a label).
+    pub fn metric_source<'a>(&'a self, source: &str) -> &'a str {
+        self.metric_sources
+            .iter()
+            .find(|known| known.as_str() == source)
+            .map_or(FALLBACK_METRIC_SOURCE, String::as_str)
+    }
+
+    /// Every label [`OrderPolicy::metric_source`] can give.
+    pub fn metric_source_labels(&self) -> impl Iterator<Item = &str> {
+        self.metric_sources
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(FALLBACK_METRIC_SOURCE))
     }
 
     /// The SLA rules, in configuration order.

@@ -113,6 +113,14 @@ impl OrderActorState {
             return; // folded in already (loaded from the journal after it was routed)
         };
         ctx.metrics.record(&outcome);
+        if matches!(outcome, crate::order::Outcome::Applied { .. }) {
+            let report = &event.event;
+            let late_ms = report.received_at.saturating_sub(report.occurred_at).max(0);
+            ctx.metrics.delay(
+                ctx.policy.metric_source(&report.source),
+                late_ms as f64 / 1000.0,
+            );
+        }
         if let EventAction::SlaBreach { rule, late, .. } = &event.event.action
             && matches!(outcome, crate::order::Outcome::SlaBreached { .. })
         {

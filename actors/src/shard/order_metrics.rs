@@ -3,7 +3,7 @@
 
 use crate::order::{OrderState, Outcome, STATE_LABELS_WITH_NONE};
 use crate::telemetry as t;
-use metrics::{Counter, Gauge, counter, gauge};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
@@ -31,6 +31,7 @@ pub(crate) struct OrderMetrics {
     outcomes: Vec<Counter>,
     breaches: HashMap<(String, bool), Counter>,
     holds: HashMap<String, Counter>,
+    delays: HashMap<String, Histogram>,
     pub(crate) spawned: Counter,
     pub(crate) passivated_idle: Counter,
     pub(crate) passivated_capacity: Counter,
@@ -44,11 +45,19 @@ pub(crate) struct OrderMetrics {
 }
 
 impl OrderMetrics {
+    /// Records how late a transition's report reached the hub (its label from `policy`).
+    pub(crate) fn delay(&self, label: &str, seconds: f64) {
+        if let Some(handle) = self.delays.get(label) {
+            handle.record(seconds);
+        }
+    }
+
     /// Registers every series up front (so each is exported as 0 before its first event):
     /// breaches for each SLA rule, holds for each hold rule.
     pub(crate) fn new(
         rules: impl IntoIterator<Item = String>,
         hold_rules: impl IntoIterator<Item = String>,
+        sources: impl IntoIterator<Item = String>,
     ) -> Self {
         let mut transitions =
             Vec::with_capacity(STATE_LABELS_WITH_NONE.len() * OrderState::ALL.len());
@@ -76,6 +85,13 @@ impl OrderMetrics {
                 .map(|o| counter!(t::ORDERS_EVENT_OUTCOMES, "outcome" => *o))
                 .collect(),
             breaches,
+            delays: sources
+                .into_iter()
+                .map(|source| {
+                    let handle = histogram!(t::STATE_CHANGE_DELAY, "source" => source.clone());
+                    (source, handle)
+                })
+                .collect(),
             holds: hold_rules
                 .into_iter()
                 .map(|rule| (rule.clone(), counter!(t::ORDERS_HOLDS, "rule" => rule)))

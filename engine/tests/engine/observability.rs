@@ -621,7 +621,8 @@ async fn a_real_prometheus_gets_data_for_every_panel_and_alert() {
     // Traffic spread over a few scrapes, then time for rates, SLA breaches and the index.
     drive_load(&client, &base).await;
     let deadline = Instant::now() + Duration::from_secs(60);
-    while sink.delivered("/erp").len() < 120 {
+    // Every tenth order (amount 5,000) is held by hold_high_value: its syncs wait for a release.
+    while sink.delivered("/erp").len() < 108 {
         assert!(Instant::now() < deadline, "syncs did not arrive");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
