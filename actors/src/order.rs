@@ -306,6 +306,25 @@ mod tests {
     }
 
     #[test]
+    fn metric_labels_come_only_from_configured_sources() {
+        let policy = OrderPolicy::permissive().with_metric_sources([
+            "douyin".to_owned(),
+            "events".to_owned(),
+            "douyin".to_owned(),
+        ]);
+        assert_eq!(policy.metric_source("douyin"), "douyin");
+        assert_eq!(
+            policy.metric_source("anything a request says"),
+            "events",
+            "free text never becomes a label"
+        );
+        let labels: Vec<&str> = policy.metric_source_labels().collect();
+        assert_eq!(labels, ["douyin", "events"]);
+        let bare = OrderPolicy::permissive();
+        assert_eq!(bare.metric_source_labels().collect::<Vec<_>>(), ["events"]);
+    }
+
+    #[test]
     fn cancel_during_hold_cancels() {
         let policy = OrderPolicy::permissive();
         let mut order = Order::new("k");

@@ -148,10 +148,15 @@ impl OrderPolicy {
 
     /// Every label [`OrderPolicy::metric_source`] can give.
     pub fn metric_source_labels(&self) -> impl Iterator<Item = &str> {
+        let fallback = (!self
+            .metric_sources
+            .iter()
+            .any(|s| s == FALLBACK_METRIC_SOURCE))
+        .then_some(FALLBACK_METRIC_SOURCE);
         self.metric_sources
             .iter()
             .map(String::as_str)
-            .chain(std::iter::once(FALLBACK_METRIC_SOURCE))
+            .chain(fallback)
     }
 
     /// The SLA rules, in configuration order.
