@@ -42,6 +42,9 @@ pub(crate) struct OrderActorState {
     key: Arc<str>,
     order: Order,
     ctx: Arc<ShardContext>,
+    /// Whether the order is marked held for the dispatchers (the shared map is touched only
+    /// when this changes, not on every event).
+    marked_held: bool,
 }
 
 impl Actor for OrderActor {
@@ -69,11 +72,13 @@ impl Actor for OrderActor {
         for (rule, deadline) in order.armed_timers() {
             args.ctx.timers.arm(&args.key, rule, deadline);
         }
-        args.ctx.held.set(&args.key, order.hold.is_some());
+        let marked_held = order.hold.is_some();
+        args.ctx.held.set(&args.key, marked_held);
         let state = OrderActorState {
             key: args.key,
             order,
             ctx: args.ctx,
+            marked_held,
         };
         if !syncs.is_empty() {
             state.record(syncs);
@@ -141,7 +146,11 @@ impl OrderActorState {
         for (rule, deadline) in &timers.armed {
             ctx.timers.arm(&self.key, rule, *deadline);
         }
-        ctx.held.set(&self.key, self.order.hold.is_some());
+        let held = self.order.hold.is_some();
+        if held != self.marked_held {
+            ctx.held.set(&self.key, held);
+            self.marked_held = held;
+        }
         self.record(timers.syncs);
     }
 
