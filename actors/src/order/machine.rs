@@ -486,29 +486,18 @@ impl Order {
             // The transition's place in the log names its syncs: the stream's sequence in cluster
             // mode (the same on every node that replays it), else the journal's.
             let seq = event.log_seq.unwrap_or(journaled.seq);
-            let decided = policy.rules().evaluate(self, *from, event, seq);
-            for tag in decided.tags {
-                if !self.tags.contains(&tag) {
-                    self.tags.push(tag);
-                }
-            }
-            notes = decided.notes;
-            if let Some(rule) = decided.holds.first() {
-                match self.hold(at, HoldCause::rule(rule, policy), policy, &mut timers) {
-                    Outcome::Applied { .. } => {
-                        notes.push(format!("rule {rule}: hold (exception interception)"));
-                        timers.holds.push(rule.clone());
-                    }
-                    other => notes.push(format!(
-                        "rule {rule}: hold not possible ({})",
-                        other.label()
-                    )),
-                }
-            }
-            timers.syncs = decided.syncs;
-            let seq = event.log_seq.unwrap_or(journaled.seq);
+            let mut decided = policy.rules().evaluate(self, *from, event, seq);
+            let waiting = std::mem::take(&mut decided.waiting);
+            self.take(
+                "transition",
+                decided,
+                event,
+                policy,
+                &mut notes,
+                &mut timers,
+            );
             self.waiting
-                .extend(decided.waiting.into_iter().map(|rule| WaitingRule {
+                .extend(waiting.into_iter().map(|rule| WaitingRule {
                     rule,
                     seq,
                     state: *to,
@@ -604,7 +593,7 @@ impl Order {
         }
     }
 
-    /// Takes what trigger rules decided: tags, notes, syncs and (but for `hold`'s) holds.
+    /// Takes what rules decided on `trigger`: tags, notes, syncs and (but for `hold`'s) holds.
     fn take(
         &mut self,
         trigger: &str,
@@ -653,31 +642,8 @@ impl Order {
         let waiting = std::mem::take(&mut self.waiting);
         let (decided, still) = policy.rules().resume(self, waiting, event);
         self.waiting = still;
-        for tag in decided.tags {
-            if !self.tags.contains(&tag) {
-                self.tags.push(tag);
-            }
-        }
-        notes.extend(decided.notes);
         // A hold decided late applies only while the order can still be held.
-        if let Some(rule) = decided.holds.first() {
-            match self.hold(
-                event.effective_at(),
-                HoldCause::rule(rule, policy),
-                policy,
-                timers,
-            ) {
-                Outcome::Applied { .. } => {
-                    notes.push(format!("rule {rule}: hold (exception interception)"));
-                    timers.holds.push(rule.clone());
-                }
-                other => notes.push(format!(
-                    "rule {rule}: hold not possible ({})",
-                    other.label()
-                )),
-            }
-        }
-        timers.syncs.extend(decided.syncs);
+        self.take("transition", decided, event, policy, notes, timers);
     }
 
     /// Order details: an answer is noted; a report of an enriched channel queues a fetch when
