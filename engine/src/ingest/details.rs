@@ -287,45 +287,11 @@ impl DetailsPlan {
     }
 }
 
-/// The `[sources.PLUGIN.details]` table `table` of `channel` as a configured source: checked
-/// (`takes`: the credential keys the channel's token flow uses), its client made by `build` at
-/// start-up.
+/// The details table `table` at `key` (`sources.douyin.details`) of `channel` as a configured
+/// source: checked (`takes`: the credential keys the channel's token flow uses), its client
+/// made by `build` at start-up.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn configure<F>(
-    plugin: &str,
-    channel: &'static str,
-    api: &'static str,
-    table: &DetailsConfig,
-    takes: &[&str],
-    default_rate: Rate,
-    default_refetch_on: &'static [&'static str],
-    build: F,
-) -> Result<super::registry::Configured, super::registry::Issue>
-where
-    F: Fn(
-            &DetailsConfig,
-            &crate::secrets::SecretLookup,
-            &std::path::Path,
-        ) -> Result<Arc<dyn DetailsClient>, String>
-        + Send
-        + Sync
-        + 'static,
-{
-    configure_at(
-        format!("sources.{plugin}.details"),
-        channel,
-        api,
-        table,
-        takes,
-        default_rate,
-        default_refetch_on,
-        build,
-    )
-}
-
-/// As [`configure`], for the table at `key`.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn configure_at<F>(
     key: String,
     channel: &'static str,
     api: &'static str,

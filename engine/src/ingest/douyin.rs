@@ -62,7 +62,7 @@ impl SourcePlugin for Plugin {
                 .map_err(|problem| ("sources.douyin.details.sign_method".to_owned(), problem))?;
             let (key_env, secret_env) = (config.app_key_env.clone(), config.app_secret_env.clone());
             configured.push(super::details::configure(
-                SOURCE,
+                format!("sources.{SOURCE}.details"),
                 SOURCE,
                 API_SOURCE,
                 table,

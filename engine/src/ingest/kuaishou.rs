@@ -69,7 +69,7 @@ impl SourcePlugin for Plugin {
                 .map_err(|problem| ("sources.kuaishou.details.sign_method".to_owned(), problem))?;
             let key_env = config.app_key_env.clone();
             configured.push(super::details::configure(
-                SOURCE,
+                format!("sources.{SOURCE}.details"),
                 SOURCE,
                 API_SOURCE,
                 table,

@@ -87,7 +87,7 @@ impl SourcePlugin for Plugin {
                 config.client_secret_env.clone(),
             );
             configured.push(super::details::configure(
-                SOURCE,
+                format!("sources.{SOURCE}.details"),
                 SOURCE,
                 API_SOURCE,
                 table,

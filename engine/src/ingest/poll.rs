@@ -189,7 +189,7 @@ fn details_of(
     let secret_env = credential(&config.app_secret_env, "app_secret_env")?;
     let token_env = credential(&config.access_token_env, "access_token_env")?;
     let api: &'static str = Box::leak(format!("{source}_api").into_boxed_str());
-    super::details::configure_at(
+    super::details::configure(
         key,
         source,
         api,

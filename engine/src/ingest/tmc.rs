@@ -88,7 +88,7 @@ impl SourcePlugin for Plugin {
         if let Some(table) = &config.details {
             let (key_env, secret_env) = (config.app_key_env.clone(), config.app_secret_env.clone());
             configured.push(super::details::configure(
-                "tmc",
+                "sources.tmc.details".to_owned(),
                 SOURCE,
                 API_SOURCE,
                 table,

@@ -83,7 +83,7 @@ impl SourcePlugin for Plugin {
         let mut configured = Vec::new();
         if let Some(table) = &config.details {
             configured.push(super::details::configure(
-                SOURCE,
+                format!("sources.{SOURCE}.details"),
                 SOURCE,
                 API_SOURCE,
                 table,
