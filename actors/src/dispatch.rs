@@ -8,15 +8,15 @@ pub mod connector;
 mod dispatcher;
 pub mod held;
 pub mod policy;
-pub mod rules;
-pub mod sync;
 
 pub use connector::{Delivery, DeliveryFuture, SettledFuture, SinkConnector};
 pub use dispatcher::{DEFAULT_WINDOW, SinkSpec, SinkStatus};
 pub use held::HeldOrders;
 pub use policy::{Breaker, RetryPolicy};
-pub use rules::{HoldSpec, RuleEffects, RuleError, RuleSet, RuleSpec};
-pub use sync::{PendingSync, SyncIntent, SyncStatus, SyncUpdate};
+// Rules and syncs are decided inside the order fold, so they live with the order; dispatch
+// delivers what they decide.
+pub use crate::order::rules::{HoldSpec, RuleEffects, RuleError, RuleSet, RuleSpec};
+pub use crate::order::sync::{PendingSync, SyncIntent, SyncStatus, SyncUpdate};
 
 use crate::shard::Clock;
 use crate::store::SyncStore;

@@ -3,7 +3,9 @@
 pub mod event;
 pub mod machine;
 pub mod policy;
+pub mod rules;
 pub mod state;
+pub mod sync;
 
 pub use event::{
     EventAction, INTERNAL_SOURCE, JournaledEvent, Millis, OrderEvent, SharedEvent, Superseding,
@@ -278,7 +280,7 @@ mod tests {
 
     #[test]
     fn a_release_back_to_where_it_was_decides_nothing_again() {
-        let rules = crate::dispatch::RuleSet::compile(vec![crate::dispatch::RuleSpec {
+        let rules = crate::order::rules::RuleSet::compile(vec![crate::order::rules::RuleSpec {
             name: "erp".into(),
             when: r#"order.state == "paid" || order.state == "picked""#.into(),
             sync: Some("erp".into()),

@@ -1,7 +1,7 @@
 //! The port through which a dispatcher reaches its sink. The engine implements one connector
 //! per sink kind (webhook, Kingdee, WangDianTong, SF, WeCom, DingTalk).
 
-use super::sync::SyncIntent;
+use crate::order::sync::SyncIntent;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;

@@ -7,8 +7,8 @@
 
 use super::connector::{Delivery, SinkConnector};
 use super::policy::{Breaker, RetryPolicy};
-use super::sync::{PendingSync, SyncStatus, SyncUpdate};
 use crate::order::Millis;
+use crate::order::sync::{PendingSync, SyncStatus, SyncUpdate};
 use crate::shard::Clock;
 use crate::store::{StoreError, SyncStore};
 use crate::telemetry as t;

@@ -2,7 +2,7 @@
 //! rules that wait for the fields they need.
 
 use super::*;
-use crate::dispatch::{RuleSet, RuleSpec};
+use crate::order::rules::{RuleSet, RuleSpec};
 use OrderState::*;
 
 fn policy(rules: Vec<RuleSpec>) -> OrderPolicy {

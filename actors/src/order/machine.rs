@@ -4,7 +4,7 @@
 use super::event::{EventAction, JournaledEvent, Millis};
 use super::policy::{OrderPolicy, SlaRule};
 use super::state::OrderState;
-use crate::dispatch::SyncIntent;
+use super::sync::SyncIntent;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -597,7 +597,7 @@ impl Order {
     fn take(
         &mut self,
         trigger: &str,
-        decided: crate::dispatch::RuleEffects,
+        decided: super::rules::RuleEffects,
         event: &super::event::OrderEvent,
         policy: &OrderPolicy,
         notes: &mut Vec<String>,

@@ -1,8 +1,8 @@
 //! Configuration the state machine consults: who may cause which state, and the SLA rules.
 
 use super::event::Millis;
+use super::rules::RuleSet;
 use super::state::{OrderState, STATE_COUNT};
-use crate::dispatch::RuleSet;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! Rules judged on what is not a transition: SLA breaches, holds, unmapped statuses.
 
 use super::*;
-use crate::dispatch::{RuleSet, RuleSpec};
+use crate::order::rules::{RuleSet, RuleSpec};
 use OrderState::*;
 
 fn event(seq: u64, source: &str, raw: &str, action: EventAction, at: Millis) -> JournaledEvent {
