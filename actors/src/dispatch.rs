@@ -15,7 +15,7 @@ pub use held::HeldOrders;
 pub use policy::{Breaker, RetryPolicy};
 // Rules and syncs are decided inside the order fold, so they live with the order; dispatch
 // delivers what they decide.
-pub use crate::order::rules::{HoldSpec, RuleEffects, RuleError, RuleSet, RuleSpec};
+pub use crate::order::rules::{HoldSpec, RuleEffects, RuleError, RuleSet, RuleSpec, Sinks};
 pub use crate::order::sync::{PendingSync, SyncIntent, SyncStatus, SyncUpdate};
 
 use crate::shard::Clock;

@@ -728,7 +728,7 @@ impl Config {
         }
         if self.origins.user_sets("rules") {
             for (i, rule) in self.rules.iter().enumerate() {
-                for sink in rule.sync.iter().chain(rule.notify.iter()) {
+                for sink in rule.sync.iter().flatten().chain(rule.notify.iter()) {
                     if !sink_names.contains(sink.as_str()) {
                         return Err(self.invalid(
                             format!("rules[{i}]"),
@@ -743,7 +743,8 @@ impl Config {
         }
         for (i, rule) in self.rules.iter().enumerate() {
             let kingdee = self.sinks.iter().any(|sink| {
-                sink.kind == SinkKind::Kingdee && rule.sync.as_deref() == Some(sink.name.as_str())
+                sink.kind == SinkKind::Kingdee
+                    && rule.sync.iter().flatten().any(|name| *name == sink.name)
             });
             if kingdee && rule.template.is_none() {
                 return Err(self.invalid(
@@ -775,6 +776,7 @@ impl Config {
             .flat_map(|r| {
                 r.sync
                     .iter()
+                    .flatten()
                     .chain(r.notify.iter())
                     .filter(|sink| !sinks.contains(sink.as_str()))
                     .map(|sink| (r.name.clone(), sink.clone()))

@@ -17,8 +17,8 @@ pub struct RuleSpec {
     pub name: String,
     /// CEL condition over `order` and `event`.
     pub when: String,
-    /// Sink that receives a sync.
-    pub sync: Option<String>,
+    /// Sinks that receive a sync: one (`sync = "erp"`) or several (`sync = ["wms", "courier"]`).
+    pub sync: Option<Sinks>,
     /// Sink that receives a notification.
     pub notify: Option<String>,
     /// minijinja template of the notification text.
@@ -49,6 +49,41 @@ pub struct RuleSpec {
     /// then.
     #[serde(default)]
     pub needs: Vec<String>,
+}
+
+/// The sinks a rule syncs to: written as one name or a list of names.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(from = "OneOrMany")]
+pub struct Sinks(pub Vec<String>);
+
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<OneOrMany> for Sinks {
+    fn from(value: OneOrMany) -> Self {
+        match value {
+            OneOrMany::One(sink) => Sinks(vec![sink]),
+            OneOrMany::Many(sinks) => Sinks(sinks),
+        }
+    }
+}
+
+impl From<&str> for Sinks {
+    fn from(sink: &str) -> Self {
+        Sinks(vec![sink.to_owned()])
+    }
+}
+
+impl<'a> IntoIterator for &'a Sinks {
+    type Item = &'a String;
+    type IntoIter = std::slice::Iter<'a, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
 }
 
 /// The triggers a rule may be judged on (`on`); `transition` when unset.
@@ -203,6 +238,15 @@ impl RuleSet {
                 let program = compile_cel(expr).map_err(|e| fail(format!("fields.{name}: {e}")))?;
                 fields.push((name.clone(), program));
             }
+            if let Some(sinks) = &spec.sync {
+                if sinks.0.is_empty() {
+                    return Err(fail("sync = []: name at least one sink".into()));
+                }
+                let mut seen = std::collections::HashSet::new();
+                if let Some(twice) = sinks.0.iter().find(|sink| !seen.insert(sink.as_str())) {
+                    return Err(fail(format!("sync names sink {twice:?} twice")));
+                }
+            }
             if spec.sync.is_none()
                 && spec.notify.is_none()
                 && spec.tag.is_none()
@@ -316,6 +360,7 @@ impl RuleSet {
             r.spec
                 .sync
                 .iter()
+                .flatten()
                 .chain(r.spec.notify.iter())
                 .map(move |sink| (r.spec.name.as_str(), sink.as_str()))
         })
@@ -536,7 +581,7 @@ impl RuleSet {
             });
             computed.insert(field.clone(), value);
         }
-        if let Some(sink) = &rule.spec.sync {
+        for sink in rule.spec.sync.iter().flatten() {
             let context = self.template_context(order, Some(event_value), computed.clone());
             let payload = match &rule.payload_template {
                 Some(template) => self.render_json(template, &context),
@@ -1012,6 +1057,39 @@ mod tests {
             )
             .unwrap();
         assert!(effects.syncs.is_empty());
+    }
+
+    #[test]
+    fn a_rule_may_sync_to_several_sinks_named_as_a_list() {
+        let parsed: RuleSpec = serde_json::from_value(serde_json::json!({
+            "name": "intercept",
+            "when": "order.state == \"paid\"",
+            "sync": ["wms", "courier"],
+        }))
+        .unwrap();
+        assert_eq!(
+            parsed.sync,
+            Some(Sinks(vec!["wms".into(), "courier".into()]))
+        );
+        let one: RuleSpec =
+            serde_json::from_value(serde_json::json!({"name": "a", "when": "true", "sync": "erp"}))
+                .unwrap();
+        assert_eq!(one.sync, Some(Sinks(vec!["erp".into()])));
+        let policy = OrderPolicy::permissive().with_rules(RuleSet::compile(vec![parsed]).unwrap());
+        let mut order = Order::new("douyin:1");
+        let (_, effects) = order
+            .apply(&event(3, OrderState::Paid, serde_json::json!({})), &policy)
+            .unwrap();
+        let ids: Vec<&str> = effects.syncs.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["douyin:1:3:wms", "douyin:1:3:courier"]);
+
+        let mut twice = spec("twice", "true");
+        twice.sync = Some(Sinks(vec!["erp".into(), "erp".into()]));
+        let err = RuleSet::compile(vec![twice]).unwrap_err();
+        assert!(err.problem.contains("twice"), "{err}");
+        let mut none = spec("none", "true");
+        none.sync = Some(Sinks(Vec::new()));
+        assert!(RuleSet::compile(vec![none]).is_err());
     }
 
     #[test]
