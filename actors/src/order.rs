@@ -1,5 +1,6 @@
 //! The canonical order: states, events, the policy that judges them and the pure state machine.
 
+pub mod approval;
 pub mod event;
 pub mod machine;
 pub mod policy;
@@ -7,6 +8,9 @@ pub mod rules;
 pub mod state;
 pub mod sync;
 
+pub use approval::{
+    Approval, ApprovalActions, ApprovalSpec, ApprovalState, Decision, OnTimeout, Verdict,
+};
 pub use event::{
     EventAction, INTERNAL_SOURCE, JournaledEvent, Millis, OrderEvent, SharedEvent, Superseding,
 };
@@ -520,3 +524,6 @@ mod enrichment_tests;
 
 #[cfg(test)]
 mod trigger_tests;
+
+#[cfg(test)]
+mod approval_tests;

@@ -34,6 +34,25 @@ pub enum EventAction {
         /// The state the part reached.
         state: OrderState,
     },
+    /// An operator's decision on an approval (`fields.operator` names them).
+    Decide {
+        /// The approval's id.
+        approval: String,
+        /// Approve or reject.
+        decision: super::approval::Verdict,
+        /// Why, if they said.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        comment: Option<String>,
+    },
+    /// An approval's deadline passed while it was open (journaled by orderhub itself).
+    ApprovalDue {
+        /// The approval's id.
+        approval: String,
+        /// The deadline that passed.
+        deadline: Millis,
+        /// True when it passed while the engine was down.
+        late: bool,
+    },
     /// An SLA deadline passed while its timer was armed (journaled by orderhub itself).
     SlaBreach {
         /// The rule's name.
@@ -45,6 +64,15 @@ pub enum EventAction {
     },
 }
 
+/// The labels of actions that move to no state (see [`EventAction::label`]).
+pub const NON_STATE_LABELS: [&str; 5] = [
+    "none",
+    "hold_released",
+    "sla_breach",
+    "approval_decision",
+    "approval_due",
+];
+
 impl EventAction {
     /// The label used in the timeline's `mapped` field.
     pub fn label(&self) -> &str {
@@ -53,6 +81,8 @@ impl EventAction {
             EventAction::ReleaseHold => "hold_released",
             EventAction::Inform | EventAction::Unmapped | EventAction::MovePart { .. } => "none",
             EventAction::SlaBreach { .. } => "sla_breach",
+            EventAction::Decide { .. } => "approval_decision",
+            EventAction::ApprovalDue { .. } => "approval_due",
         }
     }
 }

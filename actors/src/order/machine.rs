@@ -1,6 +1,7 @@
 //! The canonical state machine: applies journaled events to an [`Order`], keeping every report
 //! in the timeline and never moving the order backwards. Pure: no clock, no I/O.
 
+use super::approval::{Approval, ApprovalState, Closing, Decision};
 use super::event::{EventAction, JournaledEvent, Millis};
 use super::policy::{OrderPolicy, SlaRule};
 use super::state::OrderState;
@@ -65,6 +66,28 @@ pub enum Outcome {
         /// The rule's name.
         rule: String,
     },
+    /// A decision was counted or an approval's deadline passed, and the order did not move
+    /// (the approval is still open, expired with `escalate`, or is no intercept).
+    Approval {
+        /// The approval's id.
+        approval: String,
+        /// Where the approval stands now.
+        state: super::approval::ApprovalState,
+    },
+    /// A decision that did not count: `unknown` approval, `closed` already, `decided_already`
+    /// by this operator; or a deadline for an approval no longer open (`not_open`).
+    NotDecided {
+        /// The approval's id.
+        approval: String,
+        /// Why.
+        reason: String,
+    },
+    /// The order awaits an intercept decision: progress was noted and applies if the intercept
+    /// is rejected.
+    Noted {
+        /// Where the order goes if the intercept is rejected.
+        resume_to: OrderState,
+    },
     /// An SLA breach report for a timer that was no longer armed (the order moved on first).
     SlaNotArmed {
         /// The rule's name.
@@ -98,6 +121,9 @@ impl Outcome {
             Outcome::SlaBreached { .. } => "sla_breached",
             Outcome::SlaNotArmed { .. } => "sla_not_armed",
             Outcome::PartMoved { .. } => "part_moved",
+            Outcome::Approval { .. } => "approval",
+            Outcome::NotDecided { .. } => "not_decided",
+            Outcome::Noted { .. } => "noted",
         }
     }
 }
@@ -180,6 +206,17 @@ pub struct Hold {
     /// fire again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_in: Option<OrderState>,
+}
+
+/// An intercept awaiting its decision: where the order goes if it is rejected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intercept {
+    /// The state the order was in when the intercept was requested.
+    pub requested_in: OrderState,
+    /// Where a rejection returns it (advanced by progress reported meanwhile).
+    pub resume_to: OrderState,
+    /// When it was requested.
+    pub since: Millis,
 }
 
 /// Who asked for a hold and why.
@@ -311,6 +348,12 @@ pub struct Order {
     /// Order-detail fetches (enriched channels only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<DetailsStatus>,
+    /// Approvals opened for the order, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<Approval>,
+    /// Set while an intercept awaits its decision (`intercept_requested`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intercept: Option<Intercept>,
     /// Rules whose condition held at a transition but which need fields the order did not have
     /// yet (`needs`): judged again when an event brings fields.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -341,6 +384,8 @@ impl Order {
             versions: BTreeMap::new(),
             parts: BTreeMap::new(),
             details: None,
+            approvals: Vec::new(),
+            intercept: None,
             waiting: Vec::new(),
             timeline: Vec::new(),
             sla: Vec::new(),
@@ -390,12 +435,26 @@ impl Order {
             .any(|t| matches!(t.status, SlaStatus::Breached { .. }))
     }
 
-    /// The armed timers as `(rule, deadline)`.
+    /// The armed timers as `(name, deadline)`: SLA timers (named by their rule) and the
+    /// deadlines of open approvals (named by the approval's id).
     pub fn armed_timers(&self) -> impl Iterator<Item = (&str, Millis)> {
         self.sla
             .iter()
             .filter(|t| t.status == SlaStatus::Armed)
             .map(|t| (t.rule.as_str(), t.deadline))
+            .chain(
+                self.approvals
+                    .iter()
+                    .filter(|a| a.state == ApprovalState::Open)
+                    .map(|a| (a.id.as_str(), a.deadline)),
+            )
+    }
+
+    /// The open approval whose deadline timer is `timer` due at `deadline`, if any.
+    pub fn approval_due(&self, timer: &str, deadline: Millis) -> Option<&Approval> {
+        self.approvals
+            .iter()
+            .find(|a| a.id == timer && a.deadline == deadline && a.state == ApprovalState::Open)
     }
 
     /// Applies one journaled event. Events at or below `applied_seq` were folded in already and
@@ -428,6 +487,8 @@ impl Order {
             }
         });
         let mut judged_already = false;
+        let mut closing: Option<(usize, Closing)> = None;
+        let mut mapped_as: Option<&'static str> = None;
         let was_held = self.hold.is_some();
         let outcome = match &event.action {
             _ if superseded.is_some() => Outcome::Superseded {
@@ -463,6 +524,42 @@ impl Order {
                 deadline,
                 late,
             } => self.breach(rule, *deadline, *late, event.received_at),
+            EventAction::Decide {
+                approval,
+                decision,
+                comment,
+            } => {
+                let decision = Decision {
+                    operator: event
+                        .fields
+                        .get("operator")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("unknown")
+                        .to_owned(),
+                    decision: *decision,
+                    comment: comment.clone(),
+                    at: event.received_at,
+                };
+                self.decide(approval, decision, &mut timers, &mut closing)
+            }
+            EventAction::ApprovalDue {
+                approval, deadline, ..
+            } => self.expire(approval, *deadline, event.received_at, &mut closing),
+        };
+        let outcome = match closing {
+            Some((index, closed)) => {
+                let settled = self.settle_intercept(index, closed, at, policy, &mut timers);
+                if let Some((outcome, back_where_it_was, rejected)) = settled {
+                    judged_already = back_where_it_was;
+                    if rejected {
+                        mapped_as = Some("intercept_rejected");
+                    }
+                    outcome
+                } else {
+                    outcome
+                }
+            }
+            None => outcome,
         };
 
         // A superseded message is history: it neither speaks for its system nor sets fields. An
@@ -480,6 +577,11 @@ impl Order {
             }
         }
         let mut notes = Vec::new();
+        let opened = if superseded.is_none() {
+            self.open_approvals(journaled, &outcome, policy, &mut notes, &mut timers)
+        } else {
+            Vec::new()
+        };
         if let Outcome::Applied { from, to } = &outcome
             && !judged_already
         {
@@ -519,13 +621,14 @@ impl Order {
                 &mut notes,
                 &mut timers,
             );
+            self.judge_approvals(journaled, &opened, closing, policy, &mut notes, &mut timers);
         }
         self.timeline.push(TimelineEntry {
             seq: journaled.seq,
             source: event.source.clone(),
             source_event_id: event.source_event_id.clone(),
             raw_status: event.raw_status.clone(),
-            mapped: event.action.label().to_owned(),
+            mapped: mapped_as.unwrap_or(event.action.label()).to_owned(),
             occurred_at: event.occurred_at,
             received_at: event.received_at,
             outcome: outcome.clone(),
@@ -590,6 +693,272 @@ impl Order {
                 facts.as_object().cloned().unwrap_or_default(),
             );
             self.take("hold", decided, event, policy, notes, timers);
+        }
+    }
+
+    /// Opens the approvals whose flow's condition holds for this report, arming their
+    /// deadlines. Reports that changed nothing (stale, conflicting, not allowed, duplicate)
+    /// and decisions open none. Returns the indices of the approvals opened.
+    fn open_approvals(
+        &mut self,
+        journaled: &JournaledEvent,
+        outcome: &Outcome,
+        policy: &OrderPolicy,
+        notes: &mut Vec<String>,
+        timers: &mut Effects,
+    ) -> Vec<usize> {
+        let event = &journaled.event;
+        let judged = matches!(
+            outcome,
+            Outcome::Applied { .. }
+                | Outcome::Recorded
+                | Outcome::Held { .. }
+                | Outcome::Noted { .. }
+                | Outcome::PartMoved { .. }
+                | Outcome::SlaBreached { .. }
+        ) && !matches!(
+            event.action,
+            EventAction::Decide { .. } | EventAction::ApprovalDue { .. }
+        );
+        if !judged || policy.rules().approvals().next().is_none() {
+            return Vec::new();
+        }
+        let seq = event.log_seq.unwrap_or(journaled.seq);
+        let intercept = matches!(
+            outcome,
+            Outcome::Applied {
+                to: OrderState::InterceptRequested,
+                ..
+            }
+        );
+        let specs: Vec<_> = policy
+            .rules()
+            .approvals_to_open(self, event, notes)
+            .into_iter()
+            .cloned()
+            .collect();
+        let mut opened = Vec::new();
+        for spec in specs {
+            let approval = Approval {
+                id: format!("{}:{}:{seq}", self.key, spec.name),
+                order: self.key.clone(),
+                name: spec.name.clone(),
+                state: ApprovalState::Open,
+                opened_at: event.received_at,
+                deadline: event.received_at.saturating_add(spec.within_ms),
+                required: spec.required,
+                role: spec.role.clone(),
+                on_timeout: spec.on_timeout,
+                decisions: Vec::new(),
+                intercept,
+                closed_at: None,
+            };
+            notes.push(format!(
+                "approval {}: opened ({}), {} {} needed",
+                spec.name,
+                approval.id,
+                spec.required,
+                if spec.required == 1 {
+                    "approval"
+                } else {
+                    "approvals"
+                },
+            ));
+            timers.armed.push((approval.id.clone(), approval.deadline));
+            opened.push(self.approvals.len());
+            self.approvals.push(approval);
+        }
+        opened
+    }
+
+    /// Counts an operator's decision on approval `id`.
+    fn decide(
+        &mut self,
+        id: &str,
+        decision: Decision,
+        timers: &mut Effects,
+        closing: &mut Option<(usize, Closing)>,
+    ) -> Outcome {
+        let not_decided = |reason: &str| Outcome::NotDecided {
+            approval: id.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let Some(index) = self.approvals.iter().position(|a| a.id == id) else {
+            return not_decided("unknown");
+        };
+        let approval = &mut self.approvals[index];
+        if !approval.decidable() {
+            return not_decided("closed");
+        }
+        if approval.decided_by(&decision.operator) {
+            return not_decided("decided_already");
+        }
+        let was_open = approval.state == ApprovalState::Open;
+        match approval.count(decision) {
+            Some(state) => {
+                if was_open {
+                    timers.disarmed.push(approval.id.clone());
+                }
+                *closing = Some((index, Closing::Decided(state)));
+                Outcome::Approval {
+                    approval: id.to_owned(),
+                    state,
+                }
+            }
+            None => Outcome::Approval {
+                approval: id.to_owned(),
+                state: approval.state,
+            },
+        }
+    }
+
+    /// Approval `id`'s deadline passed: it expires, and its `on_timeout` decides it or
+    /// escalates.
+    fn expire(
+        &mut self,
+        id: &str,
+        deadline: Millis,
+        at: Millis,
+        closing: &mut Option<(usize, Closing)>,
+    ) -> Outcome {
+        let Some(index) = self
+            .approvals
+            .iter()
+            .position(|a| a.id == id && a.deadline == deadline && a.state == ApprovalState::Open)
+        else {
+            return Outcome::NotDecided {
+                approval: id.to_owned(),
+                reason: "not_open".to_owned(),
+            };
+        };
+        let approval = &mut self.approvals[index];
+        approval.state = ApprovalState::Expired;
+        let closed = match approval.on_timeout {
+            super::approval::OnTimeout::Escalate => Closing::Escalated,
+            super::approval::OnTimeout::Approve => Closing::Decided(ApprovalState::Approved),
+            super::approval::OnTimeout::Reject => Closing::Decided(ApprovalState::Rejected),
+        };
+        if closed != Closing::Escalated {
+            approval.closed_at = Some(at);
+        }
+        *closing = Some((index, closed));
+        Outcome::Approval {
+            approval: id.to_owned(),
+            state: ApprovalState::Expired,
+        }
+    }
+
+    /// An intercept's approval was decided: approved, the order moves to `intercepted`;
+    /// rejected, back to where it was (an explicit exception to "never backwards", like a
+    /// hold's release). Returns the outcome, whether it went back to the state it was in
+    /// (its rules fired then, not again) and whether it was a rejection.
+    fn settle_intercept(
+        &mut self,
+        index: usize,
+        closed: Closing,
+        at: Millis,
+        policy: &OrderPolicy,
+        timers: &mut Effects,
+    ) -> Option<(Outcome, bool, bool)> {
+        let Closing::Decided(state) = closed else {
+            return None;
+        };
+        if !self.approvals[index].intercept || self.state != Some(OrderState::InterceptRequested) {
+            return None;
+        }
+        let intercept = self.intercept.clone()?;
+        let from = Some(OrderState::InterceptRequested);
+        if state == ApprovalState::Approved {
+            self.enter(OrderState::Intercepted, at, policy, timers);
+            Some((
+                Outcome::Applied {
+                    from,
+                    to: OrderState::Intercepted,
+                },
+                false,
+                false,
+            ))
+        } else {
+            self.enter(intercept.resume_to, at, policy, timers);
+            Some((
+                Outcome::Applied {
+                    from,
+                    to: intercept.resume_to,
+                },
+                intercept.resume_to == intercept.requested_in,
+                true,
+            ))
+        }
+    }
+
+    /// Rules and actions of approvals: `approval_opened` for each approval this report opened;
+    /// for one it closed, the flow's `on_approve` / `on_reject` and `approval_decided`; for one
+    /// whose deadline passed, `approval_expired` (and `escalate_to`, or what `on_timeout`
+    /// decided).
+    fn judge_approvals(
+        &mut self,
+        journaled: &JournaledEvent,
+        opened: &[usize],
+        closing: Option<(usize, Closing)>,
+        policy: &OrderPolicy,
+        notes: &mut Vec<String>,
+        timers: &mut Effects,
+    ) {
+        let event = &journaled.event;
+        let seq = event.log_seq.unwrap_or(journaled.seq);
+        for &index in opened {
+            let facts = self.approvals[index].facts();
+            let decided =
+                policy
+                    .rules()
+                    .evaluate_trigger("approval_opened", self, event, seq, facts);
+            self.take("approval_opened", decided, event, policy, notes, timers);
+        }
+        let Some((index, closed)) = closing else {
+            return;
+        };
+        let approval = self.approvals[index].clone();
+        let timed_out = matches!(event.action, EventAction::ApprovalDue { .. });
+        if timed_out {
+            notes.push(format!(
+                "approval {}: deadline passed ({})",
+                approval.name,
+                match approval.on_timeout {
+                    super::approval::OnTimeout::Escalate => "escalated",
+                    super::approval::OnTimeout::Approve => "approved by timeout",
+                    super::approval::OnTimeout::Reject => "rejected by timeout",
+                }
+            ));
+            let decided = policy.rules().evaluate_trigger(
+                "approval_expired",
+                self,
+                event,
+                seq,
+                approval.facts(),
+            );
+            self.take("approval_expired", decided, event, policy, notes, timers);
+        }
+        let outcome = match closed {
+            Closing::Escalated => "escalated",
+            Closing::Decided(ApprovalState::Approved) => "approved",
+            Closing::Decided(_) => "rejected",
+        };
+        if !timed_out {
+            notes.push(format!("approval {}: {outcome}", approval.name));
+        }
+        let decided = policy
+            .rules()
+            .approval_actions(outcome, &approval, self, event, seq);
+        self.take(outcome, decided, event, policy, notes, timers);
+        if closed != Closing::Escalated {
+            let decided = policy.rules().evaluate_trigger(
+                "approval_decided",
+                self,
+                event,
+                seq,
+                approval.facts(),
+            );
+            self.take("approval_decided", decided, event, policy, notes, timers);
         }
     }
 
@@ -731,7 +1100,34 @@ impl Order {
                 Outcome::Held { resume_to: target }
             };
         }
+        if let Some(intercept) = &mut self.intercept
+            && current == OrderState::InterceptRequested
+            && !current.reaches(target)
+        {
+            // Awaiting the intercept's decision: progress is noted for a rejection; a cancel
+            // before shipping cancels.
+            let base = intercept.resume_to;
+            return if !base.reaches(target) {
+                compare(base, target)
+            } else if target == OrderState::Cancelled {
+                self.enter(target, at, policy, timers);
+                Outcome::Applied {
+                    from: Some(current),
+                    to: target,
+                }
+            } else {
+                intercept.resume_to = target;
+                Outcome::Noted { resume_to: target }
+            };
+        }
         if current.reaches(target) {
+            if target == OrderState::InterceptRequested {
+                self.intercept = Some(Intercept {
+                    requested_in: current,
+                    resume_to: current,
+                    since: at,
+                });
+            }
             self.enter(target, at, policy, timers);
             Outcome::Applied {
                 from: Some(current),
@@ -823,6 +1219,9 @@ impl Order {
                 !disarm
             });
             debug_assert!(self.sla.len() <= before);
+        }
+        if target != OrderState::InterceptRequested {
+            self.intercept = None;
         }
         self.state = Some(target);
         self.state_since = at;

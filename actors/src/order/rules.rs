@@ -2,6 +2,7 @@
 //! condition is a CEL expression over the order; its actions are syncs (with an optional
 //! minijinja payload template and CEL-computed fields), notifications, tags and holds.
 
+use super::approval::{Approval, ApprovalActions, ApprovalSpec};
 use super::sync::SyncIntent;
 use crate::order::{Order, OrderEvent, OrderState};
 use cel_interpreter::{Context, Program, Value};
@@ -87,15 +88,17 @@ impl<'a> IntoIterator for &'a Sinks {
 }
 
 /// The triggers a rule may be judged on (`on`); `transition` when unset.
-pub const TRIGGERS: [&str; 4] = ["transition", "sla_breached", "hold", "unmapped_status"];
-/// Triggers named by the operators' issue that need what is not built yet.
-const TRIGGERS_LATER: [&str; 5] = [
+pub const TRIGGERS: [&str; 7] = [
+    "transition",
+    "sla_breached",
+    "hold",
+    "unmapped_status",
     "approval_opened",
     "approval_decided",
     "approval_expired",
-    "disagreement",
-    "oversell",
 ];
+/// Triggers named by the operators' issue that need what is not built yet.
+const TRIGGERS_LATER: [&str; 2] = ["disagreement", "oversell"];
 
 /// A rule's `hold`: a flag, or the reason the hold carries.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -177,6 +180,7 @@ pub struct RuleEffects {
 /// The compiled rules, shared read-only by every order actor.
 pub struct RuleSet {
     rules: Vec<CompiledRule>,
+    approvals: Vec<CompiledApproval>,
     templates: minijinja::Environment<'static>,
     /// CEL's built-in functions, registered once; each evaluation adds its variables in an
     /// inner scope (building this per evaluation cost ~10 µs a transition).
@@ -202,6 +206,7 @@ impl RuleSet {
     pub fn empty() -> Arc<RuleSet> {
         Arc::new(RuleSet {
             rules: Vec::new(),
+            approvals: Vec::new(),
             templates: minijinja::Environment::new(),
             builtins: Context::default(),
         })
@@ -210,6 +215,43 @@ impl RuleSet {
     /// Compiles and checks `specs`: CEL syntax and variables, template syntax, that a rule does
     /// something, and that each payload template renders JSON for a sample order.
     pub fn compile(specs: Vec<RuleSpec>) -> Result<Arc<RuleSet>, RuleError> {
+        Self::compile_with_approvals(specs, Vec::new())
+    }
+
+    /// Compiles `specs` and the approval flows `approvals` (their conditions, and what
+    /// approving, rejecting and escalating send). An approval's problem names it as
+    /// `approval NAME`.
+    pub fn compile_with_approvals(
+        specs: Vec<RuleSpec>,
+        approvals: Vec<ApprovalSpec>,
+    ) -> Result<Arc<RuleSet>, RuleError> {
+        let (mut rules, mut templates) = Self::compile_rules(specs)?;
+        let compiled = compile_approvals(approvals, &mut rules, &mut templates)?;
+        let set = RuleSet {
+            rules,
+            approvals: compiled,
+            templates,
+            builtins: Context::default(),
+        };
+        // A payload template must render JSON; try it on a sample order.
+        let sample = sample_order();
+        for rule in &set.rules {
+            if let Some(name) = &rule.payload_template {
+                let context = set.template_context(&sample, None, Map::new());
+                set.render_json(name, &context)
+                    .map_err(|problem| RuleError {
+                        rule: rule.spec.name.clone(),
+                        problem: format!("template: {problem}"),
+                    })?;
+            }
+        }
+        Ok(Arc::new(set))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn compile_rules(
+        specs: Vec<RuleSpec>,
+    ) -> Result<(Vec<CompiledRule>, minijinja::Environment<'static>), RuleError> {
         let mut templates = minijinja::Environment::new();
         templates.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
         // A missing value renders as JSON null, so `"shop": {{ order.fields.shop_id }}` stays
@@ -259,7 +301,7 @@ impl RuleSet {
             {
                 let problem = if TRIGGERS_LATER.contains(&on.as_str()) {
                     format!(
-                        "on = {on:?} is not available yet (approvals, disagreements and stock are not built); one of {}",
+                        "on = {on:?} is not available yet (disagreements and stock are not built); one of {}",
                         TRIGGERS.join(", ")
                     )
                 } else {
@@ -308,24 +350,7 @@ impl RuleSet {
                 message_template,
             });
         }
-        let set = RuleSet {
-            rules,
-            templates,
-            builtins: Context::default(),
-        };
-        // A payload template must render JSON; try it on a sample order.
-        let sample = sample_order();
-        for rule in &set.rules {
-            if let Some(name) = &rule.payload_template {
-                let context = set.template_context(&sample, None, Map::new());
-                set.render_json(name, &context)
-                    .map_err(|problem| RuleError {
-                        rule: rule.spec.name.clone(),
-                        problem: format!("template: {problem}"),
-                    })?;
-            }
-        }
-        Ok(Arc::new(set))
+        Ok((rules, templates))
     }
 
     /// Names of the rules, in order.
@@ -437,6 +462,33 @@ impl RuleSet {
         seq: u64,
         facts: Map<String, Json>,
     ) -> RuleEffects {
+        self.evaluate_on(trigger, trigger, order, event, seq, facts)
+    }
+
+    /// What closing (or escalating) `approval` sends: its flow's `on_approve`, `on_reject` or
+    /// `escalate_to`, judged on the event that closed it. Their syncs' keys end in `:{outcome}`
+    /// (`approved`, `rejected`, `escalated`).
+    pub fn approval_actions(
+        &self,
+        outcome: &str,
+        approval: &Approval,
+        order: &Order,
+        event: &OrderEvent,
+        seq: u64,
+    ) -> RuleEffects {
+        let trigger = approval_trigger(&approval.name, outcome);
+        self.evaluate_on(&trigger, outcome, order, event, seq, approval.facts())
+    }
+
+    fn evaluate_on(
+        &self,
+        trigger: &str,
+        suffix: &str,
+        order: &Order,
+        event: &OrderEvent,
+        seq: u64,
+        facts: Map<String, Json>,
+    ) -> RuleEffects {
         let mut effects = RuleEffects::default();
         let live: Vec<&CompiledRule> = self
             .rules
@@ -467,10 +519,74 @@ impl RuleSet {
             self.judge(rule, &root, order, None, &event_value, seq, &mut effects);
         }
         for sync in &mut effects.syncs {
-            sync.id = format!("{}:{trigger}", sync.id);
+            sync.id = format!("{}:{suffix}", sync.id);
         }
         self.note_syncs(&mut effects);
         effects
+    }
+
+    /// The approval flow called `name`.
+    pub fn approval(&self, name: &str) -> Option<&ApprovalSpec> {
+        self.approvals
+            .iter()
+            .map(|a| &a.spec)
+            .find(|spec| spec.name == name)
+    }
+
+    /// The approval flows, in configuration order.
+    pub fn approvals(&self) -> impl Iterator<Item = &ApprovalSpec> {
+        self.approvals.iter().map(|a| &a.spec)
+    }
+
+    /// The approval flows whose condition holds for `event` (the order as it is after it) and
+    /// of which the order has no approval still to decide. Conditions that fail are noted.
+    pub fn approvals_to_open(
+        &self,
+        order: &Order,
+        event: &OrderEvent,
+        notes: &mut Vec<String>,
+    ) -> Vec<&ApprovalSpec> {
+        let status = event.action.label();
+        let state = state_name(order.state);
+        let live: Vec<&CompiledApproval> = self
+            .approvals
+            .iter()
+            .filter(|a| a.statuses.as_ref().is_none_or(|s| s.contains(&status)))
+            .filter(|a| a.states.as_ref().is_none_or(|s| s.contains(&state)))
+            .filter(|a| {
+                !order
+                    .approvals
+                    .iter()
+                    .any(|open| open.name == a.spec.name && open.decidable())
+            })
+            .collect();
+        if live.is_empty() {
+            return Vec::new();
+        }
+        let mut root = self.builtins.new_inner_scope();
+        if root.add_variable("order", order_json(order, None)).is_err()
+            || root.add_variable("event", event_json(event, None)).is_err()
+        {
+            notes.push("approvals skipped: order not representable in CEL".into());
+            return Vec::new();
+        }
+        live.into_iter()
+            .filter(|a| match a.when.execute(&root) {
+                Ok(Value::Bool(open)) => open,
+                Ok(other) => {
+                    notes.push(format!(
+                        "approval {}: condition gave {other:?}, not a bool",
+                        a.spec.name
+                    ));
+                    false
+                }
+                Err(e) => {
+                    notes.push(format!("approval {}: condition failed: {e}", a.spec.name));
+                    false
+                }
+            })
+            .map(|a| &a.spec)
+            .collect()
     }
 
     /// Judges again `waiting` rules now that `event` brought fields: each whose needs are met
@@ -677,6 +793,156 @@ impl RuleSet {
     }
 }
 
+struct CompiledApproval {
+    spec: ApprovalSpec,
+    when: Program,
+    /// The only `event.status` values `when` can be true for, when its form says so.
+    statuses: Option<Vec<&'static str>>,
+    /// The only `order.state` values `when` can be true in, when its form says so.
+    states: Option<Vec<&'static str>>,
+}
+
+/// The internal trigger (and rule name) of what approval flow `name` sends on `outcome`.
+fn approval_trigger(name: &str, outcome: &str) -> String {
+    format!("approval {name} {outcome}")
+}
+
+/// Compiles the approval flows; what they send becomes internal rules judged on
+/// `approval NAME approved|rejected|escalated`, added to `rules`.
+fn compile_approvals(
+    specs: Vec<ApprovalSpec>,
+    rules: &mut Vec<CompiledRule>,
+    templates: &mut minijinja::Environment<'static>,
+) -> Result<Vec<CompiledApproval>, RuleError> {
+    let mut compiled: Vec<CompiledApproval> = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let fail = |problem: String| RuleError {
+            rule: format!("approval {}", spec.name),
+            problem,
+        };
+        let name_ok = !spec.name.is_empty()
+            && spec
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !name_ok {
+            return Err(fail(
+                "name must be non-empty letters, digits, '_', '-' or '.' (it is part of the approval's id)".into(),
+            ));
+        }
+        if compiled.iter().any(|a| a.spec.name == spec.name) {
+            return Err(fail("approval names must be unique".into()));
+        }
+        if spec.required == 0 {
+            return Err(fail("required must be at least 1".into()));
+        }
+        if spec.within_ms <= 0 {
+            return Err(fail("within must be longer than 0s".into()));
+        }
+        let when = compile_cel(&spec.when).map_err(|e| fail(format!("when: {e}")))?;
+        let ast = parse_cel(&spec.when);
+        let statuses = ast
+            .as_ref()
+            .and_then(|ast| required_values(ast, &EVENT_STATUS));
+        let states = ast
+            .as_ref()
+            .and_then(|ast| required_values(ast, &ORDER_STATE));
+        let default_text = |outcome: &str| {
+            format!(
+                "approval {{{{ event.approval.name }}}} of order {{{{ order.key }}}}: {outcome}"
+            )
+        };
+        let escalation = spec.escalate_to.clone().map(|sink| ApprovalActions {
+            sync: None,
+            notify: Some(sink),
+            message: Some(
+                "approval {{ event.approval.name }} of order {{ order.key }} is past its deadline \
+                 with {{ event.approval.decisions | length }} of {{ event.approval.required }} \
+                 approvals: please decide"
+                    .into(),
+            ),
+        });
+        for (outcome, key, actions) in [
+            ("approved", "on_approve", spec.on_approve.clone()),
+            ("rejected", "on_reject", spec.on_reject.clone()),
+            ("escalated", "escalate_to", escalation),
+        ] {
+            let Some(actions) = actions else { continue };
+            if actions.sync.is_none() && actions.notify.is_none() {
+                return Err(fail(format!("{key}: set sync or notify")));
+            }
+            if actions.message.is_some() && actions.notify.is_none() {
+                return Err(fail("message is only used with notify".into()));
+            }
+            let name = approval_trigger(&spec.name, outcome);
+            if rules.iter().any(|r| r.spec.name == name) {
+                return Err(fail(format!("a rule is called {name:?} already")));
+            }
+            let message = actions.message.unwrap_or_else(|| default_text(outcome));
+            let message_template = format!("{name}#message");
+            templates
+                .add_template_owned(message_template.clone(), message)
+                .map_err(|e| fail(format!("message: {e}")))?;
+            rules.push(CompiledRule {
+                spec: RuleSpec {
+                    name: name.clone(),
+                    when: "true".into(),
+                    sync: actions.sync,
+                    notify: actions.notify,
+                    on: Some(name),
+                    ..RuleSpec::default()
+                },
+                when: compile_cel("true").map_err(fail)?,
+                states: None,
+                fields: Vec::new(),
+                payload_template: None,
+                message_template: Some(message_template),
+            });
+        }
+        compiled.push(CompiledApproval {
+            spec,
+            when,
+            statuses,
+            states,
+        });
+    }
+    Ok(compiled)
+}
+
+/// A value a condition may compare with a literal: `order.state` or `event.status`, and what a
+/// string literal means for it.
+struct Subject {
+    ident: &'static str,
+    field: &'static str,
+    /// Every value the subject can take; a literal naming none of them can never be equal, so
+    /// it is kept as `"\u{0}"`, which no value is called.
+    values: fn() -> Vec<&'static str>,
+}
+
+const ORDER_STATE: Subject = Subject {
+    ident: "order",
+    field: "state",
+    values: || {
+        OrderState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .chain(["none"])
+            .collect()
+    },
+};
+
+const EVENT_STATUS: Subject = Subject {
+    ident: "event",
+    field: "status",
+    values: || {
+        OrderState::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .chain(crate::order::event::NON_STATE_LABELS)
+            .collect()
+    },
+};
+
 /// Parses `source` again for its syntax tree (cel-interpreter keeps its own private), or
 /// `None` if the parser fails or panics (the caller compiled it successfully first).
 fn parse_cel(source: &str) -> Option<cel_parser::Expression> {
@@ -695,6 +961,11 @@ fn parse_cel(source: &str) -> Option<cel_parser::Expression> {
 /// side errs, whatever the right; such a rule is now skipped, as CEL says, instead of noted as
 /// failing in a state it could never fire in.) `None`: any state.
 fn required_states(expr: &cel_parser::Expression) -> Option<Vec<&'static str>> {
+    required_values(expr, &ORDER_STATE)
+}
+
+/// [`required_states`] for any [`Subject`].
+fn required_values(expr: &cel_parser::Expression, subject: &Subject) -> Option<Vec<&'static str>> {
     use cel_parser::ast::{Expr, operators};
     let Expr::Call(call) = &expr.expr else {
         return None;
@@ -706,53 +977,54 @@ fn required_states(expr: &cel_parser::Expression) -> Option<Vec<&'static str>> {
     match call.func_name.as_str() {
         operators::EQUALS => {
             let named = |side: &cel_parser::Expression, other: &cel_parser::Expression| {
-                is_order_state(side).then(|| state_literal(other)).flatten()
+                is_subject(side, subject)
+                    .then(|| literal(other, subject))
+                    .flatten()
             };
             named(left, right)
                 .or_else(|| named(right, left))
                 .map(|state| vec![state])
         }
-        operators::IN if is_order_state(left) => match &right.expr {
-            Expr::List(list) => list.elements.iter().map(state_literal).collect(),
+        operators::IN if is_subject(left, subject) => match &right.expr {
+            Expr::List(list) => list.elements.iter().map(|e| literal(e, subject)).collect(),
             _ => None,
         },
-        operators::LOGICAL_AND => match (required_states(left), required_states(right)) {
+        operators::LOGICAL_AND => match (
+            required_values(left, subject),
+            required_values(right, subject),
+        ) {
             (Some(a), Some(b)) => Some(a.into_iter().filter(|s| b.contains(s)).collect()),
             (one, other) => one.or(other),
         },
         operators::LOGICAL_OR => {
-            let mut both = required_states(left)?;
-            both.extend(required_states(right)?);
+            let mut both = required_values(left, subject)?;
+            both.extend(required_values(right, subject)?);
             Some(both)
         }
         _ => None,
     }
 }
 
-/// Whether `expr` is `order.state`.
-fn is_order_state(expr: &cel_parser::Expression) -> bool {
+/// Whether `expr` is the subject (`order.state`, `event.status`).
+fn is_subject(expr: &cel_parser::Expression, subject: &Subject) -> bool {
     use cel_parser::ast::Expr;
     matches!(&expr.expr, Expr::Select(select)
-        if select.field == "state"
+        if select.field == subject.field
             && !select.test
-            && matches!(&select.operand.expr, Expr::Ident(name) if name == "order"))
+            && matches!(&select.operand.expr, Expr::Ident(name) if name == subject.ident))
 }
 
-/// A string literal as the state name the order's CEL value would carry: a canonical state,
-/// or "none" (an order before its first state). A literal naming no state can never be equal
-/// to `order.state`, so it is kept as `"\u{0}"`, which no state is called.
-fn state_literal(expr: &cel_parser::Expression) -> Option<&'static str> {
+/// A string literal as the value the subject would carry (see [`Subject::values`]).
+fn literal(expr: &cel_parser::Expression, subject: &Subject) -> Option<&'static str> {
     use cel_parser::ast::Expr;
     use cel_parser::reference::Val;
     let Expr::Literal(Val::String(text)) = &expr.expr else {
         return None;
     };
     Some(
-        OrderState::ALL
-            .iter()
-            .map(|s| s.as_str())
-            .chain(["none"])
-            .find(|name| name == text)
+        (subject.values)()
+            .into_iter()
+            .find(|name| name == &text.as_str())
             .unwrap_or("\u{0}"),
     )
 }
@@ -862,6 +1134,17 @@ mod tests {
     fn conditions_that_name_their_states_are_recognised() {
         assert_eq!(states_of(r#"order.state == "paid""#), Some(vec!["paid"]));
         assert_eq!(states_of(r#""paid" == order.state"#), Some(vec!["paid"]));
+        let statuses = |when: &str| required_values(&parse_cel(when).unwrap(), &EVENT_STATUS);
+        assert_eq!(
+            statuses(r#"event.status == "intercept_requested""#),
+            Some(vec!["intercept_requested"])
+        );
+        assert_eq!(
+            statuses(r#"event.status == "sla_breach" && order.state == "paid""#),
+            Some(vec!["sla_breach"])
+        );
+        assert_eq!(statuses(r#"event.status == "shiped""#), Some(vec!["\u{0}"]));
+        assert_eq!(statuses(r#"event.source == "cs""#), None);
         assert_eq!(
             states_of(r#"order.state in ["paid", "allocated"]"#),
             Some(vec!["paid", "allocated"])

@@ -155,10 +155,11 @@ const fn successors(state: OrderState) -> u32 {
     }
     match state {
         PendingPayment => bit(Paid) | bit(Cancelled),
-        Paid => bit(Allocated) | bit(Cancelled),
-        Allocated => bit(Picked) | bit(Cancelled),
-        Picked => bit(Packed) | bit(Cancelled),
-        Packed => bit(Shipped) | bit(Cancelled),
+        // An intercept may be requested from paid up to in transit.
+        Paid => bit(Allocated) | bit(Cancelled) | bit(InterceptRequested),
+        Allocated => bit(Picked) | bit(Cancelled) | bit(InterceptRequested),
+        Picked => bit(Packed) | bit(Cancelled) | bit(InterceptRequested),
+        Packed => bit(Shipped) | bit(Cancelled) | bit(InterceptRequested),
         Shipped => bit(InTransit) | bit(InterceptRequested),
         InTransit => bit(Delivered) | bit(InterceptRequested) | bit(Returned),
         Delivered => bit(Completed) | bit(ReturnRequested),

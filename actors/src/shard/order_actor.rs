@@ -163,6 +163,28 @@ impl OrderActorState {
             return Ok(());
         }
         let now = self.ctx.clock.now_ms();
+        let late = now.saturating_sub(deadline) > super::LATE_AFTER_MS;
+        if let Some(approval) = self.order.approval_due(rule, deadline) {
+            let event = OrderEvent {
+                order: self.key.to_string(),
+                source: INTERNAL_SOURCE.to_owned(),
+                // Deterministic, like a breach's: raised twice, journaled once.
+                source_event_id: format!("approval:{}:{deadline}", approval.id),
+                supersedes: None,
+                log_seq: None,
+                raw_status: "approval_due".to_owned(),
+                action: EventAction::ApprovalDue {
+                    approval: approval.id.clone(),
+                    deadline,
+                    late,
+                },
+                occurred_at: now,
+                received_at: now,
+                fields: serde_json::Map::new(),
+            };
+            self.ctx.store.append_internal(event)?;
+            return Ok(());
+        }
         let event = OrderEvent {
             order: self.key.to_string(),
             source: INTERNAL_SOURCE.to_owned(),
@@ -175,7 +197,7 @@ impl OrderActorState {
             action: EventAction::SlaBreach {
                 rule: rule.to_owned(),
                 deadline,
-                late: now.saturating_sub(deadline) > super::LATE_AFTER_MS,
+                late,
             },
             occurred_at: now,
             received_at: now,

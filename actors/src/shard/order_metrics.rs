@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
 
-const OUTCOMES: [&str; 12] = [
+const OUTCOMES: [&str; 15] = [
     "applied",
     "unchanged",
     "stale",
@@ -21,6 +21,9 @@ const OUTCOMES: [&str; 12] = [
     "sla_breached",
     "sla_not_armed",
     "part_moved",
+    "approval",
+    "not_decided",
+    "noted",
 ];
 
 /// Pre-registered handles plus the shared counters behind the gauges that are refreshed
