@@ -197,6 +197,7 @@ impl OrderRouter {
             policy.sla_rules().iter().map(|r| r.name.clone()),
             policy.rules().hold_rules().map(str::to_owned),
             policy.metric_source_labels().map(str::to_owned),
+            policy.rules().approvals().map(|a| a.name.clone()),
         ));
         let policy = Arc::new(policy);
         let held = crate::dispatch::HeldOrders::default();

@@ -2,7 +2,7 @@
 //! its journal (SQLite by default); tests implement them in memory.
 
 use crate::dispatch::{PendingSync, SyncIntent, SyncUpdate};
-use crate::order::{JournaledEvent, Millis, Order, OrderEvent, OrderState};
+use crate::order::{Approval, JournaledEvent, Millis, Order, OrderEvent, OrderState};
 
 /// Why the store could not serve a request.
 #[derive(Debug, thiserror::Error)]
@@ -50,8 +50,10 @@ pub struct OrderIndexEntry {
     pub applied_seq: u64,
     /// Whether any SLA timer was breached.
     pub sla_breached: bool,
-    /// Armed SLA timers as `(rule, deadline)`.
+    /// Armed timers as `(name, deadline)`: SLA rules and open approvals' deadlines.
     pub armed: Vec<(String, Millis)>,
+    /// The order's approvals (listed by `GET /v1/approvals`).
+    pub approvals: Vec<Approval>,
 }
 
 impl OrderIndexEntry {
@@ -69,6 +71,7 @@ impl OrderIndexEntry {
                 .armed_timers()
                 .map(|(rule, deadline)| (rule.to_owned(), deadline))
                 .collect(),
+            approvals: order.approvals.clone(),
         }
     }
 }

@@ -142,6 +142,9 @@ catalogue! {
     /// Holds by rules.
     ORDERS_HOLDS = "orderhub_orders_holds_total", Counter, Count, ["rule"],
         "Orders put on hold by a rule (exception interception); each is also logged as a warning.";
+    /// Approvals by flow and what happened to them.
+    APPROVALS = "orderhub_approvals_total", Counter, Count, ["name", "outcome"],
+        "Approvals by flow (the [[approvals]] name) and outcome: opened, approved, rejected, expired (the deadline passed first: escalated, or decided by on_timeout).";
     /// How late state changes reach the hub.
     STATE_CHANGE_DELAY = "orderhub_state_change_delay_seconds", Histogram, Seconds, ["source"],
         "For every transition, hub time minus the source's own time of the report that caused it, by reporting source (a configured source, its _api answers, operator or orderhub; any other name a canonical event carries counts as events). The share within 3 s is what order hubs hold to 99.6 %.";

@@ -13,6 +13,7 @@ use orderhub_actors::order::{EventAction, OPERATOR_SOURCE, Order, OrderEvent, Or
 use serde::Deserialize;
 use std::sync::Arc;
 
+pub(crate) mod approvals;
 mod forward;
 mod holds;
 pub(crate) use forward::answer;

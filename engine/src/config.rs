@@ -4,7 +4,10 @@
 //! struct, validation and status tables live beside its adapter in `ingest/`); here they are
 //! kept as written, and `ingest::Sources::configure` checks them with the same error form.
 
+mod approvals;
 mod locate;
+
+pub use approvals::ApprovalConfig;
 
 use humantime::parse_duration;
 use orderhub_actors::dispatch::{
@@ -298,6 +301,16 @@ impl Role {
     }
 }
 
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Role::Viewer, Role::Operator, Role::Approver, Role::Admin]
+            .into_iter()
+            .find(|role| role.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is no role (viewer, operator, approver, admin)"))
+    }
+}
+
 /// One `[[operators]]` entry: who may use the query and operations API.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -370,6 +383,7 @@ struct ConfigFile {
     rules: Option<Vec<RuleConfig>>,
     pollers: Option<BTreeMap<String, toml::Value>>,
     operators: Option<Vec<OperatorConfig>>,
+    approvals: Option<Vec<ApprovalConfig>>,
     cluster: Option<ClusterConfig>,
 }
 
@@ -469,6 +483,8 @@ pub struct Config {
     pub pollers: BTreeMap<String, toml::Value>,
     /// `[[operators]]`: who may use the query and operations API (none: loopback only).
     pub operators: Vec<OperatorConfig>,
+    /// `[[approvals]]`: approval flows (an intercept two approvers must agree to).
+    pub approvals: Vec<ApprovalConfig>,
     /// `[cluster]`: `None` runs a single node.
     pub cluster: Option<ClusterConfig>,
     origins: Origins,
@@ -531,6 +547,7 @@ impl Config {
             rules: file.rules.unwrap_or_default(),
             pollers: file.pollers.unwrap_or_default(),
             operators: file.operators.unwrap_or_default(),
+            approvals: file.approvals.unwrap_or_default(),
             cluster: file.cluster,
             origins,
         };
@@ -756,7 +773,15 @@ impl Config {
                 ));
             }
         }
+        self.validate_approvals()?;
         if let Err(e) = self.rule_set() {
+            if let Some(index) = self
+                .approvals
+                .iter()
+                .position(|a| e.rule == format!("approval {}", a.name))
+            {
+                return Err(self.invalid(format!("approvals[{index}]"), e.to_string()));
+            }
             let index = self
                 .rules
                 .iter()
@@ -793,7 +818,7 @@ impl Config {
             .filter(|r| !inactive.iter().any(|(name, _)| *name == r.name))
             .cloned()
             .collect();
-        RuleSet::compile(specs)
+        RuleSet::compile_with_approvals(specs, self.approval_specs())
     }
 
     /// The dispatch settings of every sink.

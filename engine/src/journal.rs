@@ -24,7 +24,8 @@ use crate::config::JournalConfig;
 use crossbeam_channel::{Sender, TrySendError, bounded, unbounded};
 use orderhub_actors::dispatch::{PendingSync, SyncStatus, SyncUpdate};
 use orderhub_actors::order::{
-    JournaledEvent, Millis, OrderEvent, OrderPolicy, OrderState, SharedEvent, SlaRule,
+    Approval, ApprovalState, JournaledEvent, Millis, OrderEvent, OrderPolicy, OrderState,
+    SharedEvent, SlaRule,
 };
 use orderhub_actors::store::{OrderStore, OrderUpdate, StoreError, StoredOrder, SyncStore};
 use reader::ReadPool;
@@ -380,6 +381,26 @@ impl Journal {
         self.inner.reader.list(filter)
     }
 
+    /// Approvals in `state` (any when `None`), of `order` when given, soonest deadline first.
+    pub fn approvals(
+        &self,
+        state: Option<ApprovalState>,
+        order: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Approval>, JournalError> {
+        self.inner.reader.approvals(state, order, limit)
+    }
+
+    /// The order approval `id` belongs to.
+    pub fn order_of_approval(&self, id: &str) -> Result<Option<String>, JournalError> {
+        self.inner.reader.order_of_approval(id)
+    }
+
+    /// How many approvals are in each state.
+    pub fn approvals_by_state(&self) -> Result<Vec<(String, u64)>, JournalError> {
+        self.inner.reader.approvals_by_state()
+    }
+
     /// Per SLA rule, how many orders are past its deadline at `now` (see the index).
     pub fn overdue(&self, rules: &[SlaRule], now: Millis) -> Result<Vec<u64>, JournalError> {
         self.inner.reader.overdue(rules, now)
@@ -630,6 +651,7 @@ mod tests {
                 applied_seq: 1,
                 sla_breached: false,
                 armed: Vec::new(),
+                approvals: Vec::new(),
             },
             syncs: Vec::new(),
         };

@@ -93,6 +93,8 @@ pub(crate) struct AppState {
     pub(crate) ingest_metrics: IngestMetrics,
     pub(crate) rejections: ingest::rejections::Rejections,
     pub(crate) operators: auth::Operators,
+    /// Approvals being decided (one decision at a time per approval).
+    pub(crate) deciding: api::approvals::Deciding,
     pub(crate) prometheus: PrometheusHandle,
     pub(crate) clock: SystemClock,
     ready: AtomicBool,
@@ -322,6 +324,7 @@ pub async fn run(
         ingest_metrics,
         rejections: Default::default(),
         operators,
+        deciding: Default::default(),
         prometheus: prometheus.clone(),
         clock,
         ready: AtomicBool::new(true),
@@ -572,6 +575,9 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/orders/{key}", get(api::get_order))
         .route("/v1/orders/{key}/hold", post(api::hold))
         .route("/v1/orders/{key}/release", post(api::release))
+        .route("/v1/approvals", get(api::approvals::list))
+        .route("/v1/approvals/{id}/approve", post(api::approvals::approve))
+        .route("/v1/approvals/{id}/reject", post(api::approvals::reject))
         .route("/v1/dispatch/dead-letters", get(api::dead_letters))
         .route(
             "/v1/dispatch/dead-letters/{row}/retry",

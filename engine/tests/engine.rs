@@ -7,6 +7,7 @@
 //! local stand-ins ([`details`]).
 
 mod engine {
+    pub(crate) mod approvals;
     pub(crate) mod channels;
     pub(crate) mod cluster;
     pub(crate) mod deploy;

@@ -274,6 +274,8 @@ pub struct Effects {
     pub syncs: Vec<SyncIntent>,
     /// Rules that put the order on hold (an exception to alert on).
     pub holds: Vec<String>,
+    /// What happened to approvals: `(flow, opened | approved | rejected | expired)`.
+    pub approvals: Vec<(String, &'static str)>,
 }
 
 /// Where an order's detail fetches stand (journal sequences of the events concerned).
@@ -765,6 +767,7 @@ impl Order {
                 },
             ));
             timers.armed.push((approval.id.clone(), approval.deadline));
+            timers.approvals.push((spec.name.clone(), "opened"));
             opened.push(self.approvals.len());
             self.approvals.push(approval);
         }
@@ -943,6 +946,14 @@ impl Order {
             Closing::Decided(ApprovalState::Approved) => "approved",
             Closing::Decided(_) => "rejected",
         };
+        timers.approvals.push((
+            approval.name.clone(),
+            match outcome {
+                _ if timed_out => "expired",
+                "approved" => "approved",
+                _ => "rejected",
+            },
+        ));
         if !timed_out {
             notes.push(format!("approval {}: {outcome}", approval.name));
         }

@@ -140,6 +140,9 @@ impl OrderActorState {
             ctx.metrics.hold(rule);
             crate::digest::note(crate::digest::Warning::Held, rule, &self.key);
         }
+        for (flow, what) in &timers.approvals {
+            ctx.metrics.approval(flow, what);
+        }
         for rule in &timers.disarmed {
             ctx.timers.disarm(&self.key, rule);
         }

@@ -26,6 +26,9 @@ const OUTCOMES: [&str; 15] = [
     "noted",
 ];
 
+/// What can happen to an approval (the `outcome` label of `orderhub_approvals_total`).
+pub(crate) const APPROVAL_OUTCOMES: [&str; 4] = ["opened", "approved", "rejected", "expired"];
+
 /// Pre-registered handles plus the shared counters behind the gauges that are refreshed
 /// periodically instead of on every event.
 pub(crate) struct OrderMetrics {
@@ -34,6 +37,7 @@ pub(crate) struct OrderMetrics {
     outcomes: Vec<Counter>,
     breaches: HashMap<(String, bool), Counter>,
     holds: HashMap<String, Counter>,
+    approvals: HashMap<(String, &'static str), Counter>,
     delays: HashMap<String, Histogram>,
     pub(crate) spawned: Counter,
     pub(crate) passivated_idle: Counter,
@@ -61,7 +65,15 @@ impl OrderMetrics {
         rules: impl IntoIterator<Item = String>,
         hold_rules: impl IntoIterator<Item = String>,
         sources: impl IntoIterator<Item = String>,
+        approval_flows: impl IntoIterator<Item = String>,
     ) -> Self {
+        let mut approvals = HashMap::new();
+        for flow in approval_flows {
+            for outcome in APPROVAL_OUTCOMES {
+                let handle = counter!(t::APPROVALS, "name" => flow.clone(), "outcome" => outcome);
+                approvals.insert((flow.clone(), outcome), handle);
+            }
+        }
         let mut transitions =
             Vec::with_capacity(STATE_LABELS_WITH_NONE.len() * OrderState::ALL.len());
         for from in STATE_LABELS_WITH_NONE {
@@ -88,6 +100,7 @@ impl OrderMetrics {
                 .map(|o| counter!(t::ORDERS_EVENT_OUTCOMES, "outcome" => *o))
                 .collect(),
             breaches,
+            approvals,
             delays: sources
                 .into_iter()
                 .map(|source| {
@@ -124,6 +137,16 @@ impl OrderMetrics {
                 self.by_state[*from as usize].decrement(1.0);
             }
             self.by_state[*to as usize].increment(1.0);
+        }
+    }
+
+    /// Counts what happened to an approval of flow `name`.
+    pub(crate) fn approval(&self, name: &str, outcome: &'static str) {
+        match self.approvals.get(&(name.to_owned(), outcome)) {
+            Some(counter) => counter.increment(1),
+            None => {
+                counter!(t::APPROVALS, "name" => name.to_owned(), "outcome" => outcome).increment(1)
+            }
         }
     }
 

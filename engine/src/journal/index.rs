@@ -51,6 +51,25 @@ pub(crate) fn upsert(conn: &Connection, entry: &OrderIndexEntry) -> rusqlite::Re
         entry.sla_breached as i64,
         armed,
     ])?;
+    // Approvals are rare: only orders that have some write any.
+    for approval in &entry.approvals {
+        conn.prepare_cached(
+            "INSERT INTO approvals (id, order_key, state, deadline, applied_seq, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (id) DO UPDATE SET
+                state = excluded.state, deadline = excluded.deadline,
+                applied_seq = excluded.applied_seq, body = excluded.body
+             WHERE excluded.applied_seq >= approvals.applied_seq",
+        )?
+        .execute(params![
+            approval.id,
+            approval.order,
+            approval.state.as_str(),
+            approval.deadline,
+            entry.applied_seq as i64,
+            serde_json::to_string(approval).unwrap_or_default(),
+        ])?;
+    }
     Ok(())
 }
 

@@ -2,7 +2,9 @@
 
 use super::JournalError;
 use super::schema;
-use orderhub_actors::order::{JournaledEvent, Millis, OrderEvent, OrderState, SlaRule};
+use orderhub_actors::order::{
+    Approval, ApprovalState, JournaledEvent, Millis, OrderEvent, OrderState, SlaRule,
+};
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -133,6 +135,60 @@ impl ReadPool {
                 },
             );
             Ok(rows?.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Approvals in `state` (any when `None`), of `order` when given, the soonest deadline
+    /// first; at most `limit`.
+    pub(crate) fn approvals(
+        &self,
+        state: Option<ApprovalState>,
+        order: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Approval>, JournalError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, body FROM approvals
+                 WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR order_key = ?2)
+                 ORDER BY deadline, id LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(
+                params![state.map(ApprovalState::as_str), order, limit as i64],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)),
+            )?;
+            let mut approvals = Vec::new();
+            for row in rows {
+                let (id, body) = row?;
+                approvals.push(
+                    serde_json::from_str(&body).map_err(|e| JournalError::Corrupt {
+                        seq: 0,
+                        reason: format!("approval {id}: {e}"),
+                    })?,
+                );
+            }
+            Ok(approvals)
+        })
+    }
+
+    /// The order approval `id` belongs to, if it is known.
+    pub(crate) fn order_of_approval(&self, id: &str) -> Result<Option<String>, JournalError> {
+        self.with(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT order_key FROM approvals WHERE id = ?1")?
+                .query_row([id], |row| row.get(0))
+                .optional()?)
+        })
+    }
+
+    /// Approvals by state, for the gauge.
+    pub(crate) fn approvals_by_state(&self) -> Result<Vec<(String, u64)>, JournalError> {
+        self.with(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT state, COUNT(*) FROM approvals GROUP BY state")?;
+            let rows = stmt.query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 

@@ -965,6 +965,7 @@ mod tests {
                     applied_seq: seq,
                     sla_breached: false,
                     armed: Vec::new(),
+                    approvals: Vec::new(),
                 },
                 syncs,
             });

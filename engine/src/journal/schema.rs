@@ -30,6 +30,16 @@ CREATE TABLE IF NOT EXISTS orders (
 CREATE INDEX IF NOT EXISTS orders_by_state ON orders (state, state_since);
 CREATE INDEX IF NOT EXISTS orders_breached ON orders (state_since) WHERE sla_breached = 1;
 CREATE INDEX IF NOT EXISTS orders_armed ON orders (order_key) WHERE armed IS NOT NULL;
+CREATE TABLE IF NOT EXISTS approvals (
+    id TEXT PRIMARY KEY,
+    order_key TEXT NOT NULL,
+    state TEXT NOT NULL,
+    deadline INTEGER NOT NULL,
+    applied_seq INTEGER NOT NULL,
+    body TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS approvals_by_state ON approvals (state, deadline);
+CREATE INDEX IF NOT EXISTS approvals_by_order ON approvals (order_key);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS waybills (
     waybill_no TEXT PRIMARY KEY,

@@ -646,6 +646,8 @@ fn archive_step(
                 }
                 tx.prepare_cached("DELETE FROM orders WHERE order_key = ?1")?
                     .execute([&order.key])?;
+                tx.prepare_cached("DELETE FROM approvals WHERE order_key = ?1")?
+                    .execute([&order.key])?;
                 tx.prepare_cached(
                     "INSERT INTO archived (order_key, archive, archived_at, last_seq)
                      VALUES (?1, ?2, ?3, ?4)

@@ -372,6 +372,8 @@ pub(crate) struct Received {
     pub(crate) operation: String,
     pub(crate) at: std::time::Instant,
     pub(crate) answered: u16,
+    /// The request's JSON body.
+    pub(crate) body: Value,
 }
 
 /// What a [`FakeSink`] does with request number `n` (from 0) at time `t` since it started.
@@ -433,6 +435,7 @@ impl FakeSink {
                     .to_owned(),
                 at: std::time::Instant::now(),
                 answered,
+                body: json,
             });
             match fault {
                 Fault::None => StatusCode::OK.into_response(),
