@@ -435,6 +435,19 @@ name = "hold_high_value"
 when = 'order.state == "paid" && order.fields.amount > 1000.0'
 hold = true
 
+# An approval flow (nobody requests an intercept here), so its series are exported.
+[[operators]]
+name = "li.na"
+role = "approver"
+token_env = "ORDERHUB_TEST_TOKEN_UNSET"
+
+[[approvals]]
+name = "intercept"
+when = 'event.status == "intercept_requested"'
+required = 1
+role = "approver"
+within = "20m"
+
 [[rules]]
 name = "erp_sales_order_on_paid"
 when = 'order.state == "paid"'
