@@ -173,13 +173,20 @@ impl Approval {
         Some(closed)
     }
 
-    /// The facts rules see in `event.approval`.
+    /// The facts rules see in `event.approval`: the approval, with its deadline also as UTC
+    /// text (`deadline_utc`) for messages.
     pub(crate) fn facts(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut approval = serde_json::to_value(self).unwrap_or_default();
+        if let serde_json::Value::Object(map) = &mut approval {
+            let at = std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(self.deadline.max(0) as u64);
+            map.insert(
+                "deadline_utc".into(),
+                humantime::format_rfc3339_seconds(at).to_string().into(),
+            );
+        }
         let mut facts = serde_json::Map::new();
-        facts.insert(
-            "approval".into(),
-            serde_json::to_value(self).unwrap_or_default(),
-        );
+        facts.insert("approval".into(), approval);
         facts
     }
 }

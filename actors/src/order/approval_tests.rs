@@ -101,7 +101,7 @@ fn policy(on_timeout: OnTimeout) -> OrderPolicy {
                 on: Some("approval_opened".into()),
                 notify: Some("wecom_cs".into()),
                 message: Some(
-                    "{{ event.approval.name }} for {{ order.key }} needs {{ event.approval.required }}"
+                    "{{ event.approval.name }} for {{ order.key }} needs {{ event.approval.required }} by {{ event.approval.deadline_utc }}"
                         .into(),
                 ),
                 ..RuleSpec::default()
@@ -178,7 +178,7 @@ fn two_approvers_approve_an_intercept_and_its_syncs_go_out() {
     );
     assert_eq!(
         effects.syncs[0].payload["text"],
-        "intercept for shop:1 needs 2"
+        "intercept for shop:1 needs 2 by 1970-01-01T00:22:00Z"
     );
 
     // One approval: still open, nothing sent.

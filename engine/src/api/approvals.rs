@@ -210,7 +210,7 @@ async fn decide_in_turn(
             StatusCode::FORBIDDEN,
             "forbidden",
             &format!(
-                "operator {} is a {}; approval {} needs {} or above",
+                "operator {} has role {}; approval {} needs {} or above",
                 caller.name,
                 caller.role.map_or("caller without a role", Role::as_str),
                 approval.name,
