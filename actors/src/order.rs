@@ -280,6 +280,44 @@ mod tests {
             (Some("FROZEN"), Some("wms"))
         );
         assert_eq!(other.timeline[1].by, None);
+        assert_eq!(held.syncs, None);
+    }
+
+    #[test]
+    fn a_hold_may_name_the_sinks_whose_syncs_wait() {
+        let policy = OrderPolicy::permissive();
+        let mut order = Order::new("k");
+        order.apply(&mv(1, Paid), &policy);
+        let mut hold = ev(
+            2,
+            OPERATOR_SOURCE,
+            EventAction::Move { state: OnHold },
+            2000,
+        );
+        hold.event.fields =
+            serde_json::json!({"operator": "li.na", "reason": "x", "syncs": ["wms", "courier"]})
+                .as_object()
+                .cloned()
+                .unwrap();
+        order.apply(&hold, &policy);
+        assert_eq!(
+            order.hold.as_ref().unwrap().syncs,
+            Some(vec!["wms".to_owned(), "courier".to_owned()])
+        );
+        // A rule's hold names them as `hold = { reason, syncs }`.
+        let rule: crate::order::rules::RuleSpec = serde_json::from_value(serde_json::json!({
+            "name": "address_check",
+            "when": "order.state == \"paid\"",
+            "hold": {"reason": "address changed", "syncs": ["wms"]},
+        }))
+        .unwrap();
+        let policy = OrderPolicy::permissive()
+            .with_rules(crate::order::rules::RuleSet::compile(vec![rule]).unwrap());
+        let mut ruled = Order::new("k2");
+        ruled.apply(&mv(1, Paid), &policy);
+        let held = ruled.hold.unwrap();
+        assert_eq!(held.reason.as_deref(), Some("address changed"));
+        assert_eq!(held.syncs, Some(vec!["wms".to_owned()]));
     }
 
     #[test]

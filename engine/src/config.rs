@@ -745,7 +745,13 @@ impl Config {
         }
         if self.origins.user_sets("rules") {
             for (i, rule) in self.rules.iter().enumerate() {
-                for sink in rule.sync.iter().flatten().chain(rule.notify.iter()) {
+                for sink in rule
+                    .sync
+                    .iter()
+                    .flatten()
+                    .chain(rule.notify.iter())
+                    .chain(rule.hold.sinks())
+                {
                     if !sink_names.contains(sink.as_str()) {
                         return Err(self.invalid(
                             format!("rules[{i}]"),

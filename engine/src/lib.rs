@@ -212,18 +212,13 @@ pub async fn run(
     // Orders on hold keep their syncs back until released: the actors mark them as they fold;
     // those held before this start are marked from the index (their actors may not run).
     let held = router.held_orders();
-    let held_index = journal.clone();
-    let on_hold = tokio::task::spawn_blocking(move || {
-        held_index.list(&journal::OrderFilter {
-            state: Some(orderhub_actors::order::OrderState::OnHold),
-            limit: i64::MAX as usize,
-            ..Default::default()
-        })
-    })
-    .await
-    .map_err(|e| std::io::Error::other(e.to_string()))??;
-    for order in &on_hold {
-        held.set(&order.key, true);
+    let (held_index, held_policy) = (journal.clone(), policy.clone());
+    let on_hold =
+        tokio::task::spawn_blocking(move || held_in_index(&held_index, &held_policy, |_| true))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))??;
+    for (order, sinks) in &on_hold {
+        held.hold(order, sinks.as_deref());
     }
     let dispatch =
         Dispatch::start_with_holds(sinks, Arc::new(journal.clone()), Arc::new(clock), held).await?;
@@ -261,8 +256,10 @@ pub async fn run(
     // not replayed.
     let membership = cluster.as_ref().map(|cluster| {
         let (journal, router, placing) = (journal.clone(), router.clone(), cluster.clone());
+        let policy = Arc::new(policy.clone());
         cluster.on_partitions_taken(move |taken| {
             let (journal, router, placing) = (journal.clone(), router.clone(), placing.clone());
+            let policy = policy.clone();
             let index = journal.clone();
             tokio::spawn(async move {
                 let armed = tokio::task::spawn_blocking(move || journal.armed_timers()).await;
@@ -279,19 +276,15 @@ pub async fn run(
                 // And their orders on hold keep their syncs back here too.
                 let held = router.held_orders();
                 let on_hold = tokio::task::spawn_blocking(move || {
-                    index.list(&journal::OrderFilter {
-                        state: Some(orderhub_actors::order::OrderState::OnHold),
-                        limit: i64::MAX as usize,
-                        ..Default::default()
+                    held_in_index(&index, &policy, |key| {
+                        taken.contains(&placing.partition_of(key))
                     })
                 })
                 .await;
                 match on_hold {
                     Ok(Ok(orders)) => {
-                        for order in orders {
-                            if taken.contains(&placing.partition_of(&order.key)) {
-                                held.set(&order.key, true);
-                            }
+                        for (order, sinks) in orders {
+                            held.hold(&order, sinks.as_deref());
                         }
                     }
                     Ok(Err(err)) => tracing::warn!(error = %err, "cannot mark the held orders of taken partitions"),
@@ -565,6 +558,32 @@ impl Stopping {
             );
         }
     }
+}
+
+/// An order on hold and the sinks its hold keeps back (`None`: all).
+type HeldOrder = (String, Option<Vec<String>>);
+
+/// The orders the index has on hold (of those `wanted` picks), each with the sinks its hold
+/// keeps back (`None`: all), read by folding the order: holds are few, and their actors may not
+/// run until something happens to them.
+fn held_in_index(
+    journal: &Journal,
+    policy: &OrderPolicy,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Vec<HeldOrder>, journal::JournalError> {
+    let listed = journal.list(&journal::OrderFilter {
+        state: Some(orderhub_actors::order::OrderState::OnHold),
+        limit: i64::MAX as usize,
+        ..Default::default()
+    })?;
+    let mut held = Vec::new();
+    for order in listed.into_iter().filter(|o| wanted(&o.key)) {
+        let events = journal.events_of(&order.key)?;
+        let folded = orderhub_actors::order::Order::replay(order.key.as_str(), &events, policy);
+        let sinks = folded.hold.and_then(|hold| hold.syncs);
+        held.push((order.key, sinks));
+    }
+    Ok(held)
 }
 
 fn routes(state: Arc<AppState>) -> Router {

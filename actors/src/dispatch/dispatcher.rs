@@ -361,7 +361,7 @@ impl DispatcherState {
             let released: Vec<Arc<str>> = self
                 .parked
                 .iter()
-                .filter(|order| !self.on_hold.contains(order))
+                .filter(|order| !self.on_hold.holds(order, &self.spec.name))
                 .cloned()
                 .collect();
             for order in released {
@@ -412,7 +412,7 @@ impl DispatcherState {
                 continue;
             };
             // An order on hold keeps its syncs until released (checked at every tick).
-            if self.on_hold.contains(&order) {
+            if self.on_hold.holds(&order, &self.spec.name) {
                 self.parked.insert(order);
                 continue;
             }

@@ -511,3 +511,33 @@ async fn a_held_orders_syncs_wait_for_its_release_and_then_go_in_order() {
     assert_fifo(&delivered);
     dispatch.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_that_names_sinks_keeps_back_only_their_syncs() {
+    let outbox = Arc::new(MemoryOutbox::default());
+    let sink = ScriptedSink::new(|_, _| Delivery::Delivered);
+    let held = crate::dispatch::HeldOrders::default();
+    // Held for the WMS only: this dispatcher is the ERP's, so the syncs go.
+    held.hold("o:held", Some(&["wms".to_owned()]));
+    assert!(held.holds("o:held", "wms") && !held.holds("o:held", "erp"));
+    let dispatch = Dispatch::start_with_holds(
+        vec![(spec(1000), sink.clone() as Arc<dyn SinkConnector>)],
+        outbox.clone(),
+        Arc::new(SystemClock),
+        held.clone(),
+    )
+    .await
+    .unwrap();
+    dispatch.notify(vec![outbox.add(1, "o:held", 1)]);
+    until_backlog_empty(&dispatch, Duration::from_secs(5)).await;
+    assert_eq!(sink.delivered.lock().unwrap().len(), 1);
+    // Now held for the ERP too: the next one waits until the release.
+    held.hold("o:held", Some(&["wms".to_owned(), "erp".to_owned()]));
+    dispatch.notify(vec![outbox.add(2, "o:held", 2)]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.delivered.lock().unwrap().len(), 1, "held for erp");
+    held.set("o:held", false);
+    until_backlog_empty(&dispatch, Duration::from_secs(5)).await;
+    assert_eq!(sink.delivered.lock().unwrap().len(), 2);
+    dispatch.stop().await;
+}

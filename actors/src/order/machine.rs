@@ -206,6 +206,9 @@ pub struct Hold {
     /// fire again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_in: Option<OrderState>,
+    /// The sinks whose syncs the hold keeps back (absent: every sink).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub syncs: Option<Vec<String>>,
 }
 
 /// An intercept awaiting its decision: where the order goes if it is rejected.
@@ -223,6 +226,7 @@ pub struct Intercept {
 struct HoldCause {
     reason: Option<String>,
     by: Option<String>,
+    syncs: Option<Vec<String>>,
 }
 
 impl HoldCause {
@@ -237,14 +241,26 @@ impl HoldCause {
                 .map(str::to_owned)
         };
         if event.source == OPERATOR_SOURCE {
+            let syncs = event
+                .fields
+                .get("syncs")
+                .and_then(|v| v.as_array())
+                .map(|sinks| {
+                    sinks
+                        .iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect::<Vec<_>>()
+                });
             HoldCause {
                 reason: text("reason"),
                 by: text("operator"),
+                syncs: syncs.filter(|s| !s.is_empty()),
             }
         } else {
             HoldCause {
                 reason: text("reason").or_else(|| Some(event.raw_status.clone())),
                 by: Some(event.source.clone()),
+                syncs: None,
             }
         }
     }
@@ -254,6 +270,7 @@ impl HoldCause {
         HoldCause {
             reason: Some(policy.rules().hold_reason(rule)),
             by: Some(format!("rule {rule}")),
+            syncs: policy.rules().hold_syncs(rule),
         }
     }
 }
@@ -1201,6 +1218,7 @@ impl Order {
                     reason: cause.reason,
                     by: cause.by,
                     held_in: Some(current),
+                    syncs: cause.syncs,
                 });
                 Outcome::Applied {
                     from: Some(current),

@@ -100,7 +100,8 @@ pub const TRIGGERS: [&str; 7] = [
 /// Triggers named by the operators' issue that need what is not built yet.
 const TRIGGERS_LATER: [&str; 2] = ["disagreement", "oversell"];
 
-/// A rule's `hold`: a flag, or the reason the hold carries.
+/// A rule's `hold`: a flag, the reason the hold carries, or the reason and the sinks whose
+/// syncs it keeps back.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(untagged)]
 pub enum HoldSpec {
@@ -108,6 +109,14 @@ pub enum HoldSpec {
     Flag(bool),
     /// `hold = "address check"`: on hold, for that reason.
     Reason(String),
+    /// `hold = { reason = "address check", syncs = ["wms", "courier"] }`: on hold, keeping back
+    /// only the syncs to those sinks (the others go out).
+    Detailed {
+        /// Why.
+        reason: String,
+        /// The sinks whose syncs wait for the release.
+        syncs: Sinks,
+    },
 }
 
 impl Default for HoldSpec {
@@ -117,11 +126,19 @@ impl Default for HoldSpec {
 }
 
 impl HoldSpec {
+    /// The sinks the hold keeps back, when it names them.
+    pub fn sinks(&self) -> &[String] {
+        match self {
+            HoldSpec::Detailed { syncs, .. } => &syncs.0,
+            _ => &[],
+        }
+    }
+
     /// Whether the rule holds the order.
     pub fn is_set(&self) -> bool {
         match self {
             HoldSpec::Flag(set) => *set,
-            HoldSpec::Reason(_) => true,
+            HoldSpec::Reason(_) | HoldSpec::Detailed { .. } => true,
         }
     }
 }
@@ -312,6 +329,14 @@ impl RuleSet {
                 };
                 return Err(fail(problem));
             }
+            if let HoldSpec::Detailed { syncs, .. } = &spec.hold
+                && syncs.0.is_empty()
+            {
+                return Err(fail(
+                    "hold.syncs = []: name the sinks whose syncs wait (or leave syncs out: all)"
+                        .into(),
+                ));
+            }
             if let Some(blank) = spec.needs.iter().find(|f| f.trim().is_empty()) {
                 return Err(fail(format!("needs: {blank:?} is no field name")));
             }
@@ -374,8 +399,25 @@ impl RuleSet {
             .find(|r| r.spec.name == rule)
             .map(|r| &r.spec.hold)
         {
-            Some(HoldSpec::Reason(reason)) if !reason.trim().is_empty() => reason.clone(),
+            Some(HoldSpec::Reason(reason) | HoldSpec::Detailed { reason, .. })
+                if !reason.trim().is_empty() =>
+            {
+                reason.clone()
+            }
             _ => rule.to_owned(),
+        }
+    }
+
+    /// The sinks rule `rule`'s hold keeps back (`None`: every sink).
+    pub fn hold_syncs(&self, rule: &str) -> Option<Vec<String>> {
+        match self
+            .rules
+            .iter()
+            .find(|r| r.spec.name == rule)
+            .map(|r| &r.spec.hold)
+        {
+            Some(HoldSpec::Detailed { syncs, .. }) => Some(syncs.0.clone()),
+            _ => None,
         }
     }
 

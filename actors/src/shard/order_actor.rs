@@ -42,9 +42,10 @@ pub(crate) struct OrderActorState {
     key: Arc<str>,
     order: Order,
     ctx: Arc<ShardContext>,
-    /// Whether the order is marked held for the dispatchers (the shared map is touched only
-    /// when this changes, not on every event).
-    marked_held: bool,
+    /// How the order is marked held for the dispatchers (`None`: not held; else the sinks the
+    /// hold keeps back, `None` inside: all). The shared map is touched only when this changes,
+    /// not on every event.
+    marked_held: Option<Option<Vec<String>>>,
 }
 
 impl Actor for OrderActor {
@@ -72,8 +73,8 @@ impl Actor for OrderActor {
         for (rule, deadline) in order.armed_timers() {
             args.ctx.timers.arm(&args.key, rule, deadline);
         }
-        let marked_held = order.hold.is_some();
-        args.ctx.held.set(&args.key, marked_held);
+        let marked_held = order.hold.as_ref().map(|h| h.syncs.clone());
+        mark_held(&args.ctx.held, &args.key, &marked_held);
         let state = OrderActorState {
             key: args.key,
             order,
@@ -149,9 +150,9 @@ impl OrderActorState {
         for (rule, deadline) in &timers.armed {
             ctx.timers.arm(&self.key, rule, *deadline);
         }
-        let held = self.order.hold.is_some();
+        let held = self.order.hold.as_ref().map(|h| h.syncs.clone());
         if held != self.marked_held {
-            ctx.held.set(&self.key, held);
+            mark_held(&ctx.held, &self.key, &held);
             self.marked_held = held;
         }
         self.record(timers.syncs);
@@ -215,5 +216,13 @@ impl OrderActorState {
             index: OrderIndexEntry::of(&self.order),
             syncs,
         });
+    }
+}
+
+/// Marks `order` for the dispatchers as `held` says (see `OrderActorState::marked_held`).
+fn mark_held(map: &crate::dispatch::HeldOrders, order: &str, held: &Option<Option<Vec<String>>>) {
+    match held {
+        None => map.set(order, false),
+        Some(sinks) => map.hold(order, sinks.as_deref()),
     }
 }

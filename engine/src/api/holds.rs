@@ -1,4 +1,4 @@
-//! Operators' holds: `POST /v1/orders/{key}/hold {"reason"}` puts an order on hold (exception
+//! Operators' holds: `POST /v1/orders/{key}/hold {"reason", "syncs"?}` puts an order on hold (exception
 //! interception) and `POST /v1/orders/{key}/release {"reason"?}` releases it to where it would
 //! be. Both need an operator (or above); each is journaled as an event of source `operator`
 //! whose `fields.operator` names who acted, so it shows in the order's timeline (`by`) and the
@@ -29,6 +29,9 @@ struct Request {
     /// Why (required for a hold).
     #[serde(default)]
     reason: Option<String>,
+    /// The sinks whose syncs the hold keeps back (a hold only; absent: every sink).
+    #[serde(default)]
+    syncs: Option<Vec<String>>,
 }
 
 /// `POST /v1/orders/{key}/hold`.
@@ -100,6 +103,22 @@ async fn act(
     {
         return bad_request(format!("reason is longer than {MAX_REASON} characters"));
     }
+    if let Some(syncs) = &request.syncs {
+        if action == Action::Release {
+            return bad_request("syncs is for a hold: a release lets every held sync go".into());
+        }
+        if syncs.is_empty() {
+            return bad_request(
+                "syncs = []: name the sinks whose syncs wait, or leave syncs out (all)".into(),
+            );
+        }
+        if let Some(unknown) = syncs
+            .iter()
+            .find(|sink| !app.config.sinks.iter().any(|s| &s.name == *sink))
+        {
+            return bad_request(format!("syncs: {unknown:?} is no configured sink"));
+        }
+    }
     if app.cluster.is_none() {
         let order = match super::load_order(app, &key).await {
             Ok(order) => order,
@@ -132,6 +151,9 @@ async fn act(
     if let Some(reason) = &reason {
         fields.insert("reason".into(), reason.clone().into());
     }
+    if let Some(syncs) = &request.syncs {
+        fields.insert("syncs".into(), syncs.clone().into());
+    }
     let event = OrderEvent {
         order: key.clone(),
         source: OPERATOR_SOURCE.to_owned(),
@@ -161,6 +183,7 @@ async fn act(
             "action": action.name(),
             "by": operator,
             "reason": reason,
+            "syncs": request.syncs,
         })),
     )
         .into_response()

@@ -279,3 +279,92 @@ async fn an_sla_breach_tells_someone_through_a_rule_on_sla_breached() {
     );
     engine.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_that_names_sinks_keeps_back_only_those_even_across_a_restart() {
+    // Both sinks are down for the first second, so the paid order's syncs are pending when the
+    // operator holds it for the WMS only.
+    let sinks = FakeSink::start(|_, elapsed| {
+        if elapsed < std::time::Duration::from_secs(1) {
+            Fault::Status(503)
+        } else {
+            Fault::None
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "sla = []\n{}[[rules]]\nname = \"erp_on_paid\"\nwhen = 'order.state == \"paid\"'\nsync = \"erp\"\n\
+         [[rules]]\nname = \"wms_on_paid\"\nwhen = 'order.state == \"paid\"'\nsync = \"wms\"\n",
+        sinks_toml(&sinks.base, "50/s", "2s")
+    );
+    let engine = TestEngine::start(&config, dir.path()).await;
+    assert_eq!(
+        engine
+            .post_events(&canonical("n-paid", "shop:n1", "shop", "paid", now_ms()))
+            .await
+            .0,
+        200
+    );
+    let hold = "/v1/orders/shop:n1/hold";
+    let (status, body) = post_as(
+        &engine,
+        "ignored",
+        hold,
+        r#"{"reason":"address check","syncs":["courier"]}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("courier")
+    );
+    let (status, body) = post_as(
+        &engine,
+        "ignored",
+        hold,
+        r#"{"reason":"address check","syncs":["wms"]}"#,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["syncs"], serde_json::json!(["wms"]));
+    for _ in 0..200 {
+        if !sinks.delivered("/erp").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(sinks.delivered("/erp").len(), 1, "the ERP is not held back");
+    assert!(sinks.delivered("/wms").is_empty(), "the WMS is");
+    let order = get_as(&engine, "ignored", "/v1/orders/shop:n1").await;
+    assert_eq!(
+        order["hold"]["syncs"],
+        serde_json::json!(["wms"]),
+        "{order}"
+    );
+    // After a restart the index's held order is still held for the WMS alone.
+    engine.stop().await;
+    let engine = TestEngine::start(&config, dir.path()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(
+        sinks.delivered("/wms").is_empty(),
+        "still held after a restart"
+    );
+    let (status, body) = post_as(&engine, "ignored", "/v1/orders/shop:n1/release", "").await;
+    assert_eq!(status, 202, "{body}");
+    for _ in 0..200 {
+        if !sinks.delivered("/wms").is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        sinks.delivered("/wms").len(),
+        1,
+        "released: the WMS sync goes"
+    );
+    assert_eq!(sinks.delivered("/erp").len(), 1);
+    engine.stop().await;
+}
