@@ -6,6 +6,7 @@ pub mod machine;
 pub mod policy;
 pub mod rules;
 pub mod state;
+pub mod stock;
 pub mod sync;
 
 pub use approval::{
@@ -19,8 +20,11 @@ pub use machine::{
     Order, Outcome, SUB_ORDERS_FIELD, SlaStatus, SlaTimer, SystemStatus, TimelineEntry,
     WaitingRule,
 };
-pub use policy::{DetailsSpec, OrderPolicy, SlaRule, details_name};
+pub use policy::{DetailsSpec, OrderPolicy, SlaRule, StockSpec, details_name};
 pub use state::{OrderState, STATE_LABELS_WITH_NONE, UnknownState};
+pub use stock::{
+    STOCK_TIMER, ShortLine, StockLine, StockOp, StockOutcome, StockState, StockStatus,
+};
 
 #[cfg(test)]
 mod tests {
@@ -565,3 +569,6 @@ mod trigger_tests;
 
 #[cfg(test)]
 mod approval_tests;
+
+#[cfg(test)]
+mod stock_tests;

@@ -198,6 +198,7 @@ impl OrderRouter {
             policy.rules().hold_rules().map(str::to_owned),
             policy.metric_source_labels().map(str::to_owned),
             policy.rules().approvals().map(|a| a.name.clone()),
+            policy.stock().is_some(),
         ));
         let policy = Arc::new(policy);
         let held = crate::dispatch::HeldOrders::default();

@@ -145,6 +145,9 @@ catalogue! {
     /// Approvals by flow and what happened to them.
     APPROVALS = "orderhub_approvals_total", Counter, Count, ["name", "outcome"],
         "Approvals by flow (the [[approvals]] name) and outcome: opened, approved, rejected, expired (the deadline passed first: escalated, or decided by on_timeout).";
+    /// Stock ledger answers.
+    STOCK_REQUESTS = "orderhub_stock_requests_total", Counter, Count, ["op", "result"],
+        "Orders' requests to the stock ledger by op (reserve, release, commit, restock) and result (reserved, short: the order went on hold oversell, untracked: none of its SKUs has stock, done, nothing).";
     /// How late state changes reach the hub.
     STATE_CHANGE_DELAY = "orderhub_state_change_delay_seconds", Histogram, Seconds, ["source"],
         "For every transition, hub time minus the source's own time of the report that caused it, by reporting source (a configured source, its _api answers, operator or orderhub; any other name a canonical event carries counts as events). The share within 3 s is what order hubs hold to 99.6 %.";

@@ -1,7 +1,7 @@
 //! Who may use the query and operations API. Operators are configured as `[[operators]]` with a
 //! name, a role (`viewer < operator < approver < admin`) and the environment variable holding
-//! their token; every `/v1/orders*`, `/v1/dispatch/*`, `/v1/sources` and `/v1/approvals*`
-//! request carries `Authorization: Bearer <token>` (compared in constant time): `401` without
+//! their token; every `/v1/orders*`, `/v1/dispatch/*`, `/v1/sources`, `/v1/stock*` and
+//! `/v1/approvals*` request carries `Authorization: Bearer <token>` (compared in constant time): `401` without
 //! or with a wrong token, `403` for a role below the route's (deciding an approval: below its
 //! flow's). With no operator configured the engine logs a
 //! loud warning at start-up and the API answers loopback callers only. `/healthz`, `/readyz`,
@@ -104,7 +104,7 @@ impl Operators {
         if loopback_only {
             tracing::warn!(
                 "NO OPERATORS CONFIGURED: the query and operations API (/v1/orders, /v1/dispatch, \
-                 /v1/sources, /v1/approvals) answers loopback callers only; add [[operators]] with tokens to open it"
+                 /v1/sources, /v1/stock, /v1/approvals) answers loopback callers only; add [[operators]] with tokens to open it"
             );
         }
         Operators {

@@ -147,6 +147,19 @@ pub struct SlaConfig {
     pub reset_on_event: bool,
 }
 
+/// `[stock]`: stock reservation (absent: off). Only SKUs with a stock record reserve.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StockConfig {
+    /// How long a paid order's reservation lasts unless the warehouse allocates it.
+    #[serde(default = "default_reserve_ttl")]
+    pub reserve_ttl: HumanDuration,
+}
+
+fn default_reserve_ttl() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15 * 60))
+}
+
 /// `[dispatch]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -384,6 +397,7 @@ struct ConfigFile {
     pollers: Option<BTreeMap<String, toml::Value>>,
     operators: Option<Vec<OperatorConfig>>,
     approvals: Option<Vec<ApprovalConfig>>,
+    stock: Option<StockConfig>,
     cluster: Option<ClusterConfig>,
 }
 
@@ -485,6 +499,8 @@ pub struct Config {
     pub operators: Vec<OperatorConfig>,
     /// `[[approvals]]`: approval flows (an intercept two approvers must agree to).
     pub approvals: Vec<ApprovalConfig>,
+    /// `[stock]`: stock reservation (`None`: off).
+    pub stock: Option<StockConfig>,
     /// `[cluster]`: `None` runs a single node.
     pub cluster: Option<ClusterConfig>,
     origins: Origins,
@@ -548,6 +564,7 @@ impl Config {
             pollers: file.pollers.unwrap_or_default(),
             operators: file.operators.unwrap_or_default(),
             approvals: file.approvals.unwrap_or_default(),
+            stock: file.stock,
             cluster: file.cluster,
             origins,
         };
@@ -780,6 +797,19 @@ impl Config {
             }
         }
         self.validate_approvals()?;
+        if let Some(stock) = &self.stock {
+            if self.cluster.is_some() {
+                return Err(self.invalid(
+                    "stock".into(),
+                    "stock reservation is not available in cluster mode yet (a SKU's ledger is \
+                     not owned per partition, so two nodes could sell the last unit twice): \
+                     remove [stock] or run a single node",
+                ));
+            }
+            if stock.reserve_ttl.0 < Duration::from_secs(1) {
+                return Err(self.invalid("stock.reserve_ttl".into(), "must be at least 1s"));
+            }
+        }
         if let Err(e) = self.rule_set() {
             if let Some(index) = self
                 .approvals
@@ -854,6 +884,11 @@ impl Config {
     /// The state machine's policy.
     pub fn policy(&self) -> OrderPolicy {
         let mut policy = OrderPolicy::permissive();
+        if let Some(stock) = &self.stock {
+            policy = policy.with_stock(orderhub_actors::order::StockSpec {
+                reserve_ttl_ms: stock.reserve_ttl.0.as_millis().min(i64::MAX as u128) as i64,
+            });
+        }
         // validate() compiled the rules already; an error here cannot happen for a Config.
         if let Ok(rules) = self.rule_set() {
             policy = policy.with_rules(rules);

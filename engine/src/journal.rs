@@ -14,6 +14,7 @@ mod reader;
 mod recovery;
 pub mod retention;
 mod schema;
+pub mod stock;
 mod writer;
 
 pub use outbox::SyncView;
@@ -161,6 +162,8 @@ pub(crate) enum SideCmd {
     Stop(oneshot::Sender<()>),
     /// A step of compaction (see `retention`), committed with the next batch.
     Archive(ArchiveCmd, oneshot::Sender<ArchiveOutcome>),
+    /// Sets stock records (an operator's `PUT /v1/stock…`), answering their counts after.
+    SetStock(Vec<stock::StockSetting>, oneshot::Sender<Vec<stock::Level>>),
 }
 
 /// An order compaction removes: its key, the last event sequence the archive holds, and the
@@ -394,6 +397,31 @@ impl Journal {
     /// The order approval `id` belongs to.
     pub fn order_of_approval(&self, id: &str) -> Result<Option<String>, JournalError> {
         self.inner.reader.order_of_approval(id)
+    }
+
+    /// Sets stock records `(sku, warehouse, available)` — what can still be sold — on the
+    /// writer's thread (serialised with reservations); answers each record's counts after.
+    pub async fn set_stock(
+        &self,
+        settings: Vec<stock::StockSetting>,
+    ) -> Result<Vec<stock::Level>, JournalError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .side
+            .send(SideCmd::SetStock(settings, reply))
+            .map_err(|_| JournalError::Closed)?;
+        answer.await.map_err(|_| JournalError::Closed)
+    }
+
+    /// Stock records of `sku` (every SKU's when `None`), at most `limit`.
+    pub fn stock_records(
+        &self,
+        sku: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<stock::StockRecord>, JournalError> {
+        self.inner
+            .reader
+            .with(|conn| Ok(stock::records(conn, sku, limit)?))
     }
 
     /// How many approvals are in each state.

@@ -594,6 +594,11 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/orders/{key}", get(api::get_order))
         .route("/v1/orders/{key}/hold", post(api::hold))
         .route("/v1/orders/{key}/release", post(api::release))
+        .route("/v1/stock", get(api::stock::list).put(api::stock::put_csv))
+        .route(
+            "/v1/stock/{sku}",
+            get(api::stock::get_one).put(api::stock::put_one),
+        )
         .route("/v1/approvals", get(api::approvals::list))
         .route("/v1/approvals/{id}/approve", post(api::approvals::approve))
         .route("/v1/approvals/{id}/reject", post(api::approvals::reject))

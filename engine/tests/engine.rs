@@ -20,5 +20,6 @@ mod engine {
     pub(crate) mod observability;
     pub(crate) mod retention;
     pub(crate) mod sources;
+    pub(crate) mod stock;
     pub(crate) mod support;
 }

@@ -53,6 +53,16 @@ pub enum EventAction {
         /// True when it passed while the engine was down.
         late: bool,
     },
+    /// The order's request to the stock ledger and, once the journal answered it in the
+    /// transaction that recorded it, the ledger's answer (journaled by orderhub itself).
+    Stock {
+        /// What the order asks.
+        #[serde(flatten)]
+        op: super::stock::StockOp,
+        /// The ledger's answer (`None` only before the journal answered).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        outcome: Option<super::stock::StockOutcome>,
+    },
     /// An SLA deadline passed while its timer was armed (journaled by orderhub itself).
     SlaBreach {
         /// The rule's name.
@@ -65,12 +75,13 @@ pub enum EventAction {
 }
 
 /// The labels of actions that move to no state (see [`EventAction::label`]).
-pub const NON_STATE_LABELS: [&str; 5] = [
+pub const NON_STATE_LABELS: [&str; 6] = [
     "none",
     "hold_released",
     "sla_breach",
     "approval_decision",
     "approval_due",
+    "stock",
 ];
 
 impl EventAction {
@@ -83,6 +94,7 @@ impl EventAction {
             EventAction::SlaBreach { .. } => "sla_breach",
             EventAction::Decide { .. } => "approval_decision",
             EventAction::ApprovalDue { .. } => "approval_due",
+            EventAction::Stock { .. } => "stock",
         }
     }
 }

@@ -5,6 +5,7 @@ use super::approval::{Approval, ApprovalState, Closing, Decision};
 use super::event::{EventAction, JournaledEvent, Millis};
 use super::policy::{OrderPolicy, SlaRule};
 use super::state::OrderState;
+use super::stock::{StockOp, StockOutcome, StockState, StockStatus};
 use super::sync::SyncIntent;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -293,6 +294,10 @@ pub struct Effects {
     pub holds: Vec<String>,
     /// What happened to approvals: `(flow, opened | approved | rejected | expired)`.
     pub approvals: Vec<(String, &'static str)>,
+    /// Events orderhub journals for the order (stock requests), to append.
+    pub internal: Vec<super::event::OrderEvent>,
+    /// What the stock ledger answered: `(reserve | release | commit | restock, result)`.
+    pub stock: Vec<(&'static str, &'static str)>,
 }
 
 /// Where an order's detail fetches stand (journal sequences of the events concerned).
@@ -373,6 +378,9 @@ pub struct Order {
     /// Set while an intercept awaits its decision (`intercept_requested`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intercept: Option<Intercept>,
+    /// Stock reservation (when `[stock]` is configured and the order has lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stock: Option<StockStatus>,
     /// Rules whose condition held at a transition but which need fields the order did not have
     /// yet (`needs`): judged again when an event brings fields.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -405,6 +413,7 @@ impl Order {
             details: None,
             approvals: Vec::new(),
             intercept: None,
+            stock: None,
             waiting: Vec::new(),
             timeline: Vec::new(),
             sla: Vec::new(),
@@ -467,6 +476,35 @@ impl Order {
                     .filter(|a| a.state == ApprovalState::Open)
                     .map(|a| (a.id.as_str(), a.deadline)),
             )
+            .chain(self.stock.as_ref().and_then(StockStatus::timer))
+    }
+
+    /// The stock timer due at `deadline`: a request not answered yet is asked again (same id);
+    /// a reservation the warehouse has not taken is given back. Returns the request to journal.
+    pub fn stock_due(&self, deadline: Millis) -> Option<super::event::OrderEvent> {
+        let status = self.stock.as_ref()?;
+        if status.deadline != Some(deadline) {
+            return None;
+        }
+        match status.state {
+            StockState::Requested => {
+                let request = status.request.as_ref()?;
+                Some(super::stock::request(
+                    &self.key,
+                    request.op.clone(),
+                    request.id.clone(),
+                    deadline,
+                ))
+            }
+            StockState::Reserved => {
+                let op = StockOp::Release {
+                    reason: "expired".into(),
+                };
+                let id = super::stock::request_id(&op, &format!("expired:{deadline}"));
+                Some(super::stock::request(&self.key, op, id, deadline))
+            }
+            _ => None,
+        }
     }
 
     /// The open approval whose deadline timer is `timer` due at `deadline`, if any.
@@ -564,6 +602,7 @@ impl Order {
             EventAction::ApprovalDue {
                 approval, deadline, ..
             } => self.expire(approval, *deadline, event.received_at, &mut closing),
+            EventAction::Stock { .. } => Outcome::Recorded,
         };
         let outcome = match closing {
             Some((index, closed)) => {
@@ -630,6 +669,9 @@ impl Order {
                 self.resume_waiting(policy, event, &mut notes, &mut timers);
             }
             self.enrich(journaled, &outcome, policy, &mut notes, &mut timers);
+        }
+        if superseded.is_none() {
+            self.reserve_stock(journaled, policy, &mut notes, &mut timers);
         }
         if superseded.is_none() {
             self.judge_triggers(
@@ -713,6 +755,184 @@ impl Order {
             );
             self.take("hold", decided, event, policy, notes, timers);
         }
+    }
+
+    /// Stock: takes the ledger's answer to a request, then decides the next request — reserve
+    /// once paid with known lines (again after an `oversell` hold is released), commit once the
+    /// warehouse took the order, release on a cancel, restock a cancel after the commit.
+    fn reserve_stock(
+        &mut self,
+        journaled: &JournaledEvent,
+        policy: &OrderPolicy,
+        notes: &mut Vec<String>,
+        timers: &mut Effects,
+    ) {
+        let Some(spec) = policy.stock() else {
+            return;
+        };
+        let event = &journaled.event;
+        let at = event.received_at;
+        match &event.action {
+            EventAction::Stock {
+                op,
+                outcome: Some(answer),
+            } => self.stock_answered(op, answer, at, spec, journaled, policy, notes, timers),
+            // A request the journal did not answer (it answers every one it records).
+            EventAction::Stock { outcome: None, .. } => return,
+            _ => {}
+        }
+        let Some(state) = self.state else { return };
+        let current = self.stock.as_ref().map(|s| s.state);
+        let op = match (current, state) {
+            (Some(StockState::Requested), _) => None,
+            (None | Some(StockState::Short), OrderState::Paid) => {
+                super::stock::lines_of(&self.fields).map(|lines| StockOp::Reserve { lines })
+            }
+            (Some(StockState::Reserved), OrderState::Cancelled) => Some(StockOp::Release {
+                reason: "cancelled".into(),
+            }),
+            (Some(StockState::Reserved), state) if super::stock::taken(state) => {
+                Some(StockOp::Commit)
+            }
+            (Some(StockState::Committed), OrderState::Cancelled) => Some(StockOp::Restock),
+            _ => None,
+        };
+        let Some(op) = op else { return };
+        let seq = event.log_seq.unwrap_or(journaled.seq);
+        let id = super::stock::request_id(&op, &seq.to_string());
+        notes.push(format!("stock: {} requested", op.name()));
+        let deadline = at.saturating_add(super::stock::STOCK_RETRY_MS);
+        timers
+            .armed
+            .push((super::stock::STOCK_TIMER.to_owned(), deadline));
+        timers
+            .internal
+            .push(super::stock::request(&self.key, op.clone(), id.clone(), at));
+        let previous = self.stock.take();
+        self.stock = Some(StockStatus {
+            state: StockState::Requested,
+            lines: previous
+                .as_ref()
+                .map(|p| p.lines.clone())
+                .unwrap_or_default(),
+            short: Vec::new(),
+            since: at,
+            deadline: Some(deadline),
+            request: Some(super::stock::Request {
+                id,
+                op,
+                previous: previous.map(|p| p.state),
+            }),
+            reason: None,
+        });
+    }
+
+    /// Takes the ledger's answer to a stock request.
+    #[allow(clippy::too_many_arguments)]
+    fn stock_answered(
+        &mut self,
+        op: &StockOp,
+        answer: &StockOutcome,
+        at: Millis,
+        spec: &super::policy::StockSpec,
+        journaled: &JournaledEvent,
+        policy: &OrderPolicy,
+        notes: &mut Vec<String>,
+        timers: &mut Effects,
+    ) {
+        let mut status = StockStatus {
+            state: StockState::Untracked,
+            lines: Vec::new(),
+            short: Vec::new(),
+            since: at,
+            deadline: None,
+            request: None,
+            reason: None,
+        };
+        let result = match answer {
+            StockOutcome::Reserved { lines } => {
+                status.state = StockState::Reserved;
+                status.lines = lines.clone();
+                let deadline = at.saturating_add(spec.reserve_ttl_ms);
+                status.deadline = Some(deadline);
+                timers
+                    .armed
+                    .push((super::stock::STOCK_TIMER.to_owned(), deadline));
+                notes.push(format!(
+                    "stock: reserved {}",
+                    lines
+                        .iter()
+                        .map(|l| format!("{} × {}", l.qty, l.sku))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                "reserved"
+            }
+            StockOutcome::Short { lines } => {
+                status.state = StockState::Short;
+                status.short = lines.clone();
+                "short"
+            }
+            StockOutcome::Untracked => {
+                notes.push("stock: no SKU of the order is tracked".into());
+                "untracked"
+            }
+            StockOutcome::Done { .. } | StockOutcome::Nothing => {
+                if let StockOutcome::Done { lines } = answer {
+                    status.lines = lines.clone();
+                }
+                status.state = match op {
+                    StockOp::Release { reason } => {
+                        status.reason = Some(reason.clone());
+                        StockState::Released
+                    }
+                    StockOp::Commit => StockState::Committed,
+                    StockOp::Restock => StockState::Restocked,
+                    StockOp::Reserve { .. } => StockState::Untracked,
+                };
+                notes.push(format!("stock: {} done", op.name()));
+                if matches!(answer, StockOutcome::Done { .. }) {
+                    "done"
+                } else {
+                    "nothing"
+                }
+            }
+        };
+        timers.stock.push((op.name(), result));
+        if status.deadline.is_none() {
+            timers.disarmed.push(super::stock::STOCK_TIMER.to_owned());
+        }
+        let short = status.short.clone();
+        self.stock = Some(status);
+        if short.is_empty() {
+            return;
+        }
+        // Oversell: the order cannot have what it was sold; a person decides (restock, cancel).
+        let reason = format!(
+            "oversell: {}",
+            short
+                .iter()
+                .map(|l| format!("{} wants {}, {} left", l.sku, l.wanted, l.available.max(0)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        notes.push(format!("stock: {reason}"));
+        let cause = HoldCause {
+            reason: Some(reason),
+            by: Some("stock".into()),
+            syncs: None,
+        };
+        if let Outcome::Applied { .. } = self.hold(at, cause, policy, timers) {
+            timers.holds.push("oversell".into());
+        }
+        let event = &journaled.event;
+        let seq = event.log_seq.unwrap_or(journaled.seq);
+        let mut facts = serde_json::Map::new();
+        facts.insert("oversell".into(), serde_json::json!({ "lines": short }));
+        let decided = policy
+            .rules()
+            .evaluate_trigger("oversell", self, event, seq, facts);
+        self.take("oversell", decided, event, policy, notes, timers);
     }
 
     /// Opens the approvals whose flow's condition holds for this report, arming their

@@ -32,6 +32,15 @@ pub struct OrderPolicy {
     /// The sources whose names may label metrics (configured sources, their `_api` answers,
     /// `operator`, `orderhub`); any other name counts as `events`.
     metric_sources: Vec<String>,
+    /// Stock reservation (`[stock]`), when configured.
+    stock: Option<StockSpec>,
+}
+
+/// Stock reservation (`[stock]`): paid orders reserve their lines of tracked SKUs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StockSpec {
+    /// How long a reservation lasts unless the warehouse allocates the order.
+    pub reserve_ttl_ms: Millis,
 }
 
 /// Order-detail enrichment of one channel: after its reports, the order's contents (items,
@@ -66,6 +75,7 @@ impl Default for OrderPolicy {
             rules: RuleSet::empty(),
             details: Vec::new(),
             metric_sources: Vec::new(),
+            stock: None,
         }
     }
 }
@@ -105,6 +115,17 @@ impl OrderPolicy {
     /// The rules.
     pub fn rules(&self) -> &RuleSet {
         &self.rules
+    }
+
+    /// Reserve stock as `spec` says.
+    pub fn with_stock(mut self, spec: StockSpec) -> Self {
+        self.stock = Some(spec);
+        self
+    }
+
+    /// Stock reservation, when configured.
+    pub fn stock(&self) -> Option<&StockSpec> {
+        self.stock.as_ref()
     }
 
     /// Fetch `spec.source`'s order details.

@@ -88,7 +88,7 @@ impl<'a> IntoIterator for &'a Sinks {
 }
 
 /// The triggers a rule may be judged on (`on`); `transition` when unset.
-pub const TRIGGERS: [&str; 7] = [
+pub const TRIGGERS: [&str; 8] = [
     "transition",
     "sla_breached",
     "hold",
@@ -96,9 +96,10 @@ pub const TRIGGERS: [&str; 7] = [
     "approval_opened",
     "approval_decided",
     "approval_expired",
+    "oversell",
 ];
 /// Triggers named by the operators' issue that need what is not built yet.
-const TRIGGERS_LATER: [&str; 2] = ["disagreement", "oversell"];
+const TRIGGERS_LATER: [&str; 1] = ["disagreement"];
 
 /// A rule's `hold`: a flag, the reason the hold carries, or the reason and the sinks whose
 /// syncs it keeps back.
@@ -318,7 +319,7 @@ impl RuleSet {
             {
                 let problem = if TRIGGERS_LATER.contains(&on.as_str()) {
                     format!(
-                        "on = {on:?} is not available yet (disagreements and stock are not built); one of {}",
+                        "on = {on:?} is not available yet (disagreements are not built); one of {}",
                         TRIGGERS.join(", ")
                     )
                 } else {

@@ -158,7 +158,7 @@ fn a_breach_a_hold_and_an_unknown_status_each_tell_someone() {
 
 #[test]
 fn triggers_not_built_yet_or_unknown_are_refused_by_name() {
-    let err = RuleSet::compile(vec![notify("r", "oversell", "x")]).unwrap_err();
+    let err = RuleSet::compile(vec![notify("r", "disagreement", "x")]).unwrap_err();
     assert!(err.problem.contains("not available yet"), "{err}");
     let err = RuleSet::compile(vec![notify("r", "sla_breech", "x")]).unwrap_err();
     assert!(err.problem.contains("unknown trigger"), "{err}");

@@ -73,6 +73,14 @@ impl Actor for OrderActor {
         for (rule, deadline) in order.armed_timers() {
             args.ctx.timers.arm(&args.key, rule, deadline);
         }
+        // A stock request that has no answer yet (the engine stopped in between) is asked
+        // again now rather than at its timer; the journal keeps one of the two.
+        if let Some(status) = &order.stock
+            && status.state == crate::order::StockState::Requested
+            && let Some(request) = status.deadline.and_then(|d| order.stock_due(d))
+        {
+            args.ctx.store.append_internal(request)?;
+        }
         let marked_held = order.hold.as_ref().map(|h| h.syncs.clone());
         mark_held(&args.ctx.held, &args.key, &marked_held);
         let state = OrderActorState {
@@ -150,6 +158,15 @@ impl OrderActorState {
         for (rule, deadline) in &timers.armed {
             ctx.timers.arm(&self.key, rule, *deadline);
         }
+        for (op, result) in &timers.stock {
+            ctx.metrics.stock(op, result);
+        }
+        for request in timers.internal {
+            // The journal answers it; if it cannot take it now, the stock timer asks again.
+            if let Err(err) = ctx.store.append_internal(request) {
+                tracing::warn!(order = %self.key, error = %err, "cannot journal a stock request; retried by its timer");
+            }
+        }
         let held = self.order.hold.as_ref().map(|h| h.syncs.clone());
         if held != self.marked_held {
             mark_held(&ctx.held, &self.key, &held);
@@ -164,6 +181,12 @@ impl OrderActorState {
             .armed_timers()
             .any(|(r, d)| r == rule && d == deadline);
         if !still_armed {
+            return Ok(());
+        }
+        if rule == crate::order::STOCK_TIMER {
+            if let Some(request) = self.order.stock_due(deadline) {
+                self.ctx.store.append_internal(request)?;
+            }
             return Ok(());
         }
         let now = self.ctx.clock.now_ms();

@@ -26,6 +26,16 @@ const OUTCOMES: [&str; 15] = [
     "noted",
 ];
 
+/// The stock ledger answers exported from start-up when stock is configured.
+const STOCK_RESULTS: [(&str, &str); 6] = [
+    ("reserve", "reserved"),
+    ("reserve", "short"),
+    ("reserve", "untracked"),
+    ("release", "done"),
+    ("commit", "done"),
+    ("restock", "done"),
+];
+
 /// What can happen to an approval (the `outcome` label of `orderhub_approvals_total`).
 pub(crate) const APPROVAL_OUTCOMES: [&str; 4] = ["opened", "approved", "rejected", "expired"];
 
@@ -38,6 +48,7 @@ pub(crate) struct OrderMetrics {
     breaches: HashMap<(String, bool), Counter>,
     holds: HashMap<String, Counter>,
     approvals: HashMap<(String, &'static str), Counter>,
+    stock: HashMap<(&'static str, &'static str), Counter>,
     delays: HashMap<String, Histogram>,
     pub(crate) spawned: Counter,
     pub(crate) passivated_idle: Counter,
@@ -66,7 +77,17 @@ impl OrderMetrics {
         hold_rules: impl IntoIterator<Item = String>,
         sources: impl IntoIterator<Item = String>,
         approval_flows: impl IntoIterator<Item = String>,
+        stock: bool,
     ) -> Self {
+        let mut stock_requests = HashMap::new();
+        if stock {
+            for (op, result) in STOCK_RESULTS {
+                stock_requests.insert(
+                    (op, result),
+                    counter!(t::STOCK_REQUESTS, "op" => op, "result" => result),
+                );
+            }
+        }
         let mut approvals = HashMap::new();
         for flow in approval_flows {
             for outcome in APPROVAL_OUTCOMES {
@@ -101,6 +122,7 @@ impl OrderMetrics {
                 .collect(),
             breaches,
             approvals,
+            stock: stock_requests,
             delays: sources
                 .into_iter()
                 .map(|source| {
@@ -137,6 +159,14 @@ impl OrderMetrics {
                 self.by_state[*from as usize].decrement(1.0);
             }
             self.by_state[*to as usize].increment(1.0);
+        }
+    }
+
+    /// Counts a stock ledger answer.
+    pub(crate) fn stock(&self, op: &'static str, result: &'static str) {
+        match self.stock.get(&(op, result)) {
+            Some(counter) => counter.increment(1),
+            None => counter!(t::STOCK_REQUESTS, "op" => op, "result" => result).increment(1),
         }
     }
 

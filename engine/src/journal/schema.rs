@@ -40,6 +40,22 @@ CREATE TABLE IF NOT EXISTS approvals (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS approvals_by_state ON approvals (state, deadline);
 CREATE INDEX IF NOT EXISTS approvals_by_order ON approvals (order_key);
+CREATE TABLE IF NOT EXISTS stock (
+    sku TEXT NOT NULL,
+    warehouse TEXT NOT NULL,
+    on_hand INTEGER NOT NULL,
+    reserved INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (sku, warehouse)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stock_reservations (
+    order_key TEXT NOT NULL,
+    sku TEXT NOT NULL,
+    warehouse TEXT NOT NULL,
+    qty INTEGER NOT NULL,
+    committed INTEGER NOT NULL,
+    PRIMARY KEY (order_key, sku, warehouse)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS waybills (
     waybill_no TEXT PRIMARY KEY,

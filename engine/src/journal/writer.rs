@@ -109,6 +109,8 @@ struct Committed {
     revived: Vec<Option<PendingSync>>,
     /// Each archive step's outcome.
     archived: Vec<ArchiveOutcome>,
+    /// Each stock setting's counts after.
+    stocked: Vec<Vec<super::stock::Level>>,
 }
 
 #[derive(Default)]
@@ -124,6 +126,10 @@ struct Batch {
     flushes: Vec<tokio::sync::oneshot::Sender<()>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     archive: Vec<(ArchiveCmd, tokio::sync::oneshot::Sender<ArchiveOutcome>)>,
+    stock: Vec<(
+        Vec<super::stock::StockSetting>,
+        tokio::sync::oneshot::Sender<Vec<super::stock::Level>>,
+    )>,
 }
 
 impl Batch {
@@ -150,6 +156,7 @@ impl Batch {
             SideCmd::Flush(reply) => self.flushes.push(reply),
             SideCmd::Stop(reply) => self.stop = Some(reply),
             SideCmd::Archive(cmd, reply) => self.archive.push((cmd, reply)),
+            SideCmd::SetStock(settings, reply) => self.stock.push((settings, reply)),
         }
     }
 
@@ -208,6 +215,7 @@ impl Writer {
                     new_syncs,
                     revived,
                     archived,
+                    stocked,
                 }) => {
                     metrics
                         .commit_latency
@@ -228,6 +236,9 @@ impl Writer {
                     }
                     for ((_, reply), outcome) in batch.archive.drain(..).zip(archived) {
                         let _ = reply.send(outcome);
+                    }
+                    for ((_, reply), levels) in batch.stock.drain(..).zip(stocked) {
+                        let _ = reply.send(levels);
                     }
                 }
                 Err(err) => {
@@ -363,6 +374,19 @@ impl Writer {
                         }
                     }
                 }
+                // A stock request is answered here, in the transaction that records it: the
+                // ledger changes only if the request is new (a request asked again is a
+                // duplicate and changes nothing).
+                let mut ledger = None;
+                if let EventAction::Stock { op, outcome: None } = &event.action {
+                    let mut loaded = super::stock::load(&tx, &event.order, op)?;
+                    let answer = loaded.apply(&event.order, op);
+                    event.action = EventAction::Stock {
+                        op: op.clone(),
+                        outcome: Some(answer),
+                    };
+                    ledger = Some(loaded);
+                }
                 let body = encode(&event)?;
                 let seq: Option<i64> = insert
                     .query_row(
@@ -379,6 +403,9 @@ impl Writer {
                 let Some(seq) = seq else {
                     return Ok(AppendOutcome::Duplicate);
                 };
+                if let Some(ledger) = &ledger {
+                    super::stock::store(&tx, &event.order, ledger, event.received_at)?;
+                }
                 if let Some(waybill) = &waybill {
                     index_waybill.execute(params![waybill, event.order])?;
                     let mut waiting: Vec<(i64, String)> = unpark
@@ -457,6 +484,10 @@ impl Writer {
             )?
             .execute(params![name, value])?;
         }
+        let mut stocked = Vec::with_capacity(batch.stock.len());
+        for (settings, _) in &batch.stock {
+            stocked.push(super::stock::set(&tx, settings, now)?);
+        }
         let mut archived = Vec::with_capacity(batch.archive.len());
         let mut removed_now = Vec::new();
         for (cmd, _) in &batch.archive {
@@ -493,6 +524,7 @@ impl Writer {
             new_syncs,
             revived,
             archived,
+            stocked,
         })
     }
 }
@@ -647,6 +679,8 @@ fn archive_step(
                 tx.prepare_cached("DELETE FROM orders WHERE order_key = ?1")?
                     .execute([&order.key])?;
                 tx.prepare_cached("DELETE FROM approvals WHERE order_key = ?1")?
+                    .execute([&order.key])?;
+                tx.prepare_cached("DELETE FROM stock_reservations WHERE order_key = ?1")?
                     .execute([&order.key])?;
                 tx.prepare_cached(
                     "INSERT INTO archived (order_key, archive, archived_at, last_seq)
