@@ -24,6 +24,8 @@ pub enum Warning {
     Retried,
     /// A sync was given up on (grouped by sink).
     DeadLettered,
+    /// Systems contradict each other about an order (grouped by kind).
+    Disagreement,
 }
 
 /// One line of a flush.
@@ -74,6 +76,10 @@ pub fn flush(interval_s: u64) -> Vec<Summary> {
             Warning::Held => tracing::warn!(
                 rule = group, count, examples = %examples, interval_s,
                 "orders put on hold by a rule: exception interception"
+            ),
+            Warning::Disagreement => tracing::warn!(
+                kind = group, count, examples = %examples, interval_s,
+                "systems contradict each other about orders (GET /v1/orders?disagreement=true)"
             ),
             Warning::Retried => tracing::warn!(
                 sink = group, count, examples = %examples, interval_s,

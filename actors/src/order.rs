@@ -1,6 +1,7 @@
 //! The canonical order: states, events, the policy that judges them and the pure state machine.
 
 pub mod approval;
+pub mod disagreement;
 pub mod event;
 pub mod machine;
 pub mod policy;
@@ -12,6 +13,7 @@ pub mod sync;
 pub use approval::{
     Approval, ApprovalActions, ApprovalSpec, ApprovalState, Decision, OnTimeout, Verdict,
 };
+pub use disagreement::{Disagreement, SourceRole};
 pub use event::{
     EventAction, INTERNAL_SOURCE, JournaledEvent, Millis, OrderEvent, SharedEvent, Superseding,
 };
@@ -572,3 +574,6 @@ mod approval_tests;
 
 #[cfg(test)]
 mod stock_tests;
+
+#[cfg(test)]
+mod disagreement_tests;

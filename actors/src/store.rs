@@ -54,6 +54,8 @@ pub struct OrderIndexEntry {
     pub armed: Vec<(String, Millis)>,
     /// The order's approvals (listed by `GET /v1/approvals`).
     pub approvals: Vec<Approval>,
+    /// The kinds of the order's open disagreements (`GET /v1/orders?disagreement=true`).
+    pub disagreements: Vec<String>,
 }
 
 impl OrderIndexEntry {
@@ -72,6 +74,7 @@ impl OrderIndexEntry {
                 .map(|(rule, deadline)| (rule.to_owned(), deadline))
                 .collect(),
             approvals: order.approvals.clone(),
+            disagreements: order.disagreeing().map(str::to_owned).collect(),
         }
     }
 }

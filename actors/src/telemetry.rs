@@ -145,6 +145,9 @@ catalogue! {
     /// Approvals by flow and what happened to them.
     APPROVALS = "orderhub_approvals_total", Counter, Count, ["name", "outcome"],
         "Approvals by flow (the [[approvals]] name) and outcome: opened, approved, rejected, expired (the deadline passed first: escalated, or decided by on_timeout).";
+    /// Disagreements flagged.
+    DISAGREEMENTS = "orderhub_disagreements_total", Counter, Count, ["kind"],
+        "Orders flagged because systems contradict each other, by kind: shipped_without_pickup (WMS/ERP shipped, no courier collection by a shipped SLA's deadline), cancelled_but_shipped (the channel cancelled, the goods left), scan_without_shipment (a courier scan the WMS never shipped).";
     /// Stock ledger answers.
     STOCK_REQUESTS = "orderhub_stock_requests_total", Counter, Count, ["op", "result"],
         "Orders' requests to the stock ledger by op (reserve, release, commit, restock) and result (reserved, short: the order went on hold oversell, untracked: none of its SKUs has stock, done, nothing).";

@@ -339,10 +339,12 @@ pub(crate) struct ListQuery {
     state: Option<String>,
     stuck_for: Option<String>,
     sla: Option<String>,
+    disagreement: Option<bool>,
     limit: Option<usize>,
 }
 
-/// `GET /v1/orders?state=&stuck_for=&sla=breached|armed&limit=`: oldest first.
+/// `GET /v1/orders?state=&stuck_for=&sla=breached|armed&disagreement=true&limit=`: oldest
+/// first.
 pub(crate) async fn list_orders(
     State(app): State<Arc<AppState>>,
     RawQuery(raw): RawQuery,
@@ -383,6 +385,7 @@ pub(crate) async fn list_here(app: Arc<AppState>, raw: String) -> Response {
             Err(e) => return bad(format!("stuck_for {stuck_for:?}: {e}")),
         }
     }
+    filter.disagreement = query.disagreement.unwrap_or(false);
     match query.sla.as_deref() {
         None => {}
         Some("breached") => filter.sla_breached = true,

@@ -398,6 +398,7 @@ struct ConfigFile {
     operators: Option<Vec<OperatorConfig>>,
     approvals: Option<Vec<ApprovalConfig>>,
     stock: Option<StockConfig>,
+    source_roles: Option<BTreeMap<String, orderhub_actors::order::SourceRole>>,
     cluster: Option<ClusterConfig>,
 }
 
@@ -501,6 +502,9 @@ pub struct Config {
     pub approvals: Vec<ApprovalConfig>,
     /// `[stock]`: stock reservation (`None`: off).
     pub stock: Option<StockConfig>,
+    /// `[source_roles]`: what each source is (`channel`, `erp`, `wms`, `courier`, `other`), for
+    /// telling when systems disagree; unnamed sources take their default.
+    pub source_roles: BTreeMap<String, orderhub_actors::order::SourceRole>,
     /// `[cluster]`: `None` runs a single node.
     pub cluster: Option<ClusterConfig>,
     origins: Origins,
@@ -565,6 +569,7 @@ impl Config {
             operators: file.operators.unwrap_or_default(),
             approvals: file.approvals.unwrap_or_default(),
             stock: file.stock,
+            source_roles: file.source_roles.unwrap_or_default(),
             cluster: file.cluster,
             origins,
         };
@@ -884,6 +889,9 @@ impl Config {
     /// The state machine's policy.
     pub fn policy(&self) -> OrderPolicy {
         let mut policy = OrderPolicy::permissive();
+        for (source, role) in &self.source_roles {
+            policy = policy.with_role(source, *role);
+        }
         if let Some(stock) = &self.stock {
             policy = policy.with_stock(orderhub_actors::order::StockSpec {
                 reserve_ttl_ms: stock.reserve_ttl.0.as_millis().min(i64::MAX as u128) as i64,

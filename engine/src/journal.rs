@@ -680,6 +680,7 @@ mod tests {
                 sla_breached: false,
                 armed: Vec::new(),
                 approvals: Vec::new(),
+                disagreements: Vec::new(),
             },
             syncs: Vec::new(),
         };

@@ -298,6 +298,8 @@ pub struct Effects {
     pub internal: Vec<super::event::OrderEvent>,
     /// What the stock ledger answered: `(reserve | release | commit | restock, result)`.
     pub stock: Vec<(&'static str, &'static str)>,
+    /// Disagreements flagged (their kinds).
+    pub disagreements: Vec<&'static str>,
 }
 
 /// Where an order's detail fetches stand (journal sequences of the events concerned).
@@ -381,6 +383,9 @@ pub struct Order {
     /// Stock reservation (when `[stock]` is configured and the order has lines).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stock: Option<StockStatus>,
+    /// Systems contradicting each other about the order, open and resolved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disagreements: Vec<super::disagreement::Disagreement>,
     /// Rules whose condition held at a transition but which need fields the order did not have
     /// yet (`needs`): judged again when an event brings fields.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -414,6 +419,7 @@ impl Order {
             approvals: Vec::new(),
             intercept: None,
             stock: None,
+            disagreements: Vec::new(),
             waiting: Vec::new(),
             timeline: Vec::new(),
             sla: Vec::new(),
@@ -673,6 +679,12 @@ impl Order {
         if superseded.is_none() {
             self.reserve_stock(journaled, policy, &mut notes, &mut timers);
         }
+        let reported = event.source != super::event::INTERNAL_SOURCE
+            && event.source != OPERATOR_SOURCE
+            && superseded.is_none();
+        if reported || matches!(outcome, Outcome::SlaBreached { .. }) {
+            self.judge_disagreements(journaled, &outcome, policy, &mut notes, &mut timers);
+        }
         if superseded.is_none() {
             self.judge_triggers(
                 journaled,
@@ -755,6 +767,92 @@ impl Order {
             );
             self.take("hold", decided, event, policy, notes, timers);
         }
+    }
+
+    /// Compares what the systems say (see `disagreement`): flags a new contradiction (and
+    /// judges the rules on `disagreement`), marks one that no longer holds resolved.
+    fn judge_disagreements(
+        &mut self,
+        journaled: &JournaledEvent,
+        outcome: &Outcome,
+        policy: &OrderPolicy,
+        notes: &mut Vec<String>,
+        timers: &mut Effects,
+    ) {
+        use super::disagreement::{self as d, Disagreement};
+        const NO_PICKUP: &str = "shipped_without_pickup";
+        let event = &journaled.event;
+        let at = event.received_at;
+        let role_of = |source: &str| policy.role_of(source);
+        let mut now = d::judge(&self.systems, &role_of);
+        let breached_in_shipped = matches!(outcome, Outcome::SlaBreached { rule }
+            if policy.sla_rules().iter().any(|r| &r.name == rule && r.from == OrderState::Shipped));
+        let open_no_pickup = self
+            .disagreements
+            .iter()
+            .find(|x| x.kind == NO_PICKUP && x.resolved_at.is_none());
+        if let Some(open) = open_no_pickup {
+            if !d::picked_up(&self.systems, &role_of) {
+                now.push((NO_PICKUP, open.systems.clone()));
+            }
+        } else if breached_in_shipped
+            && let Some(said) = d::shipped_without_pickup(&self.systems, &role_of)
+        {
+            now.push((NO_PICKUP, said));
+        }
+        for open in self
+            .disagreements
+            .iter_mut()
+            .filter(|x| x.resolved_at.is_none())
+        {
+            if !now.iter().any(|(kind, _)| *kind == open.kind) {
+                open.resolved_at = Some(at);
+                notes.push(format!("disagreement {}: resolved", open.kind));
+            }
+        }
+        let seq = event.log_seq.unwrap_or(journaled.seq);
+        for (kind, systems) in now {
+            if self
+                .disagreements
+                .iter()
+                .any(|x| x.kind == kind && x.resolved_at.is_none())
+            {
+                continue;
+            }
+            notes.push(format!(
+                "disagreement {kind}: {}",
+                systems
+                    .iter()
+                    .map(|(source, status)| format!("{source} says {status}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            timers.disagreements.push(kind);
+            let flagged = Disagreement {
+                kind: kind.to_owned(),
+                systems,
+                since: at,
+                resolved_at: None,
+            };
+            let mut facts = serde_json::Map::new();
+            facts.insert(
+                "disagreement".into(),
+                serde_json::to_value(&flagged).unwrap_or_default(),
+            );
+            self.disagreements.push(flagged);
+            let decided = policy
+                .rules()
+                .evaluate_trigger("disagreement", self, event, seq, facts);
+            self.take("disagreement", decided, event, policy, notes, timers);
+        }
+    }
+
+    /// Whether a disagreement is open.
+    pub fn disagreeing(&self) -> impl Iterator<Item = &str> {
+        self.disagreements
+            .iter()
+            .filter(|x| x.resolved_at.is_none())
+            .map(|x| x.kind.as_str())
     }
 
     /// Stock: takes the ledger's answer to a request, then decides the next request — reserve

@@ -34,6 +34,8 @@ pub struct OrderPolicy {
     metric_sources: Vec<String>,
     /// Stock reservation (`[stock]`), when configured.
     stock: Option<StockSpec>,
+    /// Configured source roles (`[source_roles]`); others take their default.
+    roles: std::collections::BTreeMap<String, super::disagreement::SourceRole>,
 }
 
 /// Stock reservation (`[stock]`): paid orders reserve their lines of tracked SKUs.
@@ -76,6 +78,7 @@ impl Default for OrderPolicy {
             details: Vec::new(),
             metric_sources: Vec::new(),
             stock: None,
+            roles: Default::default(),
         }
     }
 }
@@ -115,6 +118,20 @@ impl OrderPolicy {
     /// The rules.
     pub fn rules(&self) -> &RuleSet {
         &self.rules
+    }
+
+    /// Gives `source` the role `role` (`[source_roles]`).
+    pub fn with_role(mut self, source: &str, role: super::disagreement::SourceRole) -> Self {
+        self.roles.insert(source.to_owned(), role);
+        self
+    }
+
+    /// The role of `source`: configured, else its default.
+    pub fn role_of(&self, source: &str) -> super::disagreement::SourceRole {
+        self.roles
+            .get(source)
+            .copied()
+            .unwrap_or_else(|| super::disagreement::SourceRole::default_for(source))
     }
 
     /// Reserve stock as `spec` says.

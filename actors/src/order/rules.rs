@@ -38,8 +38,10 @@ pub struct RuleSpec {
     #[serde(default)]
     pub hold: HoldSpec,
     /// What the rule is judged on: `transition` (the default: every state change),
-    /// `sla_breached`, `hold` (the order went on hold) or `unmapped_status` (a report whose raw
-    /// status the source's mapping does not know). Conditions and templates see the trigger's
+    /// `sla_breached`, `hold` (the order went on hold), `unmapped_status` (a report whose raw
+    /// status the source's mapping does not know), `approval_opened`, `approval_decided`,
+    /// `approval_expired`, `oversell` (stock could not be reserved) or `disagreement` (systems
+    /// contradict each other). Conditions and templates see the trigger's
     /// facts in `event` (`event.sla {rule, deadline, late, late_by_ms}`, `event.hold {reason,
     /// by}`).
     #[serde(default)]
@@ -88,7 +90,7 @@ impl<'a> IntoIterator for &'a Sinks {
 }
 
 /// The triggers a rule may be judged on (`on`); `transition` when unset.
-pub const TRIGGERS: [&str; 8] = [
+pub const TRIGGERS: [&str; 9] = [
     "transition",
     "sla_breached",
     "hold",
@@ -97,9 +99,8 @@ pub const TRIGGERS: [&str; 8] = [
     "approval_decided",
     "approval_expired",
     "oversell",
+    "disagreement",
 ];
-/// Triggers named by the operators' issue that need what is not built yet.
-const TRIGGERS_LATER: [&str; 1] = ["disagreement"];
 
 /// A rule's `hold`: a flag, the reason the hold carries, or the reason and the sinks whose
 /// syncs it keeps back.
@@ -317,17 +318,10 @@ impl RuleSet {
             if let Some(on) = &spec.on
                 && !TRIGGERS.contains(&on.as_str())
             {
-                let problem = if TRIGGERS_LATER.contains(&on.as_str()) {
-                    format!(
-                        "on = {on:?} is not available yet (disagreements are not built); one of {}",
-                        TRIGGERS.join(", ")
-                    )
-                } else {
-                    format!(
-                        "unknown trigger on = {on:?}; one of {}",
-                        TRIGGERS.join(", ")
-                    )
-                };
+                let problem = format!(
+                    "unknown trigger on = {on:?}; one of {}",
+                    TRIGGERS.join(", ")
+                );
                 return Err(fail(problem));
             }
             if let HoldSpec::Detailed { syncs, .. } = &spec.hold

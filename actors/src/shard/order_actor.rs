@@ -158,6 +158,10 @@ impl OrderActorState {
         for (rule, deadline) in &timers.armed {
             ctx.timers.arm(&self.key, rule, *deadline);
         }
+        for kind in &timers.disagreements {
+            ctx.metrics.disagreement(kind);
+            crate::digest::note(crate::digest::Warning::Disagreement, kind, &self.key);
+        }
         for (op, result) in &timers.stock {
             ctx.metrics.stock(op, result);
         }

@@ -49,6 +49,7 @@ pub(crate) struct OrderMetrics {
     holds: HashMap<String, Counter>,
     approvals: HashMap<(String, &'static str), Counter>,
     stock: HashMap<(&'static str, &'static str), Counter>,
+    disagreements: HashMap<&'static str, Counter>,
     delays: HashMap<String, Histogram>,
     pub(crate) spawned: Counter,
     pub(crate) passivated_idle: Counter,
@@ -123,6 +124,10 @@ impl OrderMetrics {
             breaches,
             approvals,
             stock: stock_requests,
+            disagreements: crate::order::disagreement::KINDS
+                .iter()
+                .map(|kind| (*kind, counter!(t::DISAGREEMENTS, "kind" => *kind)))
+                .collect(),
             delays: sources
                 .into_iter()
                 .map(|source| {
@@ -159,6 +164,14 @@ impl OrderMetrics {
                 self.by_state[*from as usize].decrement(1.0);
             }
             self.by_state[*to as usize].increment(1.0);
+        }
+    }
+
+    /// Counts a disagreement flagged.
+    pub(crate) fn disagreement(&self, kind: &'static str) {
+        match self.disagreements.get(kind) {
+            Some(counter) => counter.increment(1),
+            None => counter!(t::DISAGREEMENTS, "kind" => kind).increment(1),
         }
     }
 

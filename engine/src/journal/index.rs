@@ -31,14 +31,16 @@ pub(crate) fn upsert(conn: &Connection, entry: &OrderIndexEntry) -> rusqlite::Re
     } else {
         Some(serde_json::to_string(&entry.armed).unwrap_or_else(|_| "[]".into()))
     };
+    let disagreement = (!entry.disagreements.is_empty())
+        .then(|| serde_json::to_string(&entry.disagreements).unwrap_or_else(|_| "[]".into()));
     conn.prepare_cached(
-        "INSERT INTO orders (order_key, state, state_since, first_seen, updated_at, applied_seq, sla_breached, armed)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+        "INSERT INTO orders (order_key, state, state_since, first_seen, updated_at, applied_seq, sla_breached, armed, disagreement)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (order_key) DO UPDATE SET
             state = excluded.state, state_since = excluded.state_since,
             first_seen = excluded.first_seen, updated_at = excluded.updated_at,
             applied_seq = excluded.applied_seq, sla_breached = excluded.sla_breached,
-            armed = excluded.armed
+            armed = excluded.armed, disagreement = excluded.disagreement
          WHERE excluded.applied_seq >= orders.applied_seq",
     )?
     .execute(params![
@@ -50,6 +52,7 @@ pub(crate) fn upsert(conn: &Connection, entry: &OrderIndexEntry) -> rusqlite::Re
         entry.applied_seq as i64,
         entry.sla_breached as i64,
         armed,
+        disagreement,
     ])?;
     // Approvals are rare: only orders that have some write any.
     for approval in &entry.approvals {

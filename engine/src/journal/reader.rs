@@ -32,6 +32,9 @@ pub struct OrderSummary {
     pub sla_breached: bool,
     /// Armed SLA timers as `[rule, deadline]`.
     pub sla_armed: serde_json::Value,
+    /// The kinds of its open disagreements (absent: none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disagreements: Option<serde_json::Value>,
 }
 
 /// A raw status a source sent that its mapping did not know, as `GET /v1/sources` lists it.
@@ -63,6 +66,8 @@ pub struct OrderFilter {
     pub sla_breached: bool,
     /// Only orders with an armed SLA timer.
     pub sla_armed: bool,
+    /// Only orders whose systems disagree.
+    pub disagreement: bool,
     /// At most this many.
     pub limit: usize,
 }
@@ -101,7 +106,7 @@ impl ReadPool {
     pub(crate) fn list(&self, filter: &OrderFilter) -> Result<Vec<OrderSummary>, JournalError> {
         self.with(|conn| {
             let mut sql = String::from(
-                "SELECT order_key, state, state_since, updated_at, sla_breached, armed FROM orders WHERE 1=1",
+                "SELECT order_key, state, state_since, updated_at, sla_breached, armed, disagreement FROM orders WHERE 1=1",
             );
             if filter.state.is_some() {
                 sql.push_str(" AND state = ?1");
@@ -114,6 +119,9 @@ impl ReadPool {
             }
             if filter.sla_armed {
                 sql.push_str(" AND armed IS NOT NULL");
+            }
+            if filter.disagreement {
+                sql.push_str(" AND disagreement IS NOT NULL");
             }
             sql.push_str(" ORDER BY state_since, order_key LIMIT ?3");
             let mut stmt = conn.prepare_cached(&sql)?;
@@ -131,6 +139,9 @@ impl ReadPool {
                         sla_armed: armed
                             .and_then(|a| serde_json::from_str(&a).ok())
                             .unwrap_or(serde_json::Value::Array(Vec::new())),
+                        disagreements: row
+                            .get::<_, Option<String>>(6)?
+                            .and_then(|d| serde_json::from_str(&d).ok()),
                     })
                 },
             );

@@ -966,6 +966,7 @@ mod tests {
                     sla_breached: false,
                     armed: Vec::new(),
                     approvals: Vec::new(),
+                    disagreements: Vec::new(),
                 },
                 syncs,
             });

@@ -136,6 +136,22 @@ fn backfill_waybills(conn: &Connection) -> rusqlite::Result<()> {
     ))
 }
 
+/// Journals made before disagreements were flagged lack the `orders.disagreement` column (the
+/// kinds of an order's open disagreements, JSON; NULL when none): it is added.
+fn add_disagreement_column(conn: &Connection) -> rusqlite::Result<()> {
+    let present: i64 = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('orders') WHERE name = 'disagreement'",
+        [],
+        |r| r.get(0),
+    )?;
+    if present == 0 {
+        conn.execute_batch("ALTER TABLE orders ADD COLUMN disagreement TEXT;")?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS orders_disagreeing ON orders (state_since) WHERE disagreement IS NOT NULL;",
+    )
+}
+
 /// The meta key of the index watermark: every event below it is folded into `orders`.
 pub(crate) const WATERMARK: &str = "index_watermark";
 
@@ -158,6 +174,7 @@ pub(crate) fn open_writer(dir: &Path) -> rusqlite::Result<Connection> {
     // compaction does not leave a large WAL file behind.
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     conn.execute_batch(SCHEMA)?;
+    add_disagreement_column(&conn)?;
     backfill_waybills(&conn)?;
     Ok(conn)
 }
@@ -170,4 +187,36 @@ pub(crate) fn open_reader(dir: &Path) -> rusqlite::Result<Connection> {
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_journal_from_before_disagreements_gets_their_column() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let old = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            old.execute_batch(
+                "CREATE TABLE orders (order_key TEXT PRIMARY KEY, state TEXT, state_since INTEGER NOT NULL,
+                    first_seen INTEGER NOT NULL, updated_at INTEGER NOT NULL, applied_seq INTEGER NOT NULL,
+                    sla_breached INTEGER NOT NULL, armed TEXT) WITHOUT ROWID;
+                 INSERT INTO orders VALUES ('shop:1', 'paid', 1, 1, 1, 1, 0, NULL);",
+            )
+            .unwrap();
+        }
+        let conn = open_writer(dir.path()).unwrap();
+        let kept: Option<String> = conn
+            .query_row(
+                "SELECT disagreement FROM orders WHERE order_key = 'shop:1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(kept, None);
+        drop(conn);
+        // Opening again finds it there.
+        open_writer(dir.path()).unwrap();
+    }
 }

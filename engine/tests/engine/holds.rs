@@ -368,3 +368,54 @@ async fn a_hold_that_names_sinks_keeps_back_only_those_even_across_a_restart() {
     assert_eq!(sinks.delivered("/erp").len(), 1);
     engine.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systems_that_disagree_are_listed_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start(
+        "sla = []\nrules = []\n[source_roles]\nportal = \"channel\"\n",
+        dir.path(),
+    )
+    .await;
+    let at = now_ms();
+    for (id, source, status) in [
+        ("d1", "portal", "paid"),
+        ("d2", "wms", "shipped"),
+        ("d3", "portal", "cancelled"),
+    ] {
+        let body = canonical(id, "portal:d1", source, status, at);
+        assert_eq!(engine.post_events(&body).await.0, 200);
+    }
+    assert_eq!(
+        engine
+            .post_events(&canonical("d4", "portal:d2", "portal", "paid", at))
+            .await
+            .0,
+        200
+    );
+    let listed = engine
+        .eventually("/v1/orders?disagreement=true", |body| {
+            body["orders"].as_array().is_some_and(|o| o.len() == 1)
+        })
+        .await;
+    let order = &listed["orders"][0];
+    assert_eq!(order["key"], "portal:d1");
+    assert_eq!(
+        order["disagreements"],
+        serde_json::json!(["cancelled_but_shipped"])
+    );
+    let (_, full) = engine.get("/v1/orders/portal:d1").await;
+    let flagged = &full["disagreements"][0];
+    assert_eq!(flagged["systems"]["portal"], "cancelled");
+    assert_eq!(flagged["systems"]["wms"], "shipped");
+    let metrics = engine.metrics().await;
+    assert!(
+        sample(
+            &metrics,
+            "orderhub_disagreements_total",
+            &[("kind", "cancelled_but_shipped")]
+        )
+        .is_some_and(|n| n >= 1.0)
+    );
+    engine.stop().await;
+}
