@@ -448,6 +448,10 @@ required = 1
 role = "approver"
 within = "20m"
 
+# Stock reservation (no SKU is tracked here), so its series are exported.
+[stock]
+reserve_ttl = "15m"
+
 [[rules]]
 name = "erp_sales_order_on_paid"
 when = 'order.state == "paid"'
