@@ -16,6 +16,7 @@ use std::sync::Arc;
 pub(crate) mod approvals;
 mod forward;
 mod holds;
+pub(crate) mod reports;
 pub(crate) mod stock;
 pub(crate) use forward::answer;
 pub(crate) use holds::{hold, release};

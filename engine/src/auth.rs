@@ -1,7 +1,7 @@
 //! Who may use the query and operations API. Operators are configured as `[[operators]]` with a
 //! name, a role (`viewer < operator < approver < admin`) and the environment variable holding
-//! their token; every `/v1/orders*`, `/v1/dispatch/*`, `/v1/sources`, `/v1/stock*` and
-//! `/v1/approvals*` request carries `Authorization: Bearer <token>` (compared in constant time): `401` without
+//! their token; every `/v1/orders*`, `/v1/dispatch/*`, `/v1/sources`, `/v1/stock*`,
+//! `/v1/approvals*` and `/v1/reports*` request carries `Authorization: Bearer <token>` (compared in constant time): `401` without
 //! or with a wrong token, `403` for a role below the route's (deciding an approval: below its
 //! flow's). With no operator configured the engine logs a
 //! loud warning at start-up and the API answers loopback callers only. `/healthz`, `/readyz`,
@@ -104,7 +104,7 @@ impl Operators {
         if loopback_only {
             tracing::warn!(
                 "NO OPERATORS CONFIGURED: the query and operations API (/v1/orders, /v1/dispatch, \
-                 /v1/sources, /v1/stock, /v1/approvals) answers loopback callers only; add [[operators]] with tokens to open it"
+                 /v1/sources, /v1/stock, /v1/approvals, /v1/reports) answers loopback callers only; add [[operators]] with tokens to open it"
             );
         }
         Operators {
@@ -171,6 +171,19 @@ fn needed(request: &Request) -> Role {
     }
 }
 
+/// The ops board's pages and streams (`/board`, `/v1/board/*`) also take the token as
+/// `?token=…`: a browser's EventSource cannot send headers. Nowhere else.
+fn query_token(uri: &axum::http::Uri) -> Option<String> {
+    let path = uri.path();
+    if path != "/board" && !path.starts_with("/board/") && !path.starts_with("/v1/board/") {
+        return None;
+    }
+    form_urlencoded::parse(uri.query()?.as_bytes())
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value.into_owned())
+        .filter(|token| !token.is_empty())
+}
+
 /// Middleware of the protected routes.
 pub(crate) async fn require_operator(
     State(app): State<Arc<AppState>>,
@@ -181,10 +194,12 @@ pub(crate) async fn require_operator(
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|info| info.0);
+    let from_query = query_token(request.uri()).map(|token| format!("Bearer {token}"));
     let authorization = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
+        .and_then(|v| v.to_str().ok())
+        .or(from_query.as_deref());
     match app.operators.check(authorization, peer, needed(&request)) {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
@@ -197,6 +212,19 @@ pub(crate) async fn require_operator(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_boards_routes_take_a_token_in_the_query() {
+        let token = |uri: &str| query_token(&uri.parse().unwrap());
+        assert_eq!(
+            token("/board?view=floor&token=abc%2Bd"),
+            Some("abc+d".into())
+        );
+        assert_eq!(token("/v1/board/events?token=t1"), Some("t1".into()));
+        assert_eq!(token("/v1/orders?token=t1"), None, "headers only elsewhere");
+        assert_eq!(token("/boardroom?token=t1"), None);
+        assert_eq!(token("/board?token="), None);
+    }
 
     fn operators() -> Operators {
         let configured = [

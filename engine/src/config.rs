@@ -160,6 +160,27 @@ fn default_reserve_ttl() -> HumanDuration {
     HumanDuration(Duration::from_secs(15 * 60))
 }
 
+/// `[reports]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportsConfig {
+    /// The UTC offset whose calendar days reports count (`+08:00`).
+    #[serde(default = "default_report_timezone")]
+    pub timezone: String,
+}
+
+impl Default for ReportsConfig {
+    fn default() -> Self {
+        ReportsConfig {
+            timezone: default_report_timezone(),
+        }
+    }
+}
+
+fn default_report_timezone() -> String {
+    "+08:00".into()
+}
+
 /// `[dispatch]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -398,6 +419,7 @@ struct ConfigFile {
     operators: Option<Vec<OperatorConfig>>,
     approvals: Option<Vec<ApprovalConfig>>,
     stock: Option<StockConfig>,
+    reports: Option<ReportsConfig>,
     source_roles: Option<BTreeMap<String, orderhub_actors::order::SourceRole>>,
     cluster: Option<ClusterConfig>,
 }
@@ -502,6 +524,8 @@ pub struct Config {
     pub approvals: Vec<ApprovalConfig>,
     /// `[stock]`: stock reservation (`None`: off).
     pub stock: Option<StockConfig>,
+    /// `[reports]`.
+    pub reports: ReportsConfig,
     /// `[source_roles]`: what each source is (`channel`, `erp`, `wms`, `courier`, `other`), for
     /// telling when systems disagree; unnamed sources take their default.
     pub source_roles: BTreeMap<String, orderhub_actors::order::SourceRole>,
@@ -569,6 +593,7 @@ impl Config {
             operators: file.operators.unwrap_or_default(),
             approvals: file.approvals.unwrap_or_default(),
             stock: file.stock,
+            reports: file.reports.unwrap_or_default(),
             source_roles: file.source_roles.unwrap_or_default(),
             cluster: file.cluster,
             origins,
@@ -802,6 +827,9 @@ impl Config {
             }
         }
         self.validate_approvals()?;
+        if let Err(message) = crate::journal::reconcile::parse_offset(&self.reports.timezone) {
+            return Err(self.invalid("reports.timezone".into(), message));
+        }
         if let Some(stock) = &self.stock {
             if self.cluster.is_some() {
                 return Err(self.invalid(

@@ -11,6 +11,7 @@ pub mod export;
 mod index;
 mod outbox;
 mod reader;
+pub mod reconcile;
 mod recovery;
 pub mod retention;
 mod schema;
@@ -422,6 +423,17 @@ impl Journal {
         self.inner
             .reader
             .with(|conn| Ok(stock::records(conn, sku, limit)?))
+    }
+
+    /// The reconciliation of `day` (see `reconcile`).
+    pub fn reconcile(
+        &self,
+        policy: &OrderPolicy,
+        day: reconcile::Day,
+    ) -> Result<reconcile::Report, JournalError> {
+        self.inner
+            .reader
+            .with(|conn| reconcile::reconcile(conn, policy, day))
     }
 
     /// How many approvals are in each state.

@@ -599,6 +599,10 @@ fn routes(state: Arc<AppState>) -> Router {
             "/v1/stock/{sku}",
             get(api::stock::get_one).put(api::stock::put_one),
         )
+        .route(
+            "/v1/reports/reconciliation",
+            get(api::reports::reconciliation),
+        )
         .route("/v1/approvals", get(api::approvals::list))
         .route("/v1/approvals/{id}/approve", post(api::approvals::approve))
         .route("/v1/approvals/{id}/reject", post(api::approvals::reject))

@@ -18,6 +18,7 @@ mod engine {
     pub(crate) mod http_api;
     pub(crate) mod loadgen;
     pub(crate) mod observability;
+    pub(crate) mod reports;
     pub(crate) mod retention;
     pub(crate) mod sources;
     pub(crate) mod stock;

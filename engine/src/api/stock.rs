@@ -78,8 +78,10 @@ struct SetBody {
 pub(crate) async fn put_one(
     State(app): State<Arc<AppState>>,
     Path(sku): Path<String>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
     body: axum::body::Bytes,
 ) -> Response {
+    let by = caller.map_or_else(|| "unknown".to_owned(), |c| c.0.name.clone());
     if let Some(answer) = off(&app) {
         return answer;
     }
@@ -102,7 +104,7 @@ pub(crate) async fn put_one(
     match app.journal.set_stock(vec![setting.clone()]).await {
         Ok(levels) => {
             let level = levels.first().copied().unwrap_or_default();
-            tracing::info!(sku = %setting.0, warehouse = %setting.1, available = setting.2, "stock set");
+            tracing::info!(sku = %setting.0, warehouse = %setting.1, available = setting.2, operator = %by, "stock set");
             Json(StockRecord {
                 sku: setting.0,
                 warehouse: setting.1,
@@ -117,7 +119,12 @@ pub(crate) async fn put_one(
 }
 
 /// `PUT /v1/stock` with `sku,available[,warehouse]` lines.
-pub(crate) async fn put_csv(State(app): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
+pub(crate) async fn put_csv(
+    State(app): State<Arc<AppState>>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+    body: axum::body::Bytes,
+) -> Response {
+    let by = caller.map_or_else(|| "unknown".to_owned(), |c| c.0.name.clone());
     if let Some(answer) = off(&app) {
         return answer;
     }
@@ -163,7 +170,7 @@ pub(crate) async fn put_csv(State(app): State<Arc<AppState>>, body: axum::body::
     let count = settings.len();
     match app.journal.set_stock(settings).await {
         Ok(_) => {
-            tracing::info!(records = count, "stock set from CSV");
+            tracing::info!(records = count, operator = %by, "stock set from CSV");
             Json(serde_json::json!({ "updated": count })).into_response()
         }
         Err(err) => super::internal(err),

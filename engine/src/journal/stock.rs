@@ -6,7 +6,7 @@
 //! exactly as many orders as there are units, and a crash keeps the ledger and the journal in
 //! step.
 //!
-//! The arithmetic is [`Ledger`], plain data (property-tested); the SQL loads the rows one
+//! The arithmetic is `Ledger`, plain data (property-tested); the SQL loads the rows one
 //! request touches into a `Ledger`, and writes them back if the request was recorded.
 
 use orderhub_actors::order::{ShortLine, StockLine, StockOp, StockOutcome};
