@@ -35,21 +35,8 @@ mod tests {
     use proptest::prelude::*;
 
     fn ev(seq: u64, source: &str, action: EventAction, at: Millis) -> JournaledEvent {
-        JournaledEvent {
-            seq,
-            event: OrderEvent {
-                order: "douyin:1".into(),
-                source: source.into(),
-                source_event_id: format!("e{seq}"),
-                supersedes: None,
-                log_seq: None,
-                raw_status: action.label().to_owned(),
-                action,
-                occurred_at: at,
-                received_at: at,
-                fields: serde_json::Map::new(),
-            },
-        }
+        let raw = action.label().to_owned();
+        test_support::journaled(seq, "douyin:1", source, &raw, action, at)
     }
 
     fn mv(seq: u64, state: OrderState) -> JournaledEvent {
@@ -577,3 +564,6 @@ mod stock_tests;
 
 #[cfg(test)]
 mod disagreement_tests;
+
+#[cfg(test)]
+mod test_support;

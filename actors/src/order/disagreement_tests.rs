@@ -6,21 +6,14 @@ use crate::order::rules::{RuleSet, RuleSpec};
 use OrderState::*;
 
 fn report(seq: u64, source: &str, raw: &str, state: OrderState, at: Millis) -> JournaledEvent {
-    JournaledEvent {
+    super::test_support::journaled(
         seq,
-        event: OrderEvent {
-            order: "douyin:1".into(),
-            source: source.into(),
-            source_event_id: format!("e{seq}"),
-            supersedes: None,
-            log_seq: None,
-            raw_status: raw.into(),
-            action: EventAction::Move { state },
-            occurred_at: at,
-            received_at: at,
-            fields: serde_json::Map::new(),
-        },
-    }
+        "douyin:1",
+        source,
+        raw,
+        EventAction::Move { state },
+        at,
+    )
 }
 
 fn policy() -> OrderPolicy {

@@ -17,21 +17,7 @@ fn policy(rules: Vec<RuleSpec>) -> OrderPolicy {
 }
 
 fn report(seq: u64, source: &str, raw: &str, action: EventAction, at: Millis) -> JournaledEvent {
-    JournaledEvent {
-        seq,
-        event: OrderEvent {
-            order: "douyin:42".into(),
-            source: source.into(),
-            source_event_id: format!("e{seq}"),
-            supersedes: None,
-            log_seq: None,
-            raw_status: raw.into(),
-            action,
-            occurred_at: at,
-            received_at: at,
-            fields: serde_json::Map::new(),
-        },
-    }
+    super::test_support::journaled(seq, "douyin:42", source, raw, action, at)
 }
 
 fn answer(seq: u64, at: Millis, amount: f64) -> JournaledEvent {

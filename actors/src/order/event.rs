@@ -141,6 +141,24 @@ pub struct Superseding {
 }
 
 impl OrderEvent {
+    /// An event orderhub journals itself about `order` (an SLA breach, an approval's deadline,
+    /// a stock request), stamped `at`. Its `id` is deterministic, so raising it twice (say by
+    /// an actor and its successor) journals it once.
+    pub fn internal(order: &str, id: String, action: EventAction, at: Millis) -> OrderEvent {
+        OrderEvent {
+            order: order.to_owned(),
+            source: INTERNAL_SOURCE.to_owned(),
+            source_event_id: id,
+            supersedes: None,
+            log_seq: None,
+            raw_status: action.label().to_owned(),
+            action,
+            occurred_at: at,
+            received_at: at,
+            fields: serde_json::Map::new(),
+        }
+    }
+
     /// The instant the event counts from: the source's time, never later than when orderhub
     /// received it (a source clock running ahead must not push deadlines out).
     pub fn effective_at(&self) -> Millis {

@@ -388,12 +388,7 @@ impl RuleSet {
 
     /// The reason rule `rule`'s hold carries: its own, else its name.
     pub fn hold_reason(&self, rule: &str) -> String {
-        match self
-            .rules
-            .iter()
-            .find(|r| r.spec.name == rule)
-            .map(|r| &r.spec.hold)
-        {
+        match self.hold_of(rule) {
             Some(HoldSpec::Reason(reason) | HoldSpec::Detailed { reason, .. })
                 if !reason.trim().is_empty() =>
             {
@@ -405,15 +400,17 @@ impl RuleSet {
 
     /// The sinks rule `rule`'s hold keeps back (`None`: every sink).
     pub fn hold_syncs(&self, rule: &str) -> Option<Vec<String>> {
-        match self
-            .rules
-            .iter()
-            .find(|r| r.spec.name == rule)
-            .map(|r| &r.spec.hold)
-        {
+        match self.hold_of(rule) {
             Some(HoldSpec::Detailed { syncs, .. }) => Some(syncs.0.clone()),
             _ => None,
         }
+    }
+
+    fn hold_of(&self, rule: &str) -> Option<&HoldSpec> {
+        self.rules
+            .iter()
+            .find(|r| r.spec.name == rule)
+            .map(|r| &r.spec.hold)
     }
 
     /// Sinks each rule sends to: `(rule, sink)`.

@@ -10,7 +10,7 @@
 //! comes back to the order as that event. A request whose answer has not come back is asked
 //! again by a timer (same id: the journal keeps the first).
 
-use super::event::{EventAction, INTERNAL_SOURCE, Millis, OrderEvent};
+use super::event::{EventAction, Millis, OrderEvent};
 use super::state::OrderState;
 use serde::{Deserialize, Serialize};
 
@@ -218,18 +218,10 @@ pub(crate) fn request_id(op: &StockOp, cause: &str) -> String {
 
 /// The request event `id` for `op` of `order`, stamped `at`.
 pub(crate) fn request(order: &str, op: StockOp, id: String, at: Millis) -> OrderEvent {
-    OrderEvent {
-        order: order.to_owned(),
-        source: INTERNAL_SOURCE.to_owned(),
-        source_event_id: id,
-        supersedes: None,
-        log_seq: None,
-        raw_status: format!("stock_{}", op.name()),
-        action: EventAction::Stock { op, outcome: None },
-        occurred_at: at,
-        received_at: at,
-        fields: serde_json::Map::new(),
-    }
+    let raw_status = format!("stock_{}", op.name());
+    let mut event = OrderEvent::internal(order, id, EventAction::Stock { op, outcome: None }, at);
+    event.raw_status = raw_status;
+    event
 }
 
 /// The states in which an order has been taken by the warehouse (its reservation commits).

@@ -8,21 +8,8 @@ use OrderState::*;
 const MINUTE: Millis = 60_000;
 
 fn event(seq: u64, source: &str, action: EventAction, at: Millis) -> JournaledEvent {
-    JournaledEvent {
-        seq,
-        event: OrderEvent {
-            order: "shop:1".into(),
-            source: source.into(),
-            source_event_id: format!("e{seq}"),
-            supersedes: None,
-            log_seq: None,
-            raw_status: action.label().to_owned(),
-            action,
-            occurred_at: at,
-            received_at: at,
-            fields: serde_json::Map::new(),
-        },
-    }
+    let raw = action.label().to_owned();
+    super::test_support::journaled(seq, "shop:1", source, &raw, action, at)
 }
 
 fn mv(seq: u64, state: OrderState, at: Millis) -> JournaledEvent {

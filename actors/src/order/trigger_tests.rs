@@ -5,21 +5,7 @@ use crate::order::rules::{RuleSet, RuleSpec};
 use OrderState::*;
 
 fn event(seq: u64, source: &str, raw: &str, action: EventAction, at: Millis) -> JournaledEvent {
-    JournaledEvent {
-        seq,
-        event: OrderEvent {
-            order: "shop:1".into(),
-            source: source.into(),
-            source_event_id: format!("e{seq}"),
-            supersedes: None,
-            log_seq: None,
-            raw_status: raw.into(),
-            action,
-            occurred_at: at,
-            received_at: at,
-            fields: serde_json::Map::new(),
-        },
-    }
+    super::test_support::journaled(seq, "shop:1", source, raw, action, at)
 }
 
 fn notify(name: &str, on: &str, message: &str) -> RuleSpec {

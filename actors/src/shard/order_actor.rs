@@ -4,7 +4,7 @@
 
 use super::ShardContext;
 use super::pending::PendingGuard;
-use crate::order::{EventAction, INTERNAL_SOURCE, Millis, Order, OrderEvent, SharedEvent};
+use crate::order::{EventAction, Millis, Order, OrderEvent, SharedEvent};
 use crate::store::{OrderIndexEntry, OrderUpdate};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
@@ -195,44 +195,27 @@ impl OrderActorState {
         }
         let now = self.ctx.clock.now_ms();
         let late = now.saturating_sub(deadline) > super::LATE_AFTER_MS;
-        if let Some(approval) = self.order.approval_due(rule, deadline) {
-            let event = OrderEvent {
-                order: self.key.to_string(),
-                source: INTERNAL_SOURCE.to_owned(),
-                // Deterministic, like a breach's: raised twice, journaled once.
-                source_event_id: format!("approval:{}:{deadline}", approval.id),
-                supersedes: None,
-                log_seq: None,
-                raw_status: "approval_due".to_owned(),
-                action: EventAction::ApprovalDue {
+        let event = match self.order.approval_due(rule, deadline) {
+            Some(approval) => OrderEvent::internal(
+                &self.key,
+                format!("approval:{}:{deadline}", approval.id),
+                EventAction::ApprovalDue {
                     approval: approval.id.clone(),
                     deadline,
                     late,
                 },
-                occurred_at: now,
-                received_at: now,
-                fields: serde_json::Map::new(),
-            };
-            self.ctx.store.append_internal(event)?;
-            return Ok(());
-        }
-        let event = OrderEvent {
-            order: self.key.to_string(),
-            source: INTERNAL_SOURCE.to_owned(),
-            // Deterministic id: a breach raised twice (say by an actor and its successor) is
-            // journaled once.
-            source_event_id: format!("sla:{rule}:{deadline}"),
-            supersedes: None,
-            log_seq: None,
-            raw_status: "sla_breach".to_owned(),
-            action: EventAction::SlaBreach {
-                rule: rule.to_owned(),
-                deadline,
-                late,
-            },
-            occurred_at: now,
-            received_at: now,
-            fields: serde_json::Map::new(),
+                now,
+            ),
+            None => OrderEvent::internal(
+                &self.key,
+                format!("sla:{rule}:{deadline}"),
+                EventAction::SlaBreach {
+                    rule: rule.to_owned(),
+                    deadline,
+                    late,
+                },
+                now,
+            ),
         };
         self.ctx.store.append_internal(event)?;
         Ok(())

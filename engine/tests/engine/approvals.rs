@@ -6,30 +6,6 @@ use super::support::*;
 use serde_json::Value;
 use std::time::Duration;
 
-async fn post_as(engine: &TestEngine, token: &str, path: &str, body: &str) -> (u16, Value) {
-    let response = engine
-        .client
-        .post(format!("{}{path}", engine.base))
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    read(response).await
-}
-
-async fn get_as(engine: &TestEngine, token: &str, path: &str) -> (u16, Value) {
-    let response = engine
-        .client
-        .get(format!("{}{path}", engine.base))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    read(response).await
-}
-
 const OPERATORS: &str = "\
 [[operators]]\nname = \"li.na\"\nrole = \"approver\"\ntoken_env = \"T_LINA\"\n\
 [[operators]]\nname = \"wang.wei\"\nrole = \"approver\"\ntoken_env = \"T_WANG\"\n\
@@ -61,12 +37,9 @@ fn config(sinks: &str, within: &str, on_timeout: &str) -> String {
 /// The order's approval of flow `intercept`, once it is listed.
 async fn approval_of(engine: &TestEngine, order: &str) -> Value {
     for _ in 0..200 {
-        let (status, body) = get_as(
-            engine,
-            "wall-token",
-            &format!("/v1/approvals?order={order}"),
-        )
-        .await;
+        let (status, body) = engine
+            .get_as("wall-token", &format!("/v1/approvals?order={order}"))
+            .await;
         assert_eq!(status, 200, "{body}");
         if let Some(approval) = body["approvals"].as_array().and_then(|a| a.first()) {
             return approval.clone();
@@ -108,15 +81,17 @@ async fn two_approvers_approve_an_intercept_within_its_deadline_and_its_syncs_go
     let opened = approval["opened_at"].as_i64().unwrap();
     assert_eq!(deadline - opened, 20 * 60 * 1000);
     assert_eq!(approval["decisions"], serde_json::json!([]));
-    let (status, open) = get_as(&engine, "wall-token", "/v1/approvals?state=open").await;
+    let (status, open) = engine
+        .get_as("wall-token", "/v1/approvals?state=open")
+        .await;
     assert_eq!(status, 200);
     assert_eq!(open["approvals"].as_array().unwrap().len(), 1, "{open}");
 
     let approve = format!("/v1/approvals/{id}/approve");
     // A viewer and an operator are below the flow's role.
-    let (status, body) = post_as(&engine, "wall-token", &approve, "").await;
+    let (status, body) = engine.post_as("wall-token", &approve, "").await;
     assert_eq!(status, 403, "{body}");
-    let (status, body) = post_as(&engine, "zhao-token", &approve, "").await;
+    let (status, body) = engine.post_as("zhao-token", &approve, "").await;
     assert_eq!(status, 403, "{body}");
     assert!(
         body["error"]["message"]
@@ -136,24 +111,26 @@ async fn two_approvers_approve_an_intercept_within_its_deadline_and_its_syncs_go
     )
     .await;
     assert_eq!(status, 401);
-    let (status, body) = post_as(&engine, "lina-token", &approve, r#"{"why": 1}"#).await;
+    let (status, body) = engine
+        .post_as("lina-token", &approve, r#"{"why": 1}"#)
+        .await;
     assert_eq!(status, 400, "{body}");
 
     // One approval: still open.
-    let (status, body) = post_as(
-        &engine,
-        "lina-token",
-        &approve,
-        r#"{"comment":"buyer called, parcel must come back"}"#,
-    )
-    .await;
+    let (status, body) = engine
+        .post_as(
+            "lina-token",
+            &approve,
+            r#"{"comment":"buyer called, parcel must come back"}"#,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["approval"]["state"], "open", "{body}");
     assert_eq!(body["order_state"], "intercept_requested");
     // The same approver again counts once: 409, also when two arrive at once.
     let twice = futures_join(
-        post_as(&engine, "lina-token", &approve, ""),
-        post_as(&engine, "lina-token", &approve, ""),
+        engine.post_as("lina-token", &approve, ""),
+        engine.post_as("lina-token", &approve, ""),
     )
     .await;
     assert_eq!((twice.0.0, twice.1.0), (409, 409), "{twice:?}");
@@ -166,7 +143,9 @@ async fn two_approvers_approve_an_intercept_within_its_deadline_and_its_syncs_go
     );
 
     // The second approver: approved, intercepted.
-    let (status, body) = post_as(&engine, "wang-token", &approve, r#"{"comment":"ok"}"#).await;
+    let (status, body) = engine
+        .post_as("wang-token", &approve, r#"{"comment":"ok"}"#)
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["approval"]["state"], "approved", "{body}");
     assert_eq!(body["order_state"], "intercepted");
@@ -180,23 +159,21 @@ async fn two_approvers_approve_an_intercept_within_its_deadline_and_its_syncs_go
     );
     assert!(decisions[1]["at"].as_i64().unwrap() >= decisions[0]["at"].as_i64().unwrap());
     // After the decision: 409, whoever decides.
-    let (status, body) = post_as(
-        &engine,
-        "wang-token",
-        &format!("/v1/approvals/{id}/reject"),
-        "",
-    )
-    .await;
+    let (status, body) = engine
+        .post_as("wang-token", &format!("/v1/approvals/{id}/reject"), "")
+        .await;
     assert_eq!(status, 409, "{body}");
-    let (status, body) = post_as(
-        &engine,
-        "lina-token",
-        "/v1/approvals/shop:zz:intercept:1/approve",
-        "",
-    )
-    .await;
+    let (status, body) = engine
+        .post_as(
+            "lina-token",
+            "/v1/approvals/shop:zz:intercept:1/approve",
+            "",
+        )
+        .await;
     assert_eq!(status, 404, "{body}");
-    let (status, _) = post_as(&engine, "lina-token", "/v1/approvals/nonsense/approve", "").await;
+    let (status, _) = engine
+        .post_as("lina-token", "/v1/approvals/nonsense/approve", "")
+        .await;
     assert_eq!(status, 404);
 
     // The syncs go out to both sinks, keyed by the decision.
@@ -216,7 +193,7 @@ async fn two_approvers_approve_an_intercept_within_its_deadline_and_its_syncs_go
         );
     }
     // The order names every decision in its timeline.
-    let (_, order) = get_as(&engine, "wall-token", "/v1/orders/shop:a1").await;
+    let (_, order) = engine.get_as("wall-token", "/v1/orders/shop:a1").await;
     assert_eq!(order["state"], "intercepted");
     let by: Vec<&str> = order["timeline"]
         .as_array()
@@ -226,10 +203,14 @@ async fn two_approvers_approve_an_intercept_within_its_deadline_and_its_syncs_go
         .collect();
     // Refused decisions (twice, after the decision) are answered before anything is journaled.
     assert_eq!(by, ["li.na", "wang.wei"], "{order}");
-    let (status, listed) = get_as(&engine, "wall-token", "/v1/approvals?state=approved").await;
+    let (status, listed) = engine
+        .get_as("wall-token", "/v1/approvals?state=approved")
+        .await;
     assert_eq!(status, 200);
     assert_eq!(listed["approvals"][0]["id"], id.as_str());
-    let (status, body) = get_as(&engine, "wall-token", "/v1/approvals?state=maybe").await;
+    let (status, body) = engine
+        .get_as("wall-token", "/v1/approvals?state=maybe")
+        .await;
     assert_eq!(status, 400, "{body}");
     // The recorder is shared by the tests of this process: counts are at least this test's.
     let metrics = engine.metrics().await;
@@ -266,17 +247,17 @@ async fn a_rejected_intercept_returns_the_order_to_where_it_was() {
         .as_str()
         .unwrap()
         .to_owned();
-    let (status, body) = post_as(
-        &engine,
-        "wang-token",
-        &format!("/v1/approvals/{id}/reject"),
-        r#"{"comment":"already at the buyer's door"}"#,
-    )
-    .await;
+    let (status, body) = engine
+        .post_as(
+            "wang-token",
+            &format!("/v1/approvals/{id}/reject"),
+            r#"{"comment":"already at the buyer's door"}"#,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["approval"]["state"], "rejected");
     assert_eq!(body["order_state"], "shipped");
-    let (_, order) = get_as(&engine, "wall-token", "/v1/orders/shop:r1").await;
+    let (_, order) = engine.get_as("wall-token", "/v1/orders/shop:r1").await;
     let last = order["timeline"]
         .as_array()
         .unwrap()
@@ -313,13 +294,9 @@ async fn a_deadline_that_passes_while_the_engine_is_down_escalates_on_restart() 
         .as_str()
         .unwrap()
         .to_owned();
-    let (status, _) = post_as(
-        &engine,
-        "lina-token",
-        &format!("/v1/approvals/{id}/approve"),
-        "",
-    )
-    .await;
+    let (status, _) = engine
+        .post_as("lina-token", &format!("/v1/approvals/{id}/approve"), "")
+        .await;
     assert_eq!(status, 200);
     engine.stop().await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -348,13 +325,9 @@ async fn a_deadline_that_passes_while_the_engine_is_down_escalates_on_restart() 
         .to_owned();
     assert!(text.contains("past its deadline with 1 of 2"), "{text}");
     // Escalated, still decidable: the second approver approves late.
-    let (status, body) = post_as(
-        &engine,
-        "wang-token",
-        &format!("/v1/approvals/{id}/approve"),
-        "",
-    )
-    .await;
+    let (status, body) = engine
+        .post_as("wang-token", &format!("/v1/approvals/{id}/approve"), "")
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["approval"]["state"], "approved");
     assert_eq!(body["order_state"], "intercepted");

@@ -4,30 +4,6 @@
 use super::support::*;
 use serde_json::Value;
 
-async fn post_as(engine: &TestEngine, token: &str, path: &str, body: &str) -> (u16, Value) {
-    let response = engine
-        .client
-        .post(format!("{}{path}", engine.base))
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .body(body.to_owned())
-        .send()
-        .await
-        .unwrap();
-    read(response).await
-}
-
-async fn get_as(engine: &TestEngine, token: &str, path: &str) -> Value {
-    let response = engine
-        .client
-        .get(format!("{}{path}", engine.base))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    read(response).await.1
-}
-
 #[tokio::test]
 async fn an_operator_holds_and_releases_an_order_and_the_timeline_names_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -61,12 +37,13 @@ async fn an_operator_holds_and_releases_an_order_and_the_timeline_names_them() {
     let hold = "/v1/orders/shop:h1/hold";
     // A viewer may not; a hold needs a reason; the body is checked.
     assert_eq!(
-        post_as(&engine, "viewer-token", hold, r#"{"reason":"x"}"#)
+        engine
+            .post_as("viewer-token", hold, r#"{"reason":"x"}"#)
             .await
             .0,
         403
     );
-    let (status, body) = post_as(&engine, "operator-token", hold, "{}").await;
+    let (status, body) = engine.post_as("operator-token", hold, "{}").await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["error"]["message"]
@@ -74,21 +51,23 @@ async fn an_operator_holds_and_releases_an_order_and_the_timeline_names_them() {
             .unwrap()
             .contains("reason")
     );
-    let (status, body) = post_as(&engine, "operator-token", hold, r#"{"why":"x"}"#).await;
+    let (status, body) = engine
+        .post_as("operator-token", hold, r#"{"why":"x"}"#)
+        .await;
     assert_eq!(status, 400, "{body}");
     // Held: who, why, since when; the timeline names the operator.
-    let (status, body) = post_as(
-        &engine,
-        "operator-token",
-        hold,
-        r#"{"reason":"buyer asked to change the address"}"#,
-    )
-    .await;
+    let (status, body) = engine
+        .post_as(
+            "operator-token",
+            hold,
+            r#"{"reason":"buyer asked to change the address"}"#,
+        )
+        .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["by"], "li.na");
     let mut order = Value::Null;
     for _ in 0..100 {
-        order = get_as(&engine, "viewer-token", "/v1/orders/shop:h1").await;
+        order = engine.get_as("viewer-token", "/v1/orders/shop:h1").await.1;
         if order["state"] == "on_hold" {
             break;
         }
@@ -105,19 +84,21 @@ async fn an_operator_holds_and_releases_an_order_and_the_timeline_names_them() {
         (Some("operator"), Some("li.na"))
     );
     // Holding twice, releasing what is not held, holding a shipped order, an unknown order.
-    let (status, body) = post_as(&engine, "operator-token", hold, r#"{"reason":"again"}"#).await;
+    let (status, body) = engine
+        .post_as("operator-token", hold, r#"{"reason":"again"}"#)
+        .await;
     assert_eq!(status, 409, "{body}");
     assert!(
         body["error"]["message"].as_str().unwrap().contains("li.na"),
         "{body}"
     );
-    let (status, body) = post_as(
-        &engine,
-        "operator-token",
-        "/v1/orders/shop:h2/hold",
-        r#"{"reason":"late"}"#,
-    )
-    .await;
+    let (status, body) = engine
+        .post_as(
+            "operator-token",
+            "/v1/orders/shop:h2/hold",
+            r#"{"reason":"late"}"#,
+        )
+        .await;
     assert_eq!(status, 409, "{body}");
     assert!(
         body["error"]["message"]
@@ -126,20 +107,20 @@ async fn an_operator_holds_and_releases_an_order_and_the_timeline_names_them() {
             .contains("shipped"),
         "{body}"
     );
-    let (status, _) = post_as(
-        &engine,
-        "operator-token",
-        "/v1/orders/shop:none/hold",
-        r#"{"reason":"x"}"#,
-    )
-    .await;
+    let (status, _) = engine
+        .post_as(
+            "operator-token",
+            "/v1/orders/shop:none/hold",
+            r#"{"reason":"x"}"#,
+        )
+        .await;
     assert_eq!(status, 404);
     // Released: back where it was, by whom in the timeline.
     let release = "/v1/orders/shop:h1/release";
-    let (status, body) = post_as(&engine, "operator-token", release, "").await;
+    let (status, body) = engine.post_as("operator-token", release, "").await;
     assert_eq!(status, 202, "{body}");
     for _ in 0..100 {
-        order = get_as(&engine, "viewer-token", "/v1/orders/shop:h1").await;
+        order = engine.get_as("viewer-token", "/v1/orders/shop:h1").await.1;
         if order["state"] == "paid" {
             break;
         }
@@ -148,7 +129,7 @@ async fn an_operator_holds_and_releases_an_order_and_the_timeline_names_them() {
     assert_eq!(order["state"], "paid", "{order}");
     assert!(order.get("hold").is_none());
     assert_eq!(order["timeline"][2]["by"], "li.na");
-    assert_eq!(post_as(&engine, "operator-token", release, "").await.0, 409);
+    assert_eq!(engine.post_as("operator-token", release, "").await.0, 409);
     // A rule's hold carries its reason and names the rule.
     let vip = canonical("h3-paid", "shop:h3", "shop", "paid", now_ms()).replacen(
         '}',
@@ -157,7 +138,7 @@ async fn an_operator_holds_and_releases_an_order_and_the_timeline_names_them() {
     );
     assert_eq!(engine.post_events(&vip).await.0, 200);
     for _ in 0..100 {
-        order = get_as(&engine, "viewer-token", "/v1/orders/shop:h3").await;
+        order = engine.get_as("viewer-token", "/v1/orders/shop:h3").await.1;
         if order["state"] == "on_hold" {
             break;
         }
@@ -193,13 +174,13 @@ async fn a_held_orders_syncs_wait_for_the_release_even_across_a_restart() {
             .0,
         200
     );
-    let (status, body) = post_as(
-        &engine,
-        "ignored",
-        "/v1/orders/shop:w1/hold",
-        r#"{"reason":"fraud check"}"#,
-    )
-    .await;
+    let (status, body) = engine
+        .post_as(
+            "ignored",
+            "/v1/orders/shop:w1/hold",
+            r#"{"reason":"fraud check"}"#,
+        )
+        .await;
     assert_eq!(status, 202, "{body}");
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     assert!(
@@ -214,7 +195,9 @@ async fn a_held_orders_syncs_wait_for_the_release_even_across_a_restart() {
         erp.delivered("/erp").is_empty(),
         "still held after a restart"
     );
-    let (status, body) = post_as(&engine, "ignored", "/v1/orders/shop:w1/release", "").await;
+    let (status, body) = engine
+        .post_as("ignored", "/v1/orders/shop:w1/release", "")
+        .await;
     assert_eq!(status, 202, "{body}");
     for _ in 0..200 {
         if !erp.delivered("/erp").is_empty() {
@@ -307,13 +290,13 @@ async fn a_hold_that_names_sinks_keeps_back_only_those_even_across_a_restart() {
         200
     );
     let hold = "/v1/orders/shop:n1/hold";
-    let (status, body) = post_as(
-        &engine,
-        "ignored",
-        hold,
-        r#"{"reason":"address check","syncs":["courier"]}"#,
-    )
-    .await;
+    let (status, body) = engine
+        .post_as(
+            "ignored",
+            hold,
+            r#"{"reason":"address check","syncs":["courier"]}"#,
+        )
+        .await;
     assert_eq!(status, 400, "{body}");
     assert!(
         body["error"]["message"]
@@ -321,13 +304,13 @@ async fn a_hold_that_names_sinks_keeps_back_only_those_even_across_a_restart() {
             .unwrap()
             .contains("courier")
     );
-    let (status, body) = post_as(
-        &engine,
-        "ignored",
-        hold,
-        r#"{"reason":"address check","syncs":["wms"]}"#,
-    )
-    .await;
+    let (status, body) = engine
+        .post_as(
+            "ignored",
+            hold,
+            r#"{"reason":"address check","syncs":["wms"]}"#,
+        )
+        .await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["syncs"], serde_json::json!(["wms"]));
     for _ in 0..200 {
@@ -338,7 +321,7 @@ async fn a_hold_that_names_sinks_keeps_back_only_those_even_across_a_restart() {
     }
     assert_eq!(sinks.delivered("/erp").len(), 1, "the ERP is not held back");
     assert!(sinks.delivered("/wms").is_empty(), "the WMS is");
-    let order = get_as(&engine, "ignored", "/v1/orders/shop:n1").await;
+    let order = engine.get_as("ignored", "/v1/orders/shop:n1").await.1;
     assert_eq!(
         order["hold"]["syncs"],
         serde_json::json!(["wms"]),
@@ -352,7 +335,9 @@ async fn a_hold_that_names_sinks_keeps_back_only_those_even_across_a_restart() {
         sinks.delivered("/wms").is_empty(),
         "still held after a restart"
     );
-    let (status, body) = post_as(&engine, "ignored", "/v1/orders/shop:n1/release", "").await;
+    let (status, body) = engine
+        .post_as("ignored", "/v1/orders/shop:n1/release", "")
+        .await;
     assert_eq!(status, 202, "{body}");
     for _ in 0..200 {
         if !sinks.delivered("/wms").is_empty() {

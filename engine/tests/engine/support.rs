@@ -149,6 +149,32 @@ impl TestEngine {
         )
     }
 
+    /// POST `body` to `path` as the operator whose token is `token`.
+    pub(crate) async fn post_as(&self, token: &str, path: &str, body: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        read(response).await
+    }
+
+    /// GET `path` as the operator whose token is `token`.
+    pub(crate) async fn get_as(&self, token: &str, path: &str) -> (u16, Value) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        read(response).await
+    }
+
     pub(crate) async fn metrics(&self) -> String {
         self.client
             .get(format!("{}/metrics", self.base))
