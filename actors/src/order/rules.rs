@@ -341,26 +341,21 @@ impl RuleSet {
             if spec.message.is_some() && spec.notify.is_none() {
                 return Err(fail("message is only used with notify".into()));
             }
-            let payload_template = match &spec.template {
-                Some(source) => {
-                    let name = format!("{}#payload", spec.name);
-                    templates
-                        .add_template_owned(name.clone(), source.clone())
-                        .map_err(|e| fail(format!("template: {e}")))?;
-                    Some(name)
-                }
-                None => None,
+            // A template is kept as `{rule}#{what}`.
+            let mut add = |what: &str, key: &str, source: &Option<String>| {
+                source
+                    .as_ref()
+                    .map(|source| {
+                        let name = format!("{}#{what}", spec.name);
+                        templates
+                            .add_template_owned(name.clone(), source.clone())
+                            .map(|()| name)
+                            .map_err(|e| fail(format!("{key}: {e}")))
+                    })
+                    .transpose()
             };
-            let message_template = match &spec.message {
-                Some(source) => {
-                    let name = format!("{}#message", spec.name);
-                    templates
-                        .add_template_owned(name.clone(), source.clone())
-                        .map_err(|e| fail(format!("message: {e}")))?;
-                    Some(name)
-                }
-                None => None,
-            };
+            let payload_template = add("payload", "template", &spec.template)?;
+            let message_template = add("message", "message", &spec.message)?;
             rules.push(CompiledRule {
                 spec,
                 when,
