@@ -363,11 +363,32 @@ fn an_intercept_may_be_requested_before_shipping_and_a_cancel_still_cancels() {
         }
     ));
     assert_eq!(order.approvals.len(), 1);
-    let (outcome, _) = order
+    let id = order.approvals[0].id.clone();
+    let (outcome, effects) = order
         .apply(&mv(3, "shop", Cancelled, 2 * MINUTE), &policy)
         .unwrap();
     assert!(matches!(outcome, Outcome::Applied { to: Cancelled, .. }));
     assert!(order.intercept.is_none());
+    // Its approval cannot decide anything any more: closed, its deadline disarmed.
+    assert_eq!(order.approvals[0].state, ApprovalState::Expired);
+    assert!(!order.approvals[0].decidable());
+    assert!(effects.disarmed.contains(&id));
+    assert!(
+        order.timeline.last().unwrap().rules[0].contains("closed undecided"),
+        "{:?}",
+        order.timeline.last()
+    );
+    let (outcome, effects) = order
+        .apply(
+            &decide(4, &id, "li.na", Verdict::Approve, 3 * MINUTE),
+            &policy,
+        )
+        .unwrap();
+    assert!(matches!(outcome, Outcome::NotDecided { ref reason, .. } if reason == "closed"));
+    assert!(
+        effects.syncs.is_empty(),
+        "no intercept for a cancelled order"
+    );
 
     // Not after delivery: the request conflicts and opens nothing.
     let mut delivered = Order::new("shop:2");

@@ -550,9 +550,11 @@ impl Order {
             }
         });
         let mut judged_already = false;
+        let mut notes_early: Vec<String> = Vec::new();
         let mut closing: Option<(usize, Closing)> = None;
         let mut mapped_as: Option<&'static str> = None;
         let was_held = self.hold.is_some();
+        let was_intercepting = self.state == Some(OrderState::InterceptRequested);
         let outcome = match &event.action {
             _ if superseded.is_some() => Outcome::Superseded {
                 latest: superseded.unwrap_or_default(),
@@ -625,6 +627,9 @@ impl Order {
             }
             None => outcome,
         };
+        if was_intercepting && self.state != Some(OrderState::InterceptRequested) {
+            self.close_intercept_approvals(event.received_at, &mut notes_early, &mut timers);
+        }
 
         // A superseded message is history: it neither speaks for its system nor sets fields. An
         // operator's action is no system's report: its fields (who, why) stay in the timeline.
@@ -640,7 +645,7 @@ impl Order {
                 self.reset_timers_on_report(at, policy, &mut timers);
             }
         }
-        let mut notes = Vec::new();
+        let mut notes = notes_early;
         let opened = if superseded.is_none() {
             self.open_approvals(journaled, &outcome, policy, &mut notes, &mut timers)
         } else {
@@ -1107,6 +1112,33 @@ impl Order {
             self.approvals.push(approval);
         }
         opened
+    }
+
+    /// The order left `intercept_requested` other than by its approval (a cancel before
+    /// shipping, the courier reporting the interception itself): its open intercept approvals
+    /// can no longer decide anything and close as `expired`, their deadlines disarmed.
+    fn close_intercept_approvals(
+        &mut self,
+        at: Millis,
+        notes: &mut Vec<String>,
+        timers: &mut Effects,
+    ) {
+        let state = self.state.map_or("none", OrderState::as_str);
+        for approval in self
+            .approvals
+            .iter_mut()
+            .filter(|a| a.intercept && a.decidable())
+        {
+            if approval.state == ApprovalState::Open {
+                timers.disarmed.push(approval.id.clone());
+            }
+            approval.state = ApprovalState::Expired;
+            approval.closed_at = Some(at);
+            notes.push(format!(
+                "approval {}: closed undecided, the order is {state} now",
+                approval.name
+            ));
+        }
     }
 
     /// Counts an operator's decision on approval `id`.
