@@ -436,6 +436,38 @@ impl Journal {
             .with(|conn| reconcile::reconcile(conn, policy, day))
     }
 
+    /// Orders first seen since `since`, per channel (the order key's prefix) and hour
+    /// (`(channel, hour start ms, count)`), for the ops board.
+    pub fn new_orders_by_channel(
+        &self,
+        since: Millis,
+    ) -> Result<Vec<(String, Millis, u64)>, JournalError> {
+        self.inner.reader.with(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT CASE WHEN instr(order_key, ':') > 0
+                            THEN substr(order_key, 1, instr(order_key, ':') - 1) ELSE order_key END,
+                        (first_seen / 3600000) * 3600000, COUNT(*)
+                 FROM orders WHERE first_seen >= ?1 GROUP BY 1, 2 ORDER BY 1, 2",
+            )?;
+            let rows = stmt.query_map([since], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64))
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// Orders with an open disagreement of `kind`.
+    pub fn disagreeing(&self, kind: &str) -> Result<u64, JournalError> {
+        self.inner.reader.with(|conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM orders WHERE disagreement IS NOT NULL
+                     AND EXISTS (SELECT 1 FROM json_each(disagreement) WHERE value = ?1)",
+                )?
+                .query_row([kind], |r| r.get::<_, i64>(0))? as u64)
+        })
+    }
+
     /// How many approvals are in each state.
     pub fn approvals_by_state(&self) -> Result<Vec<(String, u64)>, JournalError> {
         self.inner.reader.approvals_by_state()

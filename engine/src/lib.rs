@@ -22,6 +22,7 @@
 
 pub mod api;
 pub(crate) mod auth;
+mod board;
 pub mod cluster;
 pub mod config;
 pub(crate) mod envelope;
@@ -95,6 +96,8 @@ pub(crate) struct AppState {
     pub(crate) operators: auth::Operators,
     /// Approvals being decided (one decision at a time per approval).
     pub(crate) deciding: api::approvals::Deciding,
+    /// The ops board's latest snapshot.
+    pub(crate) board: board::Board,
     pub(crate) prometheus: PrometheusHandle,
     pub(crate) clock: SystemClock,
     ready: AtomicBool,
@@ -304,6 +307,7 @@ pub async fn run(
         .as_ref()
         .map_or(Duration::ZERO, |cluster| cluster.lease_ttl.0);
     let operators = auth::Operators::new(&config.operators, &secrets);
+    let (board_view, board_publisher) = board::Board::channel();
     let state = Arc::new(AppState {
         config,
         policy: Arc::new(policy),
@@ -318,11 +322,13 @@ pub async fn run(
         rejections: Default::default(),
         operators,
         deciding: Default::default(),
+        board: board_view,
         prometheus: prometheus.clone(),
         clock,
         ready: AtomicBool::new(true),
     });
     answering.bind(&state);
+    board_publisher.start(Arc::downgrade(&state));
     let upkeep = tokio::spawn(
         telemetry::Upkeep::new(
             prometheus,
@@ -603,6 +609,9 @@ fn routes(state: Arc<AppState>) -> Router {
             "/v1/reports/reconciliation",
             get(api::reports::reconciliation),
         )
+        .route("/board", get(board::page))
+        .route("/v1/board/snapshot", get(board::current))
+        .route("/v1/board/events", get(board::events))
         .route("/v1/approvals", get(api::approvals::list))
         .route("/v1/approvals/{id}/approve", post(api::approvals::approve))
         .route("/v1/approvals/{id}/reject", post(api::approvals::reject))

@@ -8,6 +8,7 @@
 
 mod engine {
     pub(crate) mod approvals;
+    pub(crate) mod board;
     pub(crate) mod channels;
     pub(crate) mod cluster;
     pub(crate) mod deploy;
