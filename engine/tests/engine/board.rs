@@ -190,3 +190,83 @@ async fn the_board_shows_stuck_orders_and_holds_and_pushes_changes() {
     drop(stream);
     engine.stop().await;
 }
+
+/// Debian's chromium and Playwright for Python (`.ci/requirements-board.txt`), or why not.
+fn browser() -> Result<String, String> {
+    let python = std::env::var("ORDERHUB_PYTHON").unwrap_or_else(|_| "python3".into());
+    if !std::path::Path::new("/usr/bin/chromium").is_file() {
+        return Err("/usr/bin/chromium is missing (apt-get install chromium)".into());
+    }
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import playwright.sync_api"])
+        .output()
+        .map_err(|e| format!("cannot run {python}: {e}"))?;
+    if !probe.status.success() {
+        return Err(format!(
+            "{python} lacks Playwright (pip install --require-hashes -r .ci/requirements-board.txt)"
+        ));
+    }
+    Ok(python)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_board_renders_in_a_real_browser() {
+    let python = match browser() {
+        Ok(python) => python,
+        Err(why) => {
+            assert!(
+                std::env::var_os("ORDERHUB_REQUIRE_BROWSER").is_none(),
+                "the board's browser test cannot run: {why}"
+            );
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = with_secrets(
+        secrets(),
+        &[("T_WALL", "wall-token"), ("T_LINA", "lina-token")],
+    );
+    let engine = TestEngine::start_with(
+        "rules = []\n[[sla]]\nname = \"allocate_within_1s\"\nfrom = \"paid\"\nwithin = \"1s\"\n\
+         [[operators]]\nname = \"wall\"\nrole = \"viewer\"\ntoken_env = \"T_WALL\"\n\
+         [[operators]]\nname = \"li.na\"\nrole = \"approver\"\ntoken_env = \"T_LINA\"\n\
+         [[approvals]]\nname = \"intercept\"\nwhen = 'event.status == \"intercept_requested\"'\n\
+         required = 1\nrole = \"approver\"\nwithin = \"20m\"\n",
+        dir.path(),
+        secrets,
+    )
+    .await;
+    let at = now_ms();
+    for (id, order, status) in [
+        ("s1", "shop:s1", "paid"),
+        ("a1", "shop:a1", "paid"),
+        ("a2", "shop:a1", "shipped"),
+        ("a3", "shop:a1", "intercept_requested"),
+    ] {
+        let body = canonical(id, order, "shop", status, at);
+        assert_eq!(engine.post_events(&body).await.0, 200);
+    }
+    // Screenshots are kept as the run's artifacts.
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("board-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/board/check.py");
+    let base = engine.base.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&python)
+            .arg(&script)
+            .args([base.as_str(), "lina-token", "wall-token"])
+            .arg(&shots)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "the board in chromium:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    engine.stop().await;
+}
