@@ -266,13 +266,45 @@ pub(crate) async fn page() -> Response {
             (
                 header::CONTENT_SECURITY_POLICY,
                 "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-                 connect-src 'self'; img-src data:",
+                 connect-src 'self'; img-src 'self' data:",
             ),
             (header::CACHE_CONTROL, "no-store"),
         ],
         PAGE,
     )
         .into_response()
+}
+
+/// The longest text a QR code is made of.
+const MAX_QR_TEXT: usize = 1024;
+
+/// `GET /v1/board/qr?text=…`: `text` (the wall-screen link) as a QR code, SVG.
+pub(crate) async fn qr(axum::extract::RawQuery(raw): axum::extract::RawQuery) -> Response {
+    let bad = |message: String| {
+        crate::envelope::error_response(axum::http::StatusCode::BAD_REQUEST, "bad_query", &message)
+    };
+    let text = form_urlencoded::parse(raw.as_deref().unwrap_or_default().as_bytes())
+        .find(|(name, _)| name == "text")
+        .map(|(_, value)| value.into_owned());
+    let Some(text) = text.filter(|t| !t.is_empty()) else {
+        return bad("text is required: the link to encode".into());
+    };
+    if text.len() > MAX_QR_TEXT {
+        return bad(format!("text is longer than {MAX_QR_TEXT} bytes"));
+    }
+    match qrcode::QrCode::new(text.as_bytes()) {
+        Ok(code) => (
+            [
+                (header::CONTENT_TYPE, "image/svg+xml"),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            code.render::<qrcode::render::svg::Color<'_>>()
+                .min_dimensions(240, 240)
+                .build(),
+        )
+            .into_response(),
+        Err(err) => bad(format!("text cannot be a QR code: {err}")),
+    }
 }
 
 /// `GET /v1/board/snapshot`: the board's data now.

@@ -74,6 +74,21 @@ with sync_playwright() as playwright:
     check("已发货未揽收" in wall.inner_text("#floor"), "Chinese floor labels")
     wall.click("#lang")
 
+    # Settings: the wall-screen link of a viewer token, and its QR code (served by the engine).
+    wall.click("#settings-toggle")
+    wall.fill("#viewer-token", VIEWER)
+    check(f"token={VIEWER}" in wall.inner_text("#wall-link"), "the wall-screen link")
+    qr = wall.locator("#qr")
+    expect(qr).to_be_visible(timeout=5000)
+    for _ in range(50):
+        if qr.evaluate("img => img.complete && img.naturalWidth >= 240"):
+            break
+        wall.wait_for_timeout(100)
+    else:
+        raise AssertionError("the QR code did not load")
+    wall.screenshot(path=f"{SHOTS}/settings.png")
+    wall.click("#settings-toggle")
+
     # Keyboard: the flow view by Tab and Enter.
     wall.focus('nav a[data-view="floor"]')
     wall.keyboard.press("Tab")

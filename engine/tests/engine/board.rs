@@ -58,6 +58,21 @@ async fn the_page_comes_from_the_binary_behind_the_operators_tokens() {
         !page.contains("http://") && !page.contains("https://") && !page.contains("//cdn"),
         "nothing loads from elsewhere"
     );
+    // The wall-screen link as a QR code.
+    let response = engine
+        .client
+        .get(format!(
+            "{}/v1/board/qr?token=wall-token&text=http%3A%2F%2F10.0.0.5%3A8080%2Fboard%3Fview%3Dfloor",
+            engine.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "image/svg+xml");
+    assert!(response.text().await.unwrap().contains("<svg"));
+    let (status, _) = engine.get("/v1/board/qr?token=wall-token").await;
+    assert_eq!(status, 400, "no text");
     // The token only works in the query on the board's routes.
     let (status, _) = engine.get("/v1/orders?token=wall-token").await;
     assert_eq!(status, 401);
