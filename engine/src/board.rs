@@ -6,7 +6,7 @@
 //!
 //! One task computes the board's snapshot every second from the index (stuck orders per SLA
 //! through the `orders_by_state` index, holds, open approvals, disagreements; new orders per
-//! channel and hour every 5 s) and publishes it when it changed; every open page is sent the
+//! channel and hour) and publishes it when it changed; every open page is sent the
 //! same JSON.
 
 use crate::AppState;
@@ -29,9 +29,9 @@ const TOP: usize = 5;
 const LISTED: usize = 50;
 /// How often the snapshot is computed.
 const EVERY: Duration = Duration::from_secs(1);
-/// How often the new-orders heat map is refreshed: it scans the index for the last day's
-/// orders (`first_seen` has no index of its own, which every order's write would pay for).
-const HEAT_EVERY: Duration = Duration::from_secs(5);
+/// How often the new-orders heat map is refreshed (a range of the `orders_by_first_seen`
+/// index: the last day's orders).
+const HEAT_EVERY: Duration = Duration::from_secs(1);
 
 /// The latest snapshot (JSON), for every page, and when a page last asked for one.
 #[derive(Clone)]

@@ -24,7 +24,9 @@ pub(crate) fn armed(conn: &Connection) -> Result<Vec<(String, String, Millis)>, 
     Ok(armed)
 }
 
-/// Upserts `entry`, never replacing a summary that folded in more of the journal.
+/// Upserts `entry`, never replacing a summary that folded in more of the journal. An order's
+/// `first_seen` is written once, when its row is made: it never changes, and leaving it out of
+/// the update spares the `orders_by_first_seen` index a write on every later summary.
 pub(crate) fn upsert(conn: &Connection, entry: &OrderIndexEntry) -> rusqlite::Result<()> {
     let armed = if entry.armed.is_empty() {
         None
@@ -38,7 +40,7 @@ pub(crate) fn upsert(conn: &Connection, entry: &OrderIndexEntry) -> rusqlite::Re
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (order_key) DO UPDATE SET
             state = excluded.state, state_since = excluded.state_since,
-            first_seen = excluded.first_seen, updated_at = excluded.updated_at,
+            updated_at = excluded.updated_at,
             applied_seq = excluded.applied_seq, sla_breached = excluded.sla_breached,
             armed = excluded.armed, disagreement = excluded.disagreement
          WHERE excluded.applied_seq >= orders.applied_seq",

@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS orders (
 CREATE INDEX IF NOT EXISTS orders_by_state ON orders (state, state_since);
 CREATE INDEX IF NOT EXISTS orders_breached ON orders (state_since) WHERE sla_breached = 1;
 CREATE INDEX IF NOT EXISTS orders_armed ON orders (order_key) WHERE armed IS NOT NULL;
+CREATE INDEX IF NOT EXISTS orders_by_first_seen ON orders (first_seen);
 CREATE TABLE IF NOT EXISTS approvals (
     id TEXT PRIMARY KEY,
     order_key TEXT NOT NULL,

@@ -178,8 +178,8 @@ async fn the_board_shows_stuck_orders_and_holds_and_pushes_changes() {
     assert_eq!(held["holds"][0]["key"], "shop:b2");
     assert_eq!(held["holds"][0]["reason"], "call the buyer");
     assert_eq!(held["holds"][0]["by"], "li.na");
-    // New orders per channel and hour (refreshed every 5 s).
-    until_snapshot(&mut stream, Duration::from_secs(8), |s| {
+    // New orders per channel and hour.
+    until_snapshot(&mut stream, Duration::from_secs(3), |s| {
         s["new_orders"].as_array().is_some_and(|rows| {
             rows.iter()
                 .any(|r| r["channel"] == "shop" && r["count"] == 2)
