@@ -243,8 +243,16 @@ async fn snapshot(
     let mut sinks = Vec::new();
     for sink in app.dispatch.sinks() {
         if let Ok(status) = app.dispatch.status(sink).await {
+            // The sink's quota per second (the page shows the delivery rate against it).
+            let quota = app
+                .config
+                .sinks
+                .iter()
+                .find(|s| s.name == sink)
+                .map(|s| f64::from(s.rate.count) / s.rate.per.as_secs_f64().max(f64::EPSILON));
             sinks.push(serde_json::json!({
                 "sink": sink,
+                "quota_per_s": quota,
                 "backlog": status.backlog,
                 "in_flight": status.in_flight,
                 "breaker": match status.breaker as i64 { 0 => "closed", 1 => "half_open", _ => "open" },
@@ -304,6 +312,54 @@ pub(crate) async fn qr(axum::extract::RawQuery(raw): axum::extract::RawQuery) ->
         )
             .into_response(),
         Err(err) => bad(format!("text cannot be a QR code: {err}")),
+    }
+}
+
+/// `GET /v1/board/find?q=…`: the order `q` names — an order key, or a waybill number an order
+/// reported — as `{"key"}`; the page then reads it through `GET /v1/orders/{key}` (masked as
+/// the caller's role says).
+pub(crate) async fn find(
+    State(app): State<Arc<AppState>>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> Response {
+    use axum::http::StatusCode;
+    let q = form_urlencoded::parse(raw.as_deref().unwrap_or_default().as_bytes())
+        .find(|(name, _)| name == "q")
+        .map(|(_, value)| value.trim().to_owned())
+        .filter(|q| !q.is_empty());
+    let Some(q) = q else {
+        return crate::envelope::error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            "q is required: an order key or a waybill number",
+        );
+    };
+    let journal = app.journal.clone();
+    let lookup = q.clone();
+    let found = tokio::task::spawn_blocking(move || {
+        if journal.knows(&lookup)? {
+            return Ok(Some(lookup));
+        }
+        journal.order_of_waybill(&lookup)
+    })
+    .await;
+    match found {
+        Ok(Ok(Some(key))) => axum::Json(serde_json::json!({ "key": key })).into_response(),
+        Ok(Ok(None)) => crate::envelope::error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no order or waybill {q:?}"),
+        ),
+        Ok(Err(err)) => crate::envelope::error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            &err.to_string(),
+        ),
+        Err(err) => crate::envelope::error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            &err.to_string(),
+        ),
     }
 }
 

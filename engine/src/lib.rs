@@ -613,6 +613,7 @@ fn routes(state: Arc<AppState>) -> Router {
         .route("/v1/board/snapshot", get(board::current))
         .route("/v1/board/events", get(board::events))
         .route("/v1/board/qr", get(board::qr))
+        .route("/v1/board/find", get(board::find))
         .route("/v1/approvals", get(api::approvals::list))
         .route("/v1/approvals/{id}/approve", post(api::approvals::approve))
         .route("/v1/approvals/{id}/reject", post(api::approvals::reject))

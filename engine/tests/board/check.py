@@ -112,8 +112,8 @@ with sync_playwright() as playwright:
     expect(phone.locator('[data-approval^="shop:a1:intercept:"]')).to_have_count(0, timeout=5000)
     order = api("GET", "/v1/orders/shop:a1", APPROVER)
     check(order["state"] == "intercepted", f"approved in the service view: {order['state']}")
-    # Search an order and see its timeline.
-    phone.fill("#search-key", "shop:a1")
+    # Find the order by its waybill and see its timeline.
+    phone.fill("#search-key", "SF1402399417601")
     phone.press("#search-key", "Enter")
     expect(phone.locator("#found")).to_contain_text("intercepted", timeout=5000)
     browser.close()
