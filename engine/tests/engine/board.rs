@@ -79,6 +79,30 @@ async fn the_page_comes_from_the_binary_behind_the_operators_tokens() {
     engine.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_default_config_the_board_answers_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = TestEngine::start("", dir.path()).await;
+    let response = engine
+        .client
+        .get(format!("{}/board", engine.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "no operators: loopback callers");
+    let (status, snapshot) = engine.get("/v1/board/snapshot").await;
+    assert_eq!(status, 200, "{snapshot}");
+    let slas: Vec<&str> = snapshot["stuck"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["sla"].as_str())
+        .collect();
+    assert_eq!(slas.len(), 3, "the default SLA rules: {slas:?}");
+    assert!(snapshot["sinks"].is_array(), "{snapshot}");
+    engine.stop().await;
+}
+
 /// Reads the event stream until a snapshot satisfies `check` (or `within` passes).
 async fn until_snapshot(
     response: &mut reqwest::Response,
