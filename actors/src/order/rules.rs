@@ -975,11 +975,33 @@ const EVENT_STATUS: Subject = Subject {
 /// Parses `source` again for its syntax tree (cel-interpreter keeps its own private), or
 /// `None` if the parser fails or panics (the caller compiled it successfully first).
 fn parse_cel(source: &str) -> Option<cel_parser::Expression> {
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let parsed = std::panic::catch_unwind(|| cel_parser::Parser::default().parse(source));
-    std::panic::set_hook(hook);
-    parsed.ok()?.ok()
+    quietly(|| cel_parser::Parser::default().parse(source))?.ok()
+}
+
+thread_local! {
+    /// Set while this thread runs the CEL parser, whose panics are expected (see [`quietly`]).
+    static PARSING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic into `None` without printing it. The CEL parser (antlr4rust)
+/// panics on some syntax errors instead of returning one. The process's panic hook is wrapped
+/// once so that only this thread's expected panics are silenced: swapping the hook around each
+/// call would also silence other threads' panics meanwhile (a failing test's message, a crash
+/// elsewhere in the engine).
+fn quietly<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> Option<T> {
+    static WRAPPED: std::sync::Once = std::sync::Once::new();
+    WRAPPED.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !PARSING.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    PARSING.with(|p| p.set(true));
+    let result = std::panic::catch_unwind(f);
+    PARSING.with(|p| p.set(false));
+    result.ok()
 }
 
 /// The canonical states in which `expr` can be true, when its form says so: `order.state ==
@@ -1059,16 +1081,10 @@ fn literal(expr: &cel_parser::Expression, subject: &Subject) -> Option<&'static 
 }
 
 fn compile_cel(source: &str) -> Result<Program, String> {
-    // The CEL parser (antlr4rust) panics on some syntax errors instead of returning one.
-    // Rules are compiled once at start-up, so the panic hook is silenced around the call to
-    // turn that into a clear configuration error.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let compiled = std::panic::catch_unwind(|| Program::compile(source));
-    std::panic::set_hook(hook);
-    let program = match compiled {
-        Ok(result) => result.map_err(|e| e.to_string())?,
-        Err(_) => return Err(format!("syntax error in {source:?}")),
+    // The CEL parser panics on some syntax errors: that is a clear configuration error too.
+    let program = match quietly(|| Program::compile(source)) {
+        Some(result) => result.map_err(|e| e.to_string())?,
+        None => return Err(format!("syntax error in {source:?}")),
     };
     let references = program.references();
     for variable in references.variables() {

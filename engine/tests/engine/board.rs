@@ -261,6 +261,8 @@ async fn the_board_renders_in_a_real_browser() {
             return;
         }
     };
+    // Chromium is heavy on two cores: not beside the cluster tests' leases and heartbeats.
+    let _turn = super::cluster::IN_PROCESS.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let secrets = with_secrets(
         secrets(),

@@ -88,8 +88,9 @@ impl Drop for Nats {
 }
 
 /// The in-process cluster tests share the process's metrics (partitions owned, members): one
-/// at a time.
-static IN_PROCESS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// at a time. Their timing (leases, heartbeats) also suffers beside a browser on two cores:
+/// the board's browser test takes the same turn.
+pub(crate) static IN_PROCESS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn cluster_toml(nats: &[String], node: &str, partitions: u32, replicas: usize) -> String {
     let servers: Vec<String> = nats.iter().map(|url| format!("{url:?}")).collect();
