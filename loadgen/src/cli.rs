@@ -117,7 +117,7 @@ pub struct ReplayArgs {
 
 /// An HTTP client for `target` (with an operator's token when given), once the engine there
 /// answers `/readyz`.
-async fn ready_client(
+pub(crate) async fn ready_client(
     target: &str,
     max_in_flight: usize,
     token: Option<&str>,

@@ -15,11 +15,13 @@
 //! - [`verify`] — the end-to-end verifier;
 //! - [`report`] — the JSON report and summary;
 //! - [`replay`] — `loadgen replay`: an `orderhub export` file sent again at ×N;
+//! - [`closed`] — `loadgen lifecycle`: the closed-loop benchmark (CPU and disk per event);
 //! - [`cli`] — the `loadgen run` command put together.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod cli;
+pub mod closed;
 pub mod details;
 pub mod lifecycle;
 pub mod profile;

@@ -4,6 +4,12 @@
 
 use clap::{Parser, Subcommand};
 use orderhub_loadgen::cli::{ReplayArgs, RunArgs, SinksArgs};
+use orderhub_loadgen::closed::LifecycleArgs;
+
+/// mimalloc: far cheaper than glibc malloc for the engine's many small, cross-thread
+/// allocations (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +32,10 @@ enum Command {
     /// Send an `orderhub export` file again at N times its pace (last night's traffic as
     /// tonight's rehearsal); exits 1 on refused events or a missed --max-p99.
     Replay(ReplayArgs),
+    /// Closed-loop benchmark: orders run paid → delivered as canonical events, each order's
+    /// events in sequence; reports events/s, ack latency, and the engine's CPU and disk bytes
+    /// per event; exits 1 on refused events, lost syncs, wrong states or a missed threshold.
+    Lifecycle(Box<LifecycleArgs>),
 }
 
 #[tokio::main]
@@ -44,6 +54,16 @@ async fn main() -> anyhow::Result<()> {
         Command::Replay(args) => {
             let path = args.report.clone();
             let report = orderhub_loadgen::cli::replay(args).await?;
+            print!("{}", report.summary());
+            println!("report written to {}", path.display());
+            if !report.failures.is_empty() {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Command::Lifecycle(args) => {
+            let path = args.report.clone();
+            let report = orderhub_loadgen::closed::lifecycle(*args).await?;
             print!("{}", report.summary());
             println!("report written to {}", path.display());
             if !report.failures.is_empty() {

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The closed-loop capacity benchmark of issue 12 on this machine: a webhook sink simulator
+# answering at once, the engine on a fresh data directory with one rule syncing paid, packed
+# and in_transit to it (rate 1000000/s, burst 1000, max_in_flight 256) and the default SLA
+# rules, then `loadgen lifecycle`. Usage:
+#   scripts/lifecycle.sh [ORDERS] [BATCH] [extra loadgen lifecycle args...]
+# e.g. scripts/lifecycle.sh 20000 1      # one event per request
+#      scripts/lifecycle.sh 20000 50     # 50 events per request
+# Needs `cargo build --release -p orderhub-engine -p orderhub-loadgen` first.
+# Optional environment: DATA_DIR (an existing data directory), ENGINE_EXTRA (TOML appended to
+# the engine's config), ENGINE_LOG (keep the engine's log there), ENGINE_WRAP (a command the
+# engine runs under, e.g. "valgrind --tool=callgrind"), REPORT (the JSON report's path).
+set -euo pipefail
+orders=${1:-20000}; batch=${2:-1}; shift $(( $# < 2 ? $# : 2 ))
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=$root/target/release
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+
+export ORDERHUB_EVENTS_SECRET=${ORDERHUB_EVENTS_SECRET:-whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD}
+sinks_port=${SINKS_PORT:-19200}; engine_port=${ENGINE_PORT:-19280}
+
+cat > "$work/engine.toml" <<TOML
+
+[[sinks]]
+name = "erp"
+kind = "webhook"
+url = "http://127.0.0.1:$sinks_port/erp"
+rate = "1000000/s"
+burst = 1000
+max_in_flight = 256
+
+[[rules]]
+name = "erp_on_progress"
+when = 'order.state in ["paid", "packed", "in_transit"]'
+sync = "erp"
+operation = "progress"
+
+$(printf '%b' "${ENGINE_EXTRA:-}")
+TOML
+data_dir=${DATA_DIR:-$work/data}
+engine_log=${ENGINE_LOG:-$work/engine.log}
+
+"$bin/loadgen" sinks --listen "127.0.0.1:$sinks_port" --latency 0ms..0ms > "$work/sinks.log" 2>&1 &
+RUST_LOG=${ENGINE_RUST_LOG:-warn} ${ENGINE_WRAP:-} "$bin/orderhub" serve --config "$work/engine.toml" \
+  --data-dir "$data_dir" --listen "127.0.0.1:$engine_port" > "$engine_log" 2>&1 &
+engine_pid=$!
+for _ in $(seq 1200); do
+  curl -fsS "http://127.0.0.1:$engine_port/readyz" > /dev/null 2>&1 && break
+  sleep 0.1
+done
+"$bin/loadgen" lifecycle --target "http://127.0.0.1:$engine_port" --sinks "http://127.0.0.1:$sinks_port" \
+  --orders "$orders" --batch "$batch" --engine-pid "$engine_pid" \
+  --report "${REPORT:-$root/target/lifecycle-report.json}" "$@"
