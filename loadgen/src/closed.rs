@@ -216,12 +216,12 @@ fn event_json(source: &str, run: u64, n: u64, step: usize, at_ms: i64) -> String
         concat!(
             r#"{{"event_id":"{order}:{state}","order":"{order}","source":"{source}","status":"{state}","occurred_at":{at},"#,
             r#""fields":{{"items":[{{"sku":"SKU-{a:05}","name":"Hydrating face cream 50ml","qty":{qty},"price":129.00}},"#,
-            r#"{{"sku":"SKU-{b:05}","name":"Cleansing foam 120g travel size","qty":1,"price":59.90}},"#,
+            r#"{{"sku":"SKU-{b:05}","name":"Cleansing foam 120g","qty":1,"price":59.90}},"#,
             r#"{{"sku":"SKU-{c:05}","name":"Sheet mask, pack of 10","qty":2,"price":89.00}}],"#,
             r#""address":{{"name":"Zhang San","phone":"138****{phone:04}","province":"Zhejiang","city":"Hangzhou","#,
             r#""district":"Xihu","detail":"No. {house} Wensan Road, Building 3, Unit 2, Room 1502"}},"#,
             r#""amounts":{{"total":{total:.2},"discount":20.00,"freight":0.00,"paid":{paid:.2},"currency":"CNY"}},"#,
-            r#""buyer_note":"Please deliver after 6pm, leave at the front desk if nobody answers","shop":"flagship-store-01"}}}}"#
+            r#""buyer_note":"Deliver after 6pm please","shop":"flagship-store-01"}}}}"#
         ),
         order = order,
         state = state,

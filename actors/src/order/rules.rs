@@ -161,6 +161,9 @@ struct CompiledRule {
     /// The only states `when` can be true in, when its form says so (see [`required_states`]).
     states: Option<Vec<&'static str>>,
     fields: Vec<(String, Program)>,
+    /// Whether its condition or computed fields can read `order.fields` (they name
+    /// `fields`): the order's contents are converted to CEL values only for such rules.
+    reads_fields: bool,
     payload_template: Option<String>,
     message_template: Option<String>,
 }
@@ -356,11 +359,15 @@ impl RuleSet {
             };
             let payload_template = add("payload", "template", &spec.template)?;
             let message_template = add("message", "message", &spec.message)?;
+            let reads_fields = std::iter::once(&spec.when)
+                .chain(spec.fields.values())
+                .any(|source| source.contains("fields"));
             rules.push(CompiledRule {
                 spec,
                 when,
                 states,
                 fields,
+                reads_fields,
                 payload_template,
                 message_template,
             });
@@ -446,10 +453,12 @@ impl RuleSet {
         if live.is_empty() {
             return effects;
         }
-        let order_value = order_json(order, previous);
+        // The order's contents are the bulk of its conversion: left out when no rule reads them.
+        let with_fields = live.iter().any(|rule| rule.reads_fields);
+        let order_value = order_value(order, previous, with_fields);
         let event_value = event_json(event, None);
         let mut root = self.builtins.new_inner_scope();
-        if root.add_variable("order", order_value.clone()).is_err()
+        if root.add_variable("order", order_value).is_err()
             || root.add_variable("event", event_value.clone()).is_err()
         {
             effects
@@ -727,9 +736,11 @@ impl RuleSet {
             computed.insert(field.clone(), value);
         }
         for sink in rule.spec.sync.iter().flatten() {
-            let context = self.template_context(order, Some(event_value), computed.clone());
             let payload = match &rule.payload_template {
-                Some(template) => self.render_json(template, &context),
+                Some(template) => {
+                    let context = self.template_context(order, Some(event_value), computed.clone());
+                    self.render_json(template, &context)
+                }
                 None => Ok(default_payload(order, previous, seq, rule, &computed)),
             };
             match payload {
@@ -924,6 +935,7 @@ fn compile_approvals(
                 when: compile_cel("true").map_err(fail)?,
                 states: None,
                 fields: Vec::new(),
+                reads_fields: false,
                 payload_template: None,
                 message_template: Some(message_template),
             });
@@ -1117,19 +1129,29 @@ fn event_json(event: &OrderEvent, facts: Option<Map<String, Json>>) -> Json {
 
 /// The order as rules see it.
 fn order_json(order: &Order, previous: Option<OrderState>) -> Json {
+    order_value(order, previous, true)
+}
+
+/// The order as rules see it, its contents (`fields`) only when asked for.
+fn order_value(order: &Order, previous: Option<OrderState>, with_fields: bool) -> Json {
     let systems: Map<String, Json> = order
         .systems
         .iter()
         .map(|(source, status)| (source.clone(), Json::String(status.raw_status.clone())))
         .collect();
-    serde_json::json!({
-        "key": order.key,
-        "state": state_name(order.state),
-        "previous_state": state_name(previous),
-        "fields": order.fields,
-        "systems": systems,
-        "tags": order.tags,
-    })
+    let mut value = Map::with_capacity(6);
+    value.insert("key".into(), Json::String(order.key.clone()));
+    value.insert("state".into(), state_name(order.state).into());
+    value.insert("previous_state".into(), state_name(previous).into());
+    if with_fields {
+        value.insert("fields".into(), Json::Object(order.fields.clone()));
+    }
+    value.insert("systems".into(), Json::Object(systems));
+    value.insert(
+        "tags".into(),
+        Json::Array(order.tags.iter().cloned().map(Json::String).collect()),
+    );
+    Json::Object(value)
 }
 
 fn default_payload(
