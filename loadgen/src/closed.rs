@@ -88,6 +88,8 @@ pub struct PerEvent {
     pub write_bytes_per_event: f64,
     /// Resident memory at the end, MiB.
     pub rss_mib: f64,
+    /// CPU microseconds per event by thread name (tokio workers, the journal writer, …).
+    pub cpu_us_per_event_by_thread: std::collections::BTreeMap<String, f64>,
 }
 
 /// The JSON report of `loadgen lifecycle`.
@@ -172,6 +174,12 @@ impl LifecycleReport {
                 e.write_bytes as f64 / 1e6,
                 e.rss_mib
             );
+            let threads: Vec<String> = e
+                .cpu_us_per_event_by_thread
+                .iter()
+                .map(|(name, us)| format!("{name} {us:.1}"))
+                .collect();
+            out += &format!("  by thread, us per event: {}\n", threads.join(", "));
         }
         if let Some(us) = self.loadgen_us_per_request {
             out += &format!("loadgen's own CPU: {us:.1} us per request\n");
@@ -252,6 +260,33 @@ fn write_bytes(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// CPU seconds of each of a process's threads, summed by thread name (`/proc/PID/task`).
+fn thread_cpu(pid: u32) -> HashMap<String, f64> {
+    let mut by_name = HashMap::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        *by_name.entry(name.trim().to_owned()).or_default() += (ticks(11) + ticks(12)) / 100.0;
+    }
+    by_name
+}
+
 /// Parses `sink=state,state`.
 fn parse_expect(spec: &str) -> anyhow::Result<(String, Vec<String>)> {
     let (sink, states) = spec
@@ -318,6 +353,7 @@ pub async fn lifecycle_with(
     let engine_before = args
         .engine_pid
         .and_then(|pid| Some((sample_process(pid)?.2, write_bytes(pid)?)));
+    let threads_before = args.engine_pid.map(thread_cpu).unwrap_or_default();
     let own_before = sample_process(std::process::id()).map(|s| s.2);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(workers);
@@ -461,7 +497,17 @@ pub async fn lifecycle_with(
         let events = report.events.max(1) as f64;
         let cpu = cpu_after - cpu_before;
         let written = written_after.saturating_sub(written_before);
+        // Threads that ended meanwhile are missing here; their time is in the total only.
+        let cpu_us_per_event_by_thread = thread_cpu(pid)
+            .into_iter()
+            .map(|(name, after)| {
+                let used = after - threads_before.get(&name).copied().unwrap_or(0.0);
+                (name, used * 1e6 / events)
+            })
+            .filter(|(_, us)| *us >= 0.5)
+            .collect();
         report.engine = Some(PerEvent {
+            cpu_us_per_event_by_thread,
             cpu_seconds: cpu,
             cpu_us_per_event: cpu * 1e6 / events,
             write_bytes: written,

@@ -4,12 +4,19 @@
 use super::support::*;
 use clap::Parser;
 use orderhub_loadgen::cli::{RunArgs, SinksArgs};
+use orderhub_loadgen::closed::LifecycleArgs;
 use orderhub_loadgen::wire::Credentials;
 
 #[derive(Parser)]
 struct RunCli {
     #[command(flatten)]
     args: RunArgs,
+}
+
+#[derive(Parser)]
+struct LifecycleCli {
+    #[command(flatten)]
+    args: LifecycleArgs,
 }
 
 #[derive(Parser)]
@@ -377,5 +384,70 @@ async fn loadgen_serves_order_details_so_runs_include_enrichment() {
         "{calls} for {} orders",
         report.orders
     );
+    engine.stop().await;
+}
+
+/// `loadgen lifecycle` against a real engine: orders run paid → delivered in sequence, one
+/// event per request and then ten, every sync the rule causes counted at the simulator, and
+/// the engine's CPU and disk bytes per event measured (the engine runs in this process). A
+/// sync the rule never causes is reported lost and fails the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loadgen_lifecycle_measures_a_closed_loop_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let rule = "[[rules]]\nname = \"erp_on_progress\"\nwhen = 'order.state in [\"paid\", \"packed\", \"in_transit\"]'\nsync = \"erp\"\n";
+    let (sinks, engine) =
+        sinks_and_engine_with(&["--latency", "0ms..1ms"], dir.path(), |_| rule.into()).await;
+    let key = credentials().events_key;
+    let lifecycle = |run: &str, batch: &str, expect: &str| {
+        let report = dir.path().join(format!("lifecycle-{run}.json"));
+        LifecycleCli::parse_from([
+            "lifecycle",
+            "--target",
+            &engine.base,
+            "--sinks",
+            &sinks,
+            "--orders",
+            "60",
+            "--in-flight",
+            "20",
+            "--batch",
+            batch,
+            "--run",
+            run,
+            "--expect-syncs",
+            expect,
+            "--engine-pid",
+            &std::process::id().to_string(),
+            "--settle",
+            "20s",
+            "--report",
+            report.to_str().unwrap(),
+        ])
+        .args
+    };
+    for (run, batch) in [("1", "1"), ("2", "10")] {
+        let args = lifecycle(run, batch, "erp=paid,packed,in_transit");
+        let report = orderhub_loadgen::closed::lifecycle_with(args, &key)
+            .await
+            .unwrap();
+        eprintln!("{}", report.summary());
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+        assert_eq!(report.events, 300);
+        assert_eq!(report.requests, if batch == "1" { 300 } else { 30 });
+        assert_eq!((report.syncs_expected, report.syncs_delivered), (180, 180));
+        assert_eq!((report.syncs_lost, report.syncs_duplicated), (0, 0));
+        assert_eq!(report.orders_wrong_state, 0);
+        let engine = report.engine.as_ref().expect("engine usage measured");
+        assert!(engine.cpu_us_per_event > 0.0);
+        assert!(engine.write_bytes_per_event > 0.0, "{engine:?}");
+        assert!(report.loadgen_us_per_request.unwrap() > 0.0);
+    }
+    // Delivered states cause no sync: expecting one reports every order's as lost.
+    let args = lifecycle("3", "1", "erp=paid,delivered");
+    let report = orderhub_loadgen::closed::lifecycle_with(args, &key)
+        .await
+        .unwrap();
+    assert_eq!(report.syncs_lost, 60, "{}", report.summary());
+    assert!(report.failures.iter().any(|f| f.contains("60 syncs lost")));
     engine.stop().await;
 }
