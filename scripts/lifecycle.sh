@@ -7,7 +7,7 @@
 # e.g. scripts/lifecycle.sh 20000 1      # one event per request
 #      scripts/lifecycle.sh 20000 50     # 50 events per request
 # Needs `cargo build --release -p orderhub-engine -p orderhub-loadgen` first.
-# Optional environment: DATA_DIR (an existing data directory), ENGINE_EXTRA (TOML appended to
+# Optional environment: METRICS_OUT (see the end), DATA_DIR (an existing data directory), ENGINE_EXTRA (TOML appended to
 # the engine's config), ENGINE_LOG (keep the engine's log there), ENGINE_WRAP (a command the
 # engine runs under, e.g. "valgrind --tool=callgrind"), REPORT (the JSON report's path).
 set -euo pipefail
@@ -51,4 +51,9 @@ for _ in $(seq 1200); do
 done
 "$bin/loadgen" lifecycle --target "http://127.0.0.1:$engine_port" --sinks "http://127.0.0.1:$sinks_port" \
   --orders "$orders" --batch "$batch" --engine-pid "$engine_pid" \
-  --report "${REPORT:-$root/target/lifecycle-report.json}" "$@"
+  --report "${REPORT:-$root/target/lifecycle-report.json}" "$@" || status=$?
+# METRICS_OUT=FILE keeps the engine's /metrics as they stood at the end of the run.
+if [ -n "${METRICS_OUT:-}" ]; then
+  curl -fsS "http://127.0.0.1:$engine_port/metrics" > "$METRICS_OUT" || true
+fi
+exit "${status:-0}"

@@ -284,15 +284,15 @@ impl Writer {
     /// Takes what else is queued, up to the batch limit (and, if configured, waits a little for
     /// a fuller batch).
     fn fill(&self, batch: &mut Batch) {
-        let deadline = Instant::now() + self.batch_max_wait;
+        // One sleep, then whatever queued meanwhile: waiting request by request would wake this
+        // thread once per arriving request, which costs more CPU than the fuller batch saves.
+        if !self.batch_max_wait.is_zero() && batch.events < self.batch_max_events {
+            std::thread::sleep(self.batch_max_wait);
+        }
         while batch.events < self.batch_max_events {
             match self.appends.try_recv() {
                 Ok(request) => batch.append(request),
-                Err(_) if self.batch_max_wait.is_zero() => break,
-                Err(_) => match self.appends.recv_deadline(deadline) {
-                    Ok(request) => batch.append(request),
-                    Err(_) => break,
-                },
+                Err(_) => break,
             }
         }
         for cmd in self.side.try_iter().take(self.batch_max_events * 4) {
