@@ -91,6 +91,35 @@ fn mapping(c: &mut Criterion) {
     });
 }
 
+/// An order's contents as channels push them (~600 bytes of JSON): items, address, amounts.
+fn contents() -> serde_json::Map<String, serde_json::Value> {
+    let value = serde_json::json!({
+        "items": [
+            {"sku": "SKU-00042", "name": "Hydrating face cream 50ml", "qty": 1, "price": 129.0},
+            {"sku": "SKU-00294", "name": "Cleansing foam 120g", "qty": 1, "price": 59.9},
+            {"sku": "SKU-00546", "name": "Sheet mask, pack of 10", "qty": 2, "price": 89.0}
+        ],
+        "address": {"name": "Zhang San", "phone": "138****0042", "province": "Zhejiang",
+            "city": "Hangzhou", "district": "Xihu", "detail": "No. 42 Wensan Road, Building 3, Unit 2, Room 1502"},
+        "amounts": {"total": 366.9, "discount": 20.0, "freight": 0.0, "paid": 346.9, "currency": "CNY"},
+        "buyer_note": "Deliver after 6pm please",
+        "shop": "flagship-store-01"
+    });
+    match value {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!("an object"),
+    }
+}
+
+/// [`lifecycle`] with the order's contents on every event, as the lifecycle benchmark sends.
+fn lifecycle_with_contents(order: &str) -> Vec<JournaledEvent> {
+    let mut events = lifecycle(order);
+    for journaled in &mut events {
+        journaled.event.fields = contents();
+    }
+    events
+}
+
 fn lifecycle(order: &str) -> Vec<JournaledEvent> {
     [
         OrderState::PendingPayment,
@@ -154,6 +183,25 @@ fn state_machine(c: &mut Criterion) {
     group.bench_function("apply_lifecycle_9_events_with_3_rules", |b| {
         b.iter(|| black_box(Order::replay("douyin:1", &events, &with_rules)))
     });
+    // The same with ~600 bytes of contents on every event: rules that do not read `fields`
+    // no longer pay for converting them; one that does (the last) shows that cost.
+    let with_contents = lifecycle_with_contents("douyin:1");
+    group.bench_function("apply_lifecycle_9_events_with_contents_and_3_rules", |b| {
+        b.iter(|| black_box(Order::replay("douyin:1", &with_contents, &with_rules)))
+    });
+    let reading = OrderPolicy::permissive().with_rules(
+        RuleSet::compile(vec![RuleSpec {
+            name: "big".into(),
+            when: r#"order.state == "paid" && order.fields.amounts.total > 100.0"#.into(),
+            sync: Some("erp".into()),
+            ..RuleSpec::default()
+        }])
+        .unwrap(),
+    );
+    group.bench_function(
+        "apply_lifecycle_9_events_with_contents_and_a_rule_reading_them",
+        |b| b.iter(|| black_box(Order::replay("douyin:1", &with_contents, &reading))),
+    );
     group.finish();
 }
 
