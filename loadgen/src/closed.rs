@@ -658,10 +658,10 @@ mod tests {
     #[test]
     fn events_are_about_650_bytes_of_valid_json() {
         for n in [0, 7, 123_456] {
-            for step in 0..STEPS.len() {
+            for (step, state) in STEPS.iter().enumerate() {
                 let body = event_json("shop", 3, n, step, 1_700_000_000_000);
                 let value: serde_json::Value = serde_json::from_str(&body).unwrap();
-                assert_eq!(value["status"], STEPS[step]);
+                assert_eq!(value["status"], *state);
                 assert_eq!(value["order"], order_key(3, n));
                 assert_eq!(value["fields"]["items"].as_array().unwrap().len(), 3);
                 assert!((600..=720).contains(&body.len()), "{} bytes", body.len());
