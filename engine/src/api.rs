@@ -469,6 +469,8 @@ pub(crate) async fn healthz() -> Response {
 pub(crate) async fn readyz(State(app): State<Arc<AppState>>) -> Response {
     if app.is_ready() {
         Json(serde_json::json!({ "status": "ready" })).into_response()
+    } else if let Some(why) = app.cluster.as_ref().and_then(|c| c.duplicate()) {
+        error_response(StatusCode::SERVICE_UNAVAILABLE, "duplicate_node", why)
     } else if app.cluster.as_ref().is_some_and(|c| !c.joined()) {
         error_response(
             StatusCode::SERVICE_UNAVAILABLE,

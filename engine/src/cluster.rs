@@ -120,6 +120,9 @@ pub(crate) struct Inner {
     /// Events each owned partition still has to apply (from the last message's `pending`).
     pub(crate) lag: DashMap<u32, u64>,
     pub(crate) joined: AtomicBool,
+    /// Set when another live process heartbeats under this node's name and this one, the
+    /// younger, stood down: why (readiness fails with it).
+    pub(crate) duplicate: std::sync::OnceLock<String>,
     pub(crate) journal: Journal,
     /// Called with the partitions a tick took (the engine re-arms their SLA timers).
     pub(crate) on_taken: std::sync::OnceLock<Box<dyn Fn(Vec<u32>) + Send + Sync>>,
@@ -214,6 +217,7 @@ impl Cluster {
                 owned: DashMap::new(),
                 lag: DashMap::new(),
                 joined: AtomicBool::new(false),
+                duplicate: std::sync::OnceLock::new(),
                 journal,
                 members_seen: tokio::sync::watch::Sender::new(known),
                 on_taken: std::sync::OnceLock::new(),
@@ -277,6 +281,11 @@ impl Cluster {
     /// Whether the node has joined: registered as a member and taken its first partitions.
     pub fn joined(&self) -> bool {
         self.inner.joined.load(Ordering::Acquire)
+    }
+
+    /// Why this process stood down, when another live process runs under the same node name.
+    pub fn duplicate(&self) -> Option<&str> {
+        self.inner.duplicate.get().map(String::as_str)
     }
 
     /// Whether this node holds a valid lease on `order`'s partition.

@@ -10,6 +10,13 @@
 //! last write, whenever the server gets round to expiring the keys. A lease this node could
 //! not renew is dropped locally a sixth of the TTL before anyone may take it: its applier stops
 //! at once.
+//!
+//! Node names must be unique. A heartbeat after the first is a compare-and-set on this
+//! process's previous one, so another live process writing the same member key is seen on the
+//! next tick; of the two, the one started later stands down (gives its leases back, stops
+//! heartbeating, and fails `/readyz` with `duplicate_node`). A restarted node's first heartbeat
+//! overwrites its dead predecessor's; it takes partitions only once its heartbeats have gone
+//! uncontested for half a TTL (a live namesake heartbeats every third of one).
 
 use super::{Inner, LEASES_BUCKET, placement, subject_of};
 use crate::journal::JournalError;
@@ -95,6 +102,45 @@ struct Node {
     /// The same for the leases bucket (its stream's leader may be another server, with its
     /// own clock), from a clock key of this node there.
     leases_now: Option<time::OffsetDateTime>,
+    /// This process among any others started with the same node name.
+    me: Heartbeat,
+    /// The revision of this process's latest heartbeat, and when the first went out.
+    heartbeat: Option<u64>,
+    first_heartbeat: Option<Instant>,
+    /// Whether a heartbeat after the first went through uncontested (partitions are taken only
+    /// then, so a second process with this name never takes over the first's leases).
+    confirmed: bool,
+}
+
+/// What a member key holds.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Heartbeat {
+    node: String,
+    pid: u32,
+    /// Unique per process start.
+    instance: String,
+    /// When the process started, ms since the epoch.
+    started_ms: i64,
+}
+
+impl Heartbeat {
+    fn of_this_process(node: &str) -> Heartbeat {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        Heartbeat {
+            node: node.to_owned(),
+            pid: std::process::id(),
+            instance: format!("{}-{}", std::process::id(), now.as_nanos()),
+            started_ms: now.as_millis() as i64,
+        }
+    }
+
+    /// Whether this process is the one to stand down when `other` runs under the same name:
+    /// the later started (by instance on a tie).
+    fn yields_to(&self, other: &Heartbeat) -> bool {
+        (self.started_ms, &self.instance) > (other.started_ms, &other.instance)
+    }
 }
 
 async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
@@ -104,11 +150,16 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
         tokio::spawn(watch_bucket(inner.leases.clone(), changed.clone())),
     ];
     let tick = inner.config.lease_ttl.0 / 3;
+    let me = Heartbeat::of_this_process(&inner.config.node);
     let mut node = Node {
         inner,
         appliers: HashMap::new(),
         server_now: None,
         leases_now: None,
+        me,
+        heartbeat: None,
+        first_heartbeat: None,
+        confirmed: false,
     };
     loop {
         // A stop does not wait for a tick stuck on an unreachable NATS: the tick is dropped
@@ -116,6 +167,14 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
         tokio::select! {
             _ = stopped.changed() => break,
             () = node.tick() => {}
+        }
+        if node.inner.duplicate.get().is_some() {
+            // Stood down: the member key and any lease left are the other process's.
+            for watcher in &watchers {
+                watcher.abort();
+            }
+            let _ = stopped.changed().await;
+            return;
         }
         tokio::select! {
             _ = stopped.changed() => break,
@@ -176,24 +235,97 @@ impl Node {
         self.ttl() - self.ttl() / 6
     }
 
-    async fn tick(&mut self) {
-        let value = format!(
-            "{{\"node\":\"{}\",\"pid\":{}}}",
-            self.name(),
-            std::process::id()
-        );
-        match self
-            .inner
-            .members
-            .put(self.name(), value.into_bytes().into())
-            .await
-        {
-            Ok(_) => {
+    /// Writes this process's heartbeat: a compare-and-set on its previous one, so that
+    /// another process writing the same member key is noticed. Whether to go on (false: this
+    /// process stood down).
+    async fn heartbeat(&mut self) -> bool {
+        let value: bytes::Bytes = serde_json::to_vec(&self.me).unwrap_or_default().into();
+        let written = match self.heartbeat {
+            None => self
+                .inner
+                .members
+                .put(self.name(), value)
+                .await
+                .map_err(|e| e.to_string()),
+            Some(revision) => match self
+                .inner
+                .members
+                .update(self.name(), value.clone(), revision)
+                .await
+            {
+                Ok(revision) => {
+                    // Uncontested for half a TTL: any other live process with this name (which
+                    // heartbeats every third of it) would have written meanwhile.
+                    self.confirmed |= self
+                        .first_heartbeat
+                        .is_some_and(|first| first.elapsed() >= self.ttl() / 2);
+                    Ok(revision)
+                }
+                Err(err) if err.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                    let other = match self.inner.members.entry(self.name()).await {
+                        Ok(Some(entry)) => serde_json::from_slice::<Heartbeat>(&entry.value).ok(),
+                        _ => None,
+                    };
+                    match other {
+                        Some(other) if other.instance != self.me.instance => {
+                            if self.me.yields_to(&other) {
+                                self.stand_down(&other).await;
+                                return false;
+                            }
+                            tracing::error!(
+                                node = %self.name(),
+                                other_pid = other.pid,
+                                other_started_ms = other.started_ms,
+                                "another live process heartbeats as this node (node names must be unique): it started later and stands down"
+                            );
+                        }
+                        // Deleted meanwhile (an operator, or a NATS restore): write it again.
+                        _ => {}
+                    }
+                    self.inner
+                        .members
+                        .put(self.name(), value)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Err(err) => Err(err.to_string()),
+            },
+        };
+        match written {
+            Ok(revision) => {
+                self.heartbeat = Some(revision);
+                self.first_heartbeat.get_or_insert_with(Instant::now);
                 if let Ok(Some(entry)) = self.inner.members.entry(self.name()).await {
                     self.server_now = Some(entry.created);
                 }
             }
             Err(err) => tracing::warn!(error = %err, "cluster heartbeat failed"),
+        }
+        true
+    }
+
+    /// Another live process runs under this node's name and started first: gives back what
+    /// this one holds and stops taking part, leaving the name to it.
+    async fn stand_down(&mut self, other: &Heartbeat) {
+        let why = format!(
+            "another live process (pid {}, started {} ms after the epoch) runs as cluster node {:?}; node names must be unique ([cluster] node): this one, started later, stood down",
+            other.pid,
+            other.started_ms,
+            self.name()
+        );
+        tracing::error!(node = %self.name(), "{why}");
+        let held: Vec<u32> = self.inner.held().into_iter().map(|(p, _)| p).collect();
+        for partition in held {
+            self.release(partition).await;
+        }
+        self.inner.joined.store(false, Ordering::Release);
+        metrics::gauge!(t::CLUSTER_PARTITIONS_OWNED).set(0.0);
+        let _ = self.inner.duplicate.set(why);
+    }
+
+    async fn tick(&mut self) {
+        if !self.heartbeat().await {
+            return;
         }
         let clock_key = format!("clock-{}", self.name());
         if self
@@ -219,6 +351,10 @@ impl Node {
             }
             changed
         });
+        if !self.confirmed {
+            // Partitions wait for heartbeats uncontested for half a TTL (see the module's notes).
+            return;
+        }
         self.rebalance(&members).await;
         let owned = self.inner.owned.len();
         metrics::gauge!(t::CLUSTER_PARTITIONS_OWNED).set(owned as f64);

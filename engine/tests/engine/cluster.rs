@@ -709,3 +709,58 @@ async fn order_details_are_fetched_once_by_each_orders_owner() {
         engine.stop().await;
     }
 }
+
+/// Two live processes configured with the same node name: the second one started stands down
+/// (its readiness says why) and never takes the first's partitions; the first keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_with_the_same_node_name_stands_down() {
+    let Some(binary) = nats_or_skip() else {
+        return;
+    };
+    let _one_at_a_time = IN_PROCESS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&binary, 1, dir.path());
+    let toml = format!("sla = []\n{}", cluster_toml(&nats.urls, "twin", 8, 1));
+    let first = TestEngine::start(&toml, &dir.path().join("first")).await;
+    first.eventually("/readyz", |_| true).await;
+    let second = TestEngine::start(&toml, &dir.path().join("second")).await;
+    let started = Instant::now();
+    let why = loop {
+        let (status, body) = second.get("/readyz").await;
+        assert_ne!(status, 200, "a namesake joined: {body}");
+        if body["error"]["code"] == "duplicate_node" {
+            break body["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the second process never stood down: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(why.contains("node names must be unique"), "{why}");
+    // The first keeps its partitions and applies what it is sent.
+    let (status, body) = first.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    for (i, status) in ["paid", "allocated"].iter().enumerate() {
+        let (code, body) = first
+            .post_events(&canonical(
+                &format!("tw-{i}"),
+                "shop:tw",
+                "wms",
+                status,
+                now_ms(),
+            ))
+            .await;
+        assert_eq!(code, 200, "{body}");
+    }
+    first
+        .eventually("/v1/orders/shop:tw", |body| body["state"] == "allocated")
+        .await;
+    let (status, _) = second.get("/readyz").await;
+    assert_eq!(status, 503);
+    second.stop().await;
+    first.stop().await;
+}
