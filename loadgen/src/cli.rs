@@ -179,16 +179,11 @@ pub async fn replay_with(
         args.max_in_flight,
     )
     .await;
-    if let Some(max) = args.max_p99
-        && report.ack_latency_ms.p99 > max
-    {
-        report.failures.push(format!(
-            "ack p99 {:.1} ms is above --max-p99 {max}",
-            report.ack_latency_ms.p99
-        ));
-    }
-    std::fs::write(&args.report, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("cannot write {}", args.report.display()))?;
+    report.failures.extend(crate::report::p99_failure(
+        report.ack_latency_ms.p99,
+        args.max_p99,
+    ));
+    crate::report::write_json(&args.report, &report)?;
     Ok(report)
 }
 
@@ -482,14 +477,10 @@ pub async fn run_with(args: RunArgs, credentials: Credentials) -> anyhow::Result
             report.orders_wrong_state
         ));
     }
-    if let Some(max) = args.max_p99
-        && report.ack_latency_ms.p99 > max
-    {
-        report.failures.push(format!(
-            "ack p99 {:.1} ms is above --max-p99 {max}",
-            report.ack_latency_ms.p99
-        ));
-    }
+    report.failures.extend(crate::report::p99_failure(
+        report.ack_latency_ms.p99,
+        args.max_p99,
+    ));
     if let Some(min) = args.min_rate
         && report.rate_achieved < min
     {
@@ -498,7 +489,6 @@ pub async fn run_with(args: RunArgs, credentials: Credentials) -> anyhow::Result
             report.rate_achieved
         ));
     }
-    std::fs::write(&args.report, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("cannot write {}", args.report.display()))?;
+    crate::report::write_json(&args.report, &report)?;
     Ok(report)
 }

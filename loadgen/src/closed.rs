@@ -542,14 +542,10 @@ pub async fn lifecycle_with(
             .failures
             .push(format!("{} syncs lost", report.syncs_lost));
     }
-    if let Some(max) = args.max_p99
-        && report.ack_latency_ms.p99 > max
-    {
-        report.failures.push(format!(
-            "ack p99 {:.1} ms is above --max-p99 {max}",
-            report.ack_latency_ms.p99
-        ));
-    }
+    report.failures.extend(crate::report::p99_failure(
+        report.ack_latency_ms.p99,
+        args.max_p99,
+    ));
     if let Some(min) = args.min_rate
         && report.events_per_second < min
     {
@@ -558,8 +554,7 @@ pub async fn lifecycle_with(
             report.events_per_second
         ));
     }
-    std::fs::write(&args.report, serde_json::to_vec_pretty(&report)?)
-        .with_context(|| format!("cannot write {}", args.report.display()))?;
+    crate::report::write_json(&args.report, &report)?;
     Ok(report)
 }
 

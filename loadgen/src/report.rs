@@ -64,6 +64,19 @@ pub struct LoadgenUsage {
     pub us_per_request: f64,
 }
 
+/// The failure a `--max-p99` bound gives, if the run's ack p99 is above it.
+pub fn p99_failure(p99: f64, max: Option<f64>) -> Option<String> {
+    max.filter(|max| p99 > *max)
+        .map(|max| format!("ack p99 {p99:.1} ms is above --max-p99 {max}"))
+}
+
+/// Writes a report as pretty JSON to `path`.
+pub fn write_json(path: &std::path::Path, report: &impl Serialize) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::write(path, serde_json::to_vec_pretty(report)?)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// Reads a process's memory (kB fields of /proc/PID/status) and CPU ticks (/proc/PID/stat).
 pub fn sample_process(pid: u32) -> Option<(f64, f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -241,5 +254,20 @@ impl Report {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_p99_above_its_bound_fails_the_run() {
+        assert_eq!(
+            p99_failure(50.5, Some(50.0)).as_deref(),
+            Some("ack p99 50.5 ms is above --max-p99 50")
+        );
+        assert_eq!(p99_failure(50.0, Some(50.0)), None);
+        assert_eq!(p99_failure(900.0, None), None);
     }
 }
