@@ -145,17 +145,21 @@ pub(crate) async fn ready_client(
     Ok(client)
 }
 
-/// Replays an export file (the events secret from `ORDERHUB_EVENTS_SECRET`).
-pub async fn replay(args: ReplayArgs) -> anyhow::Result<crate::replay::ReplayReport> {
+/// The canonical-events key: `ORDERHUB_EVENTS_SECRET` (`whsec_…`), decoded.
+pub(crate) fn events_key_from_env() -> anyhow::Result<Vec<u8>> {
     let secret = std::env::var("ORDERHUB_EVENTS_SECRET").context(
         "environment variable ORDERHUB_EVENTS_SECRET is not set (the target's whsec_ secret)",
     )?;
-    let key = base64::Engine::decode(
+    base64::Engine::decode(
         &base64::engine::general_purpose::STANDARD,
         secret.trim_start_matches("whsec_"),
     )
-    .context("ORDERHUB_EVENTS_SECRET is not a whsec_ base64 secret")?;
-    replay_with(args, &key).await
+    .context("ORDERHUB_EVENTS_SECRET is not a whsec_ base64 secret")
+}
+
+/// Replays an export file (the events secret from `ORDERHUB_EVENTS_SECRET`).
+pub async fn replay(args: ReplayArgs) -> anyhow::Result<crate::replay::ReplayReport> {
+    replay_with(args, &events_key_from_env()?).await
 }
 
 /// Replays with the decoded events key; the report's `failures` say whether it passed.

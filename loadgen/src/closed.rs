@@ -317,15 +317,7 @@ struct Tally {
 
 /// Runs the benchmark (the events secret from `ORDERHUB_EVENTS_SECRET`).
 pub async fn lifecycle(args: LifecycleArgs) -> anyhow::Result<LifecycleReport> {
-    let secret = std::env::var("ORDERHUB_EVENTS_SECRET").context(
-        "environment variable ORDERHUB_EVENTS_SECRET is not set (the target's whsec_ secret)",
-    )?;
-    let key = base64::Engine::decode(
-        &base64::engine::general_purpose::STANDARD,
-        secret.trim_start_matches("whsec_"),
-    )
-    .context("ORDERHUB_EVENTS_SECRET is not a whsec_ base64 secret")?;
-    lifecycle_with(args, &key).await
+    lifecycle_with(args, &crate::cli::events_key_from_env()?).await
 }
 
 /// Runs the benchmark with the decoded events key; the report's `failures` say whether it
