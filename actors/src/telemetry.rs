@@ -225,7 +225,7 @@ catalogue! {
         "Cluster members with a live heartbeat, as this node sees them (cluster mode only).";
     /// Lease moves.
     CLUSTER_LEASE_MOVES = "orderhub_cluster_lease_moves_total", Counter, Count, ["move"],
-        "Partition leases this node acquired, released (to their rendezvous owner or at shutdown), lost (another node holds it) or let expire (not renewed in time).";
+        "Partition leases this node acquired, released (to their rendezvous owner or at shutdown), lost (another node holds it), let expire (not renewed in time) or resumed (the applier of a partition still held restarted after a panic).";
     /// Publish latency.
     CLUSTER_PUBLISH_LATENCY = "orderhub_cluster_publish_seconds", Histogram, Seconds, [],
         "Time from publishing an ingest request's events to JetStream until every PubAck (a quorum holds them).";

@@ -86,7 +86,7 @@ pub(crate) fn register_metrics() {
     metrics::gauge!(t::CLUSTER_PARTITIONS_OWNED).set(0.0);
     metrics::gauge!(t::CLUSTER_MEMBERS).set(0.0);
     metrics::gauge!(t::CLUSTER_CONSUMER_LAG).set(0.0);
-    for moved in ["acquired", "released", "lost", "expired"] {
+    for moved in ["acquired", "released", "lost", "expired", "resumed"] {
         metrics::counter!(t::CLUSTER_LEASE_MOVES, "move" => moved).increment(0);
     }
     let _ = metrics::histogram!(t::CLUSTER_PUBLISH_LATENCY);

@@ -22,7 +22,7 @@ use super::{Inner, LEASES_BUCKET, placement, subject_of};
 use crate::journal::JournalError;
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::kv;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use orderhub_actors::order::OrderEvent;
 use orderhub_actors::telemetry as t;
 use std::collections::HashMap;
@@ -339,7 +339,8 @@ impl Node {
             self.leases_now = Some(entry.created);
         }
         self.renew().await;
-        self.reap_expired();
+        self.reap_expired().await;
+        self.revive_appliers();
         let Some(members) = self.live_members().await else {
             return;
         };
@@ -444,8 +445,9 @@ impl Node {
         }
     }
 
-    /// Drops every lease whose validity ran out without a renewal.
-    fn reap_expired(&mut self) {
+    /// Drops every lease whose validity ran out without a renewal, its applier stopped before
+    /// the partition can be taken again (two appliers of one partition never overlap).
+    async fn reap_expired(&mut self) {
         let now = Instant::now();
         let expired: Vec<u32> = self
             .inner
@@ -460,8 +462,34 @@ impl Node {
                 "a partition lease could not be renewed in time: stopped applying it"
             );
             self.inner.owned.remove(&partition);
-            self.stop_applier(partition);
+            self.await_applier(partition).await;
             metrics::counter!(t::CLUSTER_LEASE_MOVES, "move" => "expired").increment(1);
+        }
+    }
+
+    /// Restarts the applier of a partition still held whose applier panicked (an applier
+    /// otherwise ends only when told to, or when the journal closed at shutdown), so a held
+    /// partition is never left unapplied.
+    fn revive_appliers(&mut self) {
+        let ended: Vec<u32> = self
+            .appliers
+            .iter()
+            .filter(|(_, applier)| applier.task.is_finished())
+            .map(|(partition, _)| *partition)
+            .collect();
+        for partition in ended {
+            let Some(applier) = self.appliers.remove(&partition) else {
+                continue;
+            };
+            let panicked = applier
+                .task
+                .now_or_never()
+                .is_some_and(|ended| ended.is_err_and(|err| err.is_panic()));
+            if panicked && self.inner.holds(partition) {
+                tracing::error!(partition, "a partition's applier panicked: started again");
+                metrics::counter!(t::CLUSTER_LEASE_MOVES, "move" => "resumed").increment(1);
+                self.start_applier(partition);
+            }
         }
     }
 
@@ -619,7 +647,7 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
     let position = position_key(partition);
     let mut backoff = Duration::from_millis(100);
     'consumer: loop {
-        if *stopped.borrow() || !inner.holds(partition) {
+        if !until_held(&inner, partition, &mut stopped).await {
             return;
         }
         let journal = inner.journal.clone();
@@ -705,26 +733,34 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
                 }
             }
             let Some(last) = last else { continue };
-            // Fencing: nothing is applied once the lease is gone or too old to trust.
-            if !inner.holds(partition) {
+            // Fencing: nothing is applied while the lease is too old to trust.
+            if !until_held(&inner, partition, &mut stopped).await {
                 return;
             }
             // The events first, then what they report elsewhere (waybills, waiting scans), and
             // only then the position: a crash in between replays the chunk (deduplicated) and
             // redoes the side effects instead of skipping them.
             let commit_events = || inner.journal.append(events.clone());
-            if !until_done(&inner, partition, &stopped, "apply events", commit_events).await {
+            if !until_done(
+                &inner,
+                partition,
+                &mut stopped,
+                "apply events",
+                commit_events,
+            )
+            .await
+            {
                 return;
             }
             let index = || inner.index_waybills(&events);
-            if !until_done(&inner, partition, &stopped, "index waybills", index).await {
+            if !until_done(&inner, partition, &mut stopped, "index waybills", index).await {
                 return;
             }
             let commit_position = || inner.journal.append_at(Vec::new(), &position, last as i64);
             if !until_done(
                 &inner,
                 partition,
-                &stopped,
+                &mut stopped,
                 "commit position",
                 commit_position,
             )
@@ -733,6 +769,25 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
                 return;
             }
             applied = last;
+        }
+    }
+}
+
+/// Waits while `partition`'s lease is unconfirmed (its validity lapsed, the renewal not yet
+/// back): true once it is held and valid again, false when the applier is told to stop — the
+/// membership loop stops it when the lease is lost, expires or is given away, so an applier
+/// never ends on its own while its partition is still held.
+async fn until_held(inner: &Inner, partition: u32, stopped: &mut watch::Receiver<bool>) -> bool {
+    loop {
+        if *stopped.borrow() {
+            return false;
+        }
+        if inner.holds(partition) {
+            return true;
+        }
+        tokio::select! {
+            _ = stopped.changed() => {}
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     }
 }
@@ -760,12 +815,12 @@ impl From<String> for Step {
     }
 }
 
-/// Retries `step` until it succeeds (true), or until the applier must stop: told to, the lease
-/// is gone, or the journal closed (false).
+/// Retries `step` until it succeeds (true), or until the applier must stop: told to, or the
+/// journal closed (false). A retry waits for the lease to be valid.
 async fn until_done<T, E: Into<Step>, F: Future<Output = Result<T, E>>>(
     inner: &Inner,
     partition: u32,
-    stopped: &watch::Receiver<bool>,
+    stopped: &mut watch::Receiver<bool>,
     what: &'static str,
     step: impl Fn() -> F,
 ) -> bool {
@@ -776,7 +831,7 @@ async fn until_done<T, E: Into<Step>, F: Future<Output = Result<T, E>>>(
             Err(Step::Retry(err)) => {
                 tracing::warn!(partition, step = what, error = %err, "cannot apply a partition yet; retrying");
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                if *stopped.borrow() || !inner.holds(partition) {
+                if !until_held(inner, partition, stopped).await {
                     return false;
                 }
             }

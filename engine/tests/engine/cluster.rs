@@ -5,7 +5,7 @@
 //! unless `ORDERHUB_REQUIRE_NATS` is set (as `.ci/run` does), when they fail.
 
 use super::support::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -536,6 +536,7 @@ async fn three_nodes_survive_losing_a_node_and_a_nats_server_under_load() {
     let asked = &nodes[0].base;
     let started = Instant::now();
     let mut pending: Vec<String> = acked.keys().cloned().collect();
+    let mut answers: BTreeMap<String, Value> = BTreeMap::new();
     while !pending.is_empty() {
         let mut still = Vec::new();
         for order in pending {
@@ -554,13 +555,19 @@ async fn three_nodes_survive_losing_a_node_and_a_nats_server_under_load() {
                 })
                 .unwrap_or_default();
             if !(body["state"] == "delivered" && seen == acked[&order]) {
+                answers.insert(
+                    order.clone(),
+                    json!({"state": body["state"], "applied": seen, "acked": acked[&order]}),
+                );
                 still.push(order);
             }
         }
         pending = still;
+        answers.retain(|order, _| pending.contains(order));
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "orders never reached their final state with every acknowledged event: {pending:?}"
+            "orders never reached their final state with every acknowledged event \
+             (what {asked} answered last): {answers:?}"
         );
         if !pending.is_empty() {
             tokio::time::sleep(Duration::from_millis(200)).await;
