@@ -173,9 +173,9 @@ pub async fn replay_with(
     let events = crate::replay::read(&args.file).map_err(anyhow::Error::msg)?;
     let target = args.target.trim_end_matches('/');
     let client = ready_client(target, args.max_in_flight, None).await?;
+    let poster = std::sync::Arc::new(crate::http::Poster::new(target, client)?);
     let mut report = crate::replay::replay(
-        &client,
-        target,
+        poster,
         events,
         args.speed,
         events_key,
@@ -362,7 +362,8 @@ pub async fn run_with(args: RunArgs, credentials: Credentials) -> anyhow::Result
         });
         bar
     });
-    let sent = send(traffic, client.clone(), live).await;
+    let poster = Arc::new(crate::http::Poster::new(&target, client.clone())?);
+    let sent = send(traffic, poster, live).await;
     if let Some(bar) = &progress {
         bar.finish_with_message(format!(
             "sent {} acked {}, verifying",

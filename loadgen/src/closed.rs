@@ -335,6 +335,7 @@ pub async fn lifecycle_with(
     let expect = parse_expect(&args.expect_syncs)?;
     let target = args.target.trim_end_matches('/').to_owned();
     let client = crate::cli::ready_client(&target, args.in_flight, None).await?;
+    let poster = Arc::new(crate::http::Poster::new(&target, client.clone())?);
 
     let workers = args.in_flight.div_ceil(args.batch);
     let next = Arc::new(AtomicU64::new(0));
@@ -350,8 +351,7 @@ pub async fn lifecycle_with(
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(workers);
     for worker in 0..workers {
-        let client = client.clone();
-        let target = target.clone();
+        let poster = poster.clone();
         let next = next.clone();
         let tally = tally.clone();
         let examples = examples.clone();
@@ -387,38 +387,25 @@ pub async fn lifecycle_with(
                     let id = format!("lc{run}-w{worker}-{request_no}");
                     let timestamp = (at / 1000).to_string();
                     let signature = webhook_signature(&key, &id, &timestamp, &body);
+                    let headers = [
+                        ("content-type", "application/json"),
+                        ("webhook-id", id.as_str()),
+                        ("webhook-timestamp", timestamp.as_str()),
+                        ("webhook-signature", signature.as_str()),
+                    ];
+                    let body = bytes::Bytes::from(body);
                     let sent_at = Instant::now();
                     let outcome = loop {
-                        let answer = client
-                            .post(format!("{target}/v1/events"))
-                            .header("content-type", "application/json")
-                            .header("webhook-id", &id)
-                            .header("webhook-timestamp", &timestamp)
-                            .header("webhook-signature", &signature)
-                            .body(body.clone())
-                            .send()
-                            .await;
-                        match answer {
-                            Ok(r) if r.status().is_success() => {
-                                // Read the (small) body so the connection is reused.
-                                let _ = r.bytes().await;
-                                break Ok(());
-                            }
-                            Ok(r) if r.status() == 429 || r.status() == 503 => {
+                        match poster.post("/v1/events", &headers, body.clone()).await {
+                            Ok(answer) if (200..300).contains(&answer.status) => break Ok(()),
+                            Ok(answer) if answer.status == 429 || answer.status == 503 => {
                                 tally.retried.fetch_add(1, Ordering::Relaxed);
-                                let wait = r
-                                    .headers()
-                                    .get("retry-after")
-                                    .and_then(|v| v.to_str().ok())
-                                    .and_then(|v| v.parse::<f64>().ok())
-                                    .unwrap_or(1.0)
-                                    .clamp(0.05, 5.0);
+                                let wait = answer.retry_after.unwrap_or(1.0).clamp(0.05, 5.0);
                                 tokio::time::sleep(Duration::from_secs_f64(wait)).await;
                             }
-                            Ok(r) => {
-                                let status = r.status();
-                                let text = r.text().await.unwrap_or_default();
-                                break Err(format!("{id}: {status} {text}"));
+                            Ok(answer) => {
+                                let text = String::from_utf8_lossy(&answer.body);
+                                break Err(format!("{id}: {} {text}", answer.status));
                             }
                             Err(e) => break Err(format!("{id}: {e}")),
                         }

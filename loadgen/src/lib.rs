@@ -10,6 +10,7 @@
 //! - [`lifecycle`] — what each simulated order reports, with duplicates, disorder, cancels;
 //! - [`wire`] — requests in native formats with valid signatures;
 //! - [`run`] — the open-model sender;
+//! - [`http`] — the request loops' keep-alive HTTP/1.1 client;
 //! - [`sinks`] — the downstream simulators;
 //! - [`details`] — the simulated channels' order APIs (`loadgen sinks --details`);
 //! - [`verify`] — the end-to-end verifier;
@@ -23,6 +24,7 @@
 pub mod cli;
 pub mod closed;
 pub mod details;
+pub mod http;
 pub mod lifecycle;
 pub mod profile;
 pub mod replay;

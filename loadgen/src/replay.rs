@@ -130,8 +130,7 @@ struct Sent {
 /// Replays `events` against `target` at `speed`, signing with `events_key` (the decoded
 /// `whsec_` secret); `run` tags the event ids so a replay is not a duplicate of another.
 pub async fn replay(
-    client: &reqwest::Client,
-    target: &str,
+    poster: Arc<crate::http::Poster>,
     events: Vec<ExportedEvent>,
     speed: f64,
     events_key: &[u8],
@@ -153,9 +152,8 @@ pub async fn replay(
     let key = Arc::new(events_key.to_vec());
     let (results, mut received) = tokio::sync::mpsc::unbounded_channel::<Sent>();
     for (_, events) in by_order {
-        let (client, target, key, permits, results) = (
-            client.clone(),
-            target.to_owned(),
+        let (poster, key, permits, results) = (
+            poster.clone(),
             key.clone(),
             permits.clone(),
             results.clone(),
@@ -175,21 +173,22 @@ pub async fn replay(
                     "occurred_at": occurred_at, "fields": event.fields,
                 })
                 .to_string();
+                let payload = bytes::Bytes::from(body.clone());
                 let permit = permits.clone().acquire_owned().await.expect("open");
                 let mut throttled = 0;
                 let status = loop {
                     let timestamp = (crate::run::wall_ms() / 1000).to_string();
                     let signature = crate::wire::webhook_signature(&key, &id, &timestamp, &body);
-                    let answer = client
-                        .post(format!("{target}/v1/events"))
-                        .header("content-type", "application/json")
-                        .header("webhook-id", &id)
-                        .header("webhook-timestamp", timestamp)
-                        .header("webhook-signature", signature)
-                        .body(body.clone())
-                        .send()
+                    let headers = [
+                        ("content-type", "application/json"),
+                        ("webhook-id", id.as_str()),
+                        ("webhook-timestamp", timestamp.as_str()),
+                        ("webhook-signature", signature.as_str()),
+                    ];
+                    let answer = poster
+                        .post("/v1/events", &headers, payload.clone())
                         .await
-                        .map_or(0, |r| r.status().as_u16());
+                        .map_or(0, |answer| answer.status);
                     if answer != 429 || throttled >= 5 {
                         break answer;
                     }

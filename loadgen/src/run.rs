@@ -127,7 +127,7 @@ fn reports_per_order(anomalies: Anomalies) -> f64 {
 }
 
 /// Sends the traffic and returns what happened.
-pub async fn send(traffic: Traffic, client: reqwest::Client, live: Arc<Live>) -> Sent {
+pub async fn send(traffic: Traffic, poster: Arc<crate::http::Poster>, live: Arc<Live>) -> Sent {
     let mut rng = fastrand::Rng::with_seed(traffic.seed);
     let per_order = reports_per_order(traffic.anomalies);
     let duration = traffic.shape.duration;
@@ -240,8 +240,7 @@ pub async fn send(traffic: Traffic, client: reqwest::Client, live: Arc<Live>) ->
         let in_window = at < duration;
         window_sent += u64::from(in_window);
         live.sent.fetch_add(1, Ordering::Relaxed);
-        let client = client.clone();
-        let url = format!("{}{}", traffic.target, wire.path);
+        let poster = poster.clone();
         let results = results_tx.clone();
         let live = live.clone();
         let compression = traffic.retry_compression;
@@ -250,13 +249,15 @@ pub async fn send(traffic: Traffic, client: reqwest::Client, live: Arc<Live>) ->
             let mut throttled = 0u64;
             let mut status;
             let mut attempt = 0usize;
+            let headers: Vec<(&'static str, &str)> = wire
+                .headers
+                .iter()
+                .map(|(name, value)| (*name, value.as_str()))
+                .collect();
+            let body = bytes::Bytes::from(wire.body);
             loop {
-                let mut builder = client.post(&url).body(wire.body.clone());
-                for (name, value) in &wire.headers {
-                    builder = builder.header(*name, value);
-                }
-                status = match builder.send().await {
-                    Ok(response) => response.status().as_u16(),
+                status = match poster.post(wire.path, &headers, body.clone()).await {
+                    Ok(answer) => answer.status,
                     Err(_) => 0,
                 };
                 if status != 429 || attempt >= RETRY_SCHEDULE.len() {
