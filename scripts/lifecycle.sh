@@ -9,7 +9,9 @@
 # Needs `cargo build --release -p orderhub-engine -p orderhub-loadgen` first.
 # Optional environment: METRICS_OUT (see the end), DATA_DIR (an existing data directory), ENGINE_EXTRA (TOML appended to
 # the engine's config), ENGINE_LOG (keep the engine's log there), ENGINE_WRAP (a command the
-# engine runs under, e.g. "valgrind --tool=callgrind"), REPORT (the JSON report's path).
+# engine runs under, e.g. "valgrind --tool=callgrind"), REPORT (the JSON report's path),
+# WALSTAT=1 (the engine never checkpoints; at the end scripts/walstat.py attributes every page
+# it wrote to the WAL to its table or index — keep ORDERS small, the WAL keeps everything).
 set -euo pipefail
 orders=${1:-20000}; batch=${2:-1}; shift $(( $# < 2 ? $# : 2 ))
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,6 +44,7 @@ data_dir=${DATA_DIR:-$work/data}
 engine_log=${ENGINE_LOG:-$work/engine.log}
 
 "$bin/loadgen" sinks --listen "127.0.0.1:$sinks_port" --latency 0ms..0ms > "$work/sinks.log" 2>&1 &
+if [ -n "${WALSTAT:-}" ]; then export ORDERHUB_DEBUG_WAL_AUTOCHECKPOINT=0; fi
 RUST_LOG=${ENGINE_RUST_LOG:-warn} ${ENGINE_WRAP:-} "$bin/orderhub" serve --config "$work/engine.toml" \
   --data-dir "$data_dir" --listen "127.0.0.1:$engine_port" > "$engine_log" 2>&1 &
 engine_pid=$!
@@ -55,5 +58,8 @@ done
 # METRICS_OUT=FILE keeps the engine's /metrics as they stood at the end of the run.
 if [ -n "${METRICS_OUT:-}" ]; then
   curl -fsS "http://127.0.0.1:$engine_port/metrics" > "$METRICS_OUT" || true
+fi
+if [ -n "${WALSTAT:-}" ]; then
+  python3 "$root/scripts/walstat.py" "$data_dir/orderhub.db" "$data_dir/orderhub.db-wal" $(( orders * 5 ))
 fi
 exit "${status:-0}"

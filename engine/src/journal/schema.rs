@@ -169,6 +169,23 @@ pub(crate) fn open_writer(dir: &Path) -> rusqlite::Result<Connection> {
     }
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
+    // A measurement aid (BENCHMARKS.md, scripts/walstat.py): `0` keeps every WAL frame so the
+    // pages a run wrote can be attributed to tables and indexes. Never in production: the WAL
+    // then grows without bound.
+    if let Ok(pages) = std::env::var("ORDERHUB_DEBUG_WAL_AUTOCHECKPOINT") {
+        match pages.parse::<i64>() {
+            Ok(pages) => {
+                tracing::warn!(
+                    pages,
+                    "ORDERHUB_DEBUG_WAL_AUTOCHECKPOINT is set: SQLite checkpoints only after this many WAL pages (0: never)"
+                );
+                conn.pragma_update(None, "wal_autocheckpoint", pages)?;
+            }
+            Err(_) => {
+                tracing::warn!(value = %pages, "ORDERHUB_DEBUG_WAL_AUTOCHECKPOINT is not a number of pages: ignored")
+            }
+        }
+    }
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // After a checkpoint the WAL is cut back to this size, so a burst of deletes during
