@@ -364,6 +364,9 @@ pub async fn run_with(args: RunArgs, credentials: Credentials) -> anyhow::Result
     });
     let poster = Arc::new(crate::http::Poster::new(&target, client.clone())?);
     let sent = send(traffic, poster, live).await;
+    // loadgen's own CPU while sending (the verification after it is not load), so a reader can
+    // tell the engine's limits from the load generator's.
+    let own = LoadgenUsage::since(own_before, sent.elapsed, sent.sent);
     if let Some(bar) = &progress {
         bar.finish_with_message(format!(
             "sent {} acked {}, verifying",
@@ -378,18 +381,6 @@ pub async fn run_with(args: RunArgs, credentials: Credentials) -> anyhow::Result
         verify_max: args.verify_max,
     };
     let verification = verify(&client, &checks, &sent.orders, &sent.intended_ms).await;
-    // loadgen's own CPU, so a reader can tell the engine's limits from the load generator's.
-    let own = match (sample_process(std::process::id()), own_before) {
-        (Some((_, _, after)), Some((_, _, before))) => {
-            let cpu_seconds = after - before;
-            Some(LoadgenUsage {
-                cpu_seconds,
-                cpu_cores: cpu_seconds / sent.elapsed.as_secs_f64().max(1e-9),
-                us_per_request: cpu_seconds * 1e6 / (sent.sent.max(1) as f64),
-            })
-        }
-        _ => None,
-    };
     let engine = match (args.engine_pid.and_then(sample_process), before) {
         (Some((rss, peak, cpu_after)), Some((_, _, cpu_before))) => Some(EngineUsage {
             rss_mib: rss,

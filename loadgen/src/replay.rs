@@ -82,6 +82,8 @@ pub struct ReplayReport {
     pub rate_achieved: f64,
     /// From each event's due time to its acknowledgement.
     pub ack_latency_ms: Latency,
+    /// loadgen's own CPU while replaying.
+    pub loadgen: Option<crate::report::LoadgenUsage>,
     /// Failed checks; empty when the replay passed.
     pub failures: Vec<String>,
 }
@@ -110,6 +112,9 @@ impl ReplayReport {
             l.p999,
             l.max
         );
+        if let Some(own) = &self.loadgen {
+            out.push_str(&own.line());
+        }
         if self.failures.is_empty() {
             out.push_str("PASSED\n");
         } else {
@@ -146,6 +151,7 @@ pub async fn replay(
         by_order.entry(event.order.clone()).or_default().push(event);
     }
     let orders = by_order.len();
+    let own_before = crate::report::sample_process(std::process::id());
     let start = Instant::now();
     let start_wall = crate::run::wall_ms();
     let permits = Arc::new(Semaphore::new(max_in_flight.max(1)));
@@ -222,6 +228,7 @@ pub async fn replay(
         rate_intended: total as f64 / duration.as_secs_f64(),
         rate_achieved: 0.0,
         ack_latency_ms: Latency::default(),
+        loadgen: None,
         failures: Vec::new(),
     };
     let mut last_ack = Duration::ZERO;
@@ -238,6 +245,8 @@ pub async fn replay(
                 .or_default() += 1;
         }
     }
+    let requests = report.acked + report.errors_by_status.values().sum::<u64>();
+    report.loadgen = crate::report::LoadgenUsage::since(own_before, start.elapsed(), requests);
     report.rate_achieved = report.acked as f64 / last_ack.max(duration).as_secs_f64();
     report.ack_latency_ms = Latency::from_histogram(&histogram, 0.001);
     let refused: u64 = report.errors_by_status.values().sum();

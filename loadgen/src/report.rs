@@ -56,12 +56,38 @@ pub struct EngineUsage {
 /// the test suite, both).
 #[derive(Clone, Debug, Serialize)]
 pub struct LoadgenUsage {
-    /// CPU seconds during the run (sending and verification).
+    /// CPU seconds while sending (the verification after it not counted).
     pub cpu_seconds: f64,
     /// Average cores busy.
     pub cpu_cores: f64,
     /// CPU microseconds per request sent.
     pub us_per_request: f64,
+}
+
+impl LoadgenUsage {
+    /// This process's CPU since `before` (a [`sample_process`] of it), over `elapsed` and
+    /// `requests`.
+    pub fn since(
+        before: Option<(f64, f64, f64)>,
+        elapsed: std::time::Duration,
+        requests: u64,
+    ) -> Option<LoadgenUsage> {
+        let (_, _, after) = sample_process(std::process::id())?;
+        let cpu_seconds = after - before?.2;
+        Some(LoadgenUsage {
+            cpu_seconds,
+            cpu_cores: cpu_seconds / elapsed.as_secs_f64().max(1e-9),
+            us_per_request: cpu_seconds * 1e6 / (requests.max(1) as f64),
+        })
+    }
+
+    /// The summary's line.
+    pub fn line(&self) -> String {
+        format!(
+            "loadgen   cpu {:.1}s ({:.2} cores), {:.0} µs per request\n",
+            self.cpu_seconds, self.cpu_cores, self.us_per_request
+        )
+    }
 }
 
 /// The failure a `--max-p99` bound gives, if the run's ack p99 is above it.
@@ -240,10 +266,7 @@ impl Report {
             ));
         }
         if let Some(own) = &self.loadgen {
-            out.push_str(&format!(
-                "loadgen   cpu {:.1}s ({:.2} cores), {:.0} µs per request\n",
-                own.cpu_seconds, own.cpu_cores, own.us_per_request
-            ));
+            out.push_str(&own.line());
         }
         if self.failures.is_empty() {
             out.push_str("PASSED\n");

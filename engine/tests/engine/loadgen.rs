@@ -307,6 +307,11 @@ async fn last_nights_traffic_exported_and_replayed_faster_gives_the_same_orders(
     eprintln!("{}", report.summary());
     assert!(report.failures.is_empty(), "{:?}", report.failures);
     assert_eq!((report.events, report.orders, report.acked), (9, 4, 9));
+    // Its own CPU is reported, as in every run.
+    let own = report.loadgen.as_ref().expect("loadgen's own CPU");
+    // (CPU time is counted in clock ticks: a run this short may show none.)
+    assert!(own.us_per_request >= 0.0 && own.cpu_seconds < 60.0, "{own:?}");
+    assert!(report.summary().contains("µs per request"));
     assert!(report.duration_s < 0.5, "{} s at 10x", report.duration_s);
     for (order, state) in [
         ("shop:0", "shipped"),
