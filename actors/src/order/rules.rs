@@ -1161,16 +1161,23 @@ fn default_payload(
     rule: &CompiledRule,
     computed: &Map<String, Json>,
 ) -> Json {
+    // Built by hand: `json!` would copy the contents twice more (it serializes every value it
+    // is given into a new one), and they are most of a payload's size.
     let mut fields = order.fields.clone();
     fields.extend(computed.clone());
-    serde_json::json!({
-        "order": order.key,
-        "operation": rule.spec.operation.clone().unwrap_or_else(|| state_name(order.state).to_owned()),
-        "state": state_name(order.state),
-        "previous_state": state_name(previous),
-        "seq": seq,
-        "fields": fields,
-    })
+    let operation = rule
+        .spec
+        .operation
+        .clone()
+        .unwrap_or_else(|| state_name(order.state).to_owned());
+    let mut payload = Map::with_capacity(6);
+    payload.insert("order".into(), Json::String(order.key.clone()));
+    payload.insert("operation".into(), Json::String(operation));
+    payload.insert("state".into(), state_name(order.state).into());
+    payload.insert("previous_state".into(), state_name(previous).into());
+    payload.insert("seq".into(), seq.into());
+    payload.insert("fields".into(), Json::Object(fields));
+    Json::Object(payload)
 }
 
 fn sample_order() -> Order {

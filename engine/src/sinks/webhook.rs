@@ -8,7 +8,8 @@ use orderhub_actors::dispatch::{DeliveryFuture, SinkConnector, SyncIntent};
 
 pub(crate) struct WebhookConnector {
     client: reqwest::Client,
-    url: String,
+    /// Parsed once: reqwest would parse a string (host name normalisation included) per send.
+    url: reqwest::Url,
     key: Option<WebhookKey>,
 }
 
@@ -19,21 +20,33 @@ impl WebhookConnector {
         secret: Option<String>,
     ) -> Result<Self, String> {
         let key = secret.as_deref().map(WebhookKey::parse).transpose()?;
+        let url = reqwest::Url::parse(&url).map_err(|e| format!("url {url:?}: {e}"))?;
         Ok(WebhookConnector { client, url, key })
     }
 }
 
-/// The JSON body of a sync.
+/// The JSON body of a sync, serialized from borrowed parts (`json!` would first copy the
+/// payload, the order's contents included, into a new value).
 pub(crate) fn body(sync: &SyncIntent, attempt: u32) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "id": sync.id,
-        "order": sync.order,
-        "sink": sync.sink,
-        "rule": sync.rule,
-        "seq": sync.seq,
-        "attempt": attempt,
-        "payload": sync.payload,
-    }))
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        id: &'a str,
+        order: &'a str,
+        sink: &'a str,
+        rule: &'a str,
+        seq: u64,
+        attempt: u32,
+        payload: &'a serde_json::Value,
+    }
+    serde_json::to_vec(&Body {
+        id: &sync.id,
+        order: &sync.order,
+        sink: &sync.sink,
+        rule: &sync.rule,
+        seq: sync.seq,
+        attempt,
+        payload: &sync.payload,
+    })
     .unwrap_or_default()
 }
 
@@ -43,7 +56,7 @@ impl SinkConnector for WebhookConnector {
         let timestamp = (super::unix_ms() / 1000).to_string();
         let mut request = self
             .client
-            .post(&self.url)
+            .post(self.url.clone())
             .header("content-type", "application/json")
             .header("webhook-id", &sync.id)
             .header("idempotency-key", &sync.id)

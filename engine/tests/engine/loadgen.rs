@@ -310,7 +310,10 @@ async fn last_nights_traffic_exported_and_replayed_faster_gives_the_same_orders(
     // Its own CPU is reported, as in every run.
     let own = report.loadgen.as_ref().expect("loadgen's own CPU");
     // (CPU time is counted in clock ticks: a run this short may show none.)
-    assert!(own.us_per_request >= 0.0 && own.cpu_seconds < 60.0, "{own:?}");
+    assert!(
+        own.us_per_request >= 0.0 && own.cpu_seconds < 60.0,
+        "{own:?}"
+    );
     assert!(report.summary().contains("µs per request"));
     assert!(report.duration_s < 0.5, "{} s at 10x", report.duration_s);
     for (order, state) in [
