@@ -412,6 +412,15 @@ pub(crate) async fn list_here(app: Arc<AppState>, raw: String) -> Response {
 /// the journal), the malformed messages of its batches (since start-up) and, for couriers,
 /// the scans still waiting for an order to report their waybill.
 pub(crate) async fn sources(State(app): State<Arc<AppState>>) -> Response {
+    match app.cluster.clone() {
+        Some(cluster) => forward::sources(app, cluster).await,
+        None => sources_here(app).await,
+    }
+}
+
+/// This node's own sources: its ingest's rejected messages and its journal's unmapped statuses
+/// and parked scans.
+pub(crate) async fn sources_here(app: Arc<AppState>) -> Response {
     let journal = app.journal.clone();
     let stored = tokio::task::spawn_blocking(move || {
         Ok::<_, crate::journal::JournalError>((

@@ -53,6 +53,7 @@ pub(crate) async fn answer(app: &Arc<AppState>, call: Call) -> Answer {
         Call::List { query } => super::list_here(app.clone(), query).await,
         Call::DeadLetters { query } => super::dead_letters_here(app.clone(), query).await,
         Call::Retry { row, operator } => super::retry_here(app, row.to_string(), operator).await,
+        Call::Sources => super::sources_here(app.clone()).await,
     };
     answer_of(response).await
 }
@@ -160,5 +161,186 @@ fn take(mut body: Value, field: &str) -> Vec<Value> {
     match body.get_mut(field).map(Value::take) {
         Some(Value::Array(items)) => items,
         _ => Vec::new(),
+    }
+}
+
+/// `GET /v1/sources` in cluster mode: every live node's view, merged per source. Pushes land on
+/// whichever node the load balancer picked (rejected messages are counted there) and events are
+/// journaled by their partition's owner (unmapped statuses, parked scans), so one node alone
+/// sees only its share. Nodes that did not answer are named under `incomplete`.
+pub(crate) async fn sources(app: Arc<AppState>, cluster: Cluster) -> Response {
+    let own = answer_of(super::sources_here(app.clone()).await).await;
+    if own.status != 200 {
+        return relay(own);
+    }
+    let timeout = app.config.server.query_timeout.0;
+    let others: Vec<String> = cluster
+        .live_members()
+        .into_iter()
+        .filter(|node| node != cluster.node())
+        .collect();
+    let calls = others
+        .iter()
+        .map(|node| cluster.call(node, &Call::Sources, timeout));
+    let answers = futures_util::future::join_all(calls).await;
+    let mut views = vec![(cluster.node().to_owned(), own.body)];
+    let mut incomplete = Vec::new();
+    for (node, answer) in others.iter().zip(answers) {
+        match answer {
+            Ok(answer) if answer.status == 200 => views.push((node.clone(), answer.body)),
+            Ok(answer) => incomplete.push(format!("{node}: answered {}", answer.status)),
+            Err(err) => incomplete.push(err.to_string()),
+        }
+    }
+    let mut body = merge_sources(views);
+    if !incomplete.is_empty() {
+        body["incomplete"] = incomplete.into();
+    }
+    Json(body).into_response()
+}
+
+/// Merges nodes' `GET /v1/sources` bodies: a source is `ready` when it is on every node (else
+/// `unavailable`, the reasons named by node); unmapped statuses and parked scans are summed
+/// (first and last times kept), rejected messages summed and their latest kept, newest first,
+/// each with the node that received it.
+pub(crate) fn merge_sources(views: Vec<(String, Value)>) -> Value {
+    use std::collections::BTreeMap;
+    let nodes: Vec<String> = views.iter().map(|(node, _)| node.clone()).collect();
+    let mut merged: BTreeMap<String, Value> = BTreeMap::new();
+    for (node, view) in views {
+        for source in take(view, "sources") {
+            let Some(name) = source["name"].as_str().map(str::to_owned) else {
+                continue;
+            };
+            let entry = merged.entry(name).or_insert_with(|| {
+                serde_json::json!({
+                    "name": source["name"], "kind": source["kind"], "status": "ready",
+                    "unmapped": [], "rejected": {"total": 0, "recent": []},
+                })
+            });
+            if source["status"] != "ready" {
+                entry["status"] = "unavailable".into();
+                let reason = format!(
+                    "{node}: {}",
+                    source["reason"].as_str().unwrap_or("unavailable")
+                );
+                entry["reason"] = match entry["reason"].as_str() {
+                    Some(earlier) => format!("{earlier}; {reason}").into(),
+                    None => reason.into(),
+                };
+            }
+            for status in source["unmapped"].as_array().into_iter().flatten() {
+                let unmapped = entry["unmapped"].as_array_mut().expect("built as an array");
+                match unmapped
+                    .iter_mut()
+                    .find(|u| u["raw_status"] == status["raw_status"])
+                {
+                    Some(known) => {
+                        let count = known["count"].as_u64().unwrap_or(0)
+                            + status["count"].as_u64().unwrap_or(0);
+                        known["count"] = count.into();
+                        if status["first_seen"].as_i64() < known["first_seen"].as_i64() {
+                            known["first_seen"] = status["first_seen"].clone();
+                        }
+                        if status["last_seen"].as_i64() > known["last_seen"].as_i64() {
+                            known["last_seen"] = status["last_seen"].clone();
+                            known["last_order"] = status["last_order"].clone();
+                        }
+                    }
+                    None => unmapped.push(status.clone()),
+                }
+            }
+            let rejected = &source["rejected"];
+            let total = entry["rejected"]["total"].as_u64().unwrap_or(0)
+                + rejected["total"].as_u64().unwrap_or(0);
+            entry["rejected"]["total"] = total.into();
+            for message in rejected["recent"].as_array().into_iter().flatten() {
+                let mut message = message.clone();
+                message["node"] = node.clone().into();
+                if let Some(recent) = entry["rejected"]["recent"].as_array_mut() {
+                    recent.push(message);
+                }
+            }
+            if let Some(parked) = source.get("parked_scans") {
+                let count = entry["parked_scans"]["count"].as_u64().unwrap_or(0)
+                    + parked["count"].as_u64().unwrap_or(0);
+                let oldest = match (
+                    entry["parked_scans"]["oldest_received_at"].as_i64(),
+                    parked["oldest_received_at"].as_i64(),
+                ) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                entry["parked_scans"] =
+                    serde_json::json!({ "count": count, "oldest_received_at": oldest });
+            }
+        }
+    }
+    let sources: Vec<Value> = merged
+        .into_values()
+        .map(|mut source| {
+            if let Some(recent) = source["rejected"]["recent"].as_array_mut() {
+                recent.sort_by_key(|m| std::cmp::Reverse(m["received_at"].as_i64().unwrap_or(0)));
+                recent.truncate(REJECTED_KEPT);
+            }
+            source
+        })
+        .collect();
+    serde_json::json!({ "sources": sources, "nodes": nodes })
+}
+
+/// Rejected messages kept per source in a merged view (as each node keeps).
+const REJECTED_KEPT: usize = 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_of_every_node_are_merged() {
+        let a = serde_json::json!({"sources": [
+            {"name": "events", "kind": "push", "status": "ready", "unmapped": [],
+             "rejected": {"total": 1, "recent": [{"received_at": 5, "error": "x"}]}},
+            {"name": "youzan", "kind": "push", "status": "ready",
+             "unmapped": [{"raw_status": "WAIT_GROUP", "count": 2, "first_seen": 10, "last_seen": 20, "last_order": "youzan:1"}],
+             "rejected": {"total": 0, "recent": []}, "parked_scans": {"count": 1, "oldest_received_at": 7}},
+        ]});
+        let b = serde_json::json!({"sources": [
+            {"name": "events", "kind": "push", "status": "unavailable", "reason": "no secret", "unmapped": [],
+             "rejected": {"total": 2, "recent": [{"received_at": 9, "error": "y"}, {"received_at": 1, "error": "z"}]}},
+            {"name": "youzan", "kind": "push", "status": "ready",
+             "unmapped": [{"raw_status": "WAIT_GROUP", "count": 3, "first_seen": 5, "last_seen": 30, "last_order": "youzan:2"},
+                          {"raw_status": "OTHER", "count": 1, "first_seen": 8, "last_seen": 8, "last_order": "youzan:3"}],
+             "rejected": {"total": 0, "recent": []}, "parked_scans": {"count": 2, "oldest_received_at": 3}},
+        ]});
+        let merged = merge_sources(vec![("a".into(), a), ("b".into(), b)]);
+        assert_eq!(merged["nodes"], serde_json::json!(["a", "b"]));
+        let events = &merged["sources"][0];
+        assert_eq!(events["status"], "unavailable");
+        assert_eq!(events["reason"], "b: no secret");
+        assert_eq!(events["rejected"]["total"], 3);
+        let recent: Vec<(i64, &str)> = events["rejected"]["recent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["received_at"].as_i64().unwrap(),
+                    m["node"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(recent, vec![(9, "b"), (5, "a"), (1, "b")]);
+        let youzan = &merged["sources"][1];
+        assert_eq!(youzan["status"], "ready");
+        assert_eq!(
+            youzan["unmapped"][0],
+            serde_json::json!({"raw_status": "WAIT_GROUP", "count": 5, "first_seen": 5, "last_seen": 30, "last_order": "youzan:2"})
+        );
+        assert_eq!(youzan["unmapped"][1]["raw_status"], "OTHER");
+        assert_eq!(
+            youzan["parked_scans"],
+            serde_json::json!({"count": 3, "oldest_received_at": 3})
+        );
     }
 }

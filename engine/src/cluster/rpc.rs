@@ -27,6 +27,9 @@ pub enum Call {
         /// The raw query string.
         query: String,
     },
+    /// `GET /v1/sources` as the callee sees it: its own ingest (rejected messages) and its
+    /// journal (unmapped statuses, parked courier scans).
+    Sources,
     /// `POST /v1/dispatch/dead-letters/{row}/retry` of a dead letter in the callee's outbox.
     Retry {
         /// The callee's row.
