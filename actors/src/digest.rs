@@ -26,6 +26,9 @@ pub enum Warning {
     DeadLettered,
     /// Systems contradict each other about an order (grouped by kind).
     Disagreement,
+    /// Ingest answered 503 because the journal (or, in cluster mode, JetStream) could not take
+    /// an append (grouped by source; the examples are the errors).
+    AppendFailed,
 }
 
 /// One line of a flush.
@@ -88,6 +91,10 @@ pub fn flush(interval_s: u64) -> Vec<Summary> {
             Warning::DeadLettered => tracing::warn!(
                 sink = group, count, examples = %examples, interval_s,
                 "syncs dead-lettered (GET /v1/dispatch/dead-letters)"
+            ),
+            Warning::AppendFailed => tracing::warn!(
+                source = group, count, examples = %examples, interval_s,
+                "pushes answered 503 with Retry-After: their events could not be journaled"
             ),
         }
     }

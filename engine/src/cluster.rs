@@ -328,8 +328,22 @@ impl Cluster {
             acks.push(self.publish(subject, event, id).await?);
         }
         let mut outcomes = Vec::with_capacity(acks.len());
-        for (ack, parked) in acks.into_iter().zip(&parked) {
-            let ack = ack.await.map_err(publish_error)?;
+        for ((ack, parked), event) in acks.into_iter().zip(&parked).zip(&events) {
+            let ack = match ack.await {
+                Ok(ack) => ack,
+                // A duplicate delivery racing its original (both in flight, e.g. a platform's
+                // retry arriving on another node): JetStream answers "in process" until the
+                // original is stored, then "duplicate".
+                Err(err) if in_process(&err) => {
+                    let subject = match (parked, scans::waybill_of(event)) {
+                        (true, Some(waybill)) => scans::parked_subject(waybill),
+                        _ => subject_of(partition_of(&event.order, partitions)),
+                    };
+                    let id = format!("{}:{}", event.source, event.source_event_id);
+                    self.publish_settled(subject, event, id).await?
+                }
+                Err(err) => return Err(publish_error(err)),
+            };
             outcomes.push(if ack.duplicate {
                 AppendOutcome::Duplicate
             } else if *parked {
@@ -358,6 +372,33 @@ impl Cluster {
         }
         metrics::histogram!(t::CLUSTER_PUBLISH_LATENCY).record(started.elapsed().as_secs_f64());
         Ok(outcomes)
+    }
+
+    /// Publishes `event` again while JetStream says a message with its id is still in
+    /// process (a bounded wait: a few PubAck timeouts at most); its PubAck.
+    async fn publish_settled(
+        &self,
+        subject: String,
+        event: &OrderEvent,
+        id: String,
+    ) -> Result<jetstream::publish::PublishAck, JournalError> {
+        let mut wait = Duration::from_millis(5);
+        for _ in 0..IN_PROCESS_RETRIES {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(200));
+            match self
+                .publish(subject.clone(), event, id.clone())
+                .await?
+                .await
+            {
+                Ok(ack) => return Ok(ack),
+                Err(err) if in_process(&err) => continue,
+                Err(err) => return Err(publish_error(err)),
+            }
+        }
+        Err(JournalError::CommitFailed(format!(
+            "JetStream kept answering that message {id} is in process"
+        )))
     }
 
     /// Sends one event; the returned future resolves with its PubAck.
@@ -413,6 +454,23 @@ impl Inner {
             .get(&partition)
             .is_some_and(|held| held.valid_until > Instant::now())
     }
+}
+
+/// Attempts at a message JetStream says is in process (with the waits doubling from 5 ms to
+/// 200 ms: about 4 s in all).
+const IN_PROCESS_RETRIES: usize = 25;
+
+/// Whether JetStream refused a publish because a message with the same `Nats-Msg-Id` is still
+/// being stored (error code 10158): published again once it is, it is acknowledged as a
+/// duplicate.
+fn in_process(error: &jetstream::context::PublishError) -> bool {
+    use std::error::Error as _;
+    error
+        .source()
+        .and_then(|source| source.downcast_ref::<jetstream::Error>())
+        .is_some_and(|error| {
+            error.error_code() == jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
+        })
 }
 
 fn publish_error(error: jetstream::context::PublishError) -> JournalError {
@@ -546,5 +604,27 @@ impl OrderStore for ClusterStore {
 
     fn record(&self, update: OrderUpdate) {
         self.cluster.inner.journal.record(update);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+
+    fn answered(json: &str) -> PublishError {
+        let error: jetstream::Error = serde_json::from_str(json).unwrap();
+        PublishError::with_source(PublishErrorKind::Other, error)
+    }
+
+    #[test]
+    fn a_message_id_still_in_process_is_told_from_other_publish_errors() {
+        assert!(in_process(&answered(
+            r#"{"code":409,"err_code":10158,"description":"duplicate message id is in process"}"#
+        )));
+        assert!(!in_process(&answered(
+            r#"{"code":503,"err_code":10008,"description":"JetStream system temporarily unavailable"}"#
+        )));
+        assert!(!in_process(&PublishError::new(PublishErrorKind::TimedOut)));
     }
 }

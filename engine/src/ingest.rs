@@ -780,11 +780,10 @@ pub(crate) async fn journal_events(
         .iter()
         .map(|e| e.action == EventAction::Unmapped)
         .collect();
-    let outcomes = app.append(events).await.map_err(|e| match e {
-        JournalError::Full => IngestError::Throttled("journal queue is full"),
-        JournalError::Closed => IngestError::ShuttingDown,
-        other => IngestError::Journal(other.to_string()),
-    })?;
+    let outcomes = app
+        .append(events)
+        .await
+        .map_err(|e| append_error(source, e))?;
     let count = |wanted: fn(&AppendOutcome) -> bool| outcomes.iter().filter(|o| wanted(o)).count();
     let appended = count(|o| matches!(o, AppendOutcome::Appended(_)));
     let parked = count(|o| matches!(o, AppendOutcome::Parked));
@@ -809,6 +808,24 @@ pub(crate) async fn journal_events(
     })
 }
 
+/// What a failed append answers; one that is neither back-pressure nor a shutdown is noted
+/// for the periodic warning (an SRE sees why pushes got 503, not only that they did).
+fn append_error(source: &str, error: JournalError) -> IngestError {
+    match error {
+        JournalError::Full => IngestError::Throttled("journal queue is full"),
+        JournalError::Closed => IngestError::ShuttingDown,
+        other => {
+            let reason = other.to_string();
+            orderhub_actors::digest::note(
+                orderhub_actors::digest::Warning::AppendFailed,
+                source,
+                &reason,
+            );
+            IngestError::Journal(reason)
+        }
+    }
+}
+
 /// Journals order-detail answers (source `{channel}_api`). Unlike a push they are not held
 /// back by the sync backlog: the backlog may be the fetches themselves, which finish only by
 /// journaling their answers.
@@ -820,11 +837,10 @@ pub(crate) async fn journal_answers(
     if app.router.pending_events() > app.config.journal.max_pending_events {
         return Err(IngestError::Throttled("order actors are behind"));
     }
-    let outcomes = app.append(events).await.map_err(|e| match e {
-        JournalError::Full => IngestError::Throttled("journal queue is full"),
-        JournalError::Closed => IngestError::ShuttingDown,
-        other => IngestError::Journal(other.to_string()),
-    })?;
+    let outcomes = app
+        .append(events)
+        .await
+        .map_err(|e| append_error(source, e))?;
     let appended = outcomes
         .iter()
         .filter(|o| matches!(o, AppendOutcome::Appended(_)))
@@ -888,6 +904,20 @@ pub fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, In
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_append_is_a_503_with_its_reason_and_a_full_journal_a_429() {
+        let failed = append_error(
+            "events",
+            JournalError::CommitFailed("no PubAck from JetStream within 10s".into()),
+        );
+        assert_eq!(failed.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(failed.to_string().contains("no PubAck"), "{failed}");
+        let full = append_error("events", JournalError::Full);
+        assert_eq!(full.status(), StatusCode::TOO_MANY_REQUESTS);
+        let closing = append_error("events", JournalError::Closed);
+        assert_eq!(closing.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
 
     #[tokio::test]
     async fn a_panicking_handler_is_answered_500_and_counted_as_panic() {
