@@ -786,7 +786,12 @@ async fn until_held(inner: &Inner, partition: u32, stopped: &mut watch::Receiver
             return true;
         }
         tokio::select! {
-            _ = stopped.changed() => {}
+            changed = stopped.changed() => {
+                if changed.is_err() {
+                    // The membership loop is gone (the engine is stopping): so is the lease.
+                    return false;
+                }
+            }
             () = tokio::time::sleep(Duration::from_millis(20)) => {}
         }
     }
