@@ -111,22 +111,10 @@ where
     if own.status != 200 {
         return relay(own);
     }
-    let timeout = app.config.server.query_timeout.0;
-    let others: Vec<String> = cluster
-        .live_members()
-        .into_iter()
-        .filter(|node| node != cluster.node())
-        .collect();
-    let calls = others.iter().map(|node| cluster.call(node, &call, timeout));
-    let answers = futures_util::future::join_all(calls).await;
+    let (answers, incomplete) = ask_others(app, cluster, &call).await;
     let mut items: Vec<Value> = take(own.body, field);
-    let mut incomplete = Vec::new();
-    for (node, answer) in others.iter().zip(answers) {
-        match answer {
-            Ok(answer) if answer.status == 200 => items.extend(take(answer.body, field)),
-            Ok(answer) => incomplete.push(format!("{node}: answered {}", answer.status)),
-            Err(err) => incomplete.push(err.to_string()),
-        }
+    for (_, body) in answers {
+        items.extend(take(body, field));
     }
     let age = |item: &Value| {
         item.get("state_since")
@@ -145,6 +133,32 @@ where
         body["incomplete"] = incomplete.into();
     }
     Json(body).into_response()
+}
+
+/// Asks every other live node `call` at once: the bodies of those that answered 200, by node,
+/// and what kept the others from it (for `incomplete`).
+async fn ask_others(
+    app: &AppState,
+    cluster: &Cluster,
+    call: &Call,
+) -> (Vec<(String, Value)>, Vec<String>) {
+    let timeout = app.config.server.query_timeout.0;
+    let others: Vec<String> = cluster
+        .live_members()
+        .into_iter()
+        .filter(|node| node != cluster.node())
+        .collect();
+    let calls = others.iter().map(|node| cluster.call(node, call, timeout));
+    let answers = futures_util::future::join_all(calls).await;
+    let (mut bodies, mut incomplete) = (Vec::new(), Vec::new());
+    for (node, answer) in others.into_iter().zip(answers) {
+        match answer {
+            Ok(answer) if answer.status == 200 => bodies.push((node, answer.body)),
+            Ok(answer) => incomplete.push(format!("{node}: answered {}", answer.status)),
+            Err(err) => incomplete.push(err.to_string()),
+        }
+    }
+    (bodies, incomplete)
 }
 
 async fn answer_of(response: Response) -> Answer {
@@ -173,25 +187,9 @@ pub(crate) async fn sources(app: Arc<AppState>, cluster: Cluster) -> Response {
     if own.status != 200 {
         return relay(own);
     }
-    let timeout = app.config.server.query_timeout.0;
-    let others: Vec<String> = cluster
-        .live_members()
-        .into_iter()
-        .filter(|node| node != cluster.node())
-        .collect();
-    let calls = others
-        .iter()
-        .map(|node| cluster.call(node, &Call::Sources, timeout));
-    let answers = futures_util::future::join_all(calls).await;
+    let (answers, incomplete) = ask_others(&app, &cluster, &Call::Sources).await;
     let mut views = vec![(cluster.node().to_owned(), own.body)];
-    let mut incomplete = Vec::new();
-    for (node, answer) in others.iter().zip(answers) {
-        match answer {
-            Ok(answer) if answer.status == 200 => views.push((node.clone(), answer.body)),
-            Ok(answer) => incomplete.push(format!("{node}: answered {}", answer.status)),
-            Err(err) => incomplete.push(err.to_string()),
-        }
-    }
+    views.extend(answers);
     let mut body = merge_sources(views);
     if !incomplete.is_empty() {
         body["incomplete"] = incomplete.into();
