@@ -229,6 +229,9 @@ catalogue! {
     /// Publish latency.
     CLUSTER_PUBLISH_LATENCY = "orderhub_cluster_publish_seconds", Histogram, Seconds, [],
         "Time from publishing an ingest request's events to JetStream until every PubAck (a quorum holds them).";
+    /// Partition snapshots.
+    CLUSTER_SNAPSHOTS = "orderhub_cluster_snapshots_total", Counter, Count, ["outcome"],
+        "Partition snapshots this node wrote to the orderhub_snapshots object store (written), rebuilt a partition it never held from (restored), or could not write or read (failed: a partition that cannot be restored is replayed from the stream).";
     /// Consumer lag.
     CLUSTER_CONSUMER_LAG = "orderhub_cluster_consumer_lag", Gauge, Count, [],
         "Events in this node's partitions not yet applied (from the stream consumers' pending counts).";

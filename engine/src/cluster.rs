@@ -16,6 +16,7 @@ mod placement;
 pub mod rpc;
 pub mod scans;
 pub mod settled;
+pub mod snapshot;
 
 pub(crate) use placement::partition_of;
 
@@ -114,6 +115,8 @@ pub(crate) struct Inner {
     /// The waybills bucket's stream, for reads from its leader.
     pub(crate) waybills_stream: stream::Stream,
     pub(crate) syncs: kv::Store,
+    /// Partition snapshots (see `snapshot`).
+    pub(crate) snapshots: async_nats::jetstream::object_store::ObjectStore,
     /// Partitions this node holds: lease revision (fencing token) and until when it is safe to
     /// act on it without a renewal.
     pub(crate) owned: DashMap<u32, membership::Held>,
@@ -190,6 +193,7 @@ impl Cluster {
                 reason: e.to_string(),
             })?;
         let syncs = open_bucket(&js, durable(settled::SYNCS_BUCKET)).await?;
+        let snapshots = snapshot::open_bucket(&js, config.replicas).await?;
         // Until the first heartbeat round, count this node among the members already there.
         let mut known = match members.keys().await {
             Ok(keys) => {
@@ -214,6 +218,7 @@ impl Cluster {
                 waybills,
                 waybills_stream,
                 syncs,
+                snapshots,
                 owned: DashMap::new(),
                 lag: DashMap::new(),
                 joined: AtomicBool::new(false),

@@ -376,6 +376,11 @@ pub struct ClusterConfig {
     /// a dead node's partitions move.
     #[serde(default = "default_lease_ttl")]
     pub lease_ttl: HumanDuration,
+    /// How often the owner of a partition writes its snapshot (the partition's orders' events
+    /// and stream position) to the `orderhub_snapshots` object store, from which a node taking
+    /// a partition it never held rebuilds it instead of replaying the whole stream.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: HumanDuration,
 }
 
 fn default_node() -> String {
@@ -397,6 +402,9 @@ fn default_replicas() -> usize {
 }
 fn default_lease_ttl() -> HumanDuration {
     HumanDuration(Duration::from_secs(6))
+}
+fn default_snapshot_every() -> HumanDuration {
+    HumanDuration(Duration::from_secs(300))
 }
 
 /// One `[[rules]]` entry: the actors' rule spec, read as configured.
@@ -671,6 +679,9 @@ impl Config {
         }
         if cluster.lease_ttl.0 < Duration::from_secs(1) {
             return Err(self.invalid("cluster.lease_ttl".into(), "must be at least 1s"));
+        }
+        if cluster.snapshot_every.0 < Duration::from_secs(1) {
+            return Err(self.invalid("cluster.snapshot_every".into(), "must be at least 1s"));
         }
         Ok(())
     }
@@ -973,6 +984,25 @@ mod tests {
         assert_eq!(config.inactive_rules().len(), 4, "no sinks by default");
         assert_eq!(config.actors.shards, 16);
         assert!(config.sources.contains_key("douyin") && config.sources.contains_key("events"));
+    }
+
+    #[test]
+    fn cluster_snapshots_default_to_every_five_minutes_and_refuse_less_than_a_second() {
+        let nats = "[cluster]\nnats = [\"nats://127.0.0.1:4222\"]\nnode = \"a\"\n";
+        let cluster = user(nats).unwrap().cluster.unwrap();
+        assert_eq!(cluster.snapshot_every.0, Duration::from_secs(300));
+        let cluster = user(&format!("{nats}snapshot_every = \"30s\"\n"))
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(cluster.snapshot_every.0, Duration::from_secs(30));
+        let error = user(&format!("{nats}snapshot_every = \"500ms\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("cluster.snapshot_every") && error.contains("at least 1s"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -501,6 +501,21 @@ impl Journal {
         self.inner.reader.parked_scans()
     }
 
+    /// The journal's data directory.
+    pub fn dir(&self) -> &Path {
+        self.inner.reader.dir()
+    }
+
+    /// In one read transaction: the meta values `names`, then every event in journal order as
+    /// (order key, body JSON) — what a cluster partition's snapshot is made of. Blocking.
+    pub fn scan_events(
+        &self,
+        names: &[String],
+        visit: &mut dyn FnMut(&str, &str) -> Result<(), JournalError>,
+    ) -> Result<Vec<Option<i64>>, JournalError> {
+        self.inner.reader.scan_events(names, visit)
+    }
+
     /// A named value of the meta table (a poller's cursor), if set.
     pub fn meta(&self, name: &str) -> Result<Option<i64>, JournalError> {
         self.inner.reader.meta(name)

@@ -150,6 +150,10 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
         tokio::spawn(watch_bucket(inner.leases.clone(), changed.clone())),
     ];
     let tick = inner.config.lease_ttl.0 / 3;
+    let snapshots = tokio::spawn(super::snapshot::keep_writing(
+        inner.clone(),
+        stopped.clone(),
+    ));
     let me = Heartbeat::of_this_process(&inner.config.node);
     let mut node = Node {
         inner,
@@ -173,6 +177,7 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
             for watcher in &watchers {
                 watcher.abort();
             }
+            snapshots.abort();
             let _ = stopped.changed().await;
             return;
         }
@@ -188,6 +193,8 @@ async fn run(inner: Arc<Inner>, mut stopped: watch::Receiver<bool>) {
     for watcher in watchers {
         watcher.abort();
     }
+    // A snapshot being uploaded is left unfinished (the bucket keeps the previous one).
+    snapshots.abort();
     node.leave().await;
 }
 
@@ -646,6 +653,7 @@ impl Node {
 async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<bool>) {
     let position = position_key(partition);
     let mut backoff = Duration::from_millis(100);
+    let mut restore_tried = false;
     'consumer: loop {
         if !until_held(&inner, partition, &mut stopped).await {
             return;
@@ -656,7 +664,7 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
             tokio::task::spawn_blocking(move || journal.meta(&name).map_err(|e| e.to_string()))
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()));
-        let applied = match read {
+        let mut applied = match read {
             Ok(value) => value.unwrap_or(0).max(0) as u64,
             Err(err) => {
                 tracing::error!(partition, error = %err, "cannot read a partition's position");
@@ -664,6 +672,45 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
                 continue;
             }
         };
+        // A partition this node never held is rebuilt from its snapshot, if there is one; so
+        // is one whose events after this node's position have aged out of the stream since it
+        // last held it.
+        if !restore_tried {
+            restore_tried = true;
+            let first = inner
+                .stream
+                .clone()
+                .info()
+                .await
+                .map(|info| info.state.first_sequence)
+                .unwrap_or(0);
+            let gap = applied > 0 && first > applied + 1;
+            if gap {
+                tracing::warn!(
+                    partition,
+                    applied,
+                    first,
+                    "the stream no longer holds every event after this partition's position (aged out while this node did not hold it): restoring the partition's snapshot"
+                );
+            }
+            if applied == 0 || gap {
+                match restore(&inner, partition, &position, applied, &mut stopped).await {
+                    Restored::At(at) => applied = at,
+                    Restored::Nothing => {}
+                    Restored::Stop => return,
+                }
+            }
+            if first > applied + 1 {
+                tracing::warn!(
+                    partition,
+                    applied,
+                    first,
+                    "stream sequences {} to {} are gone (stream max_age) and no snapshot covers them: any of this partition's events among them is unknown to this node (keep the stream's max_age well above cluster.snapshot_every)",
+                    applied + 1,
+                    first - 1
+                );
+            }
+        }
         let consumer = inner
             .stream
             .create_consumer(pull::OrderedConfig {
@@ -694,7 +741,6 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
         backoff = Duration::from_millis(100);
         // An ordered consumer that recreates itself before delivering anything starts over
         // from the stream's beginning: what is already applied is skipped here.
-        let mut applied = applied;
         loop {
             let chunk = tokio::select! {
                 _ = stopped.changed() => return,
@@ -771,6 +817,77 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
             applied = last;
         }
     }
+}
+
+/// What restoring a partition from its snapshot came to.
+enum Restored {
+    /// Applied up to this stream sequence.
+    At(u64),
+    /// No snapshot (or none readable): replay the partition from the stream.
+    Nothing,
+    /// The applier must stop.
+    Stop,
+}
+
+/// Rebuilds `partition` in the local journal from its snapshot, if the snapshot is past
+/// `applied`: appends the snapshot's events (a chunk at a time, each while the lease is held;
+/// those already journaled are duplicates) and then commits its position.
+async fn restore(
+    inner: &Inner,
+    partition: u32,
+    position: &str,
+    applied: u64,
+    stopped: &mut watch::Receiver<bool>,
+) -> Restored {
+    let started = Instant::now();
+    let mut attempt = 0;
+    let snapshot = loop {
+        attempt += 1;
+        let fetched = tokio::select! {
+            _ = stopped.changed() => return Restored::Stop,
+            fetched = super::snapshot::fetch(&inner.snapshots, partition, inner.config.partitions) => fetched,
+        };
+        match fetched {
+            Ok(Some(snapshot)) if snapshot.position > applied => break snapshot,
+            Ok(_) => return Restored::Nothing,
+            Err(err) if attempt < super::snapshot::ATTEMPTS => {
+                tracing::warn!(partition, attempt, error = %err, "cannot read the partition's snapshot; trying again");
+                tokio::time::sleep(super::snapshot::RETRY_AFTER).await;
+            }
+            Err(err) => {
+                metrics::counter!(t::CLUSTER_SNAPSHOTS, "outcome" => "failed").increment(1);
+                tracing::error!(partition, error = %err, "cannot read the partition's snapshot; replaying the partition from the stream instead");
+                return Restored::Nothing;
+            }
+        }
+    };
+    let events = snapshot.events.len();
+    for chunk in snapshot.events.chunks(APPLY_CHUNK) {
+        if !until_held(inner, partition, stopped).await {
+            return Restored::Stop;
+        }
+        let append = || inner.journal.append(chunk.to_vec());
+        if !until_done(inner, partition, stopped, "restore snapshot", append).await {
+            return Restored::Stop;
+        }
+    }
+    // The waybills the events report are in the shared waybills bucket already (their first
+    // owner indexed them).
+    let at = snapshot.position as i64;
+    let commit = || inner.journal.append_at(Vec::new(), position, at);
+    if !until_done(inner, partition, stopped, "commit position", commit).await {
+        return Restored::Stop;
+    }
+    metrics::counter!(t::CLUSTER_SNAPSHOTS, "outcome" => "restored").increment(1);
+    tracing::info!(
+        partition,
+        position = snapshot.position,
+        events,
+        from = %snapshot.node,
+        took_ms = started.elapsed().as_millis() as u64,
+        "partition restored from its snapshot; consuming the stream after it"
+    );
+    Restored::At(snapshot.position)
 }
 
 /// Waits while `partition`'s lease is unconfirmed (its validity lapsed, the renewal not yet

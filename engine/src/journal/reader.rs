@@ -97,6 +97,44 @@ impl ReadPool {
         result
     }
 
+    /// The journal's data directory.
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// In one read transaction: the meta values `names`, then every event in journal order,
+    /// each passed to `visit` as (order key, body). An event committed before a value it was
+    /// committed with is therefore always visited (a partition snapshot's events cover its
+    /// position).
+    pub(crate) fn scan_events(
+        &self,
+        names: &[String],
+        visit: &mut dyn FnMut(&str, &str) -> Result<(), JournalError>,
+    ) -> Result<Vec<Option<i64>>, JournalError> {
+        self.with(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            let mut values = Vec::with_capacity(names.len());
+            for name in names {
+                values.push(
+                    tx.prepare_cached("SELECT value FROM meta WHERE name = ?1")?
+                        .query_row([name], |row| row.get(0))
+                        .optional()?,
+                );
+            }
+            {
+                let mut stmt = tx.prepare("SELECT order_key, body FROM events ORDER BY seq")?;
+                let mut rows = stmt.query([])?;
+                while let Some(row) = rows.next()? {
+                    let order = row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
+                    let body = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+                    visit(order, body)?;
+                }
+            }
+            tx.commit()?;
+            Ok(values)
+        })
+    }
+
     /// Every event of `order` in journal order.
     pub(crate) fn events_of(&self, order: &str) -> Result<Vec<JournaledEvent>, JournalError> {
         self.with(|conn| load_events(conn, order))

@@ -233,6 +233,154 @@ async fn one_node_publishes_owns_every_partition_and_applies_in_order() {
     );
 }
 
+/// Asks `engine` for `path` until `check` holds (30 s at most: partitions move and are
+/// restored in the meantime); the last answer.
+async fn patiently(engine: &TestEngine, path: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let (status, body) = engine.get(path).await;
+        if status == 200 && check(&body) {
+            return body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{path} never satisfied the check; last answer {status}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn post_ok(engine: &TestEngine, id: String, order: usize, status: &str) {
+    let body = canonical(&id, &format!("shop:{order}"), "wms", status, now_ms());
+    let (code, answer) = engine.post_events(&body).await;
+    assert_eq!(code, 200, "{answer}");
+}
+
+/// A node taking partitions it never held rebuilds them from the snapshots their owner wrote
+/// and consumes the stream after them. Proven with the stream purged in between: what came
+/// before the purge is then known only to the snapshots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_owner_rebuilds_its_partitions_from_their_snapshots() {
+    let Some(binary) = nats_or_skip() else {
+        return;
+    };
+    let _one_at_a_time = IN_PROCESS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&binary, 1, dir.path());
+    const PARTITIONS: u32 = 4;
+    const ORDERS: usize = 12;
+    let toml = |node: &str| {
+        format!(
+            "sla = []\n[server]\nshutdown_grace = \"10s\"\n{}snapshot_every = \"1s\"\n",
+            cluster_toml(&nats.urls, node, PARTITIONS, 1)
+        )
+    };
+    let a = TestEngine::start(&toml("a"), &dir.path().join("a")).await;
+    patiently(&a, "/readyz", |_| true).await;
+    for order in 0..ORDERS {
+        post_ok(&a, format!("s-{order}-paid"), order, "paid").await;
+        post_ok(&a, format!("s-{order}-allocated"), order, "allocated").await;
+    }
+    for order in 0..ORDERS {
+        patiently(&a, &format!("/v1/orders/shop:{order}"), |body| {
+            body["state"] == "allocated"
+        })
+        .await;
+    }
+
+    // Wait for every partition's snapshot to cover its last event, then purge the stream.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.urls[0].as_str()).await.unwrap());
+    let mut stream = js
+        .get_stream(orderhub_engine::cluster::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let snapshots = js
+        .get_object_store(orderhub_engine::cluster::snapshot::SNAPSHOTS_BUCKET)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for partition in 0..PARTITIONS {
+        let Ok(last) = stream
+            .get_last_raw_message_by_subject(&format!("orderhub.events.{partition}"))
+            .await
+        else {
+            continue;
+        };
+        loop {
+            let position = match snapshots.info(&format!("p{partition}")).await {
+                Ok(info) => info.metadata["position"].parse::<u64>().unwrap(),
+                Err(_) => 0,
+            };
+            if position >= last.sequence {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "partition {partition}'s snapshot never reached sequence {}",
+                last.sequence
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    stream.purge().await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+
+    // After the purge: the next step of every order, and a few new orders.
+    for order in 0..ORDERS {
+        post_ok(&a, format!("s-{order}-packed"), order, "packed").await;
+    }
+    for order in ORDERS..ORDERS + 4 {
+        post_ok(&a, format!("s-{order}-paid"), order, "paid").await;
+    }
+    for order in 0..ORDERS {
+        patiently(&a, &format!("/v1/orders/shop:{order}"), |body| {
+            body["state"] == "packed"
+        })
+        .await;
+    }
+
+    // Node b joins on an empty data directory and a leaves: b now owns every partition.
+    let b = TestEngine::start(&toml("b"), &dir.path().join("b")).await;
+    patiently(&b, "/readyz", |_| true).await;
+    a.stop().await;
+    for order in 0..ORDERS {
+        let body = patiently(&b, &format!("/v1/orders/shop:{order}"), |body| {
+            body["state"] == "packed" && body["timeline"].as_array().is_some_and(|t| t.len() == 3)
+        })
+        .await;
+        let statuses: Vec<&str> = body["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| entry["raw_status"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(statuses, ["paid", "allocated", "packed"], "{body}");
+    }
+    for order in ORDERS..ORDERS + 4 {
+        patiently(&b, &format!("/v1/orders/shop:{order}"), |body| {
+            body["state"] == "paid"
+        })
+        .await;
+    }
+    let metrics = b.metrics().await;
+    assert_eq!(
+        sample(&metrics, "orderhub_cluster_partitions_owned", &[]),
+        Some(f64::from(PARTITIONS)),
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            &metrics,
+            "orderhub_cluster_snapshots_total",
+            &[("outcome", "restored")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{metrics}"
+    );
+    b.stop().await;
+}
+
 /// Courier scans naming no order, on two nodes: the scans arrive on one before any order has
 /// reported their waybill, wait in the stream, and reach the order (whichever node owns it)
 /// once the warehouse reports the waybill on the other.
