@@ -18,7 +18,7 @@ pub mod scans;
 pub mod settled;
 pub mod snapshot;
 
-pub(crate) use placement::partition_of;
+pub use placement::partition_of;
 
 use crate::config::ClusterConfig;
 use crate::journal::{AppendOutcome, Journal, JournalError};
@@ -438,7 +438,6 @@ impl Cluster {
             inner: connector,
             settled: self.inner.syncs.clone(),
             owns: Arc::new(move |order| cluster.owns_order(order)),
-            wait_for_owner: self.inner.config.lease_ttl.0,
         })
     }
 

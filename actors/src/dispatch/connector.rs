@@ -69,4 +69,13 @@ pub trait SinkConnector: Send + Sync + 'static {
     fn settled(&self, _sync: &SyncIntent) -> Option<SettledFuture> {
         None
     }
+
+    /// Whether `order`'s syncs are another node's to send now (cluster mode: its partition's
+    /// lease is held elsewhere, or by nobody yet). The dispatcher then sends none of them —
+    /// the partition's owner re-decides them with the same keys — and only asks
+    /// [`SinkConnector::settled`] now and then, to let go of those the owner settled; they go
+    /// out from here again only if the partition comes back. `false` (the default): never.
+    fn defers(&self, _order: &str) -> bool {
+        false
+    }
 }

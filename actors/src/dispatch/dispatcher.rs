@@ -23,6 +23,10 @@ use std::time::{Duration, Instant};
 
 /// How often a dispatcher wakes to move due retries, page in and refresh its gauges.
 const TICK: Duration = Duration::from_millis(50);
+/// How often the syncs another node now owns are checked for having been settled there.
+const DEFERRED_CHECK: Duration = Duration::from_secs(1);
+/// Deferred orders checked per round at most.
+const DEFERRED_CHECKS_PER_ROUND: usize = 256;
 /// Default syncs a dispatcher holds in memory; the rest wait on disk.
 pub const DEFAULT_WINDOW: usize = 10_000;
 /// Rows read from the outbox per page.
@@ -102,6 +106,11 @@ pub(crate) enum DispatchMsg {
         elapsed: Duration,
     },
     Tick,
+    /// Whether the head sync `row` of a deferred order was settled by the node that owns it.
+    Checked {
+        row: i64,
+        settled: bool,
+    },
     Status(RpcReplyPort<SinkStatus>),
     /// `n` nodes now split the sink's quota (cluster mode; 1 on a single node).
     Share(u32),
@@ -183,6 +192,11 @@ pub(crate) struct DispatcherState {
     on_hold: super::HeldOrders,
     /// Orders whose syncs wait for their hold's release.
     parked: HashSet<Arc<str>>,
+    /// Orders whose syncs are another node's to send (see `SinkConnector::defers`).
+    deferred: HashSet<Arc<str>>,
+    /// Head rows of deferred orders being checked for having been settled elsewhere.
+    checking: HashMap<i64, Arc<str>>,
+    last_deferred_check: Instant,
 }
 
 impl Actor for Dispatcher {
@@ -224,6 +238,9 @@ impl Actor for Dispatcher {
             dead: 0,
             on_hold: args.held,
             parked: HashSet::new(),
+            deferred: HashSet::new(),
+            checking: HashMap::new(),
+            last_deferred_check: Instant::now(),
         })
     }
 
@@ -244,8 +261,9 @@ impl Actor for Dispatcher {
                 row,
                 delivery,
                 elapsed,
-            } => state.done(row, delivery, elapsed),
+            } => state.done(row, delivery, elapsed, true),
             DispatchMsg::Tick => state.tick(&myself),
+            DispatchMsg::Checked { row, settled } => state.checked(row, settled),
             DispatchMsg::Share(share) => {
                 // Sends already waiting on the old limiter wait on this one too (see pump).
                 state
@@ -369,6 +387,9 @@ impl DispatcherState {
                 self.schedule_head(order);
             }
         }
+        if !self.deferred.is_empty() {
+            self.recheck_deferred(myself);
+        }
         while let Some((at, _)) = self.delayed.first() {
             if *at > now {
                 break;
@@ -414,6 +435,11 @@ impl DispatcherState {
             // An order on hold keeps its syncs until released (checked at every tick).
             if self.on_hold.holds(&order, &self.spec.name) {
                 self.parked.insert(order);
+                continue;
+            }
+            // Another node's to send (its partition moved): none goes out from here.
+            if self.connector.defers(&order) {
+                self.deferred.insert(order);
                 continue;
             }
             // Only once there is something to send: a half-open breaker's single probe slot
@@ -478,7 +504,71 @@ impl DispatcherState {
         }
     }
 
-    fn done(&mut self, row: i64, delivery: Delivery, elapsed: Duration) {
+    /// Deferred orders that are this node's again are scheduled; the others' heads are asked
+    /// now and then whether their owner settled them.
+    fn recheck_deferred(&mut self, myself: &ActorRef<DispatchMsg>) {
+        let back: Vec<Arc<str>> = self
+            .deferred
+            .iter()
+            .filter(|order| !self.connector.defers(order))
+            .filter(|order| !self.checking.values().any(|checked| checked == *order))
+            .cloned()
+            .collect();
+        for order in back {
+            self.deferred.remove(&order);
+            self.schedule_head(order);
+        }
+        if self.last_deferred_check.elapsed() < DEFERRED_CHECK {
+            return;
+        }
+        self.last_deferred_check = Instant::now();
+        let checking: HashSet<&Arc<str>> = self.checking.values().collect();
+        let mut started = Vec::new();
+        for order in self
+            .deferred
+            .iter()
+            .filter(|order| !checking.contains(order))
+        {
+            if started.len() >= DEFERRED_CHECKS_PER_ROUND {
+                break;
+            }
+            let Some(head) = self.queues.get(order).and_then(VecDeque::front) else {
+                continue;
+            };
+            let Some(check) = self.connector.settled(&head.intent) else {
+                continue;
+            };
+            started.push((head.row, order.clone()));
+            let (row, myself) = (head.row, myself.clone());
+            tokio::spawn(async move {
+                let settled = check.await;
+                let _ = myself.cast(DispatchMsg::Checked { row, settled });
+            });
+        }
+        self.checking.extend(started);
+    }
+
+    /// The answer for a deferred order's head: settled by its owner, it is recorded delivered
+    /// here too (no send) and the order's next sync comes up.
+    fn checked(&mut self, row: i64, settled: bool) {
+        let Some(order) = self.checking.remove(&row) else {
+            return;
+        };
+        let is_head = self
+            .queues
+            .get(&order)
+            .and_then(VecDeque::front)
+            .is_some_and(|head| head.row == row);
+        if !settled || !is_head || !self.deferred.remove(&order) {
+            return;
+        }
+        self.busy.insert(order.clone());
+        self.in_flight.insert(row, order);
+        self.done(row, Delivery::Settled, Duration::ZERO, false);
+    }
+
+    /// The end of `row`'s send (`sent`: it took a breaker slot) or of its check.
+    fn done(&mut self, row: i64, delivery: Delivery, elapsed: Duration, sent: bool) {
         let Some(order) = self.in_flight.remove(&row) else {
             return;
         };
@@ -499,7 +589,8 @@ impl DispatcherState {
             Delivery::Delivered | Delivery::Rejected { .. } | Delivery::Throttled { .. } => {
                 self.breaker.success()
             }
-            Delivery::Settled => self.breaker.release(),
+            Delivery::Settled if sent => self.breaker.release(),
+            Delivery::Settled => {}
         }
         let Some(queue) = self.queues.get_mut(&order) else {
             return;

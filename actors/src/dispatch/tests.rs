@@ -436,6 +436,111 @@ async fn a_sync_settled_on_another_node_is_recorded_without_a_send_or_quota() {
     dispatch.stop().await;
 }
 
+/// A connector for a node that does not hold some orders' partitions (cluster mode): their
+/// syncs are another node's to send, and that node settles some of them.
+struct OwnedElsewhere {
+    sink: Arc<ScriptedSink>,
+    /// Orders whose partition another node holds.
+    elsewhere: Mutex<std::collections::HashSet<String>>,
+    /// Syncs that node settled.
+    settled_there: Mutex<std::collections::HashSet<String>>,
+}
+
+impl SinkConnector for OwnedElsewhere {
+    fn deliver(&self, sync: SyncIntent, attempt: u32) -> DeliveryFuture {
+        self.sink.deliver(sync, attempt)
+    }
+
+    fn settled(&self, sync: &SyncIntent) -> Option<connector::SettledFuture> {
+        let known = self.settled_there.lock().unwrap().contains(&sync.id);
+        Some(Box::pin(async move { known }))
+    }
+
+    fn defers(&self, order: &str) -> bool {
+        self.elsewhere.lock().unwrap().contains(order)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncs_of_orders_another_node_owns_are_never_sent_and_let_go_once_it_settles_them() {
+    // o:0..o:9 belong to partitions another node holds; o:10..o:19 are this node's. The other
+    // node settles o:0's two syncs and those of o:1..o:4 meanwhile.
+    let outbox = Arc::new(MemoryOutbox::default());
+    let mut settled_there = std::collections::HashSet::new();
+    let mut row = 0;
+    for i in 0..20 {
+        let order = format!("o:{i}");
+        for seq in 1..=if i == 0 { 2 } else { 1 } {
+            row += 1;
+            let sync = outbox.add(row, &order, seq);
+            if i < 5 {
+                settled_there.insert(sync.intent.id);
+            }
+        }
+    }
+    let sink = ScriptedSink::new(|_, _| Delivery::Delivered);
+    let connector = Arc::new(OwnedElsewhere {
+        sink: sink.clone(),
+        elsewhere: Mutex::new((0..10).map(|i| format!("o:{i}")).collect()),
+        settled_there: Mutex::new(settled_there),
+    });
+    let dispatch = Dispatch::start(
+        vec![(spec(1000), connector.clone() as Arc<dyn SinkConnector>)],
+        outbox.clone(),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    let sent = || -> Vec<String> {
+        sink.attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.0.clone())
+            .collect()
+    };
+    let order_number = |id: &str| id.split(':').nth(1).unwrap().parse::<u32>().unwrap();
+    // The settled ones are let go (as delivered, unsent) within a few checks; the other five
+    // stay pending here.
+    let started = Instant::now();
+    while dispatch.status("erp").await.unwrap().backlog > 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            dispatch.status("erp").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(dispatch.status("erp").await.unwrap().backlog, 5);
+    let mut sent_now = sent();
+    sent_now.sort_by_key(|id| order_number(id));
+    assert_eq!(
+        sent_now
+            .iter()
+            .map(|id| order_number(id))
+            .collect::<Vec<_>>(),
+        (10..20).collect::<Vec<_>>(),
+        "only this node's orders are sent"
+    );
+    assert_eq!(
+        outbox.statuses().get(&SyncStatusKey("delivered")),
+        Some(&16)
+    );
+
+    // The partition comes back: the five still pending go out from here.
+    connector.elsewhere.lock().unwrap().clear();
+    until_backlog_empty(&dispatch, Duration::from_secs(5)).await;
+    let mut all: Vec<u32> = sent().iter().map(|id| order_number(id)).collect();
+    all.sort_unstable();
+    assert_eq!(all, (5..20).collect::<Vec<_>>());
+    assert_eq!(
+        outbox.statuses().get(&SyncStatusKey("delivered")),
+        Some(&21)
+    );
+    dispatch.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_sinks_that_hold_back_ingest_count_in_the_backlog() {
     let outbox = Arc::new(MemoryOutbox::default());

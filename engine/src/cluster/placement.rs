@@ -20,7 +20,7 @@ fn mix(mut x: u64) -> u64 {
 }
 
 /// The partition of `key`, in `0..partitions`.
-pub(crate) fn partition_of(key: &str, partitions: u32) -> u32 {
+pub fn partition_of(key: &str, partitions: u32) -> u32 {
     (mix(fnv1a(key.as_bytes())) % u64::from(partitions.max(1))) as u32
 }
 

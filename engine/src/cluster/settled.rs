@@ -4,8 +4,10 @@
 //! delivered without sending them or spending the sink's quota. Refusals are not recorded: a
 //! dead letter stays one, on whichever node, until an operator retries it.
 //! A sync delivered just before its node died, and not yet recorded, is sent again with the
-//! same key. A node that gave a partition away waits up to `lease_ttl` for the new owner to
-//! settle that partition's pending syncs before it sends one itself.
+//! same key. A node sends no sync of a partition it does not hold: one it gave away keeps that
+//! partition's pending syncs back (the new owner re-decides and sends them) and lets each go as
+//! delivered once the bucket says the owner delivered it; they are sent from here only if the
+//! partition comes back.
 
 use super::scans::token;
 use async_nats::jetstream::kv;
@@ -13,7 +15,6 @@ use orderhub_actors::dispatch::{
     Delivery, DeliveryFuture, SettledFuture, SinkConnector, SyncIntent,
 };
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// Settled syncs: key = the sync's idempotency key (as a KV token), value = how it ended.
 pub const SYNCS_BUCKET: &str = "orderhub_syncs";
@@ -24,8 +25,6 @@ pub(crate) struct Remembering {
     pub(crate) settled: kv::Store,
     /// Whether this node holds the lease of an order's partition.
     pub(crate) owns: Arc<dyn Fn(&str) -> bool + Send + Sync>,
-    /// How long a sync of a partition this node does not hold waits for its owner.
-    pub(crate) wait_for_owner: Duration,
 }
 
 impl SinkConnector for Remembering {
@@ -51,25 +50,14 @@ impl SinkConnector for Remembering {
     fn settled(&self, sync: &SyncIntent) -> Option<SettledFuture> {
         let key = token(&sync.id);
         let settled = self.settled.clone();
-        let owns = self.owns.clone();
-        let order = sync.order.clone();
-        let wait = self.wait_for_owner;
+        // Not known, or NATS unreachable: not settled (the owner sends it, at worst twice with
+        // the same key).
         Some(Box::pin(async move {
-            // A sync of a partition this node gave away (or does not hold yet) is the owner's
-            // to send: it re-decides it with the same key. Wait a little for the owner to
-            // settle it, so an older sync from here does not reach the sink after the owner's
-            // newer one; then send anyway (same key) rather than risk never sending it.
-            let until = Instant::now() + wait;
-            loop {
-                if matches!(settled.get(&key).await, Ok(Some(_))) {
-                    return true;
-                }
-                if owns(&order) || Instant::now() >= until {
-                    // Not known (or NATS unreachable): send; the sink sees the key at worst twice.
-                    return false;
-                }
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
+            matches!(settled.get(&key).await, Ok(Some(_)))
         }))
+    }
+
+    fn defers(&self, order: &str) -> bool {
+        !(self.owns)(order)
     }
 }

@@ -537,6 +537,146 @@ async fn owned(client: &reqwest::Client, base: &str) -> Option<f64> {
     sample(&metrics, "orderhub_cluster_partitions_owned", &[])
 }
 
+async fn wms_backlog(client: &reqwest::Client, base: &str) -> Option<f64> {
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    sample(&metrics, "orderhub_dispatch_backlog", &[("sink", "wms")])
+}
+
+/// A node that gives partitions away sends none of their pending syncs: their new owner
+/// re-decides them (same keys) and sends them. Here the new owner cannot reach the sink, so
+/// the syncs of its orders must not arrive at all — until the partitions come back to the
+/// first node, which then sends what it kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_gives_partitions_away_sends_none_of_their_syncs() {
+    let Some(binary) = nats_or_skip() else {
+        return;
+    };
+    const SYNCS: usize = 80;
+    const PARTITIONS: u32 = 8;
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&binary, 1, dir.path());
+    let sink = FakeSink::start(|_, _| Fault::None).await;
+    // a reaches the sink; b's sink address refuses connections.
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let toml = |node: &str, base: &str| {
+        format!(
+            "sla = []\n[[sinks]]\nname = \"wms\"\nkind = \"webhook\"\nurl = \"{base}/wms\"\nrate = \"8/s\"\nmax_in_flight = 2\n\
+             [[rules]]\nname = \"to-wms\"\nwhen = 'order.state == \"paid\"'\nsync = \"wms\"\n{}",
+            cluster_toml(&nats.urls, node, PARTITIONS, 1)
+        )
+    };
+    let client = orderhub_engine::http_client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let a = Node::spawn(dir.path(), "a", &toml("a", &sink.base));
+    wait_joined(&client, &a).await;
+    for order in 0..SYNCS {
+        let status = post_event(
+            &client,
+            &a.base,
+            &format!("g-{order}"),
+            &format!("shop:{order}"),
+            "paid",
+        )
+        .await
+        .unwrap();
+        assert_eq!(status, 200);
+    }
+    // b joins while a still has most of the syncs pending (8/s): a hands b its share of the
+    // partitions, pending syncs and all.
+    let mut b = Node::spawn(dir.path(), "b", &toml("b", &closed));
+    wait_joined(&client, &b).await;
+    let js = async_nats::jetstream::new(async_nats::connect(nats.urls[0].as_str()).await.unwrap());
+    let leases = js.get_key_value("orderhub_leases").await.unwrap();
+    let started = Instant::now();
+    let b_partitions: BTreeSet<u32> = loop {
+        let mut held = BTreeSet::new();
+        for partition in 0..PARTITIONS {
+            if let Ok(Some(owner)) = leases.get(format!("p{partition}")).await
+                && owner.as_ref() == b"b"
+            {
+                held.insert(partition);
+            }
+        }
+        let b_owns = owned(&client, &b.base).await.unwrap_or(0.0);
+        if !held.is_empty() && held.len() as f64 == b_owns {
+            break held;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "b never took its partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let moved = Instant::now();
+    let of_b = |order: &str| {
+        b_partitions.contains(&orderhub_engine::cluster::partition_of(order, PARTITIONS))
+    };
+    // a delivers its own orders' syncs and sends none of b's, well past a lease_ttl.
+    let started = Instant::now();
+    loop {
+        let mine = sink
+            .requests("/wms")
+            .iter()
+            .filter(|r| !of_b(&r.order))
+            .map(|r| r.order.clone())
+            .collect::<BTreeSet<_>>()
+            .len();
+        let expected = (0..SYNCS).filter(|i| !of_b(&format!("shop:{i}"))).count();
+        if mine == expected && moved.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "a delivered {mine} of its {expected} orders' syncs"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // What a sent of b's orders went out before b held them (or was in flight as it took them).
+    let late: Vec<String> = sink
+        .requests("/wms")
+        .iter()
+        .filter(|r| of_b(&r.order) && r.at > moved)
+        .map(|r| r.order.clone())
+        .collect();
+    assert!(
+        late.is_empty(),
+        "a sent syncs of b's orders after b held their partitions: {late:?}"
+    );
+    let kept = wms_backlog(&client, &a.base).await.unwrap();
+    assert!(kept > 0.0, "a kept none of b's syncs back");
+
+    // b dies: its partitions come back to a, which sends what it kept (b never settled them).
+    b.kill();
+    let started = Instant::now();
+    loop {
+        let delivered = sink.delivered("/wms").len();
+        let backlog = wms_backlog(&client, &a.base).await;
+        if delivered == SYNCS && backlog == Some(0.0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{delivered} of {SYNCS} syncs delivered, a's backlog {backlog:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let requests = sink.requests("/wms").len();
+    assert_eq!(requests, SYNCS, "one request per sync");
+    eprintln!(
+        "cluster: a node that gave {} of {PARTITIONS} partitions away kept back {kept} of their syncs and sent them once the partitions came back",
+        b_partitions.len()
+    );
+}
+
 const ORDERS: usize = 150;
 const SENDERS: usize = 8;
 /// The wms sink's quota: one quota for the whole cluster, split among the live nodes.
