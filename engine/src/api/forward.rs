@@ -187,14 +187,45 @@ pub(crate) async fn sources(app: Arc<AppState>, cluster: Cluster) -> Response {
     if own.status != 200 {
         return relay(own);
     }
-    let (answers, incomplete) = ask_others(&app, &cluster, &Call::Sources).await;
+    let (answers, mut incomplete) = ask_others(&app, &cluster, &Call::Sources).await;
     let mut views = vec![(cluster.node().to_owned(), own.body)];
     views.extend(answers);
     let mut body = merge_sources(views);
+    // Courier scans waiting for their order wait in the stream, not in a node's journal.
+    match cluster.parked_scans().await {
+        Ok(waiting) => add_waiting_scans(&mut body, &waiting),
+        Err(err) => incomplete.push(format!(
+            "stream: courier scans waiting for their order: {err}"
+        )),
+    }
     if !incomplete.is_empty() {
         body["incomplete"] = incomplete.into();
     }
     Json(body).into_response()
+}
+
+/// Adds the scans waiting in the stream to their sources' `parked_scans` (count and earliest
+/// `received_at`); those beyond the read limit are counted at the top level as
+/// `parked_scans_unread` (their sources unread).
+fn add_waiting_scans(body: &mut Value, waiting: &crate::cluster::scans::Waiting) {
+    let Some(sources) = body["sources"].as_array_mut() else {
+        return;
+    };
+    for (source, (count, oldest)) in &waiting.by_source {
+        let Some(entry) = sources.iter_mut().find(|s| s["name"] == source.as_str()) else {
+            continue;
+        };
+        let parked = &mut entry["parked_scans"];
+        let total = parked["count"].as_u64().unwrap_or(0) + count;
+        let earliest = match parked["oldest_received_at"].as_i64() {
+            Some(known) => known.min(*oldest),
+            None => *oldest,
+        };
+        *parked = serde_json::json!({ "count": total, "oldest_received_at": earliest });
+    }
+    if waiting.unread > 0 {
+        body["parked_scans_unread"] = waiting.unread.into();
+    }
 }
 
 /// Merges nodes' `GET /v1/sources` bodies: a source is `ready` when it is on every node (else
@@ -340,5 +371,38 @@ mod tests {
             youzan["parked_scans"],
             serde_json::json!({"count": 3, "oldest_received_at": 3})
         );
+    }
+
+    #[test]
+    fn scans_waiting_in_the_stream_join_their_sources_parked_scans() {
+        let mut body = serde_json::json!({"sources": [
+            {"name": "sf", "kind": "push", "status": "ready"},
+            {"name": "jd", "kind": "push", "status": "ready",
+             "parked_scans": {"count": 1, "oldest_received_at": 50}},
+            {"name": "events", "kind": "push", "status": "ready"},
+        ]});
+        let waiting = crate::cluster::scans::Waiting {
+            by_source: [("sf".to_owned(), (3, 70)), ("jd".to_owned(), (2, 40))]
+                .into_iter()
+                .collect(),
+            unread: 0,
+        };
+        add_waiting_scans(&mut body, &waiting);
+        assert_eq!(
+            body["sources"][0]["parked_scans"],
+            serde_json::json!({"count": 3, "oldest_received_at": 70})
+        );
+        assert_eq!(
+            body["sources"][1]["parked_scans"],
+            serde_json::json!({"count": 3, "oldest_received_at": 40})
+        );
+        assert!(body["sources"][2].get("parked_scans").is_none());
+        assert!(body.get("parked_scans_unread").is_none());
+        let waiting = crate::cluster::scans::Waiting {
+            unread: 5,
+            ..Default::default()
+        };
+        add_waiting_scans(&mut body, &waiting);
+        assert_eq!(body["parked_scans_unread"], 5);
     }
 }

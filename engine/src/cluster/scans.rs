@@ -76,6 +76,73 @@ impl Cluster {
     }
 }
 
+/// Waiting scans read at most for one listing (their count above it comes from the stream's
+/// per-subject totals, without their sources).
+const LIST_READ_LIMIT: u64 = 10_000;
+
+/// Scans waiting in the stream for their order, by source.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Waiting {
+    /// Source → (scans, earliest `received_at`).
+    pub(crate) by_source: std::collections::BTreeMap<String, (u64, i64)>,
+    /// Scans beyond the read limit (counted, sources unknown).
+    pub(crate) unread: u64,
+}
+
+impl Cluster {
+    /// The courier scans waiting in the stream for an order to report their waybill (the
+    /// cluster's `parked_scans`: they wait there, not in any node's journal).
+    pub(crate) async fn parked_scans(&self) -> Result<Waiting, String> {
+        let stream = &self.inner.stream;
+        let mut subjects = stream
+            .info_with_subjects("orderhub.scans.>")
+            .await
+            .map_err(|e| format!("stream {}: {e}", super::EVENTS_STREAM))?;
+        let mut total = 0u64;
+        while let Some(subject) = subjects.next().await {
+            let (_, count) = subject.map_err(|e| e.to_string())?;
+            total += count as u64;
+        }
+        let mut waiting = Waiting::default();
+        if total == 0 {
+            return Ok(waiting);
+        }
+        let consumer = stream
+            .create_consumer(pull::OrderedConfig {
+                filter_subject: "orderhub.scans.>".to_owned(),
+                deliver_policy: DeliverPolicy::All,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+        let mut read = 0u64;
+        while read < total.min(LIST_READ_LIMIT) {
+            let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
+            let Ok(Some(Ok(message))) = next else {
+                break; // purged meanwhile (their order came), or NATS is slow: count what was read
+            };
+            read += 1;
+            let pending = message.info().map(|info| info.pending).unwrap_or(0);
+            if let Ok(scan) = serde_json::from_slice::<OrderEvent>(&message.payload) {
+                let entry = waiting
+                    .by_source
+                    .entry(scan.source)
+                    .or_insert((0, scan.received_at));
+                entry.0 += 1;
+                entry.1 = entry.1.min(scan.received_at);
+            }
+            if pending == 0 {
+                break;
+            }
+        }
+        waiting.unread = total
+            .saturating_sub(read)
+            .min(total.saturating_sub(LIST_READ_LIMIT));
+        Ok(waiting)
+    }
+}
+
 impl Inner {
     /// After the owner applied `events`: records the waybills they report and moves the scans
     /// waiting for them into their orders' partitions.

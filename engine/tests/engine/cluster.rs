@@ -427,6 +427,20 @@ async fn a_courier_scan_before_its_order_waits_in_the_stream_then_reaches_it() {
         (status, body.as_str()),
         (200, r#"{"return_code":"0000","return_msg":"success"}"#)
     );
+    // Waiting in the stream, the scans are listed by GET /v1/sources on any node.
+    for engine in &engines {
+        let (status, sources) = engine.get("/v1/sources").await;
+        assert_eq!(status, 200, "{sources}");
+        let sf = sources["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "sf")
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(sf["parked_scans"]["count"], 3, "{sources}");
+        assert!(sf["parked_scans"]["oldest_received_at"].as_i64().is_some());
+    }
     let shipped = canonical("wms-shipped", order, "wms", "shipped", now_ms()).replacen(
         '}',
         r#","fields":{"waybill_no":"SF1400123456789"}}"#,
@@ -451,6 +465,15 @@ async fn a_courier_scan_before_its_order_waits_in_the_stream_then_reaches_it() {
             "paid, shipped and three scans: {timeline:?}"
         );
     }
+    let (_, sources) = engines[1].get("/v1/sources").await;
+    let sf = sources["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "sf")
+        .cloned()
+        .unwrap_or_default();
+    assert!(sf.get("parked_scans").is_none(), "{sources}");
     // A scan re-sent after its order is known goes straight to it: nothing new.
     let (status, _) = engines[1]
         .post_source(
