@@ -187,6 +187,9 @@ catalogue! {
     /// Pending syncs.
     DISPATCH_BACKLOG = "orderhub_dispatch_backlog", Gauge, Count, ["sink"],
         "Syncs of the sink waiting to be delivered (on disk and in memory).";
+    /// Syncs held back for another node.
+    DISPATCH_DEFERRED = "orderhub_dispatch_deferred", Gauge, Count, ["sink"],
+        "Syncs of the sink this node holds back because another node owns their order's partition (cluster mode): that node sends them; they leave here once it has, or are sent from here if the partition comes back. Not in orderhub_dispatch_backlog.";
     /// Oldest pending sync.
     DISPATCH_OLDEST = "orderhub_dispatch_oldest_seconds", Gauge, Seconds, ["sink"],
         "Age of the oldest sync of the sink that is waiting in memory.";

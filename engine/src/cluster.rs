@@ -90,6 +90,9 @@ pub(crate) fn register_metrics() {
     for moved in ["acquired", "released", "lost", "expired", "resumed"] {
         metrics::counter!(t::CLUSTER_LEASE_MOVES, "move" => moved).increment(0);
     }
+    for outcome in ["written", "restored", "failed"] {
+        metrics::counter!(t::CLUSTER_SNAPSHOTS, "outcome" => outcome).increment(0);
+    }
     let _ = metrics::histogram!(t::CLUSTER_PUBLISH_LATENCY);
 }
 

@@ -81,6 +81,14 @@ impl SinkSpec {
     }
 }
 
+/// A deferred order (see `DispatcherState::defer`).
+struct Deferred {
+    /// When its head was last asked about.
+    checked: Option<Instant>,
+    /// Rows at the front of its queue taken out of `held` and `backlog`.
+    uncounted: usize,
+}
+
 /// A sink's observable state.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SinkStatus {
@@ -94,6 +102,8 @@ pub struct SinkStatus {
     pub delivered: u64,
     /// Dead-lettered since start.
     pub dead: u64,
+    /// Held back: another node owns their orders' partitions (not in `backlog`).
+    pub deferred: usize,
 }
 
 pub(crate) enum DispatchMsg {
@@ -106,6 +116,11 @@ pub(crate) enum DispatchMsg {
         elapsed: Duration,
     },
     Tick,
+    /// A send that waited for the quota found its order's partition owned elsewhere by then:
+    /// not sent.
+    Deferred {
+        row: i64,
+    },
     /// Whether the head sync `row` of a deferred order was settled by the node that owns it.
     Checked {
         row: i64,
@@ -124,6 +139,7 @@ struct SinkMetrics {
     dead: Counter,
     breaker: Gauge,
     backlog: Gauge,
+    deferred: Gauge,
     oldest: Gauge,
 }
 
@@ -143,6 +159,7 @@ impl SinkMetrics {
             dead: metrics::counter!(t::DISPATCH_DEAD_LETTERS, "sink" => sink.to_owned()),
             breaker: metrics::gauge!(t::DISPATCH_BREAKER_STATE, "sink" => sink.to_owned()),
             backlog: metrics::gauge!(t::DISPATCH_BACKLOG, "sink" => sink.to_owned()),
+            deferred: metrics::gauge!(t::DISPATCH_DEFERRED, "sink" => sink.to_owned()),
             oldest: metrics::gauge!(t::DISPATCH_OLDEST, "sink" => sink.to_owned()),
         }
     }
@@ -193,7 +210,9 @@ pub(crate) struct DispatcherState {
     /// Orders whose syncs wait for their hold's release.
     parked: HashSet<Arc<str>>,
     /// Orders whose syncs are another node's to send (see `SinkConnector::defers`).
-    deferred: HashSet<Arc<str>>,
+    deferred: HashMap<Arc<str>, Deferred>,
+    /// Rows of deferred orders taken out of `held` and `backlog`.
+    deferred_rows: usize,
     /// Head rows of deferred orders being checked for having been settled elsewhere.
     checking: HashMap<i64, Arc<str>>,
     last_deferred_check: Instant,
@@ -238,7 +257,8 @@ impl Actor for Dispatcher {
             dead: 0,
             on_hold: args.held,
             parked: HashSet::new(),
-            deferred: HashSet::new(),
+            deferred: HashMap::new(),
+            deferred_rows: 0,
             checking: HashMap::new(),
             last_deferred_check: Instant::now(),
         })
@@ -264,6 +284,13 @@ impl Actor for Dispatcher {
             } => state.done(row, delivery, elapsed, true),
             DispatchMsg::Tick => state.tick(&myself),
             DispatchMsg::Checked { row, settled } => state.checked(row, settled),
+            DispatchMsg::Deferred { row } => {
+                if let Some(order) = state.in_flight.remove(&row) {
+                    state.busy.remove(&order);
+                    state.breaker.release();
+                    state.defer(order);
+                }
+            }
             DispatchMsg::Share(share) => {
                 // Sends already waiting on the old limiter wait on this one too (see pump).
                 state
@@ -279,6 +306,7 @@ impl Actor for Dispatcher {
                     breaker: state.breaker.gauge(),
                     delivered: state.delivered,
                     dead: state.dead,
+                    deferred: state.deferred_rows,
                 });
             }
         }
@@ -412,10 +440,12 @@ impl DispatcherState {
         self.breaker.state(now);
         self.metrics.breaker.set(self.breaker.gauge());
         self.metrics.backlog.set(self.backlog as f64);
+        self.metrics.deferred.set(self.deferred_rows as f64);
         let oldest = self
             .queues
-            .values()
-            .filter_map(VecDeque::front)
+            .iter()
+            .filter(|(order, _)| !self.deferred.contains_key(*order))
+            .filter_map(|(_, queue)| queue.front())
             .map(|s| s.created_at)
             .min();
         self.metrics
@@ -439,7 +469,7 @@ impl DispatcherState {
             }
             // Another node's to send (its partition moved): none goes out from here.
             if self.connector.defers(&order) {
-                self.deferred.insert(order);
+                self.defer(order);
                 continue;
             }
             // Only once there is something to send: a half-open breaker's single probe slot
@@ -479,6 +509,11 @@ impl DispatcherState {
                 }
                 if waited.elapsed() > Duration::from_millis(1) {
                     throttled.increment(1);
+                    // The partition may have moved while the send waited for the quota.
+                    if connector.defers(&head.intent.order) {
+                        let _ = myself.cast(DispatchMsg::Deferred { row: head.row });
+                        return;
+                    }
                 }
                 let started = Instant::now();
                 let row = head.row;
@@ -504,52 +539,100 @@ impl DispatcherState {
         }
     }
 
+    /// Holds `order`'s syncs back for the node that owns its partition: they leave the window
+    /// and the backlog (they are not this node's work: they must not page this node's own syncs
+    /// out or hold back its ingest) until the partition comes back or the owner settles them.
+    fn defer(&mut self, order: Arc<str>) {
+        let rows: Vec<i64> = self
+            .queues
+            .get(&order)
+            .map(|queue| queue.iter().map(|sync| sync.row).collect())
+            .unwrap_or_default();
+        for row in &rows {
+            self.held.remove(row);
+        }
+        self.add_backlog(-(rows.len() as i64));
+        self.deferred_rows += rows.len();
+        self.deferred.insert(
+            order,
+            Deferred {
+                checked: None,
+                uncounted: rows.len(),
+            },
+        );
+    }
+
+    /// Counts a deferred order's rows again (it is this node's again, or its head is done).
+    fn count_again(&mut self, order: &Arc<str>) {
+        let Some(deferred) = self.deferred.remove(order) else {
+            return;
+        };
+        let rows: Vec<i64> = self
+            .queues
+            .get(order)
+            .map(|queue| {
+                queue
+                    .iter()
+                    .take(deferred.uncounted)
+                    .map(|sync| sync.row)
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.held.extend(rows.iter().copied());
+        self.add_backlog(rows.len() as i64);
+        self.deferred_rows -= deferred.uncounted;
+    }
+
     /// Deferred orders that are this node's again are scheduled; the others' heads are asked
-    /// now and then whether their owner settled them.
+    /// now and then (those asked longest ago first) whether their owner settled them.
     fn recheck_deferred(&mut self, myself: &ActorRef<DispatchMsg>) {
+        let checking: HashSet<Arc<str>> = self.checking.values().cloned().collect();
         let back: Vec<Arc<str>> = self
             .deferred
-            .iter()
-            .filter(|order| !self.connector.defers(order))
-            .filter(|order| !self.checking.values().any(|checked| checked == *order))
+            .keys()
+            .filter(|order| !checking.contains(*order) && !self.connector.defers(order))
             .cloned()
             .collect();
         for order in back {
-            self.deferred.remove(&order);
+            self.count_again(&order);
             self.schedule_head(order);
         }
         if self.last_deferred_check.elapsed() < DEFERRED_CHECK {
             return;
         }
-        self.last_deferred_check = Instant::now();
-        let checking: HashSet<&Arc<str>> = self.checking.values().collect();
-        let mut started = Vec::new();
-        for order in self
+        let now = Instant::now();
+        self.last_deferred_check = now;
+        let mut due: Vec<(Option<Instant>, Arc<str>)> = self
             .deferred
             .iter()
-            .filter(|order| !checking.contains(order))
-        {
-            if started.len() >= DEFERRED_CHECKS_PER_ROUND {
-                break;
-            }
-            let Some(head) = self.queues.get(order).and_then(VecDeque::front) else {
+            .filter(|(order, _)| !checking.contains(*order))
+            .map(|(order, deferred)| (deferred.checked, order.clone()))
+            .collect();
+        if due.len() > DEFERRED_CHECKS_PER_ROUND {
+            due.select_nth_unstable(DEFERRED_CHECKS_PER_ROUND);
+            due.truncate(DEFERRED_CHECKS_PER_ROUND);
+        }
+        for (_, order) in due {
+            let Some(head) = self.queues.get(&order).and_then(VecDeque::front) else {
                 continue;
             };
             let Some(check) = self.connector.settled(&head.intent) else {
                 continue;
             };
-            started.push((head.row, order.clone()));
             let (row, myself) = (head.row, myself.clone());
+            if let Some(deferred) = self.deferred.get_mut(&order) {
+                deferred.checked = Some(now);
+            }
+            self.checking.insert(row, order);
             tokio::spawn(async move {
                 let settled = check.await;
                 let _ = myself.cast(DispatchMsg::Checked { row, settled });
             });
         }
-        self.checking.extend(started);
     }
 
     /// The answer for a deferred order's head: settled by its owner, it is recorded delivered
-    /// here too (no send) and the order's next sync comes up.
+    /// here too (no send) and the order's next sync comes up (and is deferred in turn).
     fn checked(&mut self, row: i64, settled: bool) {
         let Some(order) = self.checking.remove(&row) else {
             return;
@@ -559,9 +642,10 @@ impl DispatcherState {
             .get(&order)
             .and_then(VecDeque::front)
             .is_some_and(|head| head.row == row);
-        if !settled || !is_head || !self.deferred.remove(&order) {
+        if !settled || !is_head || !self.deferred.contains_key(&order) {
             return;
         }
+        self.count_again(&order);
         self.busy.insert(order.clone());
         self.in_flight.insert(row, order);
         self.done(row, Delivery::Settled, Duration::ZERO, false);

@@ -193,7 +193,14 @@ pub(crate) async fn sources(app: Arc<AppState>, cluster: Cluster) -> Response {
     let mut body = merge_sources(views);
     // Courier scans waiting for their order wait in the stream, not in a node's journal.
     match cluster.parked_scans().await {
-        Ok(waiting) => add_waiting_scans(&mut body, &waiting),
+        Ok(waiting) => {
+            if let Some(why) = &waiting.stopped {
+                incomplete.push(format!(
+                    "stream: courier scans waiting for their order: {why}"
+                ));
+            }
+            add_waiting_scans(&mut body, &waiting);
+        }
         Err(err) => incomplete.push(format!(
             "stream: courier scans waiting for their order: {err}"
         )),
@@ -385,7 +392,7 @@ mod tests {
             by_source: [("sf".to_owned(), (3, 70)), ("jd".to_owned(), (2, 40))]
                 .into_iter()
                 .collect(),
-            unread: 0,
+            ..Default::default()
         };
         add_waiting_scans(&mut body, &waiting);
         assert_eq!(

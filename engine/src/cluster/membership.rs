@@ -677,15 +677,24 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
         // last held it.
         if !restore_tried {
             restore_tried = true;
-            let first = inner
-                .stream
-                .clone()
-                .info()
-                .await
-                .map(|info| info.state.first_sequence)
-                .unwrap_or(0);
-            let gap = applied > 0 && first > applied + 1;
-            if gap {
+            // Where the stream now starts (`None`: it would not say; assume history is gone).
+            let mut first = None;
+            for _ in 0..3 {
+                match inner.stream.clone().info().await {
+                    Ok(info) => {
+                        first = Some(info.state.first_sequence);
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::warn!(partition, error = %err, "cannot read where the stream starts");
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+            }
+            // The stream can no longer replay this partition from its position: only the
+            // snapshot can fill the gap, so it is waited for rather than given up on.
+            let gap = first.is_none_or(|first| first > applied + 1);
+            if gap && applied > 0 {
                 tracing::warn!(
                     partition,
                     applied,
@@ -694,13 +703,15 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
                 );
             }
             if applied == 0 || gap {
-                match restore(&inner, partition, &position, applied, &mut stopped).await {
+                match restore(&inner, partition, &position, applied, gap, &mut stopped).await {
                     Restored::At(at) => applied = at,
                     Restored::Nothing => {}
                     Restored::Stop => return,
                 }
             }
-            if first > applied + 1 {
+            if let Some(first) = first
+                && first > applied + 1
+            {
                 tracing::warn!(
                     partition,
                     applied,
@@ -831,16 +842,22 @@ enum Restored {
 
 /// Rebuilds `partition` in the local journal from its snapshot, if the snapshot is past
 /// `applied`: appends the snapshot's events (a chunk at a time, each while the lease is held;
-/// those already journaled are duplicates) and then commits its position.
+/// those already journaled are duplicates) and then commits its position. A snapshot that
+/// cannot be read is tried a few times, then given up on (the stream replays the partition) —
+/// unless `needed` (the stream no longer holds the partition's history): then it is tried
+/// until it is read or the applier stops, rather than rebuilding an incomplete partition whose
+/// own snapshot would later replace the complete one.
 async fn restore(
     inner: &Inner,
     partition: u32,
     position: &str,
     applied: u64,
+    needed: bool,
     stopped: &mut watch::Receiver<bool>,
 ) -> Restored {
     let started = Instant::now();
     let mut attempt = 0;
+    let mut wait = super::snapshot::RETRY_AFTER;
     let snapshot = loop {
         attempt += 1;
         let fetched = tokio::select! {
@@ -850,9 +867,16 @@ async fn restore(
         match fetched {
             Ok(Some(snapshot)) if snapshot.position > applied => break snapshot,
             Ok(_) => return Restored::Nothing,
-            Err(err) if attempt < super::snapshot::ATTEMPTS => {
-                tracing::warn!(partition, attempt, error = %err, "cannot read the partition's snapshot; trying again");
-                tokio::time::sleep(super::snapshot::RETRY_AFTER).await;
+            Err(err) if attempt < super::snapshot::ATTEMPTS || needed => {
+                if attempt == super::snapshot::ATTEMPTS {
+                    metrics::counter!(t::CLUSTER_SNAPSHOTS, "outcome" => "failed").increment(1);
+                }
+                tracing::warn!(partition, attempt, needed, error = %err, "cannot read the partition's snapshot; trying again");
+                tokio::select! {
+                    _ = stopped.changed() => return Restored::Stop,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(5));
             }
             Err(err) => {
                 metrics::counter!(t::CLUSTER_SNAPSHOTS, "outcome" => "failed").increment(1);

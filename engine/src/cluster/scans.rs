@@ -85,8 +85,11 @@ const LIST_READ_LIMIT: u64 = 10_000;
 pub(crate) struct Waiting {
     /// Source → (scans, earliest `received_at`).
     pub(crate) by_source: std::collections::BTreeMap<String, (u64, i64)>,
-    /// Scans beyond the read limit (counted, sources unknown).
+    /// Scans counted in the stream but not read (beyond the read limit, or the read stopped
+    /// early): their sources are unknown.
     pub(crate) unread: u64,
+    /// Why the read stopped before the read limit, if it did.
+    pub(crate) stopped: Option<String>,
 }
 
 impl Cluster {
@@ -120,7 +123,13 @@ impl Cluster {
         while read < total.min(LIST_READ_LIMIT) {
             let next = tokio::time::timeout(Duration::from_secs(2), messages.next()).await;
             let Ok(Some(Ok(message))) = next else {
-                break; // purged meanwhile (their order came), or NATS is slow: count what was read
+                // Purged meanwhile (their order came), or NATS is slow: what was read counts.
+                waiting.stopped = Some(match next {
+                    Err(_) => format!("read {read} of {total} waiting scans: no message within 2s"),
+                    Ok(Some(Err(err))) => format!("read {read} of {total} waiting scans: {err}"),
+                    _ => format!("read {read} of {total} waiting scans: the consumer ended"),
+                });
+                break;
             };
             read += 1;
             let pending = message.info().map(|info| info.pending).unwrap_or(0);
@@ -136,9 +145,14 @@ impl Cluster {
                 break;
             }
         }
-        waiting.unread = total
-            .saturating_sub(read)
-            .min(total.saturating_sub(LIST_READ_LIMIT));
+        waiting.unread = if waiting.stopped.is_none() {
+            // The last one read had none pending after it: any others were purged meanwhile.
+            total
+                .saturating_sub(read)
+                .min(total.saturating_sub(LIST_READ_LIMIT))
+        } else {
+            total.saturating_sub(read)
+        };
         Ok(waiting)
     }
 }

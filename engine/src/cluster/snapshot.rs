@@ -204,6 +204,12 @@ fn stage(inner: &Inner, held: &[u32], written: &HashMap<u32, u64>) -> Result<Vec
         files.insert(partition, (encoder, path, 0));
     }
     let names: Vec<String> = wanted.iter().map(|p| position_key(*p)).collect();
+    // Whatever fails below leaves no staged file behind.
+    let discard = |files: &HashMap<u32, (GzEncoder<BufWriter<std::fs::File>>, PathBuf, u64)>| {
+        for (_, path, _) in files.values() {
+            let _ = std::fs::remove_file(path);
+        }
+    };
     let mut last_order = String::new();
     let mut last_partition = 0;
     let positions = journal
@@ -222,8 +228,11 @@ fn stage(inner: &Inner, held: &[u32], written: &HashMap<u32, u64>) -> Result<Vec
             }
             Ok(())
         })
-        .map_err(|e| e.to_string())?;
-    let mut staged = Vec::with_capacity(wanted.len());
+        .map_err(|e| {
+            discard(&files);
+            e.to_string()
+        })?;
+    let mut staged: Vec<Staged> = Vec::with_capacity(wanted.len());
     for (partition, position) in wanted.into_iter().zip(positions) {
         let Some((encoder, path, events)) = files.remove(&partition) else {
             continue;
@@ -234,6 +243,10 @@ fn stage(inner: &Inner, held: &[u32], written: &HashMap<u32, u64>) -> Result<Vec
             .map_err(|e| io(&path, e).to_string());
         if let Err(err) = finished {
             let _ = std::fs::remove_file(&path);
+            discard(&files);
+            for done in &staged {
+                let _ = std::fs::remove_file(&done.path);
+            }
             return Err(err);
         }
         staged.push(Staged {

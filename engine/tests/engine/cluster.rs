@@ -561,6 +561,10 @@ async fn owned(client: &reqwest::Client, base: &str) -> Option<f64> {
 }
 
 async fn wms_backlog(client: &reqwest::Client, base: &str) -> Option<f64> {
+    wms_gauge(client, base, "orderhub_dispatch_backlog").await
+}
+
+async fn wms_gauge(client: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
     let metrics = client
         .get(format!("{base}/metrics"))
         .send()
@@ -569,7 +573,7 @@ async fn wms_backlog(client: &reqwest::Client, base: &str) -> Option<f64> {
         .text()
         .await
         .ok()?;
-    sample(&metrics, "orderhub_dispatch_backlog", &[("sink", "wms")])
+    sample(&metrics, name, &[("sink", "wms")])
 }
 
 /// A node that gives partitions away sends none of their pending syncs: their new owner
@@ -674,8 +678,13 @@ async fn a_node_that_gives_partitions_away_sends_none_of_their_syncs() {
         late.is_empty(),
         "a sent syncs of b's orders after b held their partitions: {late:?}"
     );
-    let kept = wms_backlog(&client, &a.base).await.unwrap();
+    let kept = wms_gauge(&client, &a.base, "orderhub_dispatch_deferred")
+        .await
+        .unwrap();
     assert!(kept > 0.0, "a kept none of b's syncs back");
+    // Held back for b, they are not a's backlog (they neither page out a's own syncs nor hold
+    // back its ingest).
+    assert_eq!(wms_backlog(&client, &a.base).await, Some(0.0));
 
     // b dies: its partitions come back to a, which sends what it kept (b never settled them).
     b.kill();
@@ -683,7 +692,8 @@ async fn a_node_that_gives_partitions_away_sends_none_of_their_syncs() {
     loop {
         let delivered = sink.delivered("/wms").len();
         let backlog = wms_backlog(&client, &a.base).await;
-        if delivered == SYNCS && backlog == Some(0.0) {
+        let deferred = wms_gauge(&client, &a.base, "orderhub_dispatch_deferred").await;
+        if delivered == SYNCS && backlog == Some(0.0) && deferred == Some(0.0) {
             break;
         }
         assert!(
