@@ -7,7 +7,7 @@
 # e.g. scripts/lifecycle.sh 20000 1      # one event per request
 #      scripts/lifecycle.sh 20000 50     # 50 events per request
 # Needs `cargo build --release -p orderhub-engine -p orderhub-loadgen` first.
-# Optional environment: METRICS_OUT (see the end), DATA_DIR (an existing data directory), ENGINE_EXTRA (TOML appended to
+# Optional environment: ENGINE_BIN (another orderhub binary, for A/B runs), METRICS_OUT (see the end), DATA_DIR (an existing data directory), ENGINE_EXTRA (TOML appended to
 # the engine's config), ENGINE_LOG (keep the engine's log there), ENGINE_WRAP (a command the
 # engine runs under, e.g. "valgrind --tool=callgrind"), REPORT (the JSON report's path),
 # WALSTAT=1 (the engine never checkpoints; at the end scripts/walstat.py attributes every page
@@ -45,7 +45,7 @@ engine_log=${ENGINE_LOG:-$work/engine.log}
 
 "$bin/loadgen" sinks --listen "127.0.0.1:$sinks_port" --latency 0ms..0ms > "$work/sinks.log" 2>&1 &
 if [ -n "${WALSTAT:-}" ]; then export ORDERHUB_DEBUG_WAL_AUTOCHECKPOINT=0; fi
-RUST_LOG=${ENGINE_RUST_LOG:-warn} ${ENGINE_WRAP:-} "$bin/orderhub" serve --config "$work/engine.toml" \
+RUST_LOG=${ENGINE_RUST_LOG:-warn} ${ENGINE_WRAP:-} "${ENGINE_BIN:-$bin/orderhub}" serve --config "$work/engine.toml" \
   --data-dir "$data_dir" --listen "127.0.0.1:$engine_port" > "$engine_log" 2>&1 &
 engine_pid=$!
 for _ in $(seq 1200); do
