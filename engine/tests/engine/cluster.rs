@@ -381,6 +381,17 @@ async fn a_new_owner_rebuilds_its_partitions_from_their_snapshots() {
     b.stop().await;
 }
 
+/// The entry of source `name` in a `GET /v1/sources` answer (`null` if absent).
+fn source_entry(sources: &Value, name: &str) -> Value {
+    sources["sources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|s| s["name"] == name)
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// Courier scans naming no order, on two nodes: the scans arrive on one before any order has
 /// reported their waybill, wait in the stream, and reach the order (whichever node owns it)
 /// once the warehouse reports the waybill on the other.
@@ -431,13 +442,7 @@ async fn a_courier_scan_before_its_order_waits_in_the_stream_then_reaches_it() {
     for engine in &engines {
         let (status, sources) = engine.get("/v1/sources").await;
         assert_eq!(status, 200, "{sources}");
-        let sf = sources["sources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == "sf")
-            .cloned()
-            .unwrap_or_default();
+        let sf = source_entry(&sources, "sf");
         assert_eq!(sf["parked_scans"]["count"], 3, "{sources}");
         assert!(sf["parked_scans"]["oldest_received_at"].as_i64().is_some());
     }
@@ -466,13 +471,7 @@ async fn a_courier_scan_before_its_order_waits_in_the_stream_then_reaches_it() {
         );
     }
     let (_, sources) = engines[1].get("/v1/sources").await;
-    let sf = sources["sources"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "sf")
-        .cloned()
-        .unwrap_or_default();
+    let sf = source_entry(&sources, "sf");
     assert!(sf.get("parked_scans").is_none(), "{sources}");
     // A scan re-sent after its order is known goes straight to it: nothing new.
     let (status, _) = engines[1]
@@ -1044,13 +1043,7 @@ async fn order_details_are_fetched_once_by_each_orders_owner() {
         let (status, body) = engine.get("/v1/sources").await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["nodes"].as_array().map(Vec::len), Some(2), "{body}");
-        let events = body["sources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == "events")
-            .unwrap()
-            .clone();
+        let events = source_entry(&body, "events");
         assert_eq!(events["rejected"]["total"], 1, "{events}");
         assert_eq!(events["rejected"]["recent"][0]["node"], "a", "{events}");
         assert!(
