@@ -256,6 +256,47 @@ async fn post_ok(engine: &TestEngine, id: String, order: usize, status: &str) {
     assert_eq!(code, 200, "{answer}");
 }
 
+/// Waits until every partition's snapshot covers the partition's last event in the stream,
+/// then purges the stream: what came before is then known only to the snapshots (and the
+/// journals that applied it).
+async fn purge_once_snapshots_cover_it(nats: &str, partitions: u32) {
+    let js = async_nats::jetstream::new(async_nats::connect(nats).await.unwrap());
+    let mut stream = js
+        .get_stream(orderhub_engine::cluster::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let snapshots = js
+        .get_object_store(orderhub_engine::cluster::snapshot::SNAPSHOTS_BUCKET)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    for partition in 0..partitions {
+        let Ok(last) = stream
+            .get_last_raw_message_by_subject(&format!("orderhub.events.{partition}"))
+            .await
+        else {
+            continue;
+        };
+        loop {
+            let position = match snapshots.info(&format!("p{partition}")).await {
+                Ok(info) => info.metadata["position"].parse::<u64>().unwrap(),
+                Err(_) => 0,
+            };
+            if position >= last.sequence {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "partition {partition}'s snapshot never reached sequence {}",
+                last.sequence
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    stream.purge().await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+}
+
 /// A node taking partitions it never held rebuilds them from the snapshots their owner wrote
 /// and consumes the stream after them. Proven with the stream purged in between: what came
 /// before the purge is then known only to the snapshots.
@@ -289,41 +330,7 @@ async fn a_new_owner_rebuilds_its_partitions_from_their_snapshots() {
     }
 
     // Wait for every partition's snapshot to cover its last event, then purge the stream.
-    let js = async_nats::jetstream::new(async_nats::connect(nats.urls[0].as_str()).await.unwrap());
-    let mut stream = js
-        .get_stream(orderhub_engine::cluster::EVENTS_STREAM)
-        .await
-        .unwrap();
-    let snapshots = js
-        .get_object_store(orderhub_engine::cluster::snapshot::SNAPSHOTS_BUCKET)
-        .await
-        .unwrap();
-    let started = Instant::now();
-    for partition in 0..PARTITIONS {
-        let Ok(last) = stream
-            .get_last_raw_message_by_subject(&format!("orderhub.events.{partition}"))
-            .await
-        else {
-            continue;
-        };
-        loop {
-            let position = match snapshots.info(&format!("p{partition}")).await {
-                Ok(info) => info.metadata["position"].parse::<u64>().unwrap(),
-                Err(_) => 0,
-            };
-            if position >= last.sequence {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "partition {partition}'s snapshot never reached sequence {}",
-                last.sequence
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    stream.purge().await.unwrap();
-    assert_eq!(stream.info().await.unwrap().state.messages, 0);
+    purge_once_snapshots_cover_it(&nats.urls[0], PARTITIONS).await;
 
     // After the purge: the next step of every order, and a few new orders.
     for order in 0..ORDERS {
@@ -379,6 +386,66 @@ async fn a_new_owner_rebuilds_its_partitions_from_their_snapshots() {
         "{metrics}"
     );
     b.stop().await;
+}
+
+/// A node coming back to partitions it held before replays them from its own position; when
+/// the stream no longer holds the events after that position (aged out, here purged while
+/// another node owned them), it restores the partitions' snapshots instead of missing them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returning_node_restores_what_aged_out_of_the_stream_from_snapshots() {
+    let Some(binary) = nats_or_skip() else {
+        return;
+    };
+    let _one_at_a_time = IN_PROCESS.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&binary, 1, dir.path());
+    const PARTITIONS: u32 = 4;
+    const ORDERS: usize = 8;
+    let toml = |node: &str| {
+        format!(
+            "sla = []\n[server]\nshutdown_grace = \"10s\"\n{}snapshot_every = \"1s\"\n",
+            cluster_toml(&nats.urls, node, PARTITIONS, 1)
+        )
+    };
+    // a applies the orders' first events, then leaves b everything.
+    let a = TestEngine::start(&toml("a"), &dir.path().join("a")).await;
+    patiently(&a, "/readyz", |_| true).await;
+    for order in 0..ORDERS {
+        post_ok(&a, format!("r-{order}-paid"), order, "paid").await;
+    }
+    for order in 0..ORDERS {
+        patiently(&a, &format!("/v1/orders/shop:{order}"), |body| {
+            body["state"] == "paid"
+        })
+        .await;
+    }
+    let b = TestEngine::start(&toml("b"), &dir.path().join("b")).await;
+    patiently(&b, "/readyz", |_| true).await;
+    a.stop().await;
+    // b applies the next events; they age out of the stream once b's snapshots hold them.
+    for order in 0..ORDERS {
+        post_ok(&b, format!("r-{order}-allocated"), order, "allocated").await;
+    }
+    for order in 0..ORDERS {
+        patiently(&b, &format!("/v1/orders/shop:{order}"), |body| {
+            body["state"] == "allocated"
+        })
+        .await;
+    }
+    purge_once_snapshots_cover_it(&nats.urls[0], PARTITIONS).await;
+    // a comes back on its old data directory and b leaves: a's positions are behind the
+    // stream's start, so it restores b's snapshots.
+    let a = TestEngine::start(&toml("a"), &dir.path().join("a")).await;
+    patiently(&a, "/readyz", |_| true).await;
+    b.stop().await;
+    for order in 0..ORDERS {
+        let body = patiently(&a, &format!("/v1/orders/shop:{order}"), |body| {
+            body["state"] == "allocated"
+        })
+        .await;
+        assert_eq!(body["timeline"].as_array().unwrap().len(), 2, "{body}");
+    }
+    a.stop().await;
 }
 
 /// The entry of source `name` in a `GET /v1/sources` answer (`null` if absent).
