@@ -297,6 +297,24 @@ async fn purge_once_snapshots_cover_it(nats: &str, partitions: u32) {
     assert_eq!(stream.info().await.unwrap().state.messages, 0);
 }
 
+/// A node's configuration for the snapshot tests: snapshots every second.
+fn snapshotting(nats: &[String], node: &str, partitions: u32) -> String {
+    format!(
+        "sla = []\n[server]\nshutdown_grace = \"10s\"\n{}snapshot_every = \"1s\"\n",
+        cluster_toml(nats, node, partitions, 1)
+    )
+}
+
+/// Waits until `engine` answers `shop:{order}` in `state` for every one of `orders`.
+async fn until_state(engine: &TestEngine, orders: std::ops::Range<usize>, state: &str) {
+    for order in orders {
+        patiently(engine, &format!("/v1/orders/shop:{order}"), |body| {
+            body["state"] == state
+        })
+        .await;
+    }
+}
+
 /// A node taking partitions it never held rebuilds them from the snapshots their owner wrote
 /// and consumes the stream after them. Proven with the stream purged in between: what came
 /// before the purge is then known only to the snapshots.
@@ -310,24 +328,14 @@ async fn a_new_owner_rebuilds_its_partitions_from_their_snapshots() {
     let nats = Nats::start(&binary, 1, dir.path());
     const PARTITIONS: u32 = 4;
     const ORDERS: usize = 12;
-    let toml = |node: &str| {
-        format!(
-            "sla = []\n[server]\nshutdown_grace = \"10s\"\n{}snapshot_every = \"1s\"\n",
-            cluster_toml(&nats.urls, node, PARTITIONS, 1)
-        )
-    };
+    let toml = |node: &str| snapshotting(&nats.urls, node, PARTITIONS);
     let a = TestEngine::start(&toml("a"), &dir.path().join("a")).await;
     patiently(&a, "/readyz", |_| true).await;
     for order in 0..ORDERS {
         post_ok(&a, format!("s-{order}-paid"), order, "paid").await;
         post_ok(&a, format!("s-{order}-allocated"), order, "allocated").await;
     }
-    for order in 0..ORDERS {
-        patiently(&a, &format!("/v1/orders/shop:{order}"), |body| {
-            body["state"] == "allocated"
-        })
-        .await;
-    }
+    until_state(&a, 0..ORDERS, "allocated").await;
 
     // Wait for every partition's snapshot to cover its last event, then purge the stream.
     purge_once_snapshots_cover_it(&nats.urls[0], PARTITIONS).await;
@@ -339,12 +347,7 @@ async fn a_new_owner_rebuilds_its_partitions_from_their_snapshots() {
     for order in ORDERS..ORDERS + 4 {
         post_ok(&a, format!("s-{order}-paid"), order, "paid").await;
     }
-    for order in 0..ORDERS {
-        patiently(&a, &format!("/v1/orders/shop:{order}"), |body| {
-            body["state"] == "packed"
-        })
-        .await;
-    }
+    until_state(&a, 0..ORDERS, "packed").await;
 
     // Node b joins on an empty data directory and a leaves: b now owns every partition.
     let b = TestEngine::start(&toml("b"), &dir.path().join("b")).await;
@@ -363,12 +366,7 @@ async fn a_new_owner_rebuilds_its_partitions_from_their_snapshots() {
             .collect();
         assert_eq!(statuses, ["paid", "allocated", "packed"], "{body}");
     }
-    for order in ORDERS..ORDERS + 4 {
-        patiently(&b, &format!("/v1/orders/shop:{order}"), |body| {
-            body["state"] == "paid"
-        })
-        .await;
-    }
+    until_state(&b, ORDERS..ORDERS + 4, "paid").await;
     let metrics = b.metrics().await;
     assert_eq!(
         sample(&metrics, "orderhub_cluster_partitions_owned", &[]),
@@ -401,24 +399,14 @@ async fn a_returning_node_restores_what_aged_out_of_the_stream_from_snapshots() 
     let nats = Nats::start(&binary, 1, dir.path());
     const PARTITIONS: u32 = 4;
     const ORDERS: usize = 8;
-    let toml = |node: &str| {
-        format!(
-            "sla = []\n[server]\nshutdown_grace = \"10s\"\n{}snapshot_every = \"1s\"\n",
-            cluster_toml(&nats.urls, node, PARTITIONS, 1)
-        )
-    };
+    let toml = |node: &str| snapshotting(&nats.urls, node, PARTITIONS);
     // a applies the orders' first events, then leaves b everything.
     let a = TestEngine::start(&toml("a"), &dir.path().join("a")).await;
     patiently(&a, "/readyz", |_| true).await;
     for order in 0..ORDERS {
         post_ok(&a, format!("r-{order}-paid"), order, "paid").await;
     }
-    for order in 0..ORDERS {
-        patiently(&a, &format!("/v1/orders/shop:{order}"), |body| {
-            body["state"] == "paid"
-        })
-        .await;
-    }
+    until_state(&a, 0..ORDERS, "paid").await;
     let b = TestEngine::start(&toml("b"), &dir.path().join("b")).await;
     patiently(&b, "/readyz", |_| true).await;
     a.stop().await;
@@ -426,12 +414,7 @@ async fn a_returning_node_restores_what_aged_out_of_the_stream_from_snapshots() 
     for order in 0..ORDERS {
         post_ok(&b, format!("r-{order}-allocated"), order, "allocated").await;
     }
-    for order in 0..ORDERS {
-        patiently(&b, &format!("/v1/orders/shop:{order}"), |body| {
-            body["state"] == "allocated"
-        })
-        .await;
-    }
+    until_state(&b, 0..ORDERS, "allocated").await;
     purge_once_snapshots_cover_it(&nats.urls[0], PARTITIONS).await;
     // a comes back on its old data directory and b leaves: a's positions are behind the
     // stream's start, so it restores b's snapshots.
