@@ -136,13 +136,47 @@ pub(crate) async fn ready_client(
         .timeout(Duration::from_secs(30))
         .default_headers(headers)
         .build()?;
-    client
-        .get(format!("{target}/readyz"))
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .with_context(|| format!("the engine at {target} is not ready"))?;
+    wait_ready(&client, target, READY_WAIT).await?;
     Ok(client)
+}
+
+/// How long loadgen waits for an engine started beside it (in the same shell line, or still
+/// recovering its journal) to answer `/readyz`.
+const READY_WAIT: Duration = Duration::from_secs(30);
+
+/// Polls `{target}/readyz` until it answers 2xx; fails with the last answer after `wait`.
+async fn wait_ready(client: &reqwest::Client, target: &str, wait: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + wait;
+    let mut said = false;
+    loop {
+        let answer = client
+            .get(format!("{target}/readyz"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status());
+        match answer {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "the engine at {target} is not ready after {}s",
+                        wait.as_secs()
+                    )
+                });
+            }
+            Err(e) => {
+                if !said {
+                    eprintln!(
+                        "waiting up to {}s for the engine at {target} to be ready ({e})",
+                        wait.as_secs()
+                    );
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 /// The canonical-events key: `ORDERHUB_EVENTS_SECRET` (`whsec_…`), decoded.
@@ -487,4 +521,54 @@ pub async fn run_with(args: RunArgs, credentials: Credentials) -> anyhow::Result
     }
     crate::report::write_json(&args.report, &report)?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An engine whose `/readyz` answers 503 `not_ready_for` times, then 200.
+    async fn engine(not_ready_for: usize) -> String {
+        use std::sync::atomic::AtomicUsize;
+        rustls::crypto::ring::default_provider()
+            .install_default()
+            .ok();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/readyz",
+            axum::routing::get(move || async move {
+                if asked.fetch_add(1, Ordering::SeqCst) < not_ready_for {
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn waits_for_an_engine_that_is_still_starting() {
+        let target = engine(3).await;
+        wait_ready(&reqwest::Client::new(), &target, Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn names_the_engine_that_never_became_ready() {
+        let target = engine(usize::MAX).await;
+        let error = wait_ready(&reqwest::Client::new(), &target, Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        let text = format!("{error:#}");
+        assert!(
+            text.contains(&format!("the engine at {target} is not ready after 0s")),
+            "{text}"
+        );
+        assert!(text.contains("503"), "{text}");
+    }
 }
