@@ -379,6 +379,15 @@ impl DispatcherState {
     /// Takes a pending sync into memory.
     fn hold(&mut self, sync: PendingSync) {
         let order: Arc<str> = sync.intent.order.as_str().into();
+        if let Some(deferred) = self.deferred.get_mut(&order) {
+            // A later sync of an order held back for another node (decided here just before
+            // its partition moved) is held back with the rest: out of the window and backlog.
+            deferred.uncounted += 1;
+            self.deferred_rows += 1;
+            self.add_backlog(-1);
+            self.queues.entry(order).or_default().push_back(sync);
+            return;
+        }
         self.held.insert(sync.row);
         let queue = self.queues.entry(order.clone()).or_default();
         let was_empty = queue.is_empty();
