@@ -351,6 +351,7 @@ fn dispatcher_overhead(c: &mut Criterion) {
                             seq: row as u64,
                             rule: "r".into(),
                             payload: serde_json::Value::Null,
+                            contents: None,
                         },
                         attempts: 0,
                         not_before: 0,

@@ -26,6 +26,7 @@ impl MemoryOutbox {
                 seq,
                 rule: "r".into(),
                 payload: serde_json::json!({ "seq": seq }),
+                contents: None,
             },
             attempts: 0,
             not_before: 0,

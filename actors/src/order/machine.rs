@@ -717,6 +717,17 @@ impl Order {
                 .flatten()
                 .map(str::to_owned),
         });
+        // A payload carrying exactly this event's contents points the outbox at the event
+        // instead of storing them again (most syncs: the contents are most of their bytes).
+        if !event.fields.is_empty() {
+            for sync in &mut timers.syncs {
+                if sync.contents.is_none()
+                    && sync.payload.get("fields").and_then(|f| f.as_object()) == Some(&event.fields)
+                {
+                    sync.contents = Some(journaled.seq);
+                }
+            }
+        }
         Some((outcome, timers))
     }
 
@@ -1444,6 +1455,7 @@ impl Order {
                 "order_id": self.key.split_once(':').map_or(self.key.as_str(), |(_, id)| id),
                 "reason": reason,
             }),
+            contents: None,
         });
     }
 

@@ -807,6 +807,7 @@ impl RuleSet {
             seq,
             rule: rule.to_owned(),
             payload,
+            contents: None,
         }
     }
 
@@ -1325,6 +1326,34 @@ mod tests {
         assert_eq!(fired(&order), ["any"]);
     }
 
+    #[test]
+    fn a_payload_carrying_exactly_the_events_contents_points_at_the_event() {
+        let policy = OrderPolicy::permissive().with_rules(
+            RuleSet::compile(vec![spec("erp", r#"order.state in ["paid", "shipped"]"#)]).unwrap(),
+        );
+        let mut order = Order::new("douyin:1");
+        let contents = serde_json::json!({"items": [{"sku": "A", "qty": 2}], "amount": 99.5});
+        let (_, effects) = order
+            .apply(&event(7, OrderState::Paid, contents.clone()), &policy)
+            .unwrap();
+        assert_eq!(effects.syncs[0].payload["fields"], contents);
+        assert_eq!(effects.syncs[0].contents, Some(7));
+        // An event carrying only part of the order's contents: the payload has more than it.
+        let (_, effects) = order
+            .apply(
+                &event(
+                    8,
+                    OrderState::Shipped,
+                    serde_json::json!({"waybill_no": "SF1"}),
+                ),
+                &policy,
+            )
+            .unwrap();
+        assert_eq!(effects.syncs[0].payload["fields"]["waybill_no"], "SF1");
+        assert_eq!(effects.syncs[0].payload["fields"]["amount"], 99.5);
+        assert_eq!(effects.syncs[0].contents, None);
+    }
+
     fn event(seq: u64, state: OrderState, fields: serde_json::Value) -> JournaledEvent {
         JournaledEvent {
             seq,
@@ -1401,6 +1430,8 @@ mod tests {
         assert_eq!(sync.payload["previous_state"], "none");
         let with_tax = sync.payload["fields"]["amount_with_tax"].as_f64().unwrap();
         assert!((with_tax - 113.0).abs() < 1e-9, "{with_tax}");
+        // Computed fields make them more than the event's contents: the payload is kept whole.
+        assert_eq!(sync.contents, None);
         assert_eq!(
             order.timeline[0].rules,
             ["rule erp_on_paid: sync erp (douyin:1:7:erp)"]

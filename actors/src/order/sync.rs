@@ -19,6 +19,12 @@ pub struct SyncIntent {
     pub rule: String,
     /// What is sent (connectors translate it into the sink's own format).
     pub payload: serde_json::Value,
+    /// The journal sequence of an event whose `fields` are exactly the payload's `fields` (the
+    /// order's contents, most of a payload's bytes): the outbox then stores the payload without
+    /// them and reads them back from that event, rather than writing the contents once more per
+    /// sync. `None`: the payload is stored whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contents: Option<u64>,
 }
 
 impl SyncIntent {

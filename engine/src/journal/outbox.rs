@@ -5,6 +5,7 @@ use super::JournalError;
 use orderhub_actors::dispatch::{PendingSync, SyncIntent, SyncStatus, SyncUpdate};
 use orderhub_actors::order::Millis;
 use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::{Map, Value};
 
 /// A sync as the API shows it.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -33,24 +34,54 @@ pub struct SyncView {
     pub payload: serde_json::Value,
 }
 
+/// A payload as the `syncs` row keeps it: without its `fields` when the event at
+/// `contents` holds them (they are read back from there), whole otherwise.
+struct Stored<'a>(&'a SyncIntent);
+
+impl serde::Serialize for Stored<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match (&self.0.payload, self.0.contents) {
+            (Value::Object(payload), Some(_)) => {
+                let mut map = serializer.serialize_map(None)?;
+                for (name, value) in payload.iter().filter(|(name, _)| *name != "fields") {
+                    map.serialize_entry(name, value)?;
+                }
+                map.end()
+            }
+            (payload, _) => payload.serialize(serializer),
+        }
+    }
+}
+
 /// Inserts `sync` unless a sync with its id exists; returns it as pending when inserted.
 pub(crate) fn insert(
     conn: &Connection,
     sync: &SyncIntent,
     now: Millis,
 ) -> Result<Option<PendingSync>, JournalError> {
-    let payload = serde_json::to_string(&sync.payload).map_err(|e| JournalError::Corrupt {
+    let payload = serde_json::to_string(&Stored(sync)).map_err(|e| JournalError::Corrupt {
         seq: sync.seq,
         reason: e.to_string(),
     })?;
+    let contents = sync.contents.map(|seq| seq as i64);
     let row: Option<i64> = conn
         .prepare_cached(
-            "INSERT INTO syncs (id, sink, order_key, seq, rule, payload, status, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)
+            "INSERT INTO syncs (id, sink, order_key, seq, rule, payload, contents, status, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?8)
              ON CONFLICT (id) DO NOTHING RETURNING row",
         )?
         .query_row(
-            params![sync.id, sync.sink, sync.order, sync.seq as i64, sync.rule, payload, now],
+            params![
+                sync.id,
+                sync.sink,
+                sync.order,
+                sync.seq as i64,
+                sync.rule,
+                payload,
+                contents,
+                now
+            ],
             |r| r.get(0),
         )
         .optional()?;
@@ -97,7 +128,8 @@ pub(crate) fn revive(
     }
     let sync = conn
         .prepare_cached(&format!(
-            "SELECT {PENDING_COLUMNS} FROM syncs WHERE row = ?1"
+            "SELECT {} FROM syncs WHERE row = ?1",
+            pending_columns()
         ))?
         .query_row([row], pending_from_row)
         .optional()?;
@@ -105,14 +137,75 @@ pub(crate) fn revive(
         .map_err(|reason| JournalError::Corrupt { seq: 0, reason })
 }
 
-const PENDING_COLUMNS: &str =
-    "row, id, sink, order_key, seq, rule, payload, attempts, not_before, created_at";
+/// The columns a row's whole payload is read from: the stored payload, the event its contents
+/// point at, and that event's body (NULL when the payload is whole).
+const PAYLOAD_COLUMNS: &str =
+    "payload, contents, (SELECT body FROM events WHERE events.seq = syncs.contents)";
+
+/// The part of a journaled event a sync's payload takes its `fields` from.
+#[derive(serde::Deserialize)]
+struct Contents {
+    #[serde(default)]
+    fields: Map<String, Value>,
+}
+
+/// The whole payload of a row from its three [`PAYLOAD_COLUMNS`] starting at `at`: the stored
+/// payload, with `fields` read back from the event it points at.
+fn payload_at(r: &Row<'_>, at: usize) -> rusqlite::Result<Result<(Value, Option<u64>), String>> {
+    let stored: String = r.get(at)?;
+    let contents: Option<i64> = r.get(at + 1)?;
+    let mut payload: Value = match serde_json::from_str(&stored) {
+        Ok(payload) => payload,
+        Err(e) => {
+            return Ok(Err(format!(
+                "sync row {}: payload: {e}",
+                r.get::<_, i64>(0)?
+            )));
+        }
+    };
+    let Some(seq) = contents else {
+        return Ok(Ok((payload, None)));
+    };
+    let body: Option<String> = r.get(at + 2)?;
+    let fields = match body.as_deref().map(serde_json::from_str::<Contents>) {
+        Some(Ok(event)) => event.fields,
+        Some(Err(e)) => {
+            return Ok(Err(format!(
+                "sync row {}: its contents' event {seq}: {e}",
+                r.get::<_, i64>(0)?
+            )));
+        }
+        None => {
+            return Ok(Err(format!(
+                "sync row {}: its contents' event {seq} is not in the journal",
+                r.get::<_, i64>(0)?
+            )));
+        }
+    };
+    match payload.as_object_mut() {
+        Some(map) => {
+            map.insert("fields".into(), Value::Object(fields));
+        }
+        None => {
+            return Ok(Err(format!(
+                "sync row {}: a payload with contents elsewhere is not an object",
+                r.get::<_, i64>(0)?
+            )));
+        }
+    }
+    Ok(Ok((payload, Some(seq as u64))))
+}
+
+fn pending_columns() -> String {
+    format!(
+        "row, id, sink, order_key, seq, rule, attempts, not_before, created_at, {PAYLOAD_COLUMNS}"
+    )
+}
 
 fn pending_from_row(r: &Row<'_>) -> rusqlite::Result<Result<PendingSync, String>> {
-    let payload: String = r.get(6)?;
-    let payload = match serde_json::from_str(&payload) {
-        Ok(payload) => payload,
-        Err(e) => return Ok(Err(format!("sync row {}: {e}", r.get::<_, i64>(0)?))),
+    let (payload, contents) = match payload_at(r, 9)? {
+        Ok(whole) => whole,
+        Err(e) => return Ok(Err(e)),
     };
     Ok(Ok(PendingSync {
         row: r.get(0)?,
@@ -123,10 +216,11 @@ fn pending_from_row(r: &Row<'_>) -> rusqlite::Result<Result<PendingSync, String>
             seq: r.get::<_, i64>(4)? as u64,
             rule: r.get(5)?,
             payload,
+            contents,
         },
-        attempts: r.get(7)?,
-        not_before: r.get(8)?,
-        created_at: r.get(9)?,
+        attempts: r.get(6)?,
+        not_before: r.get(7)?,
+        created_at: r.get(8)?,
     }))
 }
 
@@ -138,8 +232,9 @@ pub(crate) fn pending_page(
     limit: usize,
 ) -> Result<Vec<PendingSync>, JournalError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {PENDING_COLUMNS} FROM syncs WHERE sink = ?1 AND status = 'pending' AND row > ?2
-         ORDER BY row LIMIT ?3"
+        "SELECT {} FROM syncs WHERE sink = ?1 AND status = 'pending' AND row > ?2
+         ORDER BY row LIMIT ?3",
+        pending_columns()
     ))?;
     let rows = stmt.query_map(params![sink, after_row, limit as i64], pending_from_row)?;
     let mut page = Vec::new();
@@ -155,11 +250,19 @@ pub(crate) fn pending_count(conn: &Connection, sink: &str) -> Result<u64, Journa
         .query_row([sink], |r| r.get::<_, i64>(0))? as u64)
 }
 
-const VIEW_COLUMNS: &str =
-    "row, id, sink, order_key, rule, status, attempts, last_error, created_at, updated_at, payload";
+fn view_columns() -> String {
+    format!(
+        "row, id, sink, order_key, rule, status, attempts, last_error, created_at, updated_at, {PAYLOAD_COLUMNS}"
+    )
+}
 
+/// A row as the API shows it; a payload that cannot be put together again is shown as what is
+/// stored, with why (it is still the outbox's record of the sync).
 fn view_from_row(r: &Row<'_>) -> rusqlite::Result<SyncView> {
-    let payload: String = r.get(10)?;
+    let payload = match payload_at(r, 10)? {
+        Ok((payload, _)) => payload,
+        Err(why) => serde_json::json!({ "stored": r.get::<_, String>(10)?, "error": why }),
+    };
     Ok(SyncView {
         row: r.get(0)?,
         id: r.get(1)?,
@@ -171,14 +274,15 @@ fn view_from_row(r: &Row<'_>) -> rusqlite::Result<SyncView> {
         last_error: r.get(7)?,
         created_at: r.get(8)?,
         updated_at: r.get(9)?,
-        payload: serde_json::from_str(&payload).unwrap_or(serde_json::Value::String(payload)),
+        payload,
     })
 }
 
 /// Every sync of `order`, oldest first.
 pub(crate) fn of_order(conn: &Connection, order: &str) -> Result<Vec<SyncView>, JournalError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {VIEW_COLUMNS} FROM syncs WHERE order_key = ?1 ORDER BY row"
+        "SELECT {} FROM syncs WHERE order_key = ?1 ORDER BY row",
+        view_columns()
     ))?;
     let rows = stmt.query_map([order], view_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -191,8 +295,9 @@ pub(crate) fn dead_letters(
     limit: usize,
 ) -> Result<Vec<SyncView>, JournalError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {VIEW_COLUMNS} FROM syncs WHERE status = 'dead' AND (?1 IS NULL OR sink = ?1)
-         ORDER BY row LIMIT ?2"
+        "SELECT {} FROM syncs WHERE status = 'dead' AND (?1 IS NULL OR sink = ?1)
+         ORDER BY row LIMIT ?2",
+        view_columns()
     ))?;
     let rows = stmt.query_map(params![sink, limit as i64], view_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -203,4 +308,105 @@ pub(crate) fn count_by_status(conn: &Connection, status: SyncStatus) -> Result<u
     Ok(conn
         .prepare_cached("SELECT COUNT(*) FROM syncs WHERE status = ?1")?
         .query_row([status.as_str()], |r| r.get::<_, i64>(0))? as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use orderhub_actors::order::{EventAction, OrderEvent};
+
+    /// A journal connection with one event of `shop:1` carrying `fields`; returns its seq.
+    fn journal_with_event(dir: &std::path::Path, fields: &Value) -> (Connection, u64) {
+        let conn = super::super::schema::open_writer(dir).unwrap();
+        let event = OrderEvent {
+            order: "shop:1".into(),
+            source: "shop".into(),
+            source_event_id: "e1".into(),
+            supersedes: None,
+            log_seq: None,
+            raw_status: "paid".into(),
+            action: EventAction::Inform,
+            occurred_at: 1,
+            received_at: 1,
+            fields: fields.as_object().cloned().unwrap(),
+        };
+        let seq: i64 = conn
+            .query_row(
+                "INSERT INTO events (order_key, source, source_event_id, received_at, body)
+                 VALUES ('shop:1', 'shop', 'e1', 1, ?1) RETURNING seq",
+                [serde_json::to_string(&event).unwrap()],
+                |r| r.get(0),
+            )
+            .unwrap();
+        (conn, seq as u64)
+    }
+
+    fn sync(id: &str, payload: Value, contents: Option<u64>) -> SyncIntent {
+        SyncIntent {
+            id: id.into(),
+            sink: "erp".into(),
+            order: "shop:1".into(),
+            seq: 1,
+            rule: "r".into(),
+            payload,
+            contents,
+        }
+    }
+
+    #[test]
+    fn a_payload_pointing_at_its_event_is_stored_without_the_contents_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let fields =
+            serde_json::json!({"items": [{"sku": "A", "qty": 2}], "name": "张三", "amount": 99.5});
+        let (conn, seq) = journal_with_event(dir.path(), &fields);
+        let payload = serde_json::json!({"order": "shop:1", "state": "paid", "fields": fields});
+        let pointing = sync("shop:1:1:erp", payload.clone(), Some(seq));
+        let whole = sync("shop:1:1:wms", payload.clone(), None);
+        insert(&conn, &pointing, 5).unwrap().unwrap();
+        insert(&conn, &whole, 5).unwrap().unwrap();
+
+        let stored: Vec<(String, Option<i64>)> = conn
+            .prepare("SELECT payload, contents FROM syncs ORDER BY row")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(stored[0].0, r#"{"order":"shop:1","state":"paid"}"#);
+        assert_eq!(stored[0].1, Some(seq as i64));
+        assert!(stored[1].0.contains("张三"), "{}", stored[1].0);
+        assert_eq!(stored[1].1, None);
+
+        let pending = pending_page(&conn, "erp", 0, 10).unwrap();
+        assert_eq!(pending[0].intent.payload, payload);
+        assert_eq!(pending[0].intent.contents, Some(seq));
+        let views = of_order(&conn, "shop:1").unwrap();
+        assert_eq!(views.len(), 2);
+        assert!(views.iter().all(|v| v.payload == payload));
+    }
+
+    #[test]
+    fn a_sync_whose_contents_event_is_gone_is_named_not_sent_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let fields = serde_json::json!({"amount": 1});
+        let (conn, seq) = journal_with_event(dir.path(), &fields);
+        let payload = serde_json::json!({"order": "shop:1", "fields": fields});
+        insert(&conn, &sync("shop:1:1:erp", payload, Some(seq)), 5)
+            .unwrap()
+            .unwrap();
+        conn.execute("DELETE FROM events", []).unwrap();
+        let err = pending_page(&conn, "erp", 0, 10).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("its contents' event {seq} is not in the journal")),
+            "{err}"
+        );
+        let view = &of_order(&conn, "shop:1").unwrap()[0];
+        assert_eq!(view.payload["stored"], r#"{"order":"shop:1"}"#);
+        assert!(
+            view.payload["error"]
+                .as_str()
+                .unwrap()
+                .contains("not in the journal")
+        );
+    }
 }

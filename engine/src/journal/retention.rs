@@ -1018,6 +1018,7 @@ mod tests {
             seq,
             rule: "r".into(),
             payload: serde_json::json!({"order": order}),
+            contents: None,
         }
     }
 

@@ -153,6 +153,21 @@ fn add_disagreement_column(conn: &Connection) -> rusqlite::Result<()> {
     )
 }
 
+/// Journals made before syncs could point at their contents lack the `syncs.contents` column
+/// (the journal sequence of an event whose `fields` are the payload's `fields`, which the row's
+/// payload then leaves out; NULL when the payload is whole): it is added.
+fn add_contents_column(conn: &Connection) -> rusqlite::Result<()> {
+    let present: i64 = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('syncs') WHERE name = 'contents'",
+        [],
+        |r| r.get(0),
+    )?;
+    if present == 0 {
+        conn.execute_batch("ALTER TABLE syncs ADD COLUMN contents INTEGER;")?;
+    }
+    Ok(())
+}
+
 /// The meta key of the index watermark: every event below it is folded into `orders`.
 pub(crate) const WATERMARK: &str = "index_watermark";
 
@@ -193,6 +208,7 @@ pub(crate) fn open_writer(dir: &Path) -> rusqlite::Result<Connection> {
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
     conn.execute_batch(SCHEMA)?;
     add_disagreement_column(&conn)?;
+    add_contents_column(&conn)?;
     backfill_waybills(&conn)?;
     Ok(conn)
 }
@@ -235,6 +251,32 @@ mod tests {
         assert_eq!(kept, None);
         drop(conn);
         // Opening again finds it there.
+        open_writer(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_journal_from_before_syncs_pointed_at_their_contents_gets_the_column() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let old = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            old.execute_batch(
+                "CREATE TABLE syncs (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, sink TEXT NOT NULL,
+                    order_key TEXT NOT NULL, seq INTEGER NOT NULL, rule TEXT NOT NULL, payload TEXT NOT NULL,
+                    status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                    not_before INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+                    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+                 INSERT INTO syncs (id, sink, order_key, seq, rule, payload, status, created_at, updated_at)
+                    VALUES ('shop:1:1:erp', 'erp', 'shop:1', 1, 'r', '{}', 'pending', 1, 1);",
+            )
+            .unwrap();
+        }
+        let conn = open_writer(dir.path()).unwrap();
+        // The syncs written before keep their whole payloads.
+        let contents: Option<i64> = conn
+            .query_row("SELECT contents FROM syncs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(contents, None);
+        drop(conn);
         open_writer(dir.path()).unwrap();
     }
 }

@@ -182,6 +182,7 @@ mod tests {
             seq: 5,
             rule: "ship".into(),
             payload: serde_json::json!({ "fields": { "contactInfoList": [{ "contactType": 2, "mobile": "1" }] } }),
+            contents: None,
         };
         let data = connector.msg_data(&sync);
         assert_eq!(data["orderId"], "77");

@@ -261,6 +261,7 @@ mod tests {
             seq: 4,
             rule: "wms_rule".into(),
             payload: json!({ "operation": operation, "fields": fields }),
+            contents: None,
         }
     }
 
