@@ -137,17 +137,23 @@ fn backfill_waybills(conn: &Connection) -> rusqlite::Result<()> {
     ))
 }
 
-/// Journals made before disagreements were flagged lack the `orders.disagreement` column (the
-/// kinds of an order's open disagreements, JSON; NULL when none): it is added.
-fn add_disagreement_column(conn: &Connection) -> rusqlite::Result<()> {
+/// Adds `column` (with its type) to `table` of a journal made before the column existed.
+fn add_column(conn: &Connection, table: &str, column: &str, kind: &str) -> rusqlite::Result<()> {
     let present: i64 = conn.query_row(
-        "SELECT count(*) FROM pragma_table_info('orders') WHERE name = 'disagreement'",
-        [],
+        "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        [table, column],
         |r| r.get(0),
     )?;
     if present == 0 {
-        conn.execute_batch("ALTER TABLE orders ADD COLUMN disagreement TEXT;")?;
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind};"))?;
     }
+    Ok(())
+}
+
+/// Journals made before disagreements were flagged lack the `orders.disagreement` column (the
+/// kinds of an order's open disagreements, JSON; NULL when none): it is added.
+fn add_disagreement_column(conn: &Connection) -> rusqlite::Result<()> {
+    add_column(conn, "orders", "disagreement", "TEXT")?;
     conn.execute_batch(
         "CREATE INDEX IF NOT EXISTS orders_disagreeing ON orders (state_since) WHERE disagreement IS NOT NULL;",
     )
@@ -157,15 +163,7 @@ fn add_disagreement_column(conn: &Connection) -> rusqlite::Result<()> {
 /// (the journal sequence of an event whose `fields` are the payload's `fields`, which the row's
 /// payload then leaves out; NULL when the payload is whole): it is added.
 fn add_contents_column(conn: &Connection) -> rusqlite::Result<()> {
-    let present: i64 = conn.query_row(
-        "SELECT count(*) FROM pragma_table_info('syncs') WHERE name = 'contents'",
-        [],
-        |r| r.get(0),
-    )?;
-    if present == 0 {
-        conn.execute_batch("ALTER TABLE syncs ADD COLUMN contents INTEGER;")?;
-    }
-    Ok(())
+    add_column(conn, "syncs", "contents", "INTEGER")
 }
 
 /// The meta key of the index watermark: every event below it is folded into `orders`.
