@@ -250,10 +250,32 @@ pub(crate) fn pending_count(conn: &Connection, sink: &str) -> Result<u64, Journa
         .query_row([sink], |r| r.get::<_, i64>(0))? as u64)
 }
 
-fn view_columns() -> String {
+/// [`PAYLOAD_COLUMNS`] of a journal an older build wrote, read by this one without opening it
+/// for writing (`orderhub reconcile` before the engine was restarted): it has no `contents`
+/// column yet, and every payload in it is whole.
+const WHOLE_PAYLOAD_COLUMNS: &str = "payload, NULL, NULL";
+
+fn view_columns(payload: &str) -> String {
     format!(
-        "row, id, sink, order_key, rule, status, attempts, last_error, created_at, updated_at, {PAYLOAD_COLUMNS}"
+        "row, id, sink, order_key, rule, status, attempts, last_error, created_at, updated_at, {payload}"
     )
+}
+
+/// The syncs a view query selects (`{}` in `sql` stands for the columns).
+fn views(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params + Clone,
+) -> Result<Vec<SyncView>, JournalError> {
+    let mut stmt = match conn.prepare_cached(&sql.replace("{}", &view_columns(PAYLOAD_COLUMNS))) {
+        Ok(stmt) => stmt,
+        Err(e) if e.to_string().contains("no such column: contents") => {
+            conn.prepare_cached(&sql.replace("{}", &view_columns(WHOLE_PAYLOAD_COLUMNS)))?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let rows = stmt.query_map(params, view_from_row)?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// A row as the API shows it; a payload that cannot be put together again is shown as what is
@@ -280,12 +302,11 @@ fn view_from_row(r: &Row<'_>) -> rusqlite::Result<SyncView> {
 
 /// Every sync of `order`, oldest first.
 pub(crate) fn of_order(conn: &Connection, order: &str) -> Result<Vec<SyncView>, JournalError> {
-    let mut stmt = conn.prepare_cached(&format!(
+    views(
+        conn,
         "SELECT {} FROM syncs WHERE order_key = ?1 ORDER BY row",
-        view_columns()
-    ))?;
-    let rows = stmt.query_map([order], view_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        [order],
+    )
 }
 
 /// Dead syncs, oldest first, optionally of one sink.
@@ -294,13 +315,12 @@ pub(crate) fn dead_letters(
     sink: Option<&str>,
     limit: usize,
 ) -> Result<Vec<SyncView>, JournalError> {
-    let mut stmt = conn.prepare_cached(&format!(
+    views(
+        conn,
         "SELECT {} FROM syncs WHERE status = 'dead' AND (?1 IS NULL OR sink = ?1)
          ORDER BY row LIMIT ?2",
-        view_columns()
-    ))?;
-    let rows = stmt.query_map(params![sink, limit as i64], view_from_row)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        (sink, limit as i64),
+    )
 }
 
 /// Counts syncs by status (for tests and operators).
@@ -383,6 +403,30 @@ mod tests {
         let views = of_order(&conn, "shop:1").unwrap();
         assert_eq!(views.len(), 2);
         assert!(views.iter().all(|v| v.payload == payload));
+    }
+
+    #[test]
+    fn a_journal_an_older_build_wrote_is_read_without_the_contents_column() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let old = Connection::open(dir.path().join(super::super::schema::DB_FILE)).unwrap();
+            old.execute_batch(
+                "CREATE TABLE events (seq INTEGER PRIMARY KEY, order_key TEXT NOT NULL, source TEXT NOT NULL,
+                    source_event_id TEXT NOT NULL, received_at INTEGER NOT NULL, body TEXT NOT NULL);
+                 CREATE TABLE syncs (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, sink TEXT NOT NULL,
+                    order_key TEXT NOT NULL, seq INTEGER NOT NULL, rule TEXT NOT NULL, payload TEXT NOT NULL,
+                    status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+                    not_before INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+                    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+                 INSERT INTO syncs (id, sink, order_key, seq, rule, payload, status, created_at, updated_at)
+                    VALUES ('shop:1:1:erp', 'erp', 'shop:1', 1, 'r', '{\"fields\":{\"amount\":1}}', 'dead', 1, 1);",
+            )
+            .unwrap();
+        }
+        let conn = super::super::schema::open_reader(dir.path()).unwrap();
+        let views = of_order(&conn, "shop:1").unwrap();
+        assert_eq!(views[0].payload["fields"]["amount"], 1);
+        assert_eq!(dead_letters(&conn, Some("erp"), 10).unwrap().len(), 1);
     }
 
     #[test]
