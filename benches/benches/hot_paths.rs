@@ -356,6 +356,7 @@ fn dispatcher_overhead(c: &mut Criterion) {
                         attempts: 0,
                         not_before: 0,
                         created_at: 0,
+                        unreadable: None,
                     }
                 })
                 .collect();

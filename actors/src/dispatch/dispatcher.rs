@@ -378,6 +378,10 @@ impl DispatcherState {
 
     /// Takes a pending sync into memory.
     fn hold(&mut self, sync: PendingSync) {
+        if let Some(why) = &sync.unreadable {
+            self.dead_letter_unreadable(&sync, why);
+            return;
+        }
         let order: Arc<str> = sync.intent.order.as_str().into();
         if let Some(deferred) = self.deferred.get_mut(&order) {
             // A later sync of an order held back for another node (decided here just before
@@ -395,6 +399,35 @@ impl DispatcherState {
         if was_empty && !self.busy.contains(&order) {
             self.schedule_head(order);
         }
+    }
+
+    /// A row the outbox cannot read back whole is dead-lettered with why: never sent partial,
+    /// and not left pending where it would hold up its order's later syncs (or, unreadable on
+    /// every page, the sink).
+    fn dead_letter_unreadable(&mut self, sync: &PendingSync, why: &str) {
+        tracing::error!(
+            sink = %self.spec.name,
+            row = sync.row,
+            sync = %sync.intent.id,
+            error = why,
+            "a pending sync cannot be read back from the outbox: dead-lettered"
+        );
+        self.store.record_attempt(SyncUpdate {
+            row: sync.row,
+            status: SyncStatus::Dead,
+            attempts: sync.attempts,
+            not_before: 0,
+            last_error: Some(format!("cannot be read back from the outbox: {why}")),
+            at: self.now(),
+        });
+        self.add_backlog(-1);
+        self.dead += 1;
+        self.metrics.dead.increment(1);
+        crate::digest::note(
+            crate::digest::Warning::DeadLettered,
+            &self.spec.name,
+            &sync.intent.id,
+        );
     }
 
     /// Puts the order's head in the ready queue, or among the delayed ones.

@@ -31,6 +31,7 @@ impl MemoryOutbox {
             attempts: 0,
             not_before: 0,
             created_at: 0,
+            unreadable: None,
         };
         self.rows
             .lock()
@@ -663,5 +664,55 @@ async fn a_hold_that_names_sinks_keeps_back_only_their_syncs() {
     held.set("o:held", false);
     until_backlog_empty(&dispatch, Duration::from_secs(5)).await;
     assert_eq!(sink.delivered.lock().unwrap().len(), 2);
+    dispatch.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_the_outbox_cannot_read_back_is_dead_lettered_and_holds_nothing_up() {
+    let outbox = Arc::new(MemoryOutbox::default());
+    let mut broken = outbox.add(1, "o:1", 1);
+    broken.unreadable = Some("sync row 1: its contents' event 7 is not in the journal".into());
+    outbox.rows.lock().unwrap().get_mut(&1).unwrap().0 = broken;
+    outbox.add(2, "o:1", 2);
+    outbox.add(3, "o:2", 1);
+    let sink = ScriptedSink::new(|_, _| Delivery::Delivered);
+    let dispatch = Dispatch::start(
+        vec![(spec(1000), sink.clone() as Arc<dyn SinkConnector>)],
+        outbox.clone(),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    loop {
+        let status = dispatch.status("erp").await.unwrap();
+        if (status.backlog, status.delivered, status.dead) == (0, 2, 1) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{status:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Never sent partial; the order's next sync and the other order's went out.
+    let sent: Vec<String> = sink
+        .attempts
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|a| a.0.clone())
+        .collect();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(
+        !sent.contains(&SyncIntent::key("o:1", 1, "erp")),
+        "{sent:?}"
+    );
+    let (_, status, error) = outbox.rows.lock().unwrap()[&1].clone();
+    assert_eq!(status, SyncStatus::Dead);
+    assert!(
+        error
+            .as_deref()
+            .unwrap()
+            .contains("cannot be read back from the outbox: sync row 1: its contents' event 7"),
+        "{error:?}"
+    );
     dispatch.stop().await;
 }

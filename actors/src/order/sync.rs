@@ -70,6 +70,10 @@ pub struct PendingSync {
     pub not_before: Millis,
     /// When it was decided (hub time).
     pub created_at: Millis,
+    /// Why its row could not be read back whole (its payload does not parse, or the event
+    /// holding its contents is gone): it is dead-lettered with this, never sent partial, and it
+    /// does not hold up the sink's other syncs.
+    pub unreadable: Option<String>,
 }
 
 /// The result of one delivery attempt, reported back to the outbox.

@@ -91,6 +91,7 @@ pub(crate) fn insert(
         attempts: 0,
         not_before: 0,
         created_at: now,
+        unreadable: None,
     }))
 }
 
@@ -133,8 +134,7 @@ pub(crate) fn revive(
         ))?
         .query_row([row], pending_from_row)
         .optional()?;
-    sync.transpose()
-        .map_err(|reason| JournalError::Corrupt { seq: 0, reason })
+    Ok(sync)
 }
 
 /// The columns a row's whole payload is read from: the stored payload, the event its contents
@@ -202,12 +202,15 @@ fn pending_columns() -> String {
     )
 }
 
-fn pending_from_row(r: &Row<'_>) -> rusqlite::Result<Result<PendingSync, String>> {
-    let (payload, contents) = match payload_at(r, 9)? {
-        Ok(whole) => whole,
-        Err(e) => return Ok(Err(e)),
+/// A pending row; one whose payload cannot be put together again comes back marked
+/// `unreadable` (the dispatcher dead-letters it with the reason) rather than failing the page,
+/// which would hold up every later sync of its sink.
+fn pending_from_row(r: &Row<'_>) -> rusqlite::Result<PendingSync> {
+    let (payload, contents, unreadable) = match payload_at(r, 9)? {
+        Ok((payload, contents)) => (payload, contents, None),
+        Err(why) => (Value::Null, None, Some(why)),
     };
-    Ok(Ok(PendingSync {
+    Ok(PendingSync {
         row: r.get(0)?,
         intent: SyncIntent {
             id: r.get(1)?,
@@ -221,7 +224,8 @@ fn pending_from_row(r: &Row<'_>) -> rusqlite::Result<Result<PendingSync, String>
         attempts: r.get(6)?,
         not_before: r.get(7)?,
         created_at: r.get(8)?,
-    }))
+        unreadable,
+    })
 }
 
 /// Pending syncs of `sink` after `after_row`, in row order.
@@ -237,11 +241,7 @@ pub(crate) fn pending_page(
         pending_columns()
     ))?;
     let rows = stmt.query_map(params![sink, after_row, limit as i64], pending_from_row)?;
-    let mut page = Vec::new();
-    for row in rows {
-        page.push(row?.map_err(|reason| JournalError::Corrupt { seq: 0, reason })?);
-    }
-    Ok(page)
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 pub(crate) fn pending_count(conn: &Connection, sink: &str) -> Result<u64, JournalError> {
@@ -439,11 +439,13 @@ mod tests {
             .unwrap()
             .unwrap();
         conn.execute("DELETE FROM events", []).unwrap();
-        let err = pending_page(&conn, "erp", 0, 10).unwrap_err().to_string();
+        let page = pending_page(&conn, "erp", 0, 10).unwrap();
+        let why = page[0].unreadable.as_deref().unwrap();
         assert!(
-            err.contains(&format!("its contents' event {seq} is not in the journal")),
-            "{err}"
+            why.contains(&format!("its contents' event {seq} is not in the journal")),
+            "{why}"
         );
+        assert_eq!(page[0].intent.payload, Value::Null);
         let view = &of_order(&conn, "shop:1").unwrap()[0];
         assert_eq!(view.payload["stored"], r#"{"order":"shop:1"}"#);
         assert!(
