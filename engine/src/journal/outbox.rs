@@ -300,12 +300,22 @@ fn view_from_row(r: &Row<'_>) -> rusqlite::Result<SyncView> {
     })
 }
 
+/// The condition that selects one order's syncs, with its parameters from [`of_order_params`]:
+/// every sync id starts `{order}:` (`{order}:{seq}:{sink}`, DESIGN.md §3), so the id's unique
+/// index finds them, and no index on `order_key` has to be written with every sync.
+pub(crate) const OF_ORDER: &str = "id >= ?1 AND id < ?2 AND order_key = ?3";
+
+/// The parameters of [`OF_ORDER`]: ids from `{order}:` up to `{order};` (`;` follows `:`).
+pub(crate) fn of_order_params(order: &str) -> (String, String, &str) {
+    (format!("{order}:"), format!("{order};"), order)
+}
+
 /// Every sync of `order`, oldest first.
 pub(crate) fn of_order(conn: &Connection, order: &str) -> Result<Vec<SyncView>, JournalError> {
     views(
         conn,
-        "SELECT {} FROM syncs WHERE order_key = ?1 ORDER BY row",
-        [order],
+        &format!("SELECT {{}} FROM syncs WHERE {OF_ORDER} ORDER BY row"),
+        of_order_params(order),
     )
 }
 
@@ -403,6 +413,43 @@ mod tests {
         let views = of_order(&conn, "shop:1").unwrap();
         assert_eq!(views.len(), 2);
         assert!(views.iter().all(|v| v.payload == payload));
+    }
+
+    #[test]
+    fn an_orders_syncs_are_found_through_their_ids_and_only_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let (conn, _) = journal_with_event(dir.path(), &serde_json::json!({"amount": 1}));
+        // Keys that share a prefix with shop:1, and ids in every sink order.
+        for (order, seq, sink) in [
+            ("shop:1", 1, "wms"),
+            ("shop:10", 1, "erp"),
+            ("shop:1:x", 1, "erp"),
+            ("shop:1", 2, "erp"),
+            ("shop:", 1, "erp"),
+        ] {
+            let mut sync = sync(&SyncIntent::key(order, seq, sink), Value::Null, None);
+            sync.order = order.into();
+            sync.sink = sink.into();
+            insert(&conn, &sync, 5).unwrap().unwrap();
+        }
+        let ids: Vec<String> = of_order(&conn, "shop:1")
+            .unwrap()
+            .into_iter()
+            .map(|v| v.id)
+            .collect();
+        assert_eq!(ids, ["shop:1:1:wms", "shop:1:2:erp"]);
+        // Through the id index, not a scan of every sync.
+        let plan: String = conn
+            .query_row(
+                &format!("EXPLAIN QUERY PLAN SELECT row FROM syncs WHERE {OF_ORDER}"),
+                of_order_params("shop:1"),
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(
+            plan.contains("USING INDEX sqlite_autoindex_syncs_1 (id>? AND id<?)"),
+            "{plan}"
+        );
     }
 
     #[test]

@@ -651,10 +651,11 @@ fn archive_step(
                     .prepare_cached("SELECT max(seq) FROM events WHERE order_key = ?1")?
                     .query_row([&order.key], |r| r.get(0))?;
                 let pending: i64 = tx
-                    .prepare_cached(
-                        "SELECT count(*) FROM syncs WHERE order_key = ?1 AND status = 'pending'",
-                    )?
-                    .query_row([&order.key], |r| r.get(0))?;
+                    .prepare_cached(&format!(
+                        "SELECT count(*) FROM syncs WHERE {} AND status = 'pending'",
+                        outbox::OF_ORDER
+                    ))?
+                    .query_row(outbox::of_order_params(&order.key), |r| r.get(0))?;
                 if last != Some(order.last_seq as i64) || pending > 0 {
                     changed.push(order.key.clone());
                 }
@@ -668,8 +669,8 @@ fn archive_step(
                     .prepare_cached("DELETE FROM events WHERE order_key = ?1")?
                     .execute([&order.key])? as u64;
                 syncs += tx
-                    .prepare_cached("DELETE FROM syncs WHERE order_key = ?1")?
-                    .execute([&order.key])? as u64;
+                    .prepare_cached(&format!("DELETE FROM syncs WHERE {}", outbox::OF_ORDER))?
+                    .execute(outbox::of_order_params(&order.key))? as u64;
                 for waybill in &order.waybills {
                     tx.prepare_cached(
                         "DELETE FROM waybills WHERE waybill_no = ?1 AND order_key = ?2",
