@@ -106,6 +106,16 @@ impl ScriptedSink {
             delivered: Mutex::default(),
         })
     }
+
+    /// The sync ids of every attempt so far, in order.
+    fn attempted(&self) -> Vec<String> {
+        self.attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.0.clone())
+            .collect()
+    }
 }
 
 impl SinkConnector for ScriptedSink {
@@ -412,13 +422,7 @@ async fn a_sync_settled_on_another_node_is_recorded_without_a_send_or_quota() {
     .await
     .unwrap();
     until_backlog_empty(&dispatch, Duration::from_secs(5)).await;
-    let sent: Vec<String> = sink
-        .attempts
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|a| a.0.clone())
-        .collect();
+    let sent = sink.attempted();
     assert_eq!(
         sent.len(),
         10,
@@ -493,14 +497,7 @@ async fn syncs_of_orders_another_node_owns_are_never_sent_and_let_go_once_it_set
     )
     .await
     .unwrap();
-    let sent = || -> Vec<String> {
-        sink.attempts
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|a| a.0.clone())
-            .collect()
-    };
+    let sent = || sink.attempted();
     let order_number = |id: &str| id.split(':').nth(1).unwrap().parse::<u32>().unwrap();
     // The settled ones are let go (as delivered, unsent) within a few checks; the other five
     // stay back here, out of the backlog (they are another node's work).
@@ -693,13 +690,7 @@ async fn a_row_the_outbox_cannot_read_back_is_dead_lettered_and_holds_nothing_up
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Never sent partial; the order's next sync and the other order's went out.
-    let sent: Vec<String> = sink
-        .attempts
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|a| a.0.clone())
-        .collect();
+    let sent = sink.attempted();
     assert_eq!(sent.len(), 2, "{sent:?}");
     assert!(
         !sent.contains(&SyncIntent::key("o:1", 1, "erp")),

@@ -457,14 +457,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let old = Connection::open(dir.path().join(super::super::schema::DB_FILE)).unwrap();
+            old.execute_batch(super::super::schema::SYNCS_BEFORE_CONTENTS)
+                .unwrap();
             old.execute_batch(
                 "CREATE TABLE events (seq INTEGER PRIMARY KEY, order_key TEXT NOT NULL, source TEXT NOT NULL,
                     source_event_id TEXT NOT NULL, received_at INTEGER NOT NULL, body TEXT NOT NULL);
-                 CREATE TABLE syncs (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, sink TEXT NOT NULL,
-                    order_key TEXT NOT NULL, seq INTEGER NOT NULL, rule TEXT NOT NULL, payload TEXT NOT NULL,
-                    status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-                    not_before INTEGER NOT NULL DEFAULT 0, last_error TEXT,
-                    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
                  INSERT INTO syncs (id, sink, order_key, seq, rule, payload, status, created_at, updated_at)
                     VALUES ('shop:1:1:erp', 'erp', 'shop:1', 1, 'r', '{\"fields\":{\"amount\":1}}', 'dead', 1, 1);",
             )

@@ -223,6 +223,16 @@ pub(crate) fn open_reader(dir: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// The `syncs` table of a journal from before syncs pointed at their contents (for tests of
+/// reading and upgrading one).
+#[cfg(test)]
+pub(crate) const SYNCS_BEFORE_CONTENTS: &str = "
+CREATE TABLE syncs (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, sink TEXT NOT NULL,
+    order_key TEXT NOT NULL, seq INTEGER NOT NULL, rule TEXT NOT NULL, payload TEXT NOT NULL,
+    status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
+    not_before INTEGER NOT NULL DEFAULT 0, last_error TEXT,
+    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,13 +269,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let old = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            old.execute_batch(SYNCS_BEFORE_CONTENTS).unwrap();
             old.execute_batch(
-                "CREATE TABLE syncs (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, sink TEXT NOT NULL,
-                    order_key TEXT NOT NULL, seq INTEGER NOT NULL, rule TEXT NOT NULL, payload TEXT NOT NULL,
-                    status TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0,
-                    not_before INTEGER NOT NULL DEFAULT 0, last_error TEXT,
-                    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
-                 INSERT INTO syncs (id, sink, order_key, seq, rule, payload, status, created_at, updated_at)
+                "INSERT INTO syncs (id, sink, order_key, seq, rule, payload, status, created_at, updated_at)
                     VALUES ('shop:1:1:erp', 'erp', 'shop:1', 1, 'r', '{}', 'pending', 1, 1);",
             )
             .unwrap();
