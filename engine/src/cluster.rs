@@ -296,6 +296,20 @@ impl Cluster {
         self.inner.duplicate.get().map(String::as_str)
     }
 
+    /// How many partitions the cluster has.
+    pub fn partition_count(&self) -> u32 {
+        self.inner.config.partitions
+    }
+
+    /// The partitions this node holds a valid lease on, in order.
+    pub fn held_partitions(&self) -> Vec<u32> {
+        let mut held: Vec<u32> = (0..self.inner.config.partitions)
+            .filter(|partition| self.inner.holds(*partition))
+            .collect();
+        held.sort_unstable();
+        held
+    }
+
     /// Whether this node holds a valid lease on `order`'s partition.
     pub fn owns_order(&self, order: &str) -> bool {
         let partition = partition_of(order, self.inner.config.partitions);

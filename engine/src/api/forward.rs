@@ -50,7 +50,10 @@ fn relay(answer: Answer) -> Response {
 pub(crate) async fn answer(app: &Arc<AppState>, call: Call) -> Answer {
     let response = match call {
         Call::Order { key } => super::order_here(app, key).await,
-        Call::List { query } => super::list_here(app.clone(), query).await,
+        Call::List { query } => {
+            let listed = answer_of(super::list_here(app.clone(), query).await).await;
+            return with_held(app, listed);
+        }
         Call::DeadLetters { query } => super::dead_letters_here(app.clone(), query).await,
         Call::Retry { row, operator } => super::retry_here(app, row.to_string(), operator).await,
         Call::Sources => super::sources_here(app.clone()).await,
@@ -94,7 +97,8 @@ where
 
 /// Gathers the array `field` from every live node (this one through `here`), oldest first by
 /// `state_since` or `updated_at`, cut at the query's `limit`. Nodes that did not answer are
-/// named under `incomplete`; a query this node refuses is refused as it is.
+/// named under `incomplete`, and for a list of orders so are the partitions no answering node
+/// held (each order listed once); a query this node refuses is refused as it is.
 pub(crate) async fn gather<F, Fut>(
     app: &Arc<AppState>,
     cluster: &Cluster,
@@ -107,14 +111,33 @@ where
     F: FnOnce(Arc<AppState>) -> Fut,
     Fut: Future<Output = Response>,
 {
-    let own = answer_of(here(app.clone()).await).await;
+    let by_partition = matches!(call, Call::List { .. });
+    let mut own = answer_of(here(app.clone()).await).await;
     if own.status != 200 {
         return relay(own);
     }
-    let (answers, incomplete) = ask_others(app, cluster, &call).await;
-    let mut items: Vec<Value> = take(own.body, field);
-    for (_, body) in answers {
+    if by_partition {
+        own = with_held(app, own);
+    }
+    let (answers, mut incomplete) = ask_others(app, cluster, &call).await;
+    let mut held = Vec::new();
+    let mut items: Vec<Value> = Vec::new();
+    for body in std::iter::once(own.body).chain(answers.into_iter().map(|(_, body)| body)) {
+        if let Some(partitions) = body.get(HELD) {
+            held.push(partitions.clone());
+        }
         items.extend(take(body, field));
+    }
+    if by_partition {
+        // A node answers for the partitions it holds as it answers. One whose view of the
+        // members is short (say, just after losing its NATS server), or a partition between
+        // owners, leaves partitions nobody answered for: say which, never a silent short list.
+        if let Some(missing) = uncovered(cluster.partition_count(), &held) {
+            incomplete.push(format!(
+                "partitions {missing}: no node that answered holds them (moving between nodes, or their owner is not in this node's view of the members); retry shortly"
+            ));
+        }
+        items = one_per_key(items);
     }
     let age = |item: &Value| {
         item.get("state_since")
@@ -169,6 +192,81 @@ async fn answer_of(response: Response) -> Answer {
         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
         .unwrap_or(Value::Null);
     Answer { status, body }
+}
+
+/// A list answer of this node, with the partitions it held as it answered (`held`), so the
+/// gathering node can tell which partitions no answer covered.
+fn with_held(app: &AppState, mut listed: Answer) -> Answer {
+    if let (Some(cluster), Value::Object(body)) = (&app.cluster, &mut listed.body)
+        && listed.status == 200
+    {
+        body.insert(HELD.to_owned(), cluster.held_partitions().into());
+    }
+    listed
+}
+
+/// Field of a node's list answer naming the partitions it held (see [`with_held`]).
+const HELD: &str = "held";
+
+/// The partitions of `0..count` none of `held` names, as runs for `incomplete`
+/// (`"3, 7-9"`), or `None` when every partition is covered.
+fn uncovered(count: u32, held: &[Value]) -> Option<String> {
+    let mut covered = vec![false; count as usize];
+    for partition in held
+        .iter()
+        .flat_map(|list| list.as_array().into_iter().flatten())
+    {
+        if let Some(slot) = partition
+            .as_u64()
+            .and_then(|p| covered.get_mut(usize::try_from(p).ok()?))
+        {
+            *slot = true;
+        }
+    }
+    let mut runs: Vec<String> = Vec::new();
+    let mut partition = 0;
+    while partition < covered.len() {
+        if covered[partition] {
+            partition += 1;
+            continue;
+        }
+        let start = partition;
+        while partition < covered.len() && !covered[partition] {
+            partition += 1;
+        }
+        runs.push(if partition - start == 1 {
+            start.to_string()
+        } else {
+            format!("{start}-{}", partition - 1)
+        });
+    }
+    (!runs.is_empty()).then(|| runs.join(", "))
+}
+
+/// Keeps one item per `key`: the one updated last (a partition that moved while the nodes
+/// answered can be listed by its old owner and its new one).
+fn one_per_key(items: Vec<Value>) -> Vec<Value> {
+    let updated = |item: &Value| item.get("updated_at").and_then(Value::as_i64).unwrap_or(0);
+    let mut kept: Vec<Value> = Vec::with_capacity(items.len());
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for item in items {
+        let Some(key) = item.get("key").and_then(Value::as_str).map(str::to_owned) else {
+            kept.push(item);
+            continue;
+        };
+        match at.get(&key) {
+            Some(&i) => {
+                if updated(&item) > updated(&kept[i]) {
+                    kept[i] = item;
+                }
+            }
+            None => {
+                at.insert(key, kept.len());
+                kept.push(item);
+            }
+        }
+    }
+    kept
 }
 
 fn take(mut body: Value, field: &str) -> Vec<Value> {
@@ -331,6 +429,35 @@ const REJECTED_KEPT: usize = 20;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn partitions_no_answer_held_are_named_as_runs() {
+        use serde_json::json;
+        assert_eq!(uncovered(4, &[json!([0, 1]), json!([3, 2])]), None);
+        assert_eq!(
+            uncovered(10, &[json!([0, 2]), json!([6]), json!("not a list")]),
+            Some("1, 3-5, 7-9".to_owned())
+        );
+        assert_eq!(uncovered(3, &[]), Some("0-2".to_owned()));
+        // A partition beyond the count (an answer from a differently configured node) is
+        // ignored, not a panic.
+        assert_eq!(uncovered(1, &[json!([0, 5, -1])]), None);
+    }
+
+    #[test]
+    fn an_order_listed_by_two_owners_is_kept_once_as_last_updated() {
+        use serde_json::json;
+        let items = vec![
+            json!({"key": "a", "updated_at": 5, "state": "paid"}),
+            json!({"key": "b", "updated_at": 1}),
+            json!({"key": "a", "updated_at": 9, "state": "packed"}),
+            json!({"key": "a", "updated_at": 7, "state": "allocated"}),
+        ];
+        let kept = one_per_key(items);
+        assert_eq!(kept.len(), 2, "{kept:?}");
+        assert_eq!(kept[0]["state"], "packed");
+        assert_eq!(kept[1]["key"], "b");
+    }
 
     #[test]
     fn sources_of_every_node_are_merged() {
