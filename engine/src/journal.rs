@@ -720,6 +720,93 @@ mod tests {
         journal.close().await;
     }
 
+    /// What `events` is looked up by (an order's events, a redelivery) on a new journal (one
+    /// index for both) and on one made before (two indexes): the same answers on both, and on
+    /// a new journal both lookups go through the one index.
+    #[tokio::test]
+    async fn an_orders_events_and_its_redeliveries_are_found_in_either_layout() {
+        for older in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            if older {
+                let conn = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
+                conn.execute_batch(schema::OLD_EVENTS).unwrap();
+            }
+            let config = Config::embedded().unwrap().journal;
+            let (journal, _) =
+                Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
+            journal.start(|_| {}, |_| {}).unwrap();
+            let of = |order: &str, id: &str| OrderEvent {
+                order: order.into(),
+                ..event(id)
+            };
+            let outcomes = journal
+                .append(vec![
+                    of("shop:2", "x"),
+                    of("shop:1", "a"),
+                    of("shop:2", "y"),
+                ])
+                .await
+                .unwrap();
+            assert!(
+                outcomes
+                    .iter()
+                    .all(|o| matches!(o, AppendOutcome::Appended(_))),
+                "{outcomes:?}"
+            );
+            let again = journal
+                .append(vec![
+                    of("shop:2", "y"),
+                    of("shop:1", "a"),
+                    of("shop:2", "z"),
+                ])
+                .await
+                .unwrap();
+            assert_eq!(
+                again,
+                vec![
+                    AppendOutcome::Duplicate,
+                    AppendOutcome::Duplicate,
+                    AppendOutcome::Appended(4)
+                ],
+                "older layout: {older}"
+            );
+            let ids: Vec<String> = journal
+                .events_of("shop:2")
+                .unwrap()
+                .into_iter()
+                .map(|e| e.event.source_event_id)
+                .collect();
+            assert_eq!(ids, ["x", "y", "z"], "older layout: {older}");
+            journal.close().await;
+            let conn = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
+            let indexes: Vec<String> = conn
+                .prepare("SELECT name FROM pragma_index_list('events') ORDER BY name")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            let plan: String = conn
+                .prepare("EXPLAIN QUERY PLAN SELECT seq, body FROM events WHERE order_key = ?1 ORDER BY seq")
+                .unwrap()
+                .query_map(["shop:2"], |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap()
+                .join("; ");
+            if older {
+                assert_eq!(indexes.len(), 2, "{indexes:?}");
+                assert!(plan.contains("events_by_order"), "{plan}");
+            } else {
+                assert_eq!(indexes.len(), 1, "one index on a new journal: {indexes:?}");
+                assert!(
+                    plan.contains(&format!("USING INDEX {} (order_key=?)", indexes[0])),
+                    "{plan}"
+                );
+            }
+        }
+    }
+
     #[tokio::test]
     async fn overdue_counts_orders_past_each_rule_by_state_or_last_update() {
         use orderhub_actors::order::{OrderState, SlaRule};

@@ -6,6 +6,11 @@ use std::path::Path;
 /// The journal database's file name inside the data directory.
 pub(crate) const DB_FILE: &str = "orderhub.db";
 
+/// A new journal's tables. One index serves both what `events` is looked up by: an order's
+/// events (load, retention) and a redelivery of one of them (a platform's message names the
+/// same order each time it is delivered), so each appended event writes one leaf of one
+/// order-keyed b-tree. Journals made before that keep `UNIQUE (source, source_event_id)` and
+/// `events_by_order (order_key, seq)` (see [`OLD_EVENTS`]); every query works on both.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY,
@@ -14,9 +19,8 @@ CREATE TABLE IF NOT EXISTS events (
     source_event_id TEXT NOT NULL,
     received_at INTEGER NOT NULL,
     body TEXT NOT NULL,
-    UNIQUE (source, source_event_id)
+    UNIQUE (order_key, source, source_event_id)
 );
-CREATE INDEX IF NOT EXISTS events_by_order ON events (order_key, seq);
 CREATE TABLE IF NOT EXISTS orders (
     order_key TEXT PRIMARY KEY,
     state TEXT,
@@ -105,6 +109,15 @@ CREATE TABLE IF NOT EXISTS archived (
     last_seq INTEGER NOT NULL
 ) WITHOUT ROWID;
 ";
+
+/// The `events` table and its order index as journals made before the two shared one index
+/// (for tests of reading and writing one).
+#[cfg(test)]
+pub(crate) const OLD_EVENTS: &str = "
+CREATE TABLE events (seq INTEGER PRIMARY KEY, order_key TEXT NOT NULL, source TEXT NOT NULL,
+    source_event_id TEXT NOT NULL, received_at INTEGER NOT NULL, body TEXT NOT NULL,
+    UNIQUE (source, source_event_id));
+CREATE INDEX events_by_order ON events (order_key, seq);";
 
 /// Bytes the WAL is truncated to after a checkpoint.
 const WAL_SIZE_LIMIT: i64 = 64 << 20;

@@ -316,7 +316,7 @@ impl Writer {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO events (order_key, source, source_event_id, received_at, body)
                  VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (source, source_event_id) DO NOTHING RETURNING seq",
+                 ON CONFLICT DO NOTHING RETURNING seq",
             )?;
             // A courier finds its order through the waybill number an earlier event carried.
             let mut index_waybill = tx.prepare_cached(
