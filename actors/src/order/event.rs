@@ -142,13 +142,16 @@ pub struct Superseding {
 
 impl OrderEvent {
     /// An event orderhub journals itself about `order` (an SLA breach, an approval's deadline,
-    /// a stock request), stamped `at`. Its `id` is deterministic, so raising it twice (say by
-    /// an actor and its successor) journals it once.
+    /// a stock request), stamped `at`. Its id, `{id}@{order}`, is deterministic, so raising it
+    /// twice (say by an actor and its successor) journals it once; and it names the order,
+    /// because an `id` such as `sla:{rule}:{deadline}` is the same for every order that entered
+    /// a state in the same millisecond, and journals made before deduplication was per order
+    /// (and JetStream's `Nats-Msg-Id` window) would keep only the first order's.
     pub fn internal(order: &str, id: String, action: EventAction, at: Millis) -> OrderEvent {
         OrderEvent {
             order: order.to_owned(),
             source: INTERNAL_SOURCE.to_owned(),
-            source_event_id: id,
+            source_event_id: format!("{id}@{order}"),
             supersedes: None,
             log_seq: None,
             raw_status: action.label().to_owned(),

@@ -80,7 +80,7 @@ fn a_paid_order_with_lines_reserves_and_commits_when_the_warehouse_takes_it() {
     assert_eq!(effects.internal.len(), 1);
     let request = effects.internal[0].clone();
     assert_eq!(request.source, INTERNAL_SOURCE);
-    assert_eq!(request.source_event_id, "stock:reserve:1");
+    assert_eq!(request.source_event_id, "stock:reserve:1@shop:1");
     assert_eq!(
         request.action,
         EventAction::Stock {
@@ -127,7 +127,7 @@ fn a_paid_order_with_lines_reserves_and_commits_when_the_warehouse_takes_it() {
     let (_, effects) = order.apply(&mv(4, Allocated, 3 * MINUTE), &policy).unwrap();
     assert_eq!(effects.internal.len(), 1);
     let commit = effects.internal[0].clone();
-    assert_eq!(commit.source_event_id, "stock:commit:4");
+    assert_eq!(commit.source_event_id, "stock:commit:4@shop:1");
     order.apply(
         &answered(
             5,
@@ -184,7 +184,10 @@ fn an_order_that_cannot_reserve_goes_on_hold_oversell_and_tells_someone() {
         .unwrap();
     assert_eq!(order.state, Some(Paid));
     assert_eq!(effects.internal.len(), 1);
-    assert_eq!(effects.internal[0].source_event_id, "stock:reserve:3");
+    assert_eq!(
+        effects.internal[0].source_event_id,
+        "stock:reserve:3@shop:1"
+    );
 }
 
 #[test]
@@ -198,7 +201,10 @@ fn a_reservation_expires_unless_taken_and_a_cancel_gives_it_back() {
     };
     order.apply(&answered(2, &request, reserved.clone(), 0), &policy);
     let expiry = order.stock_due(15 * MINUTE).unwrap();
-    assert_eq!(expiry.source_event_id, "stock:release:expired:900000");
+    assert_eq!(
+        expiry.source_event_id,
+        "stock:release:expired:900000@shop:1"
+    );
     assert!(order.stock_due(14 * MINUTE).is_none(), "not that deadline");
     order.apply(
         &answered(

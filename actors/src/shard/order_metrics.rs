@@ -212,12 +212,12 @@ impl OrderMetrics {
         }
     }
 
-    /// Sets the per-state gauges to absolute counts (at start-up, from the index).
     /// Counts an order that left the journal (archived) out of its state.
     pub(crate) fn left(&self, state: OrderState) {
         self.by_state[state as usize].decrement(1.0);
     }
 
+    /// Sets the per-state gauges to absolute counts (at start-up, from the index).
     pub(crate) fn set_orders_by_state(&self, counts: &[(OrderState, u64)]) {
         for (state, count) in counts {
             self.by_state[*state as usize].set(*count as f64);

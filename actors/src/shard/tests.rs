@@ -270,6 +270,36 @@ async fn an_sla_deadline_fires_once_even_for_a_passivated_order() {
     router.stop(Duration::from_secs(1)).await;
 }
 
+/// A flash sale pays many orders within one millisecond (platforms stamp whole seconds), so
+/// their deadlines are equal. Each breach is its own event, even in a journal that, like this
+/// one and like journals made before deduplication was per order, deduplicates by source and
+/// source event id alone.
+#[tokio::test(start_paused = true)]
+async fn orders_paid_in_the_same_millisecond_each_breach() {
+    let (journal, router) = start(ShardConfig::new(), two_hour_rule()).await;
+    let orders = ["o:1", "o:2", "o:3"];
+    for order in orders {
+        journal.append(event(order, &format!("paid-{order}"), OrderState::Paid, T0));
+    }
+    eventually("timers armed", || router.armed_timers() == 3).await;
+    tokio::time::sleep(Duration::from_secs(2 * 3600 + 1)).await;
+    for order in orders {
+        eventually(order, || {
+            journal.index(order).is_some_and(|e| e.sla_breached)
+        })
+        .await;
+    }
+    let breaches = journal
+        .events
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|e| e.event.source == crate::order::INTERNAL_SOURCE)
+        .count();
+    assert_eq!(breaches, 3);
+    router.stop(Duration::from_secs(1)).await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_deadline_missed_while_down_fires_at_once_flagged_late() {
     // The order was paid three hours before this engine started; its timer is re-armed from

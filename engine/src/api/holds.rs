@@ -157,7 +157,10 @@ async fn act(
     let event = OrderEvent {
         order: key.clone(),
         source: OPERATOR_SOURCE.to_owned(),
-        source_event_id: format!("{}:{operator}:{now}", action.name()),
+        // Names the order: one operator holding several orders within a millisecond makes
+        // as many events (a journal from before deduplication was per order, and JetStream's
+        // message-id window, would keep only the first).
+        source_event_id: format!("{}:{operator}:{now}@{key}", action.name()),
         supersedes: None,
         log_seq: None,
         raw_status: action.name().to_owned(),
