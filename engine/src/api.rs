@@ -365,13 +365,7 @@ pub(crate) async fn list_here(app: Arc<AppState>, raw: String) -> Response {
         .unwrap_or(DEFAULT_LIST_LIMIT)
         .min(MAX_LIST_LIMIT);
     let mut filter = OrderFilter {
-        // A cluster node's store still holds orders of partitions it gave away: read more and
-        // keep its own.
-        limit: if app.cluster.is_some() {
-            MAX_LIST_LIMIT
-        } else {
-            limit
-        },
+        limit,
         ..OrderFilter::default()
     };
     if let Some(state) = &query.state {
@@ -394,13 +388,36 @@ pub(crate) async fn list_here(app: Arc<AppState>, raw: String) -> Response {
         Some(other) => return bad(format!("sla must be breached or armed, got {other:?}")),
     }
     let journal = app.journal.clone();
-    match tokio::task::spawn_blocking(move || journal.list(&filter)).await {
+    let Some(cluster) = app.cluster.clone() else {
+        return match tokio::task::spawn_blocking(move || journal.list(&filter)).await {
+            Ok(Ok(orders)) => Json(serde_json::json!({ "orders": orders })).into_response(),
+            Ok(Err(err)) => internal(err),
+            Err(err) => internal(err),
+        };
+    };
+    // A cluster node's store still holds orders of partitions it gave away: it lists those of
+    // the partitions it can answer for, and says which (`held`: those it could answer for both
+    // before and after reading, so a partition that moved meanwhile is left to the gathering
+    // node to name as missing rather than listed half).
+    let before: std::collections::BTreeSet<u32> =
+        cluster.current_partitions().into_iter().collect();
+    let listed = tokio::task::spawn_blocking({
+        let (cluster, before) = (cluster.clone(), before.clone());
+        move || journal.list_kept(&filter, &|key| before.contains(&cluster.partition_of(key)))
+    })
+    .await;
+    match listed {
         Ok(Ok(mut orders)) => {
-            if let Some(cluster) = &app.cluster {
-                orders.retain(|order| cluster.owns_order(&order.key));
-                orders.truncate(limit);
-            }
-            Json(serde_json::json!({ "orders": orders })).into_response()
+            let held: Vec<u32> = cluster
+                .current_partitions()
+                .into_iter()
+                .filter(|partition| before.contains(partition))
+                .collect();
+            orders.retain(|order| {
+                held.binary_search(&cluster.partition_of(&order.key))
+                    .is_ok()
+            });
+            Json(serde_json::json!({ "orders": orders, forward::HELD: held })).into_response()
         }
         Ok(Err(err)) => internal(err),
         Err(err) => internal(err),

@@ -23,7 +23,7 @@ pub use placement::partition_of;
 use crate::config::ClusterConfig;
 use crate::journal::{AppendOutcome, Journal, JournalError};
 use async_nats::jetstream::{self, context::PublishErrorKind, kv, stream};
-use dashmap::DashMap;
+use dashmap::{DashMap, DashSet};
 use orderhub_actors::order::OrderEvent;
 use orderhub_actors::store::{OrderStore, OrderUpdate, StoreError, StoredOrder};
 use orderhub_actors::telemetry as t;
@@ -125,6 +125,9 @@ pub(crate) struct Inner {
     pub(crate) owned: DashMap<u32, membership::Held>,
     /// Events each owned partition still has to apply (from the last message's `pending`).
     pub(crate) lag: DashMap<u32, u64>,
+    /// Owned partitions whose applier has applied everything the stream held for them at
+    /// least once since it took them (restored and replayed): a list can speak for them.
+    pub(crate) caught_up: DashSet<u32>,
     pub(crate) joined: AtomicBool,
     /// Set when another live process heartbeats under this node's name and this one, the
     /// younger, stood down: why (readiness fails with it).
@@ -224,6 +227,7 @@ impl Cluster {
                 snapshots,
                 owned: DashMap::new(),
                 lag: DashMap::new(),
+                caught_up: DashSet::new(),
                 joined: AtomicBool::new(false),
                 duplicate: std::sync::OnceLock::new(),
                 journal,
@@ -301,13 +305,15 @@ impl Cluster {
         self.inner.config.partitions
     }
 
-    /// The partitions this node holds a valid lease on, in order.
-    pub fn held_partitions(&self) -> Vec<u32> {
-        let mut held: Vec<u32> = (0..self.inner.config.partitions)
-            .filter(|partition| self.inner.holds(*partition))
-            .collect();
-        held.sort_unstable();
-        held
+    /// The partitions this node can answer a list for, in order: it holds a valid lease on
+    /// each and has applied what the stream held for it since taking it (a partition just
+    /// taken is still being restored or replayed, and its orders would be missing).
+    pub fn current_partitions(&self) -> Vec<u32> {
+        (0..self.inner.config.partitions)
+            .filter(|partition| {
+                self.inner.holds(*partition) && self.inner.caught_up.contains(partition)
+            })
+            .collect()
     }
 
     /// Whether this node holds a valid lease on `order`'s partition.

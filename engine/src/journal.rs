@@ -382,7 +382,17 @@ impl Journal {
 
     /// Orders from the index matching `filter`, oldest state entry first.
     pub fn list(&self, filter: &OrderFilter) -> Result<Vec<OrderSummary>, JournalError> {
-        self.inner.reader.list(filter)
+        self.inner.reader.list(filter, None)
+    }
+
+    /// Like [`Journal::list`], of the orders `keep` accepts: up to `filter.limit` of them,
+    /// however many others come first (a cluster node's orders of partitions it gave away).
+    pub fn list_kept(
+        &self,
+        filter: &OrderFilter,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<OrderSummary>, JournalError> {
+        self.inner.reader.list(filter, Some(keep))
     }
 
     /// Approvals in `state` (any when `None`), of `order` when given, soonest deadline first.
@@ -808,7 +818,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn overdue_counts_orders_past_each_rule_by_state_or_last_update() {
+    async fn overdue_counts_orders_past_each_rule_and_a_kept_list_reads_past_the_skipped() {
         use orderhub_actors::order::{OrderState, SlaRule};
         use orderhub_actors::store::OrderIndexEntry;
         let dir = tempfile::tempdir().unwrap();
@@ -868,6 +878,19 @@ mod tests {
         // ago; d has had no report for 5 s.
         assert_eq!(journal.overdue(&rules, 10_000).unwrap(), vec![1, 1, 1, 0]);
         assert_eq!(journal.overdue(&rules, 1_000).unwrap(), vec![0, 0, 0, 0]);
+        // A list of the orders a predicate keeps (a cluster node's own partitions) reads past
+        // those it skips: the two oldest (a, c) are skipped, and two are still listed.
+        let kept = journal
+            .list_kept(
+                &OrderFilter {
+                    limit: 2,
+                    ..OrderFilter::default()
+                },
+                &|key| key != "a" && key != "c",
+            )
+            .unwrap();
+        let keys: Vec<&str> = kept.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["d", "b"]);
         journal.close().await;
     }
 

@@ -50,10 +50,7 @@ fn relay(answer: Answer) -> Response {
 pub(crate) async fn answer(app: &Arc<AppState>, call: Call) -> Answer {
     let response = match call {
         Call::Order { key } => super::order_here(app, key).await,
-        Call::List { query } => {
-            let listed = answer_of(super::list_here(app.clone(), query).await).await;
-            return with_held(app, listed);
-        }
+        Call::List { query } => super::list_here(app.clone(), query).await,
         Call::DeadLetters { query } => super::dead_letters_here(app.clone(), query).await,
         Call::Retry { row, operator } => super::retry_here(app, row.to_string(), operator).await,
         Call::Sources => super::sources_here(app.clone()).await,
@@ -112,12 +109,9 @@ where
     Fut: Future<Output = Response>,
 {
     let by_partition = matches!(call, Call::List { .. });
-    let mut own = answer_of(here(app.clone()).await).await;
+    let own = answer_of(here(app.clone()).await).await;
     if own.status != 200 {
         return relay(own);
-    }
-    if by_partition {
-        own = with_held(app, own);
     }
     let (answers, mut incomplete) = ask_others(app, cluster, &call).await;
     let mut held = Vec::new();
@@ -129,12 +123,13 @@ where
         items.extend(take(body, field));
     }
     if by_partition {
-        // A node answers for the partitions it holds as it answers. One whose view of the
-        // members is short (say, just after losing its NATS server), or a partition between
-        // owners, leaves partitions nobody answered for: say which, never a silent short list.
+        // A node answers for the partitions it holds and has caught up on. One whose view of
+        // the members is short (say, just after losing its NATS server), a partition between
+        // owners or one its new owner is still restoring leaves partitions nobody answered
+        // for: say which, never a silent short list.
         if let Some(missing) = uncovered(cluster.partition_count(), &held) {
             incomplete.push(format!(
-                "partitions {missing}: no node that answered holds them (moving between nodes, or their owner is not in this node's view of the members); retry shortly"
+                "partitions {missing}: no node that answered holds them with their events applied (moving between nodes, being restored, or their owner is not in this node's view of the members); retry shortly"
             ));
         }
         items = one_per_key(items);
@@ -194,19 +189,9 @@ async fn answer_of(response: Response) -> Answer {
     Answer { status, body }
 }
 
-/// A list answer of this node, with the partitions it held as it answered (`held`), so the
-/// gathering node can tell which partitions no answer covered.
-fn with_held(app: &AppState, mut listed: Answer) -> Answer {
-    if let (Some(cluster), Value::Object(body)) = (&app.cluster, &mut listed.body)
-        && listed.status == 200
-    {
-        body.insert(HELD.to_owned(), cluster.held_partitions().into());
-    }
-    listed
-}
-
-/// Field of a node's list answer naming the partitions it held (see [`with_held`]).
-const HELD: &str = "held";
+/// Field of a cluster node's list answer naming the partitions it answered for (see
+/// `list_here`), so the gathering node can tell which partitions no answer covered.
+pub(crate) const HELD: &str = "held";
 
 /// The partitions of `0..count` none of `held` names, as runs for `incomplete`
 /// (`"3, 7-9"`), or `None` when every partition is covered.

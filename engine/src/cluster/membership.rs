@@ -495,6 +495,7 @@ impl Node {
             if panicked && self.inner.holds(partition) {
                 tracing::error!(partition, "a partition's applier panicked: started again");
                 metrics::counter!(t::CLUSTER_LEASE_MOVES, "move" => "resumed").increment(1);
+                self.inner.caught_up.remove(&partition);
                 self.start_applier(partition);
             }
         }
@@ -603,6 +604,7 @@ impl Node {
 
     fn stop_applier(&mut self, partition: u32) {
         self.inner.lag.remove(&partition);
+        self.inner.caught_up.remove(&partition);
         if let Some(applier) = self.appliers.remove(&partition) {
             let _ = applier.stop.send(true);
         }
@@ -610,6 +612,7 @@ impl Node {
 
     async fn await_applier(&mut self, partition: u32) {
         self.inner.lag.remove(&partition);
+        self.inner.caught_up.remove(&partition);
         if let Some(applier) = self.appliers.remove(&partition) {
             let _ = applier.stop.send(true);
             let _ = applier.task.await;
@@ -733,7 +736,13 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
             })
             .await;
         let messages = match consumer {
-            Ok(consumer) => consumer.messages().await,
+            Ok(consumer) => {
+                // Nothing past the position (after a restore, if any): caught up already.
+                if consumer.cached_info().num_pending == 0 {
+                    inner.caught_up.insert(partition);
+                }
+                consumer.messages().await
+            }
             Err(err) => {
                 tracing::warn!(partition, error = %err, "cannot consume a partition; retrying");
                 tokio::time::sleep(backoff).await;
@@ -762,6 +771,8 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
             };
             let mut events: Vec<OrderEvent> = Vec::with_capacity(chunk.len());
             let mut last = None;
+            // Whether the chunk's last message was the last the stream held for the partition.
+            let mut drained = false;
             for message in chunk {
                 let message = match message {
                     Ok(message) => message,
@@ -773,6 +784,7 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
                 let Ok(info) = message.info() else { continue };
                 let (seq, pending) = (info.stream_sequence, info.pending);
                 inner.lag.insert(partition, pending);
+                drained = pending == 0;
                 if seq <= applied {
                     continue;
                 }
@@ -789,7 +801,12 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
                     }
                 }
             }
-            let Some(last) = last else { continue };
+            let Some(last) = last else {
+                if drained {
+                    inner.caught_up.insert(partition);
+                }
+                continue;
+            };
             // Fencing: nothing is applied while the lease is too old to trust.
             if !until_held(&inner, partition, &mut stopped).await {
                 return;
@@ -826,6 +843,9 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
                 return;
             }
             applied = last;
+            if drained {
+                inner.caught_up.insert(partition);
+            }
         }
     }
 }

@@ -141,7 +141,11 @@ impl ReadPool {
     }
 
     /// Orders matching `filter`, oldest state entry first.
-    pub(crate) fn list(&self, filter: &OrderFilter) -> Result<Vec<OrderSummary>, JournalError> {
+    pub(crate) fn list(
+        &self,
+        filter: &OrderFilter,
+        keep: Option<&dyn Fn(&str) -> bool>,
+    ) -> Result<Vec<OrderSummary>, JournalError> {
         self.with(|conn| {
             let mut sql = String::from(
                 "SELECT order_key, state, state_since, updated_at, sla_breached, armed, disagreement FROM orders WHERE 1=1",
@@ -164,8 +168,14 @@ impl ReadPool {
             sql.push_str(" ORDER BY state_since, order_key LIMIT ?3");
             let mut stmt = conn.prepare_cached(&sql)?;
             let state = filter.state.map(|s| s.as_str());
+            // With `keep`, rows are read until `limit` of them are kept (no SQL limit).
+            let sql_limit = if keep.is_some() {
+                -1
+            } else {
+                filter.limit as i64
+            };
             let rows = stmt.query_map(
-                params![state, filter.state_since_at_most, filter.limit as i64],
+                params![state, filter.state_since_at_most, sql_limit],
                 |row| {
                     let armed: Option<String> = row.get(5)?;
                     Ok(OrderSummary {
@@ -183,7 +193,17 @@ impl ReadPool {
                     })
                 },
             );
-            Ok(rows?.collect::<Result<Vec<_>, _>>()?)
+            let mut kept = Vec::new();
+            for row in rows? {
+                let summary = row?;
+                if keep.is_none_or(|keep| keep(&summary.key)) {
+                    kept.push(summary);
+                    if kept.len() >= filter.limit {
+                        break;
+                    }
+                }
+            }
+            Ok(kept)
         })
     }
 

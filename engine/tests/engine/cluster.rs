@@ -974,6 +974,10 @@ async fn three_nodes_survive_losing_a_node_and_a_nats_server_under_load() {
         .collect();
     let distinct: BTreeSet<&str> = listed.iter().copied().collect();
     assert_eq!((listed.len(), distinct.len()), (ORDERS, ORDERS), "{list}");
+    assert!(
+        list.get("held").is_none(),
+        "what nodes answered for stays between them: {list}"
+    );
 
     // No sync lost; a resend carries the same idempotency key.
     let started = Instant::now();
