@@ -401,13 +401,17 @@ pub(crate) async fn list_here(app: Arc<AppState>, raw: String) -> Response {
     // node to name as missing rather than listed half).
     let before: std::collections::BTreeSet<u32> =
         cluster.current_partitions().into_iter().collect();
+    if before.is_empty() {
+        let held: [u32; 0] = [];
+        return Json(serde_json::json!({ "orders": [], forward::HELD: held })).into_response();
+    }
     let listed = tokio::task::spawn_blocking({
         let (cluster, before) = (cluster.clone(), before.clone());
         move || journal.list_kept(&filter, &|key| before.contains(&cluster.partition_of(key)))
     })
     .await;
     match listed {
-        Ok(Ok(mut orders)) => {
+        Ok(Ok((mut orders, whole))) => {
             let held: Vec<u32> = cluster
                 .current_partitions()
                 .into_iter()
@@ -417,7 +421,14 @@ pub(crate) async fn list_here(app: Arc<AppState>, raw: String) -> Response {
                 held.binary_search(&cluster.partition_of(&order.key))
                     .is_ok()
             });
-            Json(serde_json::json!({ "orders": orders, forward::HELD: held })).into_response()
+            let mut body = serde_json::json!({ "orders": orders, forward::HELD: held });
+            if !whole {
+                body["incomplete"] = serde_json::json!([format!(
+                    "{}: its store holds so many older matching orders of partitions it gave away that it stopped reading before the limit; narrow the query (state=, stuck_for=)",
+                    cluster.node()
+                )]);
+            }
+            Json(body).into_response()
         }
         Ok(Err(err)) => internal(err),
         Err(err) => internal(err),

@@ -23,7 +23,7 @@ pub use placement::partition_of;
 use crate::config::ClusterConfig;
 use crate::journal::{AppendOutcome, Journal, JournalError};
 use async_nats::jetstream::{self, context::PublishErrorKind, kv, stream};
-use dashmap::{DashMap, DashSet};
+use dashmap::DashMap;
 use orderhub_actors::order::OrderEvent;
 use orderhub_actors::store::{OrderStore, OrderUpdate, StoreError, StoredOrder};
 use orderhub_actors::telemetry as t;
@@ -125,9 +125,10 @@ pub(crate) struct Inner {
     pub(crate) owned: DashMap<u32, membership::Held>,
     /// Events each owned partition still has to apply (from the last message's `pending`).
     pub(crate) lag: DashMap<u32, u64>,
-    /// Owned partitions whose applier has applied everything the stream held for them at
-    /// least once since it took them (restored and replayed): a list can speak for them.
-    pub(crate) caught_up: DashSet<u32>,
+    /// Owned partitions whose applier has journaled everything the stream held for them at
+    /// least once since it took them (restored and replayed), with the journal's last
+    /// sequence then: once the order index covers that sequence, a list can speak for them.
+    pub(crate) caught_up: DashMap<u32, u64>,
     pub(crate) joined: AtomicBool,
     /// Set when another live process heartbeats under this node's name and this one, the
     /// younger, stood down: why (readiness fails with it).
@@ -227,7 +228,7 @@ impl Cluster {
                 snapshots,
                 owned: DashMap::new(),
                 lag: DashMap::new(),
-                caught_up: DashSet::new(),
+                caught_up: DashMap::new(),
                 joined: AtomicBool::new(false),
                 duplicate: std::sync::OnceLock::new(),
                 journal,
@@ -306,12 +307,19 @@ impl Cluster {
     }
 
     /// The partitions this node can answer a list for, in order: it holds a valid lease on
-    /// each and has applied what the stream held for it since taking it (a partition just
-    /// taken is still being restored or replayed, and its orders would be missing).
+    /// each, has journaled what the stream held for it since taking it, and its order index
+    /// covers that (a partition just taken is still being restored or replayed, and its
+    /// orders would be missing or stale).
     pub fn current_partitions(&self) -> Vec<u32> {
+        let indexed_below = self.inner.journal.indexed_below();
         (0..self.inner.config.partitions)
             .filter(|partition| {
-                self.inner.holds(*partition) && self.inner.caught_up.contains(partition)
+                self.inner.holds(*partition)
+                    && self
+                        .inner
+                        .caught_up
+                        .get(partition)
+                        .is_some_and(|through| *through < indexed_below)
             })
             .collect()
     }

@@ -225,6 +225,7 @@ pub struct Journal {
 struct Inner {
     appends: Sender<AppendRequest>,
     side: Sender<SideCmd>,
+    progress: Arc<writer::Progress>,
     reader: ReadPool,
     pending_writer: Mutex<Option<writer::Writer>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -247,6 +248,11 @@ impl Journal {
         let (appends, append_rx) = bounded(config.queue_capacity);
         let (side, side_rx) = unbounded();
         let watermark = recovered.last_seq + 1;
+        // Recovery folded every journaled event into the index.
+        let progress = Arc::new(writer::Progress {
+            appended: recovered.last_seq.into(),
+            indexed_below: watermark.into(),
+        });
         let writer = writer::Writer {
             conn,
             appends: append_rx,
@@ -257,12 +263,14 @@ impl Journal {
             batch_max_wait: config.batch_max_wait.0,
             last_seq: recovered.last_seq,
             persisted_watermark: watermark,
+            progress: progress.clone(),
             archived_recently: HashMap::new(),
         };
         let journal = Journal {
             inner: Arc::new(Inner {
                 appends,
                 side,
+                progress,
                 reader: ReadPool::new(dir.to_path_buf()),
                 pending_writer: Mutex::new(Some(writer)),
                 thread: Mutex::new(None),
@@ -380,18 +388,37 @@ impl Journal {
         self.inner.reader.known(order)
     }
 
-    /// Orders from the index matching `filter`, oldest state entry first.
-    pub fn list(&self, filter: &OrderFilter) -> Result<Vec<OrderSummary>, JournalError> {
-        self.inner.reader.list(filter, None)
+    /// The last journal sequence committed.
+    pub fn last_seq(&self) -> u64 {
+        self.inner
+            .progress
+            .appended
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Like [`Journal::list`], of the orders `keep` accepts: up to `filter.limit` of them,
-    /// however many others come first (a cluster node's orders of partitions it gave away).
+    /// Every event below this journal sequence is folded into the order index that lists and
+    /// counts read (order actors fold them a commit or so after they are journaled).
+    pub fn indexed_below(&self) -> u64 {
+        self.inner
+            .progress
+            .indexed_below
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Orders from the index matching `filter`, oldest state entry first.
+    pub fn list(&self, filter: &OrderFilter) -> Result<Vec<OrderSummary>, JournalError> {
+        Ok(self.inner.reader.list(filter, None)?.0)
+    }
+
+    /// Like [`Journal::list`], of the orders `keep` accepts (a cluster node's own, among those
+    /// of partitions it gave away): up to `filter.limit` of them, read past the others a page
+    /// at a time for a bounded number of pages. The bool says whether the list is whole
+    /// rather than cut at that bound.
     pub fn list_kept(
         &self,
         filter: &OrderFilter,
         keep: &dyn Fn(&str) -> bool,
-    ) -> Result<Vec<OrderSummary>, JournalError> {
+    ) -> Result<(Vec<OrderSummary>, bool), JournalError> {
         self.inner.reader.list(filter, Some(keep))
     }
 
@@ -889,8 +916,59 @@ mod tests {
                 &|key| key != "a" && key != "c",
             )
             .unwrap();
-        let keys: Vec<&str> = kept.iter().map(|o| o.key.as_str()).collect();
+        assert!(kept.1, "whole");
+        let keys: Vec<&str> = kept.0.iter().map(|o| o.key.as_str()).collect();
         assert_eq!(keys, ["d", "b"]);
+        // Read to the end, nothing kept: whole (and empty).
+        let none = journal
+            .list_kept(
+                &OrderFilter {
+                    limit: 1,
+                    ..OrderFilter::default()
+                },
+                &|_| false,
+            )
+            .unwrap();
+        assert_eq!((none.0.len(), none.1), (0, true));
+        // More skipped orders than the pages read: cut, and said so.
+        for i in 0..2 * reader::KEPT_PAGES {
+            journal.record(summary(
+                &format!("z{i:02}"),
+                OrderState::Paid,
+                100 + i as i64,
+                0,
+            ));
+        }
+        let all = 4 + 2 * reader::KEPT_PAGES;
+        while journal
+            .list(&OrderFilter {
+                limit: 100,
+                ..OrderFilter::default()
+            })
+            .unwrap()
+            .len()
+            < all
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "summaries never written"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let cut = journal
+            .list_kept(
+                &OrderFilter {
+                    limit: 1,
+                    ..OrderFilter::default()
+                },
+                &|key| key == "b",
+            )
+            .unwrap();
+        assert_eq!(
+            (cut.0.len(), cut.1),
+            (0, false),
+            "b comes after the pages read"
+        );
         journal.close().await;
     }
 

@@ -120,6 +120,10 @@ where
         if let Some(partitions) = body.get(HELD) {
             held.push(partitions.clone());
         }
+        // What a node says its own answer lacks.
+        if let Some(lacks) = body.get("incomplete").and_then(Value::as_array) {
+            incomplete.extend(lacks.iter().filter_map(Value::as_str).map(str::to_owned));
+        }
         items.extend(take(body, field));
     }
     if by_partition {

@@ -495,7 +495,6 @@ impl Node {
             if panicked && self.inner.holds(partition) {
                 tracing::error!(partition, "a partition's applier panicked: started again");
                 metrics::counter!(t::CLUSTER_LEASE_MOVES, "move" => "resumed").increment(1);
-                self.inner.caught_up.remove(&partition);
                 self.start_applier(partition);
             }
         }
@@ -597,6 +596,8 @@ impl Node {
     }
 
     fn start_applier(&mut self, partition: u32) {
+        // A previous applier's mark does not speak for this one.
+        self.inner.caught_up.remove(&partition);
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(apply(self.inner.clone(), partition, stopped));
         self.appliers.insert(partition, Applier { stop, task });
@@ -617,6 +618,7 @@ impl Node {
             let _ = applier.stop.send(true);
             let _ = applier.task.await;
         }
+        self.inner.caught_up.remove(&partition);
     }
 
     async fn leave(mut self) {
@@ -739,7 +741,7 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
             Ok(consumer) => {
                 // Nothing past the position (after a restore, if any): caught up already.
                 if consumer.cached_info().num_pending == 0 {
-                    inner.caught_up.insert(partition);
+                    caught_up(&inner, partition, &stopped);
                 }
                 consumer.messages().await
             }
@@ -803,7 +805,7 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
             }
             let Some(last) = last else {
                 if drained {
-                    inner.caught_up.insert(partition);
+                    caught_up(&inner, partition, &stopped);
                 }
                 continue;
             };
@@ -844,9 +846,18 @@ async fn apply(inner: Arc<Inner>, partition: u32, mut stopped: watch::Receiver<b
             }
             applied = last;
             if drained {
-                inner.caught_up.insert(partition);
+                caught_up(&inner, partition, &stopped);
             }
         }
+    }
+}
+
+/// Marks `partition` caught up as of the journal's last sequence (see `Cluster::
+/// current_partitions`), unless its applier was told to stop (a later applier's start clears
+/// the mark; a stopping one must not set it again).
+fn caught_up(inner: &Inner, partition: u32, stopped: &watch::Receiver<bool>) {
+    if !*stopped.borrow() {
+        inner.caught_up.insert(partition, inner.journal.last_seq());
     }
 }
 

@@ -55,6 +55,11 @@ pub struct UnmappedStatus {
     pub last_order: String,
 }
 
+/// Pages a list with a predicate reads at most (each sorts the matching orders once).
+pub(crate) const KEPT_PAGES: usize = 8;
+/// Rows a page of a list with a predicate reads at least (two in unit tests, to page).
+const KEPT_PAGE_MIN: usize = if cfg!(test) { 2 } else { 1000 };
+
 /// Filters of `GET /v1/orders`.
 #[derive(Clone, Debug, Default)]
 pub struct OrderFilter {
@@ -141,11 +146,15 @@ impl ReadPool {
     }
 
     /// Orders matching `filter`, oldest state entry first.
+    /// Orders matching `filter`, oldest state entry first; with `keep`, only those it accepts,
+    /// read a page at a time past those it skips, for at most [`KEPT_PAGES`] pages: the bool
+    /// says whether the answer is whole (it reached `limit` or the end of the matching
+    /// orders) rather than cut at that bound.
     pub(crate) fn list(
         &self,
         filter: &OrderFilter,
         keep: Option<&dyn Fn(&str) -> bool>,
-    ) -> Result<Vec<OrderSummary>, JournalError> {
+    ) -> Result<(Vec<OrderSummary>, bool), JournalError> {
         self.with(|conn| {
             let mut sql = String::from(
                 "SELECT order_key, state, state_since, updated_at, sla_breached, armed, disagreement FROM orders WHERE 1=1",
@@ -165,45 +174,58 @@ impl ReadPool {
             if filter.disagreement {
                 sql.push_str(" AND disagreement IS NOT NULL");
             }
-            sql.push_str(" ORDER BY state_since, order_key LIMIT ?3");
+            // Pages after the first start past the last row read.
+            sql.push_str(
+                " AND (?4 IS NULL OR (state_since, order_key) > (?4, ?5)) ORDER BY state_since, order_key LIMIT ?3",
+            );
             let mut stmt = conn.prepare_cached(&sql)?;
             let state = filter.state.map(|s| s.as_str());
-            // With `keep`, rows are read until `limit` of them are kept (no SQL limit).
-            let sql_limit = if keep.is_some() {
-                -1
-            } else {
-                filter.limit as i64
+            let page = match keep {
+                Some(_) => filter.limit.max(KEPT_PAGE_MIN),
+                None => filter.limit,
             };
-            let rows = stmt.query_map(
-                params![state, filter.state_since_at_most, sql_limit],
-                |row| {
-                    let armed: Option<String> = row.get(5)?;
-                    Ok(OrderSummary {
-                        key: row.get(0)?,
-                        state: row.get(1)?,
-                        state_since: row.get(2)?,
-                        updated_at: row.get(3)?,
-                        sla_breached: row.get::<_, i64>(4)? != 0,
-                        sla_armed: armed
-                            .and_then(|a| serde_json::from_str(&a).ok())
-                            .unwrap_or(serde_json::Value::Array(Vec::new())),
-                        disagreements: row
-                            .get::<_, Option<String>>(6)?
-                            .and_then(|d| serde_json::from_str(&d).ok()),
-                    })
-                },
-            );
             let mut kept = Vec::new();
-            for row in rows? {
-                let summary = row?;
-                if keep.is_none_or(|keep| keep(&summary.key)) {
-                    kept.push(summary);
-                    if kept.len() >= filter.limit {
-                        break;
+            let mut after: Option<(Millis, String)> = None;
+            for _ in 0..KEPT_PAGES {
+                let rows = stmt.query_map(
+                    params![
+                        state,
+                        filter.state_since_at_most,
+                        page as i64,
+                        after.as_ref().map(|(since, _)| *since),
+                        after.as_ref().map(|(_, key)| key.as_str()),
+                    ],
+                    |row| {
+                        let armed: Option<String> = row.get(5)?;
+                        Ok(OrderSummary {
+                            key: row.get(0)?,
+                            state: row.get(1)?,
+                            state_since: row.get(2)?,
+                            updated_at: row.get(3)?,
+                            sla_breached: row.get::<_, i64>(4)? != 0,
+                            sla_armed: armed
+                                .and_then(|a| serde_json::from_str(&a).ok())
+                                .unwrap_or(serde_json::Value::Array(Vec::new())),
+                            disagreements: row
+                                .get::<_, Option<String>>(6)?
+                                .and_then(|d| serde_json::from_str(&d).ok()),
+                        })
+                    },
+                )?;
+                let mut read = 0;
+                for row in rows {
+                    let summary = row?;
+                    read += 1;
+                    after = Some((summary.state_since, summary.key.clone()));
+                    if kept.len() < filter.limit && keep.is_none_or(|keep| keep(&summary.key)) {
+                        kept.push(summary);
                     }
                 }
+                if kept.len() >= filter.limit || read < page || keep.is_none() {
+                    return Ok((kept, true));
+                }
             }
-            Ok(kept)
+            Ok((kept, false))
         })
     }
 

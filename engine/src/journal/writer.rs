@@ -14,6 +14,7 @@ use orderhub_actors::telemetry as t;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Routes a committed event to its order actor.
@@ -45,10 +46,21 @@ pub(crate) struct Writer {
     pub(crate) batch_max_wait: Duration,
     pub(crate) last_seq: u64,
     pub(crate) persisted_watermark: u64,
+    /// What readers may know of the writer's progress.
+    pub(crate) progress: Arc<Progress>,
     /// Orders compaction removed lately, with the last sequence archived: a summary an order
     /// actor still writes for one of them (it was active, or passivating) is dropped rather than
     /// leaving an index row with no events.
     pub(crate) archived_recently: HashMap<String, (u64, Instant)>,
+}
+
+/// The writer's progress, readable from other threads.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// The last journal sequence committed.
+    pub(crate) appended: AtomicU64,
+    /// Every event below this sequence is folded into the committed order index.
+    pub(crate) indexed_below: AtomicU64,
 }
 
 /// How long a removed order's late summaries are watched for.
@@ -509,6 +521,7 @@ impl Writer {
         }
         self.persisted_watermark = *watermark;
         self.last_seq = last_seq;
+        self.progress.appended.store(last_seq, Ordering::Release);
         batch.internal.clear();
         batch.syncs.clear();
         for (order, seq) in &appended_here {
@@ -518,6 +531,9 @@ impl Writer {
             coverage.indexed(&entry.key, entry.applied_seq);
         }
         *watermark = coverage.watermark(last_seq);
+        self.progress
+            .indexed_below
+            .store(*watermark, Ordering::Release);
         Ok(Committed {
             outcomes,
             routed,
