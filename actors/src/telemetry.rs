@@ -135,7 +135,7 @@ catalogue! {
         "Canonical state transitions (from is none for an order's first state).";
     /// Orders per state.
     ORDERS_BY_STATE = "orderhub_orders_by_state", Gauge, Count, ["state"],
-        "Orders currently in each canonical state.";
+        "Orders currently in each canonical state (in cluster mode: of the partitions this node holds, so the nodes' values add up to the cluster's).";
     /// Outcomes of applied events.
     ORDERS_EVENT_OUTCOMES = "orderhub_orders_event_outcomes_total", Counter, Count, ["outcome"],
         "Events applied to orders by outcome (applied, unchanged, stale, conflict, not_allowed, ...).";
@@ -162,7 +162,7 @@ catalogue! {
         "SLA timers armed across all shards.";
     /// Orders past an SLA deadline, from the index.
     ORDERS_OVERDUE = "orderhub_orders_overdue", Gauge, Count, ["rule", "state"],
-        "Orders still in an SLA rule's state past its deadline, by rule and that state (refreshed every 15 s from the order index).";
+        "Orders still in an SLA rule's state past its deadline, by rule and that state (refreshed every 15 s from the order index; in cluster mode of the partitions this node holds).";
     /// Sync delivery attempts.
     DISPATCH_REQUESTS = "orderhub_dispatch_requests_total", Counter, Count, ["sink", "outcome"],
         "Sync delivery attempts by sink and outcome (delivered, throttled, failed, rejected).";

@@ -512,7 +512,26 @@ impl Journal {
 
     /// Per SLA rule, how many orders are past its deadline at `now` (see the index).
     pub fn overdue(&self, rules: &[SlaRule], now: Millis) -> Result<Vec<u64>, JournalError> {
-        self.inner.reader.overdue(rules, now)
+        self.inner.reader.overdue(rules, now, None)
+    }
+
+    /// Like [`Journal::overdue`], of the orders `keep` accepts (a cluster node's own).
+    pub fn overdue_kept(
+        &self,
+        rules: &[SlaRule],
+        now: Millis,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<u64>, JournalError> {
+        self.inner.reader.overdue(rules, now, Some(keep))
+    }
+
+    /// How many of the orders `keep` accepts are in each state, every state listed (zero
+    /// included): the orders-by-state gauges of a cluster node whose partitions changed.
+    pub fn count_by_state(
+        &self,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<(OrderState, u64)>, JournalError> {
+        self.inner.reader.count_by_state(keep)
     }
 
     /// The order a waybill number belongs to: the one whose event last carried it in
@@ -905,6 +924,28 @@ mod tests {
         // ago; d has had no report for 5 s.
         assert_eq!(journal.overdue(&rules, 10_000).unwrap(), vec![1, 1, 1, 0]);
         assert_eq!(journal.overdue(&rules, 1_000).unwrap(), vec![0, 0, 0, 0]);
+        // Of the orders a predicate keeps (a cluster node's own partitions): without a.
+        assert_eq!(
+            journal
+                .overdue_kept(&rules, 10_000, &|key| key != "a")
+                .unwrap(),
+            vec![0, 1, 1, 0]
+        );
+        let by_state = journal.count_by_state(&|key| key != "d").unwrap();
+        assert_eq!(
+            by_state.len(),
+            OrderState::ALL.len(),
+            "every state, zero included"
+        );
+        let count = |state| by_state.iter().find(|(s, _)| *s == state).unwrap().1;
+        assert_eq!(
+            (
+                count(OrderState::Paid),
+                count(OrderState::Shipped),
+                count(OrderState::InTransit)
+            ),
+            (2, 1, 0)
+        );
         // A list of the orders a predicate keeps (a cluster node's own partitions) reads past
         // those it skips: the two oldest (a, c) are skipped, and two are still listed.
         let kept = journal

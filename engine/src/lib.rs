@@ -335,6 +335,7 @@ pub async fn run(
             journal.clone(),
             state.policy.sla_rules().to_vec(),
             state.config.server.data_dir.clone(),
+            cluster.clone().map(|cluster| (cluster, router.clone())),
         )
         .run(),
     );

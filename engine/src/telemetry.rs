@@ -1,13 +1,14 @@
 //! Telemetry: the Prometheus recorder (installed once per process) and log set-up.
 
+use crate::cluster::Cluster;
 use crate::journal::Journal;
 use metrics::Gauge;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use orderhub_actors::order::SlaRule;
-use orderhub_actors::shard::{Clock, SystemClock};
+use orderhub_actors::shard::{Clock, OrderRouter, SystemClock};
 use orderhub_actors::telemetry as t;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often histogram upkeep runs and process metrics are collected.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -79,7 +80,16 @@ pub(crate) struct Upkeep {
     overdue: Vec<Gauge>,
     data_dir: std::path::PathBuf,
     disk: [Gauge; 3],
+    /// Cluster mode: the node counts orders of the partitions it answers for (its store keeps
+    /// those of partitions it gave away), so the gauges of all nodes add up to the cluster's.
+    cluster: Option<(Cluster, OrderRouter)>,
+    /// The partitions the orders-by-state gauges were last counted over, and when to count
+    /// them once more after a change (actors' transitions racing the first count).
+    counted: std::sync::Mutex<(Option<Vec<u32>>, Option<Instant>)>,
 }
+
+/// How long after the partitions changed their orders are counted by state once more.
+const RECOUNT_SETTLE: Duration = Duration::from_secs(10);
 
 impl Upkeep {
     /// Registers the process and overdue series (exported from start-up, before any order
@@ -89,6 +99,7 @@ impl Upkeep {
         journal: Journal,
         rules: Vec<SlaRule>,
         data_dir: std::path::PathBuf,
+        cluster: Option<(Cluster, OrderRouter)>,
     ) -> Self {
         let overdue = rules
             .iter()
@@ -114,6 +125,8 @@ impl Upkeep {
                 metrics::gauge!(t::JOURNAL_OLDEST_EVENT_AGE),
                 metrics::gauge!(t::DATA_DIR_FREE_BYTES),
             ],
+            cluster,
+            counted: std::sync::Mutex::new((None, None)),
         };
         upkeep.measure_disk();
         upkeep
@@ -130,6 +143,10 @@ impl Upkeep {
             upkeep.process.collect();
             if ticks.is_multiple_of(DIGEST_EVERY_TICKS) {
                 flush_warnings();
+            }
+            if upkeep.cluster.is_some() {
+                let upkeep = upkeep.clone();
+                let _ = tokio::task::spawn_blocking(move || upkeep.count_by_state()).await;
             }
             if ticks.is_multiple_of(OVERDUE_EVERY_TICKS) {
                 let upkeep = upkeep.clone();
@@ -162,8 +179,48 @@ impl Upkeep {
         }
     }
 
+    /// Cluster mode: sets the orders-by-state gauges to the orders of the partitions this node
+    /// answers for, when those changed (and once more a little later). In between, order
+    /// actors move the gauges as orders change state, as on a single node.
+    fn count_by_state(&self) {
+        let Some((cluster, router)) = &self.cluster else {
+            return;
+        };
+        let current = cluster.current_partitions();
+        let now = Instant::now();
+        let due = {
+            let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
+            if counted.0.as_ref() != Some(&current) {
+                *counted = (Some(current.clone()), Some(now + RECOUNT_SETTLE));
+                true
+            } else if counted.1.is_some_and(|at| at <= now) {
+                counted.1 = None;
+                true
+            } else {
+                false
+            }
+        };
+        if !due {
+            return;
+        }
+        let keep = |key: &str| current.binary_search(&cluster.partition_of(key)).is_ok();
+        match self.journal.count_by_state(&keep) {
+            Ok(counts) => router.set_orders_by_state(&counts),
+            Err(err) => tracing::warn!(error = %err, "cannot count this node's orders by state"),
+        }
+    }
+
     fn count_overdue(&self) {
-        match self.journal.overdue(&self.rules, SystemClock.now_ms()) {
+        let now = SystemClock.now_ms();
+        let counted = match &self.cluster {
+            None => self.journal.overdue(&self.rules, now),
+            Some((cluster, _)) => {
+                let current = cluster.current_partitions();
+                let keep = |key: &str| current.binary_search(&cluster.partition_of(key)).is_ok();
+                self.journal.overdue_kept(&self.rules, now, &keep)
+            }
+        };
+        match counted {
             Ok(counts) => {
                 for (gauge, count) in self.overdue.iter().zip(counts) {
                     gauge.set(count as f64);

@@ -285,23 +285,80 @@ impl ReadPool {
 
     /// Per SLA rule, the orders still in its state past its deadline at `now`: in `from` since
     /// before `now - within`, or for a rule reset on every report, not updated since then.
-    pub(crate) fn overdue(&self, rules: &[SlaRule], now: Millis) -> Result<Vec<u64>, JournalError> {
+    pub(crate) fn overdue(
+        &self,
+        rules: &[SlaRule],
+        now: Millis,
+        keep: Option<&dyn Fn(&str) -> bool>,
+    ) -> Result<Vec<u64>, JournalError> {
         self.with(|conn| {
             let mut counts = Vec::with_capacity(rules.len());
             for rule in rules {
-                let sql = if rule.reset_on_event {
-                    "SELECT COUNT(*) FROM orders WHERE state = ?1 AND updated_at <= ?2"
+                let since = if rule.reset_on_event {
+                    "updated_at"
                 } else {
-                    "SELECT COUNT(*) FROM orders WHERE state = ?1 AND state_since <= ?2"
+                    "state_since"
                 };
-                let count: i64 = conn
-                    .prepare_cached(sql)?
-                    .query_row(params![rule.from.as_str(), now - rule.within_ms], |row| {
-                        row.get(0)
-                    })?;
-                counts.push(count as u64);
+                let args = params![rule.from.as_str(), now - rule.within_ms];
+                let count = match keep {
+                    None => {
+                        let sql = format!(
+                            "SELECT COUNT(*) FROM orders WHERE state = ?1 AND {since} <= ?2"
+                        );
+                        conn.prepare_cached(&sql)?
+                            .query_row(args, |row| row.get::<_, i64>(0))?
+                            as u64
+                    }
+                    Some(keep) => {
+                        let sql = format!(
+                            "SELECT order_key FROM orders WHERE state = ?1 AND {since} <= ?2"
+                        );
+                        let mut stmt = conn.prepare_cached(&sql)?;
+                        let mut rows = stmt.query(args)?;
+                        let mut count = 0;
+                        while let Some(row) = rows.next()? {
+                            if keep(row.get_ref(0)?.as_str().unwrap_or_default()) {
+                                count += 1;
+                            }
+                        }
+                        count
+                    }
+                };
+                counts.push(count);
             }
             Ok(counts)
+        })
+    }
+
+    /// How many orders of the index are in each state (every state, zero included), of those
+    /// `keep` accepts: a full read of `orders`, for when the set kept changes (a cluster node's
+    /// partitions).
+    pub(crate) fn count_by_state(
+        &self,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<(OrderState, u64)>, JournalError> {
+        self.with(|conn| {
+            let mut counts = vec![0u64; OrderState::ALL.len()];
+            let mut stmt =
+                conn.prepare_cached("SELECT order_key, state FROM orders WHERE state IS NOT NULL")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                if !keep(row.get_ref(0)?.as_str().unwrap_or_default()) {
+                    continue;
+                }
+                if let Ok(state) = row
+                    .get_ref(1)?
+                    .as_str()
+                    .unwrap_or_default()
+                    .parse::<OrderState>()
+                {
+                    counts[state as usize] += 1;
+                }
+            }
+            Ok(OrderState::ALL
+                .iter()
+                .map(|state| (*state, counts[*state as usize]))
+                .collect())
         })
     }
 

@@ -614,6 +614,16 @@ async fn wms_backlog(client: &reqwest::Client, base: &str) -> Option<f64> {
 }
 
 async fn wms_gauge(client: &reqwest::Client, base: &str, name: &str) -> Option<f64> {
+    node_sample(client, base, name, &[("sink", "wms")]).await
+}
+
+/// One series of a node's `/metrics`.
+async fn node_sample(
+    client: &reqwest::Client,
+    base: &str,
+    name: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
     let metrics = client
         .get(format!("{base}/metrics"))
         .send()
@@ -622,7 +632,34 @@ async fn wms_gauge(client: &reqwest::Client, base: &str, name: &str) -> Option<f
         .text()
         .await
         .ok()?;
-    sample(&metrics, name, &[("sink", "wms")])
+    sample(&metrics, name, labels)
+}
+
+/// Polls each node's `orderhub_orders_by_state{state}` until they are `expected`, for at most
+/// 30 s (a node recounts its orders when its partitions change, within a few seconds).
+async fn by_state_becomes(client: &reqwest::Client, nodes: &[&str], state: &str, expected: &[f64]) {
+    let started = Instant::now();
+    loop {
+        let mut counts = Vec::new();
+        for base in nodes {
+            let count = node_sample(
+                client,
+                base,
+                "orderhub_orders_by_state",
+                &[("state", state)],
+            )
+            .await;
+            counts.push(count.unwrap_or(-1.0));
+        }
+        if counts == expected {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "orders {state} by node's gauge {counts:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// A node that gives partitions away sends none of their pending syncs: their new owner
@@ -734,6 +771,16 @@ async fn a_node_that_gives_partitions_away_sends_none_of_their_syncs() {
     // Held back for b, they are not a's backlog (they neither page out a's own syncs nor hold
     // back its ingest).
     assert_eq!(wms_backlog(&client, &a.base).await, Some(0.0));
+    // Each node counts the orders of the partitions it holds: a no longer counts those it
+    // gave b (its store still has them), so the two add up to the cluster's orders.
+    let b_orders = (0..SYNCS).filter(|i| of_b(&format!("shop:{i}"))).count() as f64;
+    by_state_becomes(
+        &client,
+        &[&a.base, &b.base],
+        "paid",
+        &[SYNCS as f64 - b_orders, b_orders],
+    )
+    .await;
 
     // b dies: its partitions come back to a, which sends what it kept (b never settled them).
     b.kill();
@@ -753,6 +800,8 @@ async fn a_node_that_gives_partitions_away_sends_none_of_their_syncs() {
     }
     let requests = sink.requests("/wms").len();
     assert_eq!(requests, SYNCS, "one request per sync");
+    // And a counts them all again.
+    by_state_becomes(&client, &[&a.base], "paid", &[SYNCS as f64]).await;
     eprintln!(
         "cluster: a node that gave {} of {PARTITIONS} partitions away kept back {kept} of their syncs and sent them once the partitions came back",
         b_partitions.len()
@@ -978,6 +1027,30 @@ async fn three_nodes_survive_losing_a_node_and_a_nats_server_under_load() {
         list.get("held").is_none(),
         "what nodes answered for stays between them: {list}"
     );
+    // Each node counts the orders of the partitions it answers for: the survivors' gauges add
+    // up to the cluster's orders, the dead node's taken over and counted once.
+    let started = Instant::now();
+    loop {
+        let mut delivered = 0.0;
+        for node in &nodes[..2] {
+            delivered += node_sample(
+                &client,
+                &node.base,
+                "orderhub_orders_by_state",
+                &[("state", "delivered")],
+            )
+            .await
+            .unwrap_or(0.0);
+        }
+        if delivered == ORDERS as f64 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{delivered} orders delivered by the nodes' gauges, against {ORDERS} in the cluster"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     // No sync lost; a resend carries the same idempotency key.
     let started = Instant::now();
