@@ -139,17 +139,31 @@ async fn snapshot(
     let rules = app.policy.sla_rules().to_vec();
     let policy = app.policy.clone();
     let known: HashMap<(String, Millis), serde_json::Value> = std::mem::take(reasons);
+    // Cluster mode: the orders of the partitions this node answers for (its store also keeps,
+    // at their old states, those of partitions it gave away).
+    let current = app
+        .cluster
+        .clone()
+        .map(|cluster| (cluster.current_partitions(), cluster));
     let blocking = tokio::task::spawn_blocking(move || {
+        let ours = |key: &str| {
+            current.as_ref().is_none_or(|(partitions, cluster)| {
+                partitions.binary_search(&cluster.partition_of(key)).is_ok()
+            })
+        };
+        let list = |filter: crate::journal::OrderFilter| match &current {
+            None => journal.list(&filter),
+            Some(_) => journal.list_kept(&filter, &ours).map(|(orders, _)| orders),
+        };
         let mut stuck = Vec::new();
         for rule in &rules {
-            let orders = journal
-                .list(&crate::journal::OrderFilter {
-                    state: Some(rule.from),
-                    state_since_at_most: Some(now - rule.within_ms),
-                    limit: TOP,
-                    ..Default::default()
-                })
-                .map_err(|e| e.to_string())?;
+            let orders = list(crate::journal::OrderFilter {
+                state: Some(rule.from),
+                state_since_at_most: Some(now - rule.within_ms),
+                limit: TOP,
+                ..Default::default()
+            })
+            .map_err(|e| e.to_string())?;
             stuck.push(serde_json::json!({
                 "sla": rule.name,
                 "state": rule.from,
@@ -160,13 +174,12 @@ async fn snapshot(
                 })).collect::<Vec<_>>(),
             }));
         }
-        let held = journal
-            .list(&crate::journal::OrderFilter {
-                state: Some(OrderState::OnHold),
-                limit: LISTED,
-                ..Default::default()
-            })
-            .map_err(|e| e.to_string())?;
+        let held = list(crate::journal::OrderFilter {
+            state: Some(OrderState::OnHold),
+            limit: LISTED,
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())?;
         // A hold's who and why are in the order: folded once per change of the order.
         let mut holds = Vec::new();
         let mut kept = HashMap::new();
@@ -190,23 +203,25 @@ async fn snapshot(
         }
         let approvals = journal
             .approvals(Some(ApprovalState::Open), None, LISTED)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|a| ours(&a.order))
+            .collect::<Vec<_>>();
         let escalated = journal
             .approvals(Some(ApprovalState::Expired), None, LISTED)
             .map_err(|e| e.to_string())?
             .into_iter()
-            .filter(|a| a.decidable())
+            .filter(|a| a.decidable() && ours(&a.order))
             .collect::<Vec<_>>();
         let no_pickup = journal
             .disagreeing("shipped_without_pickup")
             .map_err(|e| e.to_string())?;
-        let disagreeing = journal
-            .list(&crate::journal::OrderFilter {
-                disagreement: true,
-                limit: LISTED,
-                ..Default::default()
-            })
-            .map_err(|e| e.to_string())?;
+        let disagreeing = list(crate::journal::OrderFilter {
+            disagreement: true,
+            limit: LISTED,
+            ..Default::default()
+        })
+        .map_err(|e| e.to_string())?;
         let unmapped = journal.unmapped_statuses().map_err(|e| e.to_string())?;
         let heat = if refresh_heat {
             let rows = journal
