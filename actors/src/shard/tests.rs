@@ -17,6 +17,16 @@ struct MemoryJournal {
 }
 
 impl MemoryJournal {
+    /// How many events orderhub raised itself (SLA breaches here) were journaled.
+    fn internal_events(&self) -> usize {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.event.source == crate::order::INTERNAL_SOURCE)
+            .count()
+    }
+
     fn append(&self, event: OrderEvent) {
         let journaled = {
             let mut events = self.events.lock().unwrap();
@@ -259,13 +269,7 @@ async fn an_sla_deadline_fires_once_even_for_a_passivated_order() {
     ));
     assert!(!journal.index("o:ok").unwrap().sla_breached);
     assert_eq!(router.armed_timers(), 0);
-    let breaches = journal
-        .events
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| e.event.source == crate::order::INTERNAL_SOURCE)
-        .count();
+    let breaches = journal.internal_events();
     assert_eq!(breaches, 1);
     router.stop(Duration::from_secs(1)).await;
 }
@@ -289,13 +293,7 @@ async fn orders_paid_in_the_same_millisecond_each_breach() {
         })
         .await;
     }
-    let breaches = journal
-        .events
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|e| e.event.source == crate::order::INTERNAL_SOURCE)
-        .count();
+    let breaches = journal.internal_events();
     assert_eq!(breaches, 3);
     router.stop(Duration::from_secs(1)).await;
 }
