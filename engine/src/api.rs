@@ -399,15 +399,14 @@ pub(crate) async fn list_here(app: Arc<AppState>, raw: String) -> Response {
     // the partitions it can answer for, and says which (`held`: those it could answer for both
     // before and after reading, so a partition that moved meanwhile is left to the gathering
     // node to name as missing rather than listed half).
-    let before: std::collections::BTreeSet<u32> =
-        cluster.current_partitions().into_iter().collect();
+    let before = cluster.current_partitions();
     if before.is_empty() {
         let held: [u32; 0] = [];
         return Json(serde_json::json!({ "orders": [], forward::HELD: held })).into_response();
     }
     let listed = tokio::task::spawn_blocking({
         let (cluster, before) = (cluster.clone(), before.clone());
-        move || journal.list_kept(&filter, &|key| before.contains(&cluster.partition_of(key)))
+        move || journal.list_kept(&filter, &|key| cluster.in_partitions(&before, key))
     })
     .await;
     match listed {
@@ -415,12 +414,9 @@ pub(crate) async fn list_here(app: Arc<AppState>, raw: String) -> Response {
             let held: Vec<u32> = cluster
                 .current_partitions()
                 .into_iter()
-                .filter(|partition| before.contains(partition))
+                .filter(|partition| before.binary_search(partition).is_ok())
                 .collect();
-            orders.retain(|order| {
-                held.binary_search(&cluster.partition_of(&order.key))
-                    .is_ok()
-            });
+            orders.retain(|order| cluster.in_partitions(&held, &order.key));
             let mut body = serde_json::json!({ "orders": orders, forward::HELD: held });
             if !whole {
                 body["incomplete"] = serde_json::json!([format!(

@@ -147,9 +147,9 @@ async fn snapshot(
         .map(|cluster| (cluster.current_partitions(), cluster));
     let blocking = tokio::task::spawn_blocking(move || {
         let ours = |key: &str| {
-            current.as_ref().is_none_or(|(partitions, cluster)| {
-                partitions.binary_search(&cluster.partition_of(key)).is_ok()
-            })
+            current
+                .as_ref()
+                .is_none_or(|(partitions, cluster)| cluster.in_partitions(partitions, key))
         };
         let list = |filter: crate::journal::OrderFilter| match &current {
             None => journal.list(&filter),

@@ -306,6 +306,12 @@ impl Cluster {
         self.inner.config.partitions
     }
 
+    /// Whether `order` belongs to one of `partitions` (sorted, as
+    /// [`Cluster::current_partitions`] gives them).
+    pub fn in_partitions(&self, partitions: &[u32], order: &str) -> bool {
+        partitions.binary_search(&self.partition_of(order)).is_ok()
+    }
+
     /// The partitions this node can answer a list for, in order: it holds a valid lease on
     /// each, has journaled what the stream held for it since taking it, and its order index
     /// covers that (a partition just taken is still being restored or replayed, and its

@@ -203,8 +203,10 @@ impl Upkeep {
         if !due {
             return;
         }
-        let keep = |key: &str| current.binary_search(&cluster.partition_of(key)).is_ok();
-        match self.journal.count_by_state(&keep) {
+        match self
+            .journal
+            .count_by_state(&|key| cluster.in_partitions(&current, key))
+        {
             Ok(counts) => router.set_orders_by_state(&counts),
             Err(err) => tracing::warn!(error = %err, "cannot count this node's orders by state"),
         }
@@ -216,7 +218,7 @@ impl Upkeep {
             None => self.journal.overdue(&self.rules, now),
             Some((cluster, _)) => {
                 let current = cluster.current_partitions();
-                let keep = |key: &str| current.binary_search(&cluster.partition_of(key)).is_ok();
+                let keep = |key: &str| cluster.in_partitions(&current, key);
                 self.journal.overdue_kept(&self.rules, now, &keep)
             }
         };
