@@ -548,21 +548,31 @@ async fn a_courier_scan_before_its_order_waits_in_the_stream_then_reaches_it() {
 struct Node {
     child: Option<Child>,
     base: String,
+    name: String,
+    /// The node's log: its last lines are shown when the test fails (CI keeps nothing else).
+    log: PathBuf,
 }
+
+/// Lines of a node's log shown when a test fails.
+const LOG_TAIL: usize = 60;
 
 impl Node {
     fn spawn(dir: &Path, name: &str, toml: &str) -> Node {
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, toml).unwrap();
         let port = free_port();
-        let child = spawn_orderhub_with(
+        let log = dir.join(format!("{name}.log"));
+        let child = spawn_orderhub_logged(
             &dir.join(name),
             port,
             &["--config".as_ref(), config.as_os_str()],
+            Some(&log),
         );
         Node {
             child: Some(child),
             base: format!("http://127.0.0.1:{port}"),
+            name: name.to_owned(),
+            log,
         }
     }
 
@@ -577,6 +587,18 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- last {} of {} log lines of node {} ({}) ---\n{}",
+                LOG_TAIL.min(lines.len()),
+                lines.len(),
+                self.name,
+                self.base,
+                lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n")
+            );
+        }
     }
 }
 
@@ -973,9 +995,17 @@ async fn three_nodes_survive_losing_a_node_and_a_nats_server_under_load() {
         let mut still = Vec::new();
         for order in pending {
             let url = format!("{asked}/v1/orders/{order}");
-            let body: Value = match client.get(&url).send().await {
-                Ok(response) => response.json().await.unwrap_or(Value::Null),
-                Err(_) => Value::Null,
+            // What went wrong, when the answer is no order: its status and body, or the error.
+            let (body, failure): (Value, Value) = match client.get(&url).send().await {
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let text = response.text().await.unwrap_or_default();
+                    match serde_json::from_str::<Value>(&text) {
+                        Ok(body) if status == 200 => (body, Value::Null),
+                        _ => (Value::Null, json!({"status": status, "body": text})),
+                    }
+                }
+                Err(error) => (Value::Null, json!(error.to_string())),
             };
             let seen: BTreeSet<String> = body["timeline"]
                 .as_array()
@@ -989,7 +1019,7 @@ async fn three_nodes_survive_losing_a_node_and_a_nats_server_under_load() {
             if !(body["state"] == "delivered" && seen == acked[&order]) {
                 answers.insert(
                     order.clone(),
-                    json!({"state": body["state"], "applied": seen, "acked": acked[&order]}),
+                    json!({"state": body["state"], "applied": seen, "acked": acked[&order], "failure": failure}),
                 );
                 still.push(order);
             }

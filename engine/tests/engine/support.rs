@@ -556,7 +556,36 @@ pub(crate) fn spawn_orderhub_with(
     port: u16,
     extra: &[&std::ffi::OsStr],
 ) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_orderhub"))
+    spawn_orderhub_logged(dir, port, extra, None)
+}
+
+/// As [`spawn_orderhub_with`]; with `log`, the engine's log (at `info` unless
+/// ORDERHUB_CHILD_LOG says otherwise) goes to that file, for a test to show when it fails.
+pub(crate) fn spawn_orderhub_logged(
+    dir: &std::path::Path,
+    port: u16,
+    extra: &[&std::ffi::OsStr],
+    log: Option<&std::path::Path>,
+) -> std::process::Child {
+    let level = std::env::var("ORDERHUB_CHILD_LOG")
+        .unwrap_or_else(|_| if log.is_some() { "info" } else { "warn" }.into());
+    let stdout = match log {
+        Some(path) => std::process::Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("the child's log file opens"),
+        ),
+        None if std::env::var_os("ORDERHUB_CHILD_LOG").is_some() => std::process::Stdio::inherit(),
+        None => std::process::Stdio::null(),
+    };
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_orderhub"));
+    if log.is_some() {
+        // Plain text in a log file (tracing's formatter honours NO_COLOR).
+        command.env("NO_COLOR", "1");
+    }
+    command
         .args([
             "serve",
             "--listen",
@@ -569,15 +598,8 @@ pub(crate) fn spawn_orderhub_with(
         .env("ORDERHUB_DOUYIN_APP_SECRET", DOUYIN_SECRET)
         .env("ORDERHUB_EVENTS_SECRET", EVENTS_SECRET)
         // ORDERHUB_CHILD_LOG=info shows what a spawned engine does while debugging a test.
-        .env(
-            "RUST_LOG",
-            std::env::var("ORDERHUB_CHILD_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(if std::env::var_os("ORDERHUB_CHILD_LOG").is_some() {
-            std::process::Stdio::inherit()
-        } else {
-            std::process::Stdio::null()
-        })
+        .env("RUST_LOG", level)
+        .stdout(stdout)
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .expect("orderhub binary starts")
