@@ -50,8 +50,8 @@ pub const REMOVE_ORDERS: usize = 8;
 /// Orders `orderhub compact` removes per transaction: no ingest to make room for.
 const REMOVE_ORDERS_OFFLINE: usize = 128;
 
-/// Free pages the engine hands back per writer transaction (1 MiB of 4 KiB pages).
-const VACUUM_PAGES: u32 = 256;
+/// Bytes of free pages the engine hands back per writer transaction.
+const VACUUM_BYTES: u32 = 1 << 20;
 
 /// How long the record of an archived order (its key, file and time: ~60 bytes) is kept, so
 /// `GET /v1/orders/{key}` answers `410` naming the file rather than `404`.
@@ -72,9 +72,9 @@ pub struct Retention {
     pub pace: u32,
     /// Orders removed per writer transaction.
     pub remove_orders: usize,
-    /// Free pages handed back to the file system per writer transaction at the end of a pass
-    /// (`None`: all at once).
-    pub vacuum_pages: Option<u32>,
+    /// Bytes of free pages handed back to the file system per writer transaction at the end
+    /// of a pass (`None`: all at once).
+    pub vacuum_bytes: Option<u32>,
 }
 
 impl Retention {
@@ -86,7 +86,7 @@ impl Retention {
                 .then(|| data_dir.join(&config.archive_dir)),
             pace: 1,
             remove_orders: REMOVE_ORDERS,
-            vacuum_pages: Some(VACUUM_PAGES),
+            vacuum_bytes: Some(VACUUM_BYTES),
         }
     }
 }
@@ -601,16 +601,18 @@ fn archive_parked(
 /// pass that freed little (a quarter of the file or less) leaves them to be reused rather than
 /// shrinking a file that grows again; `orderhub compact` always hands back all of them.
 fn vacuum(journal: &Journal, retention: &Retention, stop: &AtomicBool) -> Result<(), JournalError> {
-    let Some(pages) = retention.vacuum_pages else {
+    let Some(bytes) = retention.vacuum_bytes else {
         journal.archive_step(ArchiveCmd::Vacuum { pages: None })?;
         return Ok(());
     };
-    let (free, total): (i64, i64) = journal.inner.reader.with(|conn| {
+    let (free, total, page_size): (i64, i64, u32) = journal.inner.reader.with(|conn| {
         Ok((
             conn.query_row("PRAGMA freelist_count", [], |r| r.get(0))?,
             conn.query_row("PRAGMA page_count", [], |r| r.get(0))?,
+            conn.query_row("PRAGMA page_size", [], |r| r.get(0))?,
         ))
     })?;
+    let pages = (bytes / page_size.max(1)).max(1);
     if free == 0 || free * 4 < total {
         return Ok(());
     }
@@ -854,7 +856,7 @@ pub fn compact_offline(
     let retention = Retention {
         pace: 0,
         remove_orders: REMOVE_ORDERS_OFFLINE,
-        vacuum_pages: None,
+        vacuum_bytes: None,
         ..Retention::from_config(&config.journal, data_dir)
     };
     let stop = AtomicBool::new(false);
@@ -978,7 +980,7 @@ mod tests {
                 archive_dir: Some(self.data_dir.join("archive")),
                 pace: 0,
                 remove_orders: 32,
-                vacuum_pages: Some(64),
+                vacuum_bytes: Some(64 << 10),
             }
         }
 
