@@ -38,6 +38,10 @@ pub struct LifecycleArgs {
     /// Events per request (each the next event of a different order).
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
+    /// Line items in each event's `fields` (3: ~650-byte events; each one more adds ~75 bytes),
+    /// to measure orders with more contents.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub items: u64,
     /// The `source` the events name.
     #[arg(long, default_value = "shop")]
     pub source: String,
@@ -99,6 +103,8 @@ pub struct LifecycleReport {
     pub orders: u64,
     /// Events per request.
     pub batch: usize,
+    /// Line items in each event.
+    pub items: u64,
     /// Orders in flight.
     pub in_flight: usize,
     /// Requests answered 2xx.
@@ -145,9 +151,10 @@ impl LifecycleReport {
     /// A summary for people.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "lifecycle: {} orders x {} events, {} orders in flight, {} event(s) per request\n",
+            "lifecycle: {} orders x {} events of {} line items, {} orders in flight, {} event(s) per request\n",
             self.orders,
             STEPS.len(),
+            self.items,
             self.in_flight,
             self.batch
         );
@@ -214,18 +221,28 @@ fn order_key(run: u64, n: u64) -> String {
     format!("shop:L{run}-{n:08}")
 }
 
-/// One canonical event, ~650 bytes: the order's contents, address and amounts ride along as
-/// real channels' pushes carry them.
-fn event_json(source: &str, run: u64, n: u64, step: usize, at_ms: i64) -> String {
+/// One canonical event, ~650 bytes with three line items: the order's contents, address and
+/// amounts ride along as real channels' pushes carry them. Items past three are gift-set lines
+/// of ~75 bytes each.
+fn event_json(source: &str, run: u64, n: u64, step: usize, at_ms: i64, items: u64) -> String {
     let order = order_key(run, n);
     let state = STEPS[step];
     let qty = 1 + n % 3;
+    let extra = items.saturating_sub(3);
+    let mut more = String::with_capacity(90 * extra as usize);
+    for k in 0..extra {
+        more += &format!(
+            r#",{{"sku":"SKU-{:05}","name":"Gift set, part {} of {extra}","qty":1,"price":19.90}}"#,
+            (n * 17 + k) % 90_000,
+            k + 1
+        );
+    }
     format!(
         concat!(
             r#"{{"event_id":"{order}:{state}","order":"{order}","source":"{source}","status":"{state}","occurred_at":{at},"#,
             r#""fields":{{"items":[{{"sku":"SKU-{a:05}","name":"Hydrating face cream 50ml","qty":{qty},"price":129.00}},"#,
             r#"{{"sku":"SKU-{b:05}","name":"Cleansing foam 120g","qty":1,"price":59.90}},"#,
-            r#"{{"sku":"SKU-{c:05}","name":"Sheet mask, pack of 10","qty":2,"price":89.00}}],"#,
+            r#"{{"sku":"SKU-{c:05}","name":"Sheet mask, pack of 10","qty":2,"price":89.00}}{more}],"#,
             r#""address":{{"name":"Zhang San","phone":"138****{phone:04}","province":"Zhejiang","city":"Hangzhou","#,
             r#""district":"Xihu","detail":"No. {house} Wensan Road, Building 3, Unit 2, Room 1502"}},"#,
             r#""amounts":{{"total":{total:.2},"discount":20.00,"freight":0.00,"paid":{paid:.2},"currency":"CNY"}},"#,
@@ -241,8 +258,9 @@ fn event_json(source: &str, run: u64, n: u64, step: usize, at_ms: i64) -> String
         qty = qty,
         phone = n % 10_000,
         house = n % 500,
-        total = 129.0 * qty as f64 + 59.9 + 178.0,
-        paid = 129.0 * qty as f64 + 59.9 + 158.0,
+        more = more,
+        total = 129.0 * qty as f64 + 59.9 + 178.0 + 19.9 * extra as f64,
+        paid = 129.0 * qty as f64 + 59.9 + 158.0 + 19.9 * extra as f64,
     )
 }
 
@@ -357,7 +375,7 @@ pub async fn lifecycle_with(
         let examples = examples.clone();
         let key = key.clone();
         let source = args.source.clone();
-        let (orders, batch, run) = (args.orders, args.batch as u64, args.run);
+        let (orders, batch, run, items) = (args.orders, args.batch as u64, args.run, args.items);
         tasks.push(tokio::spawn(async move {
             let mut latency = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("bounds");
             let mut request_no = 0u64;
@@ -370,15 +388,17 @@ pub async fn lifecycle_with(
                 for step in 0..STEPS.len() {
                     let at = now_ms();
                     let body = if batch == 1 {
-                        event_json(&source, run, first, step, at)
+                        event_json(&source, run, first, step, at, items)
                     } else {
-                        let mut body = String::with_capacity(700 * (last - first) as usize);
+                        let mut body = String::with_capacity(
+                            (700 + 90 * items as usize) * (last - first) as usize,
+                        );
                         body.push('[');
                         for n in first..last {
                             if n > first {
                                 body.push(',');
                             }
-                            body.push_str(&event_json(&source, run, n, step, at));
+                            body.push_str(&event_json(&source, run, n, step, at, items));
                         }
                         body.push(']');
                         body
@@ -445,6 +465,7 @@ pub async fn lifecycle_with(
     let mut report = LifecycleReport {
         orders: args.orders,
         batch: args.batch,
+        items: args.items,
         in_flight: args.in_flight,
         requests: tally.requests.load(Ordering::Relaxed),
         events: tally.events.load(Ordering::Relaxed),
@@ -633,7 +654,7 @@ mod tests {
     fn events_are_about_650_bytes_of_valid_json() {
         for n in [0, 7, 123_456] {
             for (step, state) in STEPS.iter().enumerate() {
-                let body = event_json("shop", 3, n, step, 1_700_000_000_000);
+                let body = event_json("shop", 3, n, step, 1_700_000_000_000, 3);
                 let value: serde_json::Value = serde_json::from_str(&body).unwrap();
                 assert_eq!(value["status"], *state);
                 assert_eq!(value["order"], order_key(3, n));
@@ -641,6 +662,18 @@ mod tests {
                 assert!((600..=720).contains(&body.len()), "{} bytes", body.len());
             }
         }
+    }
+
+    #[test]
+    fn more_items_make_longer_events_of_valid_json() {
+        let three = event_json("shop", 3, 42, 0, 1_700_000_000_000, 3);
+        let twenty = event_json("shop", 3, 42, 0, 1_700_000_000_000, 20);
+        let value: serde_json::Value = serde_json::from_str(&twenty).unwrap();
+        let items = value["fields"]["items"].as_array().unwrap();
+        assert_eq!(items.len(), 20);
+        assert_eq!(items[19]["name"], "Gift set, part 17 of 17");
+        let per_item = (twenty.len() - three.len()) / 17;
+        assert!((65..=85).contains(&per_item), "{per_item} bytes per item");
     }
 
     #[test]

@@ -124,9 +124,10 @@ const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
 /// A new journal's page size. Most pages a commit writes are b-tree leaves that one random key
 /// landed in (an event's order, a sync's id, an order's state); the WAL takes each whole, so a
-/// smaller page writes fewer bytes for the same change: with 1 KiB pages the lifecycle
-/// benchmark writes about a fifth fewer bytes per event than with SQLite's 4 KiB default, for
-/// bulk reads ~20% slower (BENCHMARKS.md, "Page size and checkpoints"). The page size of a
+/// smaller page writes fewer bytes for the same change: with 1 KiB pages (and the checkpoint
+/// counted in bytes, below) the lifecycle benchmark writes 15–22% fewer bytes per event than
+/// with SQLite's 4 KiB default, and a million-order journal fills and recovers as fast
+/// (BENCHMARKS.md, "1 KiB pages with the checkpoint counted in bytes"). The page size of a
 /// journal is fixed when its first table is made: older journals keep theirs.
 const PAGE_SIZE: i64 = 1024;
 
@@ -327,10 +328,14 @@ mod tests {
         let conn = open_writer(dir.path()).unwrap();
         assert_eq!(pragma(&conn, "page_size"), PAGE_SIZE);
         assert_eq!(pragma(&conn, "auto_vacuum"), 2, "incremental");
-        assert_eq!(
-            pragma(&conn, "wal_autocheckpoint"),
-            CHECKPOINT_BYTES / PAGE_SIZE
-        );
+        // (Unless the measurement aid overrides it in this shell.)
+        let overridden = std::env::var_os("ORDERHUB_DEBUG_WAL_AUTOCHECKPOINT").is_some();
+        if !overridden {
+            assert_eq!(
+                pragma(&conn, "wal_autocheckpoint"),
+                CHECKPOINT_BYTES / PAGE_SIZE
+            );
+        }
         drop(conn);
         // Opened again, the same.
         let conn = open_writer(dir.path()).unwrap();
@@ -345,6 +350,8 @@ mod tests {
         let conn = open_writer(old_dir.path()).unwrap();
         assert_eq!(pragma(&conn, "page_size"), 4096);
         // The checkpoint comes after as many bytes, whatever the page size.
-        assert_eq!(pragma(&conn, "wal_autocheckpoint"), CHECKPOINT_BYTES / 4096);
+        if !overridden {
+            assert_eq!(pragma(&conn, "wal_autocheckpoint"), CHECKPOINT_BYTES / 4096);
+        }
     }
 }
