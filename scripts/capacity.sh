@@ -4,7 +4,7 @@
 #   scripts/capacity.sh PROFILE RATE DURATION [extra loadgen args...]
 # e.g. scripts/capacity.sh steady 2000 30s --max-p99 50
 # Needs `cargo build --release -p orderhub-engine -p orderhub-loadgen` first.
-# Optional environment: DATA_DIR (an existing data directory instead of a fresh one),
+# Optional environment: ENGINE_BIN (another orderhub binary, for A/B runs), DATA_DIR (an existing data directory instead of a fresh one),
 # ENGINE_EXTRA (TOML appended to the engine's config), ENGINE_LOG (keep the engine's log there)
 # and ENGINE_RUST_LOG (its log filter, default warn). DETAILS=1 makes the simulators serve the
 # Douyin and Youzan order APIs too and turns the engine's order-detail enrichment on against
@@ -44,7 +44,7 @@ data_dir=${DATA_DIR:-$work/data}
 engine_log=${ENGINE_LOG:-$work/engine.log}
 
 "$bin/loadgen" sinks --listen "127.0.0.1:$sinks_port" --latency 1ms..5ms $details_flag > "$work/sinks.log" 2>&1 &
-RUST_LOG=${ENGINE_RUST_LOG:-warn} "$bin/orderhub" serve --config "$work/engine.toml" --data-dir "$data_dir" \
+RUST_LOG=${ENGINE_RUST_LOG:-warn} "${ENGINE_BIN:-$bin/orderhub}" serve --config "$work/engine.toml" --data-dir "$data_dir" \
   --listen "127.0.0.1:$engine_port" > "$engine_log" 2>&1 &
 engine_pid=$!
 for _ in $(seq 600); do
