@@ -115,6 +115,12 @@ pub trait OrderStore: Send + Sync + 'static {
     /// later ones of the same order (syncs never are), and an update lost in a crash is rebuilt
     /// from the journal.
     fn record(&self, update: OrderUpdate);
+
+    /// The order's actor was given up on (it could not start, or kept crashing): its journaled
+    /// events may not be folded into its summary. The store must stop waiting for that summary
+    /// (what is folded so far is not held back by it) and remember the order, so start-up
+    /// recovery tries it again. Must not block.
+    fn unfolded(&self, order: &str);
 }
 
 /// The outbox as the dispatchers see it.

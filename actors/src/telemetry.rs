@@ -126,7 +126,7 @@ catalogue! {
         "Order actors restarted from the journal after they crashed.";
     /// Actor failures that were not restarted.
     ACTORS_FAILURES = "orderhub_actors_failures_total", Counter, Count, ["kind"],
-        "Order actors that could not start or crashed beyond the restart limit, by kind.";
+        "Orders given up on, by kind: an actor that could not start (start) or crashed beyond the restart limit (crash_loop), or a fold that panicked during start-up recovery (recovery).";
     /// Events routed but not applied yet.
     ACTORS_PENDING_EVENTS = "orderhub_actors_pending_events", Gauge, Count, [],
         "Journaled events routed to shards and not yet applied by their order actor.";

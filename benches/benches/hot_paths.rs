@@ -251,6 +251,7 @@ impl OrderStore for NullStore {
         Ok(())
     }
     fn record(&self, _update: OrderUpdate) {}
+    fn unfolded(&self, _order: &str) {}
 }
 
 fn actor_round_trip(c: &mut Criterion) {

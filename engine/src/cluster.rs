@@ -646,6 +646,10 @@ impl OrderStore for ClusterStore {
     fn record(&self, update: OrderUpdate) {
         self.cluster.inner.journal.record(update);
     }
+
+    fn unfolded(&self, order: &str) {
+        self.cluster.inner.journal.unfolded(order);
+    }
 }
 
 #[cfg(test)]

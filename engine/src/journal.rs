@@ -165,6 +165,8 @@ pub(crate) enum SideCmd {
     Archive(ArchiveCmd, oneshot::Sender<ArchiveOutcome>),
     /// Sets stock records (an operator's `PUT /v1/stock…`), answering their counts after.
     SetStock(Vec<stock::StockSetting>, oneshot::Sender<Vec<stock::Level>>),
+    /// An order whose actor was given up on (see `OrderStore::unfolded`).
+    Unfolded(String),
 }
 
 /// An order compaction removes: its key, the last event sequence the archive holds, and the
@@ -265,6 +267,7 @@ impl Journal {
             persisted_watermark: watermark,
             progress: progress.clone(),
             archived_recently: HashMap::new(),
+            unfolded: recovered.unfolded.iter().cloned().collect(),
         };
         let journal = Journal {
             inner: Arc::new(Inner {
@@ -677,6 +680,12 @@ impl OrderStore for Journal {
         // After close there is no writer; the update is rebuilt from the journal at start-up.
         let _ = self.inner.side.send(SideCmd::Update(update));
     }
+
+    fn unfolded(&self, order: &str) {
+        // After close there is no writer; recovery refolds the order anyway (its events are
+        // past the watermark the writer last persisted).
+        let _ = self.inner.side.send(SideCmd::Unfolded(order.to_owned()));
+    }
 }
 
 impl SyncStore for Journal {
@@ -750,6 +759,78 @@ mod tests {
         let outcome = first.await.unwrap().unwrap();
         assert_eq!(outcome, vec![AppendOutcome::Appended(1)]);
         assert_eq!(journal.events_of("shop:1").unwrap().len(), 1);
+        journal.close().await;
+    }
+
+    /// The orders in the `unfolded` table.
+    fn unfolded_orders(journal: &Journal) -> Vec<String> {
+        journal
+            .inner
+            .reader
+            .with(|conn| {
+                let mut stmt = conn.prepare("SELECT order_key FROM unfolded ORDER BY order_key")?;
+                let keys = stmt
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<Vec<String>, _>>()?;
+                Ok(keys)
+            })
+            .unwrap()
+    }
+
+    /// An order's summary, folded from its journaled events.
+    fn summary_of(journal: &Journal, order: &str) -> OrderUpdate {
+        let events = journal.events_of(order).unwrap();
+        let (folded, _) = orderhub_actors::order::Order::replay_collecting(
+            order,
+            &events,
+            &OrderPolicy::permissive(),
+            0,
+        );
+        OrderUpdate {
+            index: orderhub_actors::store::OrderIndexEntry::of(&folded),
+            syncs: Vec::new(),
+        }
+    }
+
+    /// An order whose actor was given up on no longer holds the index watermark back (lists in
+    /// cluster mode and start-up recovery would otherwise wait for it forever); it is
+    /// remembered for recovery until a summary of it is written.
+    #[tokio::test]
+    async fn an_order_given_up_on_stops_holding_the_watermark_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::embedded().unwrap().journal;
+        let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
+        journal.start(|_| {}, |_| {}).unwrap();
+        let of = |order: &str, id: &str| OrderEvent {
+            order: order.into(),
+            ..event(id)
+        };
+        journal
+            .append(vec![of("shop:1", "a"), of("shop:2", "b")])
+            .await
+            .unwrap();
+        journal.record(summary_of(&journal, "shop:2"));
+        journal.flush().await;
+        assert_eq!(journal.indexed_below(), 1, "shop:1 is not folded yet");
+
+        journal.unfolded("shop:1");
+        journal.flush().await;
+        assert_eq!(journal.indexed_below(), 3);
+        assert_eq!(unfolded_orders(&journal), ["shop:1"]);
+
+        // Its next event starts a fresh actor; once that one's summary is written, the order
+        // is folded again and forgotten by the table.
+        journal.append(vec![of("shop:1", "c")]).await.unwrap();
+        journal.flush().await;
+        assert_eq!(
+            journal.indexed_below(),
+            3,
+            "the new event waits for its fold"
+        );
+        journal.record(summary_of(&journal, "shop:1"));
+        journal.flush().await;
+        assert_eq!(journal.indexed_below(), 4);
+        assert!(unfolded_orders(&journal).is_empty());
         journal.close().await;
     }
 

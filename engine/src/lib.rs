@@ -343,6 +343,7 @@ pub async fn run(
     tracing::info!(
         addr = %listener.local_addr()?,
         orders_refolded = recovered.orders_refolded,
+        orders_unfolded = recovered.unfolded.len(),
         syncs_recovered = recovered.syncs_recovered,
         sync_backlog = dispatch.backlog(),
         timers_rearmed = recovered.armed.len(),

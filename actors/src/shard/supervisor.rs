@@ -170,6 +170,7 @@ impl Actor for ShardSupervisor {
                     } else {
                         state.ctx.metrics.failures_crash_loop.increment(1);
                         tracing::error!(order = %order, "order actor keeps crashing; left passivated until its next event");
+                        state.ctx.store.unfolded(&order);
                     }
                 }
             }
@@ -226,6 +227,7 @@ impl ShardState {
             Err(err) => {
                 self.ctx.metrics.failures_start.increment(1);
                 tracing::error!(order = %order, error = %err, "order actor failed to start; its events stay journaled");
+                self.ctx.store.unfolded(order);
                 return None;
             }
         };

@@ -14,6 +14,10 @@ struct MemoryJournal {
     index: Mutex<HashMap<String, OrderIndexEntry>>,
     syncs: Mutex<Vec<crate::dispatch::SyncIntent>>,
     router: OnceLock<OrderRouter>,
+    /// An order whose load fails (a journal that cannot read it).
+    unreadable: Mutex<Option<String>>,
+    /// Orders the shards gave up on.
+    unfolded: Mutex<Vec<String>>,
 }
 
 impl MemoryJournal {
@@ -56,6 +60,9 @@ impl MemoryJournal {
 
 impl OrderStore for MemoryJournal {
     fn load(&self, order: &str) -> Result<StoredOrder, StoreError> {
+        if self.unreadable.lock().unwrap().as_deref() == Some(order) {
+            return Err(StoreError::Unavailable("unreadable".into()));
+        }
         let events = self
             .events
             .lock()
@@ -86,6 +93,10 @@ impl OrderStore for MemoryJournal {
         if keep {
             index.insert(entry.key.clone(), entry);
         }
+    }
+
+    fn unfolded(&self, order: &str) {
+        self.unfolded.lock().unwrap().push(order.to_owned());
     }
 }
 
@@ -137,6 +148,40 @@ async fn timeline_len(router: &OrderRouter, order: &str) -> usize {
         .await
         .unwrap()
         .map_or(0, |o| o.timeline.len())
+}
+
+/// An order whose actor cannot start, or keeps crashing, is reported to the store as unfolded
+/// (so the journal stops waiting for its summary and recovery tries it again); others are not.
+#[tokio::test]
+async fn an_order_given_up_on_is_reported_unfolded() {
+    let (journal, router) = start(ShardConfig::new(), OrderPolicy::permissive()).await;
+    *journal.unreadable.lock().unwrap() = Some("douyin:9".into());
+    journal.append(event("douyin:9", "9a", OrderState::Paid, T0));
+    journal.append(event("douyin:1", "1a", OrderState::Paid, T0));
+    eventually("the unreadable order given up", || {
+        journal.unfolded.lock().unwrap().as_slice() == ["douyin:9"]
+    })
+    .await;
+    eventually("both events settled", || router.pending_events() == 0).await;
+
+    // Crashing past the restart limit: given up too.
+    journal.append(event("douyin:2", "2a", OrderState::Paid, T0));
+    eventually("applied", || router.pending_events() == 0).await;
+    let mut crashes = 0;
+    while journal.unfolded.lock().unwrap().len() < 2 {
+        assert!(
+            crashes <= supervisor::MAX_RESTARTS,
+            "{crashes} crashes and not given up"
+        );
+        router.inject_panic("douyin:2");
+        crashes += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eventually("the crash-looping order given up", || {
+        journal.unfolded.lock().unwrap().as_slice() == ["douyin:9", "douyin:2"]
+    })
+    .await;
+    router.stop(Duration::from_secs(1)).await;
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@ use super::JournalError;
 use super::{index, outbox, reader};
 use orderhub_actors::order::{Millis, Order, OrderPolicy, OrderState};
 use orderhub_actors::store::OrderIndexEntry;
+use orderhub_actors::telemetry::ACTORS_FAILURES;
 use rusqlite::Connection;
 
 /// What recovery found.
@@ -21,11 +22,45 @@ pub struct Recovered {
     pub armed: Vec<(String, String, Millis)>,
     /// Orders per canonical state.
     pub by_state: Vec<(OrderState, u64)>,
+    /// Orders recovery could not fold (their fold panicked), left for their next event and the
+    /// next start; also in the `unfolded` table.
+    pub unfolded: Vec<String>,
+}
+
+/// What a panic said, for the log.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 pub(crate) fn recover(
     conn: &mut Connection,
     policy: &OrderPolicy,
+) -> Result<Recovered, JournalError> {
+    recover_with(conn, policy, &|key, events, policy, indexed_seq| {
+        Order::replay_collecting(key, events, policy, indexed_seq)
+    })
+}
+
+/// How recovery folds one order (the real fold, or one that fails in tests).
+type Fold = dyn Fn(
+    &str,
+    &[orderhub_actors::order::JournaledEvent],
+    &OrderPolicy,
+    u64,
+) -> (Order, Vec<orderhub_actors::dispatch::SyncIntent>);
+
+/// Folds the orders past the watermark, and those given up on before (the `unfolded` table).
+/// An order whose fold panics — a bug, which its actor would have hit too — is logged,
+/// counted (`orderhub_actors_failures_total{kind="recovery"}`) and left in `unfolded`: one
+/// order never keeps the engine from starting.
+fn recover_with(
+    conn: &mut Connection,
+    policy: &OrderPolicy,
+    fold: &Fold,
 ) -> Result<Recovered, JournalError> {
     let mut recovered = Recovered::default();
     let watermark = index::watermark(conn)?;
@@ -33,7 +68,9 @@ pub(crate) fn recover(
         r.get::<_, i64>(0)
     })? as u64;
     let dirty: Vec<String> = conn
-        .prepare("SELECT DISTINCT order_key FROM events WHERE seq >= ?1")?
+        .prepare(
+            "SELECT order_key FROM events WHERE seq >= ?1 UNION SELECT order_key FROM unfolded",
+        )?
         .query_map([watermark as i64], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     let now = std::time::SystemTime::now()
@@ -42,10 +79,37 @@ pub(crate) fn recover(
     let tx = conn.transaction()?;
     for key in &dirty {
         let events = reader::load_events(&tx, key)?;
+        if events.is_empty() {
+            // Given up on, then removed by compaction: nothing left to fold.
+            tx.execute("DELETE FROM unfolded WHERE order_key = ?1", [key])?;
+            continue;
+        }
         let indexed_seq = reader::indexed_seq(&tx, key)?;
         // Events past the stored summary may have decided syncs that never reached the outbox.
-        let (order, syncs) = Order::replay_collecting(key.as_str(), &events, policy, indexed_seq);
+        let folded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fold(key.as_str(), &events, policy, indexed_seq)
+        }));
+        let (order, syncs) = match folded {
+            Ok(folded) => folded,
+            Err(panic) => {
+                tracing::error!(
+                    order = %key,
+                    panic = %panic_message(panic.as_ref()),
+                    "recovery could not fold this order; it is left unfolded (its events stay journaled) and tried again at its next event and the next start"
+                );
+                metrics::counter!(ACTORS_FAILURES, "kind" => "recovery").increment(1);
+                tx.execute(
+                    "INSERT INTO unfolded (order_key, since) VALUES (?1, ?2)
+                     ON CONFLICT (order_key) DO NOTHING",
+                    rusqlite::params![key, now],
+                )?;
+                recovered.unfolded.push(key.clone());
+                continue;
+            }
+        };
+        tx.execute("DELETE FROM unfolded WHERE order_key = ?1", [key])?;
         index::upsert(&tx, &OrderIndexEntry::of(&order))?;
+        recovered.orders_refolded += 1;
         for sync in &syncs {
             if outbox::insert(&tx, sync, now)?.is_some() {
                 recovered.syncs_recovered += 1;
@@ -54,7 +118,6 @@ pub(crate) fn recover(
     }
     index::set_watermark(&tx, recovered.last_seq + 1)?;
     tx.commit()?;
-    recovered.orders_refolded = dirty.len();
 
     let mut stmt =
         conn.prepare("SELECT state, COUNT(*) FROM orders WHERE state IS NOT NULL GROUP BY state")?;
@@ -66,4 +129,78 @@ pub(crate) fn recover(
     }
     recovered.armed = index::armed(conn)?;
     Ok(recovered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::journal::{Journal, schema};
+    use orderhub_actors::order::{EventAction, OrderEvent};
+
+    fn paid(order: &str) -> OrderEvent {
+        OrderEvent {
+            order: order.into(),
+            source: "wms".into(),
+            source_event_id: format!("{order}:paid"),
+            supersedes: None,
+            log_seq: None,
+            raw_status: "paid".into(),
+            action: EventAction::Move {
+                state: OrderState::Paid,
+            },
+            occurred_at: 1,
+            received_at: 1,
+            fields: serde_json::Map::new(),
+        }
+    }
+
+    fn unfolded(conn: &Connection) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT order_key FROM unfolded ORDER BY order_key")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// An order whose fold panics at start-up is left unfolded and remembered; the others are
+    /// folded and the engine starts. The next start tries it again, though its events are below
+    /// the watermark by then, and a fold that works forgets it.
+    #[tokio::test]
+    async fn an_order_whose_fold_panics_does_not_stop_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::embedded().unwrap().journal;
+        let policy = OrderPolicy::permissive();
+        {
+            let (journal, _) = Journal::open(dir.path(), &config, &policy).unwrap();
+            journal.start(|_| {}, |_| {}).unwrap();
+            journal
+                .append(vec![paid("shop:1"), paid("shop:bad"), paid("shop:2")])
+                .await
+                .unwrap();
+            journal.close().await; // no actor folded them: all three are past the watermark
+        }
+        let mut conn = schema::open_writer(dir.path()).unwrap();
+        let panicking = |key: &str,
+                         events: &[orderhub_actors::order::JournaledEvent],
+                         policy: &OrderPolicy,
+                         indexed: u64| {
+            assert_ne!(key, "shop:bad", "a bug in the fold");
+            Order::replay_collecting(key, events, policy, indexed)
+        };
+        let recovered = recover_with(&mut conn, &policy, &panicking).unwrap();
+        assert_eq!(recovered.unfolded, ["shop:bad"]);
+        assert_eq!(recovered.orders_refolded, 2);
+        assert_eq!(recovered.by_state, [(OrderState::Paid, 2)]);
+        assert_eq!(unfolded(&conn), ["shop:bad"]);
+        assert_eq!(index::watermark(&conn).unwrap(), 4);
+
+        let recovered = recover(&mut conn, &policy).unwrap();
+        assert!(recovered.unfolded.is_empty());
+        assert_eq!(recovered.orders_refolded, 1, "shop:bad only");
+        assert_eq!(recovered.by_state, [(OrderState::Paid, 3)]);
+        assert!(unfolded(&conn).is_empty());
+    }
 }

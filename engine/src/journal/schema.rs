@@ -102,6 +102,10 @@ CREATE TABLE IF NOT EXISTS syncs (
 );
 CREATE INDEX IF NOT EXISTS syncs_pending ON syncs (sink, row) WHERE status = 'pending';
 CREATE INDEX IF NOT EXISTS syncs_dead ON syncs (row) WHERE status = 'dead';
+CREATE TABLE IF NOT EXISTS unfolded (
+    order_key TEXT PRIMARY KEY,
+    since INTEGER NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS archived (
     order_key TEXT PRIMARY KEY,
     archive TEXT,

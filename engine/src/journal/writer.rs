@@ -12,7 +12,7 @@ use orderhub_actors::order::{EventAction, JournaledEvent, Millis, OrderEvent, Sh
 use orderhub_actors::store::OrderIndexEntry;
 use orderhub_actors::telemetry as t;
 use rusqlite::{Connection, OptionalExtension, params};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -52,6 +52,9 @@ pub(crate) struct Writer {
     /// actor still writes for one of them (it was active, or passivating) is dropped rather than
     /// leaving an index row with no events.
     pub(crate) archived_recently: HashMap<String, (u64, Instant)>,
+    /// Orders whose actors were given up on and that no summary has folded since (the
+    /// `unfolded` table: start-up recovery folds them again).
+    pub(crate) unfolded: HashSet<String>,
 }
 
 /// The writer's progress, readable from other threads.
@@ -104,6 +107,15 @@ impl Coverage {
         }
     }
 
+    /// Stops waiting for `order`'s events to be folded.
+    fn forget(&mut self, order: &str) {
+        if let Some(seqs) = self.by_order.remove(order) {
+            for seq in seqs {
+                self.uncovered.remove(&seq);
+            }
+        }
+    }
+
     fn watermark(&self, last_seq: u64) -> u64 {
         self.uncovered.first().copied().unwrap_or(last_seq + 1)
     }
@@ -142,6 +154,8 @@ struct Batch {
         Vec<super::stock::StockSetting>,
         tokio::sync::oneshot::Sender<Vec<super::stock::Level>>,
     )>,
+    /// Orders whose actors were given up on.
+    unfolded: Vec<String>,
 }
 
 impl Batch {
@@ -162,6 +176,7 @@ impl Batch {
         self.stop = None;
         self.archive.clear();
         self.stock.clear();
+        self.unfolded.clear();
     }
 
     fn side(&mut self, cmd: SideCmd) {
@@ -188,6 +203,7 @@ impl Batch {
             SideCmd::Stop(reply) => self.stop = Some(reply),
             SideCmd::Archive(cmd, reply) => self.archive.push((cmd, reply)),
             SideCmd::SetStock(settings, reply) => self.stock.push((settings, reply)),
+            SideCmd::Unfolded(order) => self.unfolded.push(order),
         }
     }
 
@@ -493,6 +509,19 @@ impl Writer {
             if !removed {
                 index::upsert(&tx, entry)?;
             }
+            if self.unfolded.contains(&entry.key) {
+                tx.prepare_cached("DELETE FROM unfolded WHERE order_key = ?1")?
+                    .execute([&entry.key])?;
+            }
+        }
+        // An order given up on is remembered for recovery. (A summary of it in this same batch
+        // may be one from before the event its actor could not fold: it does not count.)
+        for order in &batch.unfolded {
+            tx.prepare_cached(
+                "INSERT INTO unfolded (order_key, since) VALUES (?1, ?2)
+                 ON CONFLICT (order_key) DO NOTHING",
+            )?
+            .execute(params![order, now_ms()])?;
         }
         // Syncs go in the same transaction as the summaries that cover their events.
         let now = now_ms();
@@ -549,6 +578,13 @@ impl Writer {
         }
         for entry in batch.index.values() {
             coverage.indexed(&entry.key, entry.applied_seq);
+            self.unfolded.remove(&entry.key);
+        }
+        // The watermark no longer waits for an order given up on: what else is folded moves it
+        // on, and recovery folds that order again from the `unfolded` table.
+        for order in &batch.unfolded {
+            coverage.forget(order);
+            self.unfolded.insert(order.clone());
         }
         *watermark = coverage.watermark(last_seq);
         self.progress
