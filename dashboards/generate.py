@@ -455,6 +455,12 @@ ENGINE = dashboard(
             defaults={"custom": {"drawStyle": "bars", "fillOpacity": 60}},
         ),
         panel(
+            "Orders left unfolded",
+            "Orders whose actor was given up on (could not start, kept crashing, or failed to fold at start-up) and that no summary has folded since: their rows in order lists are behind their events or missing. Should be 0.",
+            "short",
+            [("sum(orderhub_journal_unfolded_orders)", "unfolded orders")],
+        ),
+        panel(
             "Poller cursor age",
             "How far behind now each poller's cursor is: every change before it has been read. It grows while a window keeps failing or holds an unknown status.",
             "s",

@@ -94,6 +94,9 @@ catalogue! {
     /// Index updates waiting.
     JOURNAL_INDEX_BACKLOG = "orderhub_journal_index_backlog", Gauge, Count, [],
         "Order summaries and internal events waiting for the journal writer.";
+    /// Orders given up on and not folded since.
+    JOURNAL_UNFOLDED = "orderhub_journal_unfolded_orders", Gauge, Count, [],
+        "Orders whose actor was given up on (it could not start, kept crashing, or its fold failed at start-up) and that no summary has folded since: their rows in order lists may be behind their events or missing. Each is folded again at every start (the journal's unfolded table).";
     /// Journal size on disk.
     JOURNAL_DISK_BYTES = "orderhub_journal_disk_bytes", Gauge, Bytes, [],
         "Bytes the journal takes on disk (database and WAL).";

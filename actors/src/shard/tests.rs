@@ -18,6 +18,8 @@ struct MemoryJournal {
     unreadable: Mutex<Option<String>>,
     /// Orders the shards gave up on.
     unfolded: Mutex<Vec<String>>,
+    /// Loads per order (one per actor started).
+    loads: Mutex<HashMap<String, usize>>,
 }
 
 impl MemoryJournal {
@@ -60,6 +62,12 @@ impl MemoryJournal {
 
 impl OrderStore for MemoryJournal {
     fn load(&self, order: &str) -> Result<StoredOrder, StoreError> {
+        *self
+            .loads
+            .lock()
+            .unwrap()
+            .entry(order.to_owned())
+            .or_default() += 1;
         if self.unreadable.lock().unwrap().as_deref() == Some(order) {
             return Err(StoreError::Unavailable("unreadable".into()));
         }
@@ -167,15 +175,14 @@ async fn an_order_given_up_on_is_reported_unfolded() {
     // Crashing past the restart limit: given up too.
     journal.append(event("douyin:2", "2a", OrderState::Paid, T0));
     eventually("applied", || router.pending_events() == 0).await;
-    let mut crashes = 0;
-    while journal.unfolded.lock().unwrap().len() < 2 {
-        assert!(
-            crashes <= supervisor::MAX_RESTARTS,
-            "{crashes} crashes and not given up"
-        );
+    // Each crash is followed by a restart (a new load) until the limit, then by giving up.
+    let loads = || journal.loads.lock().unwrap()["douyin:2"];
+    let given_up = || journal.unfolded.lock().unwrap().len() == 2;
+    for crash in 0..=supervisor::MAX_RESTARTS {
+        assert!(!given_up(), "given up after {crash} crashes");
+        let before = loads();
         router.inject_panic("douyin:2");
-        crashes += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        eventually("a restart, or giving up", || loads() > before || given_up()).await;
     }
     eventually("the crash-looping order given up", || {
         journal.unfolded.lock().unwrap().as_slice() == ["douyin:9", "douyin:2"]

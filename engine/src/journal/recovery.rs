@@ -22,9 +22,32 @@ pub struct Recovered {
     pub armed: Vec<(String, String, Millis)>,
     /// Orders per canonical state.
     pub by_state: Vec<(OrderState, u64)>,
-    /// Orders recovery could not fold (their fold panicked), left for their next event and the
-    /// next start; also in the `unfolded` table.
-    pub unfolded: Vec<String>,
+    /// Orders recovery could not fold (their events could not be read, or their fold
+    /// panicked), with their last event: the `unfolded` table after recovery. Each is folded
+    /// again at its next event and at the next start.
+    pub unfolded: Vec<(String, u64)>,
+}
+
+/// Leaves `key` unfolded at start-up: logged, counted and kept in the `unfolded` table.
+fn leave_unfolded(
+    tx: &Connection,
+    key: &str,
+    why: &str,
+    through: u64,
+    now: Millis,
+) -> rusqlite::Result<()> {
+    tracing::error!(
+        order = %key,
+        reason = %why,
+        "recovery could not fold this order; it is left unfolded (its events stay journaled) and tried again at its next event and at the next start"
+    );
+    metrics::counter!(ACTORS_FAILURES, "kind" => "recovery").increment(1);
+    tx.execute(
+        "INSERT INTO unfolded (order_key, since, through_seq) VALUES (?1, ?2, ?3)
+         ON CONFLICT (order_key) DO UPDATE SET through_seq = max(through_seq, excluded.through_seq)",
+        rusqlite::params![key, now, through as i64],
+    )?;
+    Ok(())
 }
 
 /// What a panic said, for the log.
@@ -54,9 +77,9 @@ type Fold = dyn Fn(
 ) -> (Order, Vec<orderhub_actors::dispatch::SyncIntent>);
 
 /// Folds the orders past the watermark, and those given up on before (the `unfolded` table).
-/// An order whose fold panics — a bug, which its actor would have hit too — is logged,
-/// counted (`orderhub_actors_failures_total{kind="recovery"}`) and left in `unfolded`: one
-/// order never keeps the engine from starting.
+/// An order whose events cannot be read, or whose fold panics — a bug, which its actor would
+/// have hit too — is logged, counted (`orderhub_actors_failures_total{kind="recovery"}`) and
+/// left in `unfolded`: one order never keeps the engine from starting.
 fn recover_with(
     conn: &mut Connection,
     policy: &OrderPolicy,
@@ -78,13 +101,21 @@ fn recover_with(
         .map_or(0, |d| d.as_millis() as Millis);
     let tx = conn.transaction()?;
     for key in &dirty {
-        let events = reader::load_events(&tx, key)?;
+        let loaded = reader::load_events(&tx, key)
+            .and_then(|events| Ok((events, reader::indexed_seq(&tx, key)?)));
+        let (events, indexed_seq) = match loaded {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                let why = format!("its events could not be read: {err}");
+                leave_unfolded(&tx, key, &why, recovered.last_seq, now)?;
+                continue;
+            }
+        };
         if events.is_empty() {
             // Given up on, then removed by compaction: nothing left to fold.
             tx.execute("DELETE FROM unfolded WHERE order_key = ?1", [key])?;
             continue;
         }
-        let indexed_seq = reader::indexed_seq(&tx, key)?;
         // Events past the stored summary may have decided syncs that never reached the outbox.
         let folded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             fold(key.as_str(), &events, policy, indexed_seq)
@@ -92,18 +123,9 @@ fn recover_with(
         let (order, syncs) = match folded {
             Ok(folded) => folded,
             Err(panic) => {
-                tracing::error!(
-                    order = %key,
-                    panic = %panic_message(panic.as_ref()),
-                    "recovery could not fold this order; it is left unfolded (its events stay journaled) and tried again at its next event and the next start"
-                );
-                metrics::counter!(ACTORS_FAILURES, "kind" => "recovery").increment(1);
-                tx.execute(
-                    "INSERT INTO unfolded (order_key, since) VALUES (?1, ?2)
-                     ON CONFLICT (order_key) DO NOTHING",
-                    rusqlite::params![key, now],
-                )?;
-                recovered.unfolded.push(key.clone());
+                let why = format!("its fold panicked: {}", panic_message(panic.as_ref()));
+                let through = events.last().map_or(0, |e| e.seq);
+                leave_unfolded(&tx, key, &why, through, now)?;
                 continue;
             }
         };
@@ -118,6 +140,10 @@ fn recover_with(
     }
     index::set_watermark(&tx, recovered.last_seq + 1)?;
     tx.commit()?;
+    recovered.unfolded = conn
+        .prepare("SELECT order_key, through_seq FROM unfolded ORDER BY order_key")?
+        .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?
+        .collect::<Result<_, _>>()?;
 
     let mut stmt =
         conn.prepare("SELECT state, COUNT(*) FROM orders WHERE state IS NOT NULL GROUP BY state")?;
@@ -165,9 +191,10 @@ mod tests {
             .unwrap()
     }
 
-    /// An order whose fold panics at start-up is left unfolded and remembered; the others are
-    /// folded and the engine starts. The next start tries it again, though its events are below
-    /// the watermark by then, and a fold that works forgets it.
+    /// An order whose fold panics at start-up, or whose events cannot be read, is left unfolded
+    /// and remembered; the others are folded and the engine starts. The next start tries it
+    /// again, though its events are below the watermark by then, and a fold that works forgets
+    /// it.
     #[tokio::test]
     async fn an_order_whose_fold_panics_does_not_stop_the_start() {
         let dir = tempfile::tempdir().unwrap();
@@ -177,12 +204,22 @@ mod tests {
             let (journal, _) = Journal::open(dir.path(), &config, &policy).unwrap();
             journal.start(|_| {}, |_| {}).unwrap();
             journal
-                .append(vec![paid("shop:1"), paid("shop:bad"), paid("shop:2")])
+                .append(vec![
+                    paid("shop:1"),
+                    paid("shop:bad"),
+                    paid("shop:2"),
+                    paid("shop:corrupt"),
+                ])
                 .await
                 .unwrap();
-            journal.close().await; // no actor folded them: all three are past the watermark
+            journal.close().await; // no actor folded them: all four are past the watermark
         }
         let mut conn = schema::open_writer(dir.path()).unwrap();
+        conn.execute(
+            "UPDATE events SET body = 'not an event' WHERE order_key = 'shop:corrupt'",
+            [],
+        )
+        .unwrap();
         let panicking = |key: &str,
                          events: &[orderhub_actors::order::JournaledEvent],
                          policy: &OrderPolicy,
@@ -191,16 +228,19 @@ mod tests {
             Order::replay_collecting(key, events, policy, indexed)
         };
         let recovered = recover_with(&mut conn, &policy, &panicking).unwrap();
-        assert_eq!(recovered.unfolded, ["shop:bad"]);
+        assert_eq!(
+            recovered.unfolded,
+            [("shop:bad".to_owned(), 2), ("shop:corrupt".to_owned(), 4)]
+        );
         assert_eq!(recovered.orders_refolded, 2);
         assert_eq!(recovered.by_state, [(OrderState::Paid, 2)]);
-        assert_eq!(unfolded(&conn), ["shop:bad"]);
-        assert_eq!(index::watermark(&conn).unwrap(), 4);
+        assert_eq!(unfolded(&conn), ["shop:bad", "shop:corrupt"]);
+        assert_eq!(index::watermark(&conn).unwrap(), 5);
 
         let recovered = recover(&mut conn, &policy).unwrap();
-        assert!(recovered.unfolded.is_empty());
+        assert_eq!(recovered.unfolded, [("shop:corrupt".to_owned(), 4)]);
         assert_eq!(recovered.orders_refolded, 1, "shop:bad only");
         assert_eq!(recovered.by_state, [(OrderState::Paid, 3)]);
-        assert!(unfolded(&conn).is_empty());
+        assert_eq!(unfolded(&conn), ["shop:corrupt"]);
     }
 }

@@ -104,7 +104,8 @@ CREATE INDEX IF NOT EXISTS syncs_pending ON syncs (sink, row) WHERE status = 'pe
 CREATE INDEX IF NOT EXISTS syncs_dead ON syncs (row) WHERE status = 'dead';
 CREATE TABLE IF NOT EXISTS unfolded (
     order_key TEXT PRIMARY KEY,
-    since INTEGER NOT NULL
+    since INTEGER NOT NULL,
+    through_seq INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS archived (
     order_key TEXT PRIMARY KEY,

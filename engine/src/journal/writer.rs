@@ -12,7 +12,7 @@ use orderhub_actors::order::{EventAction, JournaledEvent, Millis, OrderEvent, Sh
 use orderhub_actors::store::OrderIndexEntry;
 use orderhub_actors::telemetry as t;
 use rusqlite::{Connection, OptionalExtension, params};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -52,9 +52,10 @@ pub(crate) struct Writer {
     /// actor still writes for one of them (it was active, or passivating) is dropped rather than
     /// leaving an index row with no events.
     pub(crate) archived_recently: HashMap<String, (u64, Instant)>,
-    /// Orders whose actors were given up on and that no summary has folded since (the
-    /// `unfolded` table: start-up recovery folds them again).
-    pub(crate) unfolded: HashSet<String>,
+    /// Orders whose actors were given up on, with the last of their events that no summary had
+    /// folded then: until a summary folds that far, the order stays in the `unfolded` table
+    /// and start-up recovery folds it again.
+    pub(crate) unfolded: HashMap<String, u64>,
 }
 
 /// The writer's progress, readable from other threads.
@@ -77,6 +78,7 @@ struct Metrics {
     queue_depth: metrics::Gauge,
     queue_oldest: metrics::Gauge,
     side_backlog: metrics::Gauge,
+    unfolded: metrics::Gauge,
 }
 
 /// Which journaled events are not yet folded into the index, so the watermark is known.
@@ -105,6 +107,13 @@ impl Coverage {
                 self.by_order.remove(order);
             }
         }
+    }
+
+    /// The last of `order`'s events past `folded` that no summary has folded yet.
+    fn uncovered_after(&self, order: &str, folded: u64) -> Option<u64> {
+        self.by_order
+            .get(order)
+            .and_then(|seqs| seqs.iter().copied().filter(|seq| *seq > folded).max())
     }
 
     /// Stops waiting for `order`'s events to be folded.
@@ -227,16 +236,20 @@ impl Writer {
             queue_depth: metrics::gauge!(t::JOURNAL_QUEUE_DEPTH),
             queue_oldest: metrics::gauge!(t::JOURNAL_QUEUE_OLDEST),
             side_backlog: metrics::gauge!(t::JOURNAL_INDEX_BACKLOG),
+            unfolded: metrics::gauge!(t::JOURNAL_UNFOLDED),
         };
         let mut coverage = Coverage::default();
         let mut retry_internal: Vec<OrderEvent> = Vec::new();
         let mut retry_syncs: Vec<SyncIntent> = Vec::new();
+        let mut retry_unfolded: Vec<String> = Vec::new();
+        metrics.unfolded.set(self.unfolded.len() as f64);
         let mut watermark = coverage.watermark(self.last_seq);
         let mut batch = Batch::default();
         loop {
             batch.reset();
             batch.internal.append(&mut retry_internal);
             batch.syncs.append(&mut retry_syncs);
+            batch.unfolded.append(&mut retry_unfolded);
             select! {
                 recv(self.appends) -> request => match request {
                     Ok(request) => batch.append(request),
@@ -270,6 +283,7 @@ impl Writer {
                         .record(started.elapsed().as_secs_f64());
                     metrics.batch_size.record(batch.events as f64);
                     metrics.appended.increment(routed.len() as u64);
+                    metrics.unfolded.set(self.unfolded.len() as f64);
                     for event in routed {
                         (self.route)(event);
                     }
@@ -301,6 +315,7 @@ impl Writer {
                     // operator retries. Internal events and syncs are kept for the next batch.
                     retry_internal = std::mem::take(&mut batch.internal);
                     retry_syncs = std::mem::take(&mut batch.syncs);
+                    retry_unfolded = std::mem::take(&mut batch.unfolded);
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
@@ -312,6 +327,7 @@ impl Writer {
                 let mut last = Batch::default();
                 last.internal.append(&mut retry_internal);
                 last.syncs.append(&mut retry_syncs);
+                last.unfolded.append(&mut retry_unfolded);
                 while let Ok(cmd) = self.side.try_recv() {
                     last.side(cmd);
                 }
@@ -501,6 +517,7 @@ impl Writer {
                 }
             }
         }
+        let mut refolded: Vec<String> = Vec::new();
         for entry in batch.index.values() {
             let removed = self
                 .archived_recently
@@ -509,19 +526,37 @@ impl Writer {
             if !removed {
                 index::upsert(&tx, entry)?;
             }
-            if self.unfolded.contains(&entry.key) {
+            if self
+                .unfolded
+                .get(&entry.key)
+                .is_some_and(|through| entry.applied_seq >= *through)
+            {
                 tx.prepare_cached("DELETE FROM unfolded WHERE order_key = ?1")?
                     .execute([&entry.key])?;
+                refolded.push(entry.key.clone());
             }
         }
-        // An order given up on is remembered for recovery. (A summary of it in this same batch
-        // may be one from before the event its actor could not fold: it does not count.)
+        // An order given up on is remembered for recovery with the last of its events nothing
+        // has folded (this batch's summary of it, if any, may be from before the event its
+        // actor could not fold: it counts only as far as it goes).
+        let mut gave_up: Vec<(String, u64)> = Vec::new();
         for order in &batch.unfolded {
+            let folded = batch.index.get(order).map_or(0, |e| e.applied_seq);
+            let appended = appended_here
+                .iter()
+                .filter(|(of, seq)| of == order && *seq > folded)
+                .map(|(_, seq)| *seq)
+                .max();
+            let Some(through) = coverage.uncovered_after(order, folded).max(appended) else {
+                continue; // folded after all: nothing to wait for
+            };
             tx.prepare_cached(
-                "INSERT INTO unfolded (order_key, since) VALUES (?1, ?2)
-                 ON CONFLICT (order_key) DO NOTHING",
+                "INSERT INTO unfolded (order_key, since, through_seq) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (order_key) DO UPDATE
+                    SET through_seq = max(through_seq, excluded.through_seq)",
             )?
-            .execute(params![order, now_ms()])?;
+            .execute(params![order, now_ms(), through as i64])?;
+            gave_up.push((order.clone(), through));
         }
         // Syncs go in the same transaction as the summaries that cover their events.
         let now = now_ms();
@@ -565,6 +600,7 @@ impl Writer {
             self.archived_recently
                 .retain(|_, (_, at)| now.duration_since(*at) < ARCHIVED_WATCH);
             for (key, last_seq) in removed_now {
+                self.unfolded.remove(&key);
                 self.archived_recently.insert(key, (last_seq, now));
             }
         }
@@ -578,13 +614,16 @@ impl Writer {
         }
         for entry in batch.index.values() {
             coverage.indexed(&entry.key, entry.applied_seq);
-            self.unfolded.remove(&entry.key);
+        }
+        for order in refolded {
+            self.unfolded.remove(&order);
         }
         // The watermark no longer waits for an order given up on: what else is folded moves it
         // on, and recovery folds that order again from the `unfolded` table.
-        for order in &batch.unfolded {
-            coverage.forget(order);
-            self.unfolded.insert(order.clone());
+        for (order, through) in gave_up {
+            coverage.forget(&order);
+            let kept = self.unfolded.entry(order).or_insert(through);
+            *kept = (*kept).max(through);
         }
         *watermark = coverage.watermark(last_seq);
         self.progress
@@ -750,6 +789,8 @@ fn archive_step(
                     .execute([waybill, &order.key])?;
                 }
                 tx.prepare_cached("DELETE FROM orders WHERE order_key = ?1")?
+                    .execute([&order.key])?;
+                tx.prepare_cached("DELETE FROM unfolded WHERE order_key = ?1")?
                     .execute([&order.key])?;
                 tx.prepare_cached("DELETE FROM approvals WHERE order_key = ?1")?
                     .execute([&order.key])?;
