@@ -96,7 +96,7 @@ catalogue! {
         "Order summaries and internal events waiting for the journal writer.";
     /// Orders given up on and not folded since.
     JOURNAL_UNFOLDED = "orderhub_journal_unfolded_orders", Gauge, Count, [],
-        "Orders whose actor was given up on (it could not start, kept crashing, or its fold failed at start-up) and that no summary has folded since: their rows in order lists may be behind their events or missing. Each is folded again at every start (the journal's unfolded table).";
+        "Orders whose actor was given up on (it could not start, kept crashing, or its events could not be read or folded at start-up) and that no summary has folded since: their rows in order lists may be behind their events or missing. Each is folded again at every start (the journal's unfolded table).";
     /// Journal size on disk.
     JOURNAL_DISK_BYTES = "orderhub_journal_disk_bytes", Gauge, Bytes, [],
         "Bytes the journal takes on disk (database and WAL).";
@@ -129,7 +129,7 @@ catalogue! {
         "Order actors restarted from the journal after they crashed.";
     /// Actor failures that were not restarted.
     ACTORS_FAILURES = "orderhub_actors_failures_total", Counter, Count, ["kind"],
-        "Orders given up on, by kind: an actor that could not start (start) or crashed beyond the restart limit (crash_loop), or a fold that panicked during start-up recovery (recovery).";
+        "Orders given up on, by kind: an actor that could not start (start) or crashed beyond the restart limit (crash_loop), or an order start-up recovery could not read or fold (recovery; counted before the first scrape, so alert on orderhub_journal_unfolded_orders instead).";
     /// Events routed but not applied yet.
     ACTORS_PENDING_EVENTS = "orderhub_actors_pending_events", Gauge, Count, [],
         "Journaled events routed to shards and not yet applied by their order actor.";

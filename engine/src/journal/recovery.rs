@@ -105,11 +105,18 @@ fn recover_with(
             .and_then(|events| Ok((events, reader::indexed_seq(&tx, key)?)));
         let (events, indexed_seq) = match loaded {
             Ok(loaded) => loaded,
-            Err(err) => {
+            // An event that does not decode. Any other error (the disk, SQLite) stops the start
+            // as before: SQLite may have rolled the transaction back, so nothing more is written.
+            Err(err @ JournalError::Corrupt { .. }) => {
                 let why = format!("its events could not be read: {err}");
-                leave_unfolded(&tx, key, &why, recovered.last_seq, now)?;
+                let through: Option<i64> = tx
+                    .prepare_cached("SELECT max(seq) FROM events WHERE order_key = ?1")?
+                    .query_row([key], |r| r.get(0))?;
+                let through = through.map_or(recovered.last_seq, |seq| seq as u64);
+                leave_unfolded(&tx, key, &why, through, now)?;
                 continue;
             }
+            Err(err) => return Err(err),
         };
         if events.is_empty() {
             // Given up on, then removed by compaction: nothing left to fold.
@@ -207,8 +214,8 @@ mod tests {
                 .append(vec![
                     paid("shop:1"),
                     paid("shop:bad"),
-                    paid("shop:2"),
                     paid("shop:corrupt"),
+                    paid("shop:2"),
                 ])
                 .await
                 .unwrap();
@@ -230,7 +237,7 @@ mod tests {
         let recovered = recover_with(&mut conn, &policy, &panicking).unwrap();
         assert_eq!(
             recovered.unfolded,
-            [("shop:bad".to_owned(), 2), ("shop:corrupt".to_owned(), 4)]
+            [("shop:bad".to_owned(), 2), ("shop:corrupt".to_owned(), 3)]
         );
         assert_eq!(recovered.orders_refolded, 2);
         assert_eq!(recovered.by_state, [(OrderState::Paid, 2)]);
@@ -238,7 +245,7 @@ mod tests {
         assert_eq!(index::watermark(&conn).unwrap(), 5);
 
         let recovered = recover(&mut conn, &policy).unwrap();
-        assert_eq!(recovered.unfolded, [("shop:corrupt".to_owned(), 4)]);
+        assert_eq!(recovered.unfolded, [("shop:corrupt".to_owned(), 3)]);
         assert_eq!(recovered.orders_refolded, 1, "shop:bad only");
         assert_eq!(recovered.by_state, [(OrderState::Paid, 3)]);
         assert_eq!(unfolded(&conn), ["shop:corrupt"]);
