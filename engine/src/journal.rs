@@ -839,6 +839,80 @@ mod tests {
         journal.close().await;
     }
 
+    /// A commit that fails keeps what the next one can still write: a summary in the failed
+    /// batch is written by the next commit (the watermark moves on), while the appends are
+    /// told to retry.
+    #[tokio::test]
+    async fn a_failed_commit_keeps_its_summaries_for_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::embedded().unwrap().journal;
+        let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
+        let other = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
+        other
+            .execute_batch(
+                "CREATE TRIGGER boom BEFORE INSERT ON events WHEN NEW.source_event_id = 'boom'
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            )
+            .unwrap();
+        // Queued before the writer starts, so one batch takes all three.
+        let first = tokio::spawn({
+            let journal = journal.clone();
+            async move { journal.append(vec![event("a")]).await }
+        });
+        while journal.queue_depth() == 0 {
+            tokio::task::yield_now().await;
+        }
+        let journaled = orderhub_actors::order::JournaledEvent {
+            seq: 1,
+            event: event("a"),
+        };
+        let (folded, _) = orderhub_actors::order::Order::replay_collecting(
+            "shop:1",
+            [&journaled],
+            &OrderPolicy::permissive(),
+            0,
+        );
+        journal.record(OrderUpdate {
+            index: orderhub_actors::store::OrderIndexEntry::of(&folded),
+            syncs: Vec::new(),
+        });
+        let failing = tokio::spawn({
+            let journal = journal.clone();
+            async move { journal.append(vec![event("boom")]).await }
+        });
+        while journal.queue_depth() < 2 {
+            tokio::task::yield_now().await;
+        }
+        journal.start(|_| {}, |_| {}).unwrap();
+        assert!(matches!(
+            first.await.unwrap(),
+            Err(JournalError::CommitFailed(_))
+        ));
+        assert!(matches!(
+            failing.await.unwrap(),
+            Err(JournalError::CommitFailed(_))
+        ));
+
+        // The sender of "a" retries; its commit carries the summary kept from the failed one.
+        other.execute_batch("DROP TRIGGER boom;").unwrap();
+        let again = journal.append(vec![event("a")]).await.unwrap();
+        assert_eq!(again, vec![AppendOutcome::Appended(1)]);
+        journal.flush().await;
+        assert_eq!(
+            journal.indexed_state("shop:1").unwrap(),
+            None,
+            "an inform moves no state"
+        );
+        assert_eq!(journal.indexed_below(), 2);
+        let summaries: i64 = journal
+            .inner
+            .reader
+            .with(|conn| Ok(conn.query_row("SELECT count(*) FROM orders", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(summaries, 1);
+        journal.close().await;
+    }
+
     #[tokio::test]
     async fn duplicates_within_and_across_batches_are_stored_once() {
         let dir = tempfile::tempdir().unwrap();

@@ -173,19 +173,28 @@ impl Batch {
     /// load, BENCHMARKS.md). Whatever is still in it is dropped, as a dropped batch was: a reply
     /// dropped unanswered tells its sender the request failed.
     fn reset(&mut self) {
-        self.appends.clear();
-        self.events = 0;
+        self.reset_after_failure();
         self.internal.clear();
         self.index.clear();
         self.syncs.clear();
         self.attempts.clear();
+        self.unfolded.clear();
+    }
+
+    /// Empties the batch after a commit that failed, keeping what the next commit can still
+    /// write: internal events, summaries, syncs, sync attempts and orders given up on (each is
+    /// about what is already journaled, so none waits for a reply). Appends were told to retry,
+    /// and a `meta` value goes with them: an applier's position must never be written without
+    /// the events it follows (a poller's cursor, dropped, makes it poll again).
+    fn reset_after_failure(&mut self) {
+        self.appends.clear();
+        self.events = 0;
         self.revives.clear();
         self.meta.clear();
         self.flushes.clear();
         self.stop = None;
         self.archive.clear();
         self.stock.clear();
-        self.unfolded.clear();
     }
 
     fn side(&mut self, cmd: SideCmd) {
@@ -239,17 +248,16 @@ impl Writer {
             unfolded: metrics::gauge!(t::JOURNAL_UNFOLDED),
         };
         let mut coverage = Coverage::default();
-        let mut retry_internal: Vec<OrderEvent> = Vec::new();
-        let mut retry_syncs: Vec<SyncIntent> = Vec::new();
-        let mut retry_unfolded: Vec<String> = Vec::new();
         metrics.unfolded.set(self.unfolded.len() as f64);
         let mut watermark = coverage.watermark(self.last_seq);
         let mut batch = Batch::default();
+        let mut failed = false;
         loop {
-            batch.reset();
-            batch.internal.append(&mut retry_internal);
-            batch.syncs.append(&mut retry_syncs);
-            batch.unfolded.append(&mut retry_unfolded);
+            if failed {
+                batch.reset_after_failure();
+            } else {
+                batch.reset();
+            }
             select! {
                 recv(self.appends) -> request => match request {
                     Ok(request) => batch.append(request),
@@ -302,6 +310,7 @@ impl Writer {
                     for ((_, reply), levels) in batch.stock.drain(..).zip(stocked) {
                         let _ = reply.send(levels);
                     }
+                    failed = false;
                 }
                 Err(err) => {
                     metrics.errors.increment(1);
@@ -311,11 +320,10 @@ impl Writer {
                             .reply
                             .send(Err(JournalError::CommitFailed(err.to_string())));
                     }
-                    // Revive requests are answered "not found" by dropping their replies; the
-                    // operator retries. Internal events and syncs are kept for the next batch.
-                    retry_internal = std::mem::take(&mut batch.internal);
-                    retry_syncs = std::mem::take(&mut batch.syncs);
-                    retry_unfolded = std::mem::take(&mut batch.unfolded);
+                    // Revive, archive and stock requests are answered by dropping their replies
+                    // (their callers see an error and retry). What the next commit can still
+                    // write stays in the batch (`Batch::reset_after_failure`).
+                    failed = true;
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
@@ -324,18 +332,19 @@ impl Writer {
             }
             if let Some(stop) = batch.stop.take() {
                 // Stop comes after the router drained: take whatever is still queued, then exit.
-                let mut last = Batch::default();
-                last.internal.append(&mut retry_internal);
-                last.syncs.append(&mut retry_syncs);
-                last.unfolded.append(&mut retry_unfolded);
+                if failed {
+                    batch.reset_after_failure();
+                } else {
+                    batch.reset();
+                }
                 while let Ok(cmd) = self.side.try_recv() {
-                    last.side(cmd);
+                    batch.side(cmd);
                 }
                 while let Ok(request) = self.appends.try_recv() {
-                    last.append(request);
+                    batch.append(request);
                 }
-                if let Ok(committed) = self.commit(&mut last, &mut coverage, &mut watermark) {
-                    for (request, outcome) in last.appends.drain(..).zip(committed.outcomes) {
+                if let Ok(committed) = self.commit(&mut batch, &mut coverage, &mut watermark) {
+                    for (request, outcome) in batch.appends.drain(..).zip(committed.outcomes) {
                         let _ = request.reply.send(Ok(outcome));
                     }
                 }
