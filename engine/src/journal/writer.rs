@@ -70,6 +70,10 @@ pub(crate) struct Progress {
 /// How long a removed order's late summaries are watched for.
 const ARCHIVED_WATCH: Duration = Duration::from_secs(120);
 
+/// After a failed commit, how long the writer waits for something new before it commits what
+/// the failed batch kept on its own.
+const RETRY_KEPT_AFTER: Duration = Duration::from_millis(100);
+
 struct Metrics {
     batch_size: metrics::Histogram,
     commit_latency: metrics::Histogram,
@@ -258,6 +262,13 @@ impl Writer {
             } else {
                 batch.reset();
             }
+            // After a failed commit, what the batch kept is committed on its own if nothing
+            // else arrives first.
+            let retry_after = if failed {
+                RETRY_KEPT_AFTER
+            } else {
+                Duration::MAX
+            };
             select! {
                 recv(self.appends) -> request => match request {
                     Ok(request) => batch.append(request),
@@ -267,6 +278,7 @@ impl Writer {
                     Ok(cmd) => batch.side(cmd),
                     Err(_) => return,
                 },
+                default(retry_after) => {}
             }
             self.fill(&mut batch);
             let oldest = batch.appends.iter().map(|r| r.enqueued).min();
@@ -321,8 +333,8 @@ impl Writer {
                             .send(Err(JournalError::CommitFailed(err.to_string())));
                     }
                     // Revive, archive and stock requests are answered by dropping their replies
-                    // (their callers see an error and retry). What the next commit can still
-                    // write stays in the batch (`Batch::reset_after_failure`).
+                    // (their callers get an error). What the next commit can still write stays
+                    // in the batch (`Batch::reset_after_failure`).
                     failed = true;
                     std::thread::sleep(Duration::from_millis(50));
                 }
@@ -608,9 +620,8 @@ impl Writer {
             let now = Instant::now();
             self.archived_recently
                 .retain(|_, (_, at)| now.duration_since(*at) < ARCHIVED_WATCH);
-            for (key, last_seq) in removed_now {
-                self.unfolded.remove(&key);
-                self.archived_recently.insert(key, (last_seq, now));
+            for (key, last_seq) in &removed_now {
+                self.archived_recently.insert(key.clone(), (*last_seq, now));
             }
         }
         self.persisted_watermark = *watermark;
@@ -633,6 +644,10 @@ impl Writer {
             coverage.forget(&order);
             let kept = self.unfolded.entry(order).or_insert(through);
             *kept = (*kept).max(through);
+        }
+        // Compaction removed these orders with their `unfolded` rows (after any report above).
+        for (key, _) in &removed_now {
+            self.unfolded.remove(key);
         }
         *watermark = coverage.watermark(last_seq);
         self.progress
