@@ -1036,23 +1036,18 @@ mod tests {
             rule("transit_update", OrderState::InTransit, 2_000, true),
             rule("transit_quiet", OrderState::Shipped, 2_000, true),
         ];
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        // Summaries are written behind: wait until all four are in the index.
-        while journal
-            .list(&OrderFilter {
-                limit: 10,
-                ..OrderFilter::default()
-            })
-            .unwrap()
-            .len()
-            < 4
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "summaries never written"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        // Summaries are written behind: a flush waits for all four.
+        journal.flush().await;
+        let listed = |limit| {
+            journal
+                .list(&OrderFilter {
+                    limit,
+                    ..OrderFilter::default()
+                })
+                .unwrap()
+                .len()
+        };
+        assert_eq!(listed(10), 4, "summaries never written");
         // At 10_000: a is 10 s in paid (b only 1 s); c is 10 s in shipped but reported 0.5 s
         // ago; d has had no report for 5 s.
         assert_eq!(journal.overdue(&rules, 10_000).unwrap(), vec![1, 1, 1, 0]);
@@ -1113,22 +1108,12 @@ mod tests {
                 0,
             ));
         }
-        let all = 4 + 2 * reader::KEPT_PAGES;
-        while journal
-            .list(&OrderFilter {
-                limit: 100,
-                ..OrderFilter::default()
-            })
-            .unwrap()
-            .len()
-            < all
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "summaries never written"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        journal.flush().await;
+        assert_eq!(
+            listed(100),
+            4 + 2 * reader::KEPT_PAGES,
+            "summaries never written"
+        );
         let cut = journal
             .list_kept(
                 &OrderFilter {
