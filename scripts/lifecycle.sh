@@ -52,9 +52,27 @@ for _ in $(seq 1200); do
   curl -fsS "http://127.0.0.1:$engine_port/readyz" > /dev/null 2>&1 && break
   sleep 0.1
 done
+# The two cores' budget over loadgen's run: the host's busy CPU (/proc/stat, all processes
+# and the kernel) and the sink simulator's own, printed after loadgen's report, so a reader
+# can tell how much of the machine the engine had.
+sinks_pid=$(jobs -p | head -1)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+host_busy() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6}' /proc/stat; }
+read -r busy_before idle_before < <(host_busy); sinks_before=$(cpu_ticks "$sinks_pid")
 "$bin/loadgen" lifecycle --target "http://127.0.0.1:$engine_port" --sinks "http://127.0.0.1:$sinks_port" \
   --orders "$orders" --batch "$batch" --engine-pid "$engine_pid" \
   --report "${REPORT:-$root/target/lifecycle-report.json}" "$@" || status=$?
+read -r busy_after idle_after < <(host_busy); sinks_after=$(cpu_ticks "$sinks_pid")
+hz=$(getconf CLK_TCK)
+sinks_requests=$(curl -fsS "http://127.0.0.1:$sinks_port/_records" 2>/dev/null \
+  | python3 -c 'import json,sys; print(sum(r["count"] for r in json.load(sys.stdin)))' 2>/dev/null || echo 0)
+awk -v b=$(( busy_after - busy_before )) -v i=$(( idle_after - idle_before )) \
+    -v s=$(( sinks_after - sinks_before )) -v hz="$hz" -v n="$sinks_requests" -v cores="$(nproc)" 'BEGIN {
+  t = (b + i) / hz / cores
+  printf "host over the run: %.2f of %d cores busy (all processes and the kernel); sink simulator %.2f cores", b / hz / t, cores, s / hz / t
+  if (n > 0) printf ", %.0f us per sync it received", s / hz * 1e6 / n
+  printf "\n"
+}'
 # METRICS_OUT=FILE keeps the engine's /metrics as they stood at the end of the run.
 if [ -n "${METRICS_OUT:-}" ]; then
   curl -fsS "http://127.0.0.1:$engine_port/metrics" > "$METRICS_OUT" || true
