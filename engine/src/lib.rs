@@ -125,6 +125,27 @@ impl AppState {
     }
 }
 
+/// How many connections may wait in the kernel to be accepted (the kernel caps it at
+/// `net.core.somaxconn`, 4096 by default since Linux 5.4). The standard library and tokio
+/// listen with 128: a flash sale's burst of new webhook connections overflows that while the
+/// server is busy, and the kernel drops each SYN that does not fit, which the client resends
+/// only after a second (BENCHMARKS.md, "the spike's one-second tail").
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` for the engine's HTTP server with a backlog of [`LISTEN_BACKLOG`].
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted engine binds while the old one's connections
+    // are still in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Runs the engine on `listener` until `shutdown` completes, then drains: readiness fails,
 /// ingest stops accepting, in-flight requests finish, the actors write their summaries and the
 /// journal commits what is queued — all within `server.shutdown_grace`, which is logged when
@@ -645,4 +666,37 @@ fn routes(state: Arc<AppState>) -> Router {
         .fallback(api::not_found)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+#[cfg(test)]
+mod listen_tests {
+    use std::time::Duration;
+
+    /// Nothing accepts, so every connection waits in the backlog: with the 128 of
+    /// `TcpListener::bind` the 130th connect would hang until the client resends its SYN.
+    #[tokio::test]
+    async fn the_listener_keeps_more_than_128_connections_waiting() {
+        let want = 300;
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|text| text.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if somaxconn < want {
+            eprintln!(
+                "net.core.somaxconn is {somaxconn}: the kernel caps every backlog below {want}, nothing to check here"
+            );
+            return;
+        }
+        let listener = super::listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut waiting = Vec::new();
+        for n in 0..want {
+            let connect = tokio::net::TcpStream::connect(addr);
+            match tokio::time::timeout(Duration::from_millis(500), connect).await {
+                Ok(Ok(stream)) => waiting.push(stream),
+                other => panic!("connection {n} of {want} did not get into the backlog: {other:?}"),
+            }
+        }
+        assert_eq!(waiting.len(), want);
+    }
 }

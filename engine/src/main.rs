@@ -289,9 +289,8 @@ fn instant(text: &str, end_of_day: bool) -> anyhow::Result<i64> {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = config.server.listen;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
+    let listener =
+        orderhub_engine::listen(addr).with_context(|| format!("cannot listen on {addr}"))?;
     orderhub_engine::run(
         config,
         listener,

@@ -187,9 +187,20 @@ pub async fn serve(
         .await
 }
 
-/// Binds `addr` and serves until Ctrl-C.
+/// Binds `addr` with a backlog of 4096 (the kernel caps it at `net.core.somaxconn`) and serves
+/// until Ctrl-C. `TcpListener::bind`'s 128 overflows when the engine opens a few hundred
+/// connections to the simulated systems at once, and every SYN the kernel drops then costs the
+/// engine's client a one-second resend: the simulator's own backlog would show up as the
+/// engine's sync latency.
 pub async fn run(addr: SocketAddr, behaviour: SinkBehaviour) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(4096)?;
     eprintln!(
         "loadgen sinks listening on http://{}",
         listener.local_addr()?
