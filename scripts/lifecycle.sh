@@ -44,6 +44,7 @@ data_dir=${DATA_DIR:-$work/data}
 engine_log=${ENGINE_LOG:-$work/engine.log}
 
 "$bin/loadgen" sinks --listen "127.0.0.1:$sinks_port" --latency 0ms..0ms > "$work/sinks.log" 2>&1 &
+sinks_pid=$!
 if [ -n "${WALSTAT:-}" ]; then export ORDERHUB_DEBUG_WAL_AUTOCHECKPOINT=0; fi
 RUST_LOG=${ENGINE_RUST_LOG:-warn} ${ENGINE_WRAP:-} "${ENGINE_BIN:-$bin/orderhub}" serve --config "$work/engine.toml" \
   --data-dir "$data_dir" --listen "127.0.0.1:$engine_port" > "$engine_log" 2>&1 &
@@ -55,8 +56,8 @@ done
 # The two cores' budget over loadgen's run: the host's busy CPU (/proc/stat, all processes
 # and the kernel) and the sink simulator's own, printed after loadgen's report, so a reader
 # can tell how much of the machine the engine had.
-sinks_pid=$(jobs -p | head -1)
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# (A process that is gone counts 0: the budget line must never cost loadgen's exit status.)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 host_busy() { awk '/^cpu /{print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6}' /proc/stat; }
 read -r busy_before idle_before < <(host_busy); sinks_before=$(cpu_ticks "$sinks_pid")
 "$bin/loadgen" lifecycle --target "http://127.0.0.1:$engine_port" --sinks "http://127.0.0.1:$sinks_port" \
@@ -67,12 +68,13 @@ hz=$(getconf CLK_TCK)
 sinks_requests=$(curl -fsS "http://127.0.0.1:$sinks_port/_records" 2>/dev/null \
   | python3 -c 'import json,sys; print(sum(r["count"] for r in json.load(sys.stdin)))' 2>/dev/null || echo 0)
 awk -v b=$(( busy_after - busy_before )) -v i=$(( idle_after - idle_before )) \
-    -v s=$(( sinks_after - sinks_before )) -v hz="$hz" -v n="$sinks_requests" -v cores="$(nproc)" 'BEGIN {
+    -v s=$(( sinks_after - sinks_before )) -v hz="$hz" -v n="$sinks_requests" -v cores="$(grep -c '^cpu[0-9]' /proc/stat)" 'BEGIN {
+  if (b + i == 0) exit
   t = (b + i) / hz / cores
   printf "host over the run: %.2f of %d cores busy (all processes and the kernel); sink simulator %.2f cores", b / hz / t, cores, s / hz / t
   if (n > 0) printf ", %.0f us per sync it received", s / hz * 1e6 / n
   printf "\n"
-}'
+}' || true
 # METRICS_OUT=FILE keeps the engine's /metrics as they stood at the end of the run.
 if [ -n "${METRICS_OUT:-}" ]; then
   curl -fsS "http://127.0.0.1:$engine_port/metrics" > "$METRICS_OUT" || true

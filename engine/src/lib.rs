@@ -132,7 +132,8 @@ impl AppState {
 /// only after a second (BENCHMARKS.md, "the spike's one-second tail").
 pub const LISTEN_BACKLOG: u32 = 4096;
 
-/// Binds `addr` for the engine's HTTP server with a backlog of [`LISTEN_BACKLOG`].
+/// Binds `addr` for the engine's HTTP server with a backlog of [`LISTEN_BACKLOG`]. Call it
+/// within a Tokio runtime: the listener registers with the runtime's reactor.
 pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?

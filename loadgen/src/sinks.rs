@@ -193,14 +193,18 @@ pub async fn serve(
 /// engine's client a one-second resend: the simulator's own backlog would show up as the
 /// engine's sync latency.
 pub async fn run(addr: SocketAddr, behaviour: SinkBehaviour) -> anyhow::Result<()> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
+    use anyhow::Context as _;
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(4096)
     };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    let listener = socket.listen(4096)?;
+    let listener = listen().with_context(|| format!("cannot listen on {addr}"))?;
     eprintln!(
         "loadgen sinks listening on http://{}",
         listener.local_addr()?

@@ -109,7 +109,7 @@ impl TestEngine {
         }
         let mut config = Config::layered(Some(("test.toml".into(), toml.into()))).unwrap();
         config.server.data_dir = dir.to_path_buf();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = orderhub_engine::listen("127.0.0.1:0".parse().unwrap()).unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(orderhub_engine::run(config, listener, secrets, async {
