@@ -639,7 +639,16 @@ impl Order {
         {
             self.record_system(journaled);
             for (name, value) in &event.fields {
-                self.fields.insert(name.clone(), value.clone());
+                // Most reports repeat the contents the order has (a channel's pushes carry the
+                // whole order each time): comparing costs no allocation, replacing copies the
+                // tree and frees the old one.
+                match self.fields.get_mut(name) {
+                    Some(kept) if kept == value => {}
+                    Some(kept) => *kept = value.clone(),
+                    None => {
+                        self.fields.insert(name.clone(), value.clone());
+                    }
+                }
             }
             if !matches!(outcome, Outcome::Applied { .. }) {
                 self.reset_timers_on_report(at, policy, &mut timers);
