@@ -90,6 +90,9 @@ pub struct StoredOrder {
     pub indexed_seq: u64,
 }
 
+/// Where [`OrderStore::load_later`] answers.
+pub type LoadReply = tokio::sync::oneshot::Sender<Result<StoredOrder, StoreError>>;
+
 /// A change of one order to write behind: its new summary and the syncs decided since the
 /// last one, written in one transaction so a summary never covers an event whose syncs are
 /// missing.
@@ -106,6 +109,14 @@ pub trait OrderStore: Send + Sync + 'static {
     /// The order's journaled events and stored summary position. Called when an actor starts,
     /// so it must be fast (indexed reads).
     fn load(&self, order: &str) -> Result<StoredOrder, StoreError>;
+
+    /// [`OrderStore::load`] answered on `reply`, for an actor starting on a cold order: a store
+    /// that reads from disk does it on threads of its own, so the read holds up neither the
+    /// actor's shard (which starts other orders meanwhile) nor a runtime worker. The default
+    /// loads at once on the caller's thread (stores in memory).
+    fn load_later(&self, order: &str, reply: LoadReply) {
+        let _ = reply.send(self.load(order));
+    }
 
     /// Journals an event orderhub raises itself (an SLA breach). It must not block: the journal
     /// queues it, commits it, and then routes it back to the order like any other event.

@@ -619,6 +619,10 @@ impl OrderStore for ClusterStore {
         self.cluster.inner.journal.load(order)
     }
 
+    fn load_later(&self, order: &str, reply: orderhub_actors::store::LoadReply) {
+        self.cluster.inner.journal.load_later(order, reply)
+    }
+
     fn append_internal(&self, event: OrderEvent) -> Result<(), StoreError> {
         if !self.cluster.owns_order(&event.order) {
             // Not ours (any more): the partition's owner re-arms the timer from its own replay

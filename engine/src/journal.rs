@@ -9,6 +9,7 @@
 
 pub mod export;
 mod index;
+mod loader;
 mod outbox;
 mod reader;
 pub mod reconcile;
@@ -29,7 +30,9 @@ use orderhub_actors::order::{
     Approval, ApprovalState, JournaledEvent, Millis, OrderEvent, OrderPolicy, OrderState,
     SharedEvent, SlaRule,
 };
-use orderhub_actors::store::{OrderStore, OrderUpdate, StoreError, StoredOrder, SyncStore};
+use orderhub_actors::store::{
+    LoadReply, OrderStore, OrderUpdate, StoreError, StoredOrder, SyncStore,
+};
 use reader::ReadPool;
 use std::collections::HashMap;
 use std::path::Path;
@@ -228,7 +231,8 @@ struct Inner {
     appends: Sender<AppendRequest>,
     side: Sender<SideCmd>,
     progress: Arc<writer::Progress>,
-    reader: ReadPool,
+    reader: Arc<ReadPool>,
+    loaders: loader::Loaders,
     pending_writer: Mutex<Option<writer::Writer>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -269,12 +273,15 @@ impl Journal {
             archived_recently: HashMap::new(),
             unfolded: recovered.unfolded.iter().cloned().collect(),
         };
+        let reader = Arc::new(ReadPool::new(dir.to_path_buf()));
+        let loaders = loader::Loaders::start(reader.clone(), loader::LOADERS)?;
         let journal = Journal {
             inner: Arc::new(Inner {
                 appends,
                 side,
                 progress,
-                reader: ReadPool::new(dir.to_path_buf()),
+                reader,
+                loaders,
                 pending_writer: Mutex::new(Some(writer)),
                 thread: Mutex::new(None),
             }),
@@ -660,15 +667,18 @@ fn store_error(order: &str, err: JournalError) -> StoreError {
 
 impl OrderStore for Journal {
     fn load(&self, order: &str) -> Result<StoredOrder, StoreError> {
-        self.inner
-            .reader
-            .with(|conn| {
-                Ok(StoredOrder {
-                    events: reader::load_events(conn, order)?,
-                    indexed_seq: reader::indexed_seq(conn, order)?,
-                })
-            })
-            .map_err(|e| store_error(order, e))
+        loader::load(&self.inner.reader, order)
+    }
+
+    fn load_later(&self, order: &str, reply: LoadReply) {
+        let request = loader::LoadRequest {
+            order: order.to_owned(),
+            reply,
+        };
+        if let Err(request) = self.inner.loaders.submit(request) {
+            // No loader thread left (each survives a panic, so this is not expected): read here.
+            let _ = request.reply.send(self.load(&request.order));
+        }
     }
 
     fn append_internal(&self, event: OrderEvent) -> Result<(), StoreError> {
@@ -761,6 +771,36 @@ mod tests {
         let outcome = first.await.unwrap().unwrap();
         assert_eq!(outcome, vec![AppendOutcome::Appended(1)]);
         assert_eq!(journal.events_of("shop:1").unwrap().len(), 1);
+        journal.close().await;
+    }
+
+    /// Actors starting on cold orders are answered by the loader threads: the same events and
+    /// summary position a load on the caller's thread reads, more loads at once than there are
+    /// loaders, and an order the journal does not know is an empty one.
+    #[tokio::test]
+    async fn loads_for_starting_actors_answer_from_the_loader_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::embedded().unwrap().journal;
+        let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
+        journal.start(|_| {}, |_| {}).unwrap();
+        journal
+            .append(vec![event("a"), event("b"), event("c")])
+            .await
+            .unwrap();
+        let answers: Vec<_> = (0..3 * loader::LOADERS)
+            .map(|n| {
+                let (reply, answer) = oneshot::channel();
+                let order = if n % 3 == 2 { "shop:none" } else { "shop:1" };
+                journal.load_later(order, reply);
+                (order, answer)
+            })
+            .collect();
+        for (order, answer) in answers {
+            let loaded = answer.await.expect("answered").unwrap();
+            assert_eq!(loaded, journal.load(order).unwrap());
+            let expected = if order == "shop:1" { 3 } else { 0 };
+            assert_eq!(loaded.events.len(), expected, "{order}");
+        }
         journal.close().await;
     }
 

@@ -5,7 +5,7 @@
 use super::ShardContext;
 use super::pending::PendingGuard;
 use crate::order::{EventAction, Millis, Order, OrderEvent, SharedEvent};
-use crate::store::{OrderIndexEntry, OrderUpdate};
+use crate::store::{OrderIndexEntry, OrderUpdate, StoreError, StoredOrder};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
 
@@ -46,53 +46,56 @@ pub(crate) struct OrderActorState {
     /// hold keeps back, `None` inside: all). The shared map is touched only when this changes,
     /// not on every event.
     marked_held: Option<Option<Vec<String>>>,
+    /// What `post_start` replays (see [`OrderArgs::replay_below`]); taken when it has.
+    replay_below: Option<u64>,
 }
+
+/// Why an order actor could not start: its journal could not be read (or a stock request it
+/// owes could not be journaled). The shard gives the order up at once rather than restarting
+/// it; its events stay journaled and recovery folds them.
+#[derive(Debug, thiserror::Error)]
+#[error("order actor could not load its order: {0}")]
+pub(crate) struct StartFailed(pub(crate) StoreError);
 
 impl Actor for OrderActor {
     type Msg = OrderMsg;
     type State = OrderActorState;
     type Arguments = OrderArgs;
 
+    /// Nothing is read here: the shard waits for `pre_start` before it goes on, so the load
+    /// happens in `post_start`, which the actor runs before its first message while the shard
+    /// starts and feeds other orders.
     async fn pre_start(
         &self,
         _myself: ActorRef<OrderMsg>,
         args: OrderArgs,
     ) -> Result<OrderActorState, ActorProcessingErr> {
-        let mut stored = args.ctx.store.load(&args.key)?;
-        if let Some(below) = args.replay_below {
-            stored.events.retain(|e| e.seq < below);
-        }
-        // Events past the stored summary may have been folded by an incarnation that crashed
-        // before writing their syncs: decide them again (the outbox ignores ones it has).
-        let (order, syncs) = Order::replay_collecting(
-            args.key.as_ref(),
-            &stored.events,
-            &args.ctx.policy,
-            stored.indexed_seq,
-        );
-        for (rule, deadline) in order.armed_timers() {
-            args.ctx.timers.arm(&args.key, rule, deadline);
-        }
-        // A stock request that has no answer yet (the engine stopped in between) is asked
-        // again now rather than at its timer; the journal keeps one of the two.
-        if let Some(status) = &order.stock
-            && status.state == crate::order::StockState::Requested
-            && let Some(request) = status.deadline.and_then(|d| order.stock_due(d))
-        {
-            args.ctx.store.append_internal(request)?;
-        }
-        let marked_held = order.hold.as_ref().map(|h| h.syncs.clone());
-        mark_held(&args.ctx.held, &args.key, &marked_held);
-        let state = OrderActorState {
+        Ok(OrderActorState {
+            order: Order::new(args.key.as_ref()),
             key: args.key,
-            order,
             ctx: args.ctx,
-            marked_held,
-        };
-        if !syncs.is_empty() {
-            state.record(syncs);
-        }
-        Ok(state)
+            marked_held: None,
+            replay_below: args.replay_below,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        _myself: ActorRef<OrderMsg>,
+        state: &mut OrderActorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        state.ctx.store.load_later(&state.key, reply);
+        let stored = answer
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "the journal's loader stopped".into(),
+                ))
+            })
+            .map_err(StartFailed)?;
+        state.load(stored).map_err(StartFailed)?;
+        Ok(())
     }
 
     async fn handle(
@@ -121,6 +124,42 @@ impl Actor for OrderActor {
 }
 
 impl OrderActorState {
+    /// Folds the order's journal into the fresh state, arms its timers and records the syncs
+    /// an earlier incarnation may not have written.
+    fn load(&mut self, mut stored: StoredOrder) -> Result<(), StoreError> {
+        if let Some(below) = self.replay_below.take() {
+            stored.events.retain(|e| e.seq < below);
+        }
+        let ctx = &self.ctx;
+        // Events past the stored summary may have been folded by an incarnation that crashed
+        // before writing their syncs: decide them again (the outbox ignores ones it has).
+        let (order, syncs) = Order::replay_collecting(
+            self.key.as_ref(),
+            &stored.events,
+            &ctx.policy,
+            stored.indexed_seq,
+        );
+        for (rule, deadline) in order.armed_timers() {
+            ctx.timers.arm(&self.key, rule, deadline);
+        }
+        // A stock request that has no answer yet (the engine stopped in between) is asked
+        // again now rather than at its timer; the journal keeps one of the two.
+        if let Some(status) = &order.stock
+            && status.state == crate::order::StockState::Requested
+            && let Some(request) = status.deadline.and_then(|d| order.stock_due(d))
+        {
+            ctx.store.append_internal(request)?;
+        }
+        let marked_held = order.hold.as_ref().map(|h| h.syncs.clone());
+        mark_held(&ctx.held, &self.key, &marked_held);
+        self.order = order;
+        self.marked_held = marked_held;
+        if !syncs.is_empty() {
+            self.record(syncs);
+        }
+        Ok(())
+    }
+
     fn apply(&mut self, event: &SharedEvent) {
         let ctx = &self.ctx;
         let Some((outcome, timers)) = self.order.apply(event, &ctx.policy) else {

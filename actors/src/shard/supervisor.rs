@@ -3,7 +3,7 @@
 //! least-recently-used eviction) and restarts a crashed one from the journal.
 
 use super::ShardContext;
-use super::order_actor::{OrderActor, OrderArgs, OrderMsg};
+use super::order_actor::{OrderActor, OrderArgs, OrderMsg, StartFailed};
 use super::pending::PendingGuard;
 use crate::order::{Millis, Order, SharedEvent};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -162,7 +162,16 @@ impl Actor for ShardSupervisor {
                 state.forget(cell.get_id());
             }
             SupervisionEvent::ActorFailed(cell, err) => {
-                if let Some(order) = state.forget(cell.get_id()) {
+                let Some(order) = state.forget(cell.get_id()) else {
+                    return Ok(());
+                };
+                if err.downcast_ref::<StartFailed>().is_some() {
+                    // Restarting would read the same journal again: given up until the order's
+                    // next event (or recovery), which starts a fresh actor.
+                    state.ctx.metrics.failures_start.increment(1);
+                    tracing::error!(order = %order, error = %err, "order actor failed to start; its events stay journaled");
+                    state.ctx.store.unfolded(&order);
+                } else {
                     tracing::error!(order = %order, error = %err, "order actor crashed");
                     if state.may_restart(&order) && state.drain.is_none() {
                         state.ctx.metrics.restarts.increment(1);
@@ -201,7 +210,8 @@ impl ShardState {
         }
     }
 
-    /// The active actor of `order`, spawned (and loaded from the journal) if there is none.
+    /// The active actor of `order`, spawned if there is none (it loads the journal itself before
+    /// its first message, while the shard goes on).
     async fn child(
         &mut self,
         myself: &ActorRef<ShardMsg>,

@@ -20,6 +20,10 @@ struct MemoryJournal {
     unfolded: Mutex<Vec<String>>,
     /// Loads per order (one per actor started).
     loads: Mutex<HashMap<String, usize>>,
+    /// An order whose loads wait until the test answers them (a slow disk read).
+    stalled: Mutex<Option<String>>,
+    /// The loads of the stalled order waiting for an answer.
+    stalled_replies: Mutex<Vec<crate::store::LoadReply>>,
 }
 
 impl MemoryJournal {
@@ -84,6 +88,14 @@ impl OrderStore for MemoryJournal {
             events,
             indexed_seq,
         })
+    }
+
+    fn load_later(&self, order: &str, reply: crate::store::LoadReply) {
+        if self.stalled.lock().unwrap().as_deref() == Some(order) {
+            self.stalled_replies.lock().unwrap().push(reply);
+        } else {
+            let _ = reply.send(self.load(order));
+        }
     }
 
     fn append_internal(&self, event: OrderEvent) -> Result<(), StoreError> {
@@ -188,6 +200,60 @@ async fn an_order_given_up_on_is_reported_unfolded() {
         journal.unfolded.lock().unwrap().as_slice() == ["douyin:9", "douyin:2"]
     })
     .await;
+    router.stop(Duration::from_secs(1)).await;
+}
+
+/// A cold order's load (here one that waits for the disk) holds up neither its shard nor the
+/// events of its shard's other orders; its own events wait for it and then apply in order.
+#[tokio::test]
+async fn a_slow_load_holds_up_only_its_own_order() {
+    let config = ShardConfig {
+        shards: 1,
+        ..ShardConfig::new()
+    };
+    let (journal, router) = start(config, OrderPolicy::permissive()).await;
+    *journal.stalled.lock().unwrap() = Some("douyin:slow".into());
+    journal.append(event("douyin:slow", "s1", OrderState::Paid, T0));
+    journal.append(event("douyin:slow", "s2", OrderState::Allocated, T0 + 1));
+    journal.append(event("douyin:fast", "f1", OrderState::Paid, T0));
+    journal.append(event("douyin:fast", "f2", OrderState::Allocated, T0 + 1));
+    eventually("the other order's load asked for", || {
+        journal.stalled_replies.lock().unwrap().len() == 1
+            && journal.loads.lock().unwrap().contains_key("douyin:fast")
+    })
+    .await;
+    for _ in 0..50 {
+        if timeline_len(&router, "douyin:fast").await == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        timeline_len(&router, "douyin:fast").await,
+        2,
+        "the other order's events applied while the slow load waits"
+    );
+    assert_eq!(
+        router.pending_events(),
+        2,
+        "the slow order's two events wait"
+    );
+
+    // The disk answers: the slow order's events apply, in journal order.
+    *journal.stalled.lock().unwrap() = None;
+    let reply = journal.stalled_replies.lock().unwrap().pop().unwrap();
+    let _ = reply.send(journal.load("douyin:slow"));
+    eventually("the slow order's events applied", || {
+        router.pending_events() == 0
+    })
+    .await;
+    let order = router
+        .active_order("douyin:slow", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(order.state, Some(OrderState::Allocated));
+    assert_eq!(order.timeline.len(), 2);
     router.stop(Duration::from_secs(1)).await;
 }
 
