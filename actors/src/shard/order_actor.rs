@@ -4,10 +4,12 @@
 
 use super::ShardContext;
 use super::pending::PendingGuard;
+use super::supervisor::ShardMsg;
 use crate::order::{EventAction, Millis, Order, OrderEvent, SharedEvent};
 use crate::store::{OrderIndexEntry, OrderUpdate, StoreError, StoredOrder};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 /// Messages an order actor handles.
 pub(crate) enum OrderMsg {
@@ -36,6 +38,12 @@ pub(crate) struct OrderArgs {
     /// Events before it were applied live by an earlier incarnation, as routing follows journal
     /// order. `None` (timer wake-up, crash restart): replay everything.
     pub(crate) replay_below: Option<u64>,
+    /// Set when the actor has loaded its order. Until then the shard neither evicts nor sweeps
+    /// it: a second incarnation started meanwhile could load, apply and mark the order before
+    /// this one did, which would then overwrite the newer marks with older ones.
+    pub(crate) loaded: Arc<AtomicBool>,
+    /// The shard, told when the order has loaded.
+    pub(crate) shard: ActorRef<ShardMsg>,
 }
 
 pub(crate) struct OrderActorState {
@@ -48,14 +56,24 @@ pub(crate) struct OrderActorState {
     marked_held: Option<Option<Vec<String>>>,
     /// What `post_start` replays (see [`OrderArgs::replay_below`]); taken when it has.
     replay_below: Option<u64>,
+    /// Set once the order is loaded (see [`OrderArgs::loaded`]).
+    loaded: Arc<AtomicBool>,
+    /// The shard (see [`OrderArgs::shard`]).
+    shard: ActorRef<ShardMsg>,
 }
 
-/// Why an order actor could not start: its journal could not be read (or a stock request it
-/// owes could not be journaled). The shard gives the order up at once rather than restarting
-/// it; its events stay journaled and recovery folds them.
+/// Why an order actor could not start: its journal could not be read or replayed (a panic
+/// while folding it), or a stock request it owes could not be journaled. The shard gives the
+/// order up at once rather than restarting it; its events stay journaled and recovery folds
+/// them.
 #[derive(Debug, thiserror::Error)]
-#[error("order actor could not load its order: {0}")]
-pub(crate) struct StartFailed(pub(crate) StoreError);
+#[error("order actor of {order} could not start: {error}")]
+pub(crate) struct StartFailed {
+    /// The order (the shard may have dropped the actor from its books before it hears).
+    pub(crate) order: Arc<str>,
+    /// What went wrong.
+    pub(crate) error: StoreError,
+}
 
 impl Actor for OrderActor {
     type Msg = OrderMsg;
@@ -76,6 +94,8 @@ impl Actor for OrderActor {
             ctx: args.ctx,
             marked_held: None,
             replay_below: args.replay_below,
+            loaded: args.loaded,
+            shard: args.shard,
         })
     }
 
@@ -86,6 +106,11 @@ impl Actor for OrderActor {
     ) -> Result<(), ActorProcessingErr> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         state.ctx.store.load_later(&state.key, reply);
+        let key = state.key.clone();
+        let failed = |error| StartFailed {
+            order: key.clone(),
+            error,
+        };
         let stored = answer
             .await
             .unwrap_or_else(|_| {
@@ -93,8 +118,26 @@ impl Actor for OrderActor {
                     "the journal's loader stopped".into(),
                 ))
             })
-            .map_err(StartFailed)?;
-        state.load(stored).map_err(StartFailed)?;
+            .map_err(failed)?;
+        // A panic while folding is a start that failed (given up at once, as a load that fails),
+        // not a crash to restart into the same panic.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.load(stored)))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic without a message".into());
+                Err(StoreError::Unavailable(format!(
+                    "replaying the order panicked: {what}"
+                )))
+            })
+            .map_err(failed)?;
+        state
+            .loaded
+            .store(true, std::sync::atomic::Ordering::Release);
+        // (A shard that is gone is stopping: nothing to keep under its cap.)
+        let _ = state.shard.cast(ShardMsg::Loaded);
         Ok(())
     }
 

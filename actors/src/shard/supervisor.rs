@@ -9,7 +9,7 @@ use crate::order::{Millis, Order, SharedEvent};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -36,6 +36,9 @@ pub(crate) enum ShardMsg {
     },
     /// Passivate actors idle longer than the idle timeout.
     Sweep,
+    /// An order actor has loaded its order: if the shard is over its cap (only actors that
+    /// have loaded are evicted), it can be brought back under now.
+    Loaded,
     /// Passivate every actor and reply once all have stopped.
     Drain(RpcReplyPort<()>),
     /// Stop an order's actor, if active, without a summary (the order was archived).
@@ -51,6 +54,14 @@ struct Child {
     actor: ActorRef<OrderMsg>,
     tick: u64,
     last_active: Instant,
+    /// Set by the actor once it has loaded its order (see `OrderArgs::loaded`).
+    loaded: Arc<AtomicBool>,
+}
+
+impl Child {
+    fn loaded(&self) -> bool {
+        self.loaded.load(Ordering::Acquire)
+    }
 }
 
 pub(crate) struct ShardState {
@@ -121,6 +132,7 @@ impl Actor for ShardSupervisor {
                 }
             },
             ShardMsg::Sweep => state.sweep_idle(),
+            ShardMsg::Loaded => state.keep_cap(),
             ShardMsg::Forget(order) => {
                 if let Some(child) = state.children.remove(&order) {
                     state.lru.remove(&child.tick);
@@ -162,16 +174,15 @@ impl Actor for ShardSupervisor {
                 state.forget(cell.get_id());
             }
             SupervisionEvent::ActorFailed(cell, err) => {
-                let Some(order) = state.forget(cell.get_id()) else {
-                    return Ok(());
-                };
-                if err.downcast_ref::<StartFailed>().is_some() {
+                let known = state.forget(cell.get_id());
+                if let Some(failed) = err.downcast_ref::<StartFailed>() {
                     // Restarting would read the same journal again: given up until the order's
-                    // next event (or recovery), which starts a fresh actor.
+                    // next event (or recovery), which starts a fresh actor. Told to the store
+                    // even when the actor had left the books (passivated as it failed).
                     state.ctx.metrics.failures_start.increment(1);
-                    tracing::error!(order = %order, error = %err, "order actor failed to start; its events stay journaled");
-                    state.ctx.store.unfolded(&order);
-                } else {
+                    tracing::error!(order = %failed.order, error = %failed.error, "order actor failed to start; its events stay journaled");
+                    state.ctx.store.unfolded(&failed.order);
+                } else if let Some(order) = known {
                     tracing::error!(order = %order, error = %err, "order actor crashed");
                     if state.may_restart(&order) && state.drain.is_none() {
                         state.ctx.metrics.restarts.increment(1);
@@ -227,10 +238,13 @@ impl ShardState {
             self.lru.insert(tick, order.clone());
             return Some(child.actor.clone());
         }
+        let loaded = Arc::new(AtomicBool::new(false));
         let args = OrderArgs {
             key: order.clone(),
             ctx: self.ctx.clone(),
             replay_below,
+            loaded: loaded.clone(),
+            shard: myself.clone(),
         };
         let actor = match Actor::spawn_linked(None, OrderActor, args, myself.get_cell()).await {
             Ok((actor, _join)) => actor,
@@ -250,17 +264,30 @@ impl ShardState {
                 actor: actor.clone(),
                 tick,
                 last_active: Instant::now(),
+                loaded,
             },
         );
         self.lru.insert(tick, order.clone());
+        self.keep_cap();
+        Some(actor)
+    }
+
+    /// Passivates the least recently used actors that have loaded until the shard is back at
+    /// its cap. One still loading stays (see `OrderArgs::loaded`): the cap is exceeded by at
+    /// most the loads in flight, until they answer ([`ShardMsg::Loaded`]).
+    fn keep_cap(&mut self) {
         while self.children.len() > self.ctx.config.max_active_per_shard {
-            let Some((_, oldest)) = self.lru.pop_first() else {
+            let oldest = self
+                .lru
+                .values()
+                .find(|o| self.children.get(*o).is_some_and(Child::loaded))
+                .cloned();
+            let Some(oldest) = oldest else {
                 break;
             };
             self.passivate(&oldest);
             self.ctx.metrics.passivated_capacity.increment(1);
         }
-        Some(actor)
     }
 
     /// Asks the actor to write its summary and stop. It leaves the active set at once, so a
@@ -280,6 +307,8 @@ impl ShardState {
         let mut expired = Vec::new();
         for order in self.lru.values() {
             match self.children.get(order) {
+                // Idle that long and still loading (a very slow disk): left until it has.
+                Some(child) if !child.loaded() => continue,
                 Some(child) if now.duration_since(child.last_active) >= idle => {
                     expired.push(order.clone())
                 }

@@ -59,7 +59,8 @@ impl Loaders {
     }
 }
 
-/// An order's journaled events and the position of its stored summary, in one read.
+/// An order's journaled events and the position of its stored summary (two indexed reads; a
+/// summary written between them is at most newer than the events, which replay tolerates).
 pub(crate) fn load(reader: &ReadPool, order: &str) -> Result<StoredOrder, StoreError> {
     reader
         .with(|conn| {
