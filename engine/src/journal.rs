@@ -267,6 +267,7 @@ impl Journal {
             notify: Box::new(|_| {}),
             batch_max_events: config.batch_max_events,
             batch_max_wait: config.batch_max_wait.0,
+            side_wait: writer::SIDE_WAIT,
             last_seq: recovered.last_seq,
             persisted_watermark: watermark,
             progress: progress.clone(),

@@ -44,6 +44,8 @@ pub(crate) struct Writer {
     pub(crate) notify: NotifyFn,
     pub(crate) batch_max_events: usize,
     pub(crate) batch_max_wait: Duration,
+    /// See [`SIDE_WAIT`] (longer in tests).
+    pub(crate) side_wait: Duration,
     pub(crate) last_seq: u64,
     pub(crate) persisted_watermark: u64,
     /// What readers may know of the writer's progress.
@@ -73,6 +75,14 @@ const ARCHIVED_WATCH: Duration = Duration::from_secs(120);
 /// After a failed commit, how long the writer waits for something new before it commits what
 /// the failed batch kept on its own.
 const RETRY_KEPT_AFTER: Duration = Duration::from_millis(100);
+
+/// How long a batch that nobody waits on — order summaries, the syncs they decided, sync
+/// attempts, orders given up on, a poller's cursor — waits for an append to commit with before
+/// it commits alone. Under load appends arrive within microseconds, so such a batch rides in the
+/// next append's commit instead of paying a commit (its pages, its fsync) of its own: in the
+/// lifecycle benchmark a third to a half of the commits carried no event (BENCHMARKS.md). An
+/// idle journal writes them this much later; no acknowledgement ever waits for it.
+pub(crate) const SIDE_WAIT: Duration = Duration::from_millis(2);
 
 struct Metrics {
     batch_size: metrics::Histogram,
@@ -199,6 +209,18 @@ impl Batch {
         self.stop = None;
         self.archive.clear();
         self.stock.clear();
+    }
+
+    /// Whether nothing in the batch is waited on: no append, no reply, no event orderhub raised
+    /// itself (see [`SIDE_WAIT`]).
+    fn nobody_waits(&self) -> bool {
+        self.appends.is_empty()
+            && self.internal.is_empty()
+            && self.revives.is_empty()
+            && self.flushes.is_empty()
+            && self.stop.is_none()
+            && self.archive.is_empty()
+            && self.stock.is_empty()
     }
 
     fn side(&mut self, cmd: SideCmd) {
@@ -374,6 +396,19 @@ impl Writer {
         if !self.batch_max_wait.is_zero() && batch.events < self.batch_max_events {
             std::thread::sleep(self.batch_max_wait);
         }
+        self.take_queued(batch);
+        // Only what nobody waits on: wait (once, woken by the first append) for an append to
+        // commit with — see `SIDE_WAIT`. A side command that arrives meanwhile waits with it.
+        if batch.nobody_waits() {
+            if let Ok(request) = self.appends.recv_timeout(self.side_wait) {
+                batch.append(request);
+            }
+            self.take_queued(batch);
+        }
+    }
+
+    /// Adds what is queued (up to the batch's limits) to `batch`.
+    fn take_queued(&self, batch: &mut Batch) {
         while batch.events < self.batch_max_events {
             match self.appends.try_recv() {
                 Ok(request) => batch.append(request),
@@ -851,4 +886,98 @@ fn archive_step(
         events: 0,
         syncs: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Journal, SideCmd};
+    use super::*;
+    use crate::config::Config;
+    use orderhub_actors::order::{Order, OrderPolicy};
+    use orderhub_actors::store::{OrderStore, OrderUpdate};
+
+    fn writer_of(journal: &Journal) -> Writer {
+        let mut writer = journal.inner.pending_writer.lock().unwrap().take().unwrap();
+        // Long enough that an append sent 50 ms into the wait is always inside it.
+        writer.side_wait = Duration::from_secs(30);
+        writer
+    }
+
+    /// A batch nobody waits on (a summary) waits for the next append and commits with it; one
+    /// a caller waits on (a flush) is committed at once; alone, a summary waits no longer
+    /// than the side wait.
+    #[test]
+    fn summaries_ride_with_the_next_append_and_flushes_do_not_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::embedded().unwrap().journal;
+        let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
+        let mut writer = writer_of(&journal);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let summary = || OrderUpdate {
+            index: OrderIndexEntry::of(&Order::new("shop:1")),
+            syncs: Vec::new(),
+        };
+
+        journal.record(summary());
+        let late = std::thread::spawn({
+            let journal = journal.clone();
+            move || {
+                std::thread::sleep(Duration::from_millis(50));
+                // The writer is driven by hand: this append is never answered.
+                let event = OrderEvent {
+                    order: "shop:1".into(),
+                    source: "wms".into(),
+                    source_event_id: "a".into(),
+                    supersedes: None,
+                    log_seq: None,
+                    raw_status: "none".into(),
+                    action: EventAction::Inform,
+                    occurred_at: 1,
+                    received_at: 1,
+                    fields: serde_json::Map::new(),
+                };
+                let _ = runtime.block_on(async {
+                    tokio::time::timeout(Duration::from_millis(200), journal.append(vec![event]))
+                        .await
+                });
+            }
+        });
+        let mut batch = Batch::default();
+        batch.side(writer.side.recv().unwrap());
+        let started = Instant::now();
+        writer.fill(&mut batch);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "woken by the append"
+        );
+        assert_eq!(
+            (batch.events, batch.index.len()),
+            (1, 1),
+            "one commit for both"
+        );
+        late.join().unwrap();
+
+        // A flush is answered by the next commit at once.
+        batch.reset();
+        let (flushed, _answer) = tokio::sync::oneshot::channel();
+        journal.inner.side.send(SideCmd::Flush(flushed)).unwrap();
+        batch.side(writer.side.recv().unwrap());
+        let started = Instant::now();
+        writer.fill(&mut batch);
+        assert!(started.elapsed() < Duration::from_secs(20), "no wait");
+        assert_eq!((batch.events, batch.flushes.len()), (0, 1));
+
+        // Alone, a summary is committed after the side wait.
+        batch.reset();
+        writer.side_wait = Duration::from_millis(50);
+        journal.record(summary());
+        batch.side(writer.side.recv().unwrap());
+        let started = Instant::now();
+        writer.fill(&mut batch);
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert_eq!((batch.events, batch.index.len()), (0, 1));
+    }
 }
