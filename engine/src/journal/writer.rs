@@ -1,7 +1,9 @@
 //! The journal writer thread: group commit. It takes every append request that queued while the
 //! previous batch was being fsync'd (up to a limit), writes them in one transaction with the
 //! order summaries and internal events that queued beside them, commits (fsync), then routes
-//! the new events to the order actors in journal order and answers every waiting request.
+//! the new events to the order actors in journal order and answers every waiting request. A
+//! batch of only what nobody waits on (summaries, syncs, delivery attempts) waits briefly for an
+//! append to ride with ([`SIDE_WAIT`]).
 
 use super::{
     AppendOutcome, AppendRequest, ArchiveCmd, ArchiveOutcome, JournalError, SideCmd, index, outbox,
@@ -80,8 +82,10 @@ const RETRY_KEPT_AFTER: Duration = Duration::from_millis(100);
 /// attempts, orders given up on, a poller's cursor — waits for an append to commit with before
 /// it commits alone. Under load appends arrive within microseconds, so such a batch rides in the
 /// next append's commit instead of paying a commit (its pages, its fsync) of its own: in the
-/// lifecycle benchmark a third to a half of the commits carried no event (BENCHMARKS.md). An
-/// idle journal writes them this much later; no acknowledgement ever waits for it.
+/// lifecycle benchmark a third to a half of the commits carried no event (BENCHMARKS.md,
+/// "2026-12-01"). An idle journal writes them (and hands new syncs to the dispatchers) this much
+/// later; no acknowledgement waits for it, and a request someone waits on (a flush, a revive,
+/// a stock setting, a compaction step, the stop) ends the wait when it arrives.
 pub(crate) const SIDE_WAIT: Duration = Duration::from_millis(2);
 
 struct Metrics {
@@ -389,7 +393,7 @@ impl Writer {
     }
 
     /// Takes what else is queued, up to the batch limit (and, if configured, waits a little for
-    /// a fuller batch).
+    /// a fuller batch; a batch nobody waits on waits for an append, see [`SIDE_WAIT`]).
     fn fill(&self, batch: &mut Batch) {
         // One sleep, then whatever queued meanwhile: waiting request by request would wake this
         // thread once per arriving request, which costs more CPU than the fuller batch saves.
@@ -397,11 +401,23 @@ impl Writer {
             std::thread::sleep(self.batch_max_wait);
         }
         self.take_queued(batch);
-        // Only what nobody waits on: wait (once, woken by the first append) for an append to
-        // commit with — see `SIDE_WAIT`. A side command that arrives meanwhile waits with it.
-        if batch.nobody_waits() {
-            if let Ok(request) = self.appends.recv_timeout(self.side_wait) {
-                batch.append(request);
+        // Only what nobody waits on, and no backlog behind it: wait for an append to commit
+        // with (see `SIDE_WAIT`), until one comes, something arrives that someone waits on, or
+        // the wait is over.
+        if batch.nobody_waits() && self.side.is_empty() {
+            let until = Instant::now() + self.side_wait;
+            while batch.nobody_waits() {
+                select! {
+                    recv(self.appends) -> request => match request {
+                        Ok(request) => batch.append(request),
+                        Err(_) => break,
+                    },
+                    recv(self.side) -> cmd => match cmd {
+                        Ok(cmd) => batch.side(cmd),
+                        Err(_) => break,
+                    },
+                    default(until.saturating_duration_since(Instant::now())) => break,
+                }
             }
             self.take_queued(batch);
         }
@@ -970,6 +986,27 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(20), "no wait");
         assert_eq!((batch.events, batch.flushes.len()), (0, 1));
 
+        // A flush that arrives during the wait ends it.
+        batch.reset();
+        journal.record(summary());
+        let (flushed, _answer) = tokio::sync::oneshot::channel();
+        let flush = std::thread::spawn({
+            let side = journal.inner.side.clone();
+            move || {
+                std::thread::sleep(Duration::from_millis(50));
+                side.send(SideCmd::Flush(flushed)).unwrap();
+            }
+        });
+        batch.side(writer.side.recv().unwrap());
+        let started = Instant::now();
+        writer.fill(&mut batch);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "woken by the flush"
+        );
+        assert_eq!((batch.index.len(), batch.flushes.len()), (1, 1));
+        flush.join().unwrap();
+
         // Alone, a summary is committed after the side wait.
         batch.reset();
         writer.side_wait = Duration::from_millis(50);
@@ -979,5 +1016,47 @@ mod tests {
         writer.fill(&mut batch);
         assert!(started.elapsed() >= Duration::from_millis(50));
         assert_eq!((batch.events, batch.index.len()), (0, 1));
+    }
+
+    /// What a batch holds that someone waits on (or that is an event) never waits.
+    #[test]
+    fn only_summaries_syncs_attempts_and_cursors_wait_for_an_append() {
+        let summary = OrderUpdate {
+            index: OrderIndexEntry::of(&Order::new("shop:1")),
+            syncs: Vec::new(),
+        };
+        let mut batch = Batch::default();
+        batch.side(SideCmd::Update(summary));
+        batch.side(SideCmd::Meta("poller".into(), 7));
+        batch.side(SideCmd::Unfolded("shop:2".into()));
+        assert!(batch.nobody_waits());
+        fn reply<T>() -> tokio::sync::oneshot::Sender<T> {
+            tokio::sync::oneshot::channel().0
+        }
+        let waited_on = [
+            SideCmd::Flush(reply()),
+            SideCmd::Stop(reply()),
+            SideCmd::Revive(1, reply()),
+            SideCmd::Archive(super::super::ArchiveCmd::Abandon, reply()),
+            SideCmd::SetStock(Vec::new(), reply()),
+            SideCmd::Internal(OrderEvent {
+                order: "shop:3".into(),
+                source: orderhub_actors::order::INTERNAL_SOURCE.into(),
+                source_event_id: "sla:x:1".into(),
+                supersedes: None,
+                log_seq: None,
+                raw_status: "sla_breach".into(),
+                action: EventAction::Inform,
+                occurred_at: 1,
+                received_at: 1,
+                fields: serde_json::Map::new(),
+            }),
+        ];
+        for cmd in waited_on {
+            let mut batch = Batch::default();
+            let kind = format!("{:?}", std::mem::discriminant(&cmd));
+            batch.side(cmd);
+            assert!(!batch.nobody_waits(), "{kind}");
+        }
     }
 }
