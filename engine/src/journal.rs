@@ -733,7 +733,8 @@ mod tests {
     use crate::config::Config;
     use orderhub_actors::order::EventAction;
 
-    fn event(id: &str) -> OrderEvent {
+    /// An informational report `id` of order `shop:1` (for the writer's tests too).
+    pub(super) fn event(id: &str) -> OrderEvent {
         OrderEvent {
             order: "shop:1".into(),
             source: "wms".into(),

@@ -235,6 +235,13 @@ async fn a_slow_load_holds_up_only_its_own_order() {
     );
 
     // The disk answers: the slow order's events apply, in journal order.
+    answer_the_slow_load(&journal, &router).await;
+    router.stop(Duration::from_secs(1)).await;
+}
+
+/// Answers the stalled load of `douyin:slow` and checks that its two events (paid, allocated)
+/// applied, in order, on the one actor that loaded it.
+async fn answer_the_slow_load(journal: &MemoryJournal, router: &OrderRouter) {
     *journal.stalled.lock().unwrap() = None;
     let reply = journal.stalled_replies.lock().unwrap().pop().unwrap();
     let _ = reply.send(journal.load("douyin:slow"));
@@ -246,11 +253,10 @@ async fn a_slow_load_holds_up_only_its_own_order() {
         .active_order("douyin:slow", Duration::from_secs(1))
         .await
         .unwrap()
-        .unwrap();
+        .expect("still active");
     assert_eq!(order.state, Some(OrderState::Allocated));
     assert_eq!(order.timeline.len(), 2);
     assert_eq!(journal.loads.lock().unwrap()["douyin:slow"], 1, "one actor");
-    router.stop(Duration::from_secs(1)).await;
 }
 
 /// A full shard evicts the least recently used order that has loaded, never one still loading:
@@ -283,21 +289,7 @@ async fn a_full_shard_never_evicts_an_order_still_loading() {
         "the order still loading kept its actor: no second incarnation loads it"
     );
 
-    *journal.stalled.lock().unwrap() = None;
-    let reply = journal.stalled_replies.lock().unwrap().pop().unwrap();
-    let _ = reply.send(journal.load("douyin:slow"));
-    eventually("the slow order's events applied", || {
-        router.pending_events() == 0
-    })
-    .await;
-    let order = router
-        .active_order("douyin:slow", Duration::from_secs(1))
-        .await
-        .unwrap()
-        .expect("still active");
-    assert_eq!(order.state, Some(OrderState::Allocated));
-    assert_eq!(order.timeline.len(), 2);
-    assert_eq!(journal.loads.lock().unwrap()["douyin:slow"], 1);
+    answer_the_slow_load(&journal, &router).await;
     router.stop(Duration::from_secs(1)).await;
 }
 

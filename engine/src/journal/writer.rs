@@ -906,6 +906,7 @@ fn archive_step(
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::event;
     use super::super::{Journal, SideCmd};
     use super::*;
     use crate::config::Config;
@@ -943,21 +944,12 @@ mod tests {
             move || {
                 std::thread::sleep(Duration::from_millis(50));
                 // The writer is driven by hand: this append is never answered.
-                let event = OrderEvent {
-                    order: "shop:1".into(),
-                    source: "wms".into(),
-                    source_event_id: "a".into(),
-                    supersedes: None,
-                    log_seq: None,
-                    raw_status: "none".into(),
-                    action: EventAction::Inform,
-                    occurred_at: 1,
-                    received_at: 1,
-                    fields: serde_json::Map::new(),
-                };
                 let _ = runtime.block_on(async {
-                    tokio::time::timeout(Duration::from_millis(200), journal.append(vec![event]))
-                        .await
+                    tokio::time::timeout(
+                        Duration::from_millis(200),
+                        journal.append(vec![event("a")]),
+                    )
+                    .await
                 });
             }
         });
@@ -1039,18 +1031,7 @@ mod tests {
             SideCmd::Revive(1, reply()),
             SideCmd::Archive(super::super::ArchiveCmd::Abandon, reply()),
             SideCmd::SetStock(Vec::new(), reply()),
-            SideCmd::Internal(OrderEvent {
-                order: "shop:3".into(),
-                source: orderhub_actors::order::INTERNAL_SOURCE.into(),
-                source_event_id: "sla:x:1".into(),
-                supersedes: None,
-                log_seq: None,
-                raw_status: "sla_breach".into(),
-                action: EventAction::Inform,
-                occurred_at: 1,
-                received_at: 1,
-                fields: serde_json::Map::new(),
-            }),
+            SideCmd::Internal(event("sla:x:1")),
         ];
         for cmd in waited_on {
             let mut batch = Batch::default();
