@@ -49,11 +49,18 @@ impl SinkConnector for Remembering {
 
     fn settled(&self, sync: &SyncIntent) -> Option<SettledFuture> {
         let key = token(&sync.id);
+        let id = sync.id.clone();
         let settled = self.settled.clone();
         // Not known, or NATS unreachable: not settled (the owner sends it, at worst twice with
         // the same key).
         Some(Box::pin(async move {
-            matches!(settled.get(&key).await, Ok(Some(_)))
+            match settled.get(&key).await {
+                Ok(found) => found.is_some(),
+                Err(err) => {
+                    tracing::warn!(sync = %id, error = %err, "could not look up whether a sync was settled elsewhere; sending it (same idempotency key)");
+                    false
+                }
+            }
         }))
     }
 
