@@ -54,12 +54,13 @@ impl serde::Serialize for Stored<'_> {
     }
 }
 
-/// Inserts `sync` unless a sync with its id exists; returns it as pending when inserted.
+/// Inserts `sync` unless a sync with its id exists; returns its row when inserted (see
+/// [`pending`]).
 pub(crate) fn insert(
     conn: &Connection,
     sync: &SyncIntent,
     now: Millis,
-) -> Result<Option<PendingSync>, JournalError> {
+) -> Result<Option<i64>, JournalError> {
     let payload = serde_json::to_string(&Stored(sync)).map_err(|e| JournalError::Corrupt {
         seq: sync.seq,
         reason: e.to_string(),
@@ -85,14 +86,19 @@ pub(crate) fn insert(
             |r| r.get(0),
         )
         .optional()?;
-    Ok(row.map(|row| PendingSync {
+    Ok(row)
+}
+
+/// A sync just inserted at `row` (at `now`), as the dispatchers take it.
+pub(crate) fn pending(row: i64, intent: SyncIntent, now: Millis) -> PendingSync {
+    PendingSync {
         row,
-        intent: sync.clone(),
+        intent,
         attempts: 0,
         not_before: 0,
         created_at: now,
         unreadable: None,
-    }))
+    }
 }
 
 /// Records an attempt's result.
