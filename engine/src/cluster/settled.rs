@@ -15,6 +15,7 @@ use orderhub_actors::dispatch::{
     Delivery, DeliveryFuture, SettledFuture, SinkConnector, SyncIntent,
 };
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 /// Settled syncs: key = the sync's idempotency key (as a KV token), value = how it ended.
 pub const SYNCS_BUCKET: &str = "orderhub_syncs";
@@ -57,7 +58,7 @@ impl SinkConnector for Remembering {
             match settled.get(&key).await {
                 Ok(found) => found.is_some(),
                 Err(err) => {
-                    tracing::warn!(sync = %id, error = %err, "could not look up whether a sync was settled elsewhere; sending it (same idempotency key)");
+                    note_failed_lookup(&id, &err);
                     false
                 }
             }
@@ -68,3 +69,27 @@ impl SinkConnector for Remembering {
         !(self.owns)(order)
     }
 }
+
+/// Lookups that failed since the last warning, and when that was (ms since the epoch).
+static FAILED_LOOKUPS: AtomicU64 = AtomicU64::new(0);
+static LAST_LOOKUP_WARNING: AtomicI64 = AtomicI64::new(0);
+
+/// Warns that the settled bucket could not be asked (the sync then counts as not settled: sent,
+/// or kept back if its partition moved), at most once per [`LOOKUP_WARNING_EVERY_MS`]: in a
+/// NATS outage every send and every recheck of a kept-back order asks.
+fn note_failed_lookup(sync: &str, err: &dyn std::fmt::Display) {
+    let failed = FAILED_LOOKUPS.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = crate::sinks::unix_ms();
+    let last = LAST_LOOKUP_WARNING.load(Ordering::Relaxed);
+    if now - last >= LOOKUP_WARNING_EVERY_MS
+        && LAST_LOOKUP_WARNING
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        FAILED_LOOKUPS.store(0, Ordering::Relaxed);
+        tracing::warn!(sync = %sync, failed, error = %err, "could not ask NATS whether syncs were settled elsewhere; they count as not settled (a send goes out again with the same idempotency key)");
+    }
+}
+
+/// See [`note_failed_lookup`].
+const LOOKUP_WARNING_EVERY_MS: i64 = 10_000;
