@@ -272,6 +272,7 @@ impl Journal {
             persisted_watermark: watermark,
             progress: progress.clone(),
             archived_recently: HashMap::new(),
+            shared_fields: writer::SharedFields::default(),
             unfolded: recovered.unfolded.iter().cloned().collect(),
         };
         let reader = Arc::new(ReadPool::new(dir.to_path_buf()));
@@ -928,6 +929,155 @@ mod tests {
         journal.close().await;
     }
 
+    /// An event of `order` with `fields` (a JSON object).
+    fn with_fields(order: &str, id: &str, fields: serde_json::Value) -> OrderEvent {
+        OrderEvent {
+            order: order.into(),
+            fields: fields.as_object().cloned().unwrap(),
+            ..event(id)
+        }
+    }
+
+    /// Each stored event's `fields_from` and whether its body has `fields`, in journal order.
+    fn stored_bodies(journal: &Journal) -> Vec<(Option<i64>, bool)> {
+        journal
+            .inner
+            .reader
+            .with(|conn| {
+                let mut stmt = conn.prepare(
+                    "SELECT fields_from, json_type(body, '$.fields') IS NOT NULL FROM events ORDER BY seq",
+                )?;
+                let rows = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .unwrap()
+    }
+
+    /// An event whose `fields` repeat those of its order's last event stored whole keeps a
+    /// reference instead of a copy; every reader gets them back whole (an order's load, the
+    /// `events_whole` view, the scan a cluster snapshot takes).
+    #[tokio::test]
+    async fn an_orders_repeated_fields_are_stored_once_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::embedded().unwrap().journal;
+        let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
+        journal.start(|_| {}, |_| {}).unwrap();
+        let items = serde_json::json!({"items": [{"sku": "SKU-1", "name": "面霜 50ml", "qty": 1, "price": 129.0}], "address": {"city": "Hangzhou"}});
+        let other = serde_json::json!({"items": [{"sku": "SKU-2", "name": "Cleansing foam", "qty": 3, "price": 59.9}], "address": {"city": "Hangzhou"}});
+        let small = serde_json::json!({"waybill_no": "SF1"});
+        let appended = [
+            vec![
+                with_fields("shop:1", "a", items.clone()), // 1 whole
+                with_fields("shop:1", "b", items.clone()), // 2 shares 1
+                with_fields("shop:2", "c", items.clone()), // 3 whole: another order
+            ],
+            vec![
+                with_fields("shop:1", "d", items.clone()), // 4 shares 1, a commit later
+                with_fields("shop:1", "e", other.clone()), // 5 whole: other fields
+                with_fields("shop:1", "f", serde_json::json!({})), // 6 no fields
+                with_fields("shop:1", "g", other.clone()), // 7 shares 5
+                with_fields("shop:1", "h", items.clone()), // 8 whole again
+                with_fields("shop:1", "i", small.clone()), // 9 whole: too small to share
+                with_fields("shop:1", "j", small.clone()), // 10 whole
+                with_fields("shop:1", "k", items.clone()), // 11 shares 8
+            ],
+        ];
+        for events in &appended {
+            journal.append(events.clone()).await.unwrap();
+        }
+        assert_eq!(
+            stored_bodies(&journal),
+            [
+                (None, true),
+                (Some(1), false),
+                (None, true),
+                (Some(1), false),
+                (None, true),
+                (None, false),
+                (Some(5), false),
+                (None, true),
+                (None, true),
+                (None, true),
+                (Some(8), false),
+            ]
+        );
+        let expected: Vec<OrderEvent> = appended.concat();
+        let mut loaded: Vec<OrderEvent> = journal
+            .events_of("shop:1")
+            .unwrap()
+            .into_iter()
+            .chain(journal.events_of("shop:2").unwrap())
+            .map(|e| e.event)
+            .collect();
+        let mut wanted = expected.clone();
+        wanted.sort_by_key(|e| e.order.clone());
+        loaded.sort_by_key(|e| e.order.clone());
+        assert_eq!(loaded, wanted);
+        assert_eq!(journal.load("shop:1").unwrap().events.len(), 10);
+
+        // The view shows every body as it would be stored whole; the scan reads it.
+        let viewed: Vec<String> = journal
+            .inner
+            .reader
+            .with(|conn| {
+                let mut stmt = conn.prepare("SELECT body FROM events_whole ORDER BY seq")?;
+                let rows = stmt
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .unwrap();
+        let mut scanned = Vec::new();
+        journal
+            .scan_events(&[], &mut |_, body| {
+                scanned.push(body.to_owned());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(scanned, viewed);
+        for (body, event) in viewed.iter().zip(&expected) {
+            assert_eq!(&serde_json::from_str::<OrderEvent>(body).unwrap(), event);
+        }
+        journal.close().await;
+    }
+
+    /// A commit that fails forgets which events hold which fields: the rollback took back the
+    /// event that held them (and its sequence is handed out again), so the next event with the
+    /// same fields holds them itself.
+    #[tokio::test]
+    async fn a_failed_commit_forgets_the_fields_its_events_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::embedded().unwrap().journal;
+        let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
+        journal.start(|_| {}, |_| {}).unwrap();
+        let items = serde_json::json!({"items": [{"sku": "SKU-1", "name": "Hydrating face cream 50ml", "qty": 1}]});
+        let other = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
+        other
+            .execute_batch(
+                "CREATE TRIGGER boom BEFORE INSERT ON events WHEN new.source_event_id = 'boom'
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            )
+            .unwrap();
+        let failed = journal
+            .append(vec![
+                with_fields("shop:1", "a", items.clone()),
+                with_fields("shop:1", "boom", items.clone()),
+            ])
+            .await;
+        assert!(failed.is_err(), "{failed:?}");
+        other.execute_batch("DROP TRIGGER boom;").unwrap();
+
+        let again = with_fields("shop:1", "b", items.clone());
+        journal.append(vec![again.clone()]).await.unwrap();
+        assert_eq!(stored_bodies(&journal), [(None, true)]);
+        let events = journal.events_of("shop:1").unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event, again);
+        journal.close().await;
+    }
+
     #[tokio::test]
     async fn duplicates_within_and_across_batches_are_stored_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -1018,7 +1168,7 @@ mod tests {
                 .collect::<Result<_, _>>()
                 .unwrap();
             let plan: String = conn
-                .prepare("EXPLAIN QUERY PLAN SELECT seq, body FROM events WHERE order_key = ?1 ORDER BY seq")
+                .prepare("EXPLAIN QUERY PLAN SELECT seq, body, fields_from FROM events WHERE order_key = ?1 ORDER BY seq")
                 .unwrap()
                 .query_map(["shop:2"], |r| r.get::<_, String>(3))
                 .unwrap()

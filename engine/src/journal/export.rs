@@ -79,13 +79,19 @@ pub fn export(
             write(&event?)?;
         }
     }
-    let mut stmt = conn.prepare(
-        "SELECT seq, body FROM events WHERE received_at >= ?1 AND received_at < ?2 ORDER BY seq",
-    )?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT seq, {} FROM events WHERE received_at >= ?1 AND received_at < ?2 ORDER BY seq",
+        super::schema::WHOLE_BODY
+    ))?;
     let mut rows = stmt.query([from, to])?;
     while let Some(row) = rows.next()? {
         let seq: i64 = row.get(0)?;
-        let body: String = row.get(1)?;
+        let body: String =
+            row.get::<_, Option<String>>(1)?
+                .ok_or_else(|| JournalError::Corrupt {
+                    seq: seq as u64,
+                    reason: "the event whose fields it shares is missing".into(),
+                })?;
         let event: OrderEvent = serde_json::from_str(&body).map_err(|e| JournalError::Corrupt {
             seq: seq as u64,
             reason: e.to_string(),

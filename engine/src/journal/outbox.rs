@@ -144,9 +144,11 @@ pub(crate) fn revive(
 }
 
 /// The columns a row's whole payload is read from: the stored payload, the event its contents
-/// point at, and that event's body (NULL when the payload is whole).
-const PAYLOAD_COLUMNS: &str =
-    "payload, contents, (SELECT body FROM events WHERE events.seq = syncs.contents)";
+/// point at, and the body of the event that holds that event's `fields` (itself, or the one it
+/// shares them with, `events.fields_from`; NULL when the payload is whole).
+const PAYLOAD_COLUMNS: &str = "payload, contents, (SELECT CASE WHEN events.fields_from IS NULL
+    THEN events.body ELSE (SELECT shared.body FROM events AS shared
+    WHERE shared.seq = events.fields_from) END FROM events WHERE events.seq = syncs.contents)";
 
 /// The part of a journaled event a sync's payload takes its `fields` from.
 #[derive(serde::Deserialize)]
@@ -183,7 +185,7 @@ fn payload_at(r: &Row<'_>, at: usize) -> rusqlite::Result<Result<(Value, Option<
         }
         None => {
             return Ok(Err(format!(
-                "sync row {}: its contents' event {seq} is not in the journal",
+                "sync row {}: its contents' event {seq}, or the event whose fields it shares, is not in the journal",
                 r.get::<_, i64>(0)?
             )));
         }
@@ -421,6 +423,56 @@ mod tests {
         assert!(views.iter().all(|v| v.payload == payload));
     }
 
+    /// An event that shares its `fields` with an earlier one (`events.fields_from`): a payload
+    /// pointing at it takes them from that one; if that one is missing, the row is marked
+    /// unreadable with the reason instead of going out without its contents.
+    #[test]
+    fn a_payload_pointing_at_an_event_that_shares_its_fields_is_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let fields = serde_json::json!({"items": [{"sku": "A", "qty": 2}], "name": "张三"});
+        let (conn, first) = journal_with_event(dir.path(), &fields);
+        let shares = |id: &str, from: u64| -> u64 {
+            conn.query_row(
+                "INSERT INTO events (order_key, source, source_event_id, received_at, body, fields_from)
+                 VALUES ('shop:1', 'shop', ?1, 2, ?2, ?3) RETURNING seq",
+                params![
+                    id,
+                    format!(r#"{{"order":"shop:1","source":"shop","source_event_id":"{id}","raw_status":"packed","action":{{"kind":"inform"}},"occurred_at":2,"received_at":2}}"#),
+                    from as i64
+                ],
+                |r| r.get::<_, i64>(0),
+            )
+            .unwrap() as u64
+        };
+        let second = shares("e2", first);
+        let orphan = shares("e3", 999);
+        let payload = serde_json::json!({"order": "shop:1", "state": "packed", "fields": fields});
+        insert(
+            &conn,
+            &sync("shop:1:2:erp", payload.clone(), Some(second)),
+            5,
+        )
+        .unwrap()
+        .unwrap();
+        insert(
+            &conn,
+            &sync("shop:1:3:erp", payload.clone(), Some(orphan)),
+            5,
+        )
+        .unwrap()
+        .unwrap();
+        let page = pending_page(&conn, "erp", 0, 10).unwrap();
+        assert_eq!(page[0].intent.payload, payload);
+        assert_eq!(page[0].unreadable, None);
+        let why = page[1].unreadable.as_deref().unwrap();
+        assert!(
+            why.contains(&format!(
+                "event {orphan}, or the event whose fields it shares"
+            )),
+            "{why}"
+        );
+    }
+
     #[test]
     fn an_orders_syncs_are_found_through_their_ids_and_only_its_own() {
         let dir = tempfile::tempdir().unwrap();
@@ -492,7 +544,9 @@ mod tests {
         let page = pending_page(&conn, "erp", 0, 10).unwrap();
         let why = page[0].unreadable.as_deref().unwrap();
         assert!(
-            why.contains(&format!("its contents' event {seq} is not in the journal")),
+            why.contains(&format!(
+                "its contents' event {seq}, or the event whose fields it shares, is not"
+            )),
             "{why}"
         );
         assert_eq!(page[0].intent.payload, Value::Null);

@@ -127,11 +127,23 @@ impl ReadPool {
                 );
             }
             {
-                let mut stmt = tx.prepare("SELECT order_key, body FROM events ORDER BY seq")?;
+                // Bodies whole: see `writer::SharedFields`.
+                let mut stmt = tx.prepare(&format!(
+                    "SELECT order_key, {}, seq FROM events ORDER BY seq",
+                    super::schema::WHOLE_BODY
+                ))?;
                 let mut rows = stmt.query([])?;
                 while let Some(row) = rows.next()? {
                     let order = row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
-                    let body = row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+                    let body = match row.get_ref(1)? {
+                        rusqlite::types::ValueRef::Null => {
+                            return Err(JournalError::Corrupt {
+                                seq: row.get::<_, i64>(2)? as u64,
+                                reason: "the event whose fields it shares is missing".into(),
+                            });
+                        }
+                        body => body.as_str().map_err(rusqlite::Error::from)?,
+                    };
                     visit(order, body)?;
                 }
             }
@@ -445,18 +457,36 @@ pub(crate) fn load_events(
     conn: &Connection,
     order: &str,
 ) -> Result<Vec<JournaledEvent>, JournalError> {
-    let mut stmt =
-        conn.prepare_cached("SELECT seq, body FROM events WHERE order_key = ?1 ORDER BY seq")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, body, fields_from FROM events WHERE order_key = ?1 ORDER BY seq",
+    )?;
     let rows = stmt.query_map([order], |row| {
-        Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+        Ok((
+            row.get::<_, i64>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, Option<i64>>(2)?,
+        ))
     })?;
-    let mut events = Vec::new();
+    let mut events: Vec<JournaledEvent> = Vec::new();
     for row in rows {
-        let (seq, body) = row?;
-        let event: OrderEvent = serde_json::from_str(&body).map_err(|e| JournalError::Corrupt {
-            seq: seq as u64,
-            reason: e.to_string(),
-        })?;
+        let (seq, body, fields_from) = row?;
+        let mut event: OrderEvent =
+            serde_json::from_str(&body).map_err(|e| JournalError::Corrupt {
+                seq: seq as u64,
+                reason: e.to_string(),
+            })?;
+        if let Some(from) = fields_from {
+            // An earlier event of this order holds the fields (`writer::SharedFields`).
+            let holder = events
+                .binary_search_by_key(&(from as u64), |e| e.seq)
+                .map_err(|_| JournalError::Corrupt {
+                    seq: seq as u64,
+                    reason: format!(
+                        "its fields are those of event {from}, which is not an earlier event of order {order}"
+                    ),
+                })?;
+            event.fields = events[holder].event.fields.clone();
+        }
         events.push(JournaledEvent {
             seq: seq as u64,
             event,

@@ -896,6 +896,12 @@ mod tests {
     fn event(order: &str, id: &str, state: OrderState, at: Millis) -> OrderEvent {
         let mut fields = serde_json::Map::new();
         fields.insert("waybill_no".into(), format!("SF-{order}").into());
+        // Long enough that an order's events share them (`writer::SharedFields`): what is
+        // archived and exported must have them whole.
+        fields.insert(
+            "items".into(),
+            serde_json::json!([{"sku": "SKU-1", "name": "Hydrating face cream 50ml", "qty": 1}]),
+        );
         OrderEvent {
             order: order.into(),
             source: "wms".into(),
@@ -1081,6 +1087,9 @@ mod tests {
         assert_eq!(archived["archived_at"], NOW);
         assert_eq!(archived["events"].as_array().unwrap().len(), 3);
         assert_eq!(archived["events"][2]["seq"], done_seq);
+        for event in archived["events"].as_array().unwrap() {
+            assert_eq!(event["fields"]["items"][0]["sku"], "SKU-1", "{event}");
+        }
         assert_eq!(archived["syncs"][0]["status"], "delivered");
         assert_eq!(archived["timeline"].as_array().unwrap().len(), 3);
 
@@ -1121,6 +1130,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(written, 3 + 2 + 1 + 2 + 2);
+        let mut text = String::new();
+        flate2::read::MultiGzDecoder::new(std::fs::File::open(&out).unwrap())
+            .read_to_string(&mut text)
+            .unwrap();
+        for line in text.lines() {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(line["fields"]["items"][0]["sku"], "SKU-1", "{line}");
+        }
 
         // Records of archived orders go after ARCHIVED_RECORDS_KEPT, a bounded number at a time.
         let f = std::sync::Arc::new(f);
@@ -1152,6 +1169,14 @@ mod tests {
         })
         .await
         .unwrap();
+
+        // The order comes back with the same contents: its events that held them are gone, so
+        // its new event holds them itself.
+        let again = event("shop:done", "shop:done-again", OrderState::Completed, NOW);
+        f.journal.append(vec![again.clone()]).await.unwrap();
+        let events = f.journal.events_of("shop:done").unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].event, again);
         f.journal.close().await;
     }
 

@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS events (
     source_event_id TEXT NOT NULL,
     received_at INTEGER NOT NULL,
     body TEXT NOT NULL,
+    fields_from INTEGER,
     UNIQUE (order_key, source, source_event_id)
 );
 CREATE TABLE IF NOT EXISTS orders (
@@ -197,6 +198,26 @@ fn add_contents_column(conn: &Connection) -> rusqlite::Result<()> {
     add_column(conn, "syncs", "contents", "INTEGER")
 }
 
+/// Journals made before events could share their `fields` lack the `events.fields_from`
+/// column: the sequence of an earlier event of the same order whose `fields` are byte for byte
+/// this event's, which the body then leaves out (NULL when the body is whole; see
+/// `writer::SharedFields`). It is added, with the `events_whole` view that shows every event's
+/// body whole to anyone reading the journal with `sqlite3`.
+fn add_fields_from_column(conn: &Connection) -> rusqlite::Result<()> {
+    add_column(conn, "events", "fields_from", "INTEGER")?;
+    conn.execute_batch(&format!(
+        "CREATE VIEW IF NOT EXISTS events_whole AS
+             SELECT seq, order_key, source, source_event_id, received_at, {WHOLE_BODY} AS body
+             FROM events;"
+    ))
+}
+
+/// An `events` row's body with its `fields` put back when it shares them with an earlier event
+/// (NULL if that event is missing, which the writer never lets happen).
+pub(crate) const WHOLE_BODY: &str = "CASE WHEN events.fields_from IS NULL THEN events.body ELSE
+    (SELECT json_set(events.body, '$.fields', json_extract(shared.body, '$.fields'))
+     FROM events AS shared WHERE shared.seq = events.fields_from) END";
+
 /// The meta key of the index watermark: every event below it is folded into `orders`.
 pub(crate) const WATERMARK: &str = "index_watermark";
 
@@ -242,6 +263,7 @@ pub(crate) fn open_writer(dir: &Path) -> rusqlite::Result<Connection> {
     conn.execute_batch(SCHEMA)?;
     add_disagreement_column(&conn)?;
     add_contents_column(&conn)?;
+    add_fields_from_column(&conn)?;
     // One order's syncs are found through their ids (`outbox::OF_ORDER`); the order index the
     // journal had before cost a b-tree leaf per sync written.
     conn.execute_batch("DROP INDEX IF EXISTS syncs_by_order;")?;

@@ -38,6 +38,90 @@ fn encode(event: &OrderEvent) -> Result<String, JournalError> {
     })
 }
 
+/// An event's body without its `fields`, and its `fields` as JSON (`None` when it has none).
+/// `whole` joins the two into what [`encode`] writes.
+fn encode_apart(event: &mut OrderEvent) -> Result<(String, Option<String>), JournalError> {
+    if event.fields.is_empty() {
+        return Ok((encode(event)?, None));
+    }
+    let fields = std::mem::take(&mut event.fields);
+    let body = encode(event);
+    event.fields = fields;
+    let fields = serde_json::to_string(&event.fields).map_err(|e| JournalError::Corrupt {
+        seq: 0,
+        reason: e.to_string(),
+    })?;
+    Ok((body?, Some(fields)))
+}
+
+/// A body from [`encode_apart`] with its fields put back, as the last member (where [`encode`]
+/// puts them: `fields` is the last member of [`OrderEvent`]).
+fn whole(mut body: String, fields: &str) -> String {
+    debug_assert!(body.ends_with('}'));
+    body.pop();
+    body.reserve(fields.len() + 11);
+    body.push_str(",\"fields\":");
+    body.push_str(fields);
+    body.push('}');
+    body
+}
+
+/// `fields` shorter than this (as JSON) are always stored whole: a reference saves too little.
+const SHARED_FIELDS_MIN: usize = 64;
+
+/// Orders whose last whole `fields` [`SharedFields`] keeps; when it holds this many it starts
+/// again from none (an order it forgot stores its next event whole: nothing else changes).
+const SHARED_FIELDS_ORDERS: usize = 16_384;
+
+/// The `fields` of each order's last event stored whole, with that event's sequence. Platforms
+/// and enrichment repeat an order's contents (items, address, amounts) in every status report:
+/// in the lifecycle benchmark each order's five events carry the same ~550 bytes. An event
+/// whose `fields` are byte for byte those of its order's remembered event stores a reference to
+/// it (`events.fields_from`) and a body without them, so the journal writes them once per order
+/// instead of once per event (and once more at the checkpoint). Readers put them back
+/// (`reader::load_events`, the `events_whole` view).
+///
+/// A reference always points at an event of the same order that holds its fields whole and is
+/// committed: entries are made only for rows the current transaction inserted, all are dropped
+/// when a commit fails, and an order's entry when compaction removes its events.
+#[derive(Default)]
+pub(crate) struct SharedFields {
+    by_order: HashMap<String, (i64, String)>,
+}
+
+impl SharedFields {
+    /// The event whose `fields` (as JSON) are `fields`, if `order`'s remembered one.
+    fn holder(&self, order: &str, fields: &str) -> Option<i64> {
+        self.by_order
+            .get(order)
+            .filter(|(_, held)| held == fields)
+            .map(|(seq, _)| *seq)
+    }
+
+    /// Remembers that event `seq` of `order` holds `fields` whole.
+    fn remember(&mut self, order: &str, seq: i64, fields: String) {
+        if fields.len() < SHARED_FIELDS_MIN {
+            return;
+        }
+        if let Some(entry) = self.by_order.get_mut(order) {
+            *entry = (seq, fields);
+            return;
+        }
+        if self.by_order.len() >= SHARED_FIELDS_ORDERS {
+            self.by_order.clear();
+        }
+        self.by_order.insert(order.to_owned(), (seq, fields));
+    }
+
+    fn forget(&mut self, order: &str) {
+        self.by_order.remove(order);
+    }
+
+    fn clear(&mut self) {
+        self.by_order.clear();
+    }
+}
+
 pub(crate) struct Writer {
     pub(crate) conn: Connection,
     pub(crate) appends: Receiver<AppendRequest>,
@@ -60,6 +144,8 @@ pub(crate) struct Writer {
     /// folded then: until a summary folds that far, the order stays in the `unfolded` table
     /// and start-up recovery folds it again.
     pub(crate) unfolded: HashMap<String, u64>,
+    /// See [`SharedFields`].
+    pub(crate) shared_fields: SharedFields,
 }
 
 /// The writer's progress, readable from other threads.
@@ -443,6 +529,21 @@ impl Writer {
         coverage: &mut Coverage,
         watermark: &mut u64,
     ) -> Result<Committed, JournalError> {
+        let committed = self.write_batch(batch, coverage, watermark);
+        if committed.is_err() {
+            // It may remember events the rollback took back.
+            self.shared_fields.clear();
+        }
+        committed
+    }
+
+    fn write_batch(
+        &mut self,
+        batch: &mut Batch,
+        coverage: &mut Coverage,
+        watermark: &mut u64,
+    ) -> Result<Committed, JournalError> {
+        let shared_fields = &mut self.shared_fields;
         let tx = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(batch.appends.len());
         let mut routed = Vec::with_capacity(batch.events + batch.internal.len());
@@ -450,8 +551,8 @@ impl Writer {
         let mut appended_here: Vec<(String, u64)> = Vec::new();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO events (order_key, source, source_event_id, received_at, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO events (order_key, source, source_event_id, received_at, body, fields_from)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT DO NOTHING RETURNING seq",
             )?;
             // A courier finds its order through the waybill number an earlier event carried.
@@ -523,7 +624,14 @@ impl Writer {
                     };
                     ledger = Some(loaded);
                 }
-                let body = encode(&event)?;
+                let (body, fields) = encode_apart(&mut event)?;
+                let holder = fields
+                    .as_deref()
+                    .and_then(|fields| shared_fields.holder(&event.order, fields));
+                let body = match (&fields, holder) {
+                    (Some(fields), None) => whole(body, fields),
+                    _ => body,
+                };
                 let seq: Option<i64> = insert
                     .query_row(
                         params![
@@ -531,7 +639,8 @@ impl Writer {
                             event.source,
                             event.source_event_id,
                             event.received_at,
-                            body
+                            body,
+                            holder
                         ],
                         |r| r.get(0),
                     )
@@ -539,6 +648,9 @@ impl Writer {
                 let Some(seq) = seq else {
                     return Ok(AppendOutcome::Duplicate);
                 };
+                if let (Some(fields), None) = (fields, holder) {
+                    shared_fields.remember(&event.order, seq, fields);
+                }
                 if let Some(ledger) = &ledger {
                     super::stock::store(&tx, &event.order, ledger, event.received_at)?;
                 }
@@ -674,6 +786,7 @@ impl Writer {
                 .retain(|_, (_, at)| now.duration_since(*at) < ARCHIVED_WATCH);
             for (key, last_seq) in &removed_now {
                 self.archived_recently.insert(key.clone(), (*last_seq, now));
+                self.shared_fields.forget(key);
             }
         }
         self.persisted_watermark = *watermark;
