@@ -7,6 +7,7 @@
 //! order, used by list queries and to re-arm SLA timers at start-up, complete below a
 //! watermark so recovery only re-folds orders with events past it.
 
+mod body;
 pub mod export;
 mod index;
 mod loader;
@@ -1040,6 +1041,42 @@ mod tests {
         for (body, event) in viewed.iter().zip(&expected) {
             assert_eq!(&serde_json::from_str::<OrderEvent>(body).unwrap(), event);
         }
+
+        // A sync pointing at an event that shares its fields goes out with them.
+        let payload = serde_json::json!({"order": "shop:1", "state": "paid", "fields": items});
+        journal.record(OrderUpdate {
+            index: orderhub_actors::store::OrderIndexEntry::of(
+                &orderhub_actors::order::Order::replay(
+                    "shop:1",
+                    &journal.events_of("shop:1").unwrap(),
+                    &OrderPolicy::permissive(),
+                ),
+            ),
+            syncs: vec![orderhub_actors::dispatch::SyncIntent {
+                id: "shop:1:11:erp".into(),
+                sink: "erp".into(),
+                order: "shop:1".into(),
+                seq: 11,
+                rule: "r".into(),
+                payload: payload.clone(),
+                contents: Some(11),
+            }],
+        });
+        journal.flush().await;
+        let stored: (String, Option<i64>) = journal
+            .inner
+            .reader
+            .with(|conn| {
+                Ok(
+                    conn.query_row("SELECT payload, contents FROM syncs", [], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?,
+                )
+            })
+            .unwrap();
+        assert!(!stored.0.contains("SKU-1"), "{stored:?}");
+        assert_eq!(stored.1, Some(11));
+        assert_eq!(journal.syncs_of("shop:1").unwrap()[0].payload, payload);
         journal.close().await;
     }
 
@@ -1076,6 +1113,71 @@ mod tests {
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].event, again);
         journal.close().await;
+    }
+
+    /// `orderhub export` and `orderhub reconcile` read a journal as it is, without opening it for
+    /// writing: one the previous build wrote (syncs pointing at their contents, every event
+    /// whole in its body, no `events.fields_from`) reads whole.
+    #[test]
+    fn the_read_only_tools_read_a_journal_from_before_shared_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = reconcile::Day::parse("2026-11-30", "+08:00").unwrap();
+        let at = day.bounds().0 + 1000;
+        let event = OrderEvent {
+            order: "shop:1".into(),
+            source: "shop".into(),
+            received_at: at,
+            occurred_at: at,
+            fields: serde_json::json!({"items": [{"sku": "SKU-1", "qty": 2}]})
+                .as_object()
+                .cloned()
+                .unwrap(),
+            ..event("shop:1:paid")
+        };
+        {
+            let conn = schema::open_writer(dir.path()).unwrap();
+            conn.execute_batch(
+                "DROP VIEW events_whole; ALTER TABLE events DROP COLUMN fields_from;",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO events (order_key, source, source_event_id, received_at, body)
+                 VALUES ('shop:1', 'shop', 'shop:1:paid', ?1, ?2)",
+                rusqlite::params![at, serde_json::to_string(&event).unwrap()],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO orders (order_key, state, state_since, first_seen, updated_at, applied_seq, sla_breached)
+                 VALUES ('shop:1', 'paid', ?1, ?1, ?1, 1, 0)",
+                [at],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO syncs (id, sink, order_key, seq, rule, payload, status, created_at, updated_at, contents)
+                 VALUES ('shop:1:1:erp', 'erp', 'shop:1', 1, 'r', '{\"order\":\"shop:1\"}', 'delivered', ?1, ?1, 1)",
+                [at],
+            )
+            .unwrap();
+        }
+        let conn = schema::open_reader(dir.path()).unwrap();
+        assert!(!schema::has_column(&conn, "events", "fields_from").unwrap());
+        let loaded = reader::load_events(&conn, "shop:1").unwrap();
+        assert_eq!(loaded[0].event, event);
+        let syncs = outbox::of_order(&conn, "shop:1").unwrap();
+        assert_eq!(syncs[0].payload["fields"]["items"][0]["sku"], "SKU-1");
+        let report = reconcile::reconcile_dir(dir.path(), &OrderPolicy::permissive(), day).unwrap();
+        assert_eq!(report.orders, 1);
+        let out = dir.path().join("export.jsonl.gz");
+        let written = export::export(dir.path(), None, at - 1, at + 1, &out).unwrap();
+        assert_eq!(written, 1);
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::GzDecoder::new(std::fs::File::open(&out).unwrap()),
+            &mut text,
+        )
+        .unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+        assert_eq!(line["fields"]["items"][0]["qty"], 2);
     }
 
     #[tokio::test]

@@ -81,7 +81,7 @@ pub fn export(
     }
     let mut stmt = conn.prepare(&format!(
         "SELECT seq, {} FROM events WHERE received_at >= ?1 AND received_at < ?2 ORDER BY seq",
-        super::schema::WHOLE_BODY
+        super::schema::whole_body(&conn)?
     ))?;
     let mut rows = stmt.query([from, to])?;
     while let Some(row) = rows.next()? {

@@ -259,9 +259,12 @@ pub(crate) fn pending_count(conn: &Connection, sink: &str) -> Result<u64, Journa
 }
 
 /// [`PAYLOAD_COLUMNS`] of a journal an older build wrote, read by this one without opening it
-/// for writing (`orderhub reconcile` before the engine was restarted): it has no `contents`
-/// column yet, and every payload in it is whole.
+/// for writing (`orderhub reconcile` before the engine was restarted): one without a `contents`
+/// column holds every payload whole; one without `events.fields_from`, every event's fields in
+/// its own body.
 const WHOLE_PAYLOAD_COLUMNS: &str = "payload, NULL, NULL";
+const PAYLOAD_COLUMNS_BEFORE_SHARING: &str =
+    "payload, contents, (SELECT body FROM events WHERE events.seq = syncs.contents)";
 
 fn view_columns(payload: &str) -> String {
     format!(
@@ -277,10 +280,17 @@ fn views(
 ) -> Result<Vec<SyncView>, JournalError> {
     let mut stmt = match conn.prepare_cached(&sql.replace("{}", &view_columns(PAYLOAD_COLUMNS))) {
         Ok(stmt) => stmt,
-        Err(e) if e.to_string().contains("no such column: contents") => {
-            conn.prepare_cached(&sql.replace("{}", &view_columns(WHOLE_PAYLOAD_COLUMNS)))?
+        Err(e) => {
+            use super::schema::has_column;
+            let older = if !has_column(conn, "syncs", "contents")? {
+                WHOLE_PAYLOAD_COLUMNS
+            } else if !has_column(conn, "events", "fields_from")? {
+                PAYLOAD_COLUMNS_BEFORE_SHARING
+            } else {
+                return Err(e.into());
+            };
+            conn.prepare_cached(&sql.replace("{}", &view_columns(older)))?
         }
-        Err(e) => return Err(e.into()),
     };
     let rows = stmt.query_map(params, view_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)

@@ -3,7 +3,7 @@
 use super::JournalError;
 use super::schema;
 use orderhub_actors::order::{
-    Approval, ApprovalState, JournaledEvent, Millis, OrderEvent, OrderState, SlaRule,
+    Approval, ApprovalState, JournaledEvent, Millis, OrderState, SlaRule,
 };
 use rusqlite::{Connection, OptionalExtension, params};
 use std::path::PathBuf;
@@ -130,7 +130,7 @@ impl ReadPool {
                 // Bodies whole: see `writer::SharedFields`.
                 let mut stmt = tx.prepare(&format!(
                     "SELECT order_key, {}, seq FROM events ORDER BY seq",
-                    super::schema::WHOLE_BODY
+                    super::schema::whole_body(&tx)?
                 ))?;
                 let mut rows = stmt.query([])?;
                 while let Some(row) = rows.next()? {
@@ -457,36 +457,52 @@ pub(crate) fn load_events(
     conn: &Connection,
     order: &str,
 ) -> Result<Vec<JournaledEvent>, JournalError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, body, fields_from FROM events WHERE order_key = ?1 ORDER BY seq",
-    )?;
-    let rows = stmt.query_map([order], |row| {
-        Ok((
-            row.get::<_, i64>(0)?,
-            row.get::<_, String>(1)?,
-            row.get::<_, Option<i64>>(2)?,
-        ))
-    })?;
-    let mut events: Vec<JournaledEvent> = Vec::new();
-    for row in rows {
-        let (seq, body, fields_from) = row?;
-        let mut event: OrderEvent =
-            serde_json::from_str(&body).map_err(|e| JournalError::Corrupt {
-                seq: seq as u64,
-                reason: e.to_string(),
-            })?;
-        if let Some(from) = fields_from {
-            // An earlier event of this order holds the fields (`writer::SharedFields`).
-            let holder = events
-                .binary_search_by_key(&(from as u64), |e| e.seq)
-                .map_err(|_| JournalError::Corrupt {
-                    seq: seq as u64,
-                    reason: format!(
-                        "its fields are those of event {from}, which is not an earlier event of order {order}"
-                    ),
-                })?;
-            event.fields = events[holder].event.fields.clone();
+    let mut stmt = match conn.prepare_cached(
+        "SELECT seq, source, source_event_id, received_at, body, fields_from FROM events
+         WHERE order_key = ?1 ORDER BY seq",
+    ) {
+        Ok(stmt) => stmt,
+        // A journal from before `fields_from`, read as it is (see `schema::has_column`).
+        Err(e) if !super::schema::has_column(conn, "events", "fields_from")? => {
+            drop(e);
+            conn.prepare_cached(
+                "SELECT seq, source, source_event_id, received_at, body, NULL FROM events
+                 WHERE order_key = ?1 ORDER BY seq",
+            )?
         }
+        Err(e) => return Err(e.into()),
+    };
+    let mut rows = stmt.query([order])?;
+    let mut events: Vec<JournaledEvent> = Vec::new();
+    while let Some(row) = rows.next()? {
+        let text = |at| row.get_ref(at)?.as_str().map_err(rusqlite::Error::from);
+        let seq: i64 = row.get(0)?;
+        let fields = match row.get::<_, Option<i64>>(5)? {
+            // An earlier event of this order holds the fields (`writer::SharedFields`).
+            Some(from) => {
+                let holder = events
+                    .binary_search_by_key(&(from as u64), |e| e.seq)
+                    .map_err(|_| JournalError::Corrupt {
+                        seq: seq as u64,
+                        reason: format!(
+                            "its fields are those of event {from}, which is not an earlier event of order {order}"
+                        ),
+                    })?;
+                Some(events[holder].event.fields.clone())
+            }
+            None => None,
+        };
+        let event = super::body::decode(
+            &super::body::Row {
+                seq,
+                order,
+                source: text(1)?,
+                source_event_id: text(2)?,
+                received_at: row.get(3)?,
+                body: text(4)?,
+            },
+            fields,
+        )?;
         events.push(JournaledEvent {
             seq: seq as u64,
             event,

@@ -169,14 +169,30 @@ fn backfill_waybills(conn: &Connection) -> rusqlite::Result<()> {
     ))
 }
 
-/// Adds `column` (with its type) to `table` of a journal made before the column existed.
-fn add_column(conn: &Connection, table: &str, column: &str, kind: &str) -> rusqlite::Result<()> {
-    let present: i64 = conn.query_row(
+/// Whether `table` has `column`. A journal an older build wrote lacks the newer columns until
+/// the engine opens it for writing; `orderhub export` and `orderhub reconcile` read it as it is.
+pub(crate) fn has_column(conn: &Connection, table: &str, column: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
         "SELECT count(*) FROM pragma_table_info(?1) WHERE name = ?2",
         [table, column],
-        |r| r.get(0),
-    )?;
-    if present == 0 {
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+/// [`WHOLE_BODY`] for this journal: a journal from before `events.fields_from` (see
+/// [`has_column`]) holds every event whole in its body.
+pub(crate) fn whole_body(conn: &Connection) -> rusqlite::Result<&'static str> {
+    Ok(if has_column(conn, "events", "fields_from")? {
+        WHOLE_BODY
+    } else {
+        "events.body"
+    })
+}
+
+/// Adds `column` (with its type) to `table` of a journal made before the column existed.
+fn add_column(conn: &Connection, table: &str, column: &str, kind: &str) -> rusqlite::Result<()> {
+    if !has_column(conn, table, column)? {
         conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind};"))?;
     }
     Ok(())
@@ -200,23 +216,30 @@ fn add_contents_column(conn: &Connection) -> rusqlite::Result<()> {
 
 /// Journals made before events could share their `fields` lack the `events.fields_from`
 /// column: the sequence of an earlier event of the same order whose `fields` are byte for byte
-/// this event's, which the body then leaves out (NULL when the body is whole; see
-/// `writer::SharedFields`). It is added, with the `events_whole` view that shows every event's
-/// body whole to anyone reading the journal with `sqlite3`.
+/// this event's, which the body then leaves out (NULL when the body has its own; see
+/// `writer::SharedFields` and `body`). It is added, with the `events_whole` view that shows
+/// every event whole to anyone reading the journal with `sqlite3`.
 fn add_fields_from_column(conn: &Connection) -> rusqlite::Result<()> {
     add_column(conn, "events", "fields_from", "INTEGER")?;
+    // Made anew at every start, so it is always this build's assembly of a row.
     conn.execute_batch(&format!(
-        "CREATE VIEW IF NOT EXISTS events_whole AS
+        "DROP VIEW IF EXISTS events_whole;
+         CREATE VIEW events_whole AS
              SELECT seq, order_key, source, source_event_id, received_at, {WHOLE_BODY} AS body
              FROM events;"
     ))
 }
 
-/// An `events` row's body with its `fields` put back when it shares them with an earlier event
-/// (NULL if that event is missing, which the writer never lets happen).
-pub(crate) const WHOLE_BODY: &str = "CASE WHEN events.fields_from IS NULL THEN events.body ELSE
-    (SELECT json_set(events.body, '$.fields', json_extract(shared.body, '$.fields'))
-     FROM events AS shared WHERE shared.seq = events.fields_from) END";
+/// An `events` row's event whole as JSON: its body with what the row's columns hold put back,
+/// and its `fields` when it shares them with an earlier event (NULL if that event is missing,
+/// which the writer never lets happen). `body::decode` is the same in Rust.
+pub(crate) const WHOLE_BODY: &str = "CASE WHEN events.fields_from IS NULL THEN
+    json_set(events.body, '$.order', events.order_key, '$.source', events.source,
+        '$.source_event_id', events.source_event_id, '$.received_at', events.received_at)
+    ELSE (SELECT json_set(events.body, '$.order', events.order_key, '$.source', events.source,
+        '$.source_event_id', events.source_event_id, '$.received_at', events.received_at,
+        '$.fields', json_extract(shared.body, '$.fields'))
+    FROM events AS shared WHERE shared.seq = events.fields_from) END";
 
 /// The meta key of the index watermark: every event below it is folded into `orders`.
 pub(crate) const WATERMARK: &str = "index_watermark";

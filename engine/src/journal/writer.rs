@@ -30,40 +30,12 @@ pub(crate) fn now_ms() -> Millis {
         .map_or(0, |d| d.as_millis() as Millis)
 }
 
-/// An event as stored in the journal's `body` column.
+/// A courier scan as stored in `parked_scans.body` (whole: its order is not known yet).
 fn encode(event: &OrderEvent) -> Result<String, JournalError> {
     serde_json::to_string(event).map_err(|e| JournalError::Corrupt {
         seq: 0,
         reason: e.to_string(),
     })
-}
-
-/// An event's body without its `fields`, and its `fields` as JSON (`None` when it has none).
-/// `whole` joins the two into what [`encode`] writes.
-fn encode_apart(event: &mut OrderEvent) -> Result<(String, Option<String>), JournalError> {
-    if event.fields.is_empty() {
-        return Ok((encode(event)?, None));
-    }
-    let fields = std::mem::take(&mut event.fields);
-    let body = encode(event);
-    event.fields = fields;
-    let fields = serde_json::to_string(&event.fields).map_err(|e| JournalError::Corrupt {
-        seq: 0,
-        reason: e.to_string(),
-    })?;
-    Ok((body?, Some(fields)))
-}
-
-/// A body from [`encode_apart`] with its fields put back, as the last member (where [`encode`]
-/// puts them: `fields` is the last member of [`OrderEvent`]).
-fn whole(mut body: String, fields: &str) -> String {
-    debug_assert!(body.ends_with('}'));
-    body.pop();
-    body.reserve(fields.len() + 11);
-    body.push_str(",\"fields\":");
-    body.push_str(fields);
-    body.push('}');
-    body
 }
 
 /// `fields` shorter than this (as JSON) are always stored whole: a reference saves too little.
@@ -624,12 +596,12 @@ impl Writer {
                     };
                     ledger = Some(loaded);
                 }
-                let (body, fields) = encode_apart(&mut event)?;
+                let (body, fields) = super::body::encode(&event)?;
                 let holder = fields
                     .as_deref()
                     .and_then(|fields| shared_fields.holder(&event.order, fields));
                 let body = match (&fields, holder) {
-                    (Some(fields), None) => whole(body, fields),
+                    (Some(fields), None) => super::body::whole(body, fields),
                     _ => body,
                 };
                 let seq: Option<i64> = insert
