@@ -1180,6 +1180,109 @@ mod tests {
         assert_eq!(line["fields"]["items"][0]["qty"], 2);
     }
 
+    /// The SQL assembly of whole events (`schema::WHOLE_BODY`: the `events_whole` view, the
+    /// cluster snapshot scan, exports) gives back every member of an event written in this
+    /// layout or the one before (a whole body, whose keys the columns' values replace), and
+    /// leaves a body that is not JSON as it is for the reader to name, rather than failing
+    /// every other event with it.
+    #[tokio::test]
+    async fn the_sql_readers_put_either_layout_back_whole_and_name_a_corrupt_body() {
+        use orderhub_actors::order::Superseding;
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::embedded().unwrap().journal;
+        let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
+        journal.start(|_| {}, |_| {}).unwrap();
+        let rich = |id: &str, at: Millis| {
+            OrderEvent {
+            order: "youzan:E2026\"1\u{2028}张".into(),
+            source: "youzan".into(),
+            supersedes: Some(Superseding {
+                stream: "trade_TradeBuyerPay".into(),
+                version: 1_700_000_000_123,
+            }),
+            log_seq: Some(u64::MAX / 3),
+            raw_status: "WAIT_SELLER_SEND_GOODS".into(),
+            action: EventAction::Move {
+                state: orderhub_actors::order::OrderState::Paid,
+            },
+            occurred_at: at - 5,
+            received_at: at,
+            fields: serde_json::json!({"items": [{"sku": "A\"B", "price": 0.1, "qty": 3}], "buyer": "李四"})
+                .as_object()
+                .cloned()
+                .unwrap(),
+            ..event(id)
+        }
+        };
+        // One in the layout before (its body whole), then two in this one (the second shares).
+        let before = rich("before", 1_796_000_000_001);
+        {
+            let conn = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
+            conn.execute(
+                "INSERT INTO events (order_key, source, source_event_id, received_at, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                rusqlite::params![
+                    before.order,
+                    before.source,
+                    before.source_event_id,
+                    before.received_at,
+                    serde_json::to_string(&before).unwrap()
+                ],
+            )
+            .unwrap();
+        }
+        let now = [rich("a", 1_796_000_000_002), rich("b", 1_796_000_000_003)];
+        journal.append(now.to_vec()).await.unwrap();
+        let expected = [before, now[0].clone(), now[1].clone()];
+        let viewed: Vec<String> = journal
+            .inner
+            .reader
+            .with(|conn| {
+                let mut stmt = conn.prepare("SELECT body FROM events_whole ORDER BY seq")?;
+                let rows = stmt
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .unwrap();
+        assert_eq!(viewed.len(), 3);
+        for (body, event) in viewed.iter().zip(&expected) {
+            assert_eq!(
+                &serde_json::from_str::<OrderEvent>(body).unwrap(),
+                event,
+                "{body}"
+            );
+        }
+        assert_eq!(journal.events_of(&expected[0].order).unwrap().len(), 3);
+        let out = dir.path().join("export.jsonl.gz");
+        assert_eq!(
+            export::export(dir.path(), None, 0, Millis::MAX, &out).unwrap(),
+            3
+        );
+
+        // A body that is not an event: the scan hands it on as it is (the snapshot's reader
+        // names it), the export names its sequence.
+        {
+            let conn = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
+            conn.execute("UPDATE events SET body = 'not an event' WHERE seq = 2", [])
+                .unwrap();
+        }
+        let mut scanned = Vec::new();
+        journal
+            .scan_events(&[], &mut |_, body| {
+                scanned.push(body.to_owned());
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(scanned[1], "not an event");
+        assert_eq!(scanned[0], viewed[0]);
+        match export::export(dir.path(), None, 0, Millis::MAX, &out) {
+            Err(JournalError::Corrupt { seq: 2, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        journal.close().await;
+    }
+
     #[tokio::test]
     async fn duplicates_within_and_across_batches_are_stored_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -1270,7 +1373,7 @@ mod tests {
                 .collect::<Result<_, _>>()
                 .unwrap();
             let plan: String = conn
-                .prepare("EXPLAIN QUERY PLAN SELECT seq, body, fields_from FROM events WHERE order_key = ?1 ORDER BY seq")
+                .prepare(&format!("EXPLAIN QUERY PLAN {}", reader::LOAD_EVENTS))
                 .unwrap()
                 .query_map(["shop:2"], |r| r.get::<_, String>(3))
                 .unwrap()

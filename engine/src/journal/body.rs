@@ -153,6 +153,7 @@ mod tests {
             &with.source_event_id,
             "received_at",
             "fields",
+            "\"source\":",
         ] {
             assert!(!body.contains(column), "{body}");
         }

@@ -452,15 +452,16 @@ impl ReadPool {
     }
 }
 
+/// An order's rows, for [`load_events`].
+pub(crate) const LOAD_EVENTS: &str = "SELECT seq, source, source_event_id, received_at, body,
+    fields_from FROM events WHERE order_key = ?1 ORDER BY seq";
+
 /// Every event of `order` in journal order, on any connection.
 pub(crate) fn load_events(
     conn: &Connection,
     order: &str,
 ) -> Result<Vec<JournaledEvent>, JournalError> {
-    let mut stmt = match conn.prepare_cached(
-        "SELECT seq, source, source_event_id, received_at, body, fields_from FROM events
-         WHERE order_key = ?1 ORDER BY seq",
-    ) {
+    let mut stmt = match conn.prepare_cached(LOAD_EVENTS) {
         Ok(stmt) => stmt,
         // A journal from before `fields_from`, read as it is (see `schema::has_column`).
         Err(e) if !super::schema::has_column(conn, "events", "fields_from")? => {

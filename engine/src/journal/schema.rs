@@ -232,8 +232,11 @@ fn add_fields_from_column(conn: &Connection) -> rusqlite::Result<()> {
 
 /// An `events` row's event whole as JSON: its body with what the row's columns hold put back,
 /// and its `fields` when it shares them with an earlier event (NULL if that event is missing,
-/// which the writer never lets happen). `body::decode` is the same in Rust.
-pub(crate) const WHOLE_BODY: &str = "CASE WHEN events.fields_from IS NULL THEN
+/// which the writer never lets happen). `body::decode` is the same in Rust. A body that is not
+/// JSON comes back as it is, for the reader to name (SQLite's JSON functions would fail the
+/// whole statement, and every other event with it).
+pub(crate) const WHOLE_BODY: &str = "CASE WHEN NOT json_valid(events.body) THEN events.body
+    WHEN events.fields_from IS NULL THEN
     json_set(events.body, '$.order', events.order_key, '$.source', events.source,
         '$.source_event_id', events.source_event_id, '$.received_at', events.received_at)
     ELSE (SELECT json_set(events.body, '$.order', events.order_key, '$.source', events.source,
