@@ -294,7 +294,7 @@ fn governor_check(c: &mut Criterion) {
 
 struct Instant200;
 impl SinkConnector for Instant200 {
-    fn deliver(&self, _sync: SyncIntent, _attempt: u32) -> DeliveryFuture {
+    fn deliver(&self, _sync: std::sync::Arc<SyncIntent>, _attempt: u32) -> DeliveryFuture {
         Box::pin(async { Delivery::Delivered })
     }
 }
@@ -345,7 +345,7 @@ fn dispatcher_overhead(c: &mut Criterion) {
                     row += 1;
                     PendingSync {
                         row,
-                        intent: SyncIntent {
+                        intent: std::sync::Arc::new(SyncIntent {
                             id: format!("o:{i}:{row}:erp"),
                             sink: "erp".into(),
                             order: format!("o:{}", i % 100),
@@ -353,7 +353,7 @@ fn dispatcher_overhead(c: &mut Criterion) {
                             rule: "r".into(),
                             payload: serde_json::Value::Null,
                             contents: None,
-                        },
+                        }),
                         attempts: 0,
                         not_before: 0,
                         created_at: 0,

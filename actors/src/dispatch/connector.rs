@@ -61,7 +61,7 @@ pub type SettledFuture = Pin<Box<dyn Future<Output = bool> + Send + 'static>>;
 pub trait SinkConnector: Send + Sync + 'static {
     /// Sends `sync` (attempt number `attempt`, from 1). Must carry `sync.id` as the
     /// idempotency key in whatever form the sink understands, and give up after its timeout.
-    fn deliver(&self, sync: SyncIntent, attempt: u32) -> DeliveryFuture;
+    fn deliver(&self, sync: std::sync::Arc<SyncIntent>, attempt: u32) -> DeliveryFuture;
 
     /// Whether `sync` was already settled by another node (cluster mode: a partition's new
     /// owner re-decides the syncs its predecessor sent). Asked before a send waits for the

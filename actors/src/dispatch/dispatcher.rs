@@ -770,7 +770,7 @@ impl DispatcherState {
                 self.delayed.insert((not_before, order));
             }
             SyncStatus::Delivered | SyncStatus::Dead => {
-                let sync_id = queue.pop_front().map(|head| head.intent.id);
+                let sync_id = queue.pop_front().map(|head| head.intent.id.clone());
                 self.held.remove(&row);
                 self.add_backlog(-1);
                 if status == SyncStatus::Dead {

@@ -19,7 +19,7 @@ impl MemoryOutbox {
     fn add(&self, row: i64, order: &str, seq: u64) -> PendingSync {
         let sync = PendingSync {
             row,
-            intent: SyncIntent {
+            intent: std::sync::Arc::new(SyncIntent {
                 id: SyncIntent::key(order, seq, "erp"),
                 sink: "erp".into(),
                 order: order.into(),
@@ -27,7 +27,7 @@ impl MemoryOutbox {
                 rule: "r".into(),
                 payload: serde_json::json!({ "seq": seq }),
                 contents: None,
-            },
+            }),
             attempts: 0,
             not_before: 0,
             created_at: 0,
@@ -119,14 +119,14 @@ impl ScriptedSink {
 }
 
 impl SinkConnector for ScriptedSink {
-    fn deliver(&self, sync: SyncIntent, attempt: u32) -> DeliveryFuture {
+    fn deliver(&self, sync: std::sync::Arc<SyncIntent>, attempt: u32) -> DeliveryFuture {
         let answer = (self.script)(&sync, attempt);
         self.attempts
             .lock()
             .unwrap()
             .push((sync.id.clone(), attempt, Instant::now()));
         if answer == Delivery::Delivered {
-            self.delivered.lock().unwrap().push(sync);
+            self.delivered.lock().unwrap().push((*sync).clone());
         }
         Box::pin(async move {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -386,7 +386,7 @@ struct SettledElsewhere {
 }
 
 impl SinkConnector for SettledElsewhere {
-    fn deliver(&self, sync: SyncIntent, attempt: u32) -> DeliveryFuture {
+    fn deliver(&self, sync: std::sync::Arc<SyncIntent>, attempt: u32) -> DeliveryFuture {
         self.sink.deliver(sync, attempt)
     }
 
@@ -453,7 +453,7 @@ struct OwnedElsewhere {
 }
 
 impl SinkConnector for OwnedElsewhere {
-    fn deliver(&self, sync: SyncIntent, attempt: u32) -> DeliveryFuture {
+    fn deliver(&self, sync: std::sync::Arc<SyncIntent>, attempt: u32) -> DeliveryFuture {
         self.sink.deliver(sync, attempt)
     }
 
@@ -480,7 +480,7 @@ async fn syncs_of_orders_another_node_owns_are_never_sent_and_let_go_once_it_set
             row += 1;
             let sync = outbox.add(row, &order, seq);
             if i < 5 {
-                settled_there.insert(sync.intent.id);
+                settled_there.insert(sync.intent.id.clone());
             }
         }
     }

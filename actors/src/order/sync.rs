@@ -62,8 +62,10 @@ impl SyncStatus {
 pub struct PendingSync {
     /// Row id in the outbox: the dispatch order of a sink.
     pub row: i64,
-    /// The sync.
-    pub intent: SyncIntent,
+    /// The sync (shared: the dispatcher hands it to a send while it stays at the head of its
+    /// order's queue until the send is done, and copying it — its payload holds the order's
+    /// contents — was 2% of the engine's CPU).
+    pub intent: std::sync::Arc<SyncIntent>,
     /// Attempts made so far.
     pub attempts: u32,
     /// Not before this time.

@@ -29,7 +29,7 @@ pub(crate) struct Remembering {
 }
 
 impl SinkConnector for Remembering {
-    fn deliver(&self, sync: SyncIntent, attempt: u32) -> DeliveryFuture {
+    fn deliver(&self, sync: std::sync::Arc<SyncIntent>, attempt: u32) -> DeliveryFuture {
         let key = token(&sync.id);
         let id = sync.id.clone();
         let sending = self.inner.deliver(sync, attempt);

@@ -564,7 +564,7 @@ impl DetailsConnector {
 }
 
 impl SinkConnector for DetailsConnector {
-    fn deliver(&self, sync: SyncIntent, _attempt: u32) -> DeliveryFuture {
+    fn deliver(&self, sync: std::sync::Arc<SyncIntent>, _attempt: u32) -> DeliveryFuture {
         let client = self.client.clone();
         let app = self.app.clone();
         let metrics = self.metrics.clone();

@@ -93,7 +93,7 @@ pub(crate) fn insert(
 pub(crate) fn pending(row: i64, intent: SyncIntent, now: Millis) -> PendingSync {
     PendingSync {
         row,
-        intent,
+        intent: intent.into(),
         attempts: 0,
         not_before: 0,
         created_at: now,
@@ -220,7 +220,7 @@ fn pending_from_row(r: &Row<'_>) -> rusqlite::Result<PendingSync> {
     };
     Ok(PendingSync {
         row: r.get(0)?,
-        intent: SyncIntent {
+        intent: std::sync::Arc::new(SyncIntent {
             id: r.get(1)?,
             sink: r.get(2)?,
             order: r.get(3)?,
@@ -228,7 +228,7 @@ fn pending_from_row(r: &Row<'_>) -> rusqlite::Result<PendingSync> {
             rule: r.get(5)?,
             payload,
             contents,
-        },
+        }),
         attempts: r.get(6)?,
         not_before: r.get(7)?,
         created_at: r.get(8)?,

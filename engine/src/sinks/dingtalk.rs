@@ -49,7 +49,7 @@ pub(crate) fn sign(secret: &str, timestamp_ms: i64) -> String {
 }
 
 impl SinkConnector for DingtalkConnector {
-    fn deliver(&self, sync: SyncIntent, _attempt: u32) -> DeliveryFuture {
+    fn deliver(&self, sync: std::sync::Arc<SyncIntent>, _attempt: u32) -> DeliveryFuture {
         let now = super::unix_ms();
         let request = self.client.post(self.signed_url(now)).json(&message(&sync));
         super::deliver_parsed(request, |body: &str| robot_answer(body, TOO_FAST))

@@ -172,7 +172,7 @@ impl Inner {
         }
     }
 
-    async fn deliver(&self, sync: SyncIntent) -> Delivery {
+    async fn deliver(&self, sync: std::sync::Arc<SyncIntent>) -> Delivery {
         let Some(model) = sync.payload.get("Model") else {
             return Delivery::Rejected {
                 detail:
@@ -231,7 +231,7 @@ fn today() -> String {
 }
 
 impl SinkConnector for KingdeeConnector {
-    fn deliver(&self, sync: SyncIntent, _attempt: u32) -> DeliveryFuture {
+    fn deliver(&self, sync: std::sync::Arc<SyncIntent>, _attempt: u32) -> DeliveryFuture {
         let inner = self.inner.clone();
         Box::pin(async move { inner.deliver(sync).await })
     }
@@ -338,7 +338,7 @@ mod tests {
             contents: None,
         };
         assert_eq!(
-            connector.deliver(sync.clone(), 1).await,
+            connector.deliver(sync.clone().into(), 1).await,
             Delivery::Delivered
         );
         assert_eq!(
@@ -354,7 +354,7 @@ mod tests {
         let mut no_model = sync;
         no_model.payload = serde_json::json!({ "order": "douyin:1" });
         assert!(matches!(
-            connector.deliver(no_model, 1).await,
+            connector.deliver(no_model.into(), 1).await,
             Delivery::Rejected { .. }
         ));
     }

@@ -133,7 +133,7 @@ fn request_id() -> String {
 }
 
 impl SinkConnector for SfConnector {
-    fn deliver(&self, sync: SyncIntent, _attempt: u32) -> DeliveryFuture {
+    fn deliver(&self, sync: std::sync::Arc<SyncIntent>, _attempt: u32) -> DeliveryFuture {
         let msg_data = self.msg_data(&sync).to_string();
         let timestamp = (super::unix_ms() / 1000).to_string();
         let form = [

@@ -223,7 +223,7 @@ fn answer(body: &str) -> Delivery {
 }
 
 impl SinkConnector for WdtConnector {
-    fn deliver(&self, sync: SyncIntent, _attempt: u32) -> DeliveryFuture {
+    fn deliver(&self, sync: std::sync::Arc<SyncIntent>, _attempt: u32) -> DeliveryFuture {
         let now = super::unix_ms() / 1000;
         let trade = match trade(&sync) {
             Ok(trade) => trade,

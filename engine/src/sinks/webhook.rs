@@ -51,7 +51,7 @@ pub(crate) fn body(sync: &SyncIntent, attempt: u32) -> Vec<u8> {
 }
 
 impl SinkConnector for WebhookConnector {
-    fn deliver(&self, sync: SyncIntent, attempt: u32) -> DeliveryFuture {
+    fn deliver(&self, sync: std::sync::Arc<SyncIntent>, attempt: u32) -> DeliveryFuture {
         let body = body(&sync, attempt);
         let timestamp = (super::unix_ms() / 1000).to_string();
         let mut request = self

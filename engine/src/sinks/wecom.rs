@@ -50,7 +50,7 @@ pub(crate) fn robot_answer(body: &str, throttled_code: i64) -> Delivery {
 }
 
 impl SinkConnector for WecomConnector {
-    fn deliver(&self, sync: SyncIntent, _attempt: u32) -> DeliveryFuture {
+    fn deliver(&self, sync: std::sync::Arc<SyncIntent>, _attempt: u32) -> DeliveryFuture {
         let request = self.client.post(&self.url).json(&message(&sync));
         super::deliver_parsed(request, |body: &str| robot_answer(body, FREQUENCY_LIMIT))
     }
