@@ -269,7 +269,7 @@ impl Journal {
             batch_max_events: config.batch_max_events,
             batch_max_wait: config.batch_max_wait.0,
             side_wait: writer::SIDE_WAIT,
-            under_load: false,
+            last_commit_end: std::time::Instant::now(),
             last_seq: recovered.last_seq,
             persisted_watermark: watermark,
             progress: progress.clone(),
