@@ -957,6 +957,21 @@ mod tests {
             .unwrap()
     }
 
+    /// Every body as the `events_whole` view shows it, in journal order.
+    fn viewed_bodies(journal: &Journal) -> Vec<String> {
+        journal
+            .inner
+            .reader
+            .with(|conn| {
+                let mut stmt = conn.prepare("SELECT body FROM events_whole ORDER BY seq")?;
+                let rows = stmt
+                    .query_map([], |r| r.get(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
+            })
+            .unwrap()
+    }
+
     /// An event whose `fields` repeat those of its order's last event stored whole keeps a
     /// reference instead of a copy; every reader gets them back whole (an order's load, the
     /// `events_whole` view, the scan a cluster snapshot takes).
@@ -1020,17 +1035,7 @@ mod tests {
         assert_eq!(journal.load("shop:1").unwrap().events.len(), 10);
 
         // The view shows every body as it would be stored whole; the scan reads it.
-        let viewed: Vec<String> = journal
-            .inner
-            .reader
-            .with(|conn| {
-                let mut stmt = conn.prepare("SELECT body FROM events_whole ORDER BY seq")?;
-                let rows = stmt
-                    .query_map([], |r| r.get(0))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(rows)
-            })
-            .unwrap();
+        let viewed = viewed_bodies(&journal);
         let mut scanned = Vec::new();
         journal
             .scan_events(&[], &mut |_, body| {
@@ -1235,17 +1240,7 @@ mod tests {
         let now = [rich("a", 1_796_000_000_002), rich("b", 1_796_000_000_003)];
         journal.append(now.to_vec()).await.unwrap();
         let expected = [before, now[0].clone(), now[1].clone()];
-        let viewed: Vec<String> = journal
-            .inner
-            .reader
-            .with(|conn| {
-                let mut stmt = conn.prepare("SELECT body FROM events_whole ORDER BY seq")?;
-                let rows = stmt
-                    .query_map([], |r| r.get(0))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(rows)
-            })
-            .unwrap();
+        let viewed = viewed_bodies(&journal);
         assert_eq!(viewed.len(), 3);
         for (body, event) in viewed.iter().zip(&expected) {
             assert_eq!(
