@@ -809,19 +809,39 @@ mod tests {
         journal.close().await;
     }
 
-    /// The orders in the `unfolded` table.
-    fn unfolded_orders(journal: &Journal) -> Vec<String> {
+    /// A journal in a new directory, its writer started (routing nowhere).
+    fn started() -> (tempfile::TempDir, Journal) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::embedded().unwrap().journal;
+        let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
+        journal.start(|_| {}, |_| {}).unwrap();
+        (dir, journal)
+    }
+
+    /// Every row `sql` selects, each read by `row`.
+    fn rows_of<T>(
+        journal: &Journal,
+        sql: &str,
+        row: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Vec<T> {
         journal
             .inner
             .reader
             .with(|conn| {
-                let mut stmt = conn.prepare("SELECT order_key FROM unfolded ORDER BY order_key")?;
-                let keys = stmt
-                    .query_map([], |r| r.get(0))?
-                    .collect::<Result<Vec<String>, _>>()?;
-                Ok(keys)
+                let mut stmt = conn.prepare(sql)?;
+                let rows = stmt.query_map([], row)?.collect::<Result<Vec<_>, _>>()?;
+                Ok(rows)
             })
             .unwrap()
+    }
+
+    /// The orders in the `unfolded` table.
+    fn unfolded_orders(journal: &Journal) -> Vec<String> {
+        rows_of(
+            journal,
+            "SELECT order_key FROM unfolded ORDER BY order_key",
+            |r| r.get(0),
+        )
     }
 
     /// An order's summary, folded from its journaled events up to `through`.
@@ -942,34 +962,30 @@ mod tests {
 
     /// Each stored event's `fields_from` and whether its body has `fields`, in journal order.
     fn stored_bodies(journal: &Journal) -> Vec<(Option<i64>, bool)> {
+        rows_of(
+            journal,
+            "SELECT fields_from, json_type(body, '$.fields') IS NOT NULL FROM events ORDER BY seq",
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+    }
+
+    /// Every body the cluster snapshot scan hands on, in journal order.
+    fn scanned_bodies(journal: &Journal) -> Vec<String> {
+        let mut scanned = Vec::new();
         journal
-            .inner
-            .reader
-            .with(|conn| {
-                let mut stmt = conn.prepare(
-                    "SELECT fields_from, json_type(body, '$.fields') IS NOT NULL FROM events ORDER BY seq",
-                )?;
-                let rows = stmt
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(rows)
+            .scan_events(&[], &mut |_, body| {
+                scanned.push(body.to_owned());
+                Ok(())
             })
-            .unwrap()
+            .unwrap();
+        scanned
     }
 
     /// Every body as the `events_whole` view shows it, in journal order.
     fn viewed_bodies(journal: &Journal) -> Vec<String> {
-        journal
-            .inner
-            .reader
-            .with(|conn| {
-                let mut stmt = conn.prepare("SELECT body FROM events_whole ORDER BY seq")?;
-                let rows = stmt
-                    .query_map([], |r| r.get(0))?
-                    .collect::<Result<Vec<_>, _>>()?;
-                Ok(rows)
-            })
-            .unwrap()
+        rows_of(journal, "SELECT body FROM events_whole ORDER BY seq", |r| {
+            r.get(0)
+        })
     }
 
     /// An event whose `fields` repeat those of its order's last event stored whole keeps a
@@ -977,10 +993,7 @@ mod tests {
     /// `events_whole` view, the scan a cluster snapshot takes).
     #[tokio::test]
     async fn an_orders_repeated_fields_are_stored_once_and_read_back_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::embedded().unwrap().journal;
-        let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
-        journal.start(|_| {}, |_| {}).unwrap();
+        let (_dir, journal) = started();
         let items = serde_json::json!({"items": [{"sku": "SKU-1", "name": "面霜 50ml", "qty": 1, "price": 129.0}], "address": {"city": "Hangzhou"}});
         let other = serde_json::json!({"items": [{"sku": "SKU-2", "name": "Cleansing foam", "qty": 3, "price": 59.9}], "address": {"city": "Hangzhou"}});
         let small = serde_json::json!({"waybill_no": "SF1"});
@@ -1036,13 +1049,7 @@ mod tests {
 
         // The view shows every body as it would be stored whole; the scan reads it.
         let viewed = viewed_bodies(&journal);
-        let mut scanned = Vec::new();
-        journal
-            .scan_events(&[], &mut |_, body| {
-                scanned.push(body.to_owned());
-                Ok(())
-            })
-            .unwrap();
+        let scanned = scanned_bodies(&journal);
         assert_eq!(scanned, viewed);
         for (body, event) in viewed.iter().zip(&expected) {
             assert_eq!(&serde_json::from_str::<OrderEvent>(body).unwrap(), event);
@@ -1091,10 +1098,7 @@ mod tests {
     /// same fields holds them itself.
     #[tokio::test]
     async fn a_failed_commit_forgets_the_fields_its_events_held() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::embedded().unwrap().journal;
-        let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
-        journal.start(|_| {}, |_| {}).unwrap();
+        let (dir, journal) = started();
         let items = serde_json::json!({"items": [{"sku": "SKU-1", "name": "Hydrating face cream 50ml", "qty": 1}]});
         let other = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
         other
@@ -1194,10 +1198,7 @@ mod tests {
     #[tokio::test]
     async fn the_sql_readers_put_either_layout_back_whole_and_name_a_corrupt_body() {
         use orderhub_actors::order::Superseding;
-        let dir = tempfile::tempdir().unwrap();
-        let config = Config::embedded().unwrap().journal;
-        let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
-        journal.start(|_| {}, |_| {}).unwrap();
+        let (dir, journal) = started();
         let rich = |id: &str, at: Millis| {
             OrderEvent {
             order: "youzan:E2026\"1\u{2028}张".into(),
@@ -1263,13 +1264,7 @@ mod tests {
             conn.execute("UPDATE events SET body = 'not an event' WHERE seq = 2", [])
                 .unwrap();
         }
-        let mut scanned = Vec::new();
-        journal
-            .scan_events(&[], &mut |_, body| {
-                scanned.push(body.to_owned());
-                Ok(())
-            })
-            .unwrap();
+        let scanned = scanned_bodies(&journal);
         assert_eq!(scanned[1], "not an event");
         assert_eq!(scanned[0], viewed[0]);
         match export::export(dir.path(), None, 0, Millis::MAX, &out) {
