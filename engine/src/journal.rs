@@ -1214,7 +1214,7 @@ mod tests {
             },
             occurred_at: at - 5,
             received_at: at,
-            fields: serde_json::json!({"items": [{"sku": "A\"B", "price": 0.1, "qty": 3}], "buyer": "李四"})
+            fields: serde_json::json!({"items": [{"sku": "A\"B", "price": 0.1, "qty": 3}], "buyer": "李四", "note": "gift"})
                 .as_object()
                 .cloned()
                 .unwrap(),
@@ -1251,6 +1251,11 @@ mod tests {
             );
         }
         assert_eq!(journal.events_of(&expected[0].order).unwrap().len(), 3);
+        assert_eq!(
+            stored_bodies(&journal),
+            [(None, true), (None, true), (Some(2), false)],
+            "the third shares the second's fields"
+        );
         let out = dir.path().join("export.jsonl.gz");
         assert_eq!(
             export::export(dir.path(), None, 0, Millis::MAX, &out).unwrap(),
@@ -1267,8 +1272,19 @@ mod tests {
         let scanned = scanned_bodies(&journal);
         assert_eq!(scanned[1], "not an event");
         assert_eq!(scanned[0], viewed[0]);
+        // The event sharing the corrupt one's fields: its own body, which is not an event.
+        assert!(
+            serde_json::from_str::<OrderEvent>(&scanned[2]).is_err(),
+            "{}",
+            scanned[2]
+        );
         match export::export(dir.path(), None, 0, Millis::MAX, &out) {
             Err(JournalError::Corrupt { seq: 2, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        let third = expected[2].received_at;
+        match export::export(dir.path(), None, third, third + 1, &out) {
+            Err(JournalError::Corrupt { seq: 3, .. }) => {}
             other => panic!("{other:?}"),
         }
         journal.close().await;

@@ -86,13 +86,12 @@ pub fn export(
     let mut rows = stmt.query([from, to])?;
     while let Some(row) = rows.next()? {
         let seq: i64 = row.get(0)?;
-        let body: String =
-            row.get::<_, Option<String>>(1)?
-                .ok_or_else(|| JournalError::Corrupt {
-                    seq: seq as u64,
-                    reason: "the event whose fields it shares is missing".into(),
-                })?;
-        let event: OrderEvent = serde_json::from_str(&body).map_err(|e| JournalError::Corrupt {
+        let body = row
+            .get_ref(1)?
+            .as_str_or_null()
+            .map_err(rusqlite::Error::from)?;
+        let body = super::schema::whole_or_named(seq, body)?;
+        let event: OrderEvent = serde_json::from_str(body).map_err(|e| JournalError::Corrupt {
             seq: seq as u64,
             reason: e.to_string(),
         })?;

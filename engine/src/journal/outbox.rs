@@ -146,9 +146,8 @@ pub(crate) fn revive(
 /// The columns a row's whole payload is read from: the stored payload, the event its contents
 /// point at, and the body of the event that holds that event's `fields` (itself, or the one it
 /// shares them with, `events.fields_from`; NULL when the payload is whole).
-const PAYLOAD_COLUMNS: &str = "payload, contents, (SELECT CASE WHEN events.fields_from IS NULL
-    THEN events.body ELSE (SELECT shared.body FROM events AS shared
-    WHERE shared.seq = events.fields_from) END FROM events WHERE events.seq = syncs.contents)";
+const PAYLOAD_COLUMNS: &str = "payload, contents, (SELECT body FROM events WHERE seq =
+    (SELECT coalesce(fields_from, seq) FROM events WHERE seq = syncs.contents))";
 
 /// The part of a journaled event a sync's payload takes its `fields` from.
 #[derive(serde::Deserialize)]

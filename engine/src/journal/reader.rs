@@ -135,15 +135,11 @@ impl ReadPool {
                 let mut rows = stmt.query([])?;
                 while let Some(row) = rows.next()? {
                     let order = row.get_ref(0)?.as_str().map_err(rusqlite::Error::from)?;
-                    let body = match row.get_ref(1)? {
-                        rusqlite::types::ValueRef::Null => {
-                            return Err(JournalError::Corrupt {
-                                seq: row.get::<_, i64>(2)? as u64,
-                                reason: "the event whose fields it shares is missing".into(),
-                            });
-                        }
-                        body => body.as_str().map_err(rusqlite::Error::from)?,
-                    };
+                    let body = row
+                        .get_ref(1)?
+                        .as_str_or_null()
+                        .map_err(rusqlite::Error::from)?;
+                    let body = super::schema::whole_or_named(row.get(2)?, body)?;
                     visit(order, body)?;
                 }
             }

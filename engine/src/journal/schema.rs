@@ -180,6 +180,14 @@ pub(crate) fn has_column(conn: &Connection, table: &str, column: &str) -> rusqli
     .map(|n| n > 0)
 }
 
+/// A [`WHOLE_BODY`] that came back NULL (the event holding the row's fields is gone), named.
+pub(crate) fn whole_or_named(seq: i64, body: Option<&str>) -> Result<&str, super::JournalError> {
+    body.ok_or_else(|| super::JournalError::Corrupt {
+        seq: seq as u64,
+        reason: "the event whose fields it shares is missing".into(),
+    })
+}
+
 /// [`WHOLE_BODY`] for this journal: a journal from before `events.fields_from` (see
 /// [`has_column`]) holds every event whole in its body.
 pub(crate) fn whole_body(conn: &Connection) -> rusqlite::Result<&'static str> {
@@ -233,15 +241,17 @@ fn add_fields_from_column(conn: &Connection) -> rusqlite::Result<()> {
 /// An `events` row's event whole as JSON: its body with what the row's columns hold put back,
 /// and its `fields` when it shares them with an earlier event (NULL if that event is missing,
 /// which the writer never lets happen). `body::decode` is the same in Rust. A body that is not
-/// JSON comes back as it is, for the reader to name (SQLite's JSON functions would fail the
-/// whole statement, and every other event with it).
+/// JSON — the row's own, or that of the event holding its fields — leaves the row's body as it
+/// is (never an event by itself), for the reader to name: SQLite's JSON functions would fail the
+/// whole statement, and every other event with it.
 pub(crate) const WHOLE_BODY: &str = "CASE WHEN NOT json_valid(events.body) THEN events.body
     WHEN events.fields_from IS NULL THEN
     json_set(events.body, '$.order', events.order_key, '$.source', events.source,
         '$.source_event_id', events.source_event_id, '$.received_at', events.received_at)
-    ELSE (SELECT json_set(events.body, '$.order', events.order_key, '$.source', events.source,
+    ELSE (SELECT CASE WHEN NOT json_valid(shared.body) THEN events.body ELSE
+        json_set(events.body, '$.order', events.order_key, '$.source', events.source,
         '$.source_event_id', events.source_event_id, '$.received_at', events.received_at,
-        '$.fields', json_extract(shared.body, '$.fields'))
+        '$.fields', json_extract(shared.body, '$.fields')) END
     FROM events AS shared WHERE shared.seq = events.fields_from) END";
 
 /// The meta key of the index watermark: every event below it is folded into `orders`.
@@ -286,6 +296,7 @@ pub(crate) fn open_writer(dir: &Path) -> rusqlite::Result<Connection> {
     // After a checkpoint the WAL is cut back to this size, so a burst of deletes during
     // compaction does not leave a large WAL file behind.
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+    check_layout(&conn)?;
     conn.execute_batch(SCHEMA)?;
     add_disagreement_column(&conn)?;
     add_contents_column(&conn)?;
@@ -294,7 +305,41 @@ pub(crate) fn open_writer(dir: &Path) -> rusqlite::Result<Connection> {
     // journal had before cost a b-tree leaf per sync written.
     conn.execute_batch("DROP INDEX IF EXISTS syncs_by_order;")?;
     backfill_waybills(&conn)?;
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES (?1, ?2)
+         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        rusqlite::params![LAYOUT_KEY, LAYOUT],
+    )?;
     Ok(conn)
+}
+
+/// The journal layout this build writes, recorded in `meta` so that a build can tell a journal
+/// written in a layout it does not know: 2 is events sharing their `fields` and bodies without
+/// what their row's columns hold (2026-12-01, `body`). Journals without the record are older;
+/// this build upgrades them. A build from before the record cannot read layout 2 at all (it
+/// would read shared events without their fields, and send pending syncs pointing at one with
+/// empty contents): going back to one is not possible.
+pub(crate) const LAYOUT: i64 = 2;
+const LAYOUT_KEY: &str = "journal_layout";
+
+/// Refuses a journal written in a later layout than [`LAYOUT`].
+fn check_layout(conn: &Connection) -> rusqlite::Result<()> {
+    let layout: Option<i64> = conn
+        .query_row(
+            "SELECT value FROM meta WHERE name = ?1",
+            [LAYOUT_KEY],
+            |r| r.get(0),
+        )
+        .ok();
+    match layout {
+        Some(layout) if layout > LAYOUT => Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+            Some(format!(
+                "the journal was written by a newer orderhub (layout {layout}; this build reads up to {LAYOUT}): run that build, or a newer one"
+            )),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Opens a read-only connection for queries and actor loads.
@@ -320,6 +365,42 @@ CREATE TABLE syncs (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, sink TEXT 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A journal records the layout it is written in; one from a later layout is refused with
+    /// a message naming both, and left as it was.
+    #[test]
+    fn a_journal_in_a_later_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_writer(dir.path()).unwrap();
+        let layout: i64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = ?1",
+                [LAYOUT_KEY],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(layout, LAYOUT);
+        conn.execute(
+            "UPDATE meta SET value = ?1 WHERE name = ?2",
+            rusqlite::params![LAYOUT + 1, LAYOUT_KEY],
+        )
+        .unwrap();
+        drop(conn);
+        let err = open_writer(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("newer orderhub (layout 3; this build reads up to 2)"),
+            "{err}"
+        );
+        let conn = open_reader(dir.path()).unwrap();
+        let layout: i64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE name = ?1",
+                [LAYOUT_KEY],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(layout, LAYOUT + 1, "left as it was");
+    }
 
     #[test]
     fn a_journal_from_before_disagreements_gets_their_column() {

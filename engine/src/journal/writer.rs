@@ -41,9 +41,12 @@ fn encode(event: &OrderEvent) -> Result<String, JournalError> {
 /// `fields` shorter than this (as JSON) are always stored whole: a reference saves too little.
 const SHARED_FIELDS_MIN: usize = 64;
 
-/// Orders whose last whole `fields` [`SharedFields`] keeps; when it holds this many it starts
-/// again from none (an order it forgot stores its next event whole: nothing else changes).
+/// Orders whose last whole `fields` [`SharedFields`] keeps, and the bytes of `fields` it keeps
+/// at most; past either it starts again from none (an order it forgot stores its next event
+/// whole: nothing else changes). `fields` longer than `SHARED_FIELDS_MAX` are not kept.
 const SHARED_FIELDS_ORDERS: usize = 16_384;
+const SHARED_FIELDS_BYTES: usize = 32 << 20;
+const SHARED_FIELDS_MAX: usize = 16 << 10;
 
 /// The `fields` of each order's last event stored whole, with that event's sequence. Platforms
 /// and enrichment repeat an order's contents (items, address, amounts) in every status report:
@@ -59,6 +62,8 @@ const SHARED_FIELDS_ORDERS: usize = 16_384;
 #[derive(Default)]
 pub(crate) struct SharedFields {
     by_order: HashMap<String, (i64, String)>,
+    /// The bytes of `fields` held.
+    bytes: usize,
 }
 
 impl SharedFields {
@@ -72,25 +77,33 @@ impl SharedFields {
 
     /// Remembers that event `seq` of `order` holds `fields` whole.
     fn remember(&mut self, order: &str, seq: i64, fields: String) {
-        if fields.len() < SHARED_FIELDS_MIN {
+        if !(SHARED_FIELDS_MIN..=SHARED_FIELDS_MAX).contains(&fields.len()) {
             return;
         }
         if let Some(entry) = self.by_order.get_mut(order) {
+            self.bytes = self.bytes - entry.1.len() + fields.len();
             *entry = (seq, fields);
-            return;
+        } else {
+            if self.by_order.len() >= SHARED_FIELDS_ORDERS {
+                self.clear();
+            }
+            self.bytes += fields.len();
+            self.by_order.insert(order.to_owned(), (seq, fields));
         }
-        if self.by_order.len() >= SHARED_FIELDS_ORDERS {
-            self.by_order.clear();
+        if self.bytes > SHARED_FIELDS_BYTES {
+            self.clear();
         }
-        self.by_order.insert(order.to_owned(), (seq, fields));
     }
 
     fn forget(&mut self, order: &str) {
-        self.by_order.remove(order);
+        if let Some((_, fields)) = self.by_order.remove(order) {
+            self.bytes -= fields.len();
+        }
     }
 
     fn clear(&mut self) {
         self.by_order.clear();
+        self.bytes = 0;
     }
 }
 
@@ -1034,6 +1047,43 @@ mod tests {
         // Long enough that an append sent 50 ms into the wait is always inside it.
         writer.side_wait = Duration::from_secs(30);
         writer
+    }
+
+    /// What is remembered stays within its bounds: the bytes held follow replacements and
+    /// forgetting, `fields` too short or too long are not kept, and past the number of orders or
+    /// the bytes it starts again from none.
+    #[test]
+    fn shared_fields_stay_within_their_bounds() {
+        let mut shared = SharedFields::default();
+        let fields = |n: usize| "x".repeat(n);
+        shared.remember("a", 1, fields(100));
+        shared.remember("a", 2, fields(200));
+        shared.remember("b", 3, fields(SHARED_FIELDS_MIN - 1));
+        shared.remember("c", 4, fields(SHARED_FIELDS_MAX + 1));
+        assert_eq!((shared.by_order.len(), shared.bytes), (1, 200));
+        assert_eq!(shared.holder("a", &fields(200)), Some(2));
+        assert_eq!(shared.holder("a", &fields(100)), None);
+        shared.forget("a");
+        assert_eq!((shared.by_order.len(), shared.bytes), (0, 0));
+
+        for n in 0..SHARED_FIELDS_ORDERS {
+            shared.remember(&n.to_string(), n as i64, fields(SHARED_FIELDS_MIN));
+        }
+        assert_eq!(shared.by_order.len(), SHARED_FIELDS_ORDERS);
+        shared.remember("one more", 0, fields(SHARED_FIELDS_MIN));
+        assert_eq!(
+            (shared.by_order.len(), shared.bytes),
+            (1, SHARED_FIELDS_MIN)
+        );
+
+        shared.clear();
+        let per = SHARED_FIELDS_MAX;
+        for n in 0..SHARED_FIELDS_BYTES / per {
+            shared.remember(&n.to_string(), n as i64, fields(per));
+        }
+        assert_eq!(shared.bytes, SHARED_FIELDS_BYTES);
+        shared.remember("over", 0, fields(per));
+        assert_eq!(shared.bytes, 0, "over the bytes: starts again");
     }
 
     /// Drives `append` on a thread of its own (the writer is driven by hand: it is never
