@@ -148,14 +148,7 @@ const WAYBILLS_BACKFILLED: &str = "waybills_backfilled";
 /// Fills the waybill index from the events of a journal written before the index existed
 /// (once; later events are indexed as they are appended).
 fn backfill_waybills(conn: &Connection) -> rusqlite::Result<()> {
-    let done: Option<i64> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE name = ?1",
-            [WAYBILLS_BACKFILLED],
-            |r| r.get(0),
-        )
-        .ok();
-    if done.is_some() {
+    if meta_value(conn, WAYBILLS_BACKFILLED).is_some() {
         return Ok(());
     }
     conn.execute_batch(&format!(
@@ -322,16 +315,17 @@ pub(crate) fn open_writer(dir: &Path) -> rusqlite::Result<Connection> {
 pub(crate) const LAYOUT: i64 = 2;
 const LAYOUT_KEY: &str = "journal_layout";
 
+/// A `meta` value (`None` if it, or the table, is not there yet).
+fn meta_value(conn: &Connection, name: &str) -> Option<i64> {
+    conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+        r.get(0)
+    })
+    .ok()
+}
+
 /// Refuses a journal written in a later layout than [`LAYOUT`].
 fn check_layout(conn: &Connection) -> rusqlite::Result<()> {
-    let layout: Option<i64> = conn
-        .query_row(
-            "SELECT value FROM meta WHERE name = ?1",
-            [LAYOUT_KEY],
-            |r| r.get(0),
-        )
-        .ok();
-    match layout {
+    match meta_value(conn, LAYOUT_KEY) {
         Some(layout) if layout > LAYOUT => Err(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
             Some(format!(
@@ -372,14 +366,7 @@ mod tests {
     fn a_journal_in_a_later_layout_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let conn = open_writer(dir.path()).unwrap();
-        let layout: i64 = conn
-            .query_row(
-                "SELECT value FROM meta WHERE name = ?1",
-                [LAYOUT_KEY],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(layout, LAYOUT);
+        assert_eq!(meta_value(&conn, LAYOUT_KEY), Some(LAYOUT));
         conn.execute(
             "UPDATE meta SET value = ?1 WHERE name = ?2",
             rusqlite::params![LAYOUT + 1, LAYOUT_KEY],
@@ -392,14 +379,11 @@ mod tests {
             "{err}"
         );
         let conn = open_reader(dir.path()).unwrap();
-        let layout: i64 = conn
-            .query_row(
-                "SELECT value FROM meta WHERE name = ?1",
-                [LAYOUT_KEY],
-                |r| r.get(0),
-            )
-            .unwrap();
-        assert_eq!(layout, LAYOUT + 1, "left as it was");
+        assert_eq!(
+            meta_value(&conn, LAYOUT_KEY),
+            Some(LAYOUT + 1),
+            "left as it was"
+        );
     }
 
     #[test]
