@@ -40,13 +40,18 @@ fn request(
             &OrderState::ALL[OrderState::Allocated as usize..=OrderState::Completed as usize];
         let status = statuses[(round - 1) % statuses.len()].as_str();
         let id = format!("ev-{i}");
-        let body = canonical(
+        let mut body: serde_json::Value = serde_json::from_str(&canonical(
             &id,
             &format!("douyin:{}", 900_000 + n),
             "wms",
             status,
             1_790_000_000_000 + i as i64,
-        );
+        ))
+        .unwrap();
+        // Every report of the order repeats its contents: the journal stores them once and
+        // the others point at them (they must come back whole after the kill too).
+        body["fields"] = contents(n);
+        let body = body.to_string();
         let request = sign_events(
             client.post(format!("{base}/v1/events")),
             &body,
@@ -55,6 +60,14 @@ fn request(
         );
         (request, format!("douyin:{}", 900_000 + n), id)
     }
+}
+
+/// The contents the WMS reports with every event of order `n`.
+fn contents(n: usize) -> serde_json::Value {
+    serde_json::json!({
+        "items": [{"sku": format!("SKU-{n}"), "name": "Hydrating face cream 50ml", "qty": 1 + n % 3}],
+        "warehouse": "HZ-01",
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,6 +154,18 @@ async fn every_acknowledged_event_survives_sigkill() {
             .map(|e| e["source_event_id"].as_str().unwrap().to_owned())
             .collect();
         missing.extend(ids.difference(&seen).cloned());
+        if ids.iter().any(|id| id.starts_with("ev-")) {
+            let n: usize = order
+                .trim_start_matches("douyin:")
+                .parse::<usize>()
+                .unwrap()
+                - 900_000;
+            assert_eq!(
+                body["fields"]["items"],
+                contents(n)["items"],
+                "order {order}"
+            );
+        }
     }
     assert!(
         missing.is_empty(),
@@ -154,6 +179,16 @@ async fn every_acknowledged_event_survives_sigkill() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
+    // The contents above came back from events that point at the one holding them.
+    let journal = rusqlite::Connection::open(dir.path().join("orderhub.db")).unwrap();
+    let sharing: i64 = journal
+        .query_row(
+            "SELECT count(*) FROM events WHERE fields_from IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(sharing > 0, "no event shared its order's contents");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
