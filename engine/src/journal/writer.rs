@@ -1086,6 +1086,13 @@ mod tests {
         assert_eq!(shared.bytes, 0, "over the bytes: starts again");
     }
 
+    /// How long `fill` took.
+    fn fill_timed(writer: &Writer, batch: &mut Batch) -> Duration {
+        let started = Instant::now();
+        writer.fill(batch);
+        started.elapsed()
+    }
+
     /// Drives `append` on a thread of its own (the writer is driven by hand: it is never
     /// answered) after `after`.
     fn append_later(
@@ -1122,12 +1129,8 @@ mod tests {
         let lone = append_later(&journal, "a", Duration::ZERO);
         let mut batch = Batch::default();
         batch.append(writer.appends.recv().unwrap());
-        let started = Instant::now();
-        writer.fill(&mut batch);
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no wait when idle"
-        );
+        let waited = fill_timed(&writer, &mut batch);
+        assert!(waited < Duration::from_secs(20), "no wait when idle");
         assert_eq!(batch.appends.len(), 1);
         lone.join().unwrap();
 
@@ -1141,13 +1144,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         writer.last_commit_end = Instant::now();
-        let started = Instant::now();
         batch.append(writer.appends.recv().unwrap());
-        writer.fill(&mut batch);
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no wait under light load"
-        );
+        let waited = fill_timed(&writer, &mut batch);
+        assert!(waited < Duration::from_secs(20), "no wait under light load");
         assert_eq!(batch.appends.len(), 2);
         few.into_iter().for_each(|t| t.join().unwrap());
 
@@ -1167,12 +1166,8 @@ mod tests {
             syncs: Vec::new(),
         });
         batch.side(writer.side.recv().unwrap());
-        let started = Instant::now();
-        writer.fill(&mut batch);
-        assert!(
-            started.elapsed() >= Duration::from_secs(2),
-            "waited to fill"
-        );
+        let waited = fill_timed(&writer, &mut batch);
+        assert!(waited >= Duration::from_secs(2), "waited to fill");
         assert_eq!(
             batch.appends.len(),
             LOADED_BATCH + 1,
@@ -1191,38 +1186,17 @@ mod tests {
         let config = Config::embedded().unwrap().journal;
         let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
         let mut writer = writer_of(&journal);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
         let summary = || OrderUpdate {
             index: OrderIndexEntry::of(&Order::new("shop:1")),
             syncs: Vec::new(),
         };
 
         journal.record(summary());
-        let late = std::thread::spawn({
-            let journal = journal.clone();
-            move || {
-                std::thread::sleep(Duration::from_millis(50));
-                // The writer is driven by hand: this append is never answered.
-                let _ = runtime.block_on(async {
-                    tokio::time::timeout(
-                        Duration::from_millis(200),
-                        journal.append(vec![event("a")]),
-                    )
-                    .await
-                });
-            }
-        });
+        let late = append_later(&journal, "a", Duration::from_millis(50));
         let mut batch = Batch::default();
         batch.side(writer.side.recv().unwrap());
-        let started = Instant::now();
-        writer.fill(&mut batch);
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "woken by the append"
-        );
+        let waited = fill_timed(&writer, &mut batch);
+        assert!(waited < Duration::from_secs(20), "woken by the append");
         assert_eq!(
             (batch.events, batch.index.len()),
             (1, 1),
@@ -1235,9 +1209,8 @@ mod tests {
         let (flushed, _answer) = tokio::sync::oneshot::channel();
         journal.inner.side.send(SideCmd::Flush(flushed)).unwrap();
         batch.side(writer.side.recv().unwrap());
-        let started = Instant::now();
-        writer.fill(&mut batch);
-        assert!(started.elapsed() < Duration::from_secs(20), "no wait");
+        let waited = fill_timed(&writer, &mut batch);
+        assert!(waited < Duration::from_secs(20), "no wait");
         assert_eq!((batch.events, batch.flushes.len()), (0, 1));
 
         // A flush that arrives during the wait ends it.
@@ -1252,12 +1225,8 @@ mod tests {
             }
         });
         batch.side(writer.side.recv().unwrap());
-        let started = Instant::now();
-        writer.fill(&mut batch);
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "woken by the flush"
-        );
+        let waited = fill_timed(&writer, &mut batch);
+        assert!(waited < Duration::from_secs(20), "woken by the flush");
         assert_eq!((batch.index.len(), batch.flushes.len()), (1, 1));
         flush.join().unwrap();
 
@@ -1266,9 +1235,8 @@ mod tests {
         writer.side_wait = Duration::from_millis(50);
         journal.record(summary());
         batch.side(writer.side.recv().unwrap());
-        let started = Instant::now();
-        writer.fill(&mut batch);
-        assert!(started.elapsed() >= Duration::from_millis(50));
+        let waited = fill_timed(&writer, &mut batch);
+        assert!(waited >= Duration::from_millis(50));
         assert_eq!((batch.events, batch.index.len()), (0, 1));
     }
 
