@@ -257,10 +257,27 @@ impl OrderRouter {
     /// Hands a journaled event to its order's actor. Never blocks: callable from the journal
     /// writer thread, which routes events in journal order.
     pub fn route(&self, event: SharedEvent) -> Result<(), RouterError> {
+        self.deliver(event, false)
+    }
+
+    /// [`route`](Self::route) for an event the journal appended while it held no earlier event
+    /// of its order (a new order). An actor it starts has nothing to read from the journal and
+    /// starts at once, without a load. The caller must know it: an order with earlier events
+    /// routed this way would start without them, and its summary would then replace the whole
+    /// one with a partial one.
+    pub fn route_first(&self, event: SharedEvent) -> Result<(), RouterError> {
+        self.deliver(event, true)
+    }
+
+    fn deliver(&self, event: SharedEvent, first: bool) -> Result<(), RouterError> {
         let shard = shard_of(&event.event.order, self.inner.shards.len());
         let pending = PendingGuard::new(&self.inner.metrics.pending);
         self.inner.shards[shard]
-            .cast(ShardMsg::Deliver(event, pending))
+            .cast(ShardMsg::Deliver {
+                event,
+                pending,
+                first,
+            })
             .map_err(|_| RouterError::ShardDown(shard))
     }
 

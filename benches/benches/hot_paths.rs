@@ -91,31 +91,11 @@ fn mapping(c: &mut Criterion) {
     });
 }
 
-/// An order's contents as channels push them (~600 bytes of JSON): items, address, amounts.
-fn contents() -> serde_json::Map<String, serde_json::Value> {
-    let value = serde_json::json!({
-        "items": [
-            {"sku": "SKU-00042", "name": "Hydrating face cream 50ml", "qty": 1, "price": 129.0},
-            {"sku": "SKU-00294", "name": "Cleansing foam 120g", "qty": 1, "price": 59.9},
-            {"sku": "SKU-00546", "name": "Sheet mask, pack of 10", "qty": 2, "price": 89.0}
-        ],
-        "address": {"name": "Zhang San", "phone": "138****0042", "province": "Zhejiang",
-            "city": "Hangzhou", "district": "Xihu", "detail": "No. 42 Wensan Road, Building 3, Unit 2, Room 1502"},
-        "amounts": {"total": 366.9, "discount": 20.0, "freight": 0.0, "paid": 346.9, "currency": "CNY"},
-        "buyer_note": "Deliver after 6pm please",
-        "shop": "flagship-store-01"
-    });
-    match value {
-        serde_json::Value::Object(map) => map,
-        _ => unreachable!("an object"),
-    }
-}
-
 /// [`lifecycle`] with the order's contents on every event, as the lifecycle benchmark sends.
 fn lifecycle_with_contents(order: &str) -> Vec<JournaledEvent> {
     let mut events = lifecycle(order);
     for journaled in &mut events {
-        journaled.event.fields = contents();
+        journaled.event.fields = orderhub_benches::contents();
     }
     events
 }
@@ -212,7 +192,7 @@ fn journal_append(c: &mut Criterion) {
     let (journal, _) =
         orderhub_engine::journal::Journal::open(dir.path(), &config, &OrderPolicy::permissive())
             .unwrap();
-    journal.start(|_| {}, |_| {}).unwrap();
+    journal.start(|_, _| {}, |_| {}).unwrap();
     let mut group = c.benchmark_group("journal_append_fsync");
     let mut next = 0u64;
     for batch in [1usize, 64, 1024] {

@@ -27,7 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let config = orderhub_engine::config::Config::embedded()?;
     let (journal, _) =
         orderhub_engine::journal::Journal::open(&dir, &config.journal, &config.policy())?;
-    journal.start(|_| {}, |_| {})?;
+    journal.start(|_, _| {}, |_| {})?;
     let runtime = tokio::runtime::Runtime::new()?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?

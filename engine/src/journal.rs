@@ -264,7 +264,7 @@ impl Journal {
             conn,
             appends: append_rx,
             side: side_rx,
-            route: Box::new(|_| {}),
+            route: Box::new(|_, _| {}),
             notify: Box::new(|_| {}),
             batch_max_events: config.batch_max_events,
             batch_max_wait: config.batch_max_wait.0,
@@ -293,11 +293,12 @@ impl Journal {
         Ok((journal, recovered))
     }
 
-    /// Starts the writer thread; every committed event is passed to `route` in journal order,
-    /// and every newly committed sync to `notify`.
+    /// Starts the writer thread; every committed event is passed to `route` in journal order
+    /// (with `true` when the journal held no earlier event of its order), and every newly
+    /// committed sync to `notify`.
     pub fn start(
         &self,
-        route: impl Fn(SharedEvent) + Send + 'static,
+        route: impl Fn(SharedEvent, bool) + Send + 'static,
         notify: impl Fn(Vec<PendingSync>) + Send + 'static,
     ) -> Result<(), JournalError> {
         let mut writer = self
@@ -772,7 +773,7 @@ mod tests {
             Err(JournalError::Full)
         ));
         // Once the writer runs, the queued request is committed, not lost.
-        journal.start(|_| {}, |_| {}).unwrap();
+        journal.start(|_, _| {}, |_| {}).unwrap();
         let outcome = first.await.unwrap().unwrap();
         assert_eq!(outcome, vec![AppendOutcome::Appended(1)]);
         assert_eq!(journal.events_of("shop:1").unwrap().len(), 1);
@@ -787,7 +788,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::embedded().unwrap().journal;
         let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
-        journal.start(|_| {}, |_| {}).unwrap();
+        journal.start(|_, _| {}, |_| {}).unwrap();
         journal
             .append(vec![event("a"), event("b"), event("c")])
             .await
@@ -814,7 +815,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::embedded().unwrap().journal;
         let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
-        journal.start(|_| {}, |_| {}).unwrap();
+        journal.start(|_, _| {}, |_| {}).unwrap();
         (dir, journal)
     }
 
@@ -868,7 +869,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::embedded().unwrap().journal;
         let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
-        journal.start(|_| {}, |_| {}).unwrap();
+        journal.start(|_, _| {}, |_| {}).unwrap();
         let of = |order: &str, id: &str| OrderEvent {
             order: order.into(),
             ..event(id)
@@ -914,7 +915,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::embedded().unwrap().journal;
         let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
-        journal.start(|_| {}, |_| {}).unwrap();
+        journal.start(|_, _| {}, |_| {}).unwrap();
         journal.append(vec![event("a")]).await.unwrap();
         journal.flush().await;
         assert_eq!(journal.indexed_below(), 1, "shop:1 is not folded yet");
@@ -1125,6 +1126,101 @@ mod tests {
         journal.close().await;
     }
 
+    /// The writer routes each event with whether the journal held an earlier event of its order
+    /// (an actor started by a first event loads nothing). Within a batch, with or without
+    /// contents, and after the journal is reopened (the writer remembers nothing then and asks
+    /// the journal) a later event is never taken for a first; a redelivery is not routed; a
+    /// rolled-back first leaves the next one first.
+    #[tokio::test]
+    async fn each_event_is_routed_as_its_orders_first_or_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::embedded().unwrap().journal;
+        let routed = Arc::new(Mutex::new(Vec::new()));
+        let open = || {
+            let (journal, _) =
+                Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
+            let routed = routed.clone();
+            journal
+                .start(
+                    move |event, first| {
+                        routed
+                            .lock()
+                            .unwrap()
+                            .push((event.event.source_event_id.clone(), first))
+                    },
+                    |_| {},
+                )
+                .unwrap();
+            journal
+        };
+        let routed_now = || std::mem::take(&mut *routed.lock().unwrap());
+        let contents = serde_json::json!({"items": [{"sku": "SKU-1", "name": "Hydrating face cream 50ml", "qty": 1}]});
+        let plain = |order: &str, id: &str| OrderEvent {
+            order: order.into(),
+            ..event(id)
+        };
+
+        let journal = open();
+        journal
+            .append(vec![
+                with_fields("shop:1", "1a", contents.clone()),
+                with_fields("shop:1", "1b", contents.clone()),
+                plain("shop:2", "2a"),
+                plain("shop:2", "2b"),
+            ])
+            .await
+            .unwrap();
+        // A redelivery is not appended, so not routed.
+        journal
+            .append(vec![
+                plain("shop:2", "2a"),
+                plain("shop:2", "2c"),
+                plain("shop:3", "3a"),
+            ])
+            .await
+            .unwrap();
+        let other = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
+        other
+            .execute_batch(
+                "CREATE TRIGGER boom BEFORE INSERT ON events WHEN new.source_event_id = 'boom'
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
+            )
+            .unwrap();
+        let failed = journal
+            .append(vec![plain("shop:4", "4a"), plain("shop:4", "boom")])
+            .await;
+        assert!(failed.is_err(), "{failed:?}");
+        other.execute_batch("DROP TRIGGER boom;").unwrap();
+        journal.append(vec![plain("shop:4", "4b")]).await.unwrap();
+        journal.close().await;
+        let first = |id: &str| (id.to_owned(), true);
+        let later = |id: &str| (id.to_owned(), false);
+        assert_eq!(
+            routed_now(),
+            [
+                first("1a"),
+                later("1b"),
+                first("2a"),
+                later("2b"),
+                later("2c"),
+                first("3a"),
+                first("4b")
+            ]
+        );
+
+        let journal = open();
+        journal
+            .append(vec![
+                with_fields("shop:1", "1c", contents.clone()),
+                plain("shop:3", "3b"),
+                plain("shop:5", "5a"),
+            ])
+            .await
+            .unwrap();
+        journal.close().await;
+        assert_eq!(routed_now(), [later("1c"), later("3b"), first("5a")]);
+    }
+
     /// `orderhub export` and `orderhub reconcile` read a journal as it is, without opening it for
     /// writing: one the previous build wrote (syncs pointing at their contents, every event
     /// whole in its body, no `events.fields_from`) reads whole.
@@ -1295,7 +1391,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::embedded().unwrap().journal;
         let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
-        journal.start(|_| {}, |_| {}).unwrap();
+        journal.start(|_, _| {}, |_| {}).unwrap();
         let outcomes = journal
             .append(vec![event("a"), event("a"), event("b")])
             .await
@@ -1327,7 +1423,7 @@ mod tests {
             let config = Config::embedded().unwrap().journal;
             let (journal, _) =
                 Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
-            journal.start(|_| {}, |_| {}).unwrap();
+            journal.start(|_, _| {}, |_| {}).unwrap();
             let of = |order: &str, id: &str| OrderEvent {
                 order: order.into(),
                 ..event(id)
@@ -1407,7 +1503,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::embedded().unwrap().journal;
         let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
-        journal.start(|_| {}, |_| {}).unwrap();
+        journal.start(|_, _| {}, |_| {}).unwrap();
         let summary = |key: &str, state, state_since, updated_at| OrderUpdate {
             index: OrderIndexEntry {
                 key: key.into(),
@@ -1540,7 +1636,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::embedded().unwrap().journal;
         let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
-        journal.start(|_| {}, |_| {}).unwrap();
+        journal.start(|_, _| {}, |_| {}).unwrap();
         let mut shipped = event("ship");
         shipped
             .fields

@@ -267,8 +267,13 @@ pub async fn run(
     let routing = router.clone();
     let notifying = dispatch.clone();
     journal.start(
-        move |event| {
-            if let Err(err) = routing.route(event) {
+        move |event, first| {
+            let routed = if first {
+                routing.route_first(event)
+            } else {
+                routing.route(event)
+            };
+            if let Err(err) = routed {
                 // The event is journaled; it is folded in when its order next loads or at restart.
                 tracing::warn!(error = %err, "could not route a journaled event");
             }

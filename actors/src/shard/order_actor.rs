@@ -30,14 +30,27 @@ pub(crate) enum OrderMsg {
 
 pub(crate) struct OrderActor;
 
+/// What an order actor replays from the journal before its first message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Replay {
+    /// Every journaled event of the order (a timer wake-up, a crash restart).
+    All,
+    /// The events before this sequence: the event that starts the actor (and any after it)
+    /// arrive as messages and are applied live, with metrics. Events before it were applied
+    /// live by an earlier incarnation, as routing follows journal order.
+    Below(u64),
+    /// Nothing, and nothing is read: the journal held no earlier event of the order when it
+    /// appended the event that starts the actor (a new order, most of the starts in a flash
+    /// sale). The read would have found nothing below that event: events of the order after it
+    /// arrive as messages.
+    Nothing,
+}
+
 pub(crate) struct OrderArgs {
     pub(crate) key: Arc<str>,
     pub(crate) ctx: Arc<ShardContext>,
-    /// When an event starts the actor, only the journal before it is replayed silently; the
-    /// event itself (and any after it) arrive as messages and are applied live, with metrics.
-    /// Events before it were applied live by an earlier incarnation, as routing follows journal
-    /// order. `None` (timer wake-up, crash restart): replay everything.
-    pub(crate) replay_below: Option<u64>,
+    /// What the actor replays silently before its first message.
+    pub(crate) replay: Replay,
     /// Set when the actor has loaded its order. Until then the shard neither evicts nor sweeps
     /// it: a second incarnation started meanwhile could load, apply and mark the order before
     /// this one did, which would then overwrite the newer marks with older ones.
@@ -54,8 +67,8 @@ pub(crate) struct OrderActorState {
     /// hold keeps back, `None` inside: all). The shared map is touched only when this changes,
     /// not on every event.
     marked_held: Option<Option<Vec<String>>>,
-    /// What `post_start` replays (see [`OrderArgs::replay_below`]); taken when it has.
-    replay_below: Option<u64>,
+    /// What `post_start` replays (see [`OrderArgs::replay`]).
+    replay: Replay,
     /// Set once the order is loaded (see [`OrderArgs::loaded`]).
     loaded: Arc<AtomicBool>,
     /// The shard (see [`OrderArgs::shard`]).
@@ -93,7 +106,7 @@ impl Actor for OrderActor {
             key: args.key,
             ctx: args.ctx,
             marked_held: None,
-            replay_below: args.replay_below,
+            replay: args.replay,
             loaded: args.loaded,
             shard: args.shard,
         })
@@ -104,21 +117,25 @@ impl Actor for OrderActor {
         _myself: ActorRef<OrderMsg>,
         state: &mut OrderActorState,
     ) -> Result<(), ActorProcessingErr> {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        state.ctx.store.load_later(&state.key, reply);
         let key = state.key.clone();
         let failed = |error| StartFailed {
             order: key.clone(),
             error,
         };
-        let stored = answer
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(
-                    "the journal's loader stopped".into(),
-                ))
-            })
-            .map_err(failed)?;
+        let stored = if state.replay == Replay::Nothing {
+            StoredOrder::default()
+        } else {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            state.ctx.store.load_later(&state.key, reply);
+            answer
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Unavailable(
+                        "the journal's loader stopped".into(),
+                    ))
+                })
+                .map_err(failed)?
+        };
         // A panic while folding is a start that failed (given up at once, as a load that fails),
         // not a crash to restart into the same panic.
         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.load(stored)))
@@ -170,7 +187,7 @@ impl OrderActorState {
     /// Folds the order's journal into the fresh state, arms its timers and records the syncs
     /// an earlier incarnation may not have written.
     fn load(&mut self, mut stored: StoredOrder) -> Result<(), StoreError> {
-        if let Some(below) = self.replay_below.take() {
+        if let Replay::Below(below) = self.replay {
             stored.events.retain(|e| e.seq < below);
         }
         let ctx = &self.ctx;

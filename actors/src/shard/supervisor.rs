@@ -3,7 +3,7 @@
 //! least-recently-used eviction) and restarts a crashed one from the journal.
 
 use super::ShardContext;
-use super::order_actor::{OrderActor, OrderArgs, OrderMsg, StartFailed};
+use super::order_actor::{OrderActor, OrderArgs, OrderMsg, Replay, StartFailed};
 use super::pending::PendingGuard;
 use crate::order::{Millis, Order, SharedEvent};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
@@ -21,8 +21,13 @@ pub(crate) const RESTART_WINDOW: Duration = Duration::from_secs(60);
 
 /// Messages a shard supervisor handles.
 pub(crate) enum ShardMsg {
-    /// A journaled event for an order of this shard.
-    Deliver(SharedEvent, PendingGuard),
+    /// A journaled event for an order of this shard; `first` when the journal held no earlier
+    /// event of the order (see [`OrderRouter::route_first`](super::OrderRouter::route_first)).
+    Deliver {
+        event: SharedEvent,
+        pending: PendingGuard,
+        first: bool,
+    },
     /// An SLA deadline is due (from the shard's timer structure).
     SlaDue {
         order: Arc<str>,
@@ -106,10 +111,19 @@ impl Actor for ShardSupervisor {
         state: &mut ShardState,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            ShardMsg::Deliver(event, pending) => {
+            ShardMsg::Deliver {
+                event,
+                pending,
+                first,
+            } => {
                 let order: Arc<str> = event.event.order.as_str().into();
+                let replay = if first {
+                    Replay::Nothing
+                } else {
+                    Replay::Below(event.seq)
+                };
                 state
-                    .send(&myself, &order, OrderMsg::Apply(event, pending))
+                    .send_replaying(&myself, &order, OrderMsg::Apply(event, pending), replay)
                     .await;
             }
             ShardMsg::SlaDue {
@@ -186,7 +200,8 @@ impl Actor for ShardSupervisor {
                     tracing::error!(order = %order, error = %err, "order actor crashed");
                     if state.may_restart(&order) && state.drain.is_none() {
                         state.ctx.metrics.restarts.increment(1);
-                        state.child(&myself, &order, None).await;
+                        state.child(&myself, &order, Replay::All).await;
+                        state.keep_cap();
                     } else {
                         state.ctx.metrics.failures_crash_loop.increment(1);
                         tracing::error!(order = %order, "order actor keeps crashing; left passivated until its next event");
@@ -201,33 +216,45 @@ impl Actor for ShardSupervisor {
 }
 
 impl ShardState {
-    /// Sends `message` to the order's actor, starting it if needed. A send that races with the
-    /// actor's death is retried once on a fresh actor (which replays the journal anyway).
+    /// Sends `message` to the order's actor, starting it if needed (replaying the whole journal).
     async fn send(&mut self, myself: &ActorRef<ShardMsg>, order: &Arc<str>, message: OrderMsg) {
-        let replay_below = match &message {
-            OrderMsg::Apply(event, _) => Some(event.seq),
-            _ => None,
-        };
-        let Some(actor) = self.child(myself, order, replay_below).await else {
+        self.send_replaying(myself, order, message, Replay::All)
+            .await
+    }
+
+    /// [`send`](Self::send), an actor it starts replaying `replay`. A send that races with the
+    /// actor's death is retried once on a fresh actor, started the same way. The shard is
+    /// brought back under its cap only once the message is queued: an actor that loads nothing
+    /// is loaded (evictable) at once, and evicted before its message it would stop without it.
+    async fn send_replaying(
+        &mut self,
+        myself: &ActorRef<ShardMsg>,
+        order: &Arc<str>,
+        message: OrderMsg,
+        replay: Replay,
+    ) {
+        let Some(actor) = self.child(myself, order, replay).await else {
             return;
         };
         if let Err(ractor::MessagingErr::SendErr(message)) = actor.cast(message) {
             if let Some(child) = self.children.remove(order) {
                 self.lru.remove(&child.tick);
             }
-            if let Some(actor) = self.child(myself, order, replay_below).await {
+            if let Some(actor) = self.child(myself, order, replay).await {
                 let _ = actor.cast(message);
             }
         }
+        self.keep_cap();
     }
 
     /// The active actor of `order`, spawned if there is none (it loads the journal itself before
-    /// its first message, while the shard goes on).
+    /// its first message, while the shard goes on, unless `replay` is [`Replay::Nothing`]). The
+    /// caller brings the shard back under its cap ([`keep_cap`](Self::keep_cap)).
     async fn child(
         &mut self,
         myself: &ActorRef<ShardMsg>,
         order: &Arc<str>,
-        replay_below: Option<u64>,
+        replay: Replay,
     ) -> Option<ActorRef<OrderMsg>> {
         self.tick += 1;
         let tick = self.tick;
@@ -242,7 +269,7 @@ impl ShardState {
         let args = OrderArgs {
             key: order.clone(),
             ctx: self.ctx.clone(),
-            replay_below,
+            replay,
             loaded: loaded.clone(),
             shard: myself.clone(),
         };
@@ -268,7 +295,6 @@ impl ShardState {
             },
         );
         self.lru.insert(tick, order.clone());
-        self.keep_cap();
         Some(actor)
     }
 

@@ -38,25 +38,34 @@ impl MemoryJournal {
     }
 
     fn append(&self, event: OrderEvent) {
-        let journaled = {
+        self.append_telling(event, false);
+    }
+
+    /// [`append`](Self::append), routing the event as its order's first when it is (as the
+    /// engine's journal does) if `tell_first`.
+    fn append_telling(&self, event: OrderEvent, tell_first: bool) {
+        let (journaled, first) = {
             let mut events = self.events.lock().unwrap();
             if events.iter().any(|e| {
                 e.event.source == event.source && e.event.source_event_id == event.source_event_id
             }) {
                 return;
             }
+            let first = !events.iter().any(|e| e.event.order == event.order);
             let journaled = JournaledEvent {
                 seq: events.len() as u64 + 1,
                 event,
             };
             events.push(journaled.clone());
-            journaled
+            (journaled, first)
         };
-        self.router
-            .get()
-            .expect("router set")
-            .route(Arc::new(journaled))
-            .unwrap();
+        let router = self.router.get().expect("router set");
+        let routed = if tell_first && first {
+            router.route_first(Arc::new(journaled))
+        } else {
+            router.route(Arc::new(journaled))
+        };
+        routed.unwrap();
     }
 
     fn index(&self, order: &str) -> Option<OrderIndexEntry> {
@@ -324,6 +333,53 @@ async fn a_crashed_order_actor_recovers_its_full_timeline() {
         .map(|e| e.source_event_id.as_str())
         .collect();
     assert_eq!(ids, ["a", "b", "c", "d"]);
+    router.stop(Duration::from_secs(1)).await;
+}
+
+/// An order's first event starts its actor without a load (the journal has nothing else of
+/// it); the order's next events are applied as messages, and an actor started later (after
+/// passivation) loads the whole order.
+#[tokio::test]
+async fn a_new_orders_first_event_starts_its_actor_without_a_load() {
+    let mut config = ShardConfig::new();
+    config.shards = 1;
+    config.max_active_per_shard = 1;
+    let (journal, router) = start(config, OrderPolicy::permissive()).await;
+    let loads = |order: &str| journal.loads.lock().unwrap().get(order).copied();
+    journal.append_telling(event("o:1", "1a", OrderState::Paid, T0), true);
+    journal.append_telling(event("o:1", "1b", OrderState::Packed, T0 + 1), true);
+    eventually("events applied", || router.pending_events() == 0).await;
+    assert_eq!(loads("o:1"), None, "nothing loaded for a new order");
+    let order = router
+        .active_order("o:1", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .expect("active");
+    assert_eq!(order.state, Some(OrderState::Packed));
+    assert_eq!(order.timeline.len(), 2);
+
+    // A second order takes the shard's only place; o:1 comes back from the journal whole.
+    journal.append_telling(event("o:2", "2a", OrderState::Paid, T0), true);
+    eventually("o:2 applied", || router.pending_events() == 0).await;
+    eventually("o:1 passivated", || router.active_actors() == 1).await;
+    assert!(
+        router
+            .active_order("o:1", Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    journal.append_telling(event("o:1", "1c", OrderState::Shipped, T0 + 2), true);
+    eventually("event applied", || router.pending_events() == 0).await;
+    assert_eq!(loads("o:1"), Some(1));
+    let order = router
+        .active_order("o:1", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .expect("reactivated");
+    assert_eq!(order.state, Some(OrderState::Shipped));
+    assert_eq!(order.timeline.len(), 3);
+    assert_eq!(loads("o:2"), None);
     router.stop(Duration::from_secs(1)).await;
 }
 

@@ -134,7 +134,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::embedded().unwrap().journal;
         let (journal, _) = Journal::open(dir.path(), &config, &OrderPolicy::permissive()).unwrap();
-        journal.start(|_| {}, |_| {}).unwrap();
+        journal.start(|_, _| {}, |_| {}).unwrap();
         let paid = EventAction::Move {
             state: OrderState::Paid,
         };

@@ -1,8 +1,9 @@
 //! The threads that read cold orders for actors starting on them ([`OrderStore::load_later`]).
 //!
-//! An order actor that starts on an order it does not hold in memory (its first event, a
-//! restart, an order passivated for being idle or evicted when its shard was full) folds the
-//! order's journal before its first message. Read on a runtime worker, that SQLite read would
+//! An order actor that starts on an order it does not hold in memory (a restart, an order
+//! passivated for being idle or evicted when its shard was full, a timer) folds the order's
+//! journal before its first message. A new order's first event reads nothing: the writer knew
+//! the journal held no earlier event of it ([`OrderRouter::route_first`]). Read on a runtime worker, that SQLite read would
 //! hold the worker — one of two on a small box — and, done while the shard waits for the actor
 //! to start, the whole shard. Here a few threads of the journal's own do it: the shard goes on
 //! starting and feeding other orders, the workers go on serving requests, and when a flash sale
@@ -11,6 +12,7 @@
 //! takes them one after the other without sleeping, so a burst costs no wake-up per order.
 //!
 //! [`OrderStore::load_later`]: orderhub_actors::store::OrderStore::load_later
+//! [`OrderRouter::route_first`]: orderhub_actors::shard::OrderRouter::route_first
 
 use super::reader::{self, ReadPool};
 use super::recovery::panic_message;

@@ -209,7 +209,7 @@ mod tests {
         let policy = OrderPolicy::permissive();
         {
             let (journal, _) = Journal::open(dir.path(), &config, &policy).unwrap();
-            journal.start(|_| {}, |_| {}).unwrap();
+            journal.start(|_, _| {}, |_| {}).unwrap();
             journal
                 .append(vec![
                     paid("shop:1"),

@@ -852,7 +852,7 @@ pub fn compact_offline(
     };
     let policy = config.policy();
     let (journal, _) = Journal::open(data_dir, &config.journal, &policy)?;
-    journal.start(|_| {}, |_| {})?;
+    journal.start(|_, _| {}, |_| {})?;
     let retention = Retention {
         pace: 0,
         remove_orders: REMOVE_ORDERS_OFFLINE,
@@ -930,7 +930,7 @@ mod tests {
             let config = Config::embedded().unwrap().journal;
             let policy = OrderPolicy::permissive();
             let (journal, _) = Journal::open(&data_dir, &config, &policy).unwrap();
-            journal.start(|_| {}, |_| {}).unwrap();
+            journal.start(|_, _| {}, |_| {}).unwrap();
             Fixture {
                 _dir: dir,
                 data_dir,
@@ -1322,7 +1322,7 @@ mod tests {
         let config = Config::embedded().unwrap();
         let policy = config.policy();
         let (journal, _) = Journal::open(dir.path(), &config.journal, &policy).unwrap();
-        journal.start(|_| {}, |_| {}).unwrap();
+        journal.start(|_, _| {}, |_| {}).unwrap();
         let old = crate::journal::writer::now_ms() - 40 * DAY;
         for chunk in 0..4 {
             let events = (0..250)

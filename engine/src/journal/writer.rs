@@ -20,7 +20,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Routes a committed event to its order actor.
-pub(crate) type RouteFn = Box<dyn Fn(SharedEvent) + Send>;
+/// `true` when the journal held no earlier event of the order (see
+/// [`OrderRouter::route_first`](orderhub_actors::shard::OrderRouter::route_first)).
+pub(crate) type RouteFn = Box<dyn Fn(SharedEvent, bool) + Send>;
 /// Hands newly committed syncs to the dispatchers.
 pub(crate) type NotifyFn = Box<dyn Fn(Vec<PendingSync>) + Send>;
 
@@ -59,6 +61,10 @@ const SHARED_FIELDS_MAX: usize = 16 << 10;
 /// A reference always points at an event of the same order that holds its fields whole and is
 /// committed: entries are made only for rows the current transaction inserted, all are dropped
 /// when a commit fails, and an order's entry when compaction removes its events.
+///
+/// For the same reasons an order it holds has an earlier event in the journal, so the writer
+/// asks the journal whether an event is its order's first only for orders it does not hold. It
+/// holds orders whose events carry no `fields` to share too (with empty `fields`).
 #[derive(Default)]
 pub(crate) struct SharedFields {
     by_order: HashMap<String, (i64, String)>,
@@ -71,7 +77,7 @@ impl SharedFields {
     fn holder(&self, order: &str, fields: &str) -> Option<i64> {
         self.by_order
             .get(order)
-            .filter(|(_, held)| held == fields)
+            .filter(|(_, held)| !held.is_empty() && held == fields)
             .map(|(seq, _)| *seq)
     }
 
@@ -92,6 +98,21 @@ impl SharedFields {
         }
         if self.bytes > SHARED_FIELDS_BYTES {
             self.clear();
+        }
+    }
+
+    /// Whether it holds `order` (which then has an event in the journal or this transaction).
+    fn knows(&self, order: &str) -> bool {
+        self.by_order.contains_key(order)
+    }
+
+    /// Holds `order`, whose event `seq` was just inserted, if it does not yet.
+    fn note(&mut self, order: &str, seq: i64) {
+        if !self.knows(order) {
+            if self.by_order.len() >= SHARED_FIELDS_ORDERS {
+                self.clear();
+            }
+            self.by_order.insert(order.to_owned(), (seq, String::new()));
         }
     }
 
@@ -231,8 +252,8 @@ impl Coverage {
 struct Committed {
     /// Each append request's outcomes.
     outcomes: Vec<Vec<AppendOutcome>>,
-    /// Appended events, in journal order, to route.
-    routed: Vec<SharedEvent>,
+    /// Appended events, in journal order, to route, each `true` when it is its order's first.
+    routed: Vec<(SharedEvent, bool)>,
     /// Syncs inserted, to hand to the dispatchers.
     new_syncs: Vec<PendingSync>,
     /// Each revive request's sync (None if it was not a dead letter).
@@ -411,8 +432,8 @@ impl Writer {
                     metrics.batch_size.record(batch.events as f64);
                     metrics.appended.increment(routed.len() as u64);
                     metrics.unfolded.set(self.unfolded.len() as f64);
-                    for event in routed {
-                        (self.route)(event);
+                    for (event, first) in routed {
+                        (self.route)(event, first);
                     }
                     if !new_syncs.is_empty() {
                         (self.notify)(new_syncs);
@@ -477,9 +498,13 @@ impl Writer {
     /// [`LOADED_BATCH`] requests queued, the oldest already waiting when the last commit ended
     /// — a batch first waits `batch_max_wait` for a fuller one: each commit rewrites the b-tree
     /// pages it touches, so half as many commits write ~11–14% fewer bytes per event at the
-    /// same CPU (BENCHMARKS.md, "2026-12-01, later"). A request that finds the journal idle or
-    /// lightly loaded (or a client that waits for each answer before it sends again) is
-    /// committed at once. A batch nobody waits on waits for an append ([`SIDE_WAIT`]).
+    /// same CPU (BENCHMARKS.md, "2026-12-01, later"). Under load the wait also spaces commits
+    /// (one per commit time plus `batch_max_wait`), whose count would otherwise grow with the
+    /// CPU's speed: a faster commit leaves fewer requests queued behind it (3 ms against 1 ms:
+    /// 978–1,080 commits instead of 1,353–1,750 for the same 100,000 events, "2026-12-01,
+    /// evening"). A request that finds the journal idle or lightly loaded (or a client that
+    /// waits for each answer before it sends again) is committed at once. A batch nobody waits
+    /// on waits for an append ([`SIDE_WAIT`]).
     fn fill(&self, batch: &mut Batch) {
         self.take_queued(batch);
         // One sleep, then whatever queued meanwhile: waiting request by request would wake this
@@ -564,6 +589,9 @@ impl Writer {
                 "INSERT INTO events (order_key, source, source_event_id, received_at, body, fields_from)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT DO NOTHING RETURNING seq",
+            )?;
+            let mut earlier = tx.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM events WHERE order_key = ?1 AND seq < ?2)",
             )?;
             // A courier finds its order through the waybill number an earlier event carried.
             let mut index_waybill = tx.prepare_cached(
@@ -658,9 +686,15 @@ impl Writer {
                 let Some(seq) = seq else {
                     return Ok(AppendOutcome::Duplicate);
                 };
+                // The journal held no earlier event of the order: an actor this event starts
+                // has nothing to load. Asked of the journal only for orders `shared_fields`
+                // does not hold (one it holds has an earlier event).
+                let first = !shared_fields.knows(&event.order)
+                    && !earlier.query_row(params![event.order, seq], |r| r.get::<_, bool>(0))?;
                 if let (Some(fields), None) = (fields, holder) {
                     shared_fields.remember(&event.order, seq, fields);
                 }
+                shared_fields.note(&event.order, seq);
                 if let Some(ledger) = &ledger {
                     super::stock::store(&tx, &event.order, ledger, event.received_at)?;
                 }
@@ -691,7 +725,7 @@ impl Writer {
                 let seq = seq as u64;
                 last_seq = last_seq.max(seq);
                 appended_here.push((event.order.clone(), seq));
-                routed.push(Arc::new(JournaledEvent { seq, event }));
+                routed.push((Arc::new(JournaledEvent { seq, event }), first));
                 Ok(AppendOutcome::Appended(seq))
             };
             let mut unparked = Vec::new();

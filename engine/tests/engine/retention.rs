@@ -20,7 +20,7 @@ const DAY_MS: i64 = 86_400_000;
 async fn fill(dir: &Path, prefix: &str, count: usize, finished: bool, days_ago: i64) {
     let config = Config::embedded().unwrap();
     let (journal, _) = Journal::open(dir, &config.journal, &config.policy()).unwrap();
-    journal.start(|_| {}, |_| {}).unwrap();
+    journal.start(|_, _| {}, |_| {}).unwrap();
     let at = now_ms() - days_ago * DAY_MS;
     let fields: serde_json::Map<String, serde_json::Value> =
         serde_json::from_value(serde_json::json!({
