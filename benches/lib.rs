@@ -5,6 +5,24 @@
 //! does not: `fill_journal` (recovery, compaction) and `actor_memory` (memory per active order).
 #![forbid(unsafe_code)]
 
+use orderhub_actors::order::OrderEvent;
+use orderhub_actors::store::{OrderStore, OrderUpdate, StoreError, StoredOrder};
+
+/// A store that holds nothing, for measuring the actors alone: every order starts empty and
+/// nothing is written.
+pub struct NullStore;
+
+impl OrderStore for NullStore {
+    fn load(&self, _order: &str) -> Result<StoredOrder, StoreError> {
+        Ok(StoredOrder::default())
+    }
+    fn append_internal(&self, _event: OrderEvent) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn record(&self, _update: OrderUpdate) {}
+    fn unfolded(&self, _order: &str) {}
+}
+
 /// An order's contents as channels push them (~600 bytes of JSON): items, address, amounts.
 pub fn contents() -> serde_json::Map<String, serde_json::Value> {
     let value = serde_json::json!({

@@ -10,7 +10,7 @@ use orderhub_actors::order::{
     EventAction, JournaledEvent, Order, OrderEvent, OrderPolicy, OrderState,
 };
 use orderhub_actors::shard::{OrderRouter, ShardConfig, SystemClock};
-use orderhub_actors::store::{OrderStore, OrderUpdate, StoreError, StoredOrder, SyncStore};
+use orderhub_actors::store::{StoreError, SyncStore};
 use serde::Deserialize;
 use std::hint::black_box;
 use std::sync::Arc;
@@ -219,28 +219,13 @@ fn journal_append(c: &mut Criterion) {
     runtime.block_on(journal.close());
 }
 
-/// An in-memory store for the actor round trip (no disk in the measurement).
-#[derive(Default)]
-struct NullStore;
-
-impl OrderStore for NullStore {
-    fn load(&self, _order: &str) -> Result<StoredOrder, StoreError> {
-        Ok(StoredOrder::default())
-    }
-    fn append_internal(&self, _event: OrderEvent) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn record(&self, _update: OrderUpdate) {}
-    fn unfolded(&self, _order: &str) {}
-}
-
 fn actor_round_trip(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let router = runtime
         .block_on(OrderRouter::start(
             ShardConfig::new(),
             OrderPolicy::permissive(),
-            Arc::new(NullStore),
+            Arc::new(orderhub_benches::NullStore),
             Arc::new(SystemClock),
         ))
         .unwrap();

@@ -9,7 +9,6 @@
 
 use orderhub_actors::order::{EventAction, JournaledEvent, OrderEvent, OrderState};
 use orderhub_actors::shard::{OrderRouter, ShardConfig, SystemClock};
-use orderhub_actors::store::{OrderStore, OrderUpdate, StoreError, StoredOrder};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,20 +27,6 @@ fn resident() -> Result<i64, Box<dyn std::error::Error>> {
     Ok(pages * 4096)
 }
 
-/// A store that holds nothing: every order starts empty, nothing is written.
-struct NullStore;
-
-impl OrderStore for NullStore {
-    fn load(&self, _order: &str) -> Result<StoredOrder, StoreError> {
-        Ok(StoredOrder::default())
-    }
-    fn append_internal(&self, _event: OrderEvent) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn record(&self, _update: OrderUpdate) {}
-    fn unfolded(&self, _order: &str) {}
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let orders: u64 = std::env::args()
         .nth(1)
@@ -56,7 +41,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let router = runtime.block_on(OrderRouter::start(
         ShardConfig::new(),
         policy,
-        Arc::new(NullStore),
+        Arc::new(orderhub_benches::NullStore),
         Arc::new(SystemClock),
     ))?;
     let states = [

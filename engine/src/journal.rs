@@ -1097,17 +1097,25 @@ mod tests {
     /// A commit that fails forgets which events hold which fields: the rollback took back the
     /// event that held them (and its sequence is handed out again), so the next event with the
     /// same fields holds them itself.
-    #[tokio::test]
-    async fn a_failed_commit_forgets_the_fields_its_events_held() {
-        let (dir, journal) = started();
-        let items = serde_json::json!({"items": [{"sku": "SKU-1", "name": "Hydrating face cream 50ml", "qty": 1}]});
-        let other = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
+    /// A second connection to the journal in `dir`, with a trigger that fails the insert of
+    /// any event whose source event id is `boom` (a commit that fails); `DROP TRIGGER boom`
+    /// on it ends that.
+    fn failing_on_boom(dir: &std::path::Path) -> rusqlite::Connection {
+        let other = rusqlite::Connection::open(dir.join(schema::DB_FILE)).unwrap();
         other
             .execute_batch(
                 "CREATE TRIGGER boom BEFORE INSERT ON events WHEN new.source_event_id = 'boom'
                  BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
             )
             .unwrap();
+        other
+    }
+
+    #[tokio::test]
+    async fn a_failed_commit_forgets_the_fields_its_events_held() {
+        let (dir, journal) = started();
+        let items = serde_json::json!({"items": [{"sku": "SKU-1", "name": "Hydrating face cream 50ml", "qty": 1}]});
+        let other = failing_on_boom(dir.path());
         let failed = journal
             .append(vec![
                 with_fields("shop:1", "a", items.clone()),
@@ -1179,13 +1187,7 @@ mod tests {
             ])
             .await
             .unwrap();
-        let other = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
-        other
-            .execute_batch(
-                "CREATE TRIGGER boom BEFORE INSERT ON events WHEN new.source_event_id = 'boom'
-                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;",
-            )
-            .unwrap();
+        let other = failing_on_boom(dir.path());
         let failed = journal
             .append(vec![plain("shop:4", "4a"), plain("shop:4", "boom")])
             .await;
