@@ -184,9 +184,12 @@ const RETRY_KEPT_AFTER: Duration = Duration::from_millis(100);
 pub(crate) const SIDE_WAIT: Duration = Duration::from_millis(2);
 
 /// Append requests a batch must hold before it waits `batch_max_wait` to fill: fewer queued
-/// during a commit is light load, where the wait would only add to each answer (at 700
-/// requests/s it added 0.7 ms to the median acknowledgement) for commits that stay small.
-const LOADED_BATCH: usize = 4;
+/// during a commit is light or moderate load, where the wait would only add to each answer for
+/// commits that stay small. At the README example's 690 requests/s a bar of two added 0.7 ms
+/// to the median acknowledgement; a bar of four with a 3 ms wait 1.6 ms to the 90th percentile
+/// (its bursts queue four now and then). Under the lifecycle benchmark's load ~100 requests
+/// queue behind each commit.
+const LOADED_BATCH: usize = 16;
 
 struct Metrics {
     batch_size: metrics::Histogram,
@@ -495,7 +498,7 @@ impl Writer {
     }
 
     /// Takes what else is queued, up to the batch limit. Under load — at least
-    /// [`LOADED_BATCH`] requests queued, the oldest already waiting when the last commit ended
+    /// [`LOADED_BATCH`] (16) requests queued, the oldest already waiting when the last commit ended
     /// — a batch first waits `batch_max_wait` for a fuller one: each commit rewrites the b-tree
     /// pages it touches, so half as many commits write ~11–14% fewer bytes per event at the
     /// same CPU (BENCHMARKS.md, "2026-12-01, later"). Under load the wait also spaces commits
@@ -1129,12 +1132,8 @@ mod tests {
 
     /// Drives `append` on a thread of its own (the writer is driven by hand: it is never
     /// answered) after `after`.
-    fn append_later(
-        journal: &Journal,
-        id: &'static str,
-        after: Duration,
-    ) -> std::thread::JoinHandle<()> {
-        let journal = journal.clone();
+    fn append_later(journal: &Journal, id: &str, after: Duration) -> std::thread::JoinHandle<()> {
+        let (journal, id) = (journal.clone(), id.to_owned());
         std::thread::spawn(move || {
             std::thread::sleep(after);
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1142,7 +1141,7 @@ mod tests {
                 .build()
                 .unwrap();
             let _ = runtime.block_on(async {
-                tokio::time::timeout(Duration::from_millis(300), journal.append(vec![event(id)]))
+                tokio::time::timeout(Duration::from_millis(300), journal.append(vec![event(&id)]))
                     .await
             });
         })
@@ -1170,25 +1169,23 @@ mod tests {
 
         // Light load: fewer than LOADED_BATCH requests queued.
         batch.reset();
-        let few: Vec<_> = ["b", "c"]
-            .into_iter()
-            .map(|id| append_later(&journal, id, Duration::ZERO))
+        let few: Vec<_> = (1..LOADED_BATCH)
+            .map(|n| append_later(&journal, &format!("b{n}"), Duration::ZERO))
             .collect();
-        while writer.appends.len() < 2 {
+        while writer.appends.len() < LOADED_BATCH - 1 {
             std::thread::sleep(Duration::from_millis(1));
         }
         writer.last_commit_end = Instant::now();
         batch.append(writer.appends.recv().unwrap());
         let waited = fill_timed(&writer, &mut batch);
         assert!(waited < Duration::from_secs(20), "no wait under light load");
-        assert_eq!(batch.appends.len(), 2);
+        assert_eq!(batch.appends.len(), LOADED_BATCH - 1);
         few.into_iter().for_each(|t| t.join().unwrap());
 
         batch.reset();
         writer.batch_max_wait = Duration::from_secs(2);
-        let first: Vec<_> = ["d", "e", "f", "g"]
-            .into_iter()
-            .map(|id| append_later(&journal, id, Duration::ZERO))
+        let first: Vec<_> = (0..LOADED_BATCH)
+            .map(|n| append_later(&journal, &format!("d{n}"), Duration::ZERO))
             .collect();
         while writer.appends.len() < LOADED_BATCH {
             std::thread::sleep(Duration::from_millis(1));
