@@ -3,6 +3,8 @@
 //! governor check, dispatcher overhead and SLA timer arm/disarm. Run `cargo bench -p
 //! orderhub-benches`; results are recorded in BENCHMARKS.md. The examples measure what criterion
 //! does not: `fill_journal` (recovery, compaction) and `actor_memory` (memory per active order).
+//! Benches and examples share an order's contents ([`contents`]) and a store that holds
+//! nothing ([`NullStore`]).
 #![forbid(unsafe_code)]
 
 use orderhub_actors::order::OrderEvent;

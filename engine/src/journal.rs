@@ -1094,9 +1094,6 @@ mod tests {
         journal.close().await;
     }
 
-    /// A commit that fails forgets which events hold which fields: the rollback took back the
-    /// event that held them (and its sequence is handed out again), so the next event with the
-    /// same fields holds them itself.
     /// A second connection to the journal in `dir`, with a trigger that fails the insert of
     /// any event whose source event id is `boom` (a commit that fails); `DROP TRIGGER boom`
     /// on it ends that.
@@ -1111,6 +1108,9 @@ mod tests {
         other
     }
 
+    /// A commit that fails forgets which events hold which fields: the rollback took back the
+    /// event that held them (and its sequence is handed out again), so the next event with the
+    /// same fields holds them itself.
     #[tokio::test]
     async fn a_failed_commit_forgets_the_fields_its_events_held() {
         let (dir, journal) = started();

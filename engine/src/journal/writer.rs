@@ -138,8 +138,9 @@ pub(crate) struct Writer {
     pub(crate) batch_max_wait: Duration,
     /// See [`SIDE_WAIT`] (longer in tests).
     pub(crate) side_wait: Duration,
-    /// When the last commit ended: a batch whose oldest request was already waiting then is
-    /// under load, and only such a batch waits `batch_max_wait` to fill (see [`Writer::fill`]).
+    /// When the last commit ended: a batch whose oldest request was already waiting then, and
+    /// which holds at least [`LOADED_BATCH`] events, is under load, and only such a batch waits
+    /// `batch_max_wait` to fill (see [`Writer::fill`]).
     pub(crate) last_commit_end: Instant,
     pub(crate) last_seq: u64,
     pub(crate) persisted_watermark: u64,
@@ -183,12 +184,13 @@ const RETRY_KEPT_AFTER: Duration = Duration::from_millis(100);
 /// a stock setting, a compaction step, the stop) ends the wait when it arrives.
 pub(crate) const SIDE_WAIT: Duration = Duration::from_millis(2);
 
-/// Append requests a batch must hold before it waits `batch_max_wait` to fill: fewer queued
-/// during a commit is light or moderate load, where the wait would only add to each answer for
-/// commits that stay small. At the README example's 690 requests/s a bar of two added 0.7 ms
-/// to the median acknowledgement; a bar of four with a 3 ms wait 1.6 ms to the 90th percentile
-/// (its bursts queue four now and then). Under the lifecycle benchmark's load ~100 requests
-/// queue behind each commit.
+/// Events a batch must hold before it waits `batch_max_wait` to fill: fewer queued during a
+/// commit is light or moderate load, where the wait would only add to each answer for commits
+/// that stay small. At the README example's 690 requests/s (one event each), with a 1 ms wait,
+/// a bar of two requests added 0.7 ms to the median acknowledgement; with a 3 ms wait a bar of
+/// four added ~2 ms to the 90th percentile against a bar of 16 (its bursts queue four now and
+/// then). Events, not requests: a client sending 50 events a request keeps only a few requests
+/// in flight. Under the lifecycle benchmark's load ~100 events queue behind each commit.
 const LOADED_BATCH: usize = 16;
 
 struct Metrics {
@@ -498,13 +500,14 @@ impl Writer {
     }
 
     /// Takes what else is queued, up to the batch limit. Under load — at least
-    /// [`LOADED_BATCH`] (16) requests queued, the oldest already waiting when the last commit ended
-    /// — a batch first waits `batch_max_wait` for a fuller one: each commit rewrites the b-tree
+    /// [`LOADED_BATCH`] events queued, the oldest request already waiting when the last commit
+    /// ended — a batch first waits `batch_max_wait` for a fuller one: each commit rewrites the b-tree
     /// pages it touches, so half as many commits write ~11–14% fewer bytes per event at the
     /// same CPU (BENCHMARKS.md, "2026-12-01, later"). Under load the wait also spaces commits
     /// (one per commit time plus `batch_max_wait`), whose count otherwise follows how fast the
     /// rest of the engine hands requests over: when new orders stopped reading the journal the
-    /// same 100,000 events took 1,856 commits instead of 1,215 at 1 ms, and 978–1,080 at 3 ms
+    /// same 100,000 events took 1,833–1,856 commits instead of 1,215–1,750 at 1 ms, and
+    /// 978–1,080 at 3 ms
     /// ("2026-12-01, evening"). A request that finds the journal idle or lightly loaded (or a
     /// client that waits for each answer before it sends again) is committed at once. A batch
     /// nobody waits on waits for an append ([`SIDE_WAIT`]).
@@ -513,7 +516,7 @@ impl Writer {
         // One sleep, then whatever queued meanwhile: waiting request by request would wake this
         // thread once per arriving request, which costs more CPU than the fuller batch saves.
         if !self.batch_max_wait.is_zero()
-            && batch.appends.len() >= LOADED_BATCH
+            && batch.events >= LOADED_BATCH
             && batch.events < self.batch_max_events
             && batch
                 .appends
@@ -1130,10 +1133,19 @@ mod tests {
         started.elapsed()
     }
 
-    /// Drives `append` on a thread of its own (the writer is driven by hand: it is never
-    /// answered) after `after`.
+    /// Drives `append` of one event on a thread of its own (the writer is driven by hand: it is
+    /// never answered) after `after`.
     fn append_later(journal: &Journal, id: &str, after: Duration) -> std::thread::JoinHandle<()> {
-        let (journal, id) = (journal.clone(), id.to_owned());
+        append_all_later(journal, vec![event(id)], after)
+    }
+
+    /// [`append_later`] of `events` in one request.
+    fn append_all_later(
+        journal: &Journal,
+        events: Vec<OrderEvent>,
+        after: Duration,
+    ) -> std::thread::JoinHandle<()> {
+        let journal = journal.clone();
         std::thread::spawn(move || {
             std::thread::sleep(after);
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1141,15 +1153,28 @@ mod tests {
                 .build()
                 .unwrap();
             let _ = runtime.block_on(async {
-                tokio::time::timeout(Duration::from_millis(300), journal.append(vec![event(&id)]))
-                    .await
+                tokio::time::timeout(Duration::from_millis(300), journal.append(events)).await
             });
         })
     }
 
+    /// Waits until `requests` append requests are queued for the writer (at most 10 s).
+    fn wait_queued(writer: &Writer, requests: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while writer.appends.len() < requests {
+            assert!(
+                Instant::now() < deadline,
+                "{requests} requests never queued"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// A request that finds the journal idle or lightly loaded is committed at once however long
-    /// `batch_max_wait`; under load (LOADED_BATCH requests queued, the oldest already waiting when
-    /// the last commit ended) a batch waits that long to fill, also when it starts with a summary.
+    /// `batch_max_wait`; under load (LOADED_BATCH events queued, in as many requests or in one,
+    /// the oldest already waiting when the last commit ended) a batch waits that long to fill,
+    /// also when it starts with a summary; as many events queued after the last commit ended do
+    /// not wait.
     #[test]
     fn a_batch_waits_to_fill_only_under_load() {
         let dir = tempfile::tempdir().unwrap();
@@ -1167,14 +1192,12 @@ mod tests {
         assert_eq!(batch.appends.len(), 1);
         lone.join().unwrap();
 
-        // Light load: fewer than LOADED_BATCH requests queued.
+        // Light load: fewer than LOADED_BATCH events queued.
         batch.reset();
         let few: Vec<_> = (1..LOADED_BATCH)
             .map(|n| append_later(&journal, &format!("b{n}"), Duration::ZERO))
             .collect();
-        while writer.appends.len() < LOADED_BATCH - 1 {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_queued(&writer, LOADED_BATCH - 1);
         writer.last_commit_end = Instant::now();
         batch.append(writer.appends.recv().unwrap());
         let waited = fill_timed(&writer, &mut batch);
@@ -1182,14 +1205,41 @@ mod tests {
         assert_eq!(batch.appends.len(), LOADED_BATCH - 1);
         few.into_iter().for_each(|t| t.join().unwrap());
 
+        // As many events, all queued after the last commit ended: not load, no wait.
+        batch.reset();
+        writer.last_commit_end = Instant::now();
+        let fresh: Vec<OrderEvent> = (0..LOADED_BATCH).map(|n| event(&format!("c{n}"))).collect();
+        let fresh = append_all_later(&journal, fresh, Duration::ZERO);
+        wait_queued(&writer, 1);
+        batch.append(writer.appends.recv().unwrap());
+        let waited = fill_timed(&writer, &mut batch);
+        assert!(
+            waited < Duration::from_secs(20),
+            "no wait for what came after the commit"
+        );
+        fresh.join().unwrap();
+
+        // One request of LOADED_BATCH events (a client batching its events) is load.
+        batch.reset();
+        let many: Vec<OrderEvent> = (0..LOADED_BATCH).map(|n| event(&format!("m{n}"))).collect();
+        let many = append_all_later(&journal, many, Duration::ZERO);
+        wait_queued(&writer, 1);
+        writer.batch_max_wait = Duration::from_secs(1);
+        writer.last_commit_end = Instant::now();
+        batch.append(writer.appends.recv().unwrap());
+        let waited = fill_timed(&writer, &mut batch);
+        assert!(
+            waited >= Duration::from_secs(1),
+            "a batched request waited to fill"
+        );
+        many.join().unwrap();
+
         batch.reset();
         writer.batch_max_wait = Duration::from_secs(2);
         let first: Vec<_> = (0..LOADED_BATCH)
             .map(|n| append_later(&journal, &format!("d{n}"), Duration::ZERO))
             .collect();
-        while writer.appends.len() < LOADED_BATCH {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        wait_queued(&writer, LOADED_BATCH);
         writer.last_commit_end = Instant::now();
         let second = append_later(&journal, "h", Duration::from_millis(50));
         journal.record(OrderUpdate {
