@@ -921,6 +921,8 @@ mod tests {
         data_dir: PathBuf,
         journal: Journal,
         policy: OrderPolicy,
+        /// Each routed event's source event id and whether it was routed as its order's first.
+        routed: std::sync::Arc<std::sync::Mutex<Vec<(String, bool)>>>,
     }
 
     impl Fixture {
@@ -930,12 +932,25 @@ mod tests {
             let config = Config::embedded().unwrap().journal;
             let policy = OrderPolicy::permissive();
             let (journal, _) = Journal::open(&data_dir, &config, &policy).unwrap();
-            journal.start(|_, _| {}, |_| {}).unwrap();
+            let routed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let routing = routed.clone();
+            journal
+                .start(
+                    move |event, first| {
+                        routing
+                            .lock()
+                            .unwrap()
+                            .push((event.event.source_event_id.clone(), first))
+                    },
+                    |_| {},
+                )
+                .unwrap();
             Fixture {
                 _dir: dir,
                 data_dir,
                 journal,
                 policy,
+                routed,
             }
         }
 
@@ -1211,6 +1226,34 @@ mod tests {
         })
         .await
         .unwrap();
+    }
+
+    /// An order compaction removed is new again: its next event is routed as its order's first
+    /// (an actor it starts reads nothing, and the journal holds nothing else of it).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_order_removed_by_compaction_is_new_again() {
+        let f = Fixture::new();
+        let old = NOW - 40 * DAY;
+        f.order("shop:1", &[OrderState::Paid, OrderState::Completed], old)
+            .await;
+        f.journal.flush().await;
+        let f = std::sync::Arc::new(f);
+        let g = f.clone();
+        tokio::task::spawn_blocking(move || assert_eq!(g.compact().orders, 1))
+            .await
+            .unwrap();
+        f.journal
+            .append(vec![event("shop:1", "again", OrderState::Paid, NOW)])
+            .await
+            .unwrap();
+        let routed = f.routed.lock().unwrap().clone();
+        let first = |id: &str| (id.to_owned(), true);
+        let later = |id: &str| (id.to_owned(), false);
+        assert_eq!(
+            routed,
+            [first("shop:1-0"), later("shop:1-1"), first("again")]
+        );
+        assert_eq!(f.journal.events_of("shop:1").unwrap().len(), 1);
     }
 
     #[tokio::test(flavor = "multi_thread")]
