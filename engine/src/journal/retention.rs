@@ -954,6 +954,17 @@ mod tests {
             }
         }
 
+        /// A fixture holding `shop:1`, paid and completed 40 days ago (past `retain`), its
+        /// summary written; shared, for a blocking task to compact it.
+        async fn with_finished_order() -> std::sync::Arc<Fixture> {
+            let f = Fixture::new();
+            let old = NOW - 40 * DAY;
+            f.order("shop:1", &[OrderState::Paid, OrderState::Completed], old)
+                .await;
+            f.journal.flush().await;
+            std::sync::Arc::new(f)
+        }
+
         /// Journals `states` for `order` at `at` and indexes the order as an actor would.
         async fn order(&self, order: &str, states: &[OrderState], at: Millis) -> u64 {
             let events = states
@@ -1197,12 +1208,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread")]
     async fn a_batch_interrupted_before_its_removal_is_cut_back_and_archived_once() {
-        let f = Fixture::new();
-        let old = NOW - 40 * DAY;
-        f.order("shop:1", &[OrderState::Paid, OrderState::Completed], old)
-            .await;
-        f.journal.flush().await;
-        let f = std::sync::Arc::new(f);
+        let f = Fixture::with_finished_order().await;
         let g = f.clone();
         tokio::task::spawn_blocking(move || {
             // A compaction that committed its intent and wrote part of its batch, then died.
@@ -1232,12 +1238,7 @@ mod tests {
     /// (an actor it starts reads nothing, and the journal holds nothing else of it).
     #[tokio::test(flavor = "multi_thread")]
     async fn an_order_removed_by_compaction_is_new_again() {
-        let f = Fixture::new();
-        let old = NOW - 40 * DAY;
-        f.order("shop:1", &[OrderState::Paid, OrderState::Completed], old)
-            .await;
-        f.journal.flush().await;
-        let f = std::sync::Arc::new(f);
+        let f = Fixture::with_finished_order().await;
         let g = f.clone();
         tokio::task::spawn_blocking(move || assert_eq!(g.compact().orders, 1))
             .await
