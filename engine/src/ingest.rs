@@ -32,7 +32,7 @@ use crate::envelope::error_response;
 use crate::journal::{AppendOutcome, JournalError};
 pub(crate) use crate::secrets::{SecretLookup, secret};
 use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt as _;
@@ -539,11 +539,11 @@ pub(crate) async fn ingest_source(
     Path(source): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     let query = query.unwrap_or_default();
-    ingest(app, &source, None, Some(peer), &query, headers, body).await
+    let (parts, body) = request.into_parts();
+    ingest(app, &source, None, Some(peer), &query, parts.headers, body).await
 }
 
 /// `POST /v1/ingest/{source}/{token}`: a source authenticated by a secret path segment (SF's
@@ -553,17 +553,17 @@ pub(crate) async fn ingest_source_with_token(
     Path((source, token)): Path<(String, String)>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
     let query = query.unwrap_or_default();
+    let (parts, body) = request.into_parts();
     ingest(
         app,
         &source,
         Some(&token),
         Some(peer),
         &query,
-        headers,
+        parts.headers,
         body,
     )
     .await
@@ -612,10 +612,10 @@ pub(crate) async fn verify_source_url(
 pub(crate) async fn ingest_events(
     State(app): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Response {
-    ingest(app, "events", None, Some(peer), "", headers, body).await
+    let (parts, body) = request.into_parts();
+    ingest(app, "events", None, Some(peer), "", parts.headers, body).await
 }
 
 async fn ingest(

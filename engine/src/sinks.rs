@@ -123,9 +123,10 @@ pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<String, Del
     match request.send().await {
         Ok(response) => {
             let status = response.status().as_u16();
-            let headers = response.headers().clone();
+            // Read before the body consumes the response (no copy of the whole header map).
+            let retry_after = retry_after(response.headers());
             let text = response.text().await.unwrap_or_default();
-            match classify(status, &headers, &text) {
+            match classify(status, retry_after, &text) {
                 Delivery::Delivered => Ok(text),
                 other => Err(other),
             }
@@ -180,17 +181,19 @@ pub(crate) fn excerpt(text: &str) -> String {
 
 /// Classifies an HTTP answer the way every HTTP sink does: 2xx delivered, 429 throttled,
 /// 408/5xx transient, any other 4xx refused for good (410 means the endpoint is gone).
-fn classify(status: u16, headers: &HeaderMap, body: &str) -> Delivery {
-    let excerpt: String = body.chars().take(ERROR_EXCERPT).collect();
-    let detail = format!("HTTP {status}: {excerpt}");
+/// `retry_after` is the answer's `Retry-After` in seconds, if any.
+fn classify(status: u16, retry_after: Option<Duration>, body: &str) -> Delivery {
+    if (200..=299).contains(&status) {
+        return Delivery::Delivered;
+    }
+    let detail = format!("HTTP {status}: {}", excerpt(body));
     match status {
-        200..=299 => Delivery::Delivered,
         429 => Delivery::Throttled {
-            retry_after: retry_after(headers),
+            retry_after,
             detail,
         },
         408 | 500..=599 => Delivery::Failed {
-            retry_after: retry_after(headers),
+            retry_after,
             detail,
         },
         _ => Delivery::Rejected { detail },
@@ -219,35 +222,35 @@ mod tests {
     #[test]
     fn answers_are_classified_for_the_retry_policy() {
         let mut headers = HeaderMap::new();
-        assert_eq!(classify(204, &headers, ""), Delivery::Delivered);
+        assert_eq!(classify(204, retry_after(&headers), ""), Delivery::Delivered);
         headers.insert("retry-after", "7".parse().unwrap());
         assert_eq!(
-            classify(429, &headers, "slow down"),
+            classify(429, retry_after(&headers), "slow down"),
             Delivery::Throttled {
                 retry_after: Some(Duration::from_secs(7)),
                 detail: "HTTP 429: slow down".into()
             }
         );
         assert!(matches!(
-            classify(503, &headers, ""),
+            classify(503, retry_after(&headers), ""),
             Delivery::Failed {
                 retry_after: Some(_),
                 ..
             }
         ));
         assert!(matches!(
-            classify(408, &HeaderMap::new(), ""),
+            classify(408, retry_after(&HeaderMap::new()), ""),
             Delivery::Failed {
                 retry_after: None,
                 ..
             }
         ));
         assert!(matches!(
-            classify(410, &headers, "gone"),
+            classify(410, retry_after(&headers), "gone"),
             Delivery::Rejected { .. }
         ));
         let long = "x".repeat(5000);
-        let Delivery::Rejected { detail } = classify(400, &headers, &long) else {
+        let Delivery::Rejected { detail } = classify(400, retry_after(&headers), &long) else {
             panic!("400 is refused")
         };
         assert!(detail.len() < 600, "the response is kept as an excerpt");

@@ -2,9 +2,8 @@
 //! `idempotency-key`) carry the sync's stable idempotency key, so a receiver that dedupes on it
 //! sees each sync once however often it is retried.
 
-use super::{classify, transport_failure};
 use crate::signing::WebhookKey;
-use orderhub_actors::dispatch::{DeliveryFuture, SinkConnector, SyncIntent};
+use orderhub_actors::dispatch::{Delivery, DeliveryFuture, SinkConnector, SyncIntent};
 
 pub(crate) struct WebhookConnector {
     client: reqwest::Client,
@@ -66,14 +65,9 @@ impl SinkConnector for WebhookConnector {
         }
         let request = request.body(body);
         Box::pin(async move {
-            match request.send().await {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let headers = response.headers().clone();
-                    let text = response.text().await.unwrap_or_default();
-                    classify(status, &headers, &text)
-                }
-                Err(err) => transport_failure(&err),
+            match super::send(request).await {
+                Ok(_) => Delivery::Delivered,
+                Err(delivery) => delivery,
             }
         })
     }
