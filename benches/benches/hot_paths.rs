@@ -58,6 +58,27 @@ fn decode(c: &mut Criterion) {
     });
     group.finish();
 
+    // The lifecycle benchmark's shape: an event carrying the order's contents (~700 bytes).
+    let lifecycle = serde_json::to_string(&serde_json::json!({
+        "event_id": "wms-7311112222", "order": "douyin:4987325601234567", "source": "wms",
+        "status": "paid", "occurred_at": "2026-11-22T10:00:00+08:00",
+        "fields": orderhub_benches::contents(),
+    }))
+    .unwrap();
+    let mut group = c.benchmark_group("decode_canonical_event_with_contents");
+    group.throughput(Throughput::Bytes(lifecycle.len() as u64));
+    group.bench_function("simd_json", |b| {
+        b.iter(|| {
+            let mut bytes = lifecycle.as_bytes().to_vec();
+            let event: CanonicalEvent = simd_json::serde::from_slice(&mut bytes).unwrap();
+            black_box(event)
+        })
+    });
+    group.bench_function("serde_json", |b| {
+        b.iter(|| black_box(serde_json::from_str::<CanonicalEvent>(&lifecycle).unwrap()))
+    });
+    group.finish();
+
     let mut group = c.benchmark_group("decode_douyin_push");
     group.throughput(Throughput::Bytes(DOUYIN_PUSH.len() as u64));
     group.bench_function("simd_json", |b| {

@@ -222,7 +222,10 @@ mod tests {
     #[test]
     fn answers_are_classified_for_the_retry_policy() {
         let mut headers = HeaderMap::new();
-        assert_eq!(classify(204, retry_after(&headers), ""), Delivery::Delivered);
+        assert_eq!(
+            classify(204, retry_after(&headers), ""),
+            Delivery::Delivered
+        );
         headers.insert("retry-after", "7".parse().unwrap());
         assert_eq!(
             classify(429, retry_after(&headers), "slow down"),
