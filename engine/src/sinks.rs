@@ -252,6 +252,22 @@ mod tests {
             classify(410, retry_after(&headers), "gone"),
             Delivery::Rejected { .. }
         ));
+        // A 2xx is delivered whatever else it says.
+        assert_eq!(
+            classify(200, retry_after(&headers), ""),
+            Delivery::Delivered
+        );
+        // Retry-After is read in whole seconds, spaces around them allowed; an HTTP-date or
+        // anything else is no hint (the policy's own backoff applies).
+        headers.insert("retry-after", " 12 ".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(12)));
+        headers.insert(
+            "retry-after",
+            "Wed, 21 Oct 2026 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers), None);
+        headers.insert("retry-after", "soon".parse().unwrap());
+        assert_eq!(retry_after(&headers), None);
         let long = "x".repeat(5000);
         let Delivery::Rejected { detail } = classify(400, retry_after(&headers), &long) else {
             panic!("400 is refused")

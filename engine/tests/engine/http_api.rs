@@ -97,6 +97,19 @@ async fn bad_input_is_refused_with_a_named_error_counted_and_nothing_stored() {
     assert_eq!(status, 413);
     assert_eq!(body["error"]["code"], "body_too_large");
 
+    // The same body sent chunked, without a Content-Length: the limit holds while it is read.
+    let status_line = chunked_post(
+        &engine.base,
+        "/v1/ingest/douyin",
+        &[
+            ("app-id", DOUYIN_KEY.to_owned()),
+            ("event-sign", douyin_sign(&big, DOUYIN_SECRET)),
+        ],
+        big.as_bytes(),
+    )
+    .await;
+    assert!(status_line.starts_with("HTTP/1.1 413"), "{status_line}");
+
     let response = engine
         .client
         .post(format!("{}/v1/ingest/tiktok", engine.base))
@@ -662,4 +675,32 @@ async fn with_operators_configured_the_api_needs_a_token_and_a_role() {
         .await;
     assert_eq!(status, 200);
     engine.stop().await;
+}
+
+/// POSTs `body` to `path` over a raw HTTP/1.1 connection with `Transfer-Encoding: chunked` (no
+/// `Content-Length`), in 512-byte chunks; the answer's status line.
+async fn chunked_post(base: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n"
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    let mut bytes = request.into_bytes();
+    for chunk in body.chunks(512) {
+        bytes.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        bytes.extend_from_slice(chunk);
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(b"0\r\n\r\n");
+    // The engine may answer and close before it has read everything: a failed write is fine.
+    let _ = stream.write_all(&bytes).await;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    answer.lines().next().unwrap_or_default().to_owned()
 }
