@@ -366,6 +366,34 @@ CREATE TABLE syncs (row INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, sink TEXT 
 mod tests {
     use super::*;
 
+    /// The bundled SQLite is built with the options `.cargo/config.toml` sets: per-connection
+    /// page caches and no allocation counting, so the writer and the readers do not contend
+    /// on SQLite's global mutexes. (A build that lost the file would still work, slower: this
+    /// says so.)
+    #[test]
+    fn sqlite_is_built_without_its_global_mutexes() {
+        let conn = Connection::open_in_memory().unwrap();
+        let options: Vec<String> = conn
+            .prepare("SELECT compile_options FROM pragma_compile_options")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            options.iter().any(|o| o == "DEFAULT_MEMSTATUS=0"),
+            "LIBSQLITE3_FLAGS of .cargo/config.toml not applied: {options:?}"
+        );
+        assert!(
+            !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+            "{options:?}"
+        );
+        assert!(
+            options.iter().any(|o| o == "OMIT_SHARED_CACHE"),
+            "{options:?}"
+        );
+    }
+
     /// A journal records the layout it is written in; one from a later layout is refused with
     /// a message naming both, and left as it was.
     #[test]
