@@ -155,11 +155,27 @@ pub struct RuleError {
     pub problem: String,
 }
 
+/// A rule about to be judged, and whether its condition is already known to hold.
+struct Judged<'a> {
+    rule: &'a CompiledRule,
+    holds: bool,
+}
+
+impl<'a> Judged<'a> {
+    /// A rule whose condition is evaluated.
+    fn new(rule: &'a CompiledRule) -> Self {
+        Judged { rule, holds: false }
+    }
+}
+
 struct CompiledRule {
     spec: RuleSpec,
     when: Program,
     /// The only states `when` can be true in, when its form says so (see [`required_states`]).
     states: Option<Vec<&'static str>>,
+    /// Whether `when` is true in every one of `states` too (see [`decided_by`]): a transition
+    /// into one of them then needs no evaluation of the condition.
+    decided: bool,
     fields: Vec<(String, Program)>,
     /// Whether its condition or computed fields can read `order.fields` (they name
     /// `fields`): the order's contents are converted to CEL values only for such rules.
@@ -296,7 +312,11 @@ impl RuleSet {
                 return Err(fail("rule names must be unique and non-empty".into()));
             }
             let when = compile_cel(&spec.when).map_err(|e| fail(format!("when: {e}")))?;
-            let states = parse_cel(&spec.when).and_then(|ast| required_states(&ast));
+            let ast = parse_cel(&spec.when);
+            let states = ast.as_ref().and_then(required_states);
+            let decided = ast
+                .as_ref()
+                .is_some_and(|ast| decided_by(ast, &ORDER_STATE));
             let mut fields = Vec::new();
             for (name, expr) in &spec.fields {
                 let program = compile_cel(expr).map_err(|e| fail(format!("fields.{name}: {e}")))?;
@@ -366,6 +386,7 @@ impl RuleSet {
                 spec,
                 when,
                 states,
+                decided,
                 fields,
                 reads_fields,
                 payload_template,
@@ -453,18 +474,24 @@ impl RuleSet {
         if live.is_empty() {
             return effects;
         }
-        // The order's contents are the bulk of its conversion: left out when no rule reads them.
-        let with_fields = live.iter().any(|rule| rule.reads_fields);
-        let order_value = order_value(order, previous, with_fields);
         let event_value = event_json(event, None);
         let mut root = self.builtins.new_inner_scope();
-        if root.add_variable("order", order_value).is_err()
-            || root.add_variable("event", event_value.clone()).is_err()
-        {
-            effects
-                .notes
-                .push("rules skipped: order not representable in CEL".into());
-            return effects;
+        // A condition that only tests the state holds here (the filter above): the order is
+        // converted to CEL values only for rules that evaluate something.
+        let known = |rule: &CompiledRule| rule.decided && rule.fields.is_empty();
+        if !live.iter().all(|rule| known(rule)) {
+            // The order's contents are the bulk of its conversion: left out when no rule reads
+            // them.
+            let with_fields = live.iter().any(|rule| rule.reads_fields);
+            let order_value = order_value(order, previous, with_fields);
+            if root.add_variable("order", order_value).is_err()
+                || root.add_variable("event", event_value.clone()).is_err()
+            {
+                effects
+                    .notes
+                    .push("rules skipped: order not representable in CEL".into());
+                return effects;
+            }
         }
         for rule in live {
             let name = &rule.spec.name;
@@ -475,8 +502,13 @@ impl RuleSet {
                     .push(format!("rule {name}: waits for fields.{missing}"));
                 continue;
             }
-            self.judge(
+            let judged = Judged {
                 rule,
+                // In one of its states (the filter above), such a condition holds.
+                holds: rule.decided,
+            };
+            self.judge(
+                judged,
                 &root,
                 order,
                 previous,
@@ -554,7 +586,15 @@ impl RuleSet {
                 ));
                 continue;
             }
-            self.judge(rule, &root, order, None, &event_value, seq, &mut effects);
+            self.judge(
+                Judged::new(rule),
+                &root,
+                order,
+                None,
+                &event_value,
+                seq,
+                &mut effects,
+            );
         }
         for sync in &mut effects.syncs {
             sync.id = format!("{}:{suffix}", sync.id);
@@ -670,7 +710,7 @@ impl RuleSet {
                 .notes
                 .push(format!("rule {}: fields it needs arrived", waiting.rule));
             self.judge(
-                rule,
+                Judged::new(rule),
                 &root,
                 &then,
                 waiting.previous,
@@ -692,11 +732,12 @@ impl RuleSet {
         }
     }
 
-    /// Evaluates `rule`'s condition in `root` and, when it holds, takes its actions.
+    /// Evaluates the rule's condition in `root` (unless it is known to hold) and, when it
+    /// holds, takes its actions.
     #[allow(clippy::too_many_arguments)]
     fn judge(
         &self,
-        rule: &CompiledRule,
+        judged: Judged<'_>,
         root: &Context<'_>,
         order: &Order,
         previous: Option<OrderState>,
@@ -704,8 +745,14 @@ impl RuleSet {
         seq: u64,
         effects: &mut RuleEffects,
     ) {
+        let rule = judged.rule;
         let name = &rule.spec.name;
-        match rule.when.execute(root) {
+        let condition = if judged.holds {
+            Ok(Value::Bool(true))
+        } else {
+            rule.when.execute(root)
+        };
+        match condition {
             Ok(Value::Bool(true)) => {}
             Ok(Value::Bool(false)) => return,
             Ok(other) => {
@@ -935,6 +982,7 @@ fn compile_approvals(
                 },
                 when: compile_cel("true").map_err(fail)?,
                 states: None,
+                decided: false,
                 fields: Vec::new(),
                 reads_fields: false,
                 payload_template: None,
@@ -1066,6 +1114,27 @@ fn required_values(expr: &cel_parser::Expression, subject: &Subject) -> Option<V
             Some(both)
         }
         _ => None,
+    }
+}
+
+/// Whether `expr` is true exactly when the subject is one of [`required_values`]: an equality
+/// with a string literal, `in` a list of them, or `&&` and `||` of such tests. Its truth then
+/// follows from the subject alone. (`required_values` alone only says where it may be true:
+/// `order.state == "paid" && order.fields.vip` may be false in `paid`.)
+fn decided_by(expr: &cel_parser::Expression, subject: &Subject) -> bool {
+    use cel_parser::ast::{Expr, operators};
+    let Expr::Call(call) = &expr.expr else {
+        return false;
+    };
+    if call.target.is_some() || call.args.len() != 2 {
+        return false;
+    }
+    match call.func_name.as_str() {
+        operators::EQUALS | operators::IN => required_values(expr, subject).is_some(),
+        operators::LOGICAL_AND | operators::LOGICAL_OR => {
+            decided_by(&call.args[0], subject) && decided_by(&call.args[1], subject)
+        }
+        _ => false,
     }
 }
 
@@ -1298,6 +1367,96 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A condition judged without evaluation (`decided_by`) is true in exactly the states it
+    /// names, as CEL itself says; conditions that test anything else are evaluated.
+    #[test]
+    fn a_condition_decided_by_the_state_is_true_in_exactly_its_states() {
+        let decided = |when: &str| decided_by(&parse_cel(when).unwrap(), &ORDER_STATE);
+        let conditions = [
+            r#"order.state == "paid""#,
+            r#""shipped" == order.state"#,
+            r#"order.state in ["paid", "packed", "in_transit"]"#,
+            r#"order.state in ["paid", "allocated"] || order.state == "cancelled""#,
+            r#"order.state in ["paid", "shipped"] && order.state == "shipped""#,
+            r#"order.state == "paid" && order.state == "shipped""#,
+            r#"order.state == "nonsense""#,
+            r#"order.state == "none""#,
+        ];
+        let states = OrderState::ALL.map(Some).into_iter().chain([None]);
+        for when in conditions {
+            assert!(decided(when), "{when}");
+            let named = states_of(when).unwrap();
+            let program = compile_cel(when).unwrap();
+            for state in states.clone() {
+                let mut order = sample_order();
+                order.state = state;
+                let context = Context::default();
+                let mut scope = context.new_inner_scope();
+                scope
+                    .add_variable("order", order_json(&order, None))
+                    .unwrap();
+                let name = state_name(state);
+                assert_eq!(
+                    program.execute(&scope).unwrap(),
+                    Value::Bool(named.contains(&name)),
+                    "{when} in {name}"
+                );
+            }
+        }
+        for when in [
+            r#"order.state == "paid" && order.fields.vip"#,
+            r#"order.state == "paid" || order.fields.vip"#,
+            r#""shipped" == order.state && event.source == "wms""#,
+            r#"order.state in ["paid", 1]"#,
+            r#"order.state in order.fields.states"#,
+            r#"order.previous_state == "paid""#,
+            r#"order.state != "paid""#,
+            r#"!(order.state == "paid")"#,
+            r#"order.state == order.previous_state"#,
+            "true",
+        ] {
+            assert!(!decided(when), "{when}");
+        }
+    }
+
+    /// A rule decided by the state syncs what evaluating it syncs, and when it computes fields
+    /// they are computed; a condition that also tests the contents is still evaluated.
+    #[test]
+    fn rules_decided_by_the_state_act_as_evaluated_ones() {
+        let mut with_fields = spec("paid_total", r#"order.state == "paid""#);
+        with_fields.fields = [("total".to_string(), "order.fields.amount".to_string())]
+            .into_iter()
+            .collect();
+        let rules = RuleSet::compile(vec![
+            spec("progress", r#"order.state in ["paid", "packed"]"#),
+            spec(
+                "vip",
+                r#"order.state == "paid" && order.fields.vip == true"#,
+            ),
+            with_fields,
+        ])
+        .unwrap();
+        let mut order = sample_order();
+        order.state = Some(OrderState::Paid);
+        order.fields.insert("amount".into(), serde_json::json!(21));
+        order.fields.insert("vip".into(), serde_json::json!(false));
+        let trigger = event(1, OrderState::Paid, serde_json::json!({})).event;
+        let effects = rules.evaluate(&order, None, &trigger, 7);
+        let fired: Vec<&str> = effects.syncs.iter().map(|s| s.rule.as_str()).collect();
+        assert_eq!(fired, ["progress", "paid_total"], "{:?}", effects.notes);
+        assert_eq!(
+            effects.syncs[1].payload["fields"]["total"], 21,
+            "{:?}",
+            effects.notes
+        );
+        order.state = Some(OrderState::Packed);
+        let effects = rules.evaluate(&order, Some(OrderState::Paid), &trigger, 8);
+        let fired: Vec<&str> = effects.syncs.iter().map(|s| s.rule.as_str()).collect();
+        assert_eq!(fired, ["progress"]);
+        order.state = Some(OrderState::Allocated);
+        assert!(rules.evaluate(&order, None, &trigger, 9).syncs.is_empty());
     }
 
     #[test]
