@@ -333,6 +333,16 @@ pub(crate) struct Rejected {
     pub(crate) error: IngestError,
 }
 
+/// `{"status":"accepted"}`, the success answer of orderhub's own formats (canonical events,
+/// generic JSON), written once rather than built and serialized for every request.
+pub(crate) fn accepted() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        r#"{"status":"accepted"}"#,
+    )
+        .into_response()
+}
+
 /// One source's protocol.
 pub(crate) trait SourceAdapter: Send + Sync {
     /// The source's name (path segment and metric label).

@@ -161,7 +161,7 @@ impl SourceAdapter for EventsAdapter {
     }
 
     fn ack(&self) -> Response {
-        axum::Json(serde_json::json!({ "status": "accepted" })).into_response()
+        super::accepted()
     }
 
     fn ack_partial(&self, _request: &RawRequest<'_>, rejected: &[super::Rejected]) -> Response {

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::config::HumanDuration;
 use crate::signing::WebhookKey;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use orderhub_actors::order::{Millis, OrderEvent};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -229,7 +229,7 @@ impl SourceAdapter for GenericAdapter {
     }
 
     fn ack(&self) -> Response {
-        axum::Json(serde_json::json!({ "status": "accepted" })).into_response()
+        super::accepted()
     }
 }
 
