@@ -1328,20 +1328,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_condition_is_never_true_outside_the_states_it_names() {
-        let conditions = [
-            r#"order.state == "paid""#,
-            r#""shipped" == order.state && event.source == "wms""#,
-            r#"order.state in ["paid", "allocated"] || order.state == "cancelled""#,
-            r#"order.fields.missing.deeper && order.state == "paid""#,
-            r#"order.state == "none""#,
-        ];
+    /// `when` as the CEL interpreter evaluates it with the order in each state (and an event
+    /// from `wms`): `(state, result)`.
+    fn run_in_every_state(when: &str) -> Vec<(&'static str, cel_interpreter::ResolveResult)> {
+        let program = compile_cel(when).unwrap();
         let states = OrderState::ALL.map(Some).into_iter().chain([None]);
-        for when in conditions {
-            let named = states_of(when).unwrap();
-            let program = compile_cel(when).unwrap();
-            for state in states.clone() {
+        states
+            .map(|state| {
                 let mut order = sample_order();
                 order.state = state;
                 let context = Context::default();
@@ -1355,8 +1348,23 @@ mod tests {
                         serde_json::json!({"source": "wms", "raw_status": "x"}),
                     )
                     .unwrap();
-                let result = program.execute(&scope);
-                let name = state_name(state);
+                (state_name(state), program.execute(&scope))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_condition_is_never_true_outside_the_states_it_names() {
+        let conditions = [
+            r#"order.state == "paid""#,
+            r#""shipped" == order.state && event.source == "wms""#,
+            r#"order.state in ["paid", "allocated"] || order.state == "cancelled""#,
+            r#"order.fields.missing.deeper && order.state == "paid""#,
+            r#"order.state == "none""#,
+        ];
+        for when in conditions {
+            let named = states_of(when).unwrap();
+            for (name, result) in run_in_every_state(when) {
                 if !named.contains(&name) {
                     assert!(
                         !matches!(result, Ok(Value::Bool(true))),
@@ -1384,22 +1392,12 @@ mod tests {
             r#"order.state == "nonsense""#,
             r#"order.state == "none""#,
         ];
-        let states = OrderState::ALL.map(Some).into_iter().chain([None]);
         for when in conditions {
             assert!(decided(when), "{when}");
             let named = states_of(when).unwrap();
-            let program = compile_cel(when).unwrap();
-            for state in states.clone() {
-                let mut order = sample_order();
-                order.state = state;
-                let context = Context::default();
-                let mut scope = context.new_inner_scope();
-                scope
-                    .add_variable("order", order_json(&order, None))
-                    .unwrap();
-                let name = state_name(state);
+            for (name, result) in run_in_every_state(when) {
                 assert_eq!(
-                    program.execute(&scope).unwrap(),
+                    result.unwrap(),
                     Value::Bool(named.contains(&name)),
                     "{when} in {name}"
                 );
