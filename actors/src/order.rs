@@ -3,6 +3,7 @@
 pub mod approval;
 pub mod disagreement;
 pub mod event;
+pub mod fields;
 pub mod machine;
 pub mod policy;
 pub mod rules;
@@ -17,6 +18,7 @@ pub use disagreement::{Disagreement, SourceRole};
 pub use event::{
     EventAction, INTERNAL_SOURCE, JournaledEvent, Millis, OrderEvent, SharedEvent, Superseding,
 };
+pub use fields::{Field, Fields};
 pub use machine::{
     DETAILS_PATIENCE_MS, DETAILS_RULE, DetailsStatus, Effects, Hold, ITEMS_FIELD, OPERATOR_SOURCE,
     Order, Outcome, SUB_ORDERS_FIELD, SlaStatus, SlaTimer, SystemStatus, TimelineEntry,
@@ -116,7 +118,7 @@ mod tests {
         let mut paid = mv(1, Paid);
         paid.event
             .fields
-            .insert(SUB_ORDERS_FIELD.into(), serde_json::json!(["11", 12]));
+            .insert_value(SUB_ORDERS_FIELD, &serde_json::json!(["11", 12]));
         order.apply(&paid, &policy);
         let part = |seq, part: &str| {
             ev(
@@ -247,7 +249,8 @@ mod tests {
         hold.event.fields = serde_json::json!({"operator": "li.na", "reason": "address check"})
             .as_object()
             .cloned()
-            .unwrap();
+            .unwrap()
+            .into();
         order.apply(&hold, &policy);
         let held = order.hold.clone().unwrap();
         assert_eq!(
@@ -291,7 +294,8 @@ mod tests {
             serde_json::json!({"operator": "li.na", "reason": "x", "syncs": ["wms", "courier"]})
                 .as_object()
                 .cloned()
-                .unwrap();
+                .unwrap()
+                .into();
         order.apply(&hold, &policy);
         assert_eq!(
             order.hold.as_ref().unwrap().syncs,

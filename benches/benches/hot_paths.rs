@@ -116,7 +116,7 @@ fn mapping(c: &mut Criterion) {
 fn lifecycle_with_contents(order: &str) -> Vec<JournaledEvent> {
     let mut events = lifecycle(order);
     for journaled in &mut events {
-        journaled.event.fields = orderhub_benches::contents();
+        journaled.event.fields = orderhub_benches::contents().into();
     }
     events
 }
@@ -147,7 +147,7 @@ fn lifecycle(order: &str) -> Vec<JournaledEvent> {
             action: EventAction::Move { state },
             occurred_at: 1_700_000_000_000 + i as i64,
             received_at: 1_700_000_000_000 + i as i64,
-            fields: serde_json::Map::new(),
+            fields: Default::default(),
         },
     })
     .collect()
@@ -338,6 +338,7 @@ fn dispatcher_overhead(c: &mut Criterion) {
                             seq: row as u64,
                             rule: "r".into(),
                             payload: serde_json::Value::Null,
+                            fields: None,
                             contents: None,
                         }),
                         attempts: 0,

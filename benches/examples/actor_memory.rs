@@ -81,7 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         action: EventAction::Move { state: *state },
                         occurred_at: now + i as i64,
                         received_at: now + i as i64,
-                        fields: orderhub_benches::contents(),
+                        fields: orderhub_benches::contents().into(),
                     },
                 }),
             )?;

@@ -11,7 +11,7 @@
 //! the directory afterwards is the worst case of recovery after `kill -9` (every order
 //! re-folded from the journal).
 
-use orderhub_actors::order::{EventAction, OrderEvent, OrderState};
+use orderhub_actors::order::{EventAction, Fields, OrderEvent, OrderState};
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -33,18 +33,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as i64
         - finished_days.unwrap_or(0) * 86_400_000;
-    let contents: serde_json::Map<String, serde_json::Value> = serde_json::from_value(
-        serde_json::json!({
-            "items": [
-                {"sku": "SKU-1001-BLK-M", "name": "Down jacket, black, M", "qty": 1, "price": "899.00"},
-                {"sku": "SKU-2002-WHT", "name": "Thermal socks, 3 pairs", "qty": 2, "price": "59.00"}
-            ],
-            "amount": {"total": "1017.00", "paid": "1017.00", "currency": "CNY", "tax_included": true},
-            "receiver": {"name": "Li Na", "phone": "138****0000", "province": "Zhejiang", "city": "Hangzhou",
-                         "district": "Xihu", "address": "No. 18 Wensan Road, Building 3, Room 1201"},
-            "warehouse": "HZ-01", "waybill_no": null
-        }),
-    )?;
+    let contents: Fields = serde_json::from_value(serde_json::json!({
+        "items": [
+            {"sku": "SKU-1001-BLK-M", "name": "Down jacket, black, M", "qty": 1, "price": "899.00"},
+            {"sku": "SKU-2002-WHT", "name": "Thermal socks, 3 pairs", "qty": 2, "price": "59.00"}
+        ],
+        "amount": {"total": "1017.00", "paid": "1017.00", "currency": "CNY", "tax_included": true},
+        "receiver": {"name": "Li Na", "phone": "138****0000", "province": "Zhejiang", "city": "Hangzhou",
+                     "district": "Xihu", "address": "No. 18 Wensan Road, Building 3, Room 1201"},
+        "warehouse": "HZ-01", "waybill_no": null
+    }))?;
     let started = Instant::now();
     let mut n = 0u64;
     while n < total {
@@ -67,7 +65,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 format!("fill-{i}"),
                 "101",
                 OrderState::Paid,
-                serde_json::Map::new(),
+                Fields::new(),
             ));
             if finished_days.is_some() {
                 batch.push(event(

@@ -315,7 +315,7 @@ pub(crate) async fn retry_here(app: &Arc<AppState>, row: String, operator: Strin
                 action: EventAction::Inform,
                 occurred_at: now,
                 received_at: now,
-                fields,
+                fields: fields.into(),
             };
             if let Err(err) = crate::ingest::journal_events(app, OPERATOR_SOURCE, vec![noted]).await
             {

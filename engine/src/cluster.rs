@@ -27,6 +27,7 @@ use dashmap::DashMap;
 use orderhub_actors::order::OrderEvent;
 use orderhub_actors::store::{OrderStore, OrderUpdate, StoreError, StoredOrder};
 use orderhub_actors::telemetry as t;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -352,7 +353,7 @@ impl Cluster {
         let mut parked = vec![false; events.len()];
         for (event, parked) in events.iter_mut().zip(parked.iter_mut()) {
             if event.order.is_empty()
-                && let Some(waybill) = scans::waybill_of(event).map(str::to_owned)
+                && let Some(waybill) = scans::waybill_of(event).map(Cow::into_owned)
             {
                 match self.order_of_waybill(&waybill).await {
                     Some(order) => event.order = order,
@@ -363,7 +364,7 @@ impl Cluster {
         let mut acks = Vec::with_capacity(events.len());
         for (event, parked) in events.iter().zip(&parked) {
             let subject = match (parked, scans::waybill_of(event)) {
-                (true, Some(waybill)) => scans::parked_subject(waybill),
+                (true, Some(waybill)) => scans::parked_subject(&waybill),
                 _ => subject_of(partition_of(&event.order, partitions)),
             };
             let id = format!("{}:{}", event.source, event.source_event_id);
@@ -378,7 +379,7 @@ impl Cluster {
                 // original is stored, then "duplicate".
                 Err(err) if in_process(&err) => {
                     let subject = match (parked, scans::waybill_of(event)) {
-                        (true, Some(waybill)) => scans::parked_subject(waybill),
+                        (true, Some(waybill)) => scans::parked_subject(&waybill),
                         _ => subject_of(partition_of(&event.order, partitions)),
                     };
                     let id = format!("{}:{}", event.source, event.source_event_id);
@@ -401,7 +402,7 @@ impl Cluster {
             let Some(waybill) = scans::waybill_of(event) else {
                 continue;
             };
-            if let Some(order) = self.order_of_waybill(waybill).await {
+            if let Some(order) = self.order_of_waybill(&waybill).await {
                 let mut resolved = event.clone();
                 resolved.order = order;
                 let subject = subject_of(partition_of(&resolved.order, partitions));

@@ -911,6 +911,16 @@ pub fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, In
     simd_json::serde::from_slice(&mut buffer).map_err(|e| IngestError::Malformed(e.to_string()))
 }
 
+/// Parses `bytes` as JSON into a `T` that keeps parts of it as text (an event's `fields`):
+/// serde_json, which can hand a value's text over as it is (simd-json unescapes strings in
+/// place, so it has no text to hand over).
+pub fn decode_json_keeping_text<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, IngestError> {
+    check_json_depth(bytes)?;
+    serde_json::from_slice(bytes).map_err(|e| IngestError::Malformed(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -749,7 +749,7 @@ mod tests {
             action: EventAction::Inform,
             occurred_at: 1,
             received_at: 1,
-            fields: serde_json::Map::new(),
+            fields: Default::default(),
         }
     }
 
@@ -956,7 +956,7 @@ mod tests {
     fn with_fields(order: &str, id: &str, fields: serde_json::Value) -> OrderEvent {
         OrderEvent {
             order: order.into(),
-            fields: fields.as_object().cloned().unwrap(),
+            fields: fields.as_object().unwrap().into(),
             ..event(id)
         }
     }
@@ -1073,6 +1073,7 @@ mod tests {
                 seq: 11,
                 rule: "r".into(),
                 payload: payload.clone(),
+                fields: None,
                 contents: Some(11),
             }],
         });
@@ -1238,8 +1239,8 @@ mod tests {
             occurred_at: at,
             fields: serde_json::json!({"items": [{"sku": "SKU-1", "qty": 2}]})
                 .as_object()
-                .cloned()
-                .unwrap(),
+                .unwrap()
+                .into(),
             ..event("shop:1:paid")
         };
         {
@@ -1314,8 +1315,8 @@ mod tests {
             received_at: at,
             fields: serde_json::json!({"items": [{"sku": "A\"B", "price": 0.1, "qty": 3}], "buyer": "李四", "note": "gift"})
                 .as_object()
-                .cloned()
-                .unwrap(),
+                .unwrap()
+                .into(),
             ..event(id)
         }
         };
@@ -1642,7 +1643,7 @@ mod tests {
         let mut shipped = event("ship");
         shipped
             .fields
-            .insert("waybill_no".into(), serde_json::json!("SF1"));
+            .insert_value("waybill_no", &serde_json::json!("SF1"));
         journal.append(vec![shipped]).await.unwrap();
         assert_eq!(
             journal.order_of_waybill("SF1").unwrap().as_deref(),

@@ -157,9 +157,10 @@ pub(crate) fn unix_ms() -> i64 {
 
 /// The text a robot posts: the notification's `text`, else the payload as JSON.
 pub(crate) fn robot_text(sync: &orderhub_actors::dispatch::SyncIntent) -> String {
-    sync.payload["text"]
-        .as_str()
-        .map_or_else(|| sync.payload.to_string(), str::to_owned)
+    sync.payload["text"].as_str().map_or_else(
+        || serde_json::to_string(&sync.payload_json()).unwrap_or_default(),
+        str::to_owned,
+    )
 }
 
 /// `Retry-After` in seconds, if present and numeric.

@@ -26,6 +26,7 @@ impl MemoryOutbox {
                 seq,
                 rule: "r".into(),
                 payload: serde_json::json!({ "seq": seq }),
+                fields: None,
                 contents: None,
             }),
             attempts: 0,

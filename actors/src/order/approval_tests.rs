@@ -30,7 +30,7 @@ fn decide(seq: u64, approval: &str, who: &str, decision: Verdict, at: Millis) ->
     decided
         .event
         .fields
-        .insert("operator".into(), who.to_owned().into());
+        .insert_value("operator", &who.to_owned().into());
     decided
 }
 

@@ -114,7 +114,7 @@ fn shipped_without_pickup_by_the_deadline_until_the_courier_collects() {
             },
             occurred_at: deadline,
             received_at: deadline,
-            fields: serde_json::Map::new(),
+            fields: Default::default(),
         },
     };
     let (_, effects) = order.apply(&breach, &policy).unwrap();

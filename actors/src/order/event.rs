@@ -127,8 +127,8 @@ pub struct OrderEvent {
     /// When orderhub received it.
     pub received_at: Millis,
     /// Business fields the source carried (waybill, amounts, shop id, …).
-    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
-    pub fields: serde_json::Map<String, serde_json::Value>,
+    #[serde(default, skip_serializing_if = "super::Fields::is_empty")]
+    pub fields: super::Fields,
 }
 
 /// A message's place in a source's versioned stream.
@@ -158,7 +158,7 @@ impl OrderEvent {
             action,
             occurred_at: at,
             received_at: at,
-            fields: serde_json::Map::new(),
+            fields: super::Fields::new(),
         }
     }
 

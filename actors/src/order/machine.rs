@@ -234,24 +234,17 @@ impl HoldCause {
     /// The cause an event gives: an operator's reason and name (`fields.reason`,
     /// `fields.operator`), else the reporting source and its raw status.
     fn of(event: &super::event::OrderEvent) -> Self {
-        let text = |name: &str| {
-            event
-                .fields
-                .get(name)
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-        };
+        let text = |name: &str| event.fields.str(name).map(|text| text.into_owned());
         if event.source == OPERATOR_SOURCE {
-            let syncs = event
-                .fields
-                .get("syncs")
-                .and_then(|v| v.as_array())
-                .map(|sinks| {
+            let syncs = match event.fields.value("syncs") {
+                Some(serde_json::Value::Array(sinks)) => Some(
                     sinks
                         .iter()
                         .filter_map(|s| s.as_str().map(str::to_owned))
-                        .collect::<Vec<_>>()
-                });
+                        .collect::<Vec<_>>(),
+                ),
+                _ => None,
+            };
             HoldCause {
                 reason: text("reason"),
                 by: text("operator"),
@@ -361,7 +354,7 @@ pub struct Order {
     /// Each system's own last status.
     pub systems: BTreeMap<String, SystemStatus>,
     /// Business fields, later reports overriding earlier ones.
-    pub fields: serde_json::Map<String, serde_json::Value>,
+    pub fields: super::Fields,
     /// Tags added by rules.
     #[serde(default)]
     pub tags: Vec<String>,
@@ -411,7 +404,7 @@ impl Order {
             state_since: 0,
             hold: None,
             systems: BTreeMap::new(),
-            fields: serde_json::Map::new(),
+            fields: super::Fields::new(),
             tags: Vec::new(),
             versions: BTreeMap::new(),
             parts: BTreeMap::new(),
@@ -597,10 +590,8 @@ impl Order {
                 let decision = Decision {
                     operator: event
                         .fields
-                        .get("operator")
-                        .and_then(|v| v.as_str())
-                        .unwrap_or("unknown")
-                        .to_owned(),
+                        .str("operator")
+                        .map_or_else(|| "unknown".to_owned(), |name| name.into_owned()),
                     decision: *decision,
                     comment: comment.clone(),
                     at: event.received_at,
@@ -638,18 +629,7 @@ impl Order {
             && superseded.is_none()
         {
             self.record_system(journaled);
-            for (name, value) in &event.fields {
-                // Most reports repeat the contents the order has (a channel's pushes carry the
-                // whole order each time): comparing costs no allocation, replacing copies the
-                // tree and frees the old one.
-                match self.fields.get_mut(name) {
-                    Some(kept) if kept == value => {}
-                    Some(kept) => *kept = value.clone(),
-                    None => {
-                        self.fields.insert(name.clone(), value.clone());
-                    }
-                }
-            }
+            self.fields.merge(&event.fields);
             if !matches!(outcome, Outcome::Applied { .. }) {
                 self.reset_timers_on_report(at, policy, &mut timers);
             }
@@ -722,17 +702,15 @@ impl Order {
             rules: notes,
             unmapped: event.action == EventAction::Unmapped,
             by: (event.source == OPERATOR_SOURCE)
-                .then(|| event.fields.get("operator").and_then(|v| v.as_str()))
+                .then(|| event.fields.str("operator"))
                 .flatten()
-                .map(str::to_owned),
+                .map(|name| name.into_owned()),
         });
         // A payload carrying exactly this event's contents points the outbox at the event
         // instead of storing them again (most syncs: the contents are most of their bytes).
         if !event.fields.is_empty() {
             for sync in &mut timers.syncs {
-                if sync.contents.is_none()
-                    && sync.payload.get("fields").and_then(|f| f.as_object()) == Some(&event.fields)
-                {
+                if sync.contents.is_none() && sync.fields.as_ref() == Some(&event.fields) {
                     sync.contents = Some(journaled.seq);
                 }
             }
@@ -1464,6 +1442,7 @@ impl Order {
                 "order_id": self.key.split_once(':').map_or(self.key.as_str(), |(_, id)| id),
                 "reason": reason,
             }),
+            fields: None,
             contents: None,
         });
     }
@@ -1543,7 +1522,7 @@ impl Order {
         &mut self,
         part: &str,
         state: OrderState,
-        fields: &serde_json::Map<String, serde_json::Value>,
+        fields: &super::Fields,
         at: Millis,
         policy: &OrderPolicy,
         timers: &mut Effects,
@@ -1708,9 +1687,9 @@ impl Order {
 }
 
 /// The order's parts as listed in `fields.sub_orders` (ids as strings or numbers), if any.
-fn sub_orders(fields: &serde_json::Map<String, serde_json::Value>) -> Option<Vec<String>> {
+fn sub_orders(fields: &super::Fields) -> Option<Vec<String>> {
     let parts: Vec<String> = fields
-        .get(SUB_ORDERS_FIELD)?
+        .value(SUB_ORDERS_FIELD)?
         .as_array()?
         .iter()
         .filter_map(|id| match id {

@@ -195,7 +195,12 @@ impl CompiledRule {
         self.spec
             .needs
             .iter()
-            .find(|field| order.fields.get(field.as_str()).is_none_or(Json::is_null))
+            .find(|field| {
+                order
+                    .fields
+                    .get(field.as_str())
+                    .is_none_or(super::Field::is_null)
+            })
             .map(String::as_str)
     }
 }
@@ -787,15 +792,22 @@ impl RuleSet {
                 Some(template) => {
                     let context = self.template_context(order, Some(event_value), computed.clone());
                     self.render_json(template, &context)
+                        .map(|payload| (payload, None))
                 }
-                None => Ok(default_payload(order, previous, seq, rule, &computed)),
+                None => {
+                    let (payload, fields) = default_payload(order, previous, seq, rule, &computed);
+                    Ok((payload, Some(fields)))
+                }
             };
             match payload {
-                Ok(payload) => {
-                    effects
-                        .syncs
-                        .push(self.intent(order, seq, sink, name, payload, &effects.syncs))
-                }
+                Ok((payload, fields)) => effects.syncs.push(self.intent(
+                    order,
+                    seq,
+                    sink,
+                    name,
+                    (payload, fields),
+                    &effects.syncs,
+                )),
                 Err(problem) => effects
                     .notes
                     .push(format!("rule {name}: template: {problem}")),
@@ -819,9 +831,14 @@ impl RuleSet {
                 None => format!("order {} is now {}", order.key, state_name(order.state)),
             };
             let payload = serde_json::json!({ "text": text, "order": order.key, "state": state_name(order.state) });
-            effects
-                .syncs
-                .push(self.intent(order, seq, sink, name, payload, &effects.syncs));
+            effects.syncs.push(self.intent(
+                order,
+                seq,
+                sink,
+                name,
+                (payload, None),
+                &effects.syncs,
+            ));
         }
         if let Some(tag) = &rule.spec.tag {
             effects.tags.push(tag.clone());
@@ -838,7 +855,7 @@ impl RuleSet {
         seq: u64,
         sink: &str,
         rule: &str,
-        payload: Json,
+        (payload, fields): (Json, Option<super::Fields>),
         earlier: &[SyncIntent],
     ) -> SyncIntent {
         // Two rules syncing the same transition to the same sink get distinct keys; the first
@@ -854,6 +871,7 @@ impl RuleSet {
             seq,
             rule: rule.to_owned(),
             payload,
+            fields,
             contents: None,
         }
     }
@@ -1214,7 +1232,7 @@ fn order_value(order: &Order, previous: Option<OrderState>, with_fields: bool) -
     value.insert("state".into(), state_name(order.state).into());
     value.insert("previous_state".into(), state_name(previous).into());
     if with_fields {
-        value.insert("fields".into(), Json::Object(order.fields.clone()));
+        value.insert("fields".into(), Json::Object(order.fields.to_json()));
     }
     value.insert("systems".into(), Json::Object(systems));
     value.insert(
@@ -1230,11 +1248,12 @@ fn default_payload(
     seq: u64,
     rule: &CompiledRule,
     computed: &Map<String, Json>,
-) -> Json {
-    // Built by hand: `json!` would copy the contents twice more (it serializes every value it
-    // is given into a new one), and they are most of a payload's size.
+) -> (Json, super::Fields) {
+    // The contents are most of a payload's size: they stay text, shared with the order.
     let mut fields = order.fields.clone();
-    fields.extend(computed.clone());
+    for (name, value) in computed {
+        fields.insert_value(name, value);
+    }
     let operation = rule
         .spec
         .operation
@@ -1246,8 +1265,7 @@ fn default_payload(
     payload.insert("state".into(), state_name(order.state).into());
     payload.insert("previous_state".into(), state_name(previous).into());
     payload.insert("seq".into(), seq.into());
-    payload.insert("fields".into(), Json::Object(fields));
-    Json::Object(payload)
+    (Json::Object(payload), fields)
 }
 
 fn sample_order() -> Order {
@@ -1438,14 +1456,15 @@ mod tests {
         .unwrap();
         let mut order = sample_order();
         order.state = Some(OrderState::Paid);
-        order.fields.insert("amount".into(), serde_json::json!(21));
-        order.fields.insert("vip".into(), serde_json::json!(false));
+        order.fields.insert_value("amount", &serde_json::json!(21));
+        order.fields.insert_value("vip", &serde_json::json!(false));
         let trigger = event(1, OrderState::Paid, serde_json::json!({})).event;
         let effects = rules.evaluate(&order, None, &trigger, 7);
         let fired: Vec<&str> = effects.syncs.iter().map(|s| s.rule.as_str()).collect();
         assert_eq!(fired, ["progress", "paid_total"], "{:?}", effects.notes);
         assert_eq!(
-            effects.syncs[1].payload["fields"]["total"], 21,
+            effects.syncs[1].whole_payload()["fields"]["total"],
+            21,
             "{:?}",
             effects.notes
         );
@@ -1466,7 +1485,7 @@ mod tests {
         ])
         .unwrap();
         let mut order = sample_order();
-        order.fields.insert("amount".into(), serde_json::json!(20));
+        order.fields.insert_value("amount", &serde_json::json!(20));
         let trigger = event(1, OrderState::Paid, serde_json::json!({})).event;
         let fired = |order: &Order| {
             rules
@@ -1493,7 +1512,7 @@ mod tests {
         let (_, effects) = order
             .apply(&event(7, OrderState::Paid, contents.clone()), &policy)
             .unwrap();
-        assert_eq!(effects.syncs[0].payload["fields"], contents);
+        assert_eq!(effects.syncs[0].whole_payload()["fields"], contents);
         assert_eq!(effects.syncs[0].contents, Some(7));
         // An event carrying only part of the order's contents: the payload has more than it.
         let (_, effects) = order
@@ -1506,8 +1525,11 @@ mod tests {
                 &policy,
             )
             .unwrap();
-        assert_eq!(effects.syncs[0].payload["fields"]["waybill_no"], "SF1");
-        assert_eq!(effects.syncs[0].payload["fields"]["amount"], 99.5);
+        assert_eq!(
+            effects.syncs[0].whole_payload()["fields"]["waybill_no"],
+            "SF1"
+        );
+        assert_eq!(effects.syncs[0].whole_payload()["fields"]["amount"], 99.5);
         assert_eq!(effects.syncs[0].contents, None);
     }
 
@@ -1524,7 +1546,7 @@ mod tests {
                 action: EventAction::Move { state },
                 occurred_at: 1,
                 received_at: 1,
-                fields: fields.as_object().cloned().unwrap_or_default(),
+                fields: fields.as_object().cloned().unwrap_or_default().into(),
             },
         }
     }
@@ -1585,7 +1607,9 @@ mod tests {
         assert_eq!(sync.id, "douyin:1:7:erp");
         assert_eq!(sync.payload["operation"], "create");
         assert_eq!(sync.payload["previous_state"], "none");
-        let with_tax = sync.payload["fields"]["amount_with_tax"].as_f64().unwrap();
+        let with_tax = sync.whole_payload()["fields"]["amount_with_tax"]
+            .as_f64()
+            .unwrap();
         assert!((with_tax - 113.0).abs() < 1e-9, "{with_tax}");
         // Computed fields make them more than the event's contents: the payload is kept whole.
         assert_eq!(sync.contents, None);

@@ -173,14 +173,15 @@ impl StockStatus {
 /// The order's lines as stock sees them: `fields.items[]` with a `sku` and a positive `qty`
 /// (numbers or numeric strings), the warehouse from the line or `fields.warehouse`. `None`
 /// when the order has no such line.
-pub fn lines_of(fields: &serde_json::Map<String, serde_json::Value>) -> Option<Vec<StockLine>> {
-    let items = fields.get(super::machine::ITEMS_FIELD)?.as_array()?;
+pub fn lines_of(fields: &super::Fields) -> Option<Vec<StockLine>> {
+    let items = fields.value(super::machine::ITEMS_FIELD)?;
+    let items = items.as_array()?;
     let text = |value: Option<&serde_json::Value>| match value {
         Some(serde_json::Value::String(s)) => Some(s.trim().to_owned()),
         Some(serde_json::Value::Number(n)) => Some(n.to_string()),
         _ => None,
     };
-    let order_warehouse = text(fields.get("warehouse")).unwrap_or_default();
+    let order_warehouse = text(fields.value("warehouse").as_ref()).unwrap_or_default();
     let mut lines: Vec<StockLine> = Vec::new();
     for item in items {
         let Some(sku) = text(item.get("sku")).filter(|s| !s.is_empty()) else {

@@ -18,9 +18,9 @@ fn mv(seq: u64, state: OrderState, at: Millis) -> JournaledEvent {
 
 fn paid_with_items(seq: u64, at: Millis) -> JournaledEvent {
     let mut paid = mv(seq, Paid, at);
-    paid.event.fields.insert(
-        ITEMS_FIELD.into(),
-        serde_json::json!([
+    paid.event.fields.insert_value(
+        ITEMS_FIELD,
+        &serde_json::json!([
             {"sku": "A", "qty": 2, "name": "tea"},
             {"sku": "B", "qty": "1"},
             {"sku": "A", "qty": 1},
@@ -247,10 +247,10 @@ fn lines_arrive_later_and_without_stock_configured_nothing_is_asked() {
     assert!(order.stock.is_none());
     // The order's contents arrive (order details).
     let mut details = event(2, "shop_api", EventAction::Inform, MINUTE);
-    details.event.fields.insert(
-        ITEMS_FIELD.into(),
-        serde_json::json!([{"sku": "A", "qty": 1}]),
-    );
+    details
+        .event
+        .fields
+        .insert_value(ITEMS_FIELD, &serde_json::json!([{"sku": "A", "qty": 1}]));
     let (_, effects) = order.apply(&details, &policy).unwrap();
     assert_eq!(effects.internal.len(), 1);
 
@@ -274,7 +274,7 @@ fn lines_are_read_from_items_with_sku_and_positive_qty() {
             "junk"
         ]
     });
-    let lines = super::stock::lines_of(fields.as_object().unwrap()).unwrap();
+    let lines = super::stock::lines_of(&fields.as_object().unwrap().into()).unwrap();
     assert_eq!(
         lines,
         vec![
@@ -290,5 +290,5 @@ fn lines_are_read_from_items_with_sku_and_positive_qty() {
             },
         ]
     );
-    assert!(super::stock::lines_of(&serde_json::Map::new()).is_none());
+    assert!(super::stock::lines_of(&Default::default()).is_none());
 }

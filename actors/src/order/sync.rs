@@ -17,8 +17,15 @@ pub struct SyncIntent {
     pub seq: u64,
     /// The rule that decided it.
     pub rule: String,
-    /// What is sent (connectors translate it into the sink's own format).
+    /// What is sent (connectors translate it into the sink's own format), without its
+    /// `fields` member when [`fields`](Self::fields) holds it: [`whole_payload`](Self::whole_payload)
+    /// and [`payload_json`](Self::payload_json) put the two together.
     pub payload: serde_json::Value,
+    /// The payload's `fields` (the order's contents, most of its bytes), kept as JSON text
+    /// apart from the rest of a payload that is an object: they are written into a body as they
+    /// are, never parsed into a tree and copied. `None`: the payload is whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<super::Fields>,
     /// The journal sequence of an event whose `fields` are exactly the payload's `fields` (the
     /// order's contents, most of a payload's bytes): the outbox then stores the payload without
     /// them and reads them back from that event, rather than writing the contents once more per
@@ -31,6 +38,44 @@ impl SyncIntent {
     /// The idempotency key of the sync of `order`'s transition at `seq` to `sink`.
     pub fn key(order: &str, seq: u64, sink: &str) -> String {
         format!("{order}:{seq}:{sink}")
+    }
+
+    /// The whole payload as a value, `fields` included (for connectors that look inside it;
+    /// a body is written with [`payload_json`](Self::payload_json)).
+    pub fn whole_payload(&self) -> std::borrow::Cow<'_, serde_json::Value> {
+        match (&self.payload, &self.fields) {
+            (serde_json::Value::Object(payload), Some(fields)) => {
+                let mut whole = payload.clone();
+                whole.insert("fields".into(), serde_json::Value::Object(fields.to_json()));
+                std::borrow::Cow::Owned(serde_json::Value::Object(whole))
+            }
+            _ => std::borrow::Cow::Borrowed(&self.payload),
+        }
+    }
+
+    /// The whole payload, to serialize: `fields` written as the text they are kept as.
+    pub fn payload_json(&self) -> WholePayload<'_> {
+        WholePayload(self)
+    }
+}
+
+/// A sync's whole payload, serialized from its parts ([`SyncIntent::payload_json`]).
+pub struct WholePayload<'a>(&'a SyncIntent);
+
+impl Serialize for WholePayload<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match (&self.0.payload, &self.0.fields) {
+            (serde_json::Value::Object(payload), Some(fields)) => {
+                let mut map = serializer.serialize_map(Some(payload.len() + 1))?;
+                for (name, value) in payload.iter().filter(|(name, _)| *name != "fields") {
+                    map.serialize_entry(name, value)?;
+                }
+                map.serialize_entry("fields", fields)?;
+                map.end()
+            }
+            (payload, _) => payload.serialize(serializer),
+        }
     }
 }
 

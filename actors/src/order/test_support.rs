@@ -23,7 +23,7 @@ pub(crate) fn journaled(
             action,
             occurred_at: at,
             received_at: at,
-            fields: serde_json::Map::new(),
+            fields: Default::default(),
         },
     }
 }

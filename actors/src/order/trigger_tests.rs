@@ -107,7 +107,8 @@ fn a_breach_a_hold_and_an_unknown_status_each_tell_someone() {
     hold.event.fields = serde_json::json!({"operator": "li.na", "reason": "fraud check"})
         .as_object()
         .cloned()
-        .unwrap();
+        .unwrap()
+        .into();
     let (_, effects) = order.apply(&hold, &policy).unwrap();
     assert_eq!(
         texts(&effects),

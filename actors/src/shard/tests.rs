@@ -142,7 +142,7 @@ fn event(order: &str, id: &str, state: OrderState, at: Millis) -> OrderEvent {
         action: EventAction::Move { state },
         occurred_at: at,
         received_at: at,
-        fields: serde_json::Map::new(),
+        fields: Default::default(),
     }
 }
 

@@ -238,7 +238,7 @@ async fn decide_in_turn(
         },
         occurred_at: now,
         received_at: now,
-        fields,
+        fields: fields.into(),
     };
     // A person's decision is never held back by a sync backlog: it goes straight to the log.
     let seq = match app.append(vec![event]).await {

@@ -172,7 +172,7 @@ async fn act(
         },
         occurred_at: now,
         received_at: now,
-        fields,
+        fields: fields.into(),
     };
     if let Err(err) = crate::ingest::journal_events(app, OPERATOR_SOURCE, vec![event]).await {
         return err.into_response();

@@ -18,17 +18,18 @@ use super::{Cluster, Inner, placement, subject_of};
 use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use futures_util::StreamExt as _;
 use orderhub_actors::order::OrderEvent;
+use std::borrow::Cow;
 use std::time::Duration;
 
 /// `waybill → order` (the order whose event last carried the waybill).
 pub const WAYBILLS_BUCKET: &str = "orderhub_waybills";
 
 /// The waybill of an event (`fields.waybill_no`), if it carries one.
-pub(crate) fn waybill_of(event: &OrderEvent) -> Option<&str> {
-    match event.fields.get("waybill_no") {
-        Some(serde_json::Value::String(waybill)) if !waybill.is_empty() => Some(waybill),
-        _ => None,
-    }
+pub(crate) fn waybill_of(event: &OrderEvent) -> Option<Cow<'_, str>> {
+    event
+        .fields
+        .str("waybill_no")
+        .filter(|waybill| !waybill.is_empty())
 }
 
 /// A waybill (or a sync's key) as a KV key and a subject token: itself when it is plain
@@ -169,10 +170,10 @@ impl Inner {
                 continue;
             };
             self.waybills
-                .put(token(waybill), event.order.clone().into_bytes().into())
+                .put(token(&waybill), event.order.clone().into_bytes().into())
                 .await
                 .map_err(|e| format!("waybill {waybill}: {e}"))?;
-            self.unpark(waybill, &event.order).await?;
+            self.unpark(&waybill, &event.order).await?;
         }
         Ok(())
     }

@@ -601,7 +601,7 @@ impl SinkConnector for DetailsConnector {
                 action: EventAction::Inform,
                 occurred_at: fetched.updated_at.unwrap_or(now).min(now),
                 received_at: now,
-                fields: fetched.fields,
+                fields: fetched.fields.into(),
             };
             match super::journal_answers(&app, answers, vec![event]).await {
                 Ok(_) => Delivery::Delivered,

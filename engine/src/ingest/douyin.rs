@@ -227,7 +227,7 @@ impl DouyinAdapter {
             action,
             occurred_at,
             received_at,
-            fields: data,
+            fields: data.into(),
         })
     }
 }
@@ -380,9 +380,9 @@ mod tests {
             }
         );
         assert_eq!(event.occurred_at, 1_700_000_000_000);
-        assert_eq!(event.fields["shop_id"], 77);
+        assert_eq!(event.fields.to_json()["shop_id"], 77);
         assert_eq!(
-            event.fields[SUB_ORDERS_FIELD],
+            event.fields.value(SUB_ORDERS_FIELD).unwrap(),
             serde_json::json!(["4987325602"])
         );
         assert!(!event.fields.contains_key("p_id"));
@@ -445,8 +445,8 @@ mod tests {
             serde_json::json!({"p_id": 1, "s_ids": [1], "update_time": 1599644408,
                 "logistics_msg": {"express_company_id": "shunfeng", "logistics_code": "SF1400123456789"}}),
         ));
-        assert_eq!(events[0].fields["waybill_no"], "SF1400123456789");
-        assert_eq!(events[0].fields["courier"], "shunfeng");
+        assert_eq!(events[0].fields.to_json()["waybill_no"], "SF1400123456789");
+        assert_eq!(events[0].fields.to_json()["courier"], "shunfeng");
         assert_eq!(
             events[0].action,
             EventAction::Move {

@@ -78,7 +78,7 @@ struct CanonicalEvent {
     raw_status: Option<String>,
     occurred_at: Option<Time>,
     #[serde(default)]
-    fields: serde_json::Map<String, serde_json::Value>,
+    fields: orderhub_actors::order::Fields,
 }
 
 fn check_name(what: &str, value: &str, index: usize) -> Result<(), IngestError> {
@@ -123,8 +123,8 @@ impl SourceAdapter for EventsAdapter {
         // events (one pass, no intermediate JSON values); anything else goes the slow way below,
         // which names what is wrong with each event.
         let typed = match first {
-            Some(b'[') => super::decode_json::<Vec<CanonicalEvent>>(request.body).ok(),
-            Some(b'{') => super::decode_json::<CanonicalEvent>(request.body)
+            Some(b'[') => super::decode_json_keeping_text::<Vec<CanonicalEvent>>(request.body).ok(),
+            Some(b'{') => super::decode_json_keeping_text::<CanonicalEvent>(request.body)
                 .ok()
                 .map(|event| vec![event]),
             _ => None,
@@ -285,7 +285,7 @@ mod tests {
         );
         assert_eq!(events[0].raw_status, "PICK_DONE");
         assert_eq!(events[0].occurred_at, 1_714_528_800_000);
-        assert_eq!(events[0].fields["waybill_no"], "SF1");
+        assert_eq!(events[0].fields.to_json()["waybill_no"], "SF1");
 
         let events = decode(
             r#"[{"order":"a:1","source":"wms","status":"none"},{"order":"a:1","source":"ops","status":"hold_released","occurred_at":42}]"#,

@@ -186,7 +186,7 @@ impl GenericAdapter {
             action,
             occurred_at,
             received_at,
-            fields,
+            fields: fields.into(),
         })
     }
 }
@@ -343,14 +343,14 @@ mod tests {
             events[0].occurred_at, 1_700_000_000_000,
             "seconds become ms"
         );
-        assert_eq!(events[0].fields["amount"], 1288.5);
+        assert_eq!(events[0].fields.to_json()["amount"], 1288.5);
         assert_eq!(
             events[1].action,
             EventAction::Move {
                 state: OrderState::Shipped
             }
         );
-        assert_eq!(events[1].fields["waybill_no"], "SF1400999");
+        assert_eq!(events[1].fields.to_json()["waybill_no"], "SF1400999");
         assert_eq!(events[1].occurred_at, 1_700_003_600_000, "RFC 3339");
     }
 

@@ -241,7 +241,7 @@ impl KuaishouAdapter {
                 .filter(|t| *t > 0)
                 .unwrap_or(received_at),
             received_at,
-            fields,
+            fields: fields.into(),
         }]))
     }
 }
@@ -345,8 +345,11 @@ mod tests {
                 state: OrderState::Paid
             }
         );
-        assert_eq!(paid[0].fields["kuaishou_delivery_status"], "2");
-        assert_eq!(paid[0].fields["kuaishou_info"]["sellerId"], 1234567);
+        assert_eq!(paid[0].fields.to_json()["kuaishou_delivery_status"], "2");
+        assert_eq!(
+            paid[0].fields.to_json()["kuaishou_info"]["sellerId"],
+            1234567
+        );
         let shipped = events(&fixture("delivering"));
         assert_eq!(
             shipped[0].action,
@@ -367,7 +370,10 @@ mod tests {
     fn an_after_sale_is_recorded_on_its_order_never_on_the_refund_id() {
         let refund = events(&fixture("add_refund"));
         assert_eq!(refund[0].order, "kuaishou:2418800012345678");
-        assert_eq!(refund[0].fields["kuaishou_refund_id"], "2102345678901234");
+        assert_eq!(
+            refund[0].fields.to_json()["kuaishou_refund_id"],
+            "2102345678901234"
+        );
         assert_eq!(refund[0].action, EventAction::Inform);
         assert_eq!(refund[0].raw_status, "kwaishop_aftersales_addRefund");
     }

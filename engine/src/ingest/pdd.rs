@@ -248,7 +248,7 @@ impl PddChannel {
                 action,
                 occurred_at: send_time,
                 received_at,
-                fields,
+                fields: fields.into(),
             }),
             ack,
         })

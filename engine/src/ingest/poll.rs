@@ -562,7 +562,7 @@ impl Poller {
                 action,
                 occurred_at: updated.unwrap_or(now),
                 received_at: now,
-                fields,
+                fields: fields.into(),
             });
         }
         Ok((found, items.len()))

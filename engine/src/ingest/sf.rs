@@ -283,7 +283,7 @@ impl SfAdapter {
             action,
             occurred_at,
             received_at,
-            fields,
+            fields: fields.into(),
         })
     }
 }
@@ -389,7 +389,7 @@ mod tests {
 
     fn assert_three_routes(events: &[OrderEvent]) {
         assert_eq!(events.len(), 3);
-        assert_eq!(events[0].fields["waybill_no"], "SF1400123456789");
+        assert_eq!(events[0].fields.to_json()["waybill_no"], "SF1400123456789");
         assert_eq!(
             events[0].order, "",
             "found through the waybill by the journal"
@@ -414,7 +414,10 @@ mod tests {
                 state: OrderState::Delivered
             }
         );
-        assert_eq!(events[0].fields["sf_remark"], "顺丰速运 已收取快件");
+        assert_eq!(
+            events[0].fields.to_json()["sf_remark"],
+            "顺丰速运 已收取快件"
+        );
     }
 
     #[test]

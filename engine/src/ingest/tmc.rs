@@ -431,7 +431,7 @@ impl TmcChannel {
                 action,
                 occurred_at,
                 received_at,
-                fields,
+                fields: fields.into(),
             },
             id,
         ))

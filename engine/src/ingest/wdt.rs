@@ -280,7 +280,7 @@ impl WdtPoller {
             action: self.status_map.map(raw_status),
             occurred_at,
             received_at,
-            fields,
+            fields: fields.into(),
         })
     }
 
@@ -456,8 +456,8 @@ mod tests {
                 state: OrderState::Shipped
             }
         );
-        assert_eq!(event.fields["waybill_no"], "SF1400123456789");
-        assert_eq!(event.fields["courier"], "顺丰速运");
+        assert_eq!(event.fields.to_json()["waybill_no"], "SF1400123456789");
+        assert_eq!(event.fields.to_json()["courier"], "顺丰速运");
         // 2025-12-30 11:10:34 in China is 03:10:34 UTC.
         assert_eq!(event.occurred_at, 1_767_064_234_000);
         let (rec_id, partial) = &page.events[1];

@@ -351,7 +351,7 @@ impl WechatAdapter {
                 received_at
             },
             received_at,
-            fields,
+            fields: fields.into(),
         }]))
     }
 }
@@ -413,7 +413,7 @@ impl SourceAdapter for WechatAdapter {
             for event in events {
                 event
                     .fields
-                    .insert("wechat_app_id".into(), Value::String(app_id.clone()));
+                    .insert_value("wechat_app_id", &Value::String(app_id.clone()));
             }
         }
         Ok(decoded)
@@ -541,7 +541,7 @@ mod tests {
         );
         assert_eq!(events[0].occurred_at, 1_700_000_100_000);
         assert_eq!(
-            events[0].fields["wechat_order_info"]["pay_time"],
+            events[0].fields.to_json()["wechat_order_info"]["pay_time"],
             1700000099
         );
         let tampered = query.replace("nonce=1597530", "nonce=1597531");
@@ -593,7 +593,10 @@ mod tests {
                 state: OrderState::Shipped
             }
         );
-        assert_eq!(events[0].fields["wechat_app_id"], "wx5f0c1b2a3d4e5f60");
+        assert_eq!(
+            events[0].fields.to_json()["wechat_app_id"],
+            "wx5f0c1b2a3d4e5f60"
+        );
         // A msg_signature over another Encrypt is refused.
         let forged = body.replacen("\"Encrypt\": \"", "\"Encrypt\": \"A", 1);
         assert!(matches!(

@@ -221,7 +221,7 @@ impl YouzanAdapter {
             action,
             occurred_at: received_at,
             received_at,
-            fields,
+            fields: fields.into(),
         }]))
     }
 }
@@ -340,14 +340,14 @@ mod tests {
             }
         );
         assert_eq!(event.raw_status, "WAIT_SELLER_SEND_GOODS");
-        assert_eq!(event.fields["kdt_id"], "160001");
-        assert_eq!(event.fields["youzan_version"], 1700000123456i64);
+        assert_eq!(event.fields.to_json()["kdt_id"], "160001");
+        assert_eq!(event.fields.to_json()["youzan_version"], 1700000123456i64);
         assert_eq!(
-            event.fields["youzan_msg"]["tid"],
+            event.fields.to_json()["youzan_msg"]["tid"],
             "E20231115093012034500012"
         );
         assert_eq!(
-            event.fields["youzan_msg"]["buyer_memo"],
+            event.fields.to_json()["youzan_msg"]["buyer_memo"],
             "请尽快发货 thanks"
         );
     }

@@ -11,9 +11,8 @@
 //! the cluster's partition snapshots.
 
 use super::JournalError;
-use orderhub_actors::order::{EventAction, Millis, OrderEvent, Superseding};
+use orderhub_actors::order::{EventAction, Fields, Millis, OrderEvent, Superseding};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
 /// The part of an event its body holds, borrowed for writing.
 #[derive(Serialize)]
@@ -39,7 +38,7 @@ struct Read {
     action: EventAction,
     occurred_at: Millis,
     #[serde(default)]
-    fields: Map<String, Value>,
+    fields: Fields,
 }
 
 fn corrupt(seq: i64, err: serde_json::Error) -> JournalError {
@@ -90,10 +89,7 @@ pub(crate) struct Row<'a> {
 }
 
 /// The event a row holds, with `fields` if it shares them (else those of its body).
-pub(crate) fn decode(
-    row: &Row<'_>,
-    fields: Option<Map<String, Value>>,
-) -> Result<OrderEvent, JournalError> {
+pub(crate) fn decode(row: &Row<'_>, fields: Option<Fields>) -> Result<OrderEvent, JournalError> {
     let read: Read = serde_json::from_str(row.body).map_err(|e| corrupt(row.seq, e))?;
     Ok(OrderEvent {
         order: row.order.to_owned(),
@@ -112,6 +108,7 @@ pub(crate) fn decode(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn event(fields: Value) -> OrderEvent {
         OrderEvent {
@@ -127,7 +124,7 @@ mod tests {
             action: EventAction::Inform,
             occurred_at: 1_796_090_338_427,
             received_at: 1_796_090_338_551,
-            fields: fields.as_object().cloned().unwrap(),
+            fields: fields.as_object().cloned().unwrap().into(),
         }
     }
 

@@ -28,8 +28,8 @@ struct Line<'a> {
     received_at: Millis,
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     unmapped: bool,
-    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
-    fields: &'a serde_json::Map<String, serde_json::Value>,
+    #[serde(skip_serializing_if = "orderhub_actors::order::Fields::is_empty")]
+    fields: &'a orderhub_actors::order::Fields,
 }
 
 /// Writes the events received in `[from, to)` (hub time, ms) from the archive files in
@@ -125,7 +125,7 @@ mod tests {
             action,
             occurred_at: at,
             received_at: at,
-            fields: serde_json::Map::new(),
+            fields: Default::default(),
         }
     }
 

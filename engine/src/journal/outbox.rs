@@ -3,9 +3,9 @@
 
 use super::JournalError;
 use orderhub_actors::dispatch::{PendingSync, SyncIntent, SyncStatus, SyncUpdate};
-use orderhub_actors::order::Millis;
+use orderhub_actors::order::{Fields, Millis};
 use rusqlite::{Connection, OptionalExtension, Row, params};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// A sync as the API shows it.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -49,7 +49,7 @@ impl serde::Serialize for Stored<'_> {
                 }
                 map.end()
             }
-            (payload, _) => payload.serialize(serializer),
+            _ => self.0.payload_json().serialize(serializer),
         }
     }
 }
@@ -153,15 +153,18 @@ const PAYLOAD_COLUMNS: &str = "payload, contents, (SELECT body FROM events WHERE
 #[derive(serde::Deserialize)]
 struct Contents {
     #[serde(default)]
-    fields: Map<String, Value>,
+    fields: Fields,
 }
 
-/// The whole payload of a row from its three [`PAYLOAD_COLUMNS`] starting at `at`: the stored
-/// payload, with `fields` read back from the event it points at.
-fn payload_at(r: &Row<'_>, at: usize) -> rusqlite::Result<Result<(Value, Option<u64>), String>> {
+/// A row's payload, its `fields` kept apart, and the event they come from.
+type Payload = (Value, Option<Fields>, Option<u64>);
+
+/// The payload of a row from its three [`PAYLOAD_COLUMNS`] starting at `at`: the stored
+/// payload, and `fields` read back from the event it points at (if it points at one).
+fn payload_at(r: &Row<'_>, at: usize) -> rusqlite::Result<Result<Payload, String>> {
     let stored: String = r.get(at)?;
     let contents: Option<i64> = r.get(at + 1)?;
-    let mut payload: Value = match serde_json::from_str(&stored) {
+    let payload: Value = match serde_json::from_str(&stored) {
         Ok(payload) => payload,
         Err(e) => {
             return Ok(Err(format!(
@@ -171,7 +174,7 @@ fn payload_at(r: &Row<'_>, at: usize) -> rusqlite::Result<Result<(Value, Option<
         }
     };
     let Some(seq) = contents else {
-        return Ok(Ok((payload, None)));
+        return Ok(Ok((payload, None, None)));
     };
     let body: Option<String> = r.get(at + 2)?;
     let fields = match body.as_deref().map(serde_json::from_str::<Contents>) {
@@ -189,18 +192,13 @@ fn payload_at(r: &Row<'_>, at: usize) -> rusqlite::Result<Result<(Value, Option<
             )));
         }
     };
-    match payload.as_object_mut() {
-        Some(map) => {
-            map.insert("fields".into(), Value::Object(fields));
-        }
-        None => {
-            return Ok(Err(format!(
-                "sync row {}: a payload with contents elsewhere is not an object",
-                r.get::<_, i64>(0)?
-            )));
-        }
+    if !payload.is_object() {
+        return Ok(Err(format!(
+            "sync row {}: a payload with contents elsewhere is not an object",
+            r.get::<_, i64>(0)?
+        )));
     }
-    Ok(Ok((payload, Some(seq as u64))))
+    Ok(Ok((payload, Some(fields), Some(seq as u64))))
 }
 
 fn pending_columns() -> String {
@@ -213,9 +211,9 @@ fn pending_columns() -> String {
 /// `unreadable` (the dispatcher dead-letters it with the reason) rather than failing the page,
 /// which would hold up every later sync of its sink.
 fn pending_from_row(r: &Row<'_>) -> rusqlite::Result<PendingSync> {
-    let (payload, contents, unreadable) = match payload_at(r, 9)? {
-        Ok((payload, contents)) => (payload, contents, None),
-        Err(why) => (Value::Null, None, Some(why)),
+    let ((payload, fields, contents), unreadable) = match payload_at(r, 9)? {
+        Ok(payload) => (payload, None),
+        Err(why) => ((Value::Null, None, None), Some(why)),
     };
     Ok(PendingSync {
         row: r.get(0)?,
@@ -226,6 +224,7 @@ fn pending_from_row(r: &Row<'_>) -> rusqlite::Result<PendingSync> {
             seq: r.get::<_, i64>(4)? as u64,
             rule: r.get(5)?,
             payload,
+            fields,
             contents,
         }),
         attempts: r.get(6)?,
@@ -299,7 +298,11 @@ fn views(
 /// stored, with why (it is still the outbox's record of the sync).
 fn view_from_row(r: &Row<'_>) -> rusqlite::Result<SyncView> {
     let payload = match payload_at(r, 10)? {
-        Ok((payload, _)) => payload,
+        Ok((Value::Object(mut payload), Some(fields), _)) => {
+            payload.insert("fields".into(), Value::Object(fields.to_json()));
+            Value::Object(payload)
+        }
+        Ok((payload, _, _)) => payload,
         Err(why) => serde_json::json!({ "stored": r.get::<_, String>(10)?, "error": why }),
     };
     Ok(SyncView {
@@ -375,7 +378,7 @@ mod tests {
             action: EventAction::Inform,
             occurred_at: 1,
             received_at: 1,
-            fields: fields.as_object().cloned().unwrap(),
+            fields: fields.as_object().unwrap().into(),
         };
         let seq: i64 = conn
             .query_row(
@@ -396,6 +399,7 @@ mod tests {
             seq: 1,
             rule: "r".into(),
             payload,
+            fields: None,
             contents,
         }
     }
@@ -425,7 +429,7 @@ mod tests {
         assert_eq!(stored[1].1, None);
 
         let pending = pending_page(&conn, "erp", 0, 10).unwrap();
-        assert_eq!(pending[0].intent.payload, payload);
+        assert_eq!(*pending[0].intent.whole_payload(), payload);
         assert_eq!(pending[0].intent.contents, Some(seq));
         let views = of_order(&conn, "shop:1").unwrap();
         assert_eq!(views.len(), 2);
@@ -471,7 +475,7 @@ mod tests {
         .unwrap()
         .unwrap();
         let page = pending_page(&conn, "erp", 0, 10).unwrap();
-        assert_eq!(page[0].intent.payload, payload);
+        assert_eq!(*page[0].intent.whole_payload(), payload);
         assert_eq!(page[0].unreadable, None);
         let why = page[1].unreadable.as_deref().unwrap();
         assert!(

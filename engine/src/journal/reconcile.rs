@@ -161,8 +161,8 @@ pub fn reconcile(
             .map_or("none".to_owned(), |s| s.as_str().to_owned());
         let amount = order
             .fields
-            .get("amount")
-            .and_then(serde_json::Value::as_f64);
+            .value("amount")
+            .and_then(|amount| amount.as_f64());
         let report = channels
             .entry(channel.clone())
             .or_insert_with(|| ChannelReport {

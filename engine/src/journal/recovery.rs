@@ -184,7 +184,7 @@ mod tests {
             },
             occurred_at: 1,
             received_at: 1,
-            fields: serde_json::Map::new(),
+            fields: Default::default(),
         }
     }
 

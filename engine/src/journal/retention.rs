@@ -225,10 +225,10 @@ fn read_order(
     let mut waybills = Vec::new();
     let mut archived_events = Vec::with_capacity(events.len());
     for journaled in &events {
-        if let Some(serde_json::Value::String(waybill)) = journaled.event.fields.get("waybill_no")
-            && !waybills.contains(waybill)
+        if let Some(waybill) = journaled.event.fields.str("waybill_no")
+            && !waybills.iter().any(|known| *known == *waybill)
         {
-            waybills.push(waybill.clone());
+            waybills.push(waybill.into_owned());
         }
         let mut event = serde_json::to_value(&journaled.event).map_err(|e| corrupt(key, &e))?;
         event["seq"] = journaled.seq.into();
@@ -912,7 +912,7 @@ mod tests {
             action: EventAction::Move { state },
             occurred_at: at,
             received_at: at,
-            fields,
+            fields: fields.into(),
         }
     }
 
@@ -1052,6 +1052,7 @@ mod tests {
             seq,
             rule: "r".into(),
             payload: serde_json::json!({"order": order}),
+            fields: None,
             contents: None,
         }
     }
@@ -1406,7 +1407,7 @@ mod tests {
         let f = Fixture::new();
         let scan = |id: &str, waybill: &str, at| {
             let mut scan = event("", id, OrderState::InTransit, at);
-            scan.fields.insert("waybill_no".into(), waybill.into());
+            scan.fields.insert_value("waybill_no", &waybill.into());
             scan
         };
         let outcomes = f

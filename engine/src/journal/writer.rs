@@ -623,12 +623,11 @@ impl Writer {
             let mut append = |mut event: OrderEvent,
                               unparked: &mut Vec<OrderEvent>|
              -> Result<AppendOutcome, JournalError> {
-                let waybill = match event.fields.get("waybill_no") {
-                    Some(serde_json::Value::String(waybill)) if !waybill.is_empty() => {
-                        Some(waybill.clone())
-                    }
-                    _ => None,
-                };
+                let waybill = event
+                    .fields
+                    .str("waybill_no")
+                    .filter(|waybill| !waybill.is_empty())
+                    .map(|waybill| waybill.into_owned());
                 if event.order.is_empty() {
                     // A courier scan: its order is the one that reported the waybill, or it
                     // waits (durably) for that report.

@@ -335,6 +335,7 @@ mod tests {
             seq: 2,
             rule: "erp_on_paid".into(),
             payload: serde_json::json!({ "Model": { "FBillNo": "DY1", "FCustomerID": { "FNumber": "C001" } } }),
+            fields: None,
             contents: None,
         };
         assert_eq!(

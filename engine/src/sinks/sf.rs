@@ -51,7 +51,8 @@ impl SfConnector {
         if let Some(data) = sync.payload.get("msgData").filter(|d| d.is_object()) {
             return data.clone();
         }
-        let fields = &sync.payload["fields"];
+        let whole = sync.whole_payload();
+        let fields = &whole["fields"];
         let mut data = serde_json::json!({
             "orderId": order_number(&sync.order),
             "language": "zh-CN",
@@ -182,6 +183,7 @@ mod tests {
             seq: 5,
             rule: "ship".into(),
             payload: serde_json::json!({ "fields": { "contactInfoList": [{ "contactType": 2, "mobile": "1" }] } }),
+            fields: None,
             contents: None,
         };
         let data = connector.msg_data(&sync);

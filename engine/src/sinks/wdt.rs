@@ -166,7 +166,8 @@ pub(crate) fn trade(sync: &SyncIntent) -> Result<Value, String> {
         AWAITING_SHIPMENT
     };
     let tid = order_number(&sync.order).to_owned();
-    let fields = &sync.payload["fields"];
+    let whole = sync.whole_payload();
+    let fields = &whole["fields"];
     let lines = order_list(fields, &tid, status).ok_or_else(|| {
         format!(
             "order {} has no lines for WDT's order_list (fields.order_list or fields.items[].sku):              fetch its details or template the trade",
@@ -261,6 +262,7 @@ mod tests {
             seq: 4,
             rule: "wms_rule".into(),
             payload: json!({ "operation": operation, "fields": fields }),
+            fields: None,
             contents: None,
         }
     }

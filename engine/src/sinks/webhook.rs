@@ -35,7 +35,7 @@ pub(crate) fn body(sync: &SyncIntent, attempt: u32) -> Vec<u8> {
         rule: &'a str,
         seq: u64,
         attempt: u32,
-        payload: &'a serde_json::Value,
+        payload: orderhub_actors::order::sync::WholePayload<'a>,
     }
     serde_json::to_vec(&Body {
         id: &sync.id,
@@ -44,7 +44,7 @@ pub(crate) fn body(sync: &SyncIntent, attempt: u32) -> Vec<u8> {
         rule: &sync.rule,
         seq: sync.seq,
         attempt,
-        payload: &sync.payload,
+        payload: sync.payload_json(),
     })
     .unwrap_or_default()
 }

@@ -78,6 +78,7 @@ mod tests {
             seq: 3,
             rule: "r".into(),
             payload: serde_json::json!({ "text": "订单 o:1 已揽收" }),
+            fields: None,
             contents: None,
         };
         assert_eq!(

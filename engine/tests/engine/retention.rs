@@ -29,7 +29,10 @@ async fn fill(dir: &Path, prefix: &str, count: usize, finished: bool, days_ago: 
             "waybill_no": "SF0000000000",
         }))
         .unwrap();
-    let event = |order: &str, id: String, state, fields| OrderEvent {
+    let event = |order: &str,
+                 id: String,
+                 state,
+                 fields: serde_json::Map<String, serde_json::Value>| OrderEvent {
         order: order.into(),
         source: "wms".into(),
         source_event_id: id,
@@ -39,7 +42,7 @@ async fn fill(dir: &Path, prefix: &str, count: usize, finished: bool, days_ago: 
         action: EventAction::Move { state },
         occurred_at: at,
         received_at: at,
-        fields,
+        fields: fields.into(),
     };
     for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
         let mut events = Vec::new();
@@ -51,7 +54,7 @@ async fn fill(dir: &Path, prefix: &str, count: usize, finished: bool, days_ago: 
                 &order,
                 format!("{order}-paid"),
                 OrderState::Paid,
-                serde_json::Map::new(),
+                serde_json::Map::<String, serde_json::Value>::new(),
             ));
             if finished {
                 events.push(event(
