@@ -489,8 +489,8 @@ impl RuleSet {
             // them.
             let with_fields = live.iter().any(|rule| rule.reads_fields);
             let order_value = order_value(order, previous, with_fields);
-            if root.add_variable("order", order_value).is_err()
-                || root.add_variable("event", event_value.clone()).is_err()
+            if root.add_variable("order", Cel(&order_value)).is_err()
+                || root.add_variable("event", Cel(&event_value)).is_err()
             {
                 effects
                     .notes
@@ -575,8 +575,10 @@ impl RuleSet {
         }
         let event_value = event_json(event, Some(facts));
         let mut root = self.builtins.new_inner_scope();
-        if root.add_variable("order", order_json(order, None)).is_err()
-            || root.add_variable("event", event_value.clone()).is_err()
+        if root
+            .add_variable("order", Cel(&order_json(order, None)))
+            .is_err()
+            || root.add_variable("event", Cel(&event_value)).is_err()
         {
             effects
                 .notes
@@ -647,8 +649,12 @@ impl RuleSet {
             return Vec::new();
         }
         let mut root = self.builtins.new_inner_scope();
-        if root.add_variable("order", order_json(order, None)).is_err()
-            || root.add_variable("event", event_json(event, None)).is_err()
+        if root
+            .add_variable("order", Cel(&order_json(order, None)))
+            .is_err()
+            || root
+                .add_variable("event", Cel(&event_json(event, None)))
+                .is_err()
         {
             notes.push("approvals skipped: order not representable in CEL".into());
             return Vec::new();
@@ -701,9 +707,9 @@ impl RuleSet {
             then.tags = order.tags.clone();
             let mut root = self.builtins.new_inner_scope();
             if root
-                .add_variable("order", order_json(&then, waiting.previous))
+                .add_variable("order", Cel(&order_json(&then, waiting.previous)))
                 .is_err()
-                || root.add_variable("event", event_value.clone()).is_err()
+                || root.add_variable("event", Cel(&event_value)).is_err()
             {
                 effects.notes.push(format!(
                     "rule {}: skipped: order not representable in CEL",
@@ -1215,6 +1221,39 @@ fn event_json(event: &OrderEvent, facts: Option<Map<String, Json>>) -> Json {
     value
 }
 
+/// A JSON value as CEL sees it: an integer that fits `i64` is a CEL `int`. serde_json holds
+/// every non-negative integer as a `u64`, which the interpreter would make a `uint`, and CEL
+/// does not mix `uint` with the `int` literals a rule is written with: `order.fields.qty * 2`
+/// would fail on `uint * int`.
+struct Cel<'a>(&'a Json);
+
+impl serde::Serialize for Cel<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            Json::Number(number) => match number.as_i64() {
+                Some(int) => serializer.serialize_i64(int),
+                None => number.serialize(serializer),
+            },
+            Json::Array(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(&Cel(item))?;
+                }
+                seq.end()
+            }
+            Json::Object(members) => {
+                let mut map = serializer.serialize_map(Some(members.len()))?;
+                for (name, value) in members {
+                    map.serialize_entry(name, &Cel(value))?;
+                }
+                map.end()
+            }
+            other => other.serialize(serializer),
+        }
+    }
+}
+
 /// The order as rules see it.
 fn order_json(order: &Order, previous: Option<OrderState>) -> Json {
     order_value(order, previous, true)
@@ -1584,6 +1623,24 @@ mod tests {
 
         let err = RuleSet::compile(vec![spec("twin", "true"), spec("twin", "true")]).unwrap_err();
         assert!(err.problem.contains("unique"));
+    }
+
+    #[test]
+    fn integers_in_an_orders_contents_do_arithmetic_with_a_rules_literals() {
+        // serde_json holds 3 as an unsigned integer; CEL has no `uint * int`.
+        let mut rule = spec("erp_on_three", "order.fields.qty * 2 == 6");
+        rule.fields.insert(
+            "next".into(),
+            "order.fields.qty + order.fields.lines[0] - 1".into(),
+        );
+        let policy = OrderPolicy::permissive().with_rules(RuleSet::compile(vec![rule]).unwrap());
+        let mut order = Order::new("douyin:1");
+        let contents = serde_json::json!({"qty": 3, "lines": [5]});
+        let (_, effects) = order
+            .apply(&event(7, OrderState::Paid, contents), &policy)
+            .unwrap();
+        assert_eq!(effects.syncs.len(), 1, "{:?}", order.timeline[0].rules);
+        assert_eq!(effects.syncs[0].whole_payload()["fields"]["next"], 7);
     }
 
     #[test]
