@@ -874,20 +874,25 @@ pub const MAX_JSON_DEPTH: usize = 64;
 /// that skips strings; it does not validate the rest).
 pub fn check_json_depth(bytes: &[u8]) -> Result<(), IngestError> {
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in bytes {
-        if in_string {
-            match byte {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
-        match byte {
-            b'"' => in_string = true,
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            // A string, most of a body: skipped with `memchr` to its closing quote, past escapes
+            // (an unterminated one ends the scan).
+            b'"' => loop {
+                i += 1;
+                match bytes
+                    .get(i..)
+                    .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+                {
+                    Some(at) if bytes[i + at] == b'"' => {
+                        i += at;
+                        break;
+                    }
+                    Some(at) => i += at + 1,
+                    None => return Ok(()),
+                }
+            },
             b'[' | b'{' => {
                 depth += 1;
                 if depth > MAX_JSON_DEPTH {
@@ -899,6 +904,7 @@ pub fn check_json_depth(bytes: &[u8]) -> Result<(), IngestError> {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     Ok(())
 }
@@ -974,5 +980,50 @@ mod tests {
             check_json_depth(mixed.as_bytes()).is_err(),
             "80 levels of objects and arrays"
         );
+    }
+
+    /// The scan as it was first written, a byte at a time.
+    fn depth_ok_bytewise(bytes: &[u8]) -> bool {
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        for &byte in bytes {
+            if in_string {
+                match byte {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match byte {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > MAX_JSON_DEPTH {
+                        return false;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        true
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_skipping_depth_scan_agrees_with_the_bytewise_one(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec!["\"", "\\", "[", "{", "]", "}", "a", "[[[[[[[[[[[[[[[["]),
+                0..64,
+            )
+        ) {
+            let text = parts.concat();
+            proptest::prop_assert_eq!(
+                check_json_depth(text.as_bytes()).is_ok(),
+                depth_ok_bytewise(text.as_bytes()),
+                "{:?}", text
+            );
+        }
     }
 }
