@@ -230,11 +230,7 @@ impl Fields {
 
 impl From<Map<String, Value>> for Fields {
     fn from(map: Map<String, Value>) -> Fields {
-        Fields(
-            map.iter()
-                .map(|(name, value)| (Arc::from(name.as_str()), Field::from_value(value)))
-                .collect(),
-        )
+        Fields::from(&map)
     }
 }
 

@@ -25,7 +25,7 @@ impl WebhookConnector {
 }
 
 /// The JSON body of a sync, serialized from borrowed parts (`json!` would first copy the
-/// payload, the order's contents included, into a new value).
+/// payload into a new value); the order's contents go in as the text they are kept as.
 pub(crate) fn body(sync: &SyncIntent, attempt: u32) -> Vec<u8> {
     #[derive(serde::Serialize)]
     struct Body<'a> {
