@@ -66,27 +66,25 @@ pub(crate) fn insert(
         reason: e.to_string(),
     })?;
     let contents = sync.contents.map(|seq| seq as i64);
-    let row: Option<i64> = conn
+    // The new row from `last_insert_rowid`, not `RETURNING row` (a temporary b-tree per
+    // statement; see the journal writer's event insert).
+    let inserted = conn
         .prepare_cached(
             "INSERT INTO syncs (id, sink, order_key, seq, rule, payload, contents, status, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8, ?8)
-             ON CONFLICT (id) DO NOTHING RETURNING row",
+             ON CONFLICT (id) DO NOTHING",
         )?
-        .query_row(
-            params![
-                sync.id,
-                sync.sink,
-                sync.order,
-                sync.seq as i64,
-                sync.rule,
-                payload,
-                contents,
-                now
-            ],
-            |r| r.get(0),
-        )
-        .optional()?;
-    Ok(row)
+        .execute(params![
+            sync.id,
+            sync.sink,
+            sync.order,
+            sync.seq as i64,
+            sync.rule,
+            payload,
+            contents,
+            now
+        ])?;
+    Ok((inserted == 1).then(|| conn.last_insert_rowid()))
 }
 
 /// A sync just inserted at `row` (at `now`), as the dispatchers take it.
