@@ -8,6 +8,7 @@ use orderhub_actors::order::{Millis, Order, OrderPolicy, OrderState};
 use orderhub_actors::store::OrderIndexEntry;
 use orderhub_actors::telemetry::ACTORS_FAILURES;
 use rusqlite::Connection;
+use std::collections::HashSet;
 
 /// What recovery found.
 #[derive(Debug, Default)]
@@ -90,12 +91,25 @@ fn recover_with(
     recovered.last_seq = conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM events", [], |r| {
         r.get::<_, i64>(0)
     })? as u64;
-    let dirty: Vec<String> = conn
-        .prepare(
-            "SELECT order_key FROM events WHERE seq >= ?1 UNION SELECT order_key FROM unfolded",
-        )?
-        .query_map([watermark as i64], |r| r.get(0))?
+    // The orders to fold: those with events past the watermark and those given up on before,
+    // in key order, so that the folds read the events index and write the order index along
+    // their keys. Gathered here rather than with a SQL `UNION` (a temporary b-tree of every
+    // key); and only an order that was in `unfolded` is deleted from it. With a million orders
+    // to fold, a `DELETE` prepared for each of them was a tenth of the start.
+    let was_unfolded: HashSet<String> = conn
+        .prepare("SELECT order_key FROM unfolded")?
+        .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
+    let mut dirty = was_unfolded.clone();
+    {
+        let mut past = conn.prepare("SELECT order_key FROM events WHERE seq >= ?1")?;
+        let mut rows = past.query([watermark as i64])?;
+        while let Some(row) = rows.next()? {
+            dirty.insert(row.get::<_, String>(0)?);
+        }
+    }
+    let mut dirty: Vec<String> = dirty.into_iter().collect();
+    dirty.sort_unstable();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Millis);
@@ -118,9 +132,16 @@ fn recover_with(
             }
             Err(err) => return Err(err),
         };
+        let settle = |tx: &Connection| -> rusqlite::Result<()> {
+            if was_unfolded.contains(key) {
+                tx.prepare_cached("DELETE FROM unfolded WHERE order_key = ?1")?
+                    .execute([key])?;
+            }
+            Ok(())
+        };
         if events.is_empty() {
             // Given up on, then removed by compaction: nothing left to fold.
-            tx.execute("DELETE FROM unfolded WHERE order_key = ?1", [key])?;
+            settle(&tx)?;
             continue;
         }
         // Events past the stored summary may have decided syncs that never reached the outbox.
@@ -136,7 +157,7 @@ fn recover_with(
                 continue;
             }
         };
-        tx.execute("DELETE FROM unfolded WHERE order_key = ?1", [key])?;
+        settle(&tx)?;
         index::upsert(&tx, &OrderIndexEntry::of(&order))?;
         recovered.orders_refolded += 1;
         for sync in &syncs {
