@@ -501,18 +501,18 @@ impl Writer {
 
     /// Takes what else is queued, up to the batch limit. Under load — at least
     /// [`LOADED_BATCH`] events queued, the oldest request already waiting when the last commit
-    /// ended — a batch first waits `batch_max_wait` for a fuller one: each commit rewrites the b-tree
-    /// pages it touches, so half as many commits write ~11–14% fewer bytes per event at the
-    /// same CPU (BENCHMARKS.md, "2026-12-01, later"). Under load the wait also spaces commits
-    /// (one per commit time plus `batch_max_wait`), whose count otherwise follows how fast the
-    /// rest of the engine hands requests over: when new orders stopped reading the journal the
-    /// same 100,000 events took 1,833–1,856 commits instead of 1,215–1,750 at 1 ms, and
-    /// 978–1,080 at 3 ms ("2026-12-01, evening"). On a slower host (or disk) the rest of the
-    /// engine hands over fewer events per commit, so 3 ms left 1,600–1,700 commits and
+    /// ended — a batch first waits `batch_max_wait` for a fuller one: each commit rewrites the
+    /// b-tree pages it touches, so half as many commits write ~11–14% fewer bytes per event at
+    /// the same CPU (BENCHMARKS.md, "2026-12-01, later"). Under load the wait also spaces
+    /// commits (one per commit time plus `batch_max_wait`), whose count otherwise follows how
+    /// fast the rest of the engine hands requests over: when new orders stopped reading the
+    /// journal the same 100,000 events took 1,833–1,856 commits instead of 1,215–1,750 at 1 ms,
+    /// and 978–1,080 at 3 ms ("2026-12-01, evening"). On a slower host (or disk) the rest of
+    /// the engine hands over fewer events per commit, so 3 ms left 1,600–1,700 commits and
     /// 3.2 KB per event; 6 ms, the default since, 906–995 commits and 2.6 KB at the same ack
-    /// latency ("2026-12-02, evening"). A request that finds the journal idle or lightly loaded (or a
-    /// client that waits for each answer before it sends again) is committed at once. A batch
-    /// nobody waits on waits for an append ([`SIDE_WAIT`]).
+    /// latency ("2026-12-02, evening"). A request that finds the journal idle or lightly loaded
+    /// (or a client that waits for each answer before it sends again) is committed at once. A
+    /// batch nobody waits on waits for an append ([`SIDE_WAIT`]).
     fn fill(&self, batch: &mut Batch) {
         self.take_queued(batch);
         // One sleep, then whatever queued meanwhile: waiting request by request would wake this
