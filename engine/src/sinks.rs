@@ -6,6 +6,7 @@
 //! - `wecom`, `dingtalk` — group robot notifications.
 
 mod dingtalk;
+mod direct;
 mod kingdee;
 mod sf;
 mod wdt;
@@ -54,9 +55,9 @@ pub fn connector(
         None => None,
     };
     let connector: Arc<dyn SinkConnector> = match config.kind {
-        SinkKind::Webhook => Arc::new(
-            webhook::WebhookConnector::new(client, config.url.clone(), secret).map_err(fail)?,
-        ),
+        SinkKind::Webhook => {
+            Arc::new(webhook::WebhookConnector::new(client, config, secret).map_err(fail)?)
+        }
         SinkKind::Wecom => Arc::new(wecom::WecomConnector::new(
             client,
             &config.url,
@@ -125,13 +126,33 @@ pub(crate) async fn send(request: reqwest::RequestBuilder) -> Result<String, Del
             let status = response.status().as_u16();
             // Read before the body consumes the response (no copy of the whole header map).
             let retry_after = retry_after(response.headers());
-            let text = response.text().await.unwrap_or_default();
-            match classify(status, retry_after, &text) {
-                Delivery::Delivered => Ok(text),
-                other => Err(other),
+            let body = response.text().await.unwrap_or_default();
+            Answer {
+                status,
+                retry_after,
+                body,
             }
+            .classified()
         }
         Err(err) => Err(transport_failure(&err)),
+    }
+}
+
+/// A sink's answer, read whole.
+pub(crate) struct Answer {
+    status: u16,
+    /// `Retry-After`, when given in seconds.
+    retry_after: Option<Duration>,
+    body: String,
+}
+
+impl Answer {
+    /// The body of a 2xx answer; any other as the retry policy sees it.
+    fn classified(self) -> Result<String, Delivery> {
+        match classify(self.status, self.retry_after, &self.body) {
+            Delivery::Delivered => Ok(self.body),
+            other => Err(other),
+        }
     }
 }
 
